@@ -1,0 +1,1 @@
+//! Google Cloud REST clients written against the discovery documents.

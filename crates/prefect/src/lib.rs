@@ -1,0 +1,1 @@
+//! A Prefect REST API client.

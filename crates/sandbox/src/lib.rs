@@ -1,0 +1,1 @@
+//! A local stand-in for the Google Cloud APIs the guide touches.

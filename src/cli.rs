@@ -1,0 +1,215 @@
+//! The command-line surface. Parsing only: each subcommand's work lives in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Prefect's Google Cloud Run worker guide as code.
+///
+/// One plan file describes the guide: the service account and its roles, the key and the
+/// Prefect credentials block, the work pool, the always-on worker service and the deployments.
+/// `plan` shows what would change against the live GCP and Prefect APIs; `apply` makes it so;
+/// `destroy` removes what the tool created. There is no state file: the live APIs are the truth.
+#[derive(Debug, Parser)]
+#[command(name = "bootstrap", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    /// Only errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// Base URL for every Google API (the local sandbox sets this).
+    #[arg(long, env = "BOOTSTRAP_GCP_ENDPOINT", global = true, value_name = "URL")]
+    pub gcp_endpoint: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct FileArg {
+    /// The plan file.
+    #[arg(short, long = "file", default_value = "bootstrap.yaml", value_name = "PATH")]
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a plan file by answering a few questions.
+    Init(InitArgs),
+    /// Check a plan file offline; makes no network call.
+    Validate(ValidateArgs),
+    /// Show what apply would change against the live GCP and Prefect APIs.
+    Plan(PlanArgs),
+    /// Make GCP and Prefect match the plan.
+    Apply(ApplyArgs),
+    /// Delete what the plan names and the tool created.
+    Destroy(DestroyArgs),
+    /// Check credentials, the project, enabled APIs and the permissions apply needs.
+    Doctor(DoctorArgs),
+    /// Run a Prefect worker that launches flow runs as Cloud Run jobs.
+    Worker(WorkerArgs),
+    /// Start a flow run of a deployment and follow it to its result.
+    Run(RunArgs),
+    /// Serve a local stand-in for the Google Cloud APIs that runs containers as processes.
+    Sandbox(SandboxArgs),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// Print the checked plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 1 on error, 2 when there are changes.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// Apply without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Print the changelog as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Create a new service-account key, update the block, then delete the old key.
+    #[arg(long)]
+    pub rotate_key: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Print the changelog as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Leave the service account (and its role bindings) in place.
+    #[arg(long)]
+    pub keep_service_account: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub file: FileArg,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The work pool to take flow runs from.
+    #[arg(short, long, env = "BOOTSTRAP_WORKER_POOL")]
+    pub pool: String,
+    /// Only these work queues (default: all of the pool's).
+    #[arg(long = "queue", value_name = "NAME")]
+    pub queues: Vec<String>,
+    /// The worker's name (default: a name derived from the host).
+    #[arg(short, long)]
+    pub name: Option<String>,
+    /// At most this many flow runs at once.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seconds between polls (the event stream makes pickup immediate in between).
+    #[arg(long, default_value_t = 10.0)]
+    pub poll_interval: f64,
+    /// Serve /health.
+    #[arg(long)]
+    pub healthcheck: bool,
+    /// Port of the health endpoint.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The deployment, as `<flow>/<deployment>`.
+    pub deployment: String,
+    /// A parameter, `key=value` (value parsed as JSON when it is valid JSON).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Follow the run to its end (the default); `--no-watch` only creates it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub watch: bool,
+    /// Give up following after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    pub timeout: u64,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 8099)]
+    pub port: u16,
+    /// Directory for the operator key, the env file and persisted state.
+    #[arg(long, default_value = ".bootstrap-sandbox")]
+    pub dir: PathBuf,
+    /// Projects that exist in the sandbox (repeatable).
+    #[arg(long = "project", value_name = "ID")]
+    pub projects: Vec<String>,
+    /// Fault injection, e.g. `seed=7,rate=0.2,latency=100ms`.
+    #[arg(long)]
+    pub faults: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: Shell,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,48 @@
+//! One function per subcommand. Each returns the exit code on success; errors are reported once,
+//! at the top, by [`report_error`].
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::CommandFactory;
+
+use crate::cli::{Cli, Command, Shell};
+
+/// Runs the chosen subcommand.
+pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Completions(args) => {
+            let shell = match args.shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut Cli::command(), "bootstrap", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init(_) => not_built("init", 7),
+        Command::Validate(_) => not_built("validate", 2),
+        Command::Plan(_) => not_built("plan", 4),
+        Command::Apply(_) => not_built("apply", 4),
+        Command::Destroy(_) => not_built("destroy", 4),
+        Command::Doctor(_) => not_built("doctor", 4),
+        Command::Worker(_) => not_built("worker", 6),
+        Command::Run(_) => not_built("run", 5),
+        Command::Sandbox(_) => not_built("sandbox", 3),
+    }
+}
+
+/// A subcommand that is not built yet says so and exits 1; it never pretends.
+fn not_built(name: &str, issue: u32) -> Result<ExitCode> {
+    eprintln!("error: `bootstrap {name}` is not built yet (tracked in issue {issue})");
+    Ok(ExitCode::from(1))
+}
+
+/// Prints an error and its causes once, with a hint where one was attached.
+pub fn report_error(err: &anyhow::Error) {
+    let red = console::Style::new().red().bold().for_stderr();
+    eprintln!("{} {err}", red.apply_to("error:"));
+    for cause in err.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}
