@@ -1,7 +1,28 @@
 //! The `bootstrap` plan file: parse (YAML, positions kept) -> render templates -> validate,
 //! giving a [`Spec`] or every error found, each with file:line:column and a hint.
+//!
+//! Templates: any string value of the plan's own sections may use `{{ env.NAME }}`,
+//! `{{ env.NAME | default(value="x") }}` and values of sections above it, in this order:
+//! `gcp` (`gcp.project`, `gcp.region`), `service_account` (`.name`, `.email`),
+//! `credentials_block` (`.name`), `work_pool` (`.name`, `.type`), `prefect` (`.api_url`),
+//! `worker` (`.service`), then `deployments`. Free-form objects passed to Prefect
+//! (`parameters`, `job_variables`, `pull_steps`, `schedules`, `base_job_template`) are not
+//! rendered: Prefect has its own `{{ }}` templating there.
 
+pub mod checks;
+pub mod diag;
 pub mod ids;
+mod load;
 pub mod model;
+mod node;
+pub mod prefect_yaml;
+mod reader;
+mod sections;
+mod template;
 
+pub use checks::{Field, check_field};
+pub use diag::{Diagnostic, Diagnostics, Pos};
+pub use load::{load, load_bytes, load_str};
 pub use model::*;
+pub use node::MAX_PLAN_BYTES;
+pub use sections::{DEFAULT_ROLES, VERSION};

@@ -1,0 +1,268 @@
+//! `deployments_from: prefect.yaml`: deployments read from an existing Prefect project file.
+//!
+//! Read from each entry of its `deployments:` list: `name`, `entrypoint`, `parameters`,
+//! `tags`, `description`, `schedules`, `pull` (or the file's top-level `pull`),
+//! `work_pool.work_queue_name`, and `work_pool.job_variables` (its `image` becomes the
+//! deployment's image; the rest stay job variables).
+//!
+//! Ignored: the file's `build` and `push` steps (bootstrap builds no images), `version`,
+//! `triggers`, `concurrency_limit`, `enforce_parameter_schema`, `paused`, the old singular
+//! `schedule`, and `work_pool.name` (deployments always go to the plan's work pool).
+//! Prefect's own `{{ ... }}` templates in this file are not rendered; where one would decide a
+//! name, entrypoint or image, that is reported as an error.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::checks::Field;
+use crate::diag::Pos;
+use crate::ids::{ImageRef, PrefectName};
+use crate::model::Deployment;
+use crate::node::{self, Node, Value};
+use crate::reader::{Fields, Reader, Secret, show};
+use crate::template::is_template;
+
+/// Reads the deployments of the prefect.yaml at `rel` (relative to the plan's directory).
+/// Problems inside that file are reported against it.
+pub fn read(
+    r: &mut Reader<'_>,
+    plan_dir: &Path,
+    rel: &str,
+    pos: Pos,
+) -> Option<Vec<(Deployment, Pos, PathBuf)>> {
+    let path = plan_dir.join(rel);
+    let shown_path = if plan_dir.as_os_str().is_empty() { PathBuf::from(rel) } else { path.clone() };
+    let bytes = match read_limited(&path) {
+        Ok(b) => b,
+        Err(e) => {
+            r.error(pos, format!("cannot read `deployments_from` file {}: {e}", shown_path.display()), Some("the path is relative to the plan file's directory".into()));
+            return None;
+        }
+    };
+    let mut sub = Reader::new(&shown_path, r.env);
+    let result = match crate::load::decode(&bytes) {
+        Err((p, msg)) => {
+            sub.error(p, msg, None);
+            None
+        }
+        Ok(text) => match node::parse(text) {
+            Err(e) => {
+                sub.error(e.pos, e.message, e.hint);
+                None
+            }
+            Ok(root) => deployments(&mut sub, &root, plan_dir),
+        },
+    };
+    r.diags.0.extend(sub.diags);
+    result.map(|list| list.into_iter().map(|(d, p)| (d, p, shown_path.clone())).collect())
+}
+
+fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
+    let len = std::fs::metadata(path)?.len();
+    if len > node::MAX_PLAN_BYTES as u64 {
+        return Err(std::io::Error::other(format!("the file is {len} bytes, more than a plan may read")));
+    }
+    std::fs::read(path)
+}
+
+/// Every key of a mapping is accepted: prefect.yaml has many we do not use.
+fn lenient<'n>(r: &mut Reader<'_>, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+    let keys: Vec<&str> = match &node.value {
+        Value::Map(entries) => entries.iter().map(|(k, _)| k.name.as_str()).collect(),
+        _ => Vec::new(),
+    };
+    r.fields(Some(node), node.pos, path, &keys)
+}
+
+fn deployments(r: &mut Reader<'_>, root: &Node, plan_dir: &Path) -> Option<Vec<(Deployment, Pos)>> {
+    let top = lenient(r, root, "")?;
+    let shared_pull = top.get("pull");
+    let Some(list) = top.get("deployments") else {
+        return r.missing(&top, "deployments", "[{name: ..., entrypoint: ...}]");
+    };
+    let Value::Seq(items) = &list.value else {
+        r.error(list.pos, format!("`deployments` must be a list, found {}", list.value.kind()), None);
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match deployment(r, item, &format!("deployments[{i}]"), shared_pull, plan_dir) {
+            Some(d) => out.push((d, item.pos)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn literal(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, example: &str) -> Option<(String, Pos)> {
+    let n = match f.get(key) {
+        Some(n) => n,
+        None => return r.missing(f, key, example),
+    };
+    let path = f.child(key);
+    match &n.value {
+        Value::Str(s) if is_template(s) => {
+            r.error(n.pos, format!("`{path}` {} uses a prefect.yaml template, which bootstrap does not render", show(s)), Some("write the value itself, or declare this deployment in the plan".into()));
+            None
+        }
+        _ => r.string(n, &path, Secret::No).map(|s| (s, n.pos)),
+    }
+}
+
+fn deployment(r: &mut Reader<'_>, node: &Node, path: &str, shared_pull: Option<&Node>, plan_dir: &Path) -> Option<Deployment> {
+    let f = lenient(r, node, path)?;
+    let name = literal(r, &f, "name", "my-deployment").and_then(|(v, pos)| {
+        r.checked(&v, pos, &f.child("name"), Field::PrefectName).then(|| PrefectName::parse(v).ok()).flatten()
+    });
+    let entrypoint = literal(r, &f, "entrypoint", "flows/my_flow.py:my_flow")
+        .and_then(|(v, pos)| r.checked(&v, pos, &f.child("entrypoint"), Field::Entrypoint).then_some(v));
+    let flow = entrypoint.as_deref().and_then(|e| flow_name(plan_dir, e));
+    let parameters = map_of(r, &f, "parameters");
+    let (work_queue, image, job_variables) = match f.get("work_pool") {
+        None => (Some(PrefectName::parse("default").ok()), Some(None), Some(serde_json::Map::new())),
+        Some(pool) => work_pool(r, pool, &f.child("work_pool")),
+    };
+    let tags = match f.get("tags").map(|n| (n, &n.value)) {
+        None => Some(Vec::new()),
+        Some((_, Value::Seq(items))) => {
+            let mut tags = Vec::new();
+            for (i, t) in items.iter().enumerate() {
+                tags.extend(r.string(t, &format!("{path}.tags[{i}]"), Secret::No));
+            }
+            (tags.len() == items.len()).then_some(tags)
+        }
+        Some((n, v)) => {
+            r.error(n.pos, format!("`{path}.tags` must be a list, found {}", v.kind()), None);
+            None
+        }
+    };
+    let description = match f.get("description") {
+        None => Some(None),
+        Some(n) => r.string(n, &f.child("description"), Secret::No).map(Some),
+    };
+    let schedules = list_of(r, f.get("schedules"), &f.child("schedules"));
+    let pull_steps = list_of(r, f.get("pull").or(shared_pull), &f.child("pull"));
+    Some(Deployment {
+        name: name?,
+        flow: flow?,
+        entrypoint: entrypoint?,
+        image: image?,
+        parameters: parameters?,
+        work_queue: work_queue?.or_else(|| PrefectName::parse("default").ok())?,
+        tags: tags?,
+        description: description?,
+        job_variables: job_variables?,
+        pull_steps: pull_steps?,
+        schedules: schedules?,
+    })
+}
+
+type PoolParts = (Option<Option<PrefectName>>, Option<Option<ImageRef>>, Option<serde_json::Map<String, Json>>);
+
+fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str) -> PoolParts {
+    let Some(f) = lenient(r, node, path) else { return (None, None, None) };
+    let queue = match f.get("work_queue_name") {
+        None => Some(None),
+        Some(n) => r.string(n, &f.child("work_queue_name"), Secret::No).and_then(|v| {
+            r.checked(&v, n.pos, &f.child("work_queue_name"), Field::PrefectName).then(|| PrefectName::parse(v).ok())
+        }),
+    };
+    let mut vars = map_of(r, &f, "job_variables");
+    let image = match vars.as_mut().and_then(|m| m.remove("image")) {
+        None => Some(None),
+        Some(Json::String(s)) if is_template(&s) => {
+            r.error(f.pos, format!("`{path}.job_variables.image` {} is a prefect.yaml step output, which bootstrap does not run", show(&s)), Some("build and push the image first and write its reference here".into()));
+            None
+        }
+        Some(Json::String(s)) => match ImageRef::parse(s.as_str()) {
+            Ok(i) => Some(Some(i)),
+            Err(why) => {
+                r.error(f.get("job_variables").map_or(f.pos, |n| n.pos), format!("invalid `{path}.job_variables.image` {}", show(&s)), Some(why));
+                None
+            }
+        },
+        Some(other) => {
+            r.error(f.pos, format!("`{path}.job_variables.image` must be a string, found {other}"), None);
+            None
+        }
+    };
+    (queue, image, vars)
+}
+
+fn map_of(r: &mut Reader<'_>, f: &Fields<'_>, key: &str) -> Option<serde_json::Map<String, Json>> {
+    r.opt_json_map(f, key)
+}
+
+fn list_of(r: &mut Reader<'_>, node: Option<&Node>, path: &str) -> Option<Vec<Json>> {
+    match node {
+        None => Some(Vec::new()),
+        Some(Node { value: Value::Seq(items), .. }) => Some(items.iter().map(Node::to_json).collect()),
+        Some(n) => {
+            r.error(n.pos, format!("`{path}` must be a list, found {}", n.value.kind()), None);
+            None
+        }
+    }
+}
+
+/// The flow's name: `@flow(name="...")` above the function when the source says so, else
+/// Prefect's default, the function name with `_` as `-`.
+pub fn flow_name(project_dir: &Path, entrypoint: &str) -> Option<PrefectName> {
+    let (file, func) = entrypoint.rsplit_once(':')?;
+    let func = func.rsplit('.').next().unwrap_or(func);
+    let declared = std::fs::read_to_string(project_dir.join(file))
+        .ok()
+        .and_then(|src| declared_flow_name(&src, func));
+    PrefectName::parse(declared.unwrap_or_else(|| func.replace('_', "-"))).ok()
+}
+
+/// The `name=` of the `@flow(...)` decorator directly above `def func(`.
+pub fn declared_flow_name(source: &str, func: &str) -> Option<String> {
+    let lines: Vec<&str> = source.lines().collect();
+    let def_at = lines.iter().position(|l| {
+        let t = l.trim_start();
+        t.strip_prefix("def ").or_else(|| t.strip_prefix("async def ")).is_some_and(|rest| {
+            rest.strip_prefix(func).is_some_and(|after| after.trim_start().starts_with('('))
+        })
+    })?;
+    // Walk up over the decorator block (decorators may span several lines).
+    let mut decorator = String::new();
+    for line in lines[..def_at].iter().rev().take(12) {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            break;
+        }
+        decorator.insert_str(0, t);
+        if t.starts_with('@') {
+            if t.starts_with("@flow") {
+                break;
+            }
+            decorator.clear();
+        }
+    }
+    if !decorator.starts_with("@flow") {
+        return None;
+    }
+    let rest = &decorator[decorator.find("name")? + 4..];
+    let rest = rest.trim_start().strip_prefix('=')?.trim_start();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let body = &rest[1..];
+    body.find(quote).map(|end| body[..end].to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decorator_names() {
+        let src = "from prefect import flow\n\n@flow(log_prints=True,\n      name=\"fetch-weather\")\ndef fetch_weather(lat: float):\n    pass\n";
+        assert_eq!(declared_flow_name(src, "fetch_weather").as_deref(), Some("fetch-weather"));
+        let src = "@flow\ndef my_flow():\n    pass\n";
+        assert_eq!(declared_flow_name(src, "my_flow"), None);
+        let src = "@flow(name='x')\ndef a():\n    pass\n\ndef b():\n    pass\n";
+        assert_eq!(declared_flow_name(src, "b"), None);
+        assert_eq!(declared_flow_name(src, "a").as_deref(), Some("x"));
+    }
+}
