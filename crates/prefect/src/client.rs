@@ -1,0 +1,438 @@
+//! The HTTP transport: authentication, timeouts, bounded retries and error mapping.
+//!
+//! The API calls themselves live in `api/`, one file per kind of object, as `impl PrefectClient`
+//! blocks on top of the helpers here.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rand::Rng as _;
+use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
+use reqwest::{Method, StatusCode};
+use secrecy::ExposeSecret as _;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::config::PrefectConfig;
+use crate::error::{PrefectError, one_line, summarise_detail};
+
+/// How failed requests are retried: exponential backoff with full jitter, bounded both in
+/// attempts and in total time.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub max_attempts: u32,
+    /// First backoff ceiling.
+    pub base_delay: Duration,
+    /// Largest single wait.
+    pub max_delay: Duration,
+    /// No retry starts after this much time since the first attempt.
+    pub max_total: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(8),
+            max_total: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (1-based): a uniform draw from
+    /// `[0, min(max_delay, base * 2^(attempt-1))]`, or the server's `Retry-After` when given.
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.min(self.max_delay.max(Duration::from_secs(1)) * 4);
+        }
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+        let ceiling = exp.min(self.max_delay);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
+        Duration::from_millis(rand::rng().random_range(0..=millis))
+    }
+}
+
+/// Connect timeout of every request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Whole-request timeout.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one Prefect API (Prefect Cloud workspace or self-hosted server).
+#[derive(Clone)]
+pub struct PrefectClient {
+    pub(crate) http: reqwest::Client,
+    pub(crate) config: PrefectConfig,
+    pub(crate) retry: RetryPolicy,
+    /// `Authorization` header value, marked sensitive so `Debug` of requests hides it.
+    pub(crate) auth: Option<HeaderValue>,
+}
+
+impl std::fmt::Debug for PrefectClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrefectClient")
+            .field("api_url", &self.config.api_url.as_str())
+            .field("authenticated", &self.auth.is_some())
+            .finish()
+    }
+}
+
+/// A successful answer's body.
+pub(crate) struct RawResponse {
+    pub(crate) body: bytes::Bytes,
+}
+
+impl PrefectClient {
+    /// A client for `config`, with the default retry policy.
+    pub fn new(config: PrefectConfig) -> Result<Self, PrefectError> {
+        // reqwest is built without a default TLS crypto provider; make sure one is installed
+        // (a no-op when the binary already did it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .user_agent(concat!("bootstrap-prefect/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| PrefectError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let auth = auth_header(&config)?;
+        Ok(PrefectClient {
+            http,
+            config,
+            retry: RetryPolicy::default(),
+            auth,
+        })
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The settings this client uses.
+    pub fn config(&self) -> &PrefectConfig {
+        &self.config
+    }
+
+    /// `{api_url}{path}`; `path` starts with `/`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!(
+            "{}{path}",
+            self.config.api_url.as_str().trim_end_matches('/')
+        )
+    }
+
+    /// Sends one request with retries; non-2xx answers become errors (404 as `NotFound{what}`).
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<RawResponse, PrefectError> {
+        let url = self.url(path);
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let mut req = self.http.request(method.clone(), &url).query(query);
+            if let Some(auth) = &self.auth {
+                req = req.header(AUTHORIZATION, auth.clone());
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let t0 = Instant::now();
+            let outcome = req.send().await;
+            // Only the method, path and status are logged: never headers or bodies.
+            let (err, retry_after, retryable) = match outcome {
+                Ok(resp) => {
+                    let status = resp.status();
+                    tracing::debug!(%method, path, %status, elapsed_ms = t0.elapsed().as_millis() as u64, attempt, "prefect api");
+                    let retry_after = parse_retry_after(resp.headers().get(RETRY_AFTER));
+                    let bytes = resp.bytes().await.map_err(|e| PrefectError::Decode {
+                        what: what.to_string(),
+                        detail: format!("the body was cut off ({})", root_cause(&e)),
+                    })?;
+                    if status.is_success() {
+                        return Ok(RawResponse { body: bytes });
+                    }
+                    // 503 is also what a SQLite-backed server answers for "database is locked".
+                    let retryable = matches!(
+                        status,
+                        StatusCode::TOO_MANY_REQUESTS
+                            | StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    let err = self.status_error(status, &method, path, &bytes, what);
+                    (err, retry_after, retryable)
+                }
+                Err(e) => {
+                    tracing::debug!(%method, path, attempt, error = %root_cause(&e), "prefect api transport error");
+                    // A refused connection never reached the server, so any method may be
+                    // retried; a timeout might have, so only reads are.
+                    let retryable = e.is_connect() || (e.is_timeout() && method == Method::GET);
+                    (self.unreachable(&e), None, retryable)
+                }
+            };
+            if !retryable || attempt >= self.retry.max_attempts {
+                return Err(err);
+            }
+            let wait = self.retry.delay(attempt, retry_after);
+            if started.elapsed() + wait > self.retry.max_total {
+                return Err(err);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> PrefectError {
+        let reason = if e.is_timeout() {
+            "timed out".to_string()
+        } else {
+            root_cause(e)
+        };
+        PrefectError::Unreachable {
+            url: self.config.api_url.to_string(),
+            reason,
+        }
+    }
+
+    fn status_error(
+        &self,
+        status: StatusCode,
+        method: &Method,
+        path: &str,
+        body: &[u8],
+        what: &str,
+    ) -> PrefectError {
+        let text = String::from_utf8_lossy(body);
+        match status {
+            StatusCode::UNAUTHORIZED => PrefectError::Unauthorized {
+                hint: if self.config.api_key.is_some() {
+                    "; check PREFECT_API_KEY".to_string()
+                } else if self.config.auth_string.is_some() {
+                    "; check PREFECT_API_AUTH_STRING".to_string()
+                } else {
+                    "; no PREFECT_API_KEY or PREFECT_API_AUTH_STRING was set".to_string()
+                },
+            },
+            StatusCode::FORBIDDEN => PrefectError::Forbidden {
+                detail: summarise_detail(&text),
+            },
+            StatusCode::NOT_FOUND => PrefectError::NotFound {
+                what: what.to_string(),
+            },
+            StatusCode::CONFLICT => PrefectError::Conflict {
+                detail: summarise_detail(&text),
+            },
+            StatusCode::UNPROCESSABLE_ENTITY => PrefectError::Unprocessable {
+                detail: summarise_detail(&text),
+            },
+            _ => PrefectError::Http {
+                status,
+                method: method.to_string(),
+                path: path.to_string(),
+                body: summarise_detail(&text),
+            },
+        }
+    }
+
+    /// A request whose JSON answer is decoded into `T`.
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<T, PrefectError> {
+        let raw = self.send(method, path, query, body, what).await?;
+        decode(&raw.body, what)
+    }
+
+    /// As [`PrefectClient::json`], with 404 as `None`.
+    pub(crate) async fn json_opt<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<Option<T>, PrefectError> {
+        match self.json(method, path, query, body, what).await {
+            Ok(v) => Ok(Some(v)),
+            Err(PrefectError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A request whose answer has no body worth reading (204).
+    pub(crate) async fn no_content(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<(), PrefectError> {
+        self.send(method, path, &[], body, what).await.map(|_| ())
+    }
+
+    /// A DELETE: `true` when deleted, `false` when it was already gone.
+    pub(crate) async fn delete(&self, path: &str, what: &str) -> Result<bool, PrefectError> {
+        match self.send(Method::DELETE, path, &[], None, what).await {
+            Ok(_) => Ok(true),
+            Err(PrefectError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Decodes a JSON body. The message never quotes the body's values (they may be secrets).
+pub(crate) fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, PrefectError> {
+    serde_json::from_slice(body).map_err(|e| {
+        let text = String::from_utf8_lossy(body);
+        let trimmed = text.trim_start();
+        let detail = if trimmed.starts_with('<') {
+            "got an HTML page instead of JSON (is the URL the API, ending in /api?)".to_string()
+        } else if e.is_eof() {
+            format!(
+                "the JSON ends early (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        } else if e.is_syntax() {
+            format!("malformed JSON at line {}, column {}", e.line(), e.column())
+        } else {
+            format!("unexpected shape: {}", redact_quoted(&e.to_string()))
+        };
+        PrefectError::Decode {
+            what: what.to_string(),
+            detail: one_line(&detail),
+        }
+    })
+}
+
+/// Replaces the contents of `"..."` in serde's messages, which quote offending values.
+fn redact_quoted(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut inside = false;
+    for c in msg.chars() {
+        if c == '"' {
+            if inside {
+                out.push_str("…\"");
+            } else {
+                out.push('"');
+            }
+            inside = !inside;
+        } else if !inside {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn auth_header(config: &PrefectConfig) -> Result<Option<HeaderValue>, PrefectError> {
+    let value = if let Some(key) = &config.api_key {
+        format!("Bearer {}", key.expose_secret())
+    } else if let Some(auth) = &config.auth_string {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(auth.expose_secret());
+        format!("Basic {encoded}")
+    } else {
+        return Ok(None);
+    };
+    let mut header = HeaderValue::from_str(&value).map_err(|_| {
+        PrefectError::Config(
+            "the Prefect API key or auth string contains characters not allowed in a header"
+                .to_string(),
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(Some(header))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and is ignored).
+fn parse_retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
+    let secs: f64 = value?.to_str().ok()?.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// The innermost cause of a transport error (`Connection refused (os error 111)`), which says
+/// more than reqwest's outer "error sending request".
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    one_line(&cur.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::SecretString;
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        let p = RetryPolicy::default();
+        for attempt in 1..20 {
+            assert!(p.delay(attempt, None) <= p.max_delay);
+        }
+        let waits: std::collections::HashSet<_> = (0..20).map(|_| p.delay(6, None)).collect();
+        assert!(waits.len() > 1, "full jitter draws different waits");
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(2))),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn retry_after_parses_seconds_only() {
+        assert_eq!(
+            parse_retry_after(Some(&HeaderValue::from_static("3"))),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            parse_retry_after(Some(&HeaderValue::from_static(
+                "Wed, 21 Oct 2015 07:28:00 GMT"
+            ))),
+            None
+        );
+        assert_eq!(parse_retry_after(None), None);
+    }
+
+    #[test]
+    fn decode_errors_do_not_quote_values() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct T {
+            n: u32,
+        }
+        let e = decode::<T>(br#"{"n":"hunter2-secret"}"#, "x").expect_err("type error");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = decode::<T>(br#"{"n":1"#, "x").expect_err("eof");
+        assert!(e.to_string().contains("ends early"), "{e}");
+        let e = decode::<T>(b"<html>oops</html>", "x").expect_err("html");
+        assert!(e.to_string().contains("HTML page"), "{e}");
+    }
+
+    #[test]
+    fn auth_headers_are_sensitive() {
+        let mut c = PrefectConfig::for_url("http://127.0.0.1:1/api").expect("url");
+        c.auth_string = Some(SecretString::from("user:pw"));
+        let h = auth_header(&c).expect("ok").expect("some");
+        assert!(h.is_sensitive());
+        assert_eq!(h.to_str().expect("ascii"), "Basic dXNlcjpwdw==");
+        c.api_key = Some(SecretString::from("pnu_k"));
+        let h = auth_header(&c).expect("ok").expect("some");
+        assert_eq!(h.to_str().expect("ascii"), "Bearer pnu_k");
+        let client = PrefectClient::new(c).expect("client");
+        assert!(!format!("{client:?}").contains("pnu_k"));
+    }
+}
