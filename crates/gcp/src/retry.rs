@@ -1,0 +1,269 @@
+//! Retry policy as a plain value: which failures are retried, and how long to wait.
+//!
+//! Waits are exponential with full jitter (a uniform draw in `[0, min(max, base * 2^n)]`), so
+//! that many clients backing off together spread out; a server's `Retry-After` is honoured as
+//! a lower bound. Every retry loop is bounded by attempts and by a total deadline.
+
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use reqwest::StatusCode;
+
+/// How a failed call is retried. Cheap to copy; a [`crate::GcpHttp`] holds one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included (1 = no retry).
+    pub max_attempts: u32,
+    /// The backoff cap before jitter for the first retry; doubles each retry.
+    pub base_delay: Duration,
+    /// The largest backoff cap.
+    pub max_delay: Duration,
+    /// Total time allowed for all attempts and waits of one call.
+    pub deadline: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(30),
+            deadline: Duration::from_secs(120),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all (one attempt), for callers that run their own loop.
+    pub fn none() -> Self {
+        Self {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The backoff cap before retry number `retry` (0 for the first retry).
+    pub fn cap(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.min(20));
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    /// The wait before retry number `retry`: full jitter over [`Self::cap`], raised to the
+    /// server's `Retry-After` when that is longer.
+    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
+        let cap = self.cap(retry);
+        let jittered = if cap.is_zero() {
+            Duration::ZERO
+        } else {
+            Duration::from_nanos(
+                rng.random_range(0..=u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX)),
+            )
+        };
+        match retry_after {
+            Some(ra) => jittered.max(ra),
+            None => jittered,
+        }
+    }
+}
+
+/// What the caller of one request allows to be retried beyond the always-safe cases.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryOptions {
+    /// The request may be repeated without harm even if the server processed it (GET, PUT,
+    /// DELETE; a PATCH or POST whose effect is the same when repeated).
+    pub idempotent: bool,
+    /// Also retry 409 `ABORTED` / "operationInProgress" (a concurrent change on the server).
+    pub conflicts: bool,
+}
+
+/// What to do with one failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Try again, after at least this long if the server said so.
+    Retry { retry_after: Option<Duration> },
+    /// Give up and return the error.
+    Stop,
+}
+
+/// Decides on an HTTP error answer. 429 and 503 mean the server did not act, so every request
+/// may be repeated; 500, 502 and 504 may come after the server acted, so only idempotent
+/// requests are repeated.
+pub fn decide_status(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<Duration>,
+    opts: RetryOptions,
+) -> Decision {
+    let retry = Decision::Retry { retry_after };
+    match status.as_u16() {
+        429 | 503 => retry,
+        500 | 502 | 504 if opts.idempotent => retry,
+        409 if opts.conflicts && is_conflict_body(body) => retry,
+        _ => Decision::Stop,
+    }
+}
+
+/// Decides on a transport failure. A refused connection never reached the server, so it is
+/// always safe; a timeout or reset may have, so only idempotent requests are repeated.
+pub fn decide_transport(err: &reqwest::Error, opts: RetryOptions) -> Decision {
+    if err.is_connect() || opts.idempotent {
+        Decision::Retry { retry_after: None }
+    } else {
+        Decision::Stop
+    }
+}
+
+/// 409 bodies that mean "try again later" rather than "already exists".
+fn is_conflict_body(body: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(body);
+    text.contains("\"ABORTED\"") || text.contains("operationInProgress")
+}
+
+/// Parses `Retry-After`: delta seconds or an HTTP date.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let at = SystemTime::from(at.with_timezone(&chrono::Utc));
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_double_and_saturate() {
+        let p = RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            deadline: Duration::from_secs(60),
+        };
+        assert_eq!(p.cap(0), Duration::from_millis(100));
+        assert_eq!(p.cap(1), Duration::from_millis(200));
+        assert_eq!(p.cap(3), Duration::from_millis(800));
+        assert_eq!(p.cap(4), Duration::from_secs(1));
+        assert_eq!(p.cap(400), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_within_bounds_and_varies() {
+        let p = RetryPolicy::default();
+        let mut rng = rand::rng();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            let d = p.delay(2, None, &mut rng);
+            assert!(d <= p.cap(2), "{d:?}");
+            seen.insert(d.as_millis());
+        }
+        assert!(
+            seen.len() > 10,
+            "jitter produced too few distinct waits: {seen:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_is_a_lower_bound() {
+        let p = RetryPolicy::default();
+        let mut rng = rand::rng();
+        for _ in 0..50 {
+            let d = p.delay(0, Some(Duration::from_secs(7)), &mut rng);
+            assert!(d >= Duration::from_secs(7));
+            assert!(d <= Duration::from_secs(7).max(p.cap(0)));
+        }
+    }
+
+    #[test]
+    fn parses_retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn status_decisions() {
+        let post = RetryOptions::default();
+        let get = RetryOptions {
+            idempotent: true,
+            ..RetryOptions::default()
+        };
+        let retry = Decision::Retry { retry_after: None };
+        assert_eq!(
+            decide_status(StatusCode::TOO_MANY_REQUESTS, b"", None, post),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::SERVICE_UNAVAILABLE, b"", None, post),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::INTERNAL_SERVER_ERROR, b"", None, post),
+            Decision::Stop
+        );
+        assert_eq!(
+            decide_status(StatusCode::INTERNAL_SERVER_ERROR, b"", None, get),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::BAD_GATEWAY, b"", None, get),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::GATEWAY_TIMEOUT, b"", None, get),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::NOT_FOUND, b"", None, get),
+            Decision::Stop
+        );
+        assert_eq!(
+            decide_status(StatusCode::BAD_REQUEST, b"", None, get),
+            Decision::Stop
+        );
+        let aborted = br#"{"error":{"code":409,"status":"ABORTED","message":"x"}}"#;
+        let exists = br#"{"error":{"code":409,"status":"ALREADY_EXISTS","message":"x"}}"#;
+        assert_eq!(
+            decide_status(StatusCode::CONFLICT, aborted, None, get),
+            Decision::Stop
+        );
+        let conflicts = RetryOptions {
+            conflicts: true,
+            ..get
+        };
+        assert_eq!(
+            decide_status(StatusCode::CONFLICT, aborted, None, conflicts),
+            retry
+        );
+        assert_eq!(
+            decide_status(
+                StatusCode::CONFLICT,
+                b"operationInProgress",
+                None,
+                conflicts
+            ),
+            retry
+        );
+        assert_eq!(
+            decide_status(StatusCode::CONFLICT, exists, None, conflicts),
+            Decision::Stop
+        );
+        let hinted = Some(Duration::from_secs(2));
+        assert_eq!(
+            decide_status(StatusCode::TOO_MANY_REQUESTS, b"", hinted, post),
+            Decision::Retry {
+                retry_after: hinted
+            }
+        );
+    }
+}
