@@ -8,6 +8,8 @@ use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, Shell};
 
+mod validate;
+
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
@@ -21,7 +23,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(_) => not_built("init", 7),
-        Command::Validate(_) => not_built("validate", 2),
+        Command::Validate(args) => validate::run(&args),
         Command::Plan(_) => not_built("plan", 4),
         Command::Apply(_) => not_built("apply", 4),
         Command::Destroy(_) => not_built("destroy", 4),

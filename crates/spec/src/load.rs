@@ -129,8 +129,9 @@ fn build(r: &mut Reader<'_>, root: &node::Node, file: &Path) -> Option<Spec> {
         }
     }
 
-    let has_api_url = prefect.as_ref().is_some_and(|p| p.api_url.is_some());
-    let has_worker = matches!(worker, Some(Some(_)));
+    // A section that failed to read has its own errors; do not add a second one about it.
+    let has_api_url = prefect.as_ref().is_none_or(|p| p.api_url.is_some());
+    let has_worker = top.get("worker").is_some();
     sections::cross_checks(
         r,
         &top,

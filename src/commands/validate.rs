@@ -1,0 +1,42 @@
+//! `bootstrap validate`: check a plan offline. Makes no network call.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::cli::ValidateArgs;
+
+/// Checks the plan; prints a one-line summary (or, with `--json`, the checked plan without
+/// secrets) on success, every problem on stderr and exit code 1 otherwise.
+pub fn run(args: &ValidateArgs) -> Result<ExitCode> {
+    let path = &args.file.file;
+    match bootstrap_spec::load(path) {
+        Ok(spec) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&spec)?);
+            } else {
+                println!("{}: ok ({})", path.display(), summary(&spec));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(diags) => {
+            eprintln!("{diags}");
+            let n = diags.len();
+            let plural = if n == 1 { "" } else { "s" };
+            eprintln!("{}: {n} error{plural}", path.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+fn summary(spec: &bootstrap_spec::Spec) -> String {
+    let n = spec.deployments.len();
+    let mut parts = vec![format!("{n} deployment{}", if n == 1 { "" } else { "s" })];
+    parts.push(format!("project {}", spec.gcp.project));
+    parts.push(format!("work pool {} ({})", spec.work_pool.name, spec.work_pool.pool_type.as_str()));
+    match &spec.worker {
+        Some(w) => parts.push(format!("worker service {}", w.service)),
+        None => parts.push("no worker service".into()),
+    }
+    parts.join(", ")
+}
