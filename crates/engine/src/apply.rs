@@ -1,0 +1,238 @@
+//! Carrying out a plan: steps run as soon as the steps they depend on have finished (independent
+//! steps in parallel), each reported as it ends. Outputs that later steps need (a new key, a new
+//! block's id) pass in memory through [`Outputs`]; a new private key never leaves it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use bootstrap_spec::Spec;
+use futures::stream::{FuturesUnordered, StreamExt as _};
+use secrecy::SecretString;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+use super::context::Context;
+use super::exec;
+use super::plan::{Action, Address, Mode, Plan, Step};
+
+/// What the steps of one apply hand to each other.
+#[derive(Default)]
+pub struct Outputs {
+    /// The JSON key file created by a key step, by the step's address.
+    pub keys: BTreeMap<Address, SecretString>,
+    /// Ids of objects created by a step (a block's id), by the step's address.
+    pub ids: BTreeMap<Address, String>,
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Entry {
+    pub address: Address,
+    pub action: Action,
+    pub outcome: Outcome,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Created,
+    Updated,
+    Replaced,
+    Deleted,
+    /// Nothing to do after all (someone else made it so meanwhile).
+    Unchanged,
+    Failed,
+    /// Not started because a step it depends on failed.
+    Skipped,
+}
+
+/// The record of an apply.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Changelog {
+    pub entries: Vec<Entry>,
+}
+
+impl Changelog {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn summary(&self, mode: Mode) -> String {
+        let n = |o: Outcome| self.entries.iter().filter(|e| e.outcome == o).count();
+        match mode {
+            Mode::Apply => format!(
+                "Apply complete: {} created, {} updated, {} replaced, {} deleted.",
+                n(Outcome::Created),
+                n(Outcome::Updated),
+                n(Outcome::Replaced),
+                n(Outcome::Deleted)
+            ),
+            Mode::Destroy => format!("Destroy complete: {} deleted, {} updated.", n(Outcome::Deleted), n(Outcome::Updated)),
+        }
+    }
+}
+
+/// An apply that stopped: what was done, and why it stopped.
+pub struct Failure {
+    pub log: Changelog,
+    pub error: anyhow::Error,
+}
+
+/// Progress on stderr: one line per finished step; a spinner for the steps in flight.
+pub struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new(interactive: bool) -> Self {
+        let bar = interactive.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress { bar, started: Instant::now() }
+    }
+
+    fn running(&self, in_flight: &BTreeSet<Address>) {
+        if let Some(bar) = &self.bar {
+            let names: Vec<String> = in_flight.iter().map(|a| a.to_string()).collect();
+            bar.set_message(names.join(", "));
+        }
+    }
+
+    fn done(&self, entry: &Entry) {
+        let line = match entry.outcome {
+            Outcome::Failed => format!(
+                "{}: failed after {:.1}s: {}",
+                entry.address,
+                entry.seconds,
+                entry.error.as_deref().unwrap_or("")
+            ),
+            Outcome::Skipped => format!("{}: skipped (a step it depends on failed)", entry.address),
+            o => format!("{}: {} in {:.1}s", entry.address, serde_json::to_value(o).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), entry.seconds),
+        };
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        tracing::debug!(elapsed = ?self.started.elapsed(), "apply finished");
+    }
+}
+
+fn outcome_for(action: Action, did_something: bool) -> Outcome {
+    if !did_something {
+        return Outcome::Unchanged;
+    }
+    match action {
+        Action::Create => Outcome::Created,
+        Action::Update => Outcome::Updated,
+        Action::Replace => Outcome::Replaced,
+        Action::Delete => Outcome::Deleted,
+    }
+}
+
+/// Runs the plan's steps in dependency order, in parallel where independent. Stops starting
+/// new steps after the first failure, lets the running ones finish, and reports all.
+pub async fn apply(ctx: &Context, spec: &Spec, plan: &Plan, progress: &Progress) -> Result<Changelog, Failure> {
+    let outputs = Mutex::new(Outputs::default());
+    let mut log = Changelog::default();
+    let mut done: BTreeSet<Address> = BTreeSet::new();
+    let mut failed: Option<anyhow::Error> = None;
+    let mut pending: Vec<&Step> = plan.steps.iter().collect();
+    let mut in_flight_names: BTreeSet<Address> = BTreeSet::new();
+    let mut running = FuturesUnordered::new();
+    let planned: BTreeSet<&Address> = plan.steps.iter().map(|s| &s.address).collect();
+
+    loop {
+        if failed.is_none() {
+            let (ready, rest): (Vec<&Step>, Vec<&Step>) = pending.into_iter().partition(|s| {
+                s.depends_on
+                    .iter()
+                    .all(|d| done.contains(d) || !planned.contains(d))
+            });
+            pending = rest;
+            for step in ready {
+                in_flight_names.insert(step.address.clone());
+                let outputs = &outputs;
+                running.push(async move {
+                    let t = Instant::now();
+                    let r = exec::run(ctx, spec, step, outputs).await;
+                    (step, r, t.elapsed())
+                });
+            }
+        }
+        progress.running(&in_flight_names);
+        let Some((step, result, took)) = running.next().await else { break };
+        in_flight_names.remove(&step.address);
+        let entry = match result {
+            Ok(did) => {
+                done.insert(step.address.clone());
+                Entry {
+                    address: step.address.clone(),
+                    action: step.action,
+                    outcome: outcome_for(step.action, did),
+                    seconds: took.as_secs_f64(),
+                    error: None,
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                if failed.is_none() {
+                    failed = Some(e.context(format!("{} could not be {}", step.address, verb(step.action))));
+                }
+                Entry {
+                    address: step.address.clone(),
+                    action: step.action,
+                    outcome: Outcome::Failed,
+                    seconds: took.as_secs_f64(),
+                    error: Some(message),
+                }
+            }
+        };
+        progress.done(&entry);
+        log.entries.push(entry);
+    }
+    for step in pending {
+        let entry = Entry {
+            address: step.address.clone(),
+            action: step.action,
+            outcome: Outcome::Skipped,
+            seconds: 0.0,
+            error: None,
+        };
+        progress.done(&entry);
+        log.entries.push(entry);
+    }
+    progress.finish();
+    match failed {
+        None => Ok(log),
+        Some(error) => Err(Failure {
+            log,
+            error: error.context("apply stopped; what finished is kept, and running apply again continues from there"),
+        }),
+    }
+}
+
+fn verb(action: Action) -> &'static str {
+    match action {
+        Action::Create => "created",
+        Action::Update => "updated",
+        Action::Replace => "replaced",
+        Action::Delete => "deleted",
+    }
+}

@@ -1,0 +1,47 @@
+//! The live connections an engine run uses: Google APIs (operator credentials, gcloud's
+//! conventions) and the Prefect API (plan, environment or profile, as Prefect's CLI resolves).
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use bootstrap_gcp::{AmbientTokenSource, Endpoints, GcpHttp, RetryPolicy};
+use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig};
+use bootstrap_spec::Spec;
+use secrecy::SecretString;
+
+pub struct Context {
+    pub gcp: GcpHttp,
+    pub prefect: PrefectClient,
+}
+
+impl Context {
+    /// Finds credentials and builds the clients. Makes no API call beyond fetching a token.
+    pub async fn connect(spec: &Spec, gcp_endpoint: Option<&str>) -> Result<Self> {
+        let endpoints = match gcp_endpoint {
+            Some(base) => Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?,
+            None => Endpoints::google(),
+        };
+        let tokens = AmbientTokenSource::discover()
+            .await
+            .context("finding Google credentials")?;
+        let gcp = GcpHttp::new(endpoints, Arc::new(tokens), RetryPolicy::default())?;
+        let config = PrefectConfig::resolve(ConfigOverrides {
+            api_url: spec.prefect.api_url.clone(),
+            api_key: spec.prefect.api_key.clone(),
+            auth_string: spec.prefect.auth_string.clone(),
+        })
+        .context("finding the Prefect API")?;
+        let prefect = PrefectClient::new(config)?;
+        Ok(Context { gcp, prefect })
+    }
+
+    /// The Prefect API URL the worker service is given.
+    pub fn worker_api_url(&self, _spec: &Spec) -> String {
+        self.prefect.config().api_url.to_string()
+    }
+
+    /// The Prefect API key that goes to Secret Manager for the worker, if any.
+    pub fn api_key(&self) -> Option<&SecretString> {
+        self.prefect.config().api_key.as_ref()
+    }
+}

@@ -1,0 +1,12 @@
+//! The engine: validated spec -> observe (async) -> plan (pure) -> render -> apply.
+
+pub mod context;
+pub mod diff;
+pub mod observed;
+pub mod plan;
+pub mod planner;
+pub mod render;
+
+pub use observed::Observed;
+pub use plan::{Action, Address, Mode, Plan, Step};
+pub use context::Context;

@@ -1,0 +1,85 @@
+//! What GCP and Prefect hold now, reduced to what the planner needs. Filled by `observe`, read by
+//! the pure planner. "Absent" is `None`, never an error.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::Value;
+
+/// The label (Run, Secret Manager) and the marker (Prefect descriptions) of what the tool created.
+pub const MARKER_LABEL: (&str, &str) = ("managed-by", "bootstrap");
+pub const MARKER_TEXT: &str = "managed by bootstrap";
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// Enabled state of each API the plan needs.
+    pub apis: BTreeMap<String, bool>,
+    pub service_account: Option<ServiceAccount>,
+    /// role -> members of the project policy (unconditional bindings only).
+    pub project_bindings: BTreeMap<String, BTreeSet<String>>,
+    /// role -> members of the service account's own policy.
+    pub sa_bindings: BTreeMap<String, BTreeSet<String>>,
+    /// User-managed keys of the service account.
+    pub keys: Vec<Key>,
+    pub block: Option<Block>,
+    pub secret: Option<Secret>,
+    /// The worker's Cloud Run service as the API returns it (v2 JSON).
+    pub service: Option<Value>,
+    pub work_pool: Option<WorkPool>,
+    /// The server's default base job template for the plan's pool type.
+    pub default_template: Option<Value>,
+    /// By "flow/deployment".
+    pub deployments: BTreeMap<String, Deployment>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceAccount {
+    pub email: String,
+    pub display_name: String,
+    pub description: String,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Key {
+    /// `projects/-/serviceAccounts/<email>/keys/<id>`.
+    pub name: String,
+    pub key_id: String,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub id: String,
+    pub project: Option<String>,
+    /// `service_account_info.private_key_id` (read with secrets, only the id is kept).
+    pub private_key_id: Option<String>,
+    pub client_email: Option<String>,
+    pub has_service_account_info: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Secret {
+    pub labels: BTreeMap<String, String>,
+    /// Whether the latest enabled version holds the plan's API key (`None`: no version).
+    pub latest_matches: Option<bool>,
+    /// Members with `roles/secretmanager.secretAccessor` on the secret.
+    pub accessors: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkPool {
+    pub id: String,
+    pub pool_type: String,
+    pub description: Option<String>,
+    pub base_job_template: Value,
+    pub concurrency_limit: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: String,
+    pub flow: String,
+    pub name: String,
+    /// The fields the plan owns, as the server returns them.
+    pub fields: serde_json::Map<String, Value>,
+}

@@ -1,0 +1,242 @@
+//! The plan: a complete, serializable value. `apply` carries it out step by step and makes no
+//! decisions of its own (the planner left none).
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Where a resource lives, printed as e.g. `gcp.service_account["prefect-service-account"]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Address(pub String);
+
+impl Address {
+    pub fn new(kind: &str, name: &str) -> Self {
+        Address(format!("{kind}[\"{name}\"]"))
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a step does to its resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Create,
+    Update,
+    Replace,
+    Delete,
+}
+
+/// Whether `plan` is converging on the plan file or tearing it down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Apply,
+    Destroy,
+}
+
+/// One field that changes. Values of sensitive fields are never carried: only the fact of change.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FieldChange {
+    pub path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+    /// The value is a secret (shown as `(sensitive)`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
+    /// The new value is known only during apply (e.g. the id of a block created earlier in it).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub known_after_apply: bool,
+}
+
+impl FieldChange {
+    pub fn set(path: impl Into<String>, old: Option<Value>, new: Option<Value>) -> Self {
+        FieldChange {
+            path: path.into(),
+            old,
+            new,
+            sensitive: false,
+            known_after_apply: false,
+        }
+    }
+
+    pub fn sensitive(path: impl Into<String>) -> Self {
+        FieldChange {
+            path: path.into(),
+            old: None,
+            new: None,
+            sensitive: true,
+            known_after_apply: false,
+        }
+    }
+
+    pub fn after_apply(path: impl Into<String>, old: Option<Value>) -> Self {
+        FieldChange {
+            path: path.into(),
+            old,
+            new: None,
+            sensitive: false,
+            known_after_apply: true,
+        }
+    }
+}
+
+/// A value an operation needs that exists only once an earlier step of the same apply ran.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "from")]
+pub enum Deferred<T> {
+    Known { value: T },
+    /// The output of the step at this address.
+    Step { address: Address },
+}
+
+/// What a step does, with everything needed to do it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum Op {
+    EnableApis {
+        services: Vec<String>,
+    },
+    CreateServiceAccount {
+        account_id: String,
+        email: String,
+        display_name: String,
+        description: String,
+    },
+    PatchServiceAccount {
+        email: String,
+        display_name: String,
+        description: String,
+    },
+    DeleteServiceAccount {
+        email: String,
+    },
+    /// One read-modify-write of the project policy: add and remove exactly these (role, member).
+    EditProjectPolicy {
+        add: Vec<(String, String)>,
+        remove: Vec<(String, String)>,
+        /// Members that were created in this apply (retry "does not exist" for them).
+        new_accounts: Vec<String>,
+    },
+    /// The same on a service account's own policy (least privilege).
+    EditServiceAccountPolicy {
+        email: String,
+        add: Vec<(String, String)>,
+        remove: Vec<(String, String)>,
+    },
+    /// Create a user-managed key; its private key stays in memory for the block step.
+    CreateKey {
+        email: String,
+    },
+    DeleteKey {
+        name: String,
+        key_id: String,
+    },
+    /// Create the secret (if `create`) and add a version holding the Prefect API key.
+    PutSecret {
+        secret_id: String,
+        create: bool,
+        add_version: bool,
+        labels: serde_json::Map<String, Value>,
+    },
+    GrantSecretAccess {
+        secret_id: String,
+        member: String,
+    },
+    DeleteSecret {
+        secret_id: String,
+    },
+    /// Create or replace the worker's Cloud Run service (PATCH with allowMissing=true).
+    UpsertService {
+        name: String,
+        body: Value,
+    },
+    DeleteService {
+        name: String,
+    },
+    UpsertBlock {
+        name: String,
+        existing_id: Option<String>,
+        project: String,
+        /// The key to store: from the key step of this apply, or none (keyless / unchanged key).
+        key_from: Option<Address>,
+        /// Keyless: store no service_account_info (and remove a stale one).
+        keyless: bool,
+    },
+    DeleteBlock {
+        id: String,
+        name: String,
+    },
+    UpsertWorkPool {
+        name: String,
+        pool_type: String,
+        exists: bool,
+        description: Option<String>,
+        /// The whole template to send; `credentials.default` holds the block ref, deferred when
+        /// the block is created in the same apply.
+        base_job_template: Value,
+        credentials: Option<Deferred<String>>,
+        concurrency_limit: Option<u32>,
+    },
+    DeleteWorkPool {
+        name: String,
+    },
+    UpsertDeployment {
+        flow: String,
+        name: String,
+        body: Value,
+    },
+    DeleteDeployment {
+        id: String,
+        flow: String,
+        name: String,
+    },
+}
+
+/// One change to one resource.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Step {
+    pub address: Address,
+    pub action: Action,
+    /// A pre-existing resource the tool did not create (no marker) that the plan takes over.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+    /// Why, in a few words, when it is not obvious from the changes (drift, orphan, rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub changes: Vec<FieldChange>,
+    /// Steps that must finish first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Address>,
+    pub op: Op,
+}
+
+/// The whole plan: the steps in an order that respects `depends_on`, and what is already right.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub mode: Mode,
+    pub project: String,
+    pub steps: Vec<Step>,
+    /// Resources that already match the plan.
+    pub unchanged: Vec<Address>,
+    /// Resources that exist and are the plan's but that the tool did not create (kept by destroy).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adopted: Vec<Address>,
+}
+
+impl Plan {
+    pub fn has_changes(&self) -> bool {
+        !self.steps.is_empty()
+    }
+
+    pub fn count(&self, action: Action) -> usize {
+        self.steps.iter().filter(|s| s.action == action).count()
+    }
+}

@@ -1,0 +1,188 @@
+//! The worker's Cloud Run service (v2): the body the plan wants, and the view of a live service
+//! restricted to the fields the plan owns (server-managed fields never show as drift).
+
+use bootstrap_spec::{Spec, Worker, WorkerRuntime};
+use serde_json::{Value, json};
+
+use super::super::diff;
+use super::super::observed::MARKER_LABEL;
+use super::Options;
+
+/// Port of the worker's health endpoint inside the container.
+pub const HEALTH_PORT: u16 = 8080;
+
+/// The container command and args that start the worker (the guide's, or the embedded one).
+pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<String>) {
+    let pool = spec.work_pool.name.to_string();
+    let pool_type = spec.work_pool.pool_type.as_str().to_string();
+    match worker.runtime {
+        WorkerRuntime::Python => (
+            vec![],
+            [
+                "prefect", "worker", "start", "--install-policy", "always", "--with-healthcheck", "-p",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([pool, "-t".into(), pool_type])
+            .collect(),
+        ),
+        WorkerRuntime::Embedded => (
+            vec!["bootstrap".into()],
+            vec!["worker".into(), "--pool".into(), pool, "--healthcheck".into()],
+        ),
+    }
+}
+
+/// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
+pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
+    let (command, args) = command_and_args(spec, worker);
+    let mut env = vec![json!({"name": "PREFECT_API_URL", "value": options.prefect_api_url})];
+    if options.has_api_key {
+        env.push(json!({
+            "name": "PREFECT_API_KEY",
+            "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
+        }));
+    }
+    if worker.runtime == WorkerRuntime::Python {
+        // The Python worker's health server listens where --with-healthcheck puts it.
+        env.push(json!({"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": HEALTH_PORT.to_string()}));
+    }
+    let mut container = json!({
+        "image": worker.image.as_str(),
+        "args": args,
+        "env": env,
+        "ports": [{"containerPort": HEALTH_PORT}],
+        "resources": {
+            "limits": {"cpu": worker.cpu, "memory": worker.memory},
+            "cpuIdle": worker.cpu_throttling,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": HEALTH_PORT},
+            "periodSeconds": 5,
+            "failureThreshold": 24,
+            "timeoutSeconds": 3,
+        },
+    });
+    if !command.is_empty() {
+        container["command"] = json!(command);
+    }
+    let mut scaling = json!({"minInstanceCount": worker.min_instances});
+    if let Some(max) = worker.max_instances {
+        scaling["maxInstanceCount"] = json!(max);
+    }
+    json!({
+        "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
+        "ingress": "INGRESS_TRAFFIC_ALL",
+        "invokerIamDisabled": worker.allow_unauthenticated,
+        "template": {
+            "serviceAccount": spec.service_account.email.as_str(),
+            "scaling": scaling,
+            "containers": [container],
+        },
+    })
+}
+
+/// The fields of a service the plan owns, from a live service or a desired body.
+pub fn owned_view(service: &Value) -> Value {
+    let container = service
+        .pointer("/template/containers/0")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut env: Vec<Value> = container
+        .get("env")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    env.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+    let env_map: serde_json::Map<String, Value> = env
+        .into_iter()
+        .filter_map(|e| {
+            let name = e.get("name")?.as_str()?.to_string();
+            let v = e
+                .get("value")
+                .cloned()
+                .or_else(|| e.get("valueSource").cloned())
+                .unwrap_or(Value::Null);
+            Some((name, v))
+        })
+        .collect();
+    let pick = |p: &str| service.pointer(p).cloned().unwrap_or(Value::Null);
+    let cpick = |p: &str| container.pointer(p).cloned().unwrap_or(Value::Null);
+    json!({
+        "labels": {MARKER_LABEL.0: service.pointer(&format!("/labels/{}", MARKER_LABEL.0)).cloned().unwrap_or(Value::Null)},
+        "invoker_iam_disabled": service.get("invokerIamDisabled").and_then(Value::as_bool).unwrap_or(false),
+        "service_account": pick("/template/serviceAccount"),
+        "min_instances": pick("/template/scaling/minInstanceCount"),
+        "max_instances": pick("/template/scaling/maxInstanceCount"),
+        "image": cpick("/image"),
+        "command": cpick("/command"),
+        "args": cpick("/args"),
+        "env": env_map,
+        "cpu": cpick("/resources/limits/cpu"),
+        "memory": cpick("/resources/limits/memory"),
+        "cpu_idle": container.pointer("/resources/cpuIdle").and_then(Value::as_bool).unwrap_or(false),
+        "startup_probe_path": cpick("/startupProbe/httpGet/path"),
+    })
+}
+
+pub fn is_marked(service: &Value) -> bool {
+    service.pointer(&format!("/labels/{}", MARKER_LABEL.0)).and_then(Value::as_str) == Some(MARKER_LABEL.1)
+}
+
+/// The body for updating a live service: the live service's user fields with ours laid over, so
+/// that fields the plan does not own (set by hand, or by the API) are kept.
+pub fn merge_into_live(live: &Value, desired: &Value) -> Value {
+    const SERVER_FIELDS: &[&str] = &[
+        "uid", "generation", "createTime", "updateTime", "deleteTime", "expireTime", "creator",
+        "lastModifier", "observedGeneration", "conditions", "terminalCondition", "latestReadyRevision",
+        "latestCreatedRevision", "trafficStatuses", "uri", "urls", "reconciling", "etag", "satisfiesPzs",
+    ];
+    let mut body = live.clone();
+    if let Value::Object(map) = &mut body {
+        for f in SERVER_FIELDS {
+            map.remove(*f);
+        }
+    }
+    // Labels: keep the live ones, add ours.
+    if let Some(Value::Object(labels)) = desired.get("labels") {
+        for (k, v) in labels {
+            diff::set_path(&mut body, &format!("labels.{k}"), v.clone());
+        }
+    }
+    for key in ["ingress", "invokerIamDisabled"] {
+        if let Some(v) = desired.get(key) {
+            body[key] = v.clone();
+        }
+    }
+    for key in ["serviceAccount", "scaling"] {
+        if let Some(v) = desired.pointer(&format!("/template/{key}")) {
+            diff::set_path(&mut body, &format!("template.{key}"), v.clone());
+        }
+    }
+    if let Some(Value::Object(map)) = body.get_mut("template") {
+        map.remove("revision"); // never pin revision names (409 on a changed config)
+    }
+    // The first container is ours; others (sidecars) are kept.
+    let ours = desired.pointer("/template/containers/0").cloned().unwrap_or(Value::Null);
+    let mut containers = body
+        .pointer("/template/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if containers.is_empty() {
+        containers.push(ours);
+    } else {
+        let mut first = containers[0].clone();
+        if let (Value::Object(f), Value::Object(o)) = (&mut first, &ours) {
+            for (k, v) in o {
+                f.insert(k.clone(), v.clone());
+            }
+            if !o.contains_key("command") {
+                f.remove("command");
+            }
+        }
+        containers[0] = first;
+    }
+    diff::set_path(&mut body, "template.containers", Value::Array(containers));
+    body
+}

@@ -1,0 +1,290 @@
+//! Planner tests: pure, no I/O. The rendered plans are snapshot-tested (what users read).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bootstrap_spec::ids::*;
+use bootstrap_spec::*;
+use serde_json::json;
+
+use super::*;
+use crate::observed::{self, Observed};
+use crate::plan::{Action, Op};
+use crate::render;
+
+fn spec() -> Spec {
+    let project = ProjectId::parse("prefect-project").unwrap();
+    let account = AccountId::parse("prefect-service-account").unwrap();
+    Spec {
+        source: "plans/guide.yaml".into(),
+        gcp: Gcp {
+            project: project.clone(),
+            region: Region::parse("us-central1").unwrap(),
+            apis: ["iam.googleapis.com", "run.googleapis.com", "secretmanager.googleapis.com"]
+                .into_iter()
+                .map(|a| ApiService::parse(a).unwrap())
+                .collect(),
+        },
+        service_account: ServiceAccount {
+            email: ServiceAccountEmail::for_account(&account, &project),
+            account_id: account,
+            display_name: "prefect-service-account".into(),
+            description: "service account to use for the prefect worker".into(),
+            roles: vec![
+                Role::parse("roles/iam.serviceAccountUser").unwrap(),
+                Role::parse("roles/run.admin").unwrap(),
+            ],
+            key: KeyMode::Json,
+            least_privilege: false,
+        },
+        prefect: Prefect {
+            api_url: Some("http://127.0.0.1:4200/api".into()),
+            api_key: None,
+            auth_string: None,
+        },
+        credentials_block: CredentialsBlock {
+            name: BlockName::parse("gcp-credentials").unwrap(),
+        },
+        work_pool: WorkPool {
+            name: PrefectName::parse("my-cloud-run-pool").unwrap(),
+            pool_type: PoolType::CloudRun,
+            description: None,
+            job_variables: serde_json::Map::new(),
+            base_job_template: None,
+            concurrency_limit: None,
+        },
+        worker: Some(Worker {
+            service: RunServiceName::parse("prefect-worker").unwrap(),
+            image: ImageRef::parse("prefecthq/prefect:3-latest").unwrap(),
+            runtime: WorkerRuntime::Python,
+            min_instances: 1,
+            max_instances: None,
+            cpu_throttling: false,
+            allow_unauthenticated: false,
+            cpu: "1".into(),
+            memory: "512Mi".into(),
+            api_key_secret: SecretId::parse("prefect-api-key").unwrap(),
+        }),
+        deployments: vec![Deployment {
+            name: PrefectName::parse("gcp-weather-deploy").unwrap(),
+            flow: PrefectName::parse("fetch-weather").unwrap(),
+            entrypoint: "flows/weather_flow.py:fetch_weather".into(),
+            image: Some(ImageRef::parse("gcr.io/prefect-project/gcp-weather-image:latest").unwrap()),
+            parameters: json!({"lat": 14.5994, "lon": 28.6731}).as_object().unwrap().clone(),
+            work_queue: PrefectName::parse("default").unwrap(),
+            tags: vec![],
+            description: None,
+            job_variables: serde_json::Map::new(),
+            pull_steps: vec![],
+            schedules: vec![],
+        }],
+    }
+}
+
+fn options(mode: Mode) -> Options {
+    Options {
+        mode,
+        rotate_key: false,
+        keep_service_account: false,
+        prefect_api_url: "http://127.0.0.1:4200/api".into(),
+        has_api_key: true,
+    }
+}
+
+fn default_template() -> serde_json::Value {
+    json!({
+        "job_configuration": {"region": "{{ region }}", "credentials": "{{ credentials }}"},
+        "variables": {"type": "object", "properties": {
+            "region": {"type": "string", "default": "us-central1"},
+            "credentials": {"allOf": [{"$ref": "#/definitions/GcpCredentials"}]},
+            "service_account_name": {"type": "string"},
+            "cpu": {"type": "string"},
+            "image": {"type": "string"}
+        }}
+    })
+}
+
+fn empty() -> Observed {
+    Observed {
+        default_template: Some(default_template()),
+        ..Observed::default()
+    }
+}
+
+/// What the live world looks like right after a successful apply of `spec()`.
+fn converged(s: &Spec) -> Observed {
+    let mut o = empty();
+    for a in &s.gcp.apis {
+        o.apis.insert(a.to_string(), true);
+    }
+    o.service_account = Some(observed::ServiceAccount {
+        email: s.service_account.email.to_string(),
+        display_name: s.service_account.display_name.clone(),
+        description: s.service_account.description.clone(),
+        disabled: false,
+    });
+    let member = s.service_account.email.member();
+    let mut bindings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in &s.service_account.roles {
+        bindings.entry(r.to_string()).or_default().insert(member.clone());
+    }
+    bindings.entry("roles/owner".into()).or_default().insert("user:someone@example.com".into());
+    o.project_bindings = bindings;
+    o.keys = vec![observed::Key {
+        name: format!("projects/prefect-project/serviceAccounts/{}/keys/k1", s.service_account.email),
+        key_id: "k1".into(),
+        disabled: false,
+    }];
+    o.block = Some(observed::Block {
+        id: "b-1".into(),
+        project: Some("prefect-project".into()),
+        private_key_id: Some("k1".into()),
+        client_email: Some(s.service_account.email.to_string()),
+        has_service_account_info: true,
+    });
+    o.secret = Some(observed::Secret {
+        labels: [("managed-by".to_string(), "bootstrap".to_string())].into(),
+        latest_matches: Some(true),
+        accessors: [member].into(),
+    });
+    let worker = s.worker.as_ref().unwrap();
+    let mut live = service::desired(s, worker, &options(Mode::Apply));
+    // Server-filled fields must not show as drift.
+    live["uid"] = json!("u-1");
+    live["generation"] = json!("3");
+    live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
+    live["template"]["containers"][0]["name"] = json!("worker-1");
+    live["template"]["scaling"]["maxInstanceCount"] = serde_json::Value::Null;
+    o.service = Some(live);
+    let t = template::apply_defaults(s, &default_template(), Some(&template::block_ref("b-1")));
+    o.work_pool = Some(observed::WorkPool {
+        id: "p-1".into(),
+        pool_type: "cloud-run".into(),
+        description: None,
+        base_job_template: t,
+        concurrency_limit: None,
+    });
+    for d in &s.deployments {
+        o.deployments.insert(
+            prefect::deployment_key(d),
+            observed::Deployment {
+                id: "d-1".into(),
+                flow: d.flow.to_string(),
+                name: d.name.to_string(),
+                fields: prefect::deployment_fields(s, d),
+            },
+        );
+    }
+    o
+}
+
+#[test]
+fn first_apply_creates_everything_in_order() {
+    let s = spec();
+    let p = plan(&s, &empty(), &options(Mode::Apply));
+    let addrs: Vec<String> = p.steps.iter().map(|s| s.address.to_string()).collect();
+    let pos = |a: &str| addrs.iter().position(|x| x.starts_with(a)).unwrap_or_else(|| panic!("{a} missing in {addrs:?}"));
+    assert!(pos("gcp.service_account[") < pos("gcp.project_iam"));
+    assert!(pos("gcp.service_account_key") < pos("prefect.block"));
+    assert!(pos("prefect.block") < pos("prefect.work_pool"));
+    assert!(p.steps.iter().all(|s| s.action == Action::Create || s.action == Action::Update));
+    insta::assert_snapshot!("plan_create", render::human(&p, false));
+}
+
+#[test]
+fn converged_world_is_a_quiet_plan() {
+    let s = spec();
+    let p = plan(&s, &converged(&s), &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+    insta::assert_snapshot!("plan_noop", render::human(&p, false));
+}
+
+#[test]
+fn a_changed_field_is_one_in_place_update() {
+    let mut s = spec();
+    let o = converged(&s);
+    s.worker.as_mut().unwrap().min_instances = 2;
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 1, "{}", render::human(&p, false));
+    assert_eq!(p.steps[0].action, Action::Update);
+    assert_eq!(p.steps[0].changes.len(), 1);
+    insta::assert_snapshot!("plan_update", render::human(&p, false));
+}
+
+#[test]
+fn removed_role_is_repaired_and_foreign_members_are_untouched() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.project_bindings.get_mut("roles/run.admin").unwrap().clear();
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 1);
+    match &p.steps[0].op {
+        Op::EditProjectPolicy { add, remove, .. } => {
+            assert_eq!(add, &vec![("roles/run.admin".to_string(), s.service_account.email.member())]);
+            assert!(remove.is_empty());
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn missing_key_makes_a_new_one_and_orphans_the_rest() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.keys = vec![observed::Key { name: "n/keys/k9".into(), key_id: "k9".into(), disabled: false }];
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let kinds: Vec<(String, Action)> = p.steps.iter().map(|s| (s.address.to_string(), s.action)).collect();
+    assert!(kinds.iter().any(|(a, x)| a.contains("/new") && *x == Action::Create), "{kinds:?}");
+    assert!(kinds.iter().any(|(a, x)| a.contains("k9") && *x == Action::Delete), "{kinds:?}");
+    let block = p.steps.iter().find(|s| s.address.to_string().starts_with("prefect.block")).unwrap();
+    assert!(matches!(&block.op, Op::UpsertBlock { key_from: Some(_), .. }));
+    // No secret value is ever in the plan.
+    assert!(render::json(&p).contains("(sensitive)") || !render::json(&p).contains("PRIVATE KEY"));
+}
+
+#[test]
+fn ui_edits_to_unowned_template_fields_are_kept() {
+    let s = spec();
+    let mut o = converged(&s);
+    let pool = o.work_pool.as_mut().unwrap();
+    pool.base_job_template["variables"]["properties"]["cpu"]["default"] = json!("2000m");
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+    // And when the plan does change the template, the UI's edit rides along.
+    let mut s2 = s.clone();
+    s2.gcp.region = Region::parse("europe-west1").unwrap();
+    let p = plan(&s2, &o, &options(Mode::Apply));
+    let pool_step = p.steps.iter().find(|s| s.address.to_string().starts_with("prefect.work_pool")).unwrap();
+    match &pool_step.op {
+        Op::UpsertWorkPool { base_job_template, .. } => {
+            assert_eq!(base_job_template["variables"]["properties"]["cpu"]["default"], json!("2000m"));
+            assert_eq!(base_job_template["variables"]["properties"]["region"]["default"], json!("europe-west1"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn destroy_deletes_in_reverse_and_twice_is_a_no_op() {
+    let s = spec();
+    let p = plan(&s, &converged(&s), &options(Mode::Destroy));
+    let addrs: Vec<String> = p.steps.iter().map(|s| s.address.to_string()).collect();
+    let pos = |a: &str| addrs.iter().position(|x| x.starts_with(a)).unwrap();
+    assert!(pos("prefect.deployment") < pos("prefect.work_pool"));
+    assert!(pos("prefect.work_pool") < pos("prefect.block"));
+    assert!(pos("gcp.run_service") < pos("gcp.service_account["));
+    insta::assert_snapshot!("plan_destroy", render::human(&p, false));
+    let p2 = plan(&s, &empty(), &options(Mode::Destroy));
+    assert!(!p2.has_changes());
+}
+
+#[test]
+fn unmarked_service_is_adopted_and_kept_by_destroy() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.service.as_mut().unwrap()["labels"] = json!({});
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(p.steps.iter().any(|s| s.adopted));
+    let d = plan(&s, &o, &options(Mode::Destroy));
+    assert!(d.adopted.iter().any(|a| a.to_string().contains("run_service")));
+    assert!(!d.steps.iter().any(|s| s.address.to_string().contains("run_service")));
+}
