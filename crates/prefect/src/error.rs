@@ -89,7 +89,7 @@ impl PrefectError {
 }
 
 /// Longest excerpt of a server body kept in an error message.
-const EXCERPT: usize = 200;
+const EXCERPT: usize = 400;
 
 /// Squeezes text onto one line and cuts it to a readable length.
 pub(crate) fn one_line(text: &str) -> String {

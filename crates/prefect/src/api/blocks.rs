@@ -16,7 +16,15 @@ impl PrefectClient {
     pub async fn health(&self) -> Result<(), PrefectError> {
         let v: serde_json::Value = self
             .json(Method::GET, "/health", &[], None, "the health check")
-            .await?;
+            .await
+            .map_err(|e| match e {
+                PrefectError::NotFound { .. } => PrefectError::Config(format!(
+                    "{} does not look like a Prefect API (GET /health answered 404); \
+                     the API URL usually ends in /api",
+                    self.config.api_url
+                )),
+                other => other,
+            })?;
         if v == serde_json::Value::Bool(true) {
             Ok(())
         } else {
