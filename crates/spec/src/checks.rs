@@ -48,8 +48,9 @@ pub fn check_field(field: Field, value: &str) -> Result<(), String> {
 /// A likely intended value for a rejected one (a close known region, a `roles/` prefix ...).
 pub fn hint(field: Field, value: &str) -> Option<String> {
     match field {
-        Field::Region => crate::diag::did_you_mean(value, KNOWN_REGIONS)
-            .map(|r| format!("did you mean `{r}`?")),
+        Field::Region => {
+            crate::diag::did_you_mean(value, KNOWN_REGIONS).map(|r| format!("did you mean `{r}`?"))
+        }
         Field::Role if !value.contains('/') && Role::parse(format!("roles/{value}")).is_ok() => {
             Some(format!("did you mean `roles/{value}`?"))
         }
@@ -105,7 +106,10 @@ pub fn check_api_url(s: &str) -> Result<(), String> {
         "a Prefect API URL is http(s)://HOST[:PORT]/api, e.g. http://127.0.0.1:4200/api";
     let url = url::Url::parse(s).map_err(|e| format!("{FORM} ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{FORM} (scheme `{}` is not http or https)", url.scheme()));
+        return Err(format!(
+            "{FORM} (scheme `{}` is not http or https)",
+            url.scheme()
+        ));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(format!("{FORM} (the host is missing)"));
@@ -155,7 +159,14 @@ mod tests {
     fn entrypoints() {
         assert!(check_entrypoint("flows/weather_flow.py:fetch_weather").is_ok());
         assert!(check_entrypoint("flow.py:Flows.run").is_ok());
-        for bad in ["flows/weather_flow.py", "weather.txt:f", ".py:f", "a.py:", "a.py:1f", "my flows/a.py:f"] {
+        for bad in [
+            "flows/weather_flow.py",
+            "weather.txt:f",
+            ".py:f",
+            "a.py:",
+            "a.py:1f",
+            "my flows/a.py:f",
+        ] {
             assert!(check_entrypoint(bad).is_err(), "{bad}");
         }
     }
@@ -164,7 +175,12 @@ mod tests {
     fn api_urls() {
         assert!(check_api_url("http://127.0.0.1:4200/api").is_ok());
         assert!(check_api_url("https://api.prefect.cloud/api/accounts/a/workspaces/b").is_ok());
-        for bad in ["127.0.0.1:4200/api", "ftp://x/api", "not a url", "https://u:p@x/api"] {
+        for bad in [
+            "127.0.0.1:4200/api",
+            "ftp://x/api",
+            "not a url",
+            "https://u:p@x/api",
+        ] {
             assert!(check_api_url(bad).is_err(), "{bad}");
         }
     }
@@ -187,8 +203,14 @@ mod tests {
 
     #[test]
     fn hints() {
-        assert_eq!(hint(Field::Region, "us-centrl1").as_deref(), Some("did you mean `us-central1`?"));
-        assert_eq!(hint(Field::Role, "run.admin").as_deref(), Some("did you mean `roles/run.admin`?"));
+        assert_eq!(
+            hint(Field::Region, "us-centrl1").as_deref(),
+            Some("did you mean `us-central1`?")
+        );
+        assert_eq!(
+            hint(Field::Role, "run.admin").as_deref(),
+            Some("did you mean `roles/run.admin`?")
+        );
         assert_eq!(
             hint(Field::AccountId, "Prefect_SA_one").as_deref(),
             Some("did you mean `prefect-sa-one`?")

@@ -148,7 +148,10 @@ mod tests {
     fn display_with_hint() {
         let d = Diagnostic::new(
             Path::new("plans/x.yaml"),
-            Pos { line: 12, column: 7 },
+            Pos {
+                line: 12,
+                column: 7,
+            },
             "unknown key `regoin` in `gcp`",
         )
         .with_hint("did you mean `region`?");
@@ -166,7 +169,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("regoin", &["project", "region", "apis"]), Some("region"));
+        assert_eq!(
+            did_you_mean("regoin", &["project", "region", "apis"]),
+            Some("region")
+        );
         assert_eq!(did_you_mean("zzz", &["project", "region", "apis"]), None);
     }
 }

@@ -223,10 +223,14 @@ fn check_account_id(s: &str) -> Result<(), String> {
 
 fn check_sa_email(s: &str) -> Result<(), String> {
     let Some((local, domain)) = s.split_once('@') else {
-        return Err("a service account email has the form NAME@PROJECT.iam.gserviceaccount.com".into());
+        return Err(
+            "a service account email has the form NAME@PROJECT.iam.gserviceaccount.com".into(),
+        );
     };
     if local.is_empty() || domain.is_empty() || !domain.contains('.') {
-        return Err("a service account email has the form NAME@PROJECT.iam.gserviceaccount.com".into());
+        return Err(
+            "a service account email has the form NAME@PROJECT.iam.gserviceaccount.com".into(),
+        );
     }
     Ok(())
 }
@@ -304,7 +308,9 @@ fn check_block_name(s: &str) -> Result<(), String> {
 
 fn check_image(s: &str) -> Result<(), String> {
     if s.is_empty() || s.chars().any(|c| c.is_whitespace()) {
-        return Err("an image reference has no spaces, e.g. us-docker.pkg.dev/p/repo/img:tag".into());
+        return Err(
+            "an image reference has no spaces, e.g. us-docker.pkg.dev/p/repo/img:tag".into(),
+        );
     }
     let (name, _digest) = match s.split_once('@') {
         Some((n, d)) if d.starts_with("sha256:") && d.len() == 71 => (n, Some(d)),
@@ -329,7 +335,8 @@ fn check_image(s: &str) -> Result<(), String> {
     }
     let mut components = path.split('/');
     let first = components.next().unwrap_or_default();
-    let first_is_registry = path.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let first_is_registry =
+        path.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
     let rest: Vec<&str> = if first_is_registry {
         components.collect()
     } else {
@@ -338,7 +345,11 @@ fn check_image(s: &str) -> Result<(), String> {
     let component_ok = |c: &str| {
         !c.is_empty()
             && c.chars().all(|ch| {
-                ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '.' || ch == '_' || ch == '-'
+                ch.is_ascii_lowercase()
+                    || ch.is_ascii_digit()
+                    || ch == '.'
+                    || ch == '_'
+                    || ch == '-'
             })
             && c.starts_with(|ch: char| ch.is_ascii_alphanumeric())
             && c.ends_with(|ch: char| ch.is_ascii_alphanumeric())
@@ -392,7 +403,14 @@ mod tests {
         ] {
             assert!(ImageRef::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "Prefect/Prefect", "img:", "img with space", "a//b", "img@sha1:00"] {
+        for bad in [
+            "",
+            "Prefect/Prefect",
+            "img:",
+            "img with space",
+            "a//b",
+            "img@sha1:00",
+        ] {
             assert!(ImageRef::parse(bad).is_err(), "{bad}");
         }
     }

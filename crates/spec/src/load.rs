@@ -11,7 +11,9 @@ use crate::sections::{self, CrossInput, TOP_KEYS};
 /// Reads and checks the plan at `path`, with templates seeing the process environment.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     let fail = |message: String, hint: Option<String>| {
-        Diagnostics(vec![Diagnostic::new(path, Pos::NONE, message).with_hint_opt(hint)])
+        Diagnostics(vec![
+            Diagnostic::new(path, Pos::NONE, message).with_hint_opt(hint),
+        ])
     };
     let meta = std::fs::metadata(path).map_err(|e| {
         fail(
@@ -21,11 +23,19 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     })?;
     if meta.len() > MAX_PLAN_BYTES as u64 {
         return Err(fail(
-            format!("the file is {} bytes; a plan file may be at most {MAX_PLAN_BYTES} bytes", meta.len()),
+            format!(
+                "the file is {} bytes; a plan file may be at most {MAX_PLAN_BYTES} bytes",
+                meta.len()
+            ),
             Some("is this the right file?".into()),
         ));
     }
-    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read the plan file: {e}"), None))?;
+    let bytes = std::fs::read(path).map_err(|e| {
+        fail(
+            format!("cannot read the plan file: {e}"),
+            Some("check the path and its permissions".into()),
+        )
+    })?;
     load_bytes(&bytes, path, &|name| std::env::var(name).ok())
 }
 
@@ -68,7 +78,10 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<&str, (Pos, String)> {
             column: u32::try_from(column).unwrap_or(u32::MAX),
         };
         let byte = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
-        (pos, format!("the file is not UTF-8 text (byte 0x{byte:02x})"))
+        (
+            pos,
+            format!("the file is not UTF-8 text (byte 0x{byte:02x})"),
+        )
     })
 }
 
@@ -78,7 +91,9 @@ fn load_path_str(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Spec, Diagnostics> {
     let root = node::parse(source).map_err(|e| {
-        Diagnostics(vec![Diagnostic::new(file, e.pos, e.message).with_hint_opt(e.hint)])
+        Diagnostics(vec![
+            Diagnostic::new(file, e.pos, e.message).with_hint_opt(e.hint),
+        ])
     })?;
     let mut r = Reader::new(file, env);
     let spec = build(&mut r, &root, file);
@@ -144,11 +159,16 @@ fn build(r: &mut Reader<'_>, root: &node::Node, file: &Path) -> Option<Spec> {
 
     let (project, region, apis) = gcp?;
     let prefect = prefect?;
-    let apis = apis.unwrap_or_else(|| sections::default_apis(has_worker, prefect.api_key.is_some()));
+    let apis =
+        apis.unwrap_or_else(|| sections::default_apis(has_worker, prefect.api_key.is_some()));
     deployments_ok.then_some(())?;
     Some(Spec {
         source: file.to_path_buf(),
-        gcp: Gcp { project, region, apis },
+        gcp: Gcp {
+            project,
+            region,
+            apis,
+        },
         service_account: service_account?,
         prefect,
         credentials_block: credentials_block?,

@@ -268,16 +268,28 @@ mod tests {
     #[test]
     fn positions_are_kept() {
         let n = parse("a:\n  b: 5\n  c: [x, \"y\"]\n").unwrap();
-        let Value::Map(top) = &n.value else { panic!("{n:?}") };
+        let Value::Map(top) = &n.value else {
+            panic!("{n:?}")
+        };
         let (ka, va) = &top[0];
         assert_eq!(ka.name, "a");
         assert_eq!(ka.pos, Pos { line: 1, column: 1 });
-        let Value::Map(inner) = &va.value else { panic!() };
+        let Value::Map(inner) = &va.value else {
+            panic!()
+        };
         assert_eq!(inner[0].1.pos, Pos { line: 2, column: 6 });
         assert_eq!(inner[0].1.value, Value::Int(5));
-        let Value::Seq(items) = &inner[1].1.value else { panic!() };
+        let Value::Seq(items) = &inner[1].1.value else {
+            panic!()
+        };
         assert_eq!(items[1].value, Value::Str("y".into()));
-        assert_eq!(items[1].pos, Pos { line: 3, column: 10 });
+        assert_eq!(
+            items[1].pos,
+            Pos {
+                line: 3,
+                column: 10
+            }
+        );
     }
 
     #[test]
@@ -310,6 +322,9 @@ mod tests {
     #[test]
     fn empty_is_refused() {
         assert_eq!(parse("").unwrap_err().message, "the plan file is empty");
-        assert_eq!(parse("# only\n\n").unwrap_err().message, "the plan file is empty");
+        assert_eq!(
+            parse("# only\n\n").unwrap_err().message,
+            "the plan file is empty"
+        );
     }
 }

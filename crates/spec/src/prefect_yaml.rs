@@ -32,18 +32,29 @@ pub fn read(
     pos: Pos,
 ) -> Option<Vec<(Deployment, Pos, PathBuf)>> {
     let path = plan_dir.join(rel);
-    let shown_path = if plan_dir.as_os_str().is_empty() { PathBuf::from(rel) } else { path.clone() };
+    let shown_path = if plan_dir.as_os_str().is_empty() {
+        PathBuf::from(rel)
+    } else {
+        path.clone()
+    };
     let bytes = match read_limited(&path) {
         Ok(b) => b,
         Err(e) => {
-            r.error(pos, format!("cannot read `deployments_from` file {}: {e}", shown_path.display()), Some("the path is relative to the plan file's directory".into()));
+            r.error(
+                pos,
+                format!(
+                    "cannot read `deployments_from` file {}: {e}",
+                    shown_path.display()
+                ),
+                Some("the path is relative to the plan file's directory".into()),
+            );
             return None;
         }
     };
     let mut sub = Reader::new(&shown_path, r.env);
     let result = match crate::load::decode(&bytes) {
         Err((p, msg)) => {
-            sub.error(p, msg, None);
+            sub.error(p, msg, Some("save prefect.yaml as UTF-8".into()));
             None
         }
         Ok(text) => match node::parse(text) {
@@ -55,13 +66,19 @@ pub fn read(
         },
     };
     r.diags.0.extend(sub.diags);
-    result.map(|list| list.into_iter().map(|(d, p)| (d, p, shown_path.clone())).collect())
+    result.map(|list| {
+        list.into_iter()
+            .map(|(d, p)| (d, p, shown_path.clone()))
+            .collect()
+    })
 }
 
 fn read_limited(path: &Path) -> std::io::Result<Vec<u8>> {
     let len = std::fs::metadata(path)?.len();
     if len > node::MAX_PLAN_BYTES as u64 {
-        return Err(std::io::Error::other(format!("the file is {len} bytes, more than a plan may read")));
+        return Err(std::io::Error::other(format!(
+            "the file is {len} bytes, more than a plan may read"
+        )));
     }
     std::fs::read(path)
 }
@@ -82,7 +99,11 @@ fn deployments(r: &mut Reader<'_>, root: &Node, plan_dir: &Path) -> Option<Vec<(
         return r.missing(&top, "deployments", "[{name: ..., entrypoint: ...}]");
     };
     let Value::Seq(items) = &list.value else {
-        r.error(list.pos, format!("`deployments` must be a list, found {}", list.value.kind()), None);
+        r.error(
+            list.pos,
+            format!("`deployments` must be a list, found {}", list.value.kind()),
+            Some("write `deployments:` followed by `- name: ...` entries".into()),
+        );
         return None;
     };
     let mut out = Vec::new();
@@ -104,24 +125,46 @@ fn literal(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, example: &str) -> Opti
     let path = f.child(key);
     match &n.value {
         Value::Str(s) if is_template(s) => {
-            r.error(n.pos, format!("`{path}` {} uses a prefect.yaml template, which bootstrap does not render", show(s)), Some("write the value itself, or declare this deployment in the plan".into()));
+            r.error(
+                n.pos,
+                format!(
+                    "`{path}` {} uses a prefect.yaml template, which bootstrap does not render",
+                    show(s)
+                ),
+                Some("write the value itself, or declare this deployment in the plan".into()),
+            );
             None
         }
         _ => r.string(n, &path, Secret::No).map(|s| (s, n.pos)),
     }
 }
 
-fn deployment(r: &mut Reader<'_>, node: &Node, path: &str, shared_pull: Option<&Node>, plan_dir: &Path) -> Option<Deployment> {
+fn deployment(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    shared_pull: Option<&Node>,
+    plan_dir: &Path,
+) -> Option<Deployment> {
     let f = lenient(r, node, path)?;
     let name = literal(r, &f, "name", "my-deployment").and_then(|(v, pos)| {
-        r.checked(&v, pos, &f.child("name"), Field::PrefectName).then(|| PrefectName::parse(v).ok()).flatten()
+        r.checked(&v, pos, &f.child("name"), Field::PrefectName)
+            .then(|| PrefectName::parse(v).ok())
+            .flatten()
     });
-    let entrypoint = literal(r, &f, "entrypoint", "flows/my_flow.py:my_flow")
-        .and_then(|(v, pos)| r.checked(&v, pos, &f.child("entrypoint"), Field::Entrypoint).then_some(v));
+    let entrypoint =
+        literal(r, &f, "entrypoint", "flows/my_flow.py:my_flow").and_then(|(v, pos)| {
+            r.checked(&v, pos, &f.child("entrypoint"), Field::Entrypoint)
+                .then_some(v)
+        });
     let flow = entrypoint.as_deref().and_then(|e| flow_name(plan_dir, e));
     let parameters = map_of(r, &f, "parameters");
     let (work_queue, image, job_variables) = match f.get("work_pool") {
-        None => (Some(PrefectName::parse("default").ok()), Some(None), Some(serde_json::Map::new())),
+        None => (
+            Some(PrefectName::parse("default").ok()),
+            Some(None),
+            Some(serde_json::Map::new()),
+        ),
         Some(pool) => work_pool(r, pool, &f.child("work_pool")),
     };
     let tags = match f.get("tags").map(|n| (n, &n.value)) {
@@ -134,7 +177,11 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str, shared_pull: Option<&
             (tags.len() == items.len()).then_some(tags)
         }
         Some((n, v)) => {
-            r.error(n.pos, format!("`{path}.tags` must be a list, found {}", v.kind()), None);
+            r.error(
+                n.pos,
+                format!("`{path}.tags` must be a list, found {}", v.kind()),
+                Some("write a list, e.g. `[a, b]`".into()),
+            );
             None
         }
     };
@@ -159,15 +206,24 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str, shared_pull: Option<&
     })
 }
 
-type PoolParts = (Option<Option<PrefectName>>, Option<Option<ImageRef>>, Option<serde_json::Map<String, Json>>);
+type PoolParts = (
+    Option<Option<PrefectName>>,
+    Option<Option<ImageRef>>,
+    Option<serde_json::Map<String, Json>>,
+);
 
 fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str) -> PoolParts {
-    let Some(f) = lenient(r, node, path) else { return (None, None, None) };
+    let Some(f) = lenient(r, node, path) else {
+        return (None, None, None);
+    };
     let queue = match f.get("work_queue_name") {
         None => Some(None),
-        Some(n) => r.string(n, &f.child("work_queue_name"), Secret::No).and_then(|v| {
-            r.checked(&v, n.pos, &f.child("work_queue_name"), Field::PrefectName).then(|| PrefectName::parse(v).ok())
-        }),
+        Some(n) => r
+            .string(n, &f.child("work_queue_name"), Secret::No)
+            .and_then(|v| {
+                r.checked(&v, n.pos, &f.child("work_queue_name"), Field::PrefectName)
+                    .then(|| PrefectName::parse(v).ok())
+            }),
     };
     let mut vars = map_of(r, &f, "job_variables");
     let image = match vars.as_mut().and_then(|m| m.remove("image")) {
@@ -179,12 +235,20 @@ fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str) -> PoolParts {
         Some(Json::String(s)) => match ImageRef::parse(s.as_str()) {
             Ok(i) => Some(Some(i)),
             Err(why) => {
-                r.error(f.get("job_variables").map_or(f.pos, |n| n.pos), format!("invalid `{path}.job_variables.image` {}", show(&s)), Some(why));
+                r.error(
+                    f.get("job_variables").map_or(f.pos, |n| n.pos),
+                    format!("invalid `{path}.job_variables.image` {}", show(&s)),
+                    Some(why),
+                );
                 None
             }
         },
         Some(other) => {
-            r.error(f.pos, format!("`{path}.job_variables.image` must be a string, found {other}"), None);
+            r.error(
+                f.pos,
+                format!("`{path}.job_variables.image` must be a string, found {other}"),
+                Some("e.g. `image: prefecthq/prefect:3-latest`".into()),
+            );
             None
         }
     };
@@ -198,9 +262,16 @@ fn map_of(r: &mut Reader<'_>, f: &Fields<'_>, key: &str) -> Option<serde_json::M
 fn list_of(r: &mut Reader<'_>, node: Option<&Node>, path: &str) -> Option<Vec<Json>> {
     match node {
         None => Some(Vec::new()),
-        Some(Node { value: Value::Seq(items), .. }) => Some(items.iter().map(Node::to_json).collect()),
+        Some(Node {
+            value: Value::Seq(items),
+            ..
+        }) => Some(items.iter().map(Node::to_json).collect()),
         Some(n) => {
-            r.error(n.pos, format!("`{path}` must be a list, found {}", n.value.kind()), None);
+            r.error(
+                n.pos,
+                format!("`{path}` must be a list, found {}", n.value.kind()),
+                Some("write a list of mappings".into()),
+            );
             None
         }
     }
@@ -222,9 +293,12 @@ pub fn declared_flow_name(source: &str, func: &str) -> Option<String> {
     let lines: Vec<&str> = source.lines().collect();
     let def_at = lines.iter().position(|l| {
         let t = l.trim_start();
-        t.strip_prefix("def ").or_else(|| t.strip_prefix("async def ")).is_some_and(|rest| {
-            rest.strip_prefix(func).is_some_and(|after| after.trim_start().starts_with('('))
-        })
+        t.strip_prefix("def ")
+            .or_else(|| t.strip_prefix("async def "))
+            .is_some_and(|rest| {
+                rest.strip_prefix(func)
+                    .is_some_and(|after| after.trim_start().starts_with('('))
+            })
     })?;
     // Walk up over the decorator block (decorators may span several lines).
     let mut decorator = String::new();
@@ -258,7 +332,10 @@ mod tests {
     #[test]
     fn decorator_names() {
         let src = "from prefect import flow\n\n@flow(log_prints=True,\n      name=\"fetch-weather\")\ndef fetch_weather(lat: float):\n    pass\n";
-        assert_eq!(declared_flow_name(src, "fetch_weather").as_deref(), Some("fetch-weather"));
+        assert_eq!(
+            declared_flow_name(src, "fetch_weather").as_deref(),
+            Some("fetch-weather")
+        );
         let src = "@flow\ndef my_flow():\n    pass\n";
         assert_eq!(declared_flow_name(src, "my_flow"), None);
         let src = "@flow(name='x')\ndef a():\n    pass\n\ndef b():\n    pass\n";

@@ -104,23 +104,38 @@ impl<'e> Reader<'e> {
             Value::Null => return Some(fields),
             Value::Map(entries) => entries,
             other => {
-                let shown = if path.is_empty() { "the plan".to_owned() } else { format!("`{path}`") };
+                let shown = if path.is_empty() {
+                    "the plan".to_owned()
+                } else {
+                    format!("`{path}`")
+                };
                 self.error(
                     node.pos,
-                    format!("{shown} must be a mapping of keys to values, found {}", other.kind()),
+                    format!(
+                        "{shown} must be a mapping of keys to values, found {}",
+                        other.kind()
+                    ),
                     Some(format!("valid keys: {}", known.join(", "))),
                 );
                 return None;
             }
         };
         for (key, value) in entries {
-            let in_path = if path.is_empty() { "the plan".to_owned() } else { format!("`{path}`") };
+            let in_path = if path.is_empty() {
+                "the plan".to_owned()
+            } else {
+                format!("`{path}`")
+            };
             if !known.contains(&key.name.as_str()) {
                 let hint = match did_you_mean(&key.name, known) {
                     Some(k) => format!("did you mean `{k}`?"),
                     None => format!("valid keys: {}", known.join(", ")),
                 };
-                self.error(key.pos, format!("unknown key `{}` in {in_path}", key.name), Some(hint));
+                self.error(
+                    key.pos,
+                    format!("unknown key `{}` in {in_path}", key.name),
+                    Some(hint),
+                );
                 continue;
             }
             if let Some((first, _)) = fields.map.get(key.name.as_str()) {
@@ -153,9 +168,16 @@ impl<'e> Reader<'e> {
     }
 
     /// A required string (rendered when it is a template).
-    pub fn req_string(&mut self, f: &Fields<'_>, key: &str, example: &str) -> Option<(String, Pos)> {
+    pub fn req_string(
+        &mut self,
+        f: &Fields<'_>,
+        key: &str,
+        example: &str,
+    ) -> Option<(String, Pos)> {
         match f.get(key) {
-            Some(n) => self.string(n, &f.child(key), Secret::No).map(|s| (s, n.pos)),
+            Some(n) => self
+                .string(n, &f.child(key), Secret::No)
+                .map(|s| (s, n.pos)),
             None => self.missing(f, key, example),
         }
     }
@@ -163,7 +185,8 @@ impl<'e> Reader<'e> {
     /// An optional string.
     pub fn opt_string(&mut self, f: &Fields<'_>, key: &str) -> Option<(String, Pos)> {
         let n = f.get(key)?;
-        self.string(n, &f.child(key), Secret::No).map(|s| (s, n.pos))
+        self.string(n, &f.child(key), Secret::No)
+            .map(|s| (s, n.pos))
     }
 
     /// A string value, rendered when it is a template. Secrets never appear in messages.
@@ -175,8 +198,13 @@ impl<'e> Reader<'e> {
                 self.error(
                     node.pos,
                     format!("`{path}` must be a string, found {}", other.kind()),
-                    matches!(other, Value::Int(_) | Value::Float(_) | Value::Bool(_))
-                        .then(|| "put the value in quotes".to_owned()),
+                    Some(
+                        if matches!(other, Value::Int(_) | Value::Float(_) | Value::Bool(_)) {
+                            "put the value in quotes".to_owned()
+                        } else {
+                            "write a single text value".to_owned()
+                        },
+                    ),
                 );
                 None
             }
@@ -188,7 +216,11 @@ impl<'e> Reader<'e> {
         match template::render(s, self.env, &self.vars) {
             Ok(v) => Some(v),
             Err(TemplateError::UnsetEnv(names)) => {
-                let list = names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ");
+                let list = names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ");
                 let plural = if names.len() > 1 { "s" } else { "" };
                 let first = names.first().map_or("NAME", String::as_str);
                 self.error(
@@ -204,14 +236,18 @@ impl<'e> Reader<'e> {
                 self.error(
                     pos,
                     format!("`{path}` uses a `{{% ... %}}` statement; plan values allow only `{{{{ ... }}}}` expressions"),
-                    None,
+                    Some("use an expression such as `{{ env.NAME | default(value=\"x\") }}`".into()),
                 );
                 None
             }
             Err(TemplateError::Tera(msg)) => {
                 // A secret's template text is safe to show, but tera's message could quote
                 // the rendered value in some filter errors; say less for secrets.
-                let detail = if secret == Secret::Yes { "invalid template".to_owned() } else { msg };
+                let detail = if secret == Secret::Yes {
+                    "invalid template".to_owned()
+                } else {
+                    msg
+                };
                 let available = self.available_vars();
                 self.error(
                     pos,
@@ -256,7 +292,9 @@ impl<'e> Reader<'e> {
 
     /// An optional boolean (a template rendering to `true`/`false` is accepted).
     pub fn opt_bool(&mut self, f: &Fields<'_>, key: &str) -> Option<Option<bool>> {
-        let Some(n) = f.get(key) else { return Some(None) };
+        let Some(n) = f.get(key) else {
+            return Some(None);
+        };
         let path = f.child(key);
         match &n.value {
             Value::Bool(b) => Some(Some(*b)),
@@ -266,7 +304,11 @@ impl<'e> Reader<'e> {
                     "true" => Some(Some(true)),
                     "false" => Some(Some(false)),
                     other => {
-                        self.error(n.pos, format!("`{path}` rendered to `{other}`, which is not true or false"), None);
+                        self.error(
+                            n.pos,
+                            format!("`{path}` rendered to `{other}`, which is not true or false"),
+                            Some("`true` or `false`".into()),
+                        );
                         None
                     }
                 }
@@ -275,7 +317,7 @@ impl<'e> Reader<'e> {
                 self.error(
                     n.pos,
                     format!("`{path}` must be true or false, found {}", other.kind()),
-                    None,
+                    Some("`true` or `false`, without quotes".into()),
                 );
                 None
             }
@@ -284,7 +326,9 @@ impl<'e> Reader<'e> {
 
     /// An optional non-negative integer up to `max`.
     pub fn opt_u32(&mut self, f: &Fields<'_>, key: &str, max: u32) -> Option<Option<u32>> {
-        let Some(n) = f.get(key) else { return Some(None) };
+        let Some(n) = f.get(key) else {
+            return Some(None);
+        };
         let path = f.child(key);
         let (value, shown) = match &n.value {
             Value::Int(i) => (Some(*i), i.to_string()),
@@ -296,12 +340,15 @@ impl<'e> Reader<'e> {
                 self.error(
                     n.pos,
                     format!("`{path}` must be a whole number, found {}", other.kind()),
-                    None,
+                    Some("a number without quotes, e.g. `1`".into()),
                 );
                 return None;
             }
         };
-        match value.and_then(|v| u32::try_from(v).ok()).filter(|v| *v <= max) {
+        match value
+            .and_then(|v| u32::try_from(v).ok())
+            .filter(|v| *v <= max)
+        {
             Some(v) => Some(Some(v)),
             None => {
                 self.error(
@@ -316,7 +363,9 @@ impl<'e> Reader<'e> {
 
     /// An optional mapping passed through as JSON (no templating: Prefect has its own).
     pub fn opt_json_map(&mut self, f: &Fields<'_>, key: &str) -> Option<Map<String, Json>> {
-        let Some(n) = f.get(key) else { return Some(Map::new()) };
+        let Some(n) = f.get(key) else {
+            return Some(Map::new());
+        };
         match (&n.value, n.to_json()) {
             (Value::Map(entries), Json::Object(m)) => {
                 self.report_duplicates(entries, &f.child(key));
@@ -325,8 +374,12 @@ impl<'e> Reader<'e> {
             (other, _) => {
                 self.error(
                     n.pos,
-                    format!("`{}` must be a mapping, found {}", f.child(key), other.kind()),
-                    Some("for example `{cpu: 1000, memory: 512}` or `{}`".into()),
+                    format!(
+                        "`{}` must be a mapping, found {}",
+                        f.child(key),
+                        other.kind()
+                    ),
+                    Some("write a mapping, e.g. `{key: value}`, or `{}` for none".into()),
                 );
                 None
             }
@@ -335,7 +388,9 @@ impl<'e> Reader<'e> {
 
     /// An optional list of mappings passed through as JSON.
     pub fn opt_json_maps(&mut self, f: &Fields<'_>, key: &str, example: &str) -> Option<Vec<Json>> {
-        let Some(n) = f.get(key) else { return Some(Vec::new()) };
+        let Some(n) = f.get(key) else {
+            return Some(Vec::new());
+        };
         let path = f.child(key);
         let Value::Seq(items) = &n.value else {
             self.error(
@@ -352,7 +407,10 @@ impl<'e> Reader<'e> {
             } else {
                 self.error(
                     item.pos,
-                    format!("`{path}[{i}]` must be a mapping, found {}", item.value.kind()),
+                    format!(
+                        "`{path}[{i}]` must be a mapping, found {}",
+                        item.value.kind()
+                    ),
                     Some(format!("for example `{example}`")),
                 );
                 ok = false;
@@ -363,7 +421,9 @@ impl<'e> Reader<'e> {
 
     /// An optional list of strings (each rendered).
     pub fn opt_strings(&mut self, f: &Fields<'_>, key: &str) -> Option<Option<Vec<(String, Pos)>>> {
-        let Some(n) = f.get(key) else { return Some(None) };
+        let Some(n) = f.get(key) else {
+            return Some(None);
+        };
         let path = f.child(key);
         let Value::Seq(items) = &n.value else {
             self.error(
@@ -415,7 +475,10 @@ impl<'e> Reader<'e> {
 /// A value quoted for a message, shortened when long.
 pub fn show(value: &str) -> String {
     const MAX: usize = 60;
-    let clean: String = value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let clean: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if clean.chars().count() > MAX {
         let head: String = clean.chars().take(MAX).collect();
         format!("`{head}...` ({} characters)", clean.chars().count())

@@ -24,12 +24,24 @@ pub const TOP_KEYS: &[&str] = &[
     "deployments_from",
 ];
 const GCP_KEYS: &[&str] = &["project", "region", "apis"];
-const SA_KEYS: &[&str] =
-    &["name", "display_name", "description", "roles", "key", "least_privilege"];
+const SA_KEYS: &[&str] = &[
+    "name",
+    "display_name",
+    "description",
+    "roles",
+    "key",
+    "least_privilege",
+];
 const PREFECT_KEYS: &[&str] = &["api_url", "api_key", "auth_string"];
 const BLOCK_KEYS: &[&str] = &["name"];
-const POOL_KEYS: &[&str] =
-    &["name", "type", "description", "job_variables", "base_job_template", "concurrency_limit"];
+const POOL_KEYS: &[&str] = &[
+    "name",
+    "type",
+    "description",
+    "job_variables",
+    "base_job_template",
+    "concurrency_limit",
+];
 const WORKER_KEYS: &[&str] = &[
     "service",
     "image",
@@ -67,15 +79,19 @@ pub fn version(r: &mut Reader<'_>, top: &Fields<'_>) {
     match top.get("version").map(|n| (n, &n.value)) {
         Some((_, Value::Int(VERSION))) => {}
         Some((n, v)) => {
-            let shown = match v {
-                Value::Int(i) => format!("`{i}`"),
-                Value::Str(s) => show(s),
-                other => other.kind().to_owned(),
+            let message = match v {
+                Value::Int(i) => format!("unsupported plan version `{i}`"),
+                Value::Str(s) => {
+                    format!("`version` must be a number, found the string {}", show(s))
+                }
+                other => format!("`version` must be a number, found {}", other.kind()),
             };
             r.error(
                 n.pos,
-                format!("unsupported plan version {shown}"),
-                Some(format!("this bootstrap reads `version: {VERSION}` (a number, not quoted)")),
+                message,
+                Some(format!(
+                    "this bootstrap reads `version: {VERSION}` (a number, not quoted)"
+                )),
             );
         }
         None => {
@@ -85,18 +101,25 @@ pub fn version(r: &mut Reader<'_>, top: &Fields<'_>) {
 }
 
 /// `gcp:`; only `env` is available to its templates.
-pub fn gcp(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<(ProjectId, Region, Option<Vec<ApiService>>)> {
+pub fn gcp(
+    r: &mut Reader<'_>,
+    top: &Fields<'_>,
+) -> Option<(ProjectId, Region, Option<Vec<ApiService>>)> {
     let f = section(r, top, "gcp", GCP_KEYS, true)?;
-    let project = r.req_string(&f, "project", "my-project-id").and_then(|(v, pos)| {
-        r.checked(&v, pos, "gcp.project", Field::ProjectId)
-            .then(|| ProjectId::parse(v).ok())
-            .flatten()
-    });
-    let region = r.req_string(&f, "region", "us-central1").and_then(|(v, pos)| {
-        r.checked(&v, pos, "gcp.region", Field::Region)
-            .then(|| Region::parse(v).ok())
-            .flatten()
-    });
+    let project = r
+        .req_string(&f, "project", "my-project-id")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, "gcp.project", Field::ProjectId)
+                .then(|| ProjectId::parse(v).ok())
+                .flatten()
+        });
+    let region = r
+        .req_string(&f, "region", "us-central1")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, "gcp.region", Field::Region)
+                .then(|| Region::parse(v).ok())
+                .flatten()
+        });
     if let Some(p) = &project {
         r.set_var("gcp", "project", p.as_str());
     }
@@ -119,13 +142,19 @@ pub fn gcp(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<(ProjectId, Region, O
 }
 
 /// `service_account:`.
-pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&ProjectId>) -> Option<ServiceAccount> {
+pub fn service_account(
+    r: &mut Reader<'_>,
+    top: &Fields<'_>,
+    project: Option<&ProjectId>,
+) -> Option<ServiceAccount> {
     let f = section(r, top, "service_account", SA_KEYS, true)?;
-    let account_id = r.req_string(&f, "name", "prefect-service-account").and_then(|(v, pos)| {
-        r.checked(&v, pos, "service_account.name", Field::AccountId)
-            .then(|| AccountId::parse(v).ok())
-            .flatten()
-    });
+    let account_id = r
+        .req_string(&f, "name", "prefect-service-account")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, "service_account.name", Field::AccountId)
+                .then(|| AccountId::parse(v).ok())
+                .flatten()
+        });
     let email = account_id
         .as_ref()
         .zip(project)
@@ -138,7 +167,11 @@ pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&Pr
     }
     let display_name = match r.opt_string(&f, "display_name") {
         Some((v, pos)) if v.chars().count() > 100 => {
-            r.error(pos, format!("invalid `service_account.display_name` {}", show(&v)), Some("at most 100 characters".into()));
+            r.error(
+                pos,
+                format!("invalid `service_account.display_name` {}", show(&v)),
+                Some("at most 100 characters".into()),
+            );
             None
         }
         Some((v, _)) => Some(v),
@@ -146,7 +179,11 @@ pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&Pr
     };
     let description = match r.opt_string(&f, "description") {
         Some((v, pos)) if v.chars().count() > 256 => {
-            r.error(pos, format!("invalid `service_account.description` {}", show(&v)), Some("at most 256 characters".into()));
+            r.error(
+                pos,
+                format!("invalid `service_account.description` {}", show(&v)),
+                Some("at most 256 characters".into()),
+            );
             None
         }
         Some((v, _)) => Some(v),
@@ -161,7 +198,11 @@ pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&Pr
                 if !r.checked(&v, pos, &path, Field::Role) {
                     ok = false;
                 } else if out.iter().any(|x| x.as_str() == v) {
-                    r.error(pos, format!("role `{v}` is listed twice in `service_account.roles`"), Some("list each role once".into()));
+                    r.error(
+                        pos,
+                        format!("role `{v}` is listed twice in `service_account.roles`"),
+                        Some("list each role once".into()),
+                    );
                     ok = false;
                 } else {
                     out.extend(Role::parse(v).ok());
@@ -169,7 +210,12 @@ pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&Pr
             }
             ok.then_some(out)
         }
-        Some(None) => Some(DEFAULT_ROLES.iter().filter_map(|r| Role::parse(*r).ok()).collect()),
+        Some(None) => Some(
+            DEFAULT_ROLES
+                .iter()
+                .filter_map(|r| Role::parse(*r).ok())
+                .collect(),
+        ),
         None => None,
     };
     let key = match r.opt_string(&f, "key") {
@@ -179,7 +225,11 @@ pub fn service_account(r: &mut Reader<'_>, top: &Fields<'_>, project: Option<&Pr
             "json" => Some(KeyMode::Json),
             "none" => Some(KeyMode::None),
             _ => {
-                r.error(pos, format!("invalid `service_account.key` {}", show(&v)), Some("`json` (a key file, as the guide) or `none` (keyless)".into()));
+                r.error(
+                    pos,
+                    format!("invalid `service_account.key` {}", show(&v)),
+                    Some("`json` (a key file, as the guide) or `none` (keyless)".into()),
+                );
                 None
             }
         },
@@ -208,26 +258,34 @@ pub fn credentials_block(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Credent
         return None;
     }
     r.set_var("credentials_block", "name", &v);
-    BlockName::parse(v).ok().map(|name| CredentialsBlock { name })
+    BlockName::parse(v)
+        .ok()
+        .map(|name| CredentialsBlock { name })
 }
 
 /// `work_pool:`.
 pub fn work_pool(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<WorkPool> {
     let f = section(r, top, "work_pool", POOL_KEYS, true)?;
     let name = prefect_name(r, &f, "name", "my-cloud-run-pool", None);
-    let pool_type = r.req_string(&f, "type", "cloud-run-v2").and_then(|(v, pos)| match v.as_str() {
-        "cloud-run" => Some(PoolType::CloudRun),
-        "cloud-run-v2" => Some(PoolType::CloudRunV2),
-        _ => {
-            let hint = if v.starts_with("cloud-run") || v.contains("run") {
-                "`cloud-run` (Run v1 jobs, as the guide) or `cloud-run-v2` (Run v2 jobs)"
-            } else {
-                "`cloud-run` or `cloud-run-v2`; push pools and other types are not supported"
-            };
-            r.error(pos, format!("invalid `work_pool.type` {}", show(&v)), Some(hint.into()));
-            None
-        }
-    });
+    let pool_type = r
+        .req_string(&f, "type", "cloud-run-v2")
+        .and_then(|(v, pos)| match v.as_str() {
+            "cloud-run" => Some(PoolType::CloudRun),
+            "cloud-run-v2" => Some(PoolType::CloudRunV2),
+            _ => {
+                let hint = if v.starts_with("cloud-run") || v.contains("run") {
+                    "`cloud-run` (Run v1 jobs, as the guide) or `cloud-run-v2` (Run v2 jobs)"
+                } else {
+                    "`cloud-run` or `cloud-run-v2`; push pools and other types are not supported"
+                };
+                r.error(
+                    pos,
+                    format!("invalid `work_pool.type` {}", show(&v)),
+                    Some(hint.into()),
+                );
+                None
+            }
+        });
     if let Some(n) = &name {
         r.set_var("work_pool", "name", n.as_str());
     }
@@ -250,7 +308,7 @@ pub fn work_pool(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<WorkPool> {
                 }
             }
             other => {
-                r.error(n.pos, format!("`work_pool.base_job_template` must be a mapping, found {}", other.kind()), None);
+                r.error(n.pos, format!("`work_pool.base_job_template` must be a mapping, found {}", other.kind()), Some("a mapping with `job_configuration` and `variables`; leave it out to use the server's default".into()));
                 None
             }
         },
@@ -275,7 +333,8 @@ pub fn prefect(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Prefect> {
     let api_url = match f.get("api_url") {
         None => Some(None),
         Some(n) => r.string(n, "prefect.api_url", Secret::No).and_then(|v| {
-            r.checked(&v, n.pos, "prefect.api_url", Field::ApiUrl).then_some(Some(v))
+            r.checked(&v, n.pos, "prefect.api_url", Field::ApiUrl)
+                .then_some(Some(v))
         }),
     };
     let api_key = secret(r, &f, "api_key");
@@ -291,7 +350,9 @@ pub fn prefect(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Prefect> {
 }
 
 fn secret(r: &mut Reader<'_>, f: &Fields<'_>, key: &str) -> Option<Option<SecretString>> {
-    let Some(n) = f.get(key) else { return Some(None) };
+    let Some(n) = f.get(key) else {
+        return Some(None);
+    };
     let path = f.child(key);
     let v = r.string(n, &path, Secret::Yes)?;
     if v.trim().is_empty() {
@@ -299,7 +360,11 @@ fn secret(r: &mut Reader<'_>, f: &Fields<'_>, key: &str) -> Option<Option<Secret
         return Some(None);
     }
     if v.chars().any(char::is_control) || v != v.trim() {
-        r.error(n.pos, format!("`{path}` contains spaces or control characters"), Some("check how the value was set (a trailing newline?)".into()));
+        r.error(
+            n.pos,
+            format!("`{path}` contains spaces or control characters"),
+            Some("check how the value was set (a trailing newline?)".into()),
+        );
         return None;
     }
     Some(Some(SecretString::from(v)))
@@ -311,19 +376,23 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
         return Some(None);
     }
     let f = section(r, top, "worker", WORKER_KEYS, false)?;
-    let service = r.req_string(&f, "service", "prefect-worker").and_then(|(v, pos)| {
-        r.checked(&v, pos, "worker.service", Field::RunServiceName)
-            .then(|| RunServiceName::parse(v).ok())
-            .flatten()
-    });
+    let service = r
+        .req_string(&f, "service", "prefect-worker")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, "worker.service", Field::RunServiceName)
+                .then(|| RunServiceName::parse(v).ok())
+                .flatten()
+        });
     if let Some(s) = &service {
         r.set_var("worker", "service", s.as_str());
     }
-    let image = r.req_string(&f, "image", "prefecthq/prefect:3-latest").and_then(|(v, pos)| {
-        r.checked(&v, pos, "worker.image", Field::Image)
-            .then(|| ImageRef::parse(v).ok())
-            .flatten()
-    });
+    let image = r
+        .req_string(&f, "image", "prefecthq/prefect:3-latest")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, "worker.image", Field::Image)
+                .then(|| ImageRef::parse(v).ok())
+                .flatten()
+        });
     let runtime = match r.opt_string(&f, "runtime") {
         None if f.get("runtime").is_some() => None,
         None => Some(WorkerRuntime::Python),
@@ -338,11 +407,15 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
     };
     let min_instances = r.opt_u32(&f, "min_instances", 1000);
     let max_instances = r.opt_u32(&f, "max_instances", 1000);
-    if let (Some(Some(min)), Some(Some(max))) = (min_instances, max_instances) {
-        if max < min.max(1) {
-            let pos = f.get("max_instances").map_or(f.pos, |n| n.pos);
-            r.error(pos, format!("`worker.max_instances` ({max}) is below `worker.min_instances` ({min})"), Some("max_instances must be at least min_instances and at least 1".into()));
-        }
+    if let (Some(Some(min)), Some(Some(max))) = (min_instances, max_instances)
+        && max < min.max(1)
+    {
+        let pos = f.get("max_instances").map_or(f.pos, |n| n.pos);
+        r.error(
+            pos,
+            format!("`worker.max_instances` ({max}) is below `worker.min_instances` ({min})"),
+            Some("max_instances must be at least min_instances and at least 1".into()),
+        );
     }
     let cpu_throttling = r.opt_bool(&f, "cpu_throttling");
     let allow_unauthenticated = r.opt_bool(&f, "allow_unauthenticated");
@@ -371,12 +444,24 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
 }
 
 /// cpu and memory: a string, or a bare number for cpu (`cpu: 1`).
-fn quantity(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, default: &str, field: Field) -> Option<String> {
+fn quantity(
+    r: &mut Reader<'_>,
+    f: &Fields<'_>,
+    key: &str,
+    default: &str,
+    field: Field,
+) -> Option<String> {
     let path = f.child(key);
     let (v, pos) = match f.get(key) {
         None => return Some(default.to_owned()),
-        Some(Node { pos, value: Value::Int(i) }) => (i.to_string(), *pos),
-        Some(Node { pos, value: Value::Float(x) }) => (x.to_string(), *pos),
+        Some(Node {
+            pos,
+            value: Value::Int(i),
+        }) => (i.to_string(), *pos),
+        Some(Node {
+            pos,
+            value: Value::Float(x),
+        }) => (x.to_string(), *pos),
         Some(n) => (r.string(n, &path, Secret::No)?, n.pos),
     };
     r.checked(&v, pos, &path, field).then_some(v)
@@ -384,9 +469,15 @@ fn quantity(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, default: &str, field:
 
 /// `deployments:` written in the plan.
 pub fn deployments(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Vec<(Deployment, Pos)>> {
-    let Some(n) = top.get("deployments") else { return Some(Vec::new()) };
+    let Some(n) = top.get("deployments") else {
+        return Some(Vec::new());
+    };
     let Value::Seq(items) = &n.value else {
-        r.error(n.pos, format!("`deployments` must be a list, found {}", n.value.kind()), Some("write `deployments:` followed by `- name: ...` entries".into()));
+        r.error(
+            n.pos,
+            format!("`deployments` must be a list, found {}", n.value.kind()),
+            Some("write `deployments:` followed by `- name: ...` entries".into()),
+        );
         return None;
     };
     let mut out = Vec::new();
@@ -403,9 +494,12 @@ pub fn deployments(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Vec<(Deployme
 fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment> {
     let f = r.fields(Some(node), node.pos, path, DEPLOYMENT_KEYS)?;
     let name = prefect_name(r, &f, "name", "my-deployment", None);
-    let entrypoint = r.req_string(&f, "entrypoint", "flows/my_flow.py:my_flow").and_then(|(v, pos)| {
-        r.checked(&v, pos, &f.child("entrypoint"), Field::Entrypoint).then_some(v)
-    });
+    let entrypoint = r
+        .req_string(&f, "entrypoint", "flows/my_flow.py:my_flow")
+        .and_then(|(v, pos)| {
+            r.checked(&v, pos, &f.child("entrypoint"), Field::Entrypoint)
+                .then_some(v)
+        });
     // The flow name Prefect gives a function by default: its name with `_` as `-`.
     let default_flow = entrypoint
         .as_deref()
@@ -429,18 +523,31 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment>
     let description_ok = f.get("description").is_none() || description.is_some();
     let parameters = r.opt_json_map(&f, "parameters");
     let job_variables = r.opt_json_map(&f, "job_variables");
-    let pull_steps = r.opt_json_maps(&f, "pull_steps", "{prefect.deployments.steps.set_working_directory: {directory: /opt/prefect}}");
+    let pull_steps = r.opt_json_maps(
+        &f,
+        "pull_steps",
+        "{prefect.deployments.steps.set_working_directory: {directory: /opt/prefect}}",
+    );
     let schedules = r.opt_json_maps(&f, "schedules", "{cron: \"0 * * * *\"}");
     if let Some(list) = &schedules {
         for (i, s) in list.iter().enumerate() {
             let known = ["cron", "interval", "rrule"];
-            let has = s.as_object().is_some_and(|m| known.iter().any(|k| m.contains_key(*k)));
+            let has = s
+                .as_object()
+                .is_some_and(|m| known.iter().any(|k| m.contains_key(*k)));
             if !has {
                 let pos = f.get("schedules").map_or(f.pos, |n| match &n.value {
                     Value::Seq(items) => items.get(i).map_or(n.pos, |x| x.pos),
                     _ => n.pos,
                 });
-                r.error(pos, format!("`{path}.schedules[{i}]` has none of `cron`, `interval` or `rrule`"), Some("for example `{cron: \"0 9 * * *\", timezone: UTC}` or `{interval: 3600}`".into()));
+                r.error(
+                    pos,
+                    format!("`{path}.schedules[{i}]` has none of `cron`, `interval` or `rrule`"),
+                    Some(
+                        "for example `{cron: \"0 9 * * *\", timezone: UTC}` or `{interval: 3600}`"
+                            .into(),
+                    ),
+                );
             }
         }
     }
@@ -463,7 +570,13 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment>
 }
 
 /// A Prefect name: required unless `default` is given.
-fn prefect_name(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, example: &str, default: Option<&str>) -> Option<PrefectName> {
+fn prefect_name(
+    r: &mut Reader<'_>,
+    f: &Fields<'_>,
+    key: &str,
+    example: &str,
+    default: Option<&str>,
+) -> Option<PrefectName> {
     let path = f.child(key);
     let (v, pos) = match (f.get(key), default) {
         (Some(n), _) => (r.string(n, &path, Secret::No)?, n.pos),
@@ -476,7 +589,13 @@ fn prefect_name(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, example: &str, de
 }
 
 /// A section of the top level; `required` sections report their absence.
-fn section<'n>(r: &mut Reader<'_>, top: &Fields<'n>, key: &str, known: &[&str], required: bool) -> Option<Fields<'n>> {
+fn section<'n>(
+    r: &mut Reader<'_>,
+    top: &Fields<'n>,
+    key: &str,
+    known: &[&str],
+    required: bool,
+) -> Option<Fields<'n>> {
     let node = top.get(key);
     if node.is_none() && required {
         return r.missing(top, key, "...");
@@ -486,11 +605,18 @@ fn section<'n>(r: &mut Reader<'_>, top: &Fields<'n>, key: &str, known: &[&str], 
 
 /// The APIs a plan needs when it names none.
 pub fn default_apis(worker: bool, api_key: bool) -> Vec<ApiService> {
-    let mut names = vec!["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "run.googleapis.com"];
+    let mut names = vec![
+        "iam.googleapis.com",
+        "cloudresourcemanager.googleapis.com",
+        "run.googleapis.com",
+    ];
     if worker && api_key {
         names.push("secretmanager.googleapis.com");
     }
-    names.into_iter().filter_map(|n| ApiService::parse(n).ok()).collect()
+    names
+        .into_iter()
+        .filter_map(|n| ApiService::parse(n).ok())
+        .collect()
 }
 
 /// Cross-section checks: names that must be unique, sections that need each other.
@@ -514,8 +640,10 @@ pub fn cross_checks(r: &mut Reader<'_>, top: &Fields<'_>, spec_parts: &CrossInpu
             seen.push((d.flow.as_str(), d.name.as_str(), *pos, file.as_path()));
         }
     }
-    if let (Some(worker_node), true) = (top.get("worker"), spec_parts.has_worker) {
-        if !spec_parts.has_api_url {
+    if let (Some(worker_node), true) = (top.get("worker"), spec_parts.has_worker)
+        && !spec_parts.has_api_url
+    {
+        {
             r.error(worker_node.pos, "the `worker` section needs `prefect.api_url`: the worker service must know which Prefect server to poll", Some("add `prefect:` with `api_url: \"{{ env.PREFECT_API_URL }}\"`".into()));
         }
     }

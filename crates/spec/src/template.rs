@@ -92,14 +92,19 @@ pub fn render(
     // `range` can build huge lists; neither has a use in a plan.
     tera.register_function("get_env", disabled("get_env", "use `env.NAME`"));
     tera.register_function("range", disabled("range", "plans need no loops"));
-    tera.render_str(template, &ctx).map_err(|e| TemplateError::Tera(describe(&e)))
+    tera.render_str(template, &ctx)
+        .map_err(|e| TemplateError::Tera(describe(&e)))
 }
 
 fn disabled(
     name: &'static str,
     why: &'static str,
 ) -> impl Fn(&std::collections::HashMap<String, Value>) -> tera::Result<Value> + Send + Sync {
-    move |_| Err(tera::Error::msg(format!("`{name}` is not available in plan files ({why})")))
+    move |_| {
+        Err(tera::Error::msg(format!(
+            "`{name}` is not available in plan files ({why})"
+        )))
+    }
 }
 
 /// tera's error chain in one line, without its internal template name.
@@ -118,8 +123,21 @@ fn describe(err: &tera::Error) -> String {
     let text = text
         .replace(" while rendering '__tera_one_off'", "")
         .replace("'__tera_one_off'", "the value");
-    // tera's parse errors span several lines with an ASCII-art pointer; keep one line.
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    // tera's parse errors span several lines with an ASCII-art pointer; keep one line:
+    // "template syntax error at column N: expected ...".
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let (Some(at), Some(eq)) = (one_line.find("--> "), one_line.rfind(" = ")) {
+        let pos = one_line[at + 4..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default();
+        let column = pos.split(':').nth(1).unwrap_or(pos);
+        return format!(
+            "template syntax error at column {column}: {}",
+            &one_line[eq + 3..]
+        );
+    }
+    one_line.replace("Variable `", "variable `")
 }
 
 #[cfg(test)]
@@ -144,7 +162,10 @@ mod tests {
 
     #[test]
     fn env_and_defaults() {
-        assert_eq!(render("{{ env.URL }}", &env, &plan()).unwrap(), "http://127.0.0.1:4200/api");
+        assert_eq!(
+            render("{{ env.URL }}", &env, &plan()).unwrap(),
+            "http://127.0.0.1:4200/api"
+        );
         assert_eq!(
             render("{{ env.NOPE | default(value=\"x\") }}", &env, &plan()).unwrap(),
             "x"
@@ -155,7 +176,11 @@ mod tests {
     #[test]
     fn unset_env_is_named() {
         assert_eq!(
-            render("{{ env.NOPE }}-{{ env.ALSO }}-{{ env.NOPE }}", &env, &plan()),
+            render(
+                "{{ env.NOPE }}-{{ env.ALSO }}-{{ env.NOPE }}",
+                &env,
+                &plan()
+            ),
             Err(TemplateError::UnsetEnv(vec!["NOPE".into(), "ALSO".into()]))
         );
     }
@@ -163,7 +188,12 @@ mod tests {
     #[test]
     fn plan_references() {
         assert_eq!(
-            render("{{ gcp.region }}-docker.pkg.dev/{{ gcp.project }}/r/i", &env, &plan()).unwrap(),
+            render(
+                "{{ gcp.region }}-docker.pkg.dev/{{ gcp.project }}/r/i",
+                &env,
+                &plan()
+            )
+            .unwrap(),
             "us-central1-docker.pkg.dev/prefect-project/r/i"
         );
         let Err(TemplateError::Tera(msg)) = render("{{ gcp.projcet }}", &env, &plan()) else {

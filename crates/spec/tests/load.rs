@@ -35,12 +35,22 @@ fn the_guide_loads_as_written() {
         spec.service_account.email.as_str(),
         "prefect-service-account@prefect-project.iam.gserviceaccount.com"
     );
-    assert_eq!(spec.service_account.description, "service account to use for the prefect worker");
+    assert_eq!(
+        spec.service_account.description,
+        "service account to use for the prefect worker"
+    );
     assert_eq!(spec.service_account.roles.len(), 2);
     assert_eq!(spec.service_account.key, KeyMode::Json);
-    assert_eq!(spec.prefect.api_url.as_deref(), Some("http://127.0.0.1:4200/api"));
     assert_eq!(
-        spec.prefect.api_key.as_ref().map(|k| k.expose_secret().to_owned()).as_deref(),
+        spec.prefect.api_url.as_deref(),
+        Some("http://127.0.0.1:4200/api")
+    );
+    assert_eq!(
+        spec.prefect
+            .api_key
+            .as_ref()
+            .map(|k| k.expose_secret().to_owned())
+            .as_deref(),
         Some("pnu_supersecretvalue123")
     );
     assert_eq!(spec.credentials_block.name.as_str(), "gcp-credentials");
@@ -53,7 +63,10 @@ fn the_guide_loads_as_written() {
     assert_eq!(worker.runtime, WorkerRuntime::Python);
     assert_eq!(worker.api_key_secret.as_str(), "prefect-api-key");
     let d = &spec.deployments[0];
-    assert_eq!((d.name.as_str(), d.flow.as_str()), ("gcp-weather-deploy", "fetch-weather"));
+    assert_eq!(
+        (d.name.as_str(), d.flow.as_str()),
+        ("gcp-weather-deploy", "fetch-weather")
+    );
     assert_eq!(d.parameters["lat"], serde_json::json!(14.5994));
     assert_eq!(d.work_queue.as_str(), "default");
 }
@@ -80,11 +93,23 @@ fn secrets_stay_out_of_diagnostics() {
 fn defaults_are_filled_in() {
     let spec = load_str(MINIMAL, "p.yaml", &|_| None).unwrap_or_else(|d| panic!("{d}"));
     let apis: Vec<&str> = spec.gcp.apis.iter().map(|a| a.as_str()).collect();
-    assert_eq!(apis, ["iam.googleapis.com", "cloudresourcemanager.googleapis.com", "run.googleapis.com"]);
+    assert_eq!(
+        apis,
+        [
+            "iam.googleapis.com",
+            "cloudresourcemanager.googleapis.com",
+            "run.googleapis.com"
+        ]
+    );
     assert_eq!(spec.service_account.display_name, "prefect-service-account");
     assert_eq!(spec.service_account.key, KeyMode::Json);
     assert!(!spec.service_account.least_privilege);
-    let roles: Vec<&str> = spec.service_account.roles.iter().map(|r| r.as_str()).collect();
+    let roles: Vec<&str> = spec
+        .service_account
+        .roles
+        .iter()
+        .map(|r| r.as_str())
+        .collect();
     assert_eq!(roles, bootstrap_spec::DEFAULT_ROLES);
     assert_eq!(spec.credentials_block.name.as_str(), "gcp-credentials");
     assert!(spec.worker.is_none());
@@ -99,8 +124,16 @@ fn worker_defaults_and_secret_manager_api() {
     );
     let spec = load_str(&plan, "p.yaml", &|_| None).unwrap_or_else(|d| panic!("{d}"));
     let w = spec.worker.as_ref().unwrap();
-    assert_eq!((w.cpu.as_str(), w.memory.as_str(), w.min_instances), ("1", "512Mi", 1));
-    assert!(spec.gcp.apis.iter().any(|a| a.as_str() == "secretmanager.googleapis.com"));
+    assert_eq!(
+        (w.cpu.as_str(), w.memory.as_str(), w.min_instances),
+        ("1", "512Mi", 1)
+    );
+    assert!(
+        spec.gcp
+            .apis
+            .iter()
+            .any(|a| a.as_str() == "secretmanager.googleapis.com")
+    );
 }
 
 #[test]
@@ -136,7 +169,16 @@ work_pool: {name: 'a/b', type: k8s}
 ";
     let d = load_str(plan, "p.yaml", &|_| None).unwrap_err();
     let text = d.to_string();
-    for needle in ["version", "`regoin`", "missing required key `region`", "gcp.project", "service_account.name", "roles/run.admin", "work_pool.name", "work_pool.type"] {
+    for needle in [
+        "version",
+        "`regoin`",
+        "missing required key `region`",
+        "gcp.project",
+        "service_account.name",
+        "roles/run.admin",
+        "work_pool.name",
+        "work_pool.type",
+    ] {
         assert!(text.contains(needle), "{needle} not in:\n{text}");
     }
     assert!(d.len() >= 8, "{text}");
@@ -146,7 +188,11 @@ work_pool: {name: 'a/b', type: k8s}
 fn deployments_from_prefect_yaml() {
     let dir = tempdir();
     std::fs::create_dir_all(dir.join("flows")).unwrap();
-    std::fs::write(dir.join("flows/w.py"), "@flow(name=\"fetch-weather\")\ndef fetch(lat: float):\n    pass\n").unwrap();
+    std::fs::write(
+        dir.join("flows/w.py"),
+        "@flow(name=\"fetch-weather\")\ndef fetch(lat: float):\n    pass\n",
+    )
+    .unwrap();
     std::fs::write(
         dir.join("prefect.yaml"),
         "name: proj\nbuild: null\npull:\n  - prefect.deployments.steps.set_working_directory: {directory: /opt/prefect}\ndeployments:\n  - name: weather\n    entrypoint: flows/w.py:fetch\n    parameters: {lat: 1.5}\n    tags: [a]\n    work_pool:\n      name: other\n      work_queue_name: q\n      job_variables: {image: 'prefecthq/prefect:3-latest', memory: 1Gi}\n",
@@ -154,20 +200,33 @@ fn deployments_from_prefect_yaml() {
     .unwrap();
     let plan_path = dir.join("bootstrap.yaml");
     let plan = format!("{MINIMAL}deployments_from: prefect.yaml\n");
-    let spec = load_str(&plan, plan_path.to_str().unwrap(), &|_| None).unwrap_or_else(|d| panic!("{d}"));
+    let spec =
+        load_str(&plan, plan_path.to_str().unwrap(), &|_| None).unwrap_or_else(|d| panic!("{d}"));
     let d = &spec.deployments[0];
     assert_eq!(d.flow.as_str(), "fetch-weather");
     assert_eq!(d.work_queue.as_str(), "q");
-    assert_eq!(d.image.as_ref().map(|i| i.as_str()), Some("prefecthq/prefect:3-latest"));
-    assert_eq!(d.job_variables.get("memory"), Some(&serde_json::json!("1Gi")));
+    assert_eq!(
+        d.image.as_ref().map(|i| i.as_str()),
+        Some("prefecthq/prefect:3-latest")
+    );
+    assert_eq!(
+        d.job_variables.get("memory"),
+        Some(&serde_json::json!("1Gi"))
+    );
     assert!(!d.job_variables.contains_key("image"));
     assert_eq!(d.pull_steps.len(), 1);
     assert_eq!(d.tags, ["a"]);
 
     // A clash with a deployment in the plan names both places.
-    let plan = format!("{MINIMAL}deployments_from: prefect.yaml\ndeployments:\n  - {{name: weather, flow: fetch-weather, entrypoint: flows/w.py:fetch}}\n");
+    let plan = format!(
+        "{MINIMAL}deployments_from: prefect.yaml\ndeployments:\n  - {{name: weather, flow: fetch-weather, entrypoint: flows/w.py:fetch}}\n"
+    );
     let err = load_str(&plan, plan_path.to_str().unwrap(), &|_| None).unwrap_err();
-    assert!(err.to_string().contains("duplicate deployment `fetch-weather/weather`"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("duplicate deployment `fetch-weather/weather`"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
