@@ -1,0 +1,11 @@
+//! The embedded Prefect worker: takes flow runs from a work pool and runs each one as a Cloud Run
+//! job (pool types `cloud-run-v2` and `cloud-run`), following the protocol of Prefect's own
+//! worker and prefect-gcp's Cloud Run workers.
+//!
+//! - [`template`] and [`refs`]: the job configuration from the pool's base job template, the
+//!   deployment's and the run's job variables, blocks and variables (pure, unit-tested);
+//! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
+
+pub mod config;
+pub mod refs;
+pub mod template;
