@@ -73,6 +73,14 @@ pub enum GcpError {
         #[source]
         source: serde_json::Error,
     },
+    /// Like [`GcpError::Decode`] for a response that carries secrets: the parser's message
+    /// (which can quote the body) is left out.
+    #[error("{method}: the response could not be read (line {line}, column {column})")]
+    DecodeRedacted {
+        method: String,
+        line: usize,
+        column: usize,
+    },
     /// The request never got an answer (connection refused, reset, DNS, TLS).
     #[error("{method}: network error")]
     Network {

@@ -137,8 +137,8 @@ pub fn resource_path(name: &str) -> Result<String, GcpError> {
     Ok(parts.iter().map(|p| seg(p)).collect::<Vec<_>>().join("/"))
 }
 
-/// One API call, described as data.
-#[derive(Debug, Clone)]
+/// One API call, described as data. Its `Debug` leaves the body out (it may hold secrets).
+#[derive(Clone)]
 pub struct Call {
     /// The discovery document's method id, for error messages (e.g. `run.projects.locations.services.get`).
     pub name: &'static str,
@@ -149,6 +149,20 @@ pub struct Call {
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Value>,
     pub retry: RetryOptions,
+}
+
+impl std::fmt::Debug for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("name", &self.name)
+            .field("method", &self.method)
+            .field("api", &self.api)
+            .field("path", &self.path)
+            .field("query", &self.query)
+            .field("body", &self.body.as_ref().map(|_| "(not shown)"))
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 impl Call {
@@ -255,6 +269,19 @@ impl GcpHttp {
             method: call.name.to_owned(),
             source: e,
         })
+    }
+
+    /// [`GcpHttp::send`] for answers that carry secrets: a decode error does not quote the body.
+    pub async fn send_sensitive<T: DeserializeOwned>(&self, call: Call) -> Result<T, GcpError> {
+        use secrecy::zeroize::Zeroize;
+        let mut bytes = self.send_bytes(&call).await?;
+        let decoded = serde_json::from_slice(&bytes).map_err(|e| GcpError::DecodeRedacted {
+            method: call.name.to_owned(),
+            line: e.line(),
+            column: e.column(),
+        });
+        bytes.zeroize();
+        decoded
     }
 
     /// Sends `call` and returns the raw body of a successful answer.
@@ -396,6 +423,48 @@ fn exhausted(err: GcpError) -> GcpError {
         },
         other => other,
     }
+}
+
+/// Pages a list call has at most before we assume the server loops.
+const MAX_PAGES: usize = 1000;
+
+/// Fetches every page of a list call. `token_param` is the query parameter that carries the
+/// page token (`pageToken`, or `continue` for Cloud Run v1); `split` returns a page's items
+/// and its next token.
+pub(crate) async fn list_all<P, T>(
+    http: &GcpHttp,
+    call: Call,
+    token_param: &'static str,
+    split: impl Fn(P) -> (Vec<T>, Option<String>),
+) -> Result<Vec<T>, GcpError>
+where
+    P: DeserializeOwned,
+{
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..MAX_PAGES {
+        let mut page_call = call.clone();
+        if let Some(t) = &token {
+            page_call = page_call.query(token_param, t.clone());
+        }
+        let (items, next) = split(http.send::<P>(page_call).await?);
+        out.extend(items);
+        match next.filter(|t| !t.is_empty()) {
+            None => return Ok(out),
+            Some(t) if !seen.insert(t.clone()) => {
+                return Err(GcpError::Config(format!(
+                    "{}: the server sent the same page token twice",
+                    call.name
+                )));
+            }
+            Some(t) => token = Some(t),
+        }
+    }
+    Err(GcpError::Config(format!(
+        "{}: more than {MAX_PAGES} pages",
+        call.name
+    )))
 }
 
 /// Turns "not found" into `None`, for `get_*` calls.

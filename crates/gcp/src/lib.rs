@@ -27,14 +27,20 @@ pub mod auth;
 pub mod error;
 pub mod gcloud;
 pub mod http;
+pub mod iam;
 pub mod operations;
+pub mod policy;
+pub mod resourcemanager;
 pub mod retry;
+pub mod run_v2;
+pub mod secretmanager;
 
 pub use auth::{AmbientTokenSource, ServiceAccountKeySource, StaticTokenSource, TokenSource};
 pub use error::GcpError;
 pub use gcloud::{GcloudConfig, Setting, gcloud_config};
 pub use http::{Api, Call, Endpoints, GcpHttp, OptionalExt};
 pub use operations::{Operation, PollBackoff};
+pub use policy::{Binding, Expr, Policy, PolicyTarget, RmwOptions, RmwOutcome};
 pub use retry::RetryPolicy;
 
 /// Installs ring as rustls' process-wide crypto provider (reqwest is built without one).
