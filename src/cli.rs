@@ -66,10 +66,69 @@ pub enum Command {
     Completions(CompletionsArgs),
 }
 
+/// Answers for `init`. A question whose flag is given is not asked; with `--yes` or without a
+/// terminal nothing is asked and the defaults are taken for the rest.
 #[derive(Debug, Args)]
 pub struct InitArgs {
     #[command(flatten)]
     pub file: FileArg,
+    /// GCP project id (default: `core/project` of the active gcloud configuration).
+    #[arg(long, value_name = "ID")]
+    pub project: Option<String>,
+    /// Cloud Run region (default: `run/region` of gcloud, else us-central1).
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Service account id, the part before `@` (default: prefect-service-account).
+    #[arg(long, value_name = "NAME")]
+    pub service_account: Option<String>,
+    /// `json`: a key in the Prefect credentials block (as the guide); `none`: keyless.
+    #[arg(long, value_parser = ["json", "none"])]
+    pub key: Option<String>,
+    /// Work pool name (default: prefect.yaml's, else my-cloud-run-pool).
+    #[arg(long, value_name = "NAME")]
+    pub pool: Option<String>,
+    /// Work pool type.
+    #[arg(long, value_parser = ["cloud-run", "cloud-run-v2"])]
+    pub pool_type: Option<String>,
+    /// The worker service's image (default: prefecthq/prefect:3-latest).
+    #[arg(long, value_name = "IMAGE")]
+    pub worker_image: Option<String>,
+    /// `python`: prefect worker start (as the guide); `embedded`: bootstrap worker.
+    #[arg(long, value_parser = ["python", "embedded"])]
+    pub worker_runtime: Option<String>,
+    /// Minimum worker instances (default: 1).
+    #[arg(long, value_name = "N")]
+    pub min_instances: Option<String>,
+    /// Prefect API URL (default: PREFECT_API_URL, else the active Prefect profile's).
+    #[arg(long, value_name = "URL")]
+    pub prefect_api_url: Option<String>,
+    /// Reference PREFECT_API_KEY in the plan even for a server that is not Prefect Cloud.
+    #[arg(long)]
+    pub api_key: bool,
+    /// The first deployment's flow name (default: from the entrypoint).
+    #[arg(long, value_name = "NAME")]
+    pub deployment_flow: Option<String>,
+    /// The first deployment's name (default: prefect.yaml's).
+    #[arg(long, value_name = "NAME")]
+    pub deployment_name: Option<String>,
+    /// The first deployment's entrypoint, `path/to/file.py:function`.
+    #[arg(long, value_name = "PATH:FUNC")]
+    pub entrypoint: Option<String>,
+    /// The first deployment's image (default: prefect.yaml's `work_pool.job_variables.image`).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The first deployment's parameters, a JSON object.
+    #[arg(long, value_name = "JSON")]
+    pub params: Option<String>,
+    /// Write no deployment.
+    #[arg(long, conflicts_with_all = ["deployment_flow", "deployment_name", "entrypoint", "image", "params"])]
+    pub no_deployment: bool,
+    /// Ask nothing: take the defaults for what flags do not give, and overwrite the file.
+    #[arg(short, long)]
+    pub yes: bool,
+    /// Overwrite an existing plan file without asking.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,8 @@ use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, Shell};
 
+mod init;
+
 mod validate;
 
 /// Runs the chosen subcommand.
@@ -22,7 +24,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
             clap_complete::generate(shell, &mut Cli::command(), "bootstrap", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init(_) => not_built("init", 7),
+        Command::Init(args) => init::run(args),
         Command::Validate(args) => validate::run(&args),
         Command::Plan(_) => not_built("plan", 4),
         Command::Apply(_) => not_built("apply", 4),
