@@ -643,9 +643,12 @@ pub fn cross_checks(r: &mut Reader<'_>, top: &Fields<'_>, spec_parts: &CrossInpu
     if let (Some(worker_node), true) = (top.get("worker"), spec_parts.has_worker)
         && !spec_parts.has_api_url
     {
-        {
-            r.error(worker_node.pos, "the `worker` section needs `prefect.api_url`: the worker service must know which Prefect server to poll", Some("add `prefect:` with `api_url: \"{{ env.PREFECT_API_URL }}\"`".into()));
-        }
+        r.error(
+            worker_node.pos,
+            "the `worker` section needs `prefect.api_url`: the worker service must know \
+             which Prefect server to poll",
+            Some("add `prefect:` with `api_url: \"{{ env.PREFECT_API_URL }}\"`".into()),
+        );
     }
 }
 
