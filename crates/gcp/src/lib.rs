@@ -12,6 +12,22 @@
 //! - [`error`]: [`GcpError`], parsed from Google's error envelope.
 //! - [`retry`]: [`RetryPolicy`] and the pure retry decisions.
 //! - [`operations`]: [`Operation`] and polling with a caller-given deadline.
+//! - [`policy`]: [`Policy`], `add_member` / `remove_member` / `has_member`, and
+//!   [`policy::read_modify_write`] over a [`PolicyTarget`] (project, service account, secret).
+//!
+//! # Clients (async fns taking `&GcpHttp`; `get_*` return `Option`, deletes return whether
+//! something was deleted or the operation)
+//! - [`iam`]: service accounts get/create/patch/delete/list; keys list/get/create/delete
+//!   ([`iam::create_key`] returns the key JSON as a `SecretString`); SA get/setIamPolicy.
+//! - [`resourcemanager`]: project get; get/setIamPolicy (version 3, `updateMask`);
+//!   testIamPermissions.
+//! - [`serviceusage`]: get/batchGet/is_enabled; enable, batchEnable, `enable_all` (waits).
+//! - [`secretmanager`]: secret get/create/delete; addVersion; list versions; access latest
+//!   (a `SecretString`); get/setIamPolicy.
+//! - [`run_v2`]: services get/list/create/patch(allowMissing)/delete; jobs
+//!   create/get/list/delete/run; executions get/list/delete/cancel; operations get/wait.
+//! - [`run_v1`]: namespaces jobs create/get/replace/list/delete/run; executions
+//!   get/delete/cancel (regional host).
 //!
 //! # Quick start
 //! ```no_run
@@ -32,8 +48,10 @@ pub mod operations;
 pub mod policy;
 pub mod resourcemanager;
 pub mod retry;
+pub mod run_v1;
 pub mod run_v2;
 pub mod secretmanager;
+pub mod serviceusage;
 
 pub use auth::{AmbientTokenSource, ServiceAccountKeySource, StaticTokenSource, TokenSource};
 pub use error::GcpError;

@@ -1,0 +1,408 @@
+//! Cloud Run Admin API v1 (Knative style, discovery document `run.v1.json`), for Prefect's
+//! `cloud-run` pool type: jobs and executions in namespace = project, on the regional host
+//! `{region}-run.googleapis.com`. Writes are synchronous (no operations).
+
+use std::collections::BTreeMap;
+
+use bootstrap_spec::ids::{ProjectId, Region, RunJobName};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::error::GcpError;
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
+
+/// `ObjectMeta` (the fields the tool uses; the rest kept).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `GoogleCloudRunV1Condition`: `status` is `"True"`, `"False"` or `"Unknown"`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(default, rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// A v1 job (`Job`). `spec` is kept as JSON: it is built from Prefect's job template.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<JobStatus>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `JobStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_execution: Option<Value>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Job {
+    /// The `Ready` condition's status (`"True"` once the job can run).
+    pub fn ready(&self) -> Option<&str> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Ready")?
+            .status
+            .as_deref()
+    }
+}
+
+/// A v1 execution (`Execution`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Execution {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ExecutionStatus>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `ExecutionStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutionStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_uri: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Execution {
+    /// The `Completed` condition, which says whether and how the execution ended.
+    pub fn completed(&self) -> Option<&Condition> {
+        self.status
+            .as_ref()?
+            .conditions
+            .iter()
+            .find(|c| c.kind == "Completed")
+    }
+
+    /// Finished: `Completed` is `True` (succeeded) or `False` (failed or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.completed()
+            .is_some_and(|c| matches!(c.status.as_deref(), Some("True" | "False")))
+    }
+
+    /// Succeeded: `Completed` is `True`.
+    pub fn succeeded(&self) -> bool {
+        self.completed()
+            .is_some_and(|c| c.status.as_deref() == Some("True"))
+    }
+}
+
+fn namespace(project: &ProjectId) -> String {
+    format!(
+        "apis/run.googleapis.com/v1/namespaces/{}",
+        seg(project.as_str())
+    )
+}
+
+/// Creates a job (`metadata.name` names it). An existing one gives
+/// [`GcpError::AlreadyExists`].
+pub async fn create_job(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    job: &Job,
+) -> Result<Job, GcpError> {
+    let call = Call::new(
+        "run.namespaces.jobs.create",
+        Method::POST,
+        Api::RunV1(region.clone()),
+        format!("{}/jobs", namespace(project)),
+    )
+    .body(to_body(job)?);
+    http.send(call).await
+}
+
+/// Reads a job; `None` if it does not exist.
+pub async fn get_job(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &RunJobName,
+) -> Result<Option<Job>, GcpError> {
+    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
+    http.send(Call::new(
+        "run.namespaces.jobs.get",
+        Method::GET,
+        Api::RunV1(region.clone()),
+        path,
+    ))
+    .await
+    .optional()
+}
+
+/// Replaces a job's definition.
+pub async fn replace_job(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &RunJobName,
+    job: &Job,
+) -> Result<Job, GcpError> {
+    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
+    let call = Call::new(
+        "run.namespaces.jobs.replaceJob",
+        Method::PUT,
+        Api::RunV1(region.clone()),
+        path,
+    )
+    .body(to_body(job)?);
+    http.send(call).await
+}
+
+/// Lists jobs, optionally filtered by a label selector such as `prefect.io/pool=my-pool`.
+pub async fn list_jobs(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    label_selector: Option<&str>,
+) -> Result<Vec<Job>, GcpError> {
+    #[derive(Deserialize)]
+    struct Page {
+        #[serde(default)]
+        items: Vec<Job>,
+        #[serde(default)]
+        metadata: Option<ListMeta>,
+    }
+    #[derive(Deserialize)]
+    struct ListMeta {
+        #[serde(rename = "continue")]
+        next: Option<String>,
+    }
+    let mut call = Call::new(
+        "run.namespaces.jobs.list",
+        Method::GET,
+        Api::RunV1(region.clone()),
+        format!("{}/jobs", namespace(project)),
+    );
+    if let Some(sel) = label_selector {
+        call = call.query("labelSelector", sel);
+    }
+    list_all(http, call, "continue", |p: Page| {
+        (p.items, p.metadata.and_then(|m| m.next))
+    })
+    .await
+}
+
+/// Deletes a job; `false` if it was already gone.
+pub async fn delete_job(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &RunJobName,
+) -> Result<bool, GcpError> {
+    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
+    let call = Call::new(
+        "run.namespaces.jobs.delete",
+        Method::DELETE,
+        Api::RunV1(region.clone()),
+        path,
+    );
+    Ok(http.send::<Value>(call).await.optional()?.is_some())
+}
+
+/// Starts an execution of the job and returns it. `overrides` is a `RunJobRequest.overrides`
+/// value. Not retried once the server may have acted (a repeat would start a second one).
+pub async fn run_job(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &RunJobName,
+    overrides: Option<Value>,
+) -> Result<Execution, GcpError> {
+    let path = format!("{}/jobs/{}:run", namespace(project), seg(name.as_str()));
+    let body = match overrides {
+        Some(o) => json!({ "overrides": o }),
+        None => json!({}),
+    };
+    http.send(
+        Call::new(
+            "run.namespaces.jobs.run",
+            Method::POST,
+            Api::RunV1(region.clone()),
+            path,
+        )
+        .body(body),
+    )
+    .await
+}
+
+/// Reads an execution by its short name (`metadata.name`); `None` if it does not exist.
+pub async fn get_execution(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &str,
+) -> Result<Option<Execution>, GcpError> {
+    let path = format!("{}/executions/{}", namespace(project), seg(name));
+    http.send(Call::new(
+        "run.namespaces.executions.get",
+        Method::GET,
+        Api::RunV1(region.clone()),
+        path,
+    ))
+    .await
+    .optional()
+}
+
+/// Deletes an execution; `false` if it was already gone.
+pub async fn delete_execution(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &str,
+) -> Result<bool, GcpError> {
+    let path = format!("{}/executions/{}", namespace(project), seg(name));
+    let call = Call::new(
+        "run.namespaces.executions.delete",
+        Method::DELETE,
+        Api::RunV1(region.clone()),
+        path,
+    );
+    Ok(http.send::<Value>(call).await.optional()?.is_some())
+}
+
+/// Cancels a running execution (repeating a cancel is harmless).
+pub async fn cancel_execution(
+    http: &GcpHttp,
+    region: &Region,
+    project: &ProjectId,
+    name: &str,
+) -> Result<Execution, GcpError> {
+    let path = format!("{}/executions/{}:cancel", namespace(project), seg(name));
+    let call = Call::new(
+        "run.namespaces.executions.cancel",
+        Method::POST,
+        Api::RunV1(region.clone()),
+        path,
+    )
+    .body(json!({}))
+    .idempotent();
+    http.send(call).await
+}
+
+fn to_body<T: Serialize>(value: &T) -> Result<Value, GcpError> {
+    serde_json::to_value(value)
+        .map_err(|e| GcpError::Config(format!("cannot encode a request body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn execution_completion() {
+        let e: Execution = serde_json::from_value(json!({
+            "apiVersion": "run.googleapis.com/v1", "kind": "Execution",
+            "metadata": {"name": "job-x-abc", "namespace": "123", "labels": {"run.googleapis.com/job": "job-x"}},
+            "status": {"conditions": [
+                {"type": "Started", "status": "True"},
+                {"type": "Completed", "status": "False", "message": "Task failed"}
+            ], "failedCount": 1}
+        }))
+        .unwrap();
+        assert!(e.is_finished());
+        assert!(!e.succeeded());
+        assert_eq!(
+            e.completed().unwrap().message.as_deref(),
+            Some("Task failed")
+        );
+        let running: Execution = serde_json::from_value(json!({
+            "metadata": {"name": "e"},
+            "status": {"conditions": [{"type": "Completed", "status": "Unknown"}]}
+        }))
+        .unwrap();
+        assert!(!running.is_finished());
+    }
+
+    #[test]
+    fn job_round_trips() {
+        let wire = json!({
+            "apiVersion": "run.googleapis.com/v1", "kind": "Job",
+            "metadata": {"name": "j", "annotations": {"run.googleapis.com/launch-stage": "BETA"}, "selfLink": "/x"},
+            "spec": {"template": {"spec": {"template": {"spec": {"containers": [{"image": "i"}]}}}}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}], "executionCount": 2}
+        });
+        let job: Job = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(job.ready(), Some("True"));
+        assert_eq!(serde_json::to_value(&job).unwrap(), wire);
+    }
+}
