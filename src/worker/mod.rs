@@ -6,6 +6,7 @@
 //!   deployment's and the run's job variables, blocks and variables (pure, unit-tested);
 //! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
 
+pub mod cloudrun;
 pub mod config;
 pub mod refs;
 pub mod template;
