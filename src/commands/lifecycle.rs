@@ -28,7 +28,13 @@ struct Planned {
     plan: Plan,
 }
 
-async fn make_plan(spec: &Spec, global: &GlobalArgs, mode: Mode, rotate_key: bool, keep_sa: bool) -> Result<Planned> {
+async fn make_plan(
+    spec: &Spec,
+    global: &GlobalArgs,
+    mode: Mode,
+    rotate_key: bool,
+    keep_sa: bool,
+) -> Result<Planned> {
     let ctx = engine::Context::connect(spec, global.gcp_endpoint.as_deref()).await?;
     let observed = engine::observe::observe(&ctx, spec).await?;
     let options = planner::Options {
@@ -64,7 +70,9 @@ pub fn plan(args: &PlanArgs, global: &GlobalArgs) -> Result<ExitCode> {
 /// Asks before changing anything, unless `--auto-approve`. Without a terminal, refuses.
 fn confirm(prompt: &str, expected: Option<&str>) -> Result<bool> {
     if !std::io::stdin().is_terminal() {
-        bail!("refusing to make changes without confirmation: no terminal to ask on (pass --auto-approve)");
+        bail!(
+            "refusing to make changes without confirmation: no terminal to ask on (pass --auto-approve)"
+        );
     }
     let theme = dialoguer::theme::ColorfulTheme::default();
     match expected {
@@ -82,7 +90,15 @@ fn confirm(prompt: &str, expected: Option<&str>) -> Result<bool> {
     }
 }
 
-fn run_apply(spec: &Spec, global: &GlobalArgs, mode: Mode, auto_approve: bool, json: bool, rotate: bool, keep_sa: bool) -> Result<ExitCode> {
+fn run_apply(
+    spec: &Spec,
+    global: &GlobalArgs,
+    mode: Mode,
+    auto_approve: bool,
+    json: bool,
+    rotate: bool,
+    keep_sa: bool,
+) -> Result<ExitCode> {
     let rt = runtime()?;
     rt.block_on(async {
         let planned = make_plan(spec, global, mode, rotate, keep_sa).await?;
@@ -98,7 +114,9 @@ fn run_apply(spec: &Spec, global: &GlobalArgs, mode: Mode, auto_approve: bool, j
         if !auto_approve {
             let ok = match mode {
                 Mode::Apply => confirm("Apply these changes?", None)?,
-                Mode::Destroy => confirm("Delete these resources?", Some(spec.gcp.project.as_str()))?,
+                Mode::Destroy => {
+                    confirm("Delete these resources?", Some(spec.gcp.project.as_str()))?
+                }
             };
             if !ok {
                 eprintln!("Nothing changed.");
@@ -128,10 +146,26 @@ fn run_apply(spec: &Spec, global: &GlobalArgs, mode: Mode, auto_approve: bool, j
 
 pub fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.file.file)?;
-    run_apply(&spec, global, Mode::Apply, args.auto_approve, args.json, args.rotate_key, false)
+    run_apply(
+        &spec,
+        global,
+        Mode::Apply,
+        args.auto_approve,
+        args.json,
+        args.rotate_key,
+        false,
+    )
 }
 
 pub fn destroy(args: &DestroyArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.file.file)?;
-    run_apply(&spec, global, Mode::Destroy, args.auto_approve, args.json, false, args.keep_service_account)
+    run_apply(
+        &spec,
+        global,
+        Mode::Destroy,
+        args.auto_approve,
+        args.json,
+        false,
+        args.keep_service_account,
+    )
 }

@@ -9,6 +9,8 @@ use clap::CommandFactory;
 use crate::cli::{Cli, Command, Shell};
 
 mod init;
+mod lifecycle;
+mod run;
 
 mod validate;
 
@@ -21,17 +23,22 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
                 Shell::Zsh => clap_complete::Shell::Zsh,
                 Shell::Fish => clap_complete::Shell::Fish,
             };
-            clap_complete::generate(shell, &mut Cli::command(), "bootstrap", &mut std::io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bootstrap",
+                &mut std::io::stdout(),
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Init(args) => init::run(args),
         Command::Validate(args) => validate::run(&args),
-        Command::Plan(_) => not_built("plan", 4),
-        Command::Apply(_) => not_built("apply", 4),
-        Command::Destroy(_) => not_built("destroy", 4),
+        Command::Plan(args) => lifecycle::plan(&args, &cli.global),
+        Command::Apply(args) => lifecycle::apply(&args, &cli.global),
+        Command::Destroy(args) => lifecycle::destroy(&args, &cli.global),
         Command::Doctor(_) => not_built("doctor", 4),
         Command::Worker(_) => not_built("worker", 6),
-        Command::Run(_) => not_built("run", 5),
+        Command::Run(args) => run::run(args),
         Command::Sandbox(_) => not_built("sandbox", 3),
     }
 }

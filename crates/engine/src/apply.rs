@@ -23,6 +23,8 @@ pub struct Outputs {
     pub keys: BTreeMap<Address, SecretString>,
     /// Ids of objects created by a step (a block's id), by the step's address.
     pub ids: BTreeMap<Address, String>,
+    /// Whether this apply granted a role (later steps then wait out IAM propagation).
+    pub granted: bool,
 }
 
 /// What one step did.
@@ -71,7 +73,11 @@ impl Changelog {
                 n(Outcome::Replaced),
                 n(Outcome::Deleted)
             ),
-            Mode::Destroy => format!("Destroy complete: {} deleted, {} updated.", n(Outcome::Deleted), n(Outcome::Updated)),
+            Mode::Destroy => format!(
+                "Destroy complete: {} deleted, {} updated.",
+                n(Outcome::Deleted),
+                n(Outcome::Updated)
+            ),
         }
     }
 }
@@ -99,7 +105,10 @@ impl Progress {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        Progress { bar, started: Instant::now() }
+        Progress {
+            bar,
+            started: Instant::now(),
+        }
     }
 
     fn running(&self, in_flight: &BTreeSet<Address>) {
@@ -118,7 +127,15 @@ impl Progress {
                 entry.error.as_deref().unwrap_or("")
             ),
             Outcome::Skipped => format!("{}: skipped (a step it depends on failed)", entry.address),
-            o => format!("{}: {} in {:.1}s", entry.address, serde_json::to_value(o).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(), entry.seconds),
+            o => format!(
+                "{}: {} in {:.1}s",
+                entry.address,
+                serde_json::to_value(o)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                entry.seconds
+            ),
         };
         match &self.bar {
             Some(bar) => bar.println(line),
@@ -148,7 +165,12 @@ fn outcome_for(action: Action, did_something: bool) -> Outcome {
 
 /// Runs the plan's steps in dependency order, in parallel where independent. Stops starting
 /// new steps after the first failure, lets the running ones finish, and reports all.
-pub async fn apply(ctx: &Context, spec: &Spec, plan: &Plan, progress: &Progress) -> Result<Changelog, Failure> {
+pub async fn apply(
+    ctx: &Context,
+    spec: &Spec,
+    plan: &Plan,
+    progress: &Progress,
+) -> Result<Changelog, Failure> {
     let outputs = Mutex::new(Outputs::default());
     let mut log = Changelog::default();
     let mut done: BTreeSet<Address> = BTreeSet::new();
@@ -177,7 +199,9 @@ pub async fn apply(ctx: &Context, spec: &Spec, plan: &Plan, progress: &Progress)
             }
         }
         progress.running(&in_flight_names);
-        let Some((step, result, took)) = running.next().await else { break };
+        let Some((step, result, took)) = running.next().await else {
+            break;
+        };
         in_flight_names.remove(&step.address);
         let entry = match result {
             Ok(did) => {
@@ -193,7 +217,11 @@ pub async fn apply(ctx: &Context, spec: &Spec, plan: &Plan, progress: &Progress)
             Err(e) => {
                 let message = format!("{e:#}");
                 if failed.is_none() {
-                    failed = Some(e.context(format!("{} could not be {}", step.address, verb(step.action))));
+                    failed = Some(e.context(format!(
+                        "{} could not be {}",
+                        step.address,
+                        verb(step.action)
+                    )));
                 }
                 Entry {
                     address: step.address.clone(),

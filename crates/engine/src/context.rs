@@ -18,7 +18,9 @@ impl Context {
     /// Finds credentials and builds the clients. Makes no API call beyond fetching a token.
     pub async fn connect(spec: &Spec, gcp_endpoint: Option<&str>) -> Result<Self> {
         let endpoints = match gcp_endpoint {
-            Some(base) => Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?,
+            Some(base) => {
+                Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?
+            }
             None => Endpoints::google(),
         };
         let tokens = AmbientTokenSource::discover()

@@ -103,7 +103,9 @@ pub fn set_path(value: &mut Value, path: &str, new: Value) {
             map.insert(k.to_string(), new);
             return;
         }
-        cur = map.entry(k.to_string()).or_insert_with(|| Value::Object(Default::default()));
+        cur = map
+            .entry(k.to_string())
+            .or_insert_with(|| Value::Object(Default::default()));
     }
 }
 

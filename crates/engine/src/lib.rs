@@ -1,12 +1,15 @@
 //! The engine: validated spec -> observe (async) -> plan (pure) -> render -> apply.
 
+pub mod apply;
 pub mod context;
 pub mod diff;
+mod exec;
+pub mod observe;
 pub mod observed;
 pub mod plan;
 pub mod planner;
 pub mod render;
 
+pub use context::Context;
 pub use observed::Observed;
 pub use plan::{Action, Address, Mode, Plan, Step};
-pub use context::Context;

@@ -91,9 +91,13 @@ impl FieldChange {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
 pub enum Deferred<T> {
-    Known { value: T },
+    Known {
+        value: T,
+    },
     /// The output of the step at this address.
-    Step { address: Address },
+    Step {
+        address: Address,
+    },
 }
 
 /// What a step does, with everything needed to do it.

@@ -49,7 +49,10 @@ fn value(v: &Option<Value>) -> String {
 fn field_line(out: &mut String, c: &FieldChange, action: Action, width: usize, p: &Palette) {
     let path = format!("{:width$}", c.path);
     let line = if c.sensitive {
-        format!("{} {path} = (sensitive)", if action == Action::Create { "+" } else { "~" })
+        format!(
+            "{} {path} = (sensitive)",
+            if action == Action::Create { "+" } else { "~" }
+        )
     } else if c.known_after_apply {
         format!("~ {path} = {} -> (known after apply)", value(&c.old))
     } else {
@@ -140,7 +143,8 @@ fn render_adopted(out: &mut String, plan: &Plan, p: &Palette) {
     let _ = writeln!(
         out,
         "{}",
-        p.dim.apply_to("Kept (they existed before bootstrap and carry no bootstrap marker):")
+        p.dim
+            .apply_to("Kept (they existed before bootstrap and carry no bootstrap marker):")
     );
     for a in &plan.adopted {
         let _ = writeln!(out, "      {a}");

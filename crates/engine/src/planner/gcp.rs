@@ -14,13 +14,24 @@ use super::{Builder, addr, service};
 const SA_USER: &str = "roles/iam.serviceAccountUser";
 const SECRET_ACCESSOR: &str = "roles/secretmanager.secretAccessor";
 
+/// The APIs to have enabled: the plan's list, plus any the plan cannot work without.
+pub fn required_apis(spec: &bootstrap_spec::Spec, has_api_key: bool) -> Vec<String> {
+    let mut apis: Vec<String> = spec.gcp.apis.iter().map(|a| a.to_string()).collect();
+    apis.push("iam.googleapis.com".into());
+    if spec.worker.is_some() || !spec.deployments.is_empty() {
+        apis.push("run.googleapis.com".into());
+    }
+    if spec.worker.is_some() && has_api_key {
+        apis.push("secretmanager.googleapis.com".into());
+    }
+    apis.sort();
+    apis.dedup();
+    apis
+}
+
 pub(super) fn apis(b: &mut Builder) {
-    let missing: Vec<String> = b
-        .spec
-        .gcp
-        .apis
-        .iter()
-        .map(|a| a.to_string())
+    let missing: Vec<String> = required_apis(b.spec, b.options.has_api_key)
+        .into_iter()
         .filter(|a| !b.observed.apis.get(a).copied().unwrap_or(false))
         .collect();
     if missing.is_empty() {
@@ -70,7 +81,8 @@ pub(super) fn service_account(b: &mut Builder) {
             });
         }
         Some(live) => {
-            let current = json!({"display_name": live.display_name, "description": live.description});
+            let current =
+                json!({"display_name": live.display_name, "description": live.description});
             let changes = diff::changes(&current, &desired);
             if changes.is_empty() {
                 b.unchanged(address);
@@ -94,7 +106,10 @@ pub(super) fn service_account(b: &mut Builder) {
 }
 
 /// The (role, member) pairs the plan wants on the project, and on the account itself.
-fn wanted_bindings(b: &Builder) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// (role, member) pairs.
+type Grants = Vec<(String, String)>;
+
+fn wanted_bindings(b: &Builder) -> (Grants, Grants) {
     let sa = &b.spec.service_account;
     let member = sa.email.member();
     let mut project = Vec::new();
@@ -109,7 +124,11 @@ fn wanted_bindings(b: &Builder) -> (Vec<(String, String)>, Vec<(String, String)>
     (project, on_account)
 }
 
-fn has(bindings: &std::collections::BTreeMap<String, BTreeSet<String>>, role: &str, member: &str) -> bool {
+fn has(
+    bindings: &std::collections::BTreeMap<String, BTreeSet<String>>,
+    role: &str,
+    member: &str,
+) -> bool {
     bindings.get(role).is_some_and(|m| m.contains(member))
 }
 
@@ -131,7 +150,8 @@ pub(super) fn bindings(b: &mut Builder) {
         .cloned()
         .collect();
     let mut remove = Vec::new();
-    if b.spec.service_account.least_privilege && has(&b.observed.project_bindings, SA_USER, &member) {
+    if b.spec.service_account.least_privilege && has(&b.observed.project_bindings, SA_USER, &member)
+    {
         remove.push((SA_USER.to_string(), member.clone()));
     }
     let address = addr::project_iam(b.spec);
@@ -142,7 +162,11 @@ pub(super) fn bindings(b: &mut Builder) {
             .iter()
             .map(|(r, m)| FieldChange::set(r.clone(), None, Some(json!(m))))
             .collect();
-        changes.extend(remove.iter().map(|(r, m)| FieldChange::set(r.clone(), Some(json!(m)), None)));
+        changes.extend(
+            remove
+                .iter()
+                .map(|(r, m)| FieldChange::set(r.clone(), Some(json!(m)), None)),
+        );
         let depends_on = b.deps(&[addr::service_account(b.spec)]);
         b.push(Step {
             address,
@@ -199,7 +223,10 @@ pub(super) fn block_key_valid(b: &Builder) -> bool {
         return false;
     };
     block.client_email.as_deref() == Some(b.spec.service_account.email.as_str())
-        && b.observed.keys.iter().any(|k| &k.key_id == key_id && !k.disabled)
+        && b.observed
+            .keys
+            .iter()
+            .any(|k| &k.key_id == key_id && !k.disabled)
 }
 
 pub(super) fn key(b: &mut Builder) {
@@ -212,7 +239,12 @@ pub(super) fn key(b: &mut Builder) {
     }
     let reason = if rotate && block_key_valid(b) {
         "rotation requested"
-    } else if b.observed.block.as_ref().is_some_and(|blk| blk.private_key_id.is_some()) {
+    } else if b
+        .observed
+        .block
+        .as_ref()
+        .is_some_and(|blk| blk.private_key_id.is_some())
+    {
         "the block's key no longer exists or is disabled"
     } else {
         "no key of the service account is stored in the credentials block"
@@ -236,7 +268,10 @@ pub(super) fn orphan_keys(b: &mut Builder) {
     let in_use = if b.planned(&addr::new_key(b.spec)) {
         None // the block moves to the new key; every old key becomes unused
     } else {
-        b.observed.block.as_ref().and_then(|blk| blk.private_key_id.clone())
+        b.observed
+            .block
+            .as_ref()
+            .and_then(|blk| blk.private_key_id.clone())
     };
     let orphans: Vec<_> = b
         .observed
@@ -251,7 +286,9 @@ pub(super) fn orphan_keys(b: &mut Builder) {
             address: addr::key(&k.key_id),
             action: Action::Delete,
             adopted: false,
-            reason: Some("user-managed key that the credentials block does not use (orphan)".into()),
+            reason: Some(
+                "user-managed key that the credentials block does not use (orphan)".into(),
+            ),
             changes: vec![],
             depends_on,
             op: Op::DeleteKey {
@@ -289,7 +326,11 @@ pub(super) fn secret(b: &mut Builder) {
         let depends_on = b.deps(&[addr::apis()]);
         b.push(Step {
             address: address.clone(),
-            action: if create { Action::Create } else { Action::Update },
+            action: if create {
+                Action::Create
+            } else {
+                Action::Update
+            },
             adopted,
             reason: None,
             changes: vec![FieldChange::sensitive("latest_version")],
@@ -333,7 +374,12 @@ pub(super) fn worker_service(b: &mut Builder) {
     let address = addr::service(worker.service.as_str());
     let desired = service::desired(b.spec, worker, b.options);
     let depends_on = {
-        let mut c = vec![addr::apis(), addr::service_account(b.spec), addr::project_iam(b.spec), addr::sa_iam(b.spec)];
+        let mut c = vec![
+            addr::apis(),
+            addr::service_account(b.spec),
+            addr::project_iam(b.spec),
+            addr::sa_iam(b.spec),
+        ];
         c.push(addr::secret(worker.api_key_secret.as_str()));
         c.push(addr::secret_iam(worker.api_key_secret.as_str()));
         b.deps(&c)
@@ -381,7 +427,9 @@ pub(super) fn worker_service(b: &mut Builder) {
 
 pub(super) fn destroy_worker_service(b: &mut Builder) {
     let Some(worker) = &b.spec.worker else { return };
-    let Some(live) = &b.observed.service else { return };
+    let Some(live) = &b.observed.service else {
+        return;
+    };
     let address = addr::service(worker.service.as_str());
     if !service::is_marked(live) {
         b.adopted.push(address);
@@ -402,7 +450,9 @@ pub(super) fn destroy_worker_service(b: &mut Builder) {
 
 pub(super) fn destroy_secret(b: &mut Builder) {
     let Some(worker) = &b.spec.worker else { return };
-    let Some(secret) = &b.observed.secret else { return };
+    let Some(secret) = &b.observed.secret else {
+        return;
+    };
     let id = worker.api_key_secret.to_string();
     let address = addr::secret(&id);
     if !marked(&secret.labels) {
@@ -462,7 +512,9 @@ pub(super) fn destroy_bindings(b: &mut Builder) {
             .iter()
             .map(|(r, m)| FieldChange::set(r.clone(), Some(json!(m)), None))
             .collect();
-        let depends_on = b.deps(&[addr::service(b.spec.worker.as_ref().map_or("", |w| w.service.as_str()))]);
+        let depends_on = b.deps(&[addr::service(
+            b.spec.worker.as_ref().map_or("", |w| w.service.as_str()),
+        )]);
         b.push(Step {
             address: addr::project_iam(b.spec),
             action: Action::Update,
@@ -484,7 +536,9 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
     if b.options.keep_service_account {
         return;
     }
-    let Some(sa) = &b.observed.service_account else { return };
+    let Some(sa) = &b.observed.service_account else {
+        return;
+    };
     let mut candidates = vec![addr::project_iam(b.spec), addr::block(b.spec)];
     if let Some(w) = &b.spec.worker {
         candidates.push(addr::service(w.service.as_str()));

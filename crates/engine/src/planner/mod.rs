@@ -1,8 +1,8 @@
 //! The planner: pure and synchronous. From the checked spec and what is live, it produces the
 //! complete plan; it takes no client and makes no call.
 
-mod gcp;
-mod prefect;
+pub mod gcp;
+pub mod prefect;
 pub mod service;
 pub mod template;
 
@@ -113,16 +113,25 @@ pub mod addr {
         Address("gcp.apis".into())
     }
     pub fn service_account(spec: &Spec) -> Address {
-        Address::new("gcp.service_account", spec.service_account.account_id.as_str())
+        Address::new(
+            "gcp.service_account",
+            spec.service_account.account_id.as_str(),
+        )
     }
     pub fn project_iam(spec: &Spec) -> Address {
         Address::new("gcp.project_iam", spec.gcp.project.as_str())
     }
     pub fn sa_iam(spec: &Spec) -> Address {
-        Address::new("gcp.service_account_iam", spec.service_account.account_id.as_str())
+        Address::new(
+            "gcp.service_account_iam",
+            spec.service_account.account_id.as_str(),
+        )
     }
     pub fn new_key(spec: &Spec) -> Address {
-        Address::new("gcp.service_account_key", &format!("{}/new", spec.service_account.account_id))
+        Address::new(
+            "gcp.service_account_key",
+            &format!("{}/new", spec.service_account.account_id),
+        )
     }
     pub fn key(id: &str) -> Address {
         Address::new("gcp.service_account_key", id)

@@ -20,7 +20,7 @@ pub(super) fn block(b: &mut Builder) {
             if !keyless {
                 changes.push(FieldChange::sensitive("service_account_info"));
             }
-            let depends_on = b.deps(&[key_step.clone()]);
+            let depends_on = b.deps(std::slice::from_ref(&key_step));
             b.push(Step {
                 address,
                 action: Action::Create,
@@ -53,7 +53,7 @@ pub(super) fn block(b: &mut Builder) {
                 b.unchanged(address);
                 return;
             }
-            let depends_on = b.deps(&[key_step.clone()]);
+            let depends_on = b.deps(std::slice::from_ref(&key_step));
             b.push(Step {
                 address,
                 action: Action::Update,
@@ -78,9 +78,12 @@ pub(super) fn work_pool(b: &mut Builder) {
     let address = addr::work_pool(spec);
     let block_address = addr::block(spec);
     // The block ref: known when the block exists; otherwise produced by the block step.
-    let credentials: Option<Deferred<String>> = match (spec.service_account.key, &b.observed.block) {
+    let credentials: Option<Deferred<String>> = match (spec.service_account.key, &b.observed.block)
+    {
         (KeyMode::None, _) => None,
-        (KeyMode::Json, Some(blk)) => Some(Deferred::Known { value: blk.id.clone() }),
+        (KeyMode::Json, Some(blk)) => Some(Deferred::Known {
+            value: blk.id.clone(),
+        }),
         (KeyMode::Json, None) => Some(Deferred::Step {
             address: block_address.clone(),
         }),
@@ -93,7 +96,13 @@ pub(super) fn work_pool(b: &mut Builder) {
 
     let live = b.observed.work_pool.as_ref();
     let base = match live {
-        Some(p) if p.base_job_template.as_object().is_some_and(|o| !o.is_empty()) => p.base_job_template.clone(),
+        Some(p)
+            if p.base_job_template
+                .as_object()
+                .is_some_and(|o| !o.is_empty()) =>
+        {
+            p.base_job_template.clone()
+        }
         _ => spec
             .work_pool
             .base_job_template
@@ -103,7 +112,9 @@ pub(super) fn work_pool(b: &mut Builder) {
     };
     let wanted = template::apply_defaults(spec, &base, cred_value.as_ref());
     let mut changes = diff::changes(
-        &live.map_or(Value::Null, |p| template::owned_view(spec, &p.base_job_template)),
+        &live.map_or(Value::Null, |p| {
+            template::owned_view(spec, &p.base_job_template)
+        }),
         &template::owned_view(spec, &wanted),
     );
     for c in &mut changes {
@@ -112,7 +123,13 @@ pub(super) fn work_pool(b: &mut Builder) {
     if matches!(credentials, Some(Deferred::Step { .. })) {
         changes.push(FieldChange::after_apply(
             "base_job_template.credentials.default",
-            live.and_then(|p| diff::get_path(&p.base_job_template, "variables.properties.credentials.default").cloned()),
+            live.and_then(|p| {
+                diff::get_path(
+                    &p.base_job_template,
+                    "variables.properties.credentials.default",
+                )
+                .cloned()
+            }),
         ));
     }
     let pool_type = spec.work_pool.pool_type.as_str().to_string();
@@ -143,8 +160,15 @@ pub(super) fn work_pool(b: &mut Builder) {
                 address,
                 action: Action::Replace,
                 adopted: false,
-                reason: Some(format!("a pool's type cannot change ({} -> {pool_type})", p.pool_type)),
-                changes: vec![FieldChange::set("type", Some(json!(p.pool_type)), Some(json!(pool_type)))],
+                reason: Some(format!(
+                    "a pool's type cannot change ({} -> {pool_type})",
+                    p.pool_type
+                )),
+                changes: vec![FieldChange::set(
+                    "type",
+                    Some(json!(p.pool_type)),
+                    Some(json!(pool_type)),
+                )],
                 depends_on,
                 op: Op::UpsertWorkPool {
                     name: spec.work_pool.name.to_string(),
@@ -153,7 +177,12 @@ pub(super) fn work_pool(b: &mut Builder) {
                     description: spec.work_pool.description.clone(),
                     base_job_template: template::apply_defaults(
                         spec,
-                        &spec.work_pool.base_job_template.clone().or_else(|| b.observed.default_template.clone()).unwrap_or(Value::Null),
+                        &spec
+                            .work_pool
+                            .base_job_template
+                            .clone()
+                            .or_else(|| b.observed.default_template.clone())
+                            .unwrap_or(Value::Null),
                         cred_value.as_ref(),
                     ),
                     credentials,
@@ -162,15 +191,23 @@ pub(super) fn work_pool(b: &mut Builder) {
             });
         }
         Some(p) => {
-            if let Some(d) = &spec.work_pool.description {
-                if p.description.as_deref() != Some(d.as_str()) {
-                    changes.push(FieldChange::set("description", p.description.clone().map(Value::String), Some(json!(d))));
-                }
+            if let Some(d) = &spec.work_pool.description
+                && p.description.as_deref() != Some(d.as_str())
+            {
+                changes.push(FieldChange::set(
+                    "description",
+                    p.description.clone().map(Value::String),
+                    Some(json!(d)),
+                ));
             }
-            if let Some(limit) = spec.work_pool.concurrency_limit {
-                if p.concurrency_limit != Some(u64::from(limit)) {
-                    changes.push(FieldChange::set("concurrency_limit", p.concurrency_limit.map(|l| json!(l)), Some(json!(limit))));
-                }
+            if let Some(limit) = spec.work_pool.concurrency_limit
+                && p.concurrency_limit != Some(u64::from(limit))
+            {
+                changes.push(FieldChange::set(
+                    "concurrency_limit",
+                    p.concurrency_limit.map(|l| json!(l)),
+                    Some(json!(limit)),
+                ));
             }
             if changes.is_empty() {
                 b.unchanged(address);
@@ -216,7 +253,10 @@ pub fn deployment_fields(spec: &Spec, d: &Deployment) -> serde_json::Map<String,
     m.insert("job_variables".into(), Value::Object(job_variables));
     m.insert("pull_steps".into(), Value::Array(d.pull_steps.clone()));
     m.insert("tags".into(), json!(d.tags));
-    m.insert("description".into(), d.description.clone().map_or(Value::Null, Value::String));
+    m.insert(
+        "description".into(),
+        d.description.clone().map_or(Value::Null, Value::String),
+    );
     m.insert("schedules".into(), Value::Array(schedules));
     m
 }
@@ -234,7 +274,10 @@ pub(super) fn deployments(b: &mut Builder) {
         let depends_on = b.deps(&[addr::work_pool(spec)]);
         let (action, changes) = match b.observed.deployments.get(&key) {
             None => (Action::Create, diff::changes(&Value::Null, &wanted)),
-            Some(live) => (Action::Update, diff::changes(&Value::Object(live.fields.clone()), &wanted)),
+            Some(live) => (
+                Action::Update,
+                diff::changes(&Value::Object(live.fields.clone()), &wanted),
+            ),
         };
         if action == Action::Update && changes.is_empty() {
             // An unneeded update would delete the deployment's future scheduled runs.
@@ -284,7 +327,12 @@ pub(super) fn destroy_work_pool(b: &mut Builder) {
     if b.observed.work_pool.is_none() {
         return;
     }
-    let candidates: Vec<_> = b.spec.deployments.iter().map(|d| addr::deployment(&deployment_key(d))).collect();
+    let candidates: Vec<_> = b
+        .spec
+        .deployments
+        .iter()
+        .map(|d| addr::deployment(&deployment_key(d)))
+        .collect();
     let depends_on = b.deps(&candidates);
     b.push(Step {
         address: addr::work_pool(b.spec),

@@ -19,7 +19,13 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
         WorkerRuntime::Python => (
             vec![],
             [
-                "prefect", "worker", "start", "--install-policy", "always", "--with-healthcheck", "-p",
+                "prefect",
+                "worker",
+                "start",
+                "--install-policy",
+                "always",
+                "--with-healthcheck",
+                "-p",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -28,7 +34,12 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
         ),
         WorkerRuntime::Embedded => (
             vec!["bootstrap".into()],
-            vec!["worker".into(), "--pool".into(), pool, "--healthcheck".into()],
+            vec![
+                "worker".into(),
+                "--pool".into(),
+                pool,
+                "--healthcheck".into(),
+            ],
         ),
     }
 }
@@ -45,7 +56,9 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
     }
     if worker.runtime == WorkerRuntime::Python {
         // The Python worker's health server listens where --with-healthcheck puts it.
-        env.push(json!({"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": HEALTH_PORT.to_string()}));
+        env.push(
+            json!({"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": HEALTH_PORT.to_string()}),
+        );
     }
     let mut container = json!({
         "image": worker.image.as_str(),
@@ -126,16 +139,35 @@ pub fn owned_view(service: &Value) -> Value {
 }
 
 pub fn is_marked(service: &Value) -> bool {
-    service.pointer(&format!("/labels/{}", MARKER_LABEL.0)).and_then(Value::as_str) == Some(MARKER_LABEL.1)
+    service
+        .pointer(&format!("/labels/{}", MARKER_LABEL.0))
+        .and_then(Value::as_str)
+        == Some(MARKER_LABEL.1)
 }
 
 /// The body for updating a live service: the live service's user fields with ours laid over, so
 /// that fields the plan does not own (set by hand, or by the API) are kept.
 pub fn merge_into_live(live: &Value, desired: &Value) -> Value {
     const SERVER_FIELDS: &[&str] = &[
-        "uid", "generation", "createTime", "updateTime", "deleteTime", "expireTime", "creator",
-        "lastModifier", "observedGeneration", "conditions", "terminalCondition", "latestReadyRevision",
-        "latestCreatedRevision", "trafficStatuses", "uri", "urls", "reconciling", "etag", "satisfiesPzs",
+        "uid",
+        "generation",
+        "createTime",
+        "updateTime",
+        "deleteTime",
+        "expireTime",
+        "creator",
+        "lastModifier",
+        "observedGeneration",
+        "conditions",
+        "terminalCondition",
+        "latestReadyRevision",
+        "latestCreatedRevision",
+        "trafficStatuses",
+        "uri",
+        "urls",
+        "reconciling",
+        "etag",
+        "satisfiesPzs",
     ];
     let mut body = live.clone();
     if let Value::Object(map) = &mut body {
@@ -163,7 +195,10 @@ pub fn merge_into_live(live: &Value, desired: &Value) -> Value {
         map.remove("revision"); // never pin revision names (409 on a changed config)
     }
     // The first container is ours; others (sidecars) are kept.
-    let ours = desired.pointer("/template/containers/0").cloned().unwrap_or(Value::Null);
+    let ours = desired
+        .pointer("/template/containers/0")
+        .cloned()
+        .unwrap_or(Value::Null);
     let mut containers = body
         .pointer("/template/containers")
         .and_then(Value::as_array)

@@ -19,10 +19,14 @@ fn spec() -> Spec {
         gcp: Gcp {
             project: project.clone(),
             region: Region::parse("us-central1").unwrap(),
-            apis: ["iam.googleapis.com", "run.googleapis.com", "secretmanager.googleapis.com"]
-                .into_iter()
-                .map(|a| ApiService::parse(a).unwrap())
-                .collect(),
+            apis: [
+                "iam.googleapis.com",
+                "run.googleapis.com",
+                "secretmanager.googleapis.com",
+            ]
+            .into_iter()
+            .map(|a| ApiService::parse(a).unwrap())
+            .collect(),
         },
         service_account: ServiceAccount {
             email: ServiceAccountEmail::for_account(&account, &project),
@@ -68,8 +72,13 @@ fn spec() -> Spec {
             name: PrefectName::parse("gcp-weather-deploy").unwrap(),
             flow: PrefectName::parse("fetch-weather").unwrap(),
             entrypoint: "flows/weather_flow.py:fetch_weather".into(),
-            image: Some(ImageRef::parse("gcr.io/prefect-project/gcp-weather-image:latest").unwrap()),
-            parameters: json!({"lat": 14.5994, "lon": 28.6731}).as_object().unwrap().clone(),
+            image: Some(
+                ImageRef::parse("gcr.io/prefect-project/gcp-weather-image:latest").unwrap(),
+            ),
+            parameters: json!({"lat": 14.5994, "lon": 28.6731})
+                .as_object()
+                .unwrap()
+                .clone(),
             work_queue: PrefectName::parse("default").unwrap(),
             tags: vec![],
             description: None,
@@ -125,12 +134,21 @@ fn converged(s: &Spec) -> Observed {
     let member = s.service_account.email.member();
     let mut bindings: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for r in &s.service_account.roles {
-        bindings.entry(r.to_string()).or_default().insert(member.clone());
+        bindings
+            .entry(r.to_string())
+            .or_default()
+            .insert(member.clone());
     }
-    bindings.entry("roles/owner".into()).or_default().insert("user:someone@example.com".into());
+    bindings
+        .entry("roles/owner".into())
+        .or_default()
+        .insert("user:someone@example.com".into());
     o.project_bindings = bindings;
     o.keys = vec![observed::Key {
-        name: format!("projects/prefect-project/serviceAccounts/{}/keys/k1", s.service_account.email),
+        name: format!(
+            "projects/prefect-project/serviceAccounts/{}/keys/k1",
+            s.service_account.email
+        ),
         key_id: "k1".into(),
         disabled: false,
     }];
@@ -182,11 +200,20 @@ fn first_apply_creates_everything_in_order() {
     let s = spec();
     let p = plan(&s, &empty(), &options(Mode::Apply));
     let addrs: Vec<String> = p.steps.iter().map(|s| s.address.to_string()).collect();
-    let pos = |a: &str| addrs.iter().position(|x| x.starts_with(a)).unwrap_or_else(|| panic!("{a} missing in {addrs:?}"));
+    let pos = |a: &str| {
+        addrs
+            .iter()
+            .position(|x| x.starts_with(a))
+            .unwrap_or_else(|| panic!("{a} missing in {addrs:?}"))
+    };
     assert!(pos("gcp.service_account[") < pos("gcp.project_iam"));
     assert!(pos("gcp.service_account_key") < pos("prefect.block"));
     assert!(pos("prefect.block") < pos("prefect.work_pool"));
-    assert!(p.steps.iter().all(|s| s.action == Action::Create || s.action == Action::Update));
+    assert!(
+        p.steps
+            .iter()
+            .all(|s| s.action == Action::Create || s.action == Action::Update)
+    );
     insta::assert_snapshot!("plan_create", render::human(&p, false));
 }
 
@@ -214,12 +241,21 @@ fn a_changed_field_is_one_in_place_update() {
 fn removed_role_is_repaired_and_foreign_members_are_untouched() {
     let s = spec();
     let mut o = converged(&s);
-    o.project_bindings.get_mut("roles/run.admin").unwrap().clear();
+    o.project_bindings
+        .get_mut("roles/run.admin")
+        .unwrap()
+        .clear();
     let p = plan(&s, &o, &options(Mode::Apply));
     assert_eq!(p.steps.len(), 1);
     match &p.steps[0].op {
         Op::EditProjectPolicy { add, remove, .. } => {
-            assert_eq!(add, &vec![("roles/run.admin".to_string(), s.service_account.email.member())]);
+            assert_eq!(
+                add,
+                &vec![(
+                    "roles/run.admin".to_string(),
+                    s.service_account.email.member()
+                )]
+            );
             assert!(remove.is_empty());
         }
         other => panic!("unexpected {other:?}"),
@@ -230,13 +266,41 @@ fn removed_role_is_repaired_and_foreign_members_are_untouched() {
 fn missing_key_makes_a_new_one_and_orphans_the_rest() {
     let s = spec();
     let mut o = converged(&s);
-    o.keys = vec![observed::Key { name: "n/keys/k9".into(), key_id: "k9".into(), disabled: false }];
+    o.keys = vec![observed::Key {
+        name: "n/keys/k9".into(),
+        key_id: "k9".into(),
+        disabled: false,
+    }];
     let p = plan(&s, &o, &options(Mode::Apply));
-    let kinds: Vec<(String, Action)> = p.steps.iter().map(|s| (s.address.to_string(), s.action)).collect();
-    assert!(kinds.iter().any(|(a, x)| a.contains("/new") && *x == Action::Create), "{kinds:?}");
-    assert!(kinds.iter().any(|(a, x)| a.contains("k9") && *x == Action::Delete), "{kinds:?}");
-    let block = p.steps.iter().find(|s| s.address.to_string().starts_with("prefect.block")).unwrap();
-    assert!(matches!(&block.op, Op::UpsertBlock { key_from: Some(_), .. }));
+    let kinds: Vec<(String, Action)> = p
+        .steps
+        .iter()
+        .map(|s| (s.address.to_string(), s.action))
+        .collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|(a, x)| a.contains("/new") && *x == Action::Create),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds
+            .iter()
+            .any(|(a, x)| a.contains("k9") && *x == Action::Delete),
+        "{kinds:?}"
+    );
+    let block = p
+        .steps
+        .iter()
+        .find(|s| s.address.to_string().starts_with("prefect.block"))
+        .unwrap();
+    assert!(matches!(
+        &block.op,
+        Op::UpsertBlock {
+            key_from: Some(_),
+            ..
+        }
+    ));
     // No secret value is ever in the plan.
     assert!(render::json(&p).contains("(sensitive)") || !render::json(&p).contains("PRIVATE KEY"));
 }
@@ -253,11 +317,23 @@ fn ui_edits_to_unowned_template_fields_are_kept() {
     let mut s2 = s.clone();
     s2.gcp.region = Region::parse("europe-west1").unwrap();
     let p = plan(&s2, &o, &options(Mode::Apply));
-    let pool_step = p.steps.iter().find(|s| s.address.to_string().starts_with("prefect.work_pool")).unwrap();
+    let pool_step = p
+        .steps
+        .iter()
+        .find(|s| s.address.to_string().starts_with("prefect.work_pool"))
+        .unwrap();
     match &pool_step.op {
-        Op::UpsertWorkPool { base_job_template, .. } => {
-            assert_eq!(base_job_template["variables"]["properties"]["cpu"]["default"], json!("2000m"));
-            assert_eq!(base_job_template["variables"]["properties"]["region"]["default"], json!("europe-west1"));
+        Op::UpsertWorkPool {
+            base_job_template, ..
+        } => {
+            assert_eq!(
+                base_job_template["variables"]["properties"]["cpu"]["default"],
+                json!("2000m")
+            );
+            assert_eq!(
+                base_job_template["variables"]["properties"]["region"]["default"],
+                json!("europe-west1")
+            );
         }
         other => panic!("unexpected {other:?}"),
     }
@@ -285,6 +361,14 @@ fn unmarked_service_is_adopted_and_kept_by_destroy() {
     let p = plan(&s, &o, &options(Mode::Apply));
     assert!(p.steps.iter().any(|s| s.adopted));
     let d = plan(&s, &o, &options(Mode::Destroy));
-    assert!(d.adopted.iter().any(|a| a.to_string().contains("run_service")));
-    assert!(!d.steps.iter().any(|s| s.address.to_string().contains("run_service")));
+    assert!(
+        d.adopted
+            .iter()
+            .any(|a| a.to_string().contains("run_service"))
+    );
+    assert!(
+        !d.steps
+            .iter()
+            .any(|s| s.address.to_string().contains("run_service"))
+    );
 }

@@ -1,0 +1,541 @@
+//! Carrying out one step. Every function is idempotent: it reads before it writes where the
+//! API has no idempotent write, so that running an interrupted apply again converges.
+//! Returns whether anything was changed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
+use bootstrap_gcp::{GcpError, iam, run_v2, secretmanager, serviceusage};
+use bootstrap_prefect::{
+    BlockDocumentCreate, DeploymentSpec, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
+    pick_block_schema,
+};
+use bootstrap_spec::{Spec, ids::*};
+use secrecy::ExposeSecret as _;
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use super::apply::Outputs;
+use super::context::Context;
+use super::plan::{Deferred, Op, Step};
+use super::planner::template;
+
+/// How long a Cloud Run or Service Usage operation may take before apply gives up on it.
+const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
+/// How long to keep retrying a freshly granted permission that has not propagated yet.
+const GRANT_PROPAGATION: Duration = Duration::from_secs(180);
+/// How long a service account created in this run may read as "does not exist" to IAM.
+const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(120);
+const GCP_CREDENTIALS: &str = "gcp-credentials";
+
+fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
+    f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
+}
+
+pub async fn run(
+    ctx: &Context,
+    spec: &Spec,
+    step: &Step,
+    outputs: &Mutex<Outputs>,
+) -> Result<bool> {
+    let project = &spec.gcp.project;
+    let http = &ctx.gcp;
+    match &step.op {
+        Op::EnableApis { services } => {
+            serviceusage::enable_all(http, project, services, OPERATION_DEADLINE)
+                .await
+                .with_context(|| format!("enabling {}", services.join(", ")))?;
+            Ok(true)
+        }
+        Op::CreateServiceAccount {
+            account_id,
+            email,
+            display_name,
+            description,
+        } => {
+            let account = parse("account id", account_id, AccountId::parse)?;
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            match iam::create_service_account(
+                http,
+                project,
+                &account,
+                Some(display_name),
+                Some(description),
+            )
+            .await
+            {
+                Ok(_) => {}
+                // Created by a concurrent apply, or by an earlier one that died: adopt it.
+                Err(e) if e.is_already_exists() => {
+                    iam::patch_service_account(
+                        http,
+                        project,
+                        &email,
+                        Some(display_name),
+                        Some(description),
+                    )
+                    .await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            wait_until_visible(ctx, project, &email).await?;
+            Ok(true)
+        }
+        Op::PatchServiceAccount {
+            email,
+            display_name,
+            description,
+        } => {
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            iam::patch_service_account(
+                http,
+                project,
+                &email,
+                Some(display_name),
+                Some(description),
+            )
+            .await?;
+            Ok(true)
+        }
+        Op::DeleteServiceAccount { email } => {
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            Ok(iam::delete_service_account(http, project, &email).await?)
+        }
+        Op::EditProjectPolicy {
+            add,
+            remove,
+            new_accounts,
+        } => {
+            let opts = RmwOptions {
+                member_grace: (!new_accounts.is_empty()).then_some(NEW_ACCOUNT_GRACE),
+                ..RmwOptions::default()
+            };
+            let out = policy::read_modify_write(
+                http,
+                &PolicyTarget::Project(project.clone()),
+                opts,
+                |p| edit(p, add, remove),
+            )
+            .await
+            .context("editing the project IAM policy")?;
+            if out.changed {
+                outputs.lock().await.granted = true;
+            }
+            Ok(out.changed)
+        }
+        Op::EditServiceAccountPolicy { email, add, remove } => {
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            let target = PolicyTarget::ServiceAccount {
+                project: project.clone(),
+                email,
+            };
+            let opts = RmwOptions {
+                member_grace: Some(NEW_ACCOUNT_GRACE),
+                ..RmwOptions::default()
+            };
+            let out =
+                policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove)).await?;
+            if out.changed {
+                outputs.lock().await.granted = true;
+            }
+            Ok(out.changed)
+        }
+        Op::CreateKey { email } => {
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            let created = iam::create_key(http, project, &email).await.map_err(|e| {
+                if e.is_key_creation_forbidden() {
+                    anyhow!(e).context(
+                        "an organization policy forbids service account keys \
+                         (constraints/iam.disableServiceAccountKeyCreation); set `service_account.key: none` \
+                         to run keyless: the worker then uses the identity attached to its Cloud Run service",
+                    )
+                } else {
+                    anyhow!(e)
+                }
+            })?;
+            outputs
+                .lock()
+                .await
+                .keys
+                .insert(step.address.clone(), created.json);
+            Ok(true)
+        }
+        Op::DeleteKey { key_id, .. } => {
+            Ok(iam::delete_key(http, project, &spec.service_account.email, key_id).await?)
+        }
+        Op::PutSecret {
+            secret_id,
+            create,
+            add_version,
+            labels,
+        } => {
+            let id = parse("secret id", secret_id, SecretId::parse)?;
+            let key = ctx
+                .api_key()
+                .ok_or_else(|| anyhow!("no Prefect API key to store"))?;
+            if *create {
+                let labels: BTreeMap<String, String> = labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect();
+                match secretmanager::create_secret(http, project, &id, &labels).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_already_exists() => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if *add_version {
+                secretmanager::add_version(http, project, &id, key).await?;
+            }
+            Ok(true)
+        }
+        Op::GrantSecretAccess { secret_id, member } => {
+            let secret = parse("secret id", secret_id, SecretId::parse)?;
+            let target = PolicyTarget::Secret {
+                project: project.clone(),
+                secret,
+            };
+            let role = "roles/secretmanager.secretAccessor".to_string();
+            let add = vec![(role, member.clone())];
+            let opts = RmwOptions {
+                member_grace: Some(NEW_ACCOUNT_GRACE),
+                ..RmwOptions::default()
+            };
+            let out =
+                policy::read_modify_write(http, &target, opts, |p| edit(p, &add, &[])).await?;
+            if out.changed {
+                outputs.lock().await.granted = true;
+            }
+            Ok(out.changed)
+        }
+        Op::DeleteSecret { secret_id } => {
+            let id = parse("secret id", secret_id, SecretId::parse)?;
+            Ok(secretmanager::delete_secret(http, project, &id).await?)
+        }
+        Op::UpsertService { name, body } => {
+            let granted = outputs.lock().await.granted;
+            upsert_service(ctx, spec, name, body, granted).await?;
+            Ok(true)
+        }
+        Op::DeleteService { name } => {
+            let service = parse("service", name, RunServiceName::parse)?;
+            match run_v2::delete_service(http, project, &spec.gcp.region, &service).await? {
+                None => Ok(false),
+                Some(op) => {
+                    run_v2::wait_operation(http, op, OPERATION_DEADLINE).await?;
+                    Ok(true)
+                }
+            }
+        }
+        Op::UpsertBlock {
+            name,
+            existing_id,
+            project: block_project,
+            key_from,
+            keyless,
+        } => {
+            let key = match key_from {
+                Some(address) => Some(
+                    outputs
+                        .lock()
+                        .await
+                        .keys
+                        .get(address)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("the key from {address} is not available"))?,
+                ),
+                None => None,
+            };
+            let id = upsert_block(
+                ctx,
+                name,
+                existing_id.as_deref(),
+                block_project,
+                key,
+                *keyless,
+            )
+            .await?;
+            outputs.lock().await.ids.insert(step.address.clone(), id);
+            Ok(true)
+        }
+        Op::DeleteBlock { id, name } => {
+            let id = uuid::Uuid::parse_str(id)
+                .with_context(|| format!("block {name} has an invalid id"))?;
+            Ok(ctx.prefect.delete_block_document(id).await?)
+        }
+        Op::UpsertWorkPool {
+            name,
+            pool_type,
+            exists,
+            description,
+            base_job_template,
+            credentials,
+            concurrency_limit,
+        } => {
+            let mut t = base_job_template.clone();
+            if let Some(Deferred::Step { address }) = credentials {
+                let id = outputs
+                    .lock()
+                    .await
+                    .ids
+                    .get(address)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
+                t = template::apply_defaults(spec, &t, Some(&template::block_ref(&id)));
+            }
+            upsert_pool(
+                ctx,
+                name,
+                pool_type,
+                *exists,
+                description.clone(),
+                t,
+                *concurrency_limit,
+            )
+            .await?;
+            Ok(true)
+        }
+        Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
+        Op::UpsertDeployment { flow, name, body } => {
+            let flow = ctx.prefect.upsert_flow(flow, &[]).await?;
+            let spec = deployment_spec(body);
+            ctx.prefect.upsert_deployment(flow.id, name, &spec).await?;
+            Ok(true)
+        }
+        Op::DeleteDeployment { id, flow, name } => {
+            let id = uuid::Uuid::parse_str(id)
+                .with_context(|| format!("deployment {flow}/{name} has an invalid id"))?;
+            Ok(ctx.prefect.delete_deployment(id).await?)
+        }
+    }
+}
+
+/// Adds and removes exactly the given (role, member) pairs; other members are never touched.
+fn edit(p: &mut policy::Policy, add: &[(String, String)], remove: &[(String, String)]) -> bool {
+    let mut changed = false;
+    for (role, member) in add {
+        changed |= policy::add_member(p, role, member);
+    }
+    for (role, member) in remove {
+        changed |= policy::remove_member(p, role, member);
+    }
+    changed
+}
+
+/// A new service account is not visible everywhere at once: wait for three reads in a row that
+/// see it (as Terraform's Google provider does), within a deadline.
+async fn wait_until_visible(
+    ctx: &Context,
+    project: &ProjectId,
+    email: &ServiceAccountEmail,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + NEW_ACCOUNT_GRACE;
+    let mut seen = 0;
+    let mut delay = Duration::from_millis(200);
+    while seen < 3 {
+        match iam::get_service_account(&ctx.gcp, project, email).await {
+            Ok(Some(_)) => seen += 1,
+            Ok(None) | Err(GcpError::PermissionDenied { .. }) => seen = 0,
+            Err(e) => return Err(e.into()),
+        }
+        if seen >= 3 {
+            break;
+        }
+        if tokio::time::Instant::now() + delay > deadline {
+            bail!(
+                "service account {email} was created but is still not visible after {NEW_ACCOUNT_GRACE:?}"
+            );
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 3 / 2).min(Duration::from_secs(3));
+    }
+    Ok(())
+}
+
+async fn upsert_service(
+    ctx: &Context,
+    spec: &Spec,
+    name: &str,
+    body: &Value,
+    granted: bool,
+) -> Result<()> {
+    let service = parse("service", name, RunServiceName::parse)?;
+    let wanted: run_v2::Service =
+        serde_json::from_value(body.clone()).context("building the service request")?;
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_secs(2);
+    loop {
+        // PATCH with allowMissing converges both a missing and a half-created service.
+        let result = async {
+            let op = run_v2::patch_service(
+                &ctx.gcp,
+                &spec.gcp.project,
+                &spec.gcp.region,
+                &service,
+                &wanted,
+                true,
+                false,
+            )
+            .await?;
+            run_v2::wait_operation(&ctx.gcp, op, OPERATION_DEADLINE).await
+        }
+        .await;
+        match result {
+            Ok(_) => return Ok(()),
+            // Our own grants of a moment ago may not have reached Cloud Run yet.
+            Err(e)
+                if granted
+                    && e.is_act_as_denied()
+                    && started.elapsed() + delay < GRANT_PROPAGATION =>
+            {
+                tracing::info!("waiting for the new IAM grants to propagate ({e})");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(20));
+            }
+            Err(e) => {
+                return Err(anyhow!(e)).with_context(|| {
+                    format!("deploying Cloud Run service {name} in {}", spec.gcp.region)
+                });
+            }
+        }
+    }
+}
+
+async fn upsert_block(
+    ctx: &Context,
+    name: &str,
+    existing_id: Option<&str>,
+    project: &str,
+    key: Option<secrecy::SecretString>,
+    keyless: bool,
+) -> Result<String> {
+    let client = &ctx.prefect;
+    let info = match &key {
+        // Parsed in memory and handed straight to the Prefect API.
+        Some(k) => Some(
+            serde_json::from_str::<Value>(k.expose_secret()).context("the new key is not JSON")?,
+        ),
+        None => None,
+    };
+    let mut data = json!({"project": project});
+    if let Some(info) = info {
+        data["service_account_info"] = info;
+    }
+    let block_type = client
+        .block_type_by_slug(GCP_CREDENTIALS)
+        .await?
+        .ok_or_else(|| anyhow!("the Prefect server has no `gcp-credentials` block type (install prefect-gcp on the server, or run `prefect block register -m prefect_gcp`)"))?;
+    let schemas = client.block_schemas_for_type(block_type.id).await?;
+    let schema = pick_block_schema(&schemas, None).ok_or_else(|| {
+        anyhow!("the Prefect server has no schema for the `gcp-credentials` block type")
+    })?;
+    let existing = match existing_id {
+        Some(id) => Some(uuid::Uuid::parse_str(id).context("invalid block id")?),
+        None => None,
+    };
+    match existing {
+        Some(id) => {
+            // Keyless: replace the data so that a stale key is removed; otherwise merge.
+            client
+                .update_block_document(
+                    id,
+                    &SecretValue::new(data),
+                    Some(schema.id),
+                    !keyless && key.is_none(),
+                )
+                .await?;
+            Ok(id.to_string())
+        }
+        None => {
+            let doc = BlockDocumentCreate {
+                name: name.to_string(),
+                block_type_id: block_type.id,
+                block_schema_id: schema.id,
+                data: SecretValue::new(data.clone()),
+            };
+            match client.create_block_document(&doc).await {
+                Ok(d) => Ok(d.id.to_string()),
+                Err(PrefectError::Conflict { .. }) => {
+                    // Created concurrently: take it over.
+                    let live = client
+                        .block_document_by_name(GCP_CREDENTIALS, name)
+                        .await?
+                        .ok_or_else(|| anyhow!("block {name} exists but cannot be read"))?;
+                    client
+                        .update_block_document(
+                            live.id,
+                            &SecretValue::new(data),
+                            Some(schema.id),
+                            key.is_none(),
+                        )
+                        .await?;
+                    Ok(live.id.to_string())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+async fn upsert_pool(
+    ctx: &Context,
+    name: &str,
+    pool_type: &str,
+    exists: bool,
+    description: Option<String>,
+    base_job_template: Value,
+    concurrency_limit: Option<u32>,
+) -> Result<()> {
+    let client = &ctx.prefect;
+    if let Some(live) = client.work_pool(name).await? {
+        if live.pool_type != pool_type {
+            // A pool's type cannot change: replace it.
+            client.delete_work_pool(name).await?;
+        } else {
+            let update = WorkPoolUpdate {
+                description,
+                base_job_template: Some(base_job_template),
+                concurrency_limit: concurrency_limit.map(u64::from),
+                ..Default::default()
+            };
+            client.update_work_pool(name, &update).await?;
+            return Ok(());
+        }
+    }
+    let _ = exists;
+    let create = WorkPoolCreate {
+        name: name.to_string(),
+        pool_type: pool_type.to_string(),
+        description,
+        base_job_template: Some(base_job_template),
+        is_paused: None,
+        concurrency_limit: concurrency_limit.map(u64::from),
+    };
+    client.create_work_pool(&create).await?;
+    Ok(())
+}
+
+/// The deployment request from the planner's body (the server's field names).
+fn deployment_spec(body: &Value) -> DeploymentSpec {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
+    let object = |k: &str| body.get(k).and_then(Value::as_object).cloned();
+    let array = |k: &str| body.get(k).and_then(Value::as_array).cloned();
+    DeploymentSpec {
+        entrypoint: text("entrypoint"),
+        parameters: object("parameters"),
+        work_pool_name: text("work_pool_name"),
+        work_queue_name: text("work_queue_name"),
+        job_variables: object("job_variables"),
+        pull_steps: array("pull_steps"),
+        tags: array("tags").map(|t| {
+            t.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        }),
+        description: text("description"),
+        schedules: array("schedules"),
+        ..Default::default()
+    }
+}
