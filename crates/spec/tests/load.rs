@@ -236,15 +236,45 @@ fn tempdir() -> std::path::PathBuf {
     dir
 }
 
+fn example(dir: &str) -> bootstrap_spec::Spec {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(dir)
+        .join("bootstrap.yaml");
+    let text = std::fs::read_to_string(&path).expect("example plan is readable");
+    load_str(&text, path.to_str().expect("utf-8 path"), &|_| None).unwrap_or_else(|d| panic!("{d}"))
+}
+
 #[test]
-#[ignore = "prints a sample for eyeballing"]
-fn show_sample() {
-    let plan = "version: 2
-gcp: {project: Bad, regoin: us-central1}
-service_account: {name: sa, roles: [run.admin]}
-work_pool: {name: 'a/b', type: k8s}
-worker: {service: x, image: 'A B', min_instances: -1}
-";
-    let d = load_str(plan, "p.yaml", &|_| None).unwrap_err();
-    println!("{d}");
+fn the_weather_example_reads_its_prefect_yaml() {
+    let spec = example("weather");
+    assert_eq!(spec.deployments.len(), 1);
+    let d = &spec.deployments[0];
+    // The flow name comes from `@flow(name="fetch-weather")` in the flow file.
+    assert_eq!(
+        (d.flow.as_str(), d.name.as_str()),
+        ("fetch-weather", "gcp-weather-deploy")
+    );
+    assert_eq!(
+        d.image.as_ref().map(|i| i.as_str()),
+        Some("gcr.io/prefect-project/gcp-weather-image:latest")
+    );
+    assert_eq!(d.pull_steps.len(), 1);
+}
+
+#[test]
+fn the_offline_example_is_the_local_demo() {
+    let spec = example("offline");
+    assert_eq!(spec.gcp.project.as_str(), "sandbox-project");
+    assert_eq!(spec.work_pool.pool_type, PoolType::CloudRunV2);
+    assert_eq!(
+        spec.worker.as_ref().map(|w| w.runtime),
+        Some(WorkerRuntime::Embedded)
+    );
+    let d = &spec.deployments[0];
+    assert_eq!(
+        (d.flow.as_str(), d.name.as_str()),
+        ("offline-report", "offline-report")
+    );
+    assert_eq!(d.parameters["fail"], serde_json::json!(false));
 }
