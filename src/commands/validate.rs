@@ -1,5 +1,6 @@
 //! `bootstrap validate`: check a plan offline. Makes no network call.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -12,12 +13,16 @@ pub fn run(args: &ValidateArgs) -> Result<ExitCode> {
     let path = &args.file.file;
     match bootstrap_spec::load(path) {
         Ok(spec) => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&spec)?);
+            let out = if args.json {
+                serde_json::to_string_pretty(&spec)?
             } else {
-                println!("{}: ok ({})", path.display(), summary(&spec));
+                format!("{}: ok ({})", path.display(), summary(&spec))
+            };
+            // A closed pipe (`| head`) is the reader's choice, not an error of ours.
+            match writeln!(std::io::stdout().lock(), "{out}") {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+                _ => Ok(ExitCode::SUCCESS),
             }
-            Ok(ExitCode::SUCCESS)
         }
         Err(diags) => {
             eprintln!("{diags}");
@@ -33,7 +38,11 @@ fn summary(spec: &bootstrap_spec::Spec) -> String {
     let n = spec.deployments.len();
     let mut parts = vec![format!("{n} deployment{}", if n == 1 { "" } else { "s" })];
     parts.push(format!("project {}", spec.gcp.project));
-    parts.push(format!("work pool {} ({})", spec.work_pool.name, spec.work_pool.pool_type.as_str()));
+    parts.push(format!(
+        "work pool {} ({})",
+        spec.work_pool.name,
+        spec.work_pool.pool_type.as_str()
+    ));
     match &spec.worker {
         Some(w) => parts.push(format!("worker service {}", w.service)),
         None => parts.push("no worker service".into()),
