@@ -54,12 +54,6 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
             "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
         }));
     }
-    if worker.runtime == WorkerRuntime::Python {
-        // The Python worker's health server listens where --with-healthcheck puts it.
-        env.push(
-            json!({"name": "PREFECT_WORKER_WEBSERVER_PORT", "value": HEALTH_PORT.to_string()}),
-        );
-    }
     let mut container = json!({
         "image": worker.image.as_str(),
         "args": args,
