@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// `plan` shows what would change against the live GCP and Prefect APIs; `apply` makes it so;
 /// `destroy` removes what the tool created. There is no state file: the live APIs are the truth.
 #[derive(Debug, Parser)]
-#[command(name = "bootstrap", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "bootstrap",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -31,14 +36,24 @@ pub struct GlobalArgs {
     pub quiet: bool,
 
     /// Base URL for every Google API (the local sandbox sets this).
-    #[arg(long, env = "BOOTSTRAP_GCP_ENDPOINT", global = true, value_name = "URL")]
+    #[arg(
+        long,
+        env = "BOOTSTRAP_GCP_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
     pub gcp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct FileArg {
     /// The plan file.
-    #[arg(short, long = "file", default_value = "bootstrap.yaml", value_name = "PATH")]
+    #[arg(
+        short,
+        long = "file",
+        default_value = "bootstrap.yaml",
+        value_name = "PATH"
+    )]
     pub file: PathBuf,
 }
 
@@ -72,6 +87,14 @@ pub enum Command {
 pub struct InitArgs {
     #[command(flatten)]
     pub file: FileArg,
+    /// Boxed: the answers are many, and `Command` should stay small.
+    #[command(flatten)]
+    pub answers: Box<InitAnswers>,
+}
+
+/// One flag per question of `init`.
+#[derive(Debug, Args)]
+pub struct InitAnswers {
     /// GCP project id (default: `core/project` of the active gcloud configuration).
     #[arg(long, value_name = "ID")]
     pub project: Option<String>,

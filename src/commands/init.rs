@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use bootstrap_wizard::{Flags, Locations, WizardError};
 
-use crate::cli::InitArgs;
+use crate::cli::{InitAnswers, InitArgs};
 
 /// Exit code after Ctrl-C, as shells report SIGINT.
 const INTERRUPTED: u8 = 130;
@@ -14,7 +14,7 @@ const INTERRUPTED: u8 = 130;
 /// Runs the wizard; on a terminal, offers to run `plan` and then `apply` on the new plan.
 pub fn run(args: InitArgs) -> Result<ExitCode> {
     let path = args.file.file.clone();
-    let flags = flags(args);
+    let flags = flags(*args.answers);
     let outcome = match bootstrap_wizard::run(&flags, &path, &Locations::from_env()) {
         Ok(outcome) => outcome,
         Err(WizardError::Interrupted) => {
@@ -34,7 +34,7 @@ pub fn run(args: InitArgs) -> Result<ExitCode> {
     }
 }
 
-fn flags(a: InitArgs) -> Flags {
+fn flags(a: InitAnswers) -> Flags {
     Flags {
         project: a.project,
         region: a.region,

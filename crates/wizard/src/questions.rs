@@ -4,7 +4,6 @@ use std::path::Path;
 
 use bootstrap_spec::checks::Field;
 use bootstrap_spec::ids::{AccountId, ImageRef, PrefectName, ProjectId, Region};
-use bootstrap_spec::{KeyMode, PoolType, WorkerRuntime};
 
 use crate::answers::{self, Answers, DeploymentAnswers, guide};
 use crate::ask::{Asker, Choice};
@@ -223,16 +222,3 @@ fn deployment(
         parameters,
     }))
 }
-
-// Compile-time reminder: the choices above must cover every variant the plan file allows.
-const _: fn(KeyMode, PoolType, WorkerRuntime) = |k, p, r| {
-    let _ = match k {
-        KeyMode::Json | KeyMode::None => (),
-    };
-    let _ = match p {
-        PoolType::CloudRun | PoolType::CloudRunV2 => (),
-    };
-    let _ = match r {
-        WorkerRuntime::Python | WorkerRuntime::Embedded => (),
-    };
-};

@@ -1,0 +1,316 @@
+//! `bootstrap init` driven through a real pseudo-terminal, as a person would use it, and its
+//! non-interactive form driven by flags.
+//!
+//! Each test gets its own temporary HOME (with a gcloud configuration and a Prefect profile)
+//! and working directory, and a child environment cleared of the caller's gcloud and Prefect
+//! settings, so nothing on the machine leaks into the answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use expectrl::session::OsSession as Session;
+use expectrl::{ControlCode, Eof, Expect};
+
+/// Generous: the machine running the tests is shared and busy.
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Machine {
+    _root: tempfile::TempDir,
+    home: PathBuf,
+    work: PathBuf,
+}
+
+/// A HOME with gcloud configuration `pty` (project pty-project-1, region europe-west1) active,
+/// a Prefect profile `local` active, and a working directory holding a prefect.yaml.
+fn machine() -> Machine {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let work = root.path().join("work");
+    let gcloud = home.join(".config/gcloud");
+    std::fs::create_dir_all(gcloud.join("configurations")).unwrap();
+    std::fs::create_dir_all(home.join(".prefect")).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(gcloud.join("active_config"), "pty\n").unwrap();
+    std::fs::write(
+        gcloud.join("configurations/config_default"),
+        "[core]\nproject = not-the-active-one\n",
+    )
+    .unwrap();
+    std::fs::write(
+        gcloud.join("configurations/config_pty"),
+        "[core]\naccount = someone@example.com\nproject = pty-project-1\n\n[run]\nregion = europe-west1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        home.join(".prefect/profiles.toml"),
+        "active = \"local\"\n\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = \"true\"\n\n\
+         [profiles.local]\nPREFECT_API_URL = \"http://127.0.0.1:4200/api\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        work.join("prefect.yaml"),
+        "name: weather\nprefect-version: 3.9.1\ndeployments:\n- name: gcp-weather-deploy\n  \
+         entrypoint: flows/weather_flow.py:fetch_weather\n  parameters:\n    lat: 14.5994\n    lon: 28.6731\n  \
+         work_pool:\n    name: yaml-pool\n    job_variables:\n      image: gcr.io/pty-project-1/gcp-weather-image:latest\n",
+    )
+    .unwrap();
+    Machine {
+        _root: root,
+        home,
+        work,
+    }
+}
+
+/// The bootstrap binary with a clean environment: only this machine's HOME counts.
+fn bootstrap(home: &Path, dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bootstrap"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("HOME", home)
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("TERM", "xterm")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn spawn(cmd: Command) -> Session {
+    let mut session = Session::spawn(cmd).expect("spawn bootstrap init on a pty");
+    session.set_expect_timeout(Some(TIMEOUT));
+    // A pty starts at 0x0; give the prompts a real width to lay out in.
+    session.get_process_mut().set_window_size(160, 50).unwrap();
+    session
+}
+
+fn exit_code(session: &Session) -> String {
+    format!("{:?}", session.get_process().wait().unwrap())
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run bootstrap")
+}
+
+/// Answers every question on a terminal: one invalid answer rejected with its reason and asked
+/// again, typed answers, choices moved off their defaults, and defaults taken from the gcloud
+/// configuration, the Prefect profile and prefect.yaml.
+#[test]
+fn wizard_on_a_terminal_writes_a_valid_plan() {
+    let m = machine();
+    let mut p = spawn(bootstrap(&m.home, &m.work, &["init"]));
+
+    p.expect("GCP project id").unwrap();
+    p.expect("pty-project-1").unwrap(); // the default, from the active gcloud configuration
+    p.send_line("Bad_Project").unwrap();
+    // Rejected with the reason and a hint, then asked again.
+    p.expect("must start with a lowercase letter").unwrap();
+    p.expect("did you mean `bad-project`?").unwrap();
+    p.expect("GCP project id").unwrap();
+    p.send_line("").unwrap();
+
+    p.expect("Region for Cloud Run").unwrap();
+    p.expect("europe-west1").unwrap(); // gcloud's run/region
+    p.send_line("").unwrap();
+
+    p.expect("Service account name").unwrap();
+    p.send_line("wizard-sa-1").unwrap();
+
+    p.expect("Service account key").unwrap();
+    p.send("j\n").unwrap(); // json -> none
+
+    p.expect("Work pool name").unwrap();
+    p.expect("yaml-pool").unwrap(); // prefect.yaml's work_pool.name
+    p.send_line("").unwrap();
+
+    p.expect("Work pool type").unwrap();
+    p.send("\n").unwrap(); // cloud-run, the guide's
+
+    p.expect("Worker image").unwrap();
+    p.send_line("").unwrap();
+
+    p.expect("Worker runtime").unwrap();
+    p.send("j\n").unwrap(); // python -> embedded
+
+    p.expect("Minimum worker instances").unwrap();
+    p.send_line("0").unwrap();
+
+    p.expect("Prefect API URL").unwrap();
+    p.expect("http://127.0.0.1:4200/api").unwrap(); // the active Prefect profile's
+    p.send_line("").unwrap();
+
+    p.expect("need an API key").unwrap();
+    p.send("n").unwrap(); // a single key answers a confirmation
+
+    p.expect("Add a first deployment").unwrap();
+    p.send("y").unwrap();
+
+    p.expect("Flow entrypoint").unwrap();
+    p.send_line("").unwrap(); // prefect.yaml's
+    p.expect("Flow name").unwrap();
+    p.expect("fetch-weather").unwrap(); // from the entrypoint's function
+    p.send_line("").unwrap();
+    p.expect("Deployment name").unwrap();
+    p.send_line("").unwrap();
+    p.expect("Flow image").unwrap();
+    p.send_line("").unwrap();
+    p.expect("Parameters").unwrap();
+    p.send_line("").unwrap();
+
+    p.expect("wrote bootstrap.yaml").unwrap();
+    p.expect("Run `bootstrap plan -f bootstrap.yaml` now?")
+        .unwrap();
+    p.send("n").unwrap();
+    p.expect("next: bootstrap plan -f bootstrap.yaml").unwrap();
+    p.expect(Eof).unwrap();
+    let status = exit_code(&p);
+    assert!(status.ends_with(", 0)"), "init exited with {status}");
+
+    let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
+    insta::assert_snapshot!("init_pty_plan", plan);
+
+    let validate = run(&mut bootstrap(
+        &m.home,
+        &m.work,
+        &["validate", "-f", "bootstrap.yaml"],
+    ));
+    assert!(
+        validate.status.success(),
+        "bootstrap validate rejected the plan init wrote:\n{}",
+        String::from_utf8_lossy(&validate.stderr)
+    );
+
+    // The same answers as flags, with no terminal, no gcloud, no profile and no prefect.yaml:
+    // the same bytes.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&mut bootstrap(
+        empty.path(),
+        empty.path(),
+        &[
+            "init",
+            "--yes",
+            "--project",
+            "pty-project-1",
+            "--region",
+            "europe-west1",
+            "--service-account",
+            "wizard-sa-1",
+            "--key",
+            "none",
+            "--pool",
+            "yaml-pool",
+            "--pool-type",
+            "cloud-run",
+            "--worker-image",
+            "prefecthq/prefect:3-latest",
+            "--worker-runtime",
+            "embedded",
+            "--min-instances",
+            "0",
+            "--prefect-api-url",
+            "http://127.0.0.1:4200/api",
+            "--deployment-flow",
+            "fetch-weather",
+            "--deployment-name",
+            "gcp-weather-deploy",
+            "--entrypoint",
+            "flows/weather_flow.py:fetch_weather",
+            "--image",
+            "gcr.io/pty-project-1/gcp-weather-image:latest",
+            "--params",
+            r#"{"lat": 14.5994, "lon": 28.6731}"#,
+        ],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let batch = std::fs::read(empty.path().join("bootstrap.yaml")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&batch), plan);
+    assert_eq!(batch, plan.as_bytes());
+}
+
+/// Ctrl-C in the middle of the questions leaves no file behind and gives the shell's SIGINT code.
+#[test]
+fn ctrl_c_leaves_no_file() {
+    let m = machine();
+    let mut p = spawn(bootstrap(&m.home, &m.work, &["init"]));
+    p.expect("GCP project id").unwrap();
+    p.send_line("").unwrap();
+    p.expect("Region for Cloud Run").unwrap();
+    p.send_line("").unwrap();
+    p.expect("Service account name").unwrap();
+    p.send_line("").unwrap();
+    // A Select hides the cursor: interrupt there.
+    p.expect("Service account key").unwrap();
+    p.send(ControlCode::EndOfText).unwrap();
+    p.expect("interrupted; no plan file was written").unwrap();
+    p.expect(Eof).unwrap();
+    let status = exit_code(&p);
+    assert!(status.ends_with(", 130)"), "init exited with {status}");
+    let left: Vec<_> = std::fs::read_dir(&m.work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["prefect.yaml"], "files left behind");
+}
+
+/// Without a terminal, a question with no flag and no default fails and names the flag.
+#[test]
+fn no_terminal_names_the_missing_flag() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(&mut bootstrap(empty.path(), empty.path(), &["init"]));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass --project"), "{stderr}");
+    assert!(!empty.path().join("bootstrap.yaml").exists());
+
+    let out = run(&mut bootstrap(
+        empty.path(),
+        empty.path(),
+        &["init", "--project", "ok-project-1"],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pass --prefect-api-url"), "{stderr}");
+}
+
+/// Flag values are held to the plan file's rules; an existing plan is not overwritten unasked.
+#[test]
+fn bad_flags_and_existing_files() {
+    let m = machine();
+    let out = run(&mut bootstrap(
+        &m.home,
+        &m.work,
+        &["init", "--region", "us-centrall"],
+    ));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid --region `us-centrall`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("did you mean `us-central1`?"), "{stderr}");
+
+    std::fs::write(m.work.join("bootstrap.yaml"), "mine\n").unwrap();
+    let out = run(&mut bootstrap(&m.home, &m.work, &["init"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force"));
+    assert_eq!(
+        std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap(),
+        "mine\n"
+    );
+
+    // Without a terminal the defaults are taken (gcloud, profile, prefect.yaml); --force overwrites.
+    let out = run(&mut bootstrap(&m.home, &m.work, &["init", "--force"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
+    assert!(plan.contains("project: pty-project-1\n"), "{plan}");
+    assert!(plan.contains("name: yaml-pool\n"), "{plan}");
+    assert!(plan.contains("- name: gcp-weather-deploy\n"), "{plan}");
+    assert!(!plan.contains("api_key"), "{plan}");
+}
