@@ -278,3 +278,30 @@ fn the_offline_example_is_the_local_demo() {
     );
     assert_eq!(d.parameters["fail"], serde_json::json!(false));
 }
+
+#[test]
+fn templated_numbers_and_booleans_and_anchors() {
+    let plan = format!(
+        "{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}
+worker:
+  service: w
+  image: prefecthq/prefect:3-latest
+  min_instances: \"{{{{ env.MIN | default(value='2') }}}}\"
+  cpu_throttling: \"{{{{ env.THROTTLE | default(value='true') }}}}\"
+  cpu: 2
+deployments:
+  - &base {{name: a, entrypoint: flows/a.py:a, parameters: {{x: 1}}}}
+  - <<: *base
+    name: b
+"
+    );
+    let spec = load_str(&plan, "p.yaml", &|_| None).unwrap_or_else(|d| panic!("{d}"));
+    let w = spec.worker.as_ref().unwrap();
+    assert_eq!(
+        (w.min_instances, w.cpu_throttling, w.cpu.as_str()),
+        (2, true, "2")
+    );
+    let names: Vec<&str> = spec.deployments.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(spec.deployments[1].parameters["x"], 1);
+}
