@@ -13,6 +13,7 @@ mod lifecycle;
 mod run;
 
 mod validate;
+mod worker;
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
@@ -37,7 +38,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Apply(args) => lifecycle::apply(&args, &cli.global),
         Command::Destroy(args) => lifecycle::destroy(&args, &cli.global),
         Command::Doctor(_) => not_built("doctor", 4),
-        Command::Worker(_) => not_built("worker", 6),
+        Command::Worker(args) => worker::run(&args, &cli.global),
         Command::Run(args) => run::run(args),
         Command::Sandbox(_) => not_built("sandbox", 3),
     }

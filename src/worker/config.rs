@@ -269,6 +269,11 @@ fn as_u64(v: Option<&Value>, what: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+/// Credentials from a resolved `credentials` value (a GcpCredentials block's data, or nothing).
+pub fn credentials_from(v: &Value) -> Result<GcpCredentials, String> {
+    credentials_of(Some(v))
+}
+
 fn credentials_of(v: Option<&Value>) -> Result<GcpCredentials, String> {
     let Some(Value::Object(block)) = v else {
         return Ok(GcpCredentials::default());

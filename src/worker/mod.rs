@@ -5,8 +5,15 @@
 //! - [`template`] and [`refs`]: the job configuration from the pool's base job template, the
 //!   deployment's and the run's job variables, blocks and variables (pure, unit-tested);
 //! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
+//! - [`cloudrun`]: the Cloud Run v2 / v1 job and execution calls;
+//! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `health`.
 
 pub mod cloudrun;
 pub mod config;
+mod health;
 pub mod refs;
+pub mod runtime;
+mod submit;
 pub mod template;
+
+pub use runtime::{WorkerOptions, run};

@@ -1,0 +1,83 @@
+//! `bootstrap worker`: the embedded Prefect worker (see `crate::worker`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use bootstrap_gcp::Endpoints;
+use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig};
+
+use crate::cli::{GlobalArgs, WorkerArgs};
+use crate::worker::{self, WorkerOptions};
+
+/// Runs the worker until SIGTERM or SIGINT.
+pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
+    bootstrap_gcp::init_crypto();
+    if !(args.poll_interval.is_finite() && args.poll_interval >= 0.1) {
+        return Err(anyhow!("--poll-interval must be at least 0.1 seconds"));
+    }
+    if args.limit == Some(0) {
+        return Err(anyhow!("--limit must be at least 1"));
+    }
+    let endpoints = match &global.gcp_endpoint {
+        Some(url) => Endpoints::with_base(url)?,
+        None => Endpoints::from_env()?,
+    };
+    let config =
+        PrefectConfig::resolve(ConfigOverrides::default()).context("Prefect API settings")?;
+    let client = PrefectClient::new(config)?;
+    let name = args.name.clone().unwrap_or_else(default_name);
+    let mut opts = WorkerOptions::new(&args.pool, &name, endpoints);
+    opts.queues = args.queues.clone();
+    opts.limit = args.limit;
+    opts.poll_interval = Duration::from_secs_f64(args.poll_interval);
+    let health = args.healthcheck.then_some(args.port);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    eprintln!("worker `{name}` taking flow runs from pool `{}`", args.pool);
+    runtime.block_on(worker::run(client, opts, health, shutdown_signal()))?;
+    // Tasks still watching executions are abandoned on purpose: their jobs keep running.
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    eprintln!("worker `{name}` stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A name stable across restarts of the same host/instance, so a restarted worker adopts the
+/// runs it claimed: `bootstrap-<hostname>`.
+fn default_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
+    format!("bootstrap-{host}")
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

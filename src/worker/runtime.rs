@@ -1,0 +1,585 @@
+//! The worker loop: a reconcile loop whose passes are idempotent.
+//!
+//! - heartbeat every 30 s;
+//! - poll `get_scheduled_flow_runs` (prefetch 10 s) every `poll_interval` ±20 %, and at once
+//!   when the event stream announces a run scheduled into the pool;
+//! - each run in its own task, bounded by `limit`; claims are settled by the server (PENDING);
+//! - cancellation from `prefect.flow-run.Cancelling` events and a slow poll of CANCELLING runs;
+//! - runs left PENDING by an earlier process of this worker (same name) are adopted;
+//! - at start, finished jobs of the pool left behind by a crash are deleted;
+//! - on shutdown: no new runs, running jobs are left to finish, exit within a few seconds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow};
+use bootstrap_gcp::{AmbientTokenSource, Endpoints, GcpHttp, TokenSource};
+use bootstrap_prefect::{EventFilter, FlowRun, FlowRunQuery, LogCreate, PrefectClient, StateType};
+use chrono::Utc;
+use rand::Rng as _;
+use secrecy::SecretString;
+use tokio::sync::{Notify, OnceCell, Semaphore, mpsc, watch};
+use uuid::Uuid;
+
+use super::cloudrun::RunJobs;
+use super::config::{GcpCredentials, PoolKind, sanitize_labels};
+use super::submit::{self, CLEANUP_LABEL, Claim, POOL_LABEL, Signal};
+
+/// How the worker runs.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The work pool.
+    pub pool: String,
+    /// Only these queues (all when empty).
+    pub queues: Vec<String>,
+    /// The worker's name (a restarted worker with the same name adopts its PENDING runs).
+    pub name: String,
+    /// At most this many runs at once.
+    pub limit: Option<usize>,
+    /// Time between polls.
+    pub poll_interval: Duration,
+    /// Time between heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Runs scheduled up to this far ahead are taken.
+    pub prefetch: Duration,
+    /// Longest wait for a job to become ready.
+    pub ready_deadline: Duration,
+    /// Slow poll of CANCELLING runs and orphaned PENDING runs.
+    pub reconcile_interval: Duration,
+    /// Where Google APIs are.
+    pub endpoints: Endpoints,
+    /// Subscribe to the event stream for immediate pickup.
+    pub use_events: bool,
+}
+
+impl WorkerOptions {
+    /// Defaults for a pool and worker name.
+    pub fn new(pool: &str, name: &str, endpoints: Endpoints) -> Self {
+        Self {
+            pool: pool.to_string(),
+            queues: Vec::new(),
+            name: name.to_string(),
+            limit: None,
+            poll_interval: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(30),
+            prefetch: Duration::from_secs(10),
+            ready_deadline: Duration::from_secs(600),
+            reconcile_interval: Duration::from_secs(30),
+            endpoints,
+            use_events: true,
+        }
+    }
+}
+
+/// State shared by the loops and the run tasks.
+pub(crate) struct Shared {
+    pub(crate) client: PrefectClient,
+    pub(crate) opts: WorkerOptions,
+    /// The worker's own Prefect settings handed to every container.
+    pub(crate) worker_env: Vec<(String, SecretString)>,
+    in_flight: Mutex<HashMap<Uuid, watch::Sender<Signal>>>,
+    permits: Option<Arc<Semaphore>>,
+    last_poll_ok: Mutex<Instant>,
+    logs: mpsc::UnboundedSender<LogCreate>,
+    ambient: OnceCell<Arc<dyn TokenSource>>,
+    poll_now: Notify,
+    stopping: watch::Sender<bool>,
+}
+
+impl Shared {
+    /// Ships a worker log line for a flow run (batched) and logs it locally.
+    pub(crate) fn log(&self, flow_run: Uuid, level: i64, message: String) {
+        if level >= 40 {
+            tracing::warn!(flow_run = %flow_run, "{message}");
+        } else {
+            tracing::info!(flow_run = %flow_run, "{message}");
+        }
+        let _ = self.logs.send(LogCreate {
+            name: "prefect.flow_runs.worker".into(),
+            level,
+            message,
+            timestamp: Utc::now(),
+            flow_run_id: Some(flow_run),
+        });
+    }
+
+    /// The ambient identity (ADC / attached service account), discovered once.
+    pub(crate) async fn ambient_tokens(&self) -> anyhow::Result<Arc<dyn TokenSource>> {
+        let t = self
+            .ambient
+            .get_or_try_init(|| async {
+                let t = AmbientTokenSource::discover().await?;
+                Ok::<_, bootstrap_gcp::GcpError>(Arc::new(t) as Arc<dyn TokenSource>)
+            })
+            .await?;
+        Ok(t.clone())
+    }
+
+    /// Seconds since the last successful poll.
+    pub(crate) fn since_last_poll(&self) -> Duration {
+        self.last_poll_ok
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::MAX)
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// Starts a task for `run` unless one is running or the limit is reached.
+    fn start(self: &Arc<Self>, run: FlowRun, claim: Claim) {
+        if self.stopping() {
+            return;
+        }
+        let permit = match &self.permits {
+            Some(p) => match p.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                // At the limit: the run stays SCHEDULED for a later poll or another worker.
+                Err(_) => return,
+            },
+            None => None,
+        };
+        let rx = {
+            let Ok(mut map) = self.in_flight.lock() else {
+                return;
+            };
+            if map.contains_key(&run.id) {
+                return;
+            }
+            let (tx, rx) = watch::channel(Signal::None);
+            map.insert(run.id, tx);
+            rx
+        };
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let id = run.id;
+            submit::handle(shared.clone(), run, claim, rx).await;
+            if let Ok(mut map) = shared.in_flight.lock() {
+                map.remove(&id);
+            }
+            drop(permit);
+        });
+    }
+
+    fn signal(&self, id: Uuid, s: Signal) -> bool {
+        match self.in_flight.lock() {
+            Ok(map) => map.get(&id).map(|tx| tx.send(s).is_ok()).unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// `base` ± 20 %.
+fn jittered(base: Duration) -> Duration {
+    base.mul_f64(rand::rng().random_range(0.8..1.2))
+}
+
+/// Runs the worker until `shutdown` resolves. Returns after in-flight submissions were told to
+/// stop (within a few seconds); running Cloud Run jobs keep running.
+pub async fn run(
+    client: PrefectClient,
+    opts: WorkerOptions,
+    health_port: Option<u16>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let pool = client
+        .work_pool(&opts.pool)
+        .await
+        .context("reading the work pool")?
+        .ok_or_else(|| {
+            anyhow!(
+                "work pool `{}` does not exist; create it first (`bootstrap apply`)",
+                opts.pool
+            )
+        })?;
+    let kind = PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| {
+        anyhow!(
+            "work pool `{}` has type `{}`; this worker runs `cloud-run-v2` and `cloud-run` pools",
+            pool.name,
+            pool.pool_type
+        )
+    })?;
+    let cfg = client.config();
+    let mut worker_env = vec![(
+        "PREFECT_API_URL".to_string(),
+        SecretString::from(cfg.api_url.to_string()),
+    )];
+    if let Some(k) = &cfg.api_key {
+        worker_env.push(("PREFECT_API_KEY".into(), k.clone()));
+    }
+    if let Some(a) = &cfg.auth_string {
+        worker_env.push(("PREFECT_API_AUTH_STRING".into(), a.clone()));
+    }
+    let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let (stop_tx, _) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        client: client.clone(),
+        permits: opts.limit.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+        opts,
+        worker_env,
+        in_flight: Mutex::new(HashMap::new()),
+        last_poll_ok: Mutex::new(Instant::now()),
+        logs: log_tx,
+        ambient: OnceCell::new(),
+        poll_now: Notify::new(),
+        stopping: stop_tx,
+    });
+    tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(ship_logs(client.clone(), log_rx));
+    tasks.spawn(heartbeat_loop(shared.clone()));
+    tasks.spawn(poll_loop(shared.clone()));
+    tasks.spawn(reconcile_loop(shared.clone()));
+    if shared.opts.use_events {
+        tasks.spawn(event_loop(shared.clone(), pool.id));
+    }
+    tasks.spawn(cleanup_leftovers(
+        shared.clone(),
+        kind,
+        pool.base_job_template.clone(),
+    ));
+    if let Some(port) = health_port {
+        let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("cannot listen on port {port} for /health"))?;
+        tasks.spawn(super::health::serve(listener, shared.clone()));
+    }
+    shutdown.await;
+    tracing::info!("stopping: no new runs; running jobs are left to finish");
+    let _ = shared.stopping.send(true);
+    if let Ok(map) = shared.in_flight.lock() {
+        for tx in map.values() {
+            let _ = tx.send(Signal::Shutdown);
+        }
+    }
+    // Give tasks a moment to record what they did (states, logs), then leave.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while shared.in_flight_count() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // last log batch
+    tasks.abort_all();
+    Ok(())
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    let secs = shared.opts.heartbeat_interval.as_secs().max(1);
+    loop {
+        if let Err(e) = shared
+            .client
+            .worker_heartbeat(&shared.opts.pool, &shared.opts.name, secs)
+            .await
+        {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+        tokio::time::sleep(shared.opts.heartbeat_interval).await;
+    }
+}
+
+async fn poll_loop(shared: Arc<Shared>) {
+    let mut failures = 0u32;
+    loop {
+        let before =
+            Utc::now() + chrono::Duration::from_std(shared.opts.prefetch).unwrap_or_default();
+        match shared
+            .client
+            .get_scheduled_flow_runs(&shared.opts.pool, &shared.opts.queues, before, None)
+            .await
+        {
+            Ok(runs) => {
+                failures = 0;
+                if let Ok(mut t) = shared.last_poll_ok.lock() {
+                    *t = Instant::now();
+                }
+                for r in runs {
+                    shared.start(r.flow_run, Claim::New);
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, "polling for scheduled runs failed");
+            }
+        }
+        // After errors wait longer (x2 per failure, up to 4x), as Prefect's worker does.
+        let wait = jittered(shared.opts.poll_interval * 2u32.pow(failures.min(2)));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.poll_now.notified() => {}
+        }
+    }
+}
+
+/// Subscribes to Scheduled and Cancelling events of the pool; reconnects with backoff.
+async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let mut filter = EventFilter::live();
+        filter.event_names = vec![
+            "prefect.flow-run.Scheduled".into(),
+            "prefect.flow-run.Cancelling".into(),
+        ];
+        filter.related_ids = vec![format!("prefect.work-pool.{pool_id}")];
+        match shared
+            .client
+            .subscribe_events(&filter, false, Duration::from_secs(10))
+            .await
+        {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(500);
+                // The stream may have missed events while down: poll once now.
+                shared.poll_now.notify_one();
+                loop {
+                    match stream.next().await {
+                        Ok(Some(ev)) => match ev.event.as_str() {
+                            "prefect.flow-run.Scheduled" => shared.poll_now.notify_one(),
+                            "prefect.flow-run.Cancelling" => {
+                                if let Some(id) = ev.flow_run_id() {
+                                    cancel_run(&shared, id).await;
+                                }
+                            }
+                            _ => {}
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "event stream dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot subscribe to events; polling only"),
+        }
+        tokio::time::sleep(jittered(backoff)).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// A run moved to CANCELLING: signal its task, or (no task: an earlier process ran it) cancel
+/// its execution directly.
+async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
+    if shared.signal(id, Signal::Cancel) {
+        return;
+    }
+    let Ok(Some(run)) = shared.client.flow_run(id).await else {
+        return;
+    };
+    if run.state_type() != StateType::Cancelling {
+        return;
+    }
+    match run.infrastructure_pid.as_deref() {
+        // Never submitted: nothing to stop.
+        None | Some("") => {
+            submit::propose(
+                &shared.client,
+                id,
+                StateType::Cancelled,
+                "Cancelled before it started.",
+                true,
+            )
+            .await;
+        }
+        Some(job) => {
+            tracing::info!(flow_run = %id, job, "cancelling a run this process did not start");
+            // The job was created by a worker of this pool; find its execution and cancel it.
+            match orphan_jobs(shared).await {
+                Ok(jobs) => {
+                    if let Some(v) = jobs.job(job).await.ok().flatten()
+                        && let Some((exec, _)) = v.latest_execution
+                        && let Err(e) = jobs.cancel(&exec).await
+                    {
+                        tracing::warn!(job, error = %e, "could not cancel the execution");
+                        return;
+                    }
+                    submit::propose(
+                        &shared.client,
+                        id,
+                        StateType::Cancelled,
+                        "Cancelled: the Cloud Run execution was cancelled by the worker.",
+                        true,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(flow_run = %id, error = %e, "cannot reach Cloud Run to cancel")
+                }
+            }
+        }
+    }
+}
+
+/// A jobs client from the pool's default credentials and region (for runs this process did not
+/// submit: cancellation and cleanup).
+async fn orphan_jobs(shared: &Arc<Shared>) -> anyhow::Result<RunJobs> {
+    let pool = shared
+        .client
+        .work_pool(&shared.opts.pool)
+        .await?
+        .ok_or_else(|| anyhow!("the work pool is gone"))?;
+    let kind =
+        PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| anyhow!("not a Cloud Run pool"))?;
+    pool_jobs(shared, kind, &pool.base_job_template).await
+}
+
+async fn pool_jobs(
+    shared: &Arc<Shared>,
+    kind: PoolKind,
+    template: &serde_json::Value,
+) -> anyhow::Result<RunJobs> {
+    let props = template.pointer("/variables/properties");
+    let region = props
+        .and_then(|p| p.pointer("/region/default"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("us-central1")
+        .to_string();
+    // The default credentials may be a `$ref`: resolve it like a job configuration would be.
+    let creds_value = props
+        .and_then(|p| p.pointer("/credentials/default"))
+        .cloned()
+        .unwrap_or_default();
+    let creds_value = super::refs::resolve(creds_value, &LookupById(&shared.client))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let creds: GcpCredentials =
+        super::config::credentials_from(&creds_value).map_err(|e| anyhow!(e))?;
+    let tokens: Arc<dyn TokenSource> = match &creds.service_account_info {
+        Some(key) => Arc::new(bootstrap_gcp::ServiceAccountKeySource::from_json(key)?),
+        None => shared.ambient_tokens().await?,
+    };
+    let project = creds
+        .project
+        .clone()
+        .or_else(|| tokens.project_hint())
+        .ok_or_else(|| anyhow!("no GCP project known for the pool"))?;
+    let http = GcpHttp::new(
+        shared.opts.endpoints.clone(),
+        tokens,
+        bootstrap_gcp::RetryPolicy::default(),
+    )?;
+    Ok(RunJobs::new(http, kind, &project, &region)?)
+}
+
+struct LookupById<'a>(&'a PrefectClient);
+
+impl super::refs::Lookup for LookupById<'_> {
+    async fn block_by_id(&self, id: &str) -> Result<Option<serde_json::Value>, String> {
+        let id = Uuid::parse_str(id).map_err(|_| format!("`{id}` is not a block document id"))?;
+        let doc = self
+            .0
+            .block_document_with_secrets(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(doc.map(|d| d.data.into_exposed()))
+    }
+    async fn block_by_name(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, String> {
+        Ok(None)
+    }
+    async fn variable(&self, _: &str) -> Result<Option<serde_json::Value>, String> {
+        Ok(None)
+    }
+}
+
+/// Slow pass: CANCELLING runs of the pool (in case an event was missed) and PENDING runs this
+/// worker claimed in an earlier life.
+async fn reconcile_loop(shared: Arc<Shared>) {
+    let mut first = true;
+    loop {
+        if !first {
+            tokio::time::sleep(jittered(shared.opts.reconcile_interval)).await;
+        }
+        first = false;
+        let query = FlowRunQuery {
+            states: vec![StateType::Cancelling, StateType::Pending],
+            work_pool_names: vec![shared.opts.pool.clone()],
+            limit: Some(200),
+            ..Default::default()
+        };
+        let Ok(runs) = shared.client.filter_flow_runs(&query).await else {
+            continue;
+        };
+        let mine = format!("Claimed by worker {}", shared.opts.name);
+        for run in runs {
+            match run.state_type() {
+                StateType::Cancelling => cancel_run(&shared, run.id).await,
+                StateType::Pending => {
+                    let state = run.state.as_ref();
+                    if state.and_then(|s| s.message.as_deref()) == Some(mine.as_str()) {
+                        let since = state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now);
+                        shared.start(run, Claim::Adopted(since));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Deletes finished jobs of this pool that a crashed worker left behind (only jobs marked for
+/// cleanup: `keep_job` ones are not).
+async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_json::Value) {
+    let jobs = match pool_jobs(&shared, kind, &template).await {
+        Ok(j) => j,
+        Err(e) => {
+            tracing::debug!(error = %e, "no cleanup of leftover jobs");
+            return;
+        }
+    };
+    let pool_label = sanitize_labels(&serde_json::Map::from_iter([(
+        "prefect.io/work-pool-name".to_string(),
+        serde_json::Value::String(shared.opts.pool.clone()),
+    )]));
+    let Some(value) = pool_label
+        .get(POOL_LABEL)
+        .and_then(serde_json::Value::as_str)
+    else {
+        return;
+    };
+    let Ok(list) = jobs.jobs_labelled(POOL_LABEL, value).await else {
+        return;
+    };
+    for job in list {
+        if job
+            .labels
+            .get(CLEANUP_LABEL)
+            .and_then(serde_json::Value::as_str)
+            != Some("true")
+        {
+            continue;
+        }
+        let finished = match &job.latest_execution {
+            Some((exec, _)) => {
+                matches!(jobs.execution(exec).await, Ok(Some(e)) if e.done)
+                    || matches!(jobs.execution(exec).await, Ok(None))
+            }
+            None => false,
+        };
+        if finished {
+            tracing::info!(job = job.name, "deleting a finished job left behind");
+            if let Err(e) = jobs.delete(&job.name).await {
+                tracing::warn!(job = job.name, error = %e, "could not delete");
+            }
+        }
+    }
+}
+
+/// Ships worker log lines in batches (at most 1 s late, at most 200 per request).
+async fn ship_logs(client: PrefectClient, mut rx: mpsc::UnboundedReceiver<LogCreate>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        let until = tokio::time::Instant::now() + Duration::from_millis(250);
+        while batch.len() < 200 {
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(l)) => batch.push(l),
+                _ => break,
+            }
+        }
+        if let Err(e) = client.create_logs(&batch).await {
+            tracing::debug!(error = %e, "could not ship {} log lines", batch.len());
+        }
+    }
+}

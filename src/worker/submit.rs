@@ -1,0 +1,471 @@
+//! One flow run, from claim to cleanup: claim (PENDING, read `status`), build the job
+//! configuration, create or adopt the Cloud Run job, run or adopt its execution, watch it with
+//! backoff, report CRASHED when the infrastructure failed, delete the job unless `keep_job`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use bootstrap_gcp::{GcpHttp, ServiceAccountKeySource, TokenSource};
+use bootstrap_prefect::{FlowRun, PrefectClient, SetStateStatus, StateCreate, StateType};
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::cloudrun::{Readiness, RunJobs};
+use super::config::{self, GcpCredentials, JobConfig, PoolKind, RunContext};
+use super::refs::{self, Lookup};
+use super::runtime::Shared;
+use super::template;
+
+/// Label marking jobs this worker may delete once finished (absent when `keep_job` is set).
+pub const CLEANUP_LABEL: &str = "bootstrap-worker-cleanup";
+/// Label naming the pool (as prefect-gcp sanitises `prefect.io/work-pool-name`).
+pub const POOL_LABEL: &str = "prefect-io-work-pool-name";
+
+/// Resolves `$ref` and placeholders against the Prefect API.
+struct PrefectLookup<'a>(&'a PrefectClient);
+
+impl Lookup for PrefectLookup<'_> {
+    async fn block_by_id(&self, id: &str) -> Result<Option<Value>, String> {
+        let id = Uuid::parse_str(id).map_err(|_| format!("`{id}` is not a block document id"))?;
+        let doc = self
+            .0
+            .block_document_with_secrets(id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(doc.map(|d| d.data.into_exposed()))
+    }
+    async fn block_by_name(&self, slug: &str, name: &str) -> Result<Option<Value>, String> {
+        let doc = self
+            .0
+            .block_document_by_name_with_secrets(slug, name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(doc.map(|d| d.data.into_exposed()))
+    }
+    async fn variable(&self, name: &str) -> Result<Option<Value>, String> {
+        let var = self
+            .0
+            .variable_by_name(name)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(var.map(|v| v.value))
+    }
+}
+
+/// How a claimed run is entered: freshly claimed now, or adopted after a restart.
+pub(crate) enum Claim {
+    /// Propose PENDING first.
+    New,
+    /// Already PENDING by this worker since this time.
+    Adopted(DateTime<Utc>),
+}
+
+/// Proposes a state; logs and swallows errors (the caller has nothing better to do).
+pub(crate) async fn propose(
+    client: &PrefectClient,
+    id: Uuid,
+    t: StateType,
+    msg: &str,
+    force: bool,
+) -> Option<SetStateStatus> {
+    let state = StateCreate {
+        state_type: t,
+        name: None,
+        message: Some(msg.to_string()),
+    };
+    match client.set_flow_run_state(id, &state, force).await {
+        Ok(r) => Some(r.status),
+        Err(e) => {
+            tracing::warn!(flow_run = %id, state = t.as_str(), error = %e, "could not set the flow run's state");
+            None
+        }
+    }
+}
+
+/// Handles one run to its end. Never panics; every failure ends in a state proposal.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    run: FlowRun,
+    claim: Claim,
+    cancel: watch::Receiver<Signal>,
+) {
+    let id = run.id;
+    let client = &shared.client;
+    let claimed_at = match claim {
+        Claim::Adopted(t) => t,
+        Claim::New => {
+            if let Some(dep) = run.deployment_id {
+                match client.deployment(dep).await {
+                    Ok(None) => {
+                        propose(
+                            client,
+                            id,
+                            StateType::Cancelled,
+                            "The deployment of this run no longer exists.",
+                            true,
+                        )
+                        .await;
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(flow_run = %id, error = %e, "could not read the deployment; will retry on the next poll");
+                        return;
+                    }
+                }
+            }
+            let msg = format!("Claimed by worker {}", shared.opts.name);
+            let state = StateCreate {
+                state_type: StateType::Pending,
+                name: None,
+                message: Some(msg),
+            };
+            match client.set_flow_run_state(id, &state, false).await {
+                // Only ACCEPT claims the run; 201 with ABORT means another worker won.
+                Ok(r) if r.status == SetStateStatus::Accept => {
+                    r.state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now)
+                }
+                Ok(r) => {
+                    tracing::debug!(flow_run = %id, status = ?r.status, reason = r.reason().unwrap_or(""), "not claimed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(flow_run = %id, error = %e, "could not claim the run");
+                    return;
+                }
+            }
+        }
+    };
+    shared.log(
+        id,
+        20,
+        format!("Worker '{}' submitting flow run '{id}'", shared.opts.name),
+    );
+    let mut created: Option<(RunJobs, JobConfig)> = None;
+    let outcome = submit_and_watch(&shared, &run, claimed_at, cancel, &mut created).await;
+    match outcome {
+        Ok(End::Completed) => {}
+        Ok(End::Cancelled) => {
+            propose(
+                client,
+                id,
+                StateType::Cancelled,
+                "Cancelled: the Cloud Run execution was cancelled by the worker.",
+                true,
+            )
+            .await;
+            shared.log(
+                id,
+                20,
+                "Cancelled the flow run's Cloud Run execution".into(),
+            );
+        }
+        Ok(End::Crashed(msg)) | Err(Failure::AfterStart(msg)) => {
+            crash_unless_final(client, id, &msg).await;
+            shared.log(id, 40, msg);
+        }
+        Ok(End::Detached) => return, // shutting down: the job keeps running, cleanup happens later
+        Err(Failure::Submit(msg)) => {
+            let msg = format!("Failed to submit flow run to infrastructure: {msg}");
+            propose(client, id, StateType::Crashed, &msg, false).await;
+            shared.log(id, 40, msg);
+        }
+    }
+    if let Some((jobs, cfg)) = created
+        && !cfg.keep_job
+        && let Err(e) = jobs.delete(&cfg.job_name).await
+    {
+        tracing::warn!(job = cfg.job_name, error = %e, "could not delete the job; the next start cleans it up");
+    }
+}
+
+/// Proposes CRASHED unless the run already reached a final state by itself.
+async fn crash_unless_final(client: &PrefectClient, id: Uuid, msg: &str) {
+    match client.flow_run(id).await {
+        Ok(Some(r)) if r.state_type().is_terminal() => {}
+        _ => {
+            propose(client, id, StateType::Crashed, msg, false).await;
+        }
+    }
+}
+
+enum End {
+    Completed,
+    Cancelled,
+    Crashed(String),
+    Detached,
+}
+
+enum Failure {
+    Submit(String),
+    AfterStart(String),
+}
+
+fn chain(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+async fn build(shared: &Shared, run: &FlowRun) -> anyhow::Result<JobConfig> {
+    let client = &shared.client;
+    let pool = client
+        .work_pool(&shared.opts.pool)
+        .await?
+        .ok_or_else(|| anyhow!("work pool `{}` not found", shared.opts.pool))?;
+    let kind = PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| {
+        anyhow!(
+            "work pool type `{}` is not a Cloud Run type",
+            pool.pool_type
+        )
+    })?;
+    let deployment = match run.deployment_id {
+        Some(d) => client.deployment(d).await?,
+        None => None,
+    };
+    let flow = client.flow(run.flow_id).await?;
+    let dep_vars = deployment
+        .as_ref()
+        .map(|d| d.job_variables.clone())
+        .unwrap_or_default();
+    let vars = template::merge_job_variables(&dep_vars, run.job_variables.as_ref());
+    let rendered = template::render_job_configuration(&pool.base_job_template, &vars, &|k| {
+        std::env::var(k).ok()
+    })
+    .map_err(|e| anyhow!(e))?;
+    let resolved = refs::resolve(Value::Object(rendered), &PrefectLookup(client))
+        .await
+        .map_err(|e| anyhow!(e))?;
+    let Value::Object(resolved) = resolved else {
+        return Err(anyhow!("the job configuration is not an object"));
+    };
+    let ctx = RunContext {
+        flow_run: run,
+        flow: flow.as_ref(),
+        deployment: deployment.as_ref(),
+        pool: &pool,
+        worker_name: &shared.opts.name,
+        worker_env: shared.worker_env.clone(),
+    };
+    config::prepare(kind, resolved, &ctx).map_err(|e| anyhow!(e))
+}
+
+async fn jobs_for(shared: &Shared, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
+    let tokens: Arc<dyn TokenSource> = match &cfg.credentials.service_account_info {
+        Some(key) => Arc::new(
+            ServiceAccountKeySource::from_json(key)
+                .context("the credentials block's service account key")?,
+        ),
+        None => shared.ambient_tokens().await?,
+    };
+    let project = project_of(&cfg.credentials, tokens.as_ref())?;
+    let http = GcpHttp::new(
+        shared.opts.endpoints.clone(),
+        tokens,
+        bootstrap_gcp::RetryPolicy::default(),
+    )?;
+    Ok(RunJobs::new(http, cfg.kind, &project, &cfg.region)?)
+}
+
+fn project_of(creds: &GcpCredentials, tokens: &dyn TokenSource) -> anyhow::Result<String> {
+    creds
+        .project
+        .clone()
+        .or_else(|| tokens.project_hint())
+        .or_else(|| std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty()))
+        .ok_or_else(|| anyhow!("no GCP project: set `project` in the pool's credentials block or GOOGLE_CLOUD_PROJECT"))
+}
+
+/// What the runtime asks of a run's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// Carry on.
+    None,
+    /// The run is CANCELLING: cancel its execution.
+    Cancel,
+    /// The worker is stopping: leave the job running and return.
+    Shutdown,
+}
+
+/// Waits `d`, or less when a signal arrives; returns the signal in force.
+async fn pause(d: Duration, rx: &mut watch::Receiver<Signal>) -> Signal {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *rx.borrow(),
+        changed = rx.changed() => match changed {
+            Ok(()) => *rx.borrow(),
+            // The runtime dropped the sender: nobody will signal; just wait.
+            Err(_) => {
+                tokio::time::sleep(d).await;
+                Signal::None
+            }
+        },
+    }
+}
+
+async fn submit_and_watch(
+    shared: &Shared,
+    run: &FlowRun,
+    claimed_at: DateTime<Utc>,
+    mut cancel: watch::Receiver<Signal>,
+    created: &mut Option<(RunJobs, JobConfig)>,
+) -> Result<End, Failure> {
+    let fail = |e: anyhow::Error| Failure::Submit(chain(&e));
+    let mut cfg = build(shared, run).await.map_err(fail)?;
+    if !cfg.keep_job {
+        // Marks the job as ours to delete after a crash of this worker.
+        let labels = match cfg.kind {
+            PoolKind::V2 => cfg.body.pointer_mut("/labels"),
+            PoolKind::V1 => cfg.body.pointer_mut("/metadata/labels"),
+        };
+        if let Some(Value::Object(l)) = labels {
+            l.insert(CLEANUP_LABEL.into(), json!("true"));
+        }
+    }
+    let jobs = jobs_for(shared, &cfg).await.map_err(fail)?;
+    let job = cfg.job_name.clone();
+    let fresh = jobs
+        .create(&job, &cfg.body)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    if !fresh {
+        shared.log(
+            run.id,
+            20,
+            format!("Job {job} already exists (an earlier attempt); adopting it"),
+        );
+    }
+    *created = Some((jobs.clone(), cfg));
+    // Wait for the job to be ready: backoff from 250 ms to 5 s, bounded by the deadline.
+    let deadline = tokio::time::Instant::now() + shared.opts.ready_deadline;
+    let mut delay = Duration::from_millis(250);
+    let view = loop {
+        let view = jobs.job(&job).await.map_err(|e| fail(e.into()))?;
+        match view {
+            Some(v) if v.readiness == Readiness::Ready => break v,
+            Some(v) => {
+                if let Readiness::Failed(msg) = &v.readiness {
+                    return Err(Failure::Submit(format!(
+                        "Cloud Run job {job} could not be set up: {msg}"
+                    )));
+                }
+            }
+            None if !fresh || tokio::time::Instant::now() > deadline => {
+                return Err(Failure::Submit(format!(
+                    "Cloud Run job {job} vanished while being set up"
+                )));
+            }
+            None => {}
+        }
+        if tokio::time::Instant::now() + delay > deadline {
+            return Err(Failure::Submit(format!(
+                "Cloud Run job {job} was not ready within {} s",
+                shared.opts.ready_deadline.as_secs()
+            )));
+        }
+        match pause(delay, &mut cancel).await {
+            Signal::Cancel => return Ok(End::Cancelled),
+            // Still PENDING: a restart of this worker adopts the run and finds the job.
+            Signal::Shutdown => return Ok(End::Detached),
+            Signal::None => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    };
+    // Reuse an execution started for this claim (a restart after `:run`), else start one.
+    let skew = chrono::Duration::seconds(5);
+    let execution = match view.latest_execution {
+        Some((name, Some(t))) if t >= claimed_at - skew => {
+            shared.log(
+                run.id,
+                20,
+                format!("Adopting execution {name} started by an earlier attempt"),
+            );
+            name
+        }
+        _ => match jobs.run(&job).await {
+            Ok(name) => name,
+            Err(e) => {
+                // The run may have started even though the answer was lost: look before failing.
+                let again = jobs
+                    .job(&job)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.latest_execution);
+                match again {
+                    Some((name, Some(t))) if t >= claimed_at - skew => name,
+                    _ => return Err(fail(e.into())),
+                }
+            }
+        },
+    };
+    if let Err(e) = shared
+        .client
+        .set_flow_run_infrastructure_pid(run.id, &job)
+        .await
+    {
+        tracing::warn!(flow_run = %run.id, error = %e, "could not record infrastructure_pid");
+    }
+    shared.log(
+        run.id,
+        20,
+        format!("Started Cloud Run job {job}, execution {execution}"),
+    );
+    watch_execution(&jobs, &job, &execution, &mut cancel).await
+}
+
+async fn watch_execution(
+    jobs: &RunJobs,
+    job: &str,
+    execution: &str,
+    cancel: &mut watch::Receiver<Signal>,
+) -> Result<End, Failure> {
+    let mut delay = Duration::from_millis(500);
+    let mut errors = 0u32;
+    loop {
+        match jobs.execution(execution).await {
+            Ok(Some(e)) if e.done => {
+                if let Some(uri) = &e.log_uri {
+                    tracing::info!(job, log_uri = uri.as_str(), "execution finished");
+                }
+                return Ok(if e.succeeded {
+                    End::Completed
+                } else {
+                    End::Crashed(format!(
+                        "Flow run infrastructure exited with an error (Cloud Run job {job}): {}",
+                        e.message.unwrap_or_else(|| "no reason given".into())
+                    ))
+                });
+            }
+            Ok(Some(_)) => errors = 0,
+            Ok(None) => {
+                return Ok(End::Crashed(format!(
+                    "Cloud Run execution {execution} of job {job} vanished while the flow run was running"
+                )));
+            }
+            Err(e) => {
+                // Transient trouble was already retried by GcpHttp; give a few more rounds.
+                errors += 1;
+                if errors >= 5 {
+                    return Err(Failure::AfterStart(format!(
+                        "Lost track of Cloud Run job {job}: {e}"
+                    )));
+                }
+            }
+        }
+        match pause(delay, cancel).await {
+            Signal::Shutdown => return Ok(End::Detached),
+            Signal::Cancel => {
+                jobs.cancel(execution).await.map_err(|e| {
+                    Failure::AfterStart(format!("Could not cancel execution {execution}: {e}"))
+                })?;
+                return Ok(End::Cancelled);
+            }
+            Signal::None => {}
+        }
+        delay = delay.mul_f64(1.5).min(Duration::from_secs(10));
+    }
+}
