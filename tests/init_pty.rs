@@ -314,3 +314,45 @@ fn bad_flags_and_existing_files() {
     assert!(plan.contains("- name: gcp-weather-deploy\n"), "{plan}");
     assert!(!plan.contains("api_key"), "{plan}");
 }
+
+/// Prefect Cloud always gets the key by reference; the key itself, though set in the
+/// environment, reaches neither the file nor the output.
+#[test]
+fn prefect_cloud_key_is_referenced_never_stored() {
+    let m = machine();
+    let secret = "pnu_WizardTestSecretValue0123456789";
+    let out = run(bootstrap(
+        &m.home,
+        &m.work,
+        &[
+            "init",
+            "--yes",
+            "--no-deployment",
+            "--prefect-api-url",
+            "https://api.prefect.cloud/api/accounts/a1/workspaces/w1",
+        ],
+    )
+    .env("PREFECT_API_KEY", secret));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
+    assert!(
+        plan.contains("  api_key: \"{{ env.PREFECT_API_KEY }}\"\n"),
+        "{plan}"
+    );
+    assert!(plan.contains("deployments: []\n"), "{plan}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("PREFECT_API_KEY"), "{stderr}");
+    testkit::assert_no_secret(
+        &[secret],
+        &[
+            ("plan file", &plan),
+            ("stdout", &stdout),
+            ("stderr", &stderr),
+        ],
+    );
+}

@@ -164,6 +164,11 @@ fn run_with(
     })?;
     let green = console::Style::new().green().for_stderr();
     eprintln!("{} {}", green.apply_to("wrote"), path.display());
+    if answers.api_key {
+        eprintln!(
+            "the plan reads the Prefect API key from PREFECT_API_KEY: set it before plan and apply"
+        );
+    }
     Ok(Outcome {
         path: path.to_owned(),
         text,

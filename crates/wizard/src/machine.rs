@@ -162,7 +162,13 @@ pub fn profile_api_url(text: &str, profile_override: Option<&str>) -> Option<Str
 pub fn parse_prefect_yaml(text: &str) -> Option<PrefectYamlDeployment> {
     let doc: Value = serde_saphyr::from_str(text).ok()?;
     let first = doc.get("deployments")?.as_array()?.first()?;
-    let string = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
+    // Prefect renders `{{ ... }}` in prefect.yaml at deploy time (e.g. `{{ build-image.image }}`);
+    // such a value is no default for a plan file, so it is skipped.
+    let string = |v: Option<&Value>| {
+        v.and_then(Value::as_str)
+            .filter(|s| !s.contains("{{"))
+            .map(str::to_owned)
+    };
     let pool = first.get("work_pool");
     Some(PrefectYamlDeployment {
         name: string(first.get("name")),
@@ -278,6 +284,9 @@ deployments:
             serde_json::json!({"lat": 14.5994, "lon": 28.6731})
         );
         assert_eq!(parse_prefect_yaml("deployments: []"), None);
+        let templated = "deployments:\n- name: d\n  work_pool:\n    job_variables:\n      image: '{{ build-image.image }}'\n";
+        let d = parse_prefect_yaml(templated).unwrap();
+        assert_eq!((d.name.as_deref(), d.image), (Some("d"), None));
         assert_eq!(parse_prefect_yaml(": : :"), None);
     }
 
