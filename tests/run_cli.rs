@@ -140,7 +140,7 @@ fn run_follows_flow_runs_to_their_end() {
         "the table, aligned:\n{stdout}"
     );
 
-    let out = bootstrap(home.path(), &["run", &bad, "--timeout", "180"]);
+    let out = bootstrap(home.path(), &["run", &bad, "--timeout", "180", "--json"]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(
         out.status.code(),
@@ -149,6 +149,15 @@ fn run_follows_flow_runs_to_their_end() {
     );
     assert!(stderr.contains("ended Failed"), "{stderr}");
     assert!(stderr.contains("the flow failed on purpose"), "{stderr}");
+    let result: serde_json::Value =
+        serde_json::from_str(&stdout).expect("--json prints one JSON document");
+    assert_eq!(result["state"], "FAILED", "{result}");
+    assert!(
+        result["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the flow failed on purpose")),
+        "{result}"
+    );
     drop(worker);
 
     // Nobody serves the idle pool: --timeout ends the wait with a clear error.

@@ -158,7 +158,7 @@ async fn follow(
     print: bool,
 ) -> Result<FlowRun> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut last_state: Option<(StateType, Option<String>)> = None;
+    let mut seen_states: HashSet<String> = HashSet::new();
     let mut seen_logs: HashSet<Uuid> = HashSet::new();
     let mut newest_log: Option<DateTime<Utc>> = None;
     loop {
@@ -168,13 +168,28 @@ async fn follow(
                 run.id
             )
         })?;
-        if let Some(state) = &current.state {
-            let key = (state.state_type, state.name.clone());
-            if print && last_state.as_ref() != Some(&key) {
+        // The history, not the current state: a state that lasted less than a poll is shown too.
+        for state in client.flow_run_states(run.id).await? {
+            let key = state.id.map_or_else(
+                || {
+                    format!(
+                        "{:?}{:?}{:?}",
+                        state.state_type, state.name, state.timestamp
+                    )
+                },
+                |id| id.to_string(),
+            );
+            let new = seen_states.insert(key);
+            if print && new {
                 let name = state.name.as_deref().unwrap_or(state.state_type.as_str());
-                println!("{} state {}", stamp(state.timestamp), bold(name));
+                let message = state
+                    .message
+                    .as_deref()
+                    .filter(|m| !m.is_empty() && state.state_type != StateType::Completed)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                println!("{} state {}{message}", stamp(state.timestamp), bold(name));
             }
-            last_state = Some(key);
         }
         show_new_logs(client, run.id, &mut seen_logs, &mut newest_log, print).await?;
         if current.state_type().is_terminal() {

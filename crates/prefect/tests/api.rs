@@ -313,6 +313,14 @@ async fn concurrent_pending_claims_have_exactly_one_winner() {
         assert_eq!(accepted, 1, "{statuses:?}");
         let read = c.flow_run(run.id).await.expect("read").expect("exists");
         assert_eq!(read.state_type(), StateType::Pending);
+        let history: Vec<StateType> = c
+            .flow_run_states(run.id)
+            .await
+            .expect("history")
+            .iter()
+            .map(|s| s.state_type)
+            .collect();
+        assert_eq!(history, [StateType::Scheduled, StateType::Pending]);
     }
     c.delete_work_pool(&pool.name).await.expect("cleanup");
 }

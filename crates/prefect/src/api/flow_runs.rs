@@ -8,7 +8,7 @@ use super::work_pools::to_value;
 use crate::client::PrefectClient;
 use crate::error::PrefectError;
 use crate::models::{
-    FlowRun, FlowRunFromDeployment, FlowRunQuery, OrchestrationResult, StateCreate,
+    FlowRun, FlowRunFromDeployment, FlowRunQuery, OrchestrationResult, State, StateCreate,
 };
 
 impl PrefectClient {
@@ -45,6 +45,21 @@ impl PrefectClient {
             &format!("flow run {id}"),
         )
         .await
+    }
+
+    /// Every state the run has been in, oldest first (states a poll would miss included).
+    pub async fn flow_run_states(&self, id: Uuid) -> Result<Vec<State>, PrefectError> {
+        let mut states: Vec<State> = self
+            .json(
+                Method::GET,
+                "/flow_run_states/",
+                &[("flow_run_id", id.to_string())],
+                None,
+                &format!("flow run {id}"),
+            )
+            .await?;
+        states.sort_by_key(|s| s.timestamp);
+        Ok(states)
     }
 
     /// Flow runs matching every condition given in `query`.
