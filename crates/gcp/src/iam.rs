@@ -120,6 +120,53 @@ pub async fn get_service_account(
     http.send(call).await.optional()
 }
 
+/// Polls until the service account has been read `consecutive` times in a row, or
+/// `deadline` passes. Right after a create, IAM answers 404, or 403 "(or it may not exist)",
+/// for a while, and a single success can be followed by another miss; Terraform waits for
+/// three reads in a row.
+pub async fn wait_until_visible(
+    http: &GcpHttp,
+    project: &ProjectId,
+    email: &ServiceAccountEmail,
+    consecutive: u32,
+    deadline: std::time::Duration,
+) -> Result<ServiceAccount, GcpError> {
+    let started = std::time::Instant::now();
+    let backoff = crate::operations::PollBackoff::default();
+    let mut delay = backoff.initial;
+    let mut streak = 0u32;
+    loop {
+        match get_service_account(http, project, email).await {
+            Ok(Some(sa)) => {
+                streak += 1;
+                if streak >= consecutive.max(1) {
+                    return Ok(sa);
+                }
+            }
+            Ok(None) => streak = 0,
+            Err(GcpError::PermissionDenied { message, .. })
+                if message.contains("may not exist") =>
+            {
+                streak = 0
+            }
+            Err(e) => return Err(e),
+        }
+        if started.elapsed() + delay > deadline {
+            return Err(GcpError::Timeout {
+                method: format!("waiting for service account {email} to be visible"),
+                after: deadline,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        // After a hit, read again soon; after a miss, back off.
+        delay = if streak > 0 {
+            backoff.initial
+        } else {
+            backoff.next(delay)
+        };
+    }
+}
+
 /// Creates a service account. An existing one gives [`GcpError::AlreadyExists`] (adopt it).
 pub async fn create_service_account(
     http: &GcpHttp,

@@ -10,14 +10,16 @@
 //!   [`RetryPolicy`]); [`Call`] describes one request; [`OptionalExt::optional`] turns
 //!   not-found into `None`.
 //! - [`error`]: [`GcpError`], parsed from Google's error envelope.
-//! - [`retry`]: [`RetryPolicy`] and the pure retry decisions.
+//! - [`retry`]: [`RetryPolicy`], the pure retry decisions, and [`retry::retry_while`] for
+//!   eventual consistency after our own writes (e.g. 403 actAs after a grant).
 //! - [`operations`]: [`Operation`] and polling with a caller-given deadline.
 //! - [`policy`]: [`Policy`], `add_member` / `remove_member` / `has_member`, and
 //!   [`policy::read_modify_write`] over a [`PolicyTarget`] (project, service account, secret).
 //!
 //! # Clients (async fns taking `&GcpHttp`; `get_*` return `Option`, deletes return whether
 //! something was deleted or the operation)
-//! - [`iam`]: service accounts get/create/patch/delete/list; keys list/get/create/delete
+//! - [`iam`]: service accounts get/create/patch/delete/list, `wait_until_visible` (N reads in
+//!   a row after a create); keys list/get/create/delete
 //!   ([`iam::create_key`] returns the key JSON as a `SecretString`); SA get/setIamPolicy.
 //! - [`resourcemanager`]: project get; get/setIamPolicy (version 3, `updateMask`);
 //!   testIamPermissions.

@@ -130,6 +130,38 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// Repeats `op` while its error satisfies `retryable` and `policy` allows (attempts, total
+/// deadline, jittered backoff). For eventual consistency after this run's own writes, e.g.
+/// 403 `actAs` right after a grant ([`crate::GcpError::is_act_as_denied`]).
+pub async fn retry_while<T, F, Fut>(
+    policy: RetryPolicy,
+    retryable: impl Fn(&crate::GcpError) -> bool,
+    mut op: F,
+) -> Result<T, crate::GcpError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, crate::GcpError>>,
+{
+    let started = std::time::Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let err = match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        let delay = policy.delay(attempt - 1, None, &mut rand::rng());
+        if !retryable(&err)
+            || attempt >= policy.max_attempts
+            || started.elapsed() + delay > policy.deadline
+        {
+            return Err(err);
+        }
+        tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying until consistent");
+        tokio::time::sleep(delay).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +221,47 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[tokio::test]
+    async fn retry_while_stops_on_success_other_errors_and_budget() {
+        let fast = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            deadline: Duration::from_secs(5),
+        };
+        let denied = || crate::GcpError::PermissionDenied {
+            method: "m".into(),
+            permission: Some("iam.serviceAccounts.actAs".into()),
+            message: String::new(),
+        };
+        let calls = std::cell::Cell::new(0);
+        let out = retry_while(fast, crate::GcpError::is_act_as_denied, || {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move { if n < 3 { Err(denied()) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(out.unwrap(), 3);
+
+        calls.set(0);
+        let out: Result<(), _> = retry_while(fast, crate::GcpError::is_act_as_denied, || {
+            calls.set(calls.get() + 1);
+            async { Err(denied()) }
+        })
+        .await;
+        assert!(out.is_err());
+        assert_eq!(calls.get(), 4, "bounded by max_attempts");
+
+        calls.set(0);
+        let out: Result<(), _> = retry_while(fast, crate::GcpError::is_act_as_denied, || {
+            calls.set(calls.get() + 1);
+            async { Err(crate::GcpError::Config("x".into())) }
+        })
+        .await;
+        assert!(out.is_err());
+        assert_eq!(calls.get(), 1, "other errors are not retried");
     }
 
     #[test]

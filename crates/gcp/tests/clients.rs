@@ -466,3 +466,35 @@ async fn repeated_page_tokens_stop_the_listing() {
         .unwrap_err();
     assert!(err.to_string().contains("same page token"), "{err}");
 }
+
+#[tokio::test]
+async fn service_account_visibility_needs_consecutive_reads() {
+    let sa = json!({"email": "robot-one@demo-project.iam.gserviceaccount.com"});
+    let fake = Fake::start(vec![
+        Canned::error(404, "NOT_FOUND", "unknown"),
+        Canned::json(200, sa.clone()),
+        Canned::error(
+            403,
+            "PERMISSION_DENIED",
+            "Permission 'iam.serviceAccounts.get' denied on resource (or it may not exist).",
+        ),
+        Canned::json(200, sa.clone()),
+        Canned::json(200, sa.clone()),
+    ])
+    .await;
+    let http = fake.client(fast_retry());
+    let email =
+        ServiceAccountEmail::parse("robot-one@demo-project.iam.gserviceaccount.com").unwrap();
+    iam::wait_until_visible(&http, &project(), &email, 2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert_eq!(fake.seen().len(), 5);
+    assert_eq!(fake.remaining(), 0);
+
+    let fake = Fake::start(vec![Canned::error(404, "NOT_FOUND", "unknown"); 10]).await;
+    let http = fake.client(fast_retry());
+    let err = iam::wait_until_visible(&http, &project(), &email, 3, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GcpError::Timeout { .. }), "{err:?}");
+}
