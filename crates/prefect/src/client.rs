@@ -374,6 +374,9 @@ pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 #[cfg(test)]
+mod stub_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use secrecy::SecretString;

@@ -1,0 +1,133 @@
+//! Transport tests: the retry loop and error mapping against a scripted loopback HTTP stub.
+//! These check our own client's behaviour on failures a healthy Prefect server cannot be made
+//! to produce on demand (503 "database is locked", 429 with Retry-After, cut-off bodies); the
+//! API itself is tested against a real server in `tests/`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+use super::*;
+
+/// Serves the scripted raw responses in order (the last one repeats); returns the URL and a
+/// request counter.
+async fn stub(responses: Vec<&'static str>) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            let resp = responses[n.min(responses.len() - 1)];
+            let mut buf = vec![0u8; 8192];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match sock.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}/api"), count)
+}
+
+fn fast_client(url: &str) -> PrefectClient {
+    PrefectClient::new(PrefectConfig::for_url(url).expect("url"))
+        .expect("client")
+        .with_retry(RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_total: Duration::from_secs(10),
+        })
+}
+
+const LOCKED: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: 40\r\nConnection: close\r\n\r\n{\"detail\":\"database is locked (sqlite)\"}";
+const OK_TRUE: &str = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\ntrue";
+
+#[tokio::test]
+async fn retries_503_until_success() {
+    let (url, count) = stub(vec![LOCKED, LOCKED, OK_TRUE]).await;
+    fast_client(&url)
+        .health()
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_with_the_last_error() {
+    let (url, count) = stub(vec![LOCKED]).await;
+    let e = fast_client(&url).health().await.expect_err("always 503");
+    assert_eq!(count.load(Ordering::SeqCst), 4);
+    assert!(e.to_string().contains("database is locked"), "{e}");
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    let (url, count) = stub(vec![
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        OK_TRUE,
+    ])
+    .await;
+    let t0 = Instant::now();
+    fast_client(&url)
+        .health()
+        .await
+        .expect("second attempt succeeds");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(950),
+        "waited {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn does_not_retry_500_or_401() {
+    let (url, count) = stub(vec![
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 21\r\nConnection: close\r\n\r\nInternal Server Error",
+    ])
+    .await;
+    let e = fast_client(&url).health().await.expect_err("500");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(matches!(e, PrefectError::Http { .. }), "{e}");
+
+    let (url, _) = stub(vec![
+        "HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    ])
+    .await;
+    let e = fast_client(&url).health().await.expect_err("401");
+    assert_eq!(
+        e.to_string(),
+        "the Prefect API rejected the API key (401 Unauthorized); no PREFECT_API_KEY or PREFECT_API_AUTH_STRING was set"
+    );
+}
+
+#[tokio::test]
+async fn cut_off_and_html_bodies_are_one_line() {
+    let (url, _) = stub(vec![
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n{\"id\":",
+    ])
+    .await;
+    let e = fast_client(&url).work_pool("p").await.expect_err("cut off");
+    assert!(matches!(e, PrefectError::Decode { .. }), "{e}");
+    assert!(!e.to_string().contains('\n'), "{e}");
+
+    let (url, _) = stub(vec![
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 28\r\nConnection: close\r\n\r\n<html><body>UI</body></html>",
+    ])
+    .await;
+    let e = fast_client(&url).work_pool("p").await.expect_err("html");
+    assert!(e.to_string().contains("HTML page"), "{e}");
+}
