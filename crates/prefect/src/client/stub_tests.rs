@@ -131,3 +131,46 @@ async fn cut_off_and_html_bodies_are_one_line() {
     let e = fast_client(&url).work_pool("p").await.expect_err("html");
     assert!(e.to_string().contains("HTML page"), "{e}");
 }
+
+#[tokio::test]
+async fn event_stream_dropped_during_handshake_is_a_clear_error() {
+    // Accepts, then hangs up without a websocket handshake.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            drop(sock);
+        }
+    });
+    let c = fast_client(&format!("http://{addr}/api"));
+    let e = c
+        .subscribe_events(&crate::EventFilter::live(), false, Duration::from_secs(5))
+        .await
+        .expect_err("no websocket");
+    assert!(matches!(e, PrefectError::Events { .. }), "{e}");
+    assert!(e.to_string().contains("/api/events/out"), "{e}");
+    assert!(!e.to_string().contains('\n'), "{e}");
+
+    // A server that never answers the handshake runs into the deadline.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = silent.local_addr().expect("addr");
+    let keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let c = fast_client(&format!("http://{addr}/api"));
+    let t0 = Instant::now();
+    let e = c
+        .subscribe_events(
+            &crate::EventFilter::live(),
+            false,
+            Duration::from_millis(300),
+        )
+        .await
+        .expect_err("deadline");
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    assert!(e.to_string().contains("no connection within"), "{e}");
+    keep.abort();
+}
