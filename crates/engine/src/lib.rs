@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod context;
 pub mod diff;
+pub mod doctor;
 mod exec;
 pub mod observe;
 pub mod observed;
