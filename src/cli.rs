@@ -268,9 +268,27 @@ pub struct SandboxArgs {
     /// Projects that exist in the sandbox (repeatable).
     #[arg(long = "project", value_name = "ID")]
     pub projects: Vec<String>,
-    /// Fault injection, e.g. `seed=7,rate=0.2,latency=100ms`.
+    /// Fault injection, e.g. `seed=7,rate=0.2,kinds=429|500|503|drop,latency=100ms,op_delay=2s`.
     #[arg(long)]
     pub faults: Option<String>,
+    /// Also enable this API at start (repeatable), e.g. `run.googleapis.com`.
+    #[arg(long = "enable-api", value_name = "SERVICE")]
+    pub enable_apis: Vec<String>,
+    /// Extra image → local command rules (YAML or JSON), tried before the built-in ones.
+    #[arg(long, value_name = "FILE")]
+    pub images: Option<PathBuf>,
+    /// How long long-running operations take, e.g. `500ms`, `2s`.
+    #[arg(long, default_value = "500ms", value_name = "DURATION")]
+    pub op_delay: String,
+    /// Eventual-consistency delays (new service account visibility, grant propagation); `0` turns them off.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub consistency_delay: String,
+    /// Enforce the key-creation org policy (`iam.disableServiceAccountKeyCreation`) from the start.
+    #[arg(long)]
+    pub disable_key_creation: bool,
+    /// Keep state in DIR/state.json across restarts (secret payloads are never written).
+    #[arg(long)]
+    pub persist: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,6 +11,7 @@ use crate::cli::{Cli, Command, Shell};
 mod init;
 mod lifecycle;
 mod run;
+mod sandbox;
 
 mod validate;
 mod worker;
@@ -40,7 +41,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Doctor(_) => not_built("doctor", 4),
         Command::Worker(args) => worker::run(&args, &cli.global),
         Command::Run(args) => run::run(args),
-        Command::Sandbox(_) => not_built("sandbox", 3),
+        Command::Sandbox(args) => sandbox::run(&args, &cli.global),
     }
 }
 
