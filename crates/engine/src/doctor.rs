@@ -60,6 +60,9 @@ pub struct Check {
     pub detail: String,
     /// What to do about a failure.
     pub hint: Option<String>,
+    /// It could not run because an earlier check failed (shown apart; `ok` is false).
+    #[serde(skip)]
+    pub not_checked: bool,
 }
 
 impl Check {
@@ -70,6 +73,7 @@ impl Check {
             ok: true,
             detail: detail.into(),
             hint: None,
+            not_checked: false,
         }
     }
 
@@ -80,12 +84,16 @@ impl Check {
             ok: false,
             detail: detail.into(),
             hint,
+            not_checked: false,
         }
     }
 
     /// A check that could not run because `because` failed first.
     pub fn not_checked(check: &'static str, because: &str) -> Self {
-        Check::fail(check, format!("not checked: {because}"), None)
+        Check {
+            not_checked: true,
+            ..Check::fail(check, format!("not checked: {because}"), None)
+        }
     }
 }
 

@@ -35,6 +35,8 @@ pub(super) fn human(report: &Report, heading: &str, color: bool) -> String {
     for c in &report.checks {
         let glyph = if c.ok {
             green.apply_to("✓")
+        } else if c.not_checked {
+            dim.apply_to("-")
         } else {
             red.apply_to("✗")
         };
@@ -55,7 +57,12 @@ pub(super) fn human(report: &Report, heading: &str, color: bool) -> String {
             }
         }
     }
-    let failed = report.checks.iter().filter(|c| !c.ok).count();
+    let failed = report
+        .checks
+        .iter()
+        .filter(|c| !c.ok && !c.not_checked)
+        .count();
+    let skipped = report.checks.iter().filter(|c| c.not_checked).count();
     out.push('\n');
     if failed == 0 {
         out.push_str(&format!(
@@ -69,8 +76,13 @@ pub(super) fn human(report: &Report, heading: &str, color: bool) -> String {
         out.push_str(&format!(
             "{}\n",
             red.apply_to(format!(
-                "{failed} of {} checks failed.",
-                report.checks.len()
+                "{failed} of {} checks failed{}.",
+                report.checks.len(),
+                if skipped > 0 {
+                    format!(" ({skipped} not checked)")
+                } else {
+                    String::new()
+                }
             ))
         ));
     }
@@ -91,6 +103,7 @@ mod tests {
                     "missing 1 of 2: run.services.create",
                     Some("grant:\n  roles/run.admin".into()),
                 ),
+                Check::not_checked("block_type", "the Prefect API is not reachable"),
             ],
         }
     }
@@ -104,8 +117,9 @@ mod tests {
           ✗ IAM permissions      missing 1 of 2: run.services.create
                                  hint: grant:
                                          roles/run.admin
+          - block type           not checked: the Prefect API is not reachable
 
-        1 of 2 checks failed.
+        1 of 3 checks failed (1 not checked).
         ");
     }
 
