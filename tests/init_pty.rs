@@ -356,3 +356,59 @@ fn prefect_cloud_key_is_referenced_never_stored() {
         ],
     );
 }
+
+/// Flags answer every question, so the terminal only sees the offer to run `plan`; accepting
+/// it runs the real `bootstrap plan`, whose failure here (no Google credentials) is reported
+/// with the commands to run later, and the written plan stays.
+#[test]
+fn offer_runs_the_real_plan_subcommand() {
+    let m = machine();
+    let mut cmd = bootstrap(
+        &m.home,
+        &m.work,
+        &[
+            "init",
+            "--no-deployment",
+            "--api-key",
+            "--service-account",
+            "offer-sa-1",
+            "--project",
+            "pty-project-1",
+            "--region",
+            "us-east1",
+            "--key",
+            "json",
+            "--pool",
+            "offer-pool",
+            "--pool-type",
+            "cloud-run-v2",
+            "--worker-image",
+            "prefecthq/prefect:3-latest",
+            "--worker-runtime",
+            "python",
+            "--min-instances",
+            "1",
+            "--prefect-api-url",
+            "http://127.0.0.1:9/api",
+        ],
+    );
+    cmd.env(
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        m.home.join("no-such-key.json"),
+    )
+    .env("PREFECT_API_KEY", "pnu_OfferTestValue0123456789")
+    .env("BOOTSTRAP_GCP_ENDPOINT", "http://127.0.0.1:9");
+    let mut p = spawn(cmd);
+    p.expect("wrote bootstrap.yaml").unwrap();
+    p.expect("Run `bootstrap plan -f bootstrap.yaml` now?")
+        .unwrap();
+    p.send("y").unwrap();
+    p.expect("error:").unwrap(); // from the child `bootstrap plan`
+    p.expect("`bootstrap plan` did not succeed").unwrap();
+    p.expect("next: bootstrap plan -f bootstrap.yaml").unwrap();
+    p.expect(Eof).unwrap();
+    let status = exit_code(&p);
+    assert!(status.ends_with(", 0)"), "init exited with {status}");
+    let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
+    assert!(plan.contains("  name: offer-sa-1\n"), "{plan}");
+}
