@@ -8,6 +8,7 @@ use clap::CommandFactory;
 
 use crate::cli::{Cli, Command, Shell};
 
+mod doctor;
 mod init;
 mod lifecycle;
 mod run;
@@ -38,17 +39,11 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Plan(args) => lifecycle::plan(&args, &cli.global),
         Command::Apply(args) => lifecycle::apply(&args, &cli.global),
         Command::Destroy(args) => lifecycle::destroy(&args, &cli.global),
-        Command::Doctor(_) => not_built("doctor", 4),
+        Command::Doctor(args) => doctor::run(&args, &cli.global),
         Command::Worker(args) => worker::run(&args, &cli.global),
         Command::Run(args) => run::run(args),
         Command::Sandbox(args) => sandbox::run(&args, &cli.global),
     }
-}
-
-/// A subcommand that is not built yet says so and exits 1; it never pretends.
-fn not_built(name: &str, issue: u32) -> Result<ExitCode> {
-    eprintln!("error: `bootstrap {name}` is not built yet (tracked in issue {issue})");
-    Ok(ExitCode::from(1))
 }
 
 /// Prints an error and its causes once, with a hint where one was attached.
