@@ -237,3 +237,86 @@ async fn prefect_unreachable_is_a_clear_failure() {
         assert_eq!(check(&items, id)["ok"], true, "{id}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_credentials_fail_first_and_skip_the_google_checks() {
+    let mut w = World::start(PROJECT).await;
+    plan(&w);
+    let missing = w.path().join("no-such-key.json");
+    w.env.push((
+        "GOOGLE_APPLICATION_CREDENTIALS".into(),
+        missing.display().to_string(),
+    ));
+    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let creds = check(&items, "credentials");
+    assert_eq!(creds["ok"], false);
+    let detail = creds["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("cannot be read"), "{detail}");
+    assert!(
+        creds["hint"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gcloud auth"),
+        "{creds}"
+    );
+    for id in ["project", "apis", "permissions"] {
+        let c = check(&items, id);
+        assert_eq!(c["ok"], false, "{c}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("not checked")
+        );
+    }
+    // The Prefect half does not depend on Google.
+    assert_eq!(check(&items, "prefect_api")["ok"], true);
+}
+
+/// A stand-in Prefect API whose `/health` is public and which refuses every other call (401),
+/// as a server behind authentication does when the key is wrong.
+async fn refusing_prefect() -> String {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route("/api/health", axum::routing::get(|| async { "true" }))
+        .fallback(|| async {
+            (
+                StatusCode::UNAUTHORIZED,
+                [("content-type", "application/json")],
+                r#"{"detail":"Unauthorized"}"#,
+            )
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}/api")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_api_key_is_reported_without_the_key() {
+    let mut w = World::start(PROJECT).await;
+    plan(&w);
+    let key = format!("pnu_doctor{}", uuid::Uuid::new_v4().simple());
+    w.env
+        .push(("PREFECT_API_URL".into(), refusing_prefect().await));
+    w.env.push(("PREFECT_API_KEY".into(), key.clone()));
+    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    assert_eq!(check(&items, "prefect_api")["ok"], true);
+    let auth = check(&items, "prefect_auth");
+    assert_eq!(auth["ok"], false, "{auth}");
+    let detail = auth["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("the API key sent"), "{detail}");
+    assert!(detail.contains("401"), "{detail}");
+    // With a key, the worker's key goes to Secret Manager: those permissions are asked about.
+    let perms = check(&items, "permissions")["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(perms.starts_with("all 25 permissions"), "{perms}");
+    let transcript = w.transcript.lock().map(|t| t.clone()).unwrap_or_default();
+    testkit::assert_no_secret(&[&key], &[("transcript", &transcript)]);
+}
