@@ -203,6 +203,11 @@ type PrefectState = (
 );
 
 async fn prefect_side(client: &PrefectClient, spec: &Spec) -> Result<PrefectState> {
+    // A URL that is not Prefect's API (a wrong prefix) answers 404 to every read: the reads
+    // below would take that as "nothing exists yet", or fail naming some endpoint. The health
+    // check names the URL instead. Prefect's auth middleware exempts it, so a refused key is
+    // still reported by the reads.
+    client.health().await?;
     let pool_type = spec.work_pool.pool_type.as_str();
     let (block, pool, default_template, deployments) = tokio::try_join!(
         block(client, spec),
