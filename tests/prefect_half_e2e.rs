@@ -669,15 +669,22 @@ async fn server_errors_are_one_clear_line() {
         &plan_args,
     );
     let e = one_error(&r);
-    assert!(e.contains("401"), "{e}");
+    assert!(
+        e.contains("401") && e.contains("check PREFECT_API_AUTH_STRING"),
+        "{e}"
+    );
     let key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
     let (r, _) = run_against(&mut w, &proxy.url, &[("PREFECT_API_KEY", &key)], &plan_args);
     let e = one_error(&r);
-    assert!(e.contains("401"), "{e}");
+    assert!(
+        e.contains("401") && e.contains("check PREFECT_API_KEY"),
+        "{e}"
+    );
     testkit::assert_no_secret(&[wrong, &key], &[("stderr", &e), ("stdout", &r.stdout)]);
     drop(proxy);
 
-    // 4. A server without the `gcp-credentials` block type: apply stops with what to do.
+    // 4. A server without the `gcp-credentials` block type: apply stops at the block with what
+    //    to do, on the block's one line, and says what it kept.
     let proxy = start_proxy(&server, Rule::NoGcpCredentialsType).await;
     let (r, _) = run_against(
         &mut w,
@@ -685,17 +692,57 @@ async fn server_errors_are_one_clear_line() {
         &[],
         &["apply", "-f", plan, "--auto-approve"],
     );
-    let e = one_error(&r);
-    assert!(e.contains("gcp-credentials"), "{e}");
-    assert!(e.contains("prefect block register -m prefect_gcp"), "{e}");
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let output = format!("{}{}", r.stdout, r.stderr);
+    let failed: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("failed after"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{output}");
+    assert!(failed[0].starts_with("prefect.block["), "{output}");
+    assert!(
+        failed[0].contains("no `gcp-credentials` block type"),
+        "{output}"
+    );
+    assert!(
+        failed[0].contains("prefect block register -m prefect_gcp"),
+        "{output}"
+    );
+    assert_eq!(
+        output.lines().filter(|l| l.starts_with("error:")).count(),
+        1,
+        "{output}"
+    );
+    for noise in ["panicked", "Traceback"] {
+        assert!(!output.contains(noise), "{output}");
+    }
     drop(proxy);
+
+    // Once the server has the block type, apply continues from there: the key created before
+    // the failure (its private half was only in memory) does not stay behind as a second key.
+    let (r, _) = run_against(
+        &mut w,
+        &server,
+        &[],
+        &["apply", "-f", plan, "--auto-approve"],
+    );
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let (r, _) = run_against(&mut w, &server, &[], &plan_args);
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    let http = w.operator_http().await;
+    let project = bootstrap_spec::ids::ProjectId::parse(PROJECT).expect("project");
+    let email =
+        bootstrap_spec::ids::ServiceAccountEmail::parse(SA_EMAIL.to_string()).expect("email");
+    let keys = bootstrap_gcp::iam::list_keys(&http, &project, &email, true)
+        .await
+        .expect("list keys");
+    assert_eq!(keys.len(), 1, "exactly one user-managed key: {keys:?}");
 
     let transcript = w.transcript.lock().expect("transcript").clone();
     testkit::assert_no_secret(
         &[AUTH_STRING, "admin:not-the-password"],
         &[("output", &transcript)],
     );
-    // Whatever that failed apply created on the real server is cleaned up.
     let (r, _) = run_against(
         &mut w,
         &server,
