@@ -156,3 +156,187 @@ pub fn set_line(plan: &str, key: &str, value: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+// ---- Reliability suite helpers (tests/reliability_*.rs) ----
+
+/// The service account of [`light_plan`].
+pub const LIGHT_SA: &str = "prefect-reliability";
+
+/// A plan with the guide's service account, roles, key, credentials block and work pool but no
+/// worker service and no deployments: light enough to cycle many times. `suffix` keeps the
+/// Prefect names apart on the shared server.
+pub fn light_plan(project: &str, suffix: &str) -> String {
+    format!(
+        r#"version: 1
+gcp:
+  project: {project}
+  region: us-central1
+service_account:
+  name: {LIGHT_SA}
+  display_name: {LIGHT_SA}
+  description: reliability suite
+  roles: [roles/iam.serviceAccountUser, roles/run.admin]
+  key: json
+prefect:
+  api_url: "{{{{ env.PREFECT_API_URL }}}}"
+  api_key: "{{{{ env.PREFECT_API_KEY | default(value='') }}}}"
+credentials_block:
+  name: creds-{suffix}
+work_pool:
+  name: pool-{suffix}
+  type: cloud-run-v2
+"#
+    )
+}
+
+/// The email of [`LIGHT_SA`] in `project`.
+pub fn light_email(project: &str) -> String {
+    format!("{LIGHT_SA}@{project}.iam.gserviceaccount.com")
+}
+
+/// A suffix for Prefect names that is unique and valid in every name the plan builds.
+pub fn suffix(prefix: &str) -> String {
+    testkit::unique_name(prefix).replace('_', "-")
+}
+
+/// Whether the heavy variant runs (`BOOTSTRAP_RELIABILITY_FULL=1`).
+pub fn reliability_full() -> bool {
+    std::env::var("BOOTSTRAP_RELIABILITY_FULL").is_ok_and(|v| v == "1")
+}
+
+/// `full` with `BOOTSTRAP_RELIABILITY_FULL=1`, else `reduced`.
+pub fn count(full: usize, reduced: usize) -> usize {
+    if reliability_full() { full } else { reduced }
+}
+
+/// Runs the binary from inside a multi-threaded tokio test.
+pub fn run_in(w: &World, args: &[&str], code: i32) -> Run {
+    tokio::task::block_in_place(|| w.expect(args, code))
+}
+
+/// What the sandbox and the Prefect server hold of a [`light_plan`] deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Footprint {
+    /// Whether the service account exists.
+    pub account: bool,
+    /// Ids of its keys (the sandbox's own state: no faults, no eventual consistency).
+    pub keys: Vec<String>,
+    /// Project roles the account holds, sorted, one entry per binding that names it.
+    pub roles: Vec<String>,
+    /// The block's `private_key_id`, when the block exists (`Some(None)`: block without key).
+    pub block_key: Option<Option<String>>,
+    /// Whether the work pool exists.
+    pub pool: bool,
+}
+
+impl Footprint {
+    /// Nothing left.
+    pub fn is_empty(&self) -> bool {
+        !self.account
+            && self.keys.is_empty()
+            && self.roles.is_empty()
+            && self.block_key.is_none()
+            && !self.pool
+    }
+}
+
+/// A Prefect client for the shared server.
+pub fn prefect_client(url: &str) -> bootstrap_prefect::PrefectClient {
+    bootstrap_prefect::PrefectClient::new(
+        bootstrap_prefect::PrefectConfig::for_url(url).expect("prefect url"),
+    )
+    .expect("prefect client")
+}
+
+/// Reads the footprint of `light_plan(project, suffix)`. The block is read with its secrets, but
+/// only the key id leaves this function.
+pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
+    let email = light_email(project);
+    let member = format!("serviceAccount:{email}");
+    let (account, keys, roles) = {
+        let data = w.sandbox.state.read();
+        let account = data.service_accounts.contains_key(&email);
+        let keys: Vec<String> = data
+            .keys
+            .values()
+            .filter(|k| k.email == email)
+            .map(|k| k.id.clone())
+            .collect();
+        let mut roles: Vec<String> = data
+            .project(project)
+            .map(|p| {
+                p.policy
+                    .bindings
+                    .iter()
+                    .filter(|b| b.members.iter().any(|m| m == &member))
+                    .map(|b| b.role.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        roles.sort();
+        (account, keys, roles)
+    };
+    let prefect = prefect_client(&w.prefect_url);
+    let block_key = prefect
+        .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
+        .await
+        .expect("read block")
+        .map(|b| {
+            b.data.expose()["service_account_info"]["private_key_id"]
+                .as_str()
+                .map(str::to_owned)
+        });
+    let pool = prefect
+        .work_pool(&format!("pool-{suffix}"))
+        .await
+        .expect("read pool")
+        .is_some();
+    Footprint {
+        account,
+        keys,
+        roles,
+        block_key,
+        pool,
+    }
+}
+
+/// The private key the block of `light_plan(.., suffix)` holds (for secret scans; never print).
+pub async fn block_private_key(w: &World, suffix: &str) -> Option<String> {
+    prefect_client(&w.prefect_url)
+        .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
+        .await
+        .expect("read block")
+        .and_then(|b| {
+            b.data.expose()["service_account_info"]["private_key"]
+                .as_str()
+                .map(str::to_owned)
+        })
+}
+
+/// Asserts the converged footprint: one account, one key which the block uses, the plan's two
+/// roles once each, the pool.
+pub fn assert_converged(f: &Footprint, context: &str) {
+    assert!(f.account, "{context}: no service account: {f:?}");
+    assert_eq!(f.keys.len(), 1, "{context}: want exactly one key: {f:?}");
+    assert_eq!(
+        f.block_key,
+        Some(Some(f.keys[0].clone())),
+        "{context}: the block must use the live key: {f:?}"
+    );
+    assert_eq!(
+        f.roles,
+        vec!["roles/iam.serviceAccountUser", "roles/run.admin"],
+        "{context}: roles: {f:?}"
+    );
+    assert!(f.pool, "{context}: no work pool: {f:?}");
+}
+
+/// Records a scenario's counts in `target/tmp/reliability/<name>.json` (for RELIABILITY.md)
+/// and prints them.
+pub fn record(name: &str, counts: serde_json::Value) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+    let _ = std::fs::create_dir_all(&dir);
+    let text = serde_json::to_string_pretty(&counts).unwrap_or_default();
+    eprintln!("reliability {name}: {text}");
+    let _ = std::fs::write(dir.join(format!("{name}.json")), text);
+}

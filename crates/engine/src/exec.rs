@@ -144,7 +144,7 @@ pub async fn run(
         }
         Op::CreateKey { email } => {
             let email = parse("email", email, ServiceAccountEmail::parse)?;
-            let created = iam::create_key(http, project, &email).await.map_err(|e| {
+            let created = create_key_safely(http, project, &email).await.map_err(|e| {
                 if e.is_key_creation_forbidden() {
                     anyhow!(e).context(
                         "an organization policy forbids service account keys \
@@ -309,6 +309,52 @@ pub async fn run(
                 .with_context(|| format!("deployment {flow}/{name} has an invalid id"))?;
             Ok(ctx.prefect.delete_deployment(id).await?)
         }
+    }
+}
+
+/// Whether a failed write may still have been carried out by the server: the answer was lost
+/// (dropped connection, timeout) or was a 500/502/504, which Google may send after acting.
+fn may_have_acted(e: &GcpError) -> bool {
+    matches!(e, GcpError::Network { .. } | GcpError::Timeout { .. })
+        || matches!(e.http_code(), Some(500 | 502 | 504))
+}
+
+/// Creates a key without leaving unusable ones behind. Key creation is not idempotent and the
+/// private half comes only in the answer, so the HTTP layer does not repeat it. When an attempt
+/// fails in a way that may have reached the server, any key that appeared since the attempt
+/// began can never be used: it is deleted and creation is tried again, a bounded number of
+/// times with jittered backoff. (Found by the reliability suite: one dropped connection on
+/// `keys.create` used to fail the whole apply.)
+async fn create_key_safely(
+    http: &bootstrap_gcp::GcpHttp,
+    project: &ProjectId,
+    email: &ServiceAccountEmail,
+) -> Result<iam::CreatedKey, GcpError> {
+    let policy = bootstrap_gcp::RetryPolicy {
+        max_attempts: 4,
+        ..bootstrap_gcp::RetryPolicy::default()
+    };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let before: Vec<String> = iam::list_keys(http, project, email, true)
+            .await?
+            .iter()
+            .map(|k| k.key_id().to_string())
+            .collect();
+        let err = match iam::create_key(http, project, email).await {
+            Ok(created) => return Ok(created),
+            Err(e) if attempt < policy.max_attempts && may_have_acted(&e) => e,
+            Err(e) => return Err(e),
+        };
+        tracing::warn!("creating a key of {email} may have half succeeded ({err}); retrying");
+        for k in iam::list_keys(http, project, email, true).await? {
+            if !before.iter().any(|id| id == k.key_id()) {
+                iam::delete_key(http, project, email, k.key_id()).await?;
+            }
+        }
+        let delay = policy.delay(attempt - 1, None, &mut rand::rng());
+        tokio::time::sleep(delay).await;
     }
 }
 

@@ -189,7 +189,10 @@ pub async fn create_service_account(
         Api::Iam,
         path,
     )
-    .body(json!({ "accountId": account_id.as_str(), "serviceAccount": sa }));
+    .body(json!({ "accountId": account_id.as_str(), "serviceAccount": sa }))
+    // Safe to repeat after a lost answer: the repeat gets 409 ALREADY_EXISTS, which callers
+    // adopt (the engine does), instead of the apply failing on one dropped connection.
+    .idempotent();
     http.send(call).await
 }
 
