@@ -340,3 +340,49 @@ pub fn record(name: &str, counts: serde_json::Value) {
     eprintln!("reliability {name}: {text}");
     let _ = std::fs::write(dir.join(format!("{name}.json")), text);
 }
+
+impl World {
+    /// `bootstrap <args>` with this world's environment, not started (for tests that kill or
+    /// race the process). Its output is not in the transcript.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let home = self.dir.path().join("home");
+        std::fs::create_dir_all(&home).ok();
+        let mut cmd = Command::new(bin());
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .env("NO_COLOR", "1")
+            .env("BOOTSTRAP_GCP_ENDPOINT", &self.sandbox.url)
+            .env(
+                "GOOGLE_APPLICATION_CREDENTIALS",
+                &self.sandbox.operator_key_path,
+            )
+            .env("PREFECT_API_URL", &self.prefect_url);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Adds a finished process's output to the transcript.
+    pub fn note(&self, what: &str, out: &Output) {
+        let mut t = self.transcript.lock().unwrap();
+        t.push_str(&format!(
+            "$ {what}\n{}\n{}\n",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+}
+
+/// Asserts that the block of `f`, if it holds a key, holds one of the account's live keys.
+pub fn assert_block_key_live(f: &Footprint, context: &str) {
+    if let Some(Some(id)) = &f.block_key {
+        assert!(
+            f.keys.contains(id),
+            "{context}: the block points at deleted key {id}: {f:?}"
+        );
+    }
+}

@@ -135,12 +135,11 @@ fn has(
 pub(super) fn bindings(b: &mut Builder) {
     let (project, on_account) = wanted_bindings(b);
     let member = b.spec.service_account.email.member();
-    let sa_created = b.planned(&addr::service_account(b.spec));
-    let new_accounts = if sa_created {
-        vec![b.spec.service_account.email.to_string()]
-    } else {
-        vec![]
-    };
+    // Our account may be seconds old even when this run does not create it: an apply killed
+    // right after creating it leaves the next apply to bind it, and IAM may still answer "does
+    // not exist" (found by the reliability crash test). It exists (observed) or is created by
+    // this run, so such an answer can only be propagation: always allow the grace.
+    let new_accounts = vec![b.spec.service_account.email.to_string()];
 
     // Project level: add what is missing. With least privilege, a project-wide
     // serviceAccountUser of ours is removed (only ours: never other members).

@@ -262,6 +262,25 @@ fn removed_role_is_repaired_and_foreign_members_are_untouched() {
     }
 }
 
+/// Regression (reliability crash test): an apply killed right after creating the account
+/// leaves binding it to the next apply, which must still wait out IAM's "does not exist".
+#[test]
+fn binding_an_existing_account_allows_the_new_account_grace() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.project_bindings.clear();
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let edit = p
+        .steps
+        .iter()
+        .find_map(|st| match &st.op {
+            Op::EditProjectPolicy { new_accounts, .. } => Some(new_accounts.clone()),
+            _ => None,
+        })
+        .expect("a project policy edit");
+    assert_eq!(edit, vec![s.service_account.email.to_string()]);
+}
+
 #[test]
 fn missing_key_makes_a_new_one_and_orphans_the_rest() {
     let s = spec();
