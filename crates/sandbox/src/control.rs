@@ -6,6 +6,8 @@
 //!   "disableKeyCreation"}`, each optional;
 //! - `POST /_sandbox/org-policy` — `{"disableKeyCreation": bool, "project"?: id}`;
 //! - `POST /_sandbox/operations/finish` — every pending operation completes now;
+//! - `GET /_sandbox/calls` — Google calls per discovery method id, and their total (the token
+//!   endpoint is not counted); `DELETE /_sandbox/calls` resets the counts;
 //! - `GET /_sandbox/denied` — the log of calls denied by authorization;
 //! - `GET /_sandbox/state` — a dump (no tokens, no secret payloads, no private keys).
 
@@ -29,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/_sandbox/settings", get(get_settings).post(set_settings))
         .route("/_sandbox/org-policy", post(org_policy))
         .route("/_sandbox/operations/finish", post(finish_operations))
+        .route("/_sandbox/calls", get(calls).delete(reset_calls))
         .route("/_sandbox/denied", get(denied))
         .route("/_sandbox/state", get(dump))
 }
@@ -120,6 +123,17 @@ async fn org_policy(State(state): State<AppState>, Json(body): Json<Value>) -> R
 
 async fn finish_operations(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "finished": operations::finish_all_now(&state) }))
+}
+
+async fn calls(State(state): State<AppState>) -> Json<Value> {
+    let calls = state.faults.calls();
+    let total: u64 = calls.values().sum();
+    Json(json!({ "calls": calls, "total": total }))
+}
+
+async fn reset_calls(State(state): State<AppState>) -> StatusCode {
+    state.faults.reset_calls();
+    StatusCode::NO_CONTENT
 }
 
 async fn denied(State(state): State<AppState>) -> Json<Value> {

@@ -11,6 +11,7 @@
 //! - `method:<id>=0.5`: a rate for one method, by discovery id (`iam.projects.serviceAccounts.create`)
 //!   or the short form without `projects.`/`locations.` (`iam.serviceAccounts.create`).
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -188,9 +189,11 @@ pub struct Decision {
     pub fault: Option<Kind>,
 }
 
-/// The injector: the spec and its seeded RNG.
+/// The injector: the spec and its seeded RNG, and how often each method was called (every
+/// Google call passes [`Faults::decide`] exactly once, so benchmarks count calls here).
 pub struct Faults {
     inner: Mutex<(FaultSpec, StdRng, u64)>,
+    calls: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Faults {
@@ -199,7 +202,18 @@ impl Faults {
         let rng = StdRng::seed_from_u64(spec.seed);
         Faults {
             inner: Mutex::new((spec, rng, 0)),
+            calls: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Calls per discovery method id since start or the last [`Faults::reset_calls`].
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Forgets the call counts.
+    pub fn reset_calls(&self) {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Replaces the spec and reseeds.
@@ -225,6 +239,12 @@ impl Faults {
 
     /// Decides the fate of one call to `method_id`.
     pub fn decide(&self, method_id: &str) -> Decision {
+        *self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(method_id.to_owned())
+            .or_default() += 1;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let (spec, rng, count) = &mut *inner;
         let rate = spec.rate_for(method_id);
@@ -314,6 +334,19 @@ mod tests {
         let first = run();
         assert_eq!(first, run());
         assert!(first.iter().any(Option::is_some) && first.iter().any(Option::is_none));
+    }
+
+    #[test]
+    fn counts_calls_per_method() {
+        let faults = Faults::new(FaultSpec::default());
+        for id in ["a.get", "a.get", "b.create"] {
+            faults.decide(id);
+        }
+        let calls = faults.calls();
+        assert_eq!(calls.get("a.get"), Some(&2));
+        assert_eq!(calls.get("b.create"), Some(&1));
+        faults.reset_calls();
+        assert!(faults.calls().is_empty());
     }
 
     #[test]
