@@ -1,0 +1,278 @@
+//! The results: one JSON document and a table, each target with met / not met.
+
+use serde::Serialize;
+
+use crate::lifecycle::Lifecycle;
+use crate::stats::Summary;
+use crate::worker::WorkerFigures;
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    /// Logical CPUs.
+    pub nproc: usize,
+    /// Total memory, MB.
+    pub memory_mb: f64,
+    /// CPU model name.
+    pub cpu_model: String,
+    /// 1-minute load average at the start (shared machines are noisy).
+    pub load_average: String,
+}
+
+impl Machine {
+    /// Reads /proc.
+    pub fn detect() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("model name")?
+                    .split_once(':')
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        let memory_mb = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map(|kb| kb / 1024.0)
+            .unwrap_or(0.0);
+        Machine {
+            nproc: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            memory_mb,
+            cpu_model,
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        }
+    }
+}
+
+/// One target and whether this run met it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// What is measured.
+    pub name: String,
+    /// The goal, in words.
+    pub goal: String,
+    /// The figure, in words.
+    pub value: String,
+    /// `None` when it could not be measured.
+    pub met: Option<bool>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// `quick` or `full`.
+    pub mode: String,
+    /// When the run started (UTC, RFC 3339).
+    pub started: String,
+    /// The machine.
+    pub machine: Machine,
+    /// `bootstrap validate` wall time, ms.
+    pub startup_ms: Option<Summary>,
+    /// plan / apply / no-op plan.
+    pub lifecycle: Option<Lifecycle>,
+    /// The workers, side by side.
+    pub workers: Vec<WorkerFigures>,
+    /// The targets.
+    pub targets: Vec<Target>,
+    /// Sections that broke (the harness or the tool failed), with the error.
+    pub errors: Vec<String>,
+}
+
+fn fmt_opt(v: Option<f64>, unit: &str, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$} {unit}"))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+/// Fills `targets` from the figures.
+pub fn evaluate(r: &mut Results) {
+    let mut t = Vec::new();
+    let ms = r.startup_ms.as_ref().map(|s| s.p50);
+    t.push(Target {
+        name: "CLI start-up (validate, p50)".into(),
+        goal: "< 20 ms".into(),
+        value: fmt_opt(ms, "ms", 1),
+        met: ms.map(|m| m < 20.0),
+    });
+    let l = r.lifecycle.as_ref();
+    t.push(Target {
+        name: "no-op plan".into(),
+        goal: "<= 3 round trips of latency".into(),
+        value: l
+            .map(|l| {
+                format!(
+                    "{:.2} round trips ({:.3} s)",
+                    l.noop_round_trips, l.noop_plan.seconds
+                )
+            })
+            .unwrap_or_else(|| "n/a".into()),
+        met: l.map(|l| l.noop_round_trips <= 3.0),
+    });
+    t.push(Target {
+        name: "apply / critical path".into(),
+        goal: "<= 1.25x".into(),
+        value: l
+            .map(|l| {
+                format!(
+                    "{:.2}x ({:.2} s / {:.2} s)",
+                    l.apply_ratio, l.apply.seconds, l.critical_path.seconds
+                )
+            })
+            .unwrap_or_else(|| "n/a".into()),
+        met: l.map(|l| l.apply_ratio <= 1.25),
+    });
+    let ours = r.workers.iter().find(|w| w.name == "bootstrap worker");
+    let idle = ours.and_then(|w| w.idle).map(|u| u.rss_mb);
+    t.push(Target {
+        name: "worker idle RSS".into(),
+        goal: "< 15 MB".into(),
+        value: fmt_opt(idle, "MB", 1),
+        met: idle.map(|m| m < 15.0),
+    });
+    let p50 = ours.and_then(|w| w.pickup.as_ref()).map(|s| s.p50);
+    t.push(Target {
+        name: "worker pickup p50".into(),
+        goal: "< 0.5 s".into(),
+        value: fmt_opt(p50, "s", 3),
+        met: p50.map(|p| p < 0.5),
+    });
+    let py = r
+        .workers
+        .iter()
+        .find(|w| w.name.starts_with("prefect worker (process)"));
+    let rate = |w: Option<&WorkerFigures>| {
+        w.and_then(|w| w.throughput.as_ref())
+            .map(|t| t.runs_per_second)
+    };
+    let ratio = match (rate(ours), rate(py)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    t.push(Target {
+        name: "worker throughput vs Python".into(),
+        goal: ">= 10x".into(),
+        value: match (rate(ours), rate(py), ratio) {
+            (Some(a), Some(b), Some(x)) => format!("{x:.1}x ({a:.2} vs {b:.2} runs/s)"),
+            _ => "n/a".into(),
+        },
+        met: ratio.map(|x| x >= 10.0),
+    });
+    r.targets = t;
+}
+
+/// The human table.
+pub fn table(r: &Results) -> String {
+    let mut o = String::new();
+    let m = &r.machine;
+    o.push_str(&format!(
+        "bootstrap benchmarks ({} mode) on {} CPUs, {:.0} MB, {} (load {})\n\n",
+        r.mode, m.nproc, m.memory_mb, m.cpu_model, m.load_average
+    ));
+    if let Some(s) = &r.startup_ms {
+        o.push_str(&format!(
+            "CLI start-up  bootstrap validate -f plans/guide.yaml: p50 {:.1} ms, p95 {:.1} ms (n={})\n\n",
+            s.p50, s.p95, s.n
+        ));
+    }
+    if let Some(l) = &r.lifecycle {
+        o.push_str(&format!(
+            "plan/apply of the guide (latency {:.0} ms per Google call, operations {:.1} s, Prefect round trip {:.1} ms)\n",
+            l.latency * 1000.0,
+            l.op_delay,
+            l.prefect_rtt * 1000.0
+        ));
+        o.push_str(&format!(
+            "  {:<22}{:>10}{:>12}{:>16}\n",
+            "command", "wall s", "API calls", "vs floor"
+        ));
+        o.push_str(&format!(
+            "  {:<22}{:>10.2}{:>12}{:>16}\n",
+            format!("plan ({} steps)", l.plan_steps),
+            l.plan.seconds,
+            l.plan.calls,
+            ""
+        ));
+        o.push_str(&format!(
+            "  {:<22}{:>10.2}{:>12}{:>16}\n",
+            "apply",
+            l.apply.seconds,
+            l.apply.calls,
+            format!("{:.2}x of {:.2} s", l.apply_ratio, l.critical_path.seconds)
+        ));
+        o.push_str(&format!(
+            "  {:<22}{:>10.3}{:>12}{:>16}\n",
+            "plan (no changes)",
+            l.noop_plan.seconds,
+            l.noop_plan.calls,
+            format!("{:.2} round trips", l.noop_round_trips)
+        ));
+        let chain: Vec<String> = l
+            .critical_path
+            .chain
+            .iter()
+            .map(|s| format!("{} {:.2}s", s.address, s.seconds))
+            .collect();
+        o.push_str(&format!(
+            "  critical path: observe {:.2}s -> {}\n\n",
+            l.critical_path.observe_seconds,
+            chain.join(" -> ")
+        ));
+    }
+    if !r.workers.is_empty() {
+        o.push_str(&format!(
+            "  {:<34}{:>9}{:>9}{:>10}{:>10}{:>14}{:>10}{:>10}\n",
+            "worker",
+            "idle MB",
+            "idle CPU",
+            "pickup50",
+            "pickup95",
+            "runs/s (n)",
+            "peak MB",
+            "burst CPU"
+        ));
+        for w in &r.workers {
+            let t = w.throughput.as_ref();
+            o.push_str(&format!(
+                "  {:<34}{:>9}{:>9}{:>10}{:>10}{:>14}{:>10}{:>10}\n",
+                w.name,
+                fmt_opt(w.idle.map(|u| u.rss_mb), "", 1).trim(),
+                fmt_opt(w.idle.map(|u| u.cpu_seconds), "", 2).trim(),
+                fmt_opt(w.pickup.as_ref().map(|s| s.p50), "", 3).trim(),
+                fmt_opt(w.pickup.as_ref().map(|s| s.p95), "", 3).trim(),
+                t.map(|t| format!("{:.2} ({}/{})", t.runs_per_second, t.started, t.queued))
+                    .unwrap_or_else(|| "n/a".into()),
+                fmt_opt(t.map(|t| t.peak_rss_mb), "", 1).trim(),
+                fmt_opt(t.map(|t| t.cpu_seconds), "", 2).trim(),
+            ));
+            for n in &w.notes {
+                o.push_str(&format!("      note: {n}\n"));
+            }
+        }
+        o.push('\n');
+    }
+    o.push_str("targets\n");
+    for t in &r.targets {
+        let mark = match t.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        };
+        o.push_str(&format!(
+            "  {:<32} goal {:<28} {:<40} {mark}\n",
+            t.name, t.goal, t.value
+        ));
+    }
+    for e in &r.errors {
+        o.push_str(&format!("error: {e}\n"));
+    }
+    o
+}

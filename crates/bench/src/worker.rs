@@ -1,0 +1,428 @@
+//! The worker benchmarks: pickup latency (flow run created → PENDING, both server timestamps),
+//! submission throughput (N queued runs → N executions started, as the fake flow logs them),
+//! memory and CPU; for `bootstrap worker` and, side by side, Prefect's Python worker.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, anyhow};
+use chrono::{DateTime, Utc};
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::env::{Env, wait_for};
+use crate::procs::{self, Proc, Usage};
+use crate::stats::{self, Summary};
+
+/// Which worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `bootstrap worker` on the guide's Cloud Run pool (jobs in the sandbox).
+    Bootstrap,
+    /// `prefect worker start -t process`.
+    PythonProcess,
+    /// `prefect worker start -t cloud-run-v2` (idle only: it cannot reach the sandbox).
+    PythonCloudRunV2,
+}
+
+/// Throughput of one burst.
+#[derive(Debug, Clone, Serialize)]
+pub struct Throughput {
+    /// Runs queued before the worker started.
+    pub queued: usize,
+    /// Executions that started within the deadline.
+    pub started: usize,
+    /// Worker start → first execution, seconds.
+    pub first_seconds: Option<f64>,
+    /// Worker start → last execution, seconds.
+    pub last_seconds: Option<f64>,
+    /// started / last_seconds.
+    pub runs_per_second: f64,
+    /// Whether the deadline ended the burst early.
+    pub timed_out: bool,
+    /// Peak RSS during the burst, MB.
+    pub peak_rss_mb: f64,
+    /// CPU seconds the worker spent on the burst.
+    pub cpu_seconds: f64,
+}
+
+/// The figures of one worker.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerFigures {
+    /// Name for the table.
+    pub name: String,
+    /// Idle RSS and CPU after start-up.
+    pub idle: Option<Usage>,
+    /// Seconds from launch until the server saw its first heartbeat.
+    pub online_seconds: Option<f64>,
+    /// Pickup latency, seconds.
+    pub pickup: Option<Summary>,
+    /// The burst.
+    pub throughput: Option<Throughput>,
+    /// What could not be measured, and why.
+    pub notes: Vec<String>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+fn parse_time(v: Option<&Value>) -> Option<DateTime<Utc>> {
+    v?.as_str()?.parse::<DateTime<Utc>>().ok()
+}
+
+/// Flow run id → first start time (unix seconds) from the fake flow's log.
+pub fn read_started(text: &str) -> BTreeMap<Uuid, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(t), Some(id)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(t), Ok(id)) = (t.parse::<f64>(), Uuid::parse_str(id)) else {
+            continue;
+        };
+        out.entry(id).or_insert(t);
+    }
+    out
+}
+
+/// Creates a flow run of a deployment; returns its id.
+pub async fn create_run(env: &Env, deployment: Uuid) -> Result<Uuid> {
+    let v = env
+        .prefect(
+            Method::POST,
+            &format!("/deployments/{deployment}/create_flow_run"),
+            Some(&json!({})),
+        )
+        .await?;
+    v.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| anyhow!("create_flow_run answered without an id"))
+}
+
+/// Seconds from the run's creation to its first PENDING state, once it has one.
+async fn pickup_seconds(env: &Env, run: Uuid) -> Result<Option<f64>> {
+    let r = env
+        .prefect(Method::GET, &format!("/flow_runs/{run}"), None)
+        .await?;
+    let created =
+        parse_time(r.get("created")).ok_or_else(|| anyhow!("flow run without `created`"))?;
+    let states = env
+        .prefect(
+            Method::GET,
+            &format!("/flow_run_states/?flow_run_id={run}"),
+            None,
+        )
+        .await?;
+    let pending = states
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s.get("type").and_then(Value::as_str) == Some("PENDING"))
+        .filter_map(|s| parse_time(s.get("timestamp")))
+        .min();
+    Ok(pending.map(|p| (p - created).num_microseconds().unwrap_or(0) as f64 / 1e6))
+}
+
+/// The deployment's id, by `flow/deployment`.
+pub async fn deployment_id(env: &Env, flow: &str, name: &str) -> Result<Uuid> {
+    let v = env
+        .prefect(
+            Method::GET,
+            &format!("/deployments/name/{flow}/{name}"),
+            None,
+        )
+        .await
+        .with_context(|| format!("reading deployment {flow}/{name}"))?;
+    v.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| anyhow!("deployment {flow}/{name} has no id"))
+}
+
+/// Creates a pool with Prefect's CLI (which knows each type's default job template).
+pub fn create_pool_cli(env: &Env, name: &str, pool_type: &str) -> Result<()> {
+    let out = python_cmd(
+        env,
+        "prefect",
+        &["work-pool", "create", name, "--type", pool_type],
+    )
+    .output()
+    .context("running `prefect work-pool create`")?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "prefect work-pool create {name} --type {pool_type} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// A command from the venv with the Prefect settings of this run.
+fn python_cmd(env: &Env, program: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env.venv.join("bin").join(program));
+    cmd.args(args)
+        .current_dir(&env.work)
+        .env("PREFECT_API_URL", &env.prefect_url)
+        .env("PREFECT_HOME", env.work.join("prefect-home"))
+        .env("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        .env_remove("PREFECT_API_KEY");
+    cmd
+}
+
+/// A deployment in the process pool whose "flow" is the fake flow.
+pub async fn process_deployment(env: &Env, pool: &str, fake_flow: &str) -> Result<Uuid> {
+    let flow = env
+        .prefect(
+            Method::POST,
+            "/flows/",
+            Some(&json!({"name": "bench-fake-flow"})),
+        )
+        .await?;
+    let flow_id = flow
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| anyhow!("flow without id"))?;
+    let body = json!({
+        "name": format!("{pool}-deploy"),
+        "flow_id": flow_id,
+        "work_pool_name": pool,
+        "work_queue_name": "default",
+        "entrypoint": "fake.py:fake",
+        "job_variables": {
+            "command": fake_flow,
+            "env": {"BENCH_STARTED_LOG": env.started_log.to_string_lossy()},
+        },
+    });
+    let d = env
+        .prefect(Method::POST, "/deployments/", Some(&body))
+        .await?;
+    d.get("id")
+        .and_then(Value::as_str)
+        .and_then(|s| Uuid::parse_str(s).ok())
+        .ok_or_else(|| anyhow!("deployment without id"))
+}
+
+/// Starts a worker of `kind` on `pool` under `name`.
+pub fn start(env: &Env, kind: Kind, pool: &str, name: &str) -> Result<Proc> {
+    let log = env.work.join(format!("{name}.log"));
+    let cmd = match kind {
+        Kind::Bootstrap => {
+            let mut c = env.bootstrap_cmd(&["worker", "-p", pool, "--name", name]);
+            c.env("RUST_LOG", "warn");
+            c
+        }
+        Kind::PythonProcess => python_cmd(
+            env,
+            "prefect",
+            &["worker", "start", "-p", pool, "-t", "process", "-n", name],
+        ),
+        Kind::PythonCloudRunV2 => python_cmd(
+            env,
+            "prefect",
+            &[
+                "worker",
+                "start",
+                "-p",
+                pool,
+                "-t",
+                "cloud-run-v2",
+                "-n",
+                name,
+            ],
+        ),
+    };
+    Proc::spawn(name, cmd, &log)
+}
+
+/// Waits until the server has a heartbeat from worker `name` of `pool` (90 s at most).
+pub async fn wait_online(env: &Env, pool: &str, name: &str, proc: &mut Proc) -> Result<()> {
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        proc.check_alive()?;
+        let v = env
+            .prefect(
+                Method::POST,
+                &format!("/work_pools/{pool}/workers/filter"),
+                Some(&json!({})),
+            )
+            .await?;
+        let seen = v.as_array().into_iter().flatten().any(|w| {
+            w.get("name").and_then(Value::as_str) == Some(name)
+                && w.get("last_heartbeat_time").is_some_and(|t| !t.is_null())
+        });
+        if seen {
+            return Ok(());
+        }
+        if Instant::now() >= end {
+            return Err(anyhow!("worker {name} sent no heartbeat within 90 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Starts a worker, waits for its heartbeat and then `settle`, and samples its idle usage.
+pub async fn start_idle(
+    env: &Env,
+    kind: Kind,
+    pool: &str,
+    name: &str,
+    settle: Duration,
+) -> Result<(Proc, f64, Usage)> {
+    let t = Instant::now();
+    let mut p = start(env, kind, pool, name)?;
+    wait_online(env, pool, name, &mut p).await?;
+    let online = t.elapsed().as_secs_f64();
+    tokio::time::sleep(settle).await;
+    p.check_alive()?;
+    let u = procs::usage(p.pid())?;
+    Ok((p, online, u))
+}
+
+/// `k` runs created `spacing` apart (off any poll rhythm), each timed to PENDING.
+pub async fn pickup(
+    env: &Env,
+    deployment: Uuid,
+    k: usize,
+    spacing: Duration,
+    deadline: Duration,
+) -> Result<(Summary, Vec<Uuid>)> {
+    let mut runs = Vec::with_capacity(k);
+    for i in 0..k {
+        if i > 0 {
+            // ±30 % so that runs do not line up with a fixed poll interval.
+            let jitter = rand::random_range(0.7..1.3);
+            tokio::time::sleep(spacing.mul_f64(jitter)).await;
+        }
+        runs.push(create_run(env, deployment).await?);
+    }
+    let mut samples = Vec::new();
+    let end = Instant::now() + deadline;
+    for run in &runs {
+        let left = end
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        let run = *run;
+        let s = wait_for(
+            "a run to be picked up",
+            left,
+            Duration::from_millis(200),
+            || async move { pickup_seconds(env, run).await },
+        )
+        .await?;
+        samples.push(s);
+    }
+    let summary = stats::summarize(&samples).ok_or_else(|| anyhow!("no pickups"))?;
+    Ok((summary, runs))
+}
+
+/// Waits until every run in `runs` has a line in the fake flow's log.
+pub async fn wait_started(
+    env: &Env,
+    runs: &[Uuid],
+    deadline: Duration,
+) -> Result<BTreeMap<Uuid, f64>> {
+    let want: BTreeSet<Uuid> = runs.iter().copied().collect();
+    let end = Instant::now() + deadline;
+    loop {
+        let text = std::fs::read_to_string(&env.started_log).unwrap_or_default();
+        let seen: BTreeMap<Uuid, f64> = read_started(&text)
+            .into_iter()
+            .filter(|(id, _)| want.contains(id))
+            .collect();
+        if seen.len() == want.len() || Instant::now() >= end {
+            return Ok(seen);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Queues `n` runs (the worker must be stopped), starts a worker, and measures until all `n`
+/// executions started or `deadline`.
+pub async fn burst(
+    env: &Env,
+    kind: Kind,
+    pool: &str,
+    name: &str,
+    deployment: Uuid,
+    n: usize,
+    deadline: Duration,
+) -> Result<Throughput> {
+    // Queue with a few requests in flight: 500 one by one would take long on a busy server.
+    let mut runs = Vec::with_capacity(n);
+    let ids: Vec<usize> = (0..n).collect();
+    for chunk in ids.chunks(8) {
+        let made = futures::future::try_join_all(chunk.iter().map(|_| create_run(env, deployment)))
+            .await?;
+        runs.extend(made);
+    }
+    let t0 = unix_now();
+    let start_at = Instant::now();
+    let mut p = start(env, kind, pool, name)?;
+    let cpu0 = procs::usage(p.pid()).map(|u| u.cpu_seconds).unwrap_or(0.0);
+    let want: BTreeSet<Uuid> = runs.iter().copied().collect();
+    let mut peak = 0.0f64;
+    let mut last = Usage::default();
+    let mut timed_out = false;
+    let seen = loop {
+        if let Ok(u) = procs::usage(p.pid()) {
+            peak = peak.max(u.hwm_mb);
+            last = u;
+        }
+        let text = std::fs::read_to_string(&env.started_log).unwrap_or_default();
+        let seen: BTreeMap<Uuid, f64> = read_started(&text)
+            .into_iter()
+            .filter(|(id, _)| want.contains(id))
+            .collect();
+        if seen.len() == want.len() {
+            break seen;
+        }
+        if start_at.elapsed() > deadline {
+            timed_out = true;
+            break seen;
+        }
+        p.check_alive()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    p.stop(Duration::from_secs(5));
+    let times: Vec<f64> = seen.values().map(|t| t - t0).collect();
+    let first = times.iter().copied().reduce(f64::min);
+    let lastt = times.iter().copied().reduce(f64::max);
+    Ok(Throughput {
+        queued: n,
+        started: seen.len(),
+        first_seconds: first,
+        last_seconds: lastt,
+        runs_per_second: match lastt {
+            Some(l) if l > 0.0 => seen.len() as f64 / l,
+            _ => 0.0,
+        },
+        timed_out,
+        peak_rss_mb: peak,
+        cpu_seconds: (last.cpu_seconds - cpu0).max(0.0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn started_log_keeps_first_start_and_skips_junk() {
+        let a = Uuid::new_v4();
+        let b = Uuid::new_v4();
+        let text = format!("10.5 {a}\n11.0 {b}\n12.0 {a}\nnot a line\n13 nope\n");
+        let m = read_started(&text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&a], 10.5);
+        assert_eq!(m[&b], 11.0);
+    }
+}
