@@ -24,7 +24,7 @@ fn healthy_worker_image() -> ImageRule {
         entrypoint: vec![
             "sh".into(),
             "-c".into(),
-            "exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"".into(),
+            "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"".into(),
             "worker".into(),
         ],
         cmd: vec![],

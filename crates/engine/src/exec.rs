@@ -433,7 +433,7 @@ async fn upsert_service(
             // Our own grants of a moment ago may not have reached Cloud Run yet.
             Err(e)
                 if granted
-                    && e.is_act_as_denied()
+                    && not_yet_propagated(&e)
                     && started.elapsed() + delay < GRANT_PROPAGATION =>
             {
                 tracing::info!("waiting for the new IAM grants to propagate ({e})");
@@ -447,6 +447,15 @@ async fn upsert_service(
             }
         }
     }
+}
+
+/// A denial that this apply's own grants of a moment ago will lift: `actAs` on the service
+/// account, or the revision's account not yet able to read the API-key secret (the create
+/// operation then fails with "Permission denied on secret").
+fn not_yet_propagated(e: &GcpError) -> bool {
+    e.is_act_as_denied()
+        || e.message()
+            .is_some_and(|m| m.contains("Permission denied on secret"))
 }
 
 async fn upsert_block(

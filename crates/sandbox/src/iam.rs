@@ -77,7 +77,7 @@ fn key_json(key: &SaKey, project: &str) -> Value {
         "validBeforeTime": key.valid_before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         "keyAlgorithm": "KEY_ALG_RSA_2048",
         "keyOrigin": "GOOGLE_PROVIDED",
-        "keyType": "USER_MANAGED",
+        "keyType": if key.system_managed { "SYSTEM_MANAGED" } else { "USER_MANAGED" },
     });
     if key.disabled {
         out["disabled"] = json!(true);
@@ -442,6 +442,7 @@ async fn create_key(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         valid_after: now,
         valid_before: now + Duration::days(365 * 100),
         disabled: false,
+        system_managed: false,
     };
     let mut out = key_json(&stored, &sa.project);
     out["privateKeyType"] = json!("TYPE_GOOGLE_CREDENTIALS_FILE");
@@ -470,18 +471,18 @@ fn list_keys(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             )));
         }
     }
-    // Every key the sandbox issues is user-managed; it has no system-managed keys.
-    let wants_user = types.is_empty() || types.iter().any(|t| *t != "SYSTEM_MANAGED");
+    // No filter (or KEY_TYPE_UNSPECIFIED) lists both kinds, as Google does.
+    let any = types.is_empty() || types.contains(&"KEY_TYPE_UNSPECIFIED");
+    let wants_user = any || types.contains(&"USER_MANAGED");
+    let wants_system = any || types.contains(&"SYSTEM_MANAGED");
     let data = ctx.state.read();
-    let keys: Vec<Value> = if wants_user {
-        data.keys
-            .values()
-            .filter(|k| k.email == sa.email)
-            .map(|k| key_json(k, &sa.project))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let keys: Vec<Value> = data
+        .keys
+        .values()
+        .filter(|k| k.email == sa.email)
+        .filter(|k| if k.system_managed { wants_system } else { wants_user })
+        .map(|k| key_json(k, &sa.project))
+        .collect();
     Ok(if keys.is_empty() {
         json!({})
     } else {

@@ -212,6 +212,7 @@ async fn ensure_operator_key(
                 valid_after: now,
                 valid_before: now + chrono::Duration::days(365 * 100),
                 disabled: false,
+            system_managed: false,
             },
         );
     }

@@ -128,6 +128,11 @@ pub struct SaKey {
     pub valid_before: DateTime<Utc>,
     /// Disabled keys cannot authenticate.
     pub disabled: bool,
+    /// A Google-managed key (the runtime identity of a Run container), listed as
+    /// `SYSTEM_MANAGED`: on Google the container gets such credentials from the metadata server,
+    /// never as a user-managed key.
+    #[serde(default)]
+    pub system_managed: bool,
 }
 
 /// An access token handed out by `/token`.

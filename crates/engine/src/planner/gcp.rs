@@ -385,7 +385,7 @@ pub(super) fn worker_service(b: &mut Builder) {
     };
     match &b.observed.service {
         None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view(&desired));
+            let changes = diff::changes(&Value::Null, &service::owned_view_for(&desired, worker));
             b.push(Step {
                 address,
                 action: Action::Create,
@@ -400,7 +400,10 @@ pub(super) fn worker_service(b: &mut Builder) {
             });
         }
         Some(live) => {
-            let changes = diff::changes(&service::owned_view(live), &service::owned_view(&desired));
+            let changes = diff::changes(
+                &service::owned_view_for(live, worker),
+                &service::owned_view_for(&desired, worker),
+            );
             let adopted = !service::is_marked(live);
             if changes.is_empty() {
                 b.unchanged(address);

@@ -132,6 +132,18 @@ pub fn owned_view(service: &Value) -> Value {
     })
 }
 
+/// [`owned_view`] for this plan: fields the plan leaves to the server's default (an unset
+/// `max_instances` becomes 100 on Cloud Run) are not the plan's to compare.
+pub fn owned_view_for(service: &Value, worker: &Worker) -> Value {
+    let mut view = owned_view(service);
+    if worker.max_instances.is_none()
+        && let Value::Object(map) = &mut view
+    {
+        map.remove("max_instances");
+    }
+    view
+}
+
 pub fn is_marked(service: &Value) -> bool {
     service
         .pointer(&format!("/labels/{}", MARKER_LABEL.0))

@@ -171,7 +171,8 @@ fn converged(s: &Spec) -> Observed {
     live["generation"] = json!("3");
     live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
     live["template"]["containers"][0]["name"] = json!("worker-1");
-    live["template"]["scaling"]["maxInstanceCount"] = serde_json::Value::Null;
+    // Cloud Run fills in its default when the plan sets none.
+    live["template"]["scaling"]["maxInstanceCount"] = json!(100);
     o.service = Some(live);
     let t = template::apply_defaults(s, &default_template(), Some(&template::block_ref("b-1")));
     o.work_pool = Some(observed::WorkPool {
