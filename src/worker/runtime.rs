@@ -508,7 +508,15 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                 StateType::Cancelling => cancel_run(&shared, run.id).await,
                 StateType::Pending => {
                     let state = run.state.as_ref();
-                    if state.and_then(|s| s.message.as_deref()) == Some(mine.as_str()) {
+                    let in_flight = shared
+                        .in_flight
+                        .lock()
+                        .map(|m| m.contains_key(&run.id))
+                        .unwrap_or(true);
+                    if !in_flight
+                        && state.and_then(|s| s.message.as_deref()) == Some(mine.as_str())
+                        && submit::adoptable(&shared.client, run.id, state.and_then(|s| s.id)).await
+                    {
                         let since = state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now);
                         shared.start(run, Claim::Adopted(since));
                     }

@@ -126,6 +126,10 @@ pub(crate) async fn handle(
             match client.set_flow_run_state(id, &state, false).await {
                 // Only ACCEPT claims the run; 201 with ABORT means another worker won.
                 Ok(r) if r.status == SetStateStatus::Accept => {
+                    let ours = r.state.as_ref().and_then(|s| s.id);
+                    if !still_ours(client, id, ours).await {
+                        return;
+                    }
                     r.state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now)
                 }
                 Ok(r) => {
@@ -180,6 +184,92 @@ pub(crate) async fn handle(
     {
         tracing::warn!(job = cfg.job_name, error = %e, "could not delete the job; the next start cleans it up");
     }
+}
+
+/// How long a claim settles before it is checked.
+const CLAIM_SETTLE: Duration = Duration::from_millis(300);
+
+/// After an ACCEPTed claim: true when no other worker's state follows the last SCHEDULED.
+///
+/// A SQLite-backed server can ACCEPT two concurrent PENDING proposals (measured by
+/// `tests/worker_protocol.rs`: the slower request read SCHEDULED before the faster one
+/// committed, and its PENDING landed last, even after the winner's CRASHED). So a claim stands
+/// only if, once settled, the history since SCHEDULED holds nothing but ours; the late writer
+/// always sees the early one. If both step back, the worker whose PENDING is current adopts the
+/// run at its next reconcile pass (see [`adoptable`]).
+async fn still_ours(client: &PrefectClient, id: Uuid, ours: Option<Uuid>) -> bool {
+    let Some(ours) = ours else {
+        return true;
+    };
+    tokio::time::sleep(CLAIM_SETTLE).await;
+    match client.flow_run_states(id).await {
+        Ok(states) => {
+            let start = states
+                .iter()
+                .rposition(|s| s.state_type == StateType::Scheduled)
+                .map_or(0, |i| i + 1);
+            let contested = states[start..].iter().any(|s| s.id != Some(ours));
+            if contested {
+                tracing::info!(flow_run = %id, "another worker claimed the run too; stepping back");
+                restore_if_overwritten(client, id, ours, &states[start..]).await;
+            }
+            !contested
+        }
+        // Cannot tell: carry on; the deterministic job name still prevents a second job.
+        Err(_) => true,
+    }
+}
+
+/// Our late PENDING may have been written over the winner's progress (RUNNING, CRASHED, ...):
+/// put the winner's latest state back.
+async fn restore_if_overwritten(
+    client: &PrefectClient,
+    id: Uuid,
+    ours: Uuid,
+    since_scheduled: &[bootstrap_prefect::State],
+) {
+    let Some(latest) = since_scheduled
+        .iter()
+        .rev()
+        .find(|s| s.id != Some(ours) && s.state_type != StateType::Pending)
+    else {
+        return; // only claims: whoever's PENDING is current adopts the run
+    };
+    let current = client
+        .flow_run(id)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.state)
+        .and_then(|s| s.id);
+    if current != Some(ours) {
+        return;
+    }
+    let state = StateCreate {
+        state_type: latest.state_type,
+        name: latest.name.clone(),
+        message: latest.message.clone(),
+    };
+    if let Err(e) = client.set_flow_run_state(id, &state, true).await {
+        tracing::warn!(flow_run = %id, error = %e, "could not restore the state our late claim overwrote");
+    }
+}
+
+/// Whether a run PENDING under this worker's claim (`state_id`) may be adopted: nothing but
+/// other claims happened after ours (no run, no final state written by someone else).
+pub(crate) async fn adoptable(client: &PrefectClient, id: Uuid, state_id: Option<Uuid>) -> bool {
+    let Some(ours) = state_id else {
+        return false;
+    };
+    let Ok(states) = client.flow_run_states(id).await else {
+        return false;
+    };
+    let Some(pos) = states.iter().position(|s| s.id == Some(ours)) else {
+        return false;
+    };
+    states[pos + 1..]
+        .iter()
+        .all(|s| s.state_type == StateType::Pending)
 }
 
 /// Proposes CRASHED unless the run already reached a final state by itself.
