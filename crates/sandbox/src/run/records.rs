@@ -1,0 +1,213 @@
+//! What the sandbox stores for Cloud Run: the client's JSON plus server-side facts.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Where a parent (project + location) lives, parsed from a path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    /// Project id (or number) as the path gave it.
+    pub project: String,
+    /// Region.
+    pub location: String,
+}
+
+impl Parent {
+    /// `projects/{p}/locations/{l}`.
+    pub fn name(&self) -> String {
+        format!("projects/{}/locations/{}", self.project, self.location)
+    }
+}
+
+/// The readiness a resource settles to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settled {
+    /// Still reconciling (a service waiting for its container).
+    Pending,
+    /// Ready.
+    Ready,
+    /// Failed with a `reason` enum value and a message.
+    Failed {
+        /// A `GoogleCloudRunV2Condition.reason` value.
+        reason: String,
+        /// The message.
+        message: String,
+    },
+}
+
+/// Metadata common to Run resources.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    /// Full resource name.
+    pub name: String,
+    /// Parent.
+    pub parent: Parent,
+    /// Short id.
+    pub id: String,
+    /// UUID.
+    pub uid: String,
+    /// Bumped by every spec change.
+    pub generation: i64,
+    /// Created.
+    pub create_time: DateTime<Utc>,
+    /// Last changed.
+    pub update_time: DateTime<Utc>,
+    /// Who created it.
+    pub creator: String,
+    /// Who changed it last.
+    pub last_modifier: String,
+    /// Changes with every update.
+    pub etag: String,
+    /// Not settled (reconciling) before this time.
+    pub settle_at: DateTime<Utc>,
+}
+
+/// A Run v2 job (v1 jobs are the same records).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRec {
+    /// Common metadata.
+    pub meta: Meta,
+    /// The client's Job JSON (spec fields only).
+    pub body: Value,
+    /// What it settles to.
+    pub settled: Settled,
+    /// Executions started so far.
+    pub execution_count: i64,
+    /// The newest execution's full name.
+    pub latest_execution: Option<String>,
+}
+
+/// How a task stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Waiting to start.
+    Pending,
+    /// A process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Out of retries.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// One task of an execution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskRec {
+    /// 0-based index.
+    pub index: i64,
+    /// State.
+    pub state: TaskState,
+    /// Retries so far (attempts - 1).
+    pub retried: i64,
+    /// Exit code of the last attempt.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the last attempt.
+    pub term_signal: Option<i32>,
+    /// Message of the last attempt's end.
+    pub message: Option<String>,
+    /// First start.
+    pub start_time: Option<DateTime<Utc>>,
+    /// End.
+    pub completion_time: Option<DateTime<Utc>>,
+}
+
+/// One execution of a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRec {
+    /// Common metadata (generation stays 1).
+    pub meta: Meta,
+    /// The job's full name.
+    pub job: String,
+    /// The job's short id.
+    pub job_id: String,
+    /// The task template after overrides.
+    pub template: Value,
+    /// Labels and annotations copied from the job's execution template.
+    pub labels: Value,
+    /// Annotations.
+    pub annotations: Value,
+    /// Launch stage of the job.
+    pub launch_stage: String,
+    /// Tasks.
+    pub tasks: Vec<TaskRec>,
+    /// Maximum tasks run at once.
+    pub parallelism: i64,
+    /// Set by `:cancel`.
+    pub cancelled: bool,
+    /// When the first task started.
+    pub start_time: Option<DateTime<Utc>>,
+    /// When every task ended.
+    pub completion_time: Option<DateTime<Utc>>,
+    /// Set when the execution could not start at all (e.g. secret access).
+    pub failure: Option<String>,
+}
+
+impl ExecRec {
+    /// Count of tasks in `state`.
+    pub fn count(&self, state: TaskState) -> i64 {
+        self.tasks.iter().filter(|t| t.state == state).count() as i64
+    }
+}
+
+/// A Run v2 service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceRec {
+    /// Common metadata.
+    pub meta: Meta,
+    /// The client's Service JSON (spec fields only).
+    pub body: Value,
+    /// Revisions created so far.
+    pub revision_seq: u32,
+    /// The newest revision.
+    pub latest_created_revision: String,
+    /// The newest revision that became ready.
+    pub latest_ready_revision: Option<String>,
+    /// What the newest revision settled to.
+    pub settled: Settled,
+    /// The `.run.app` URL.
+    pub uri: String,
+}
+
+/// Every stored Run resource.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct Store {
+    /// Services by full name.
+    pub services: BTreeMap<String, ServiceRec>,
+    /// Jobs by full name.
+    pub jobs: BTreeMap<String, JobRec>,
+    /// Executions by full name.
+    pub executions: BTreeMap<String, ExecRec>,
+}
+
+impl Store {
+    /// Ends every unfinished execution as failed (after a restart nothing runs any more).
+    pub fn interrupt_running(&mut self) {
+        let now = Utc::now();
+        for exec in self.executions.values_mut() {
+            if exec.completion_time.is_some() {
+                continue;
+            }
+            for task in &mut exec.tasks {
+                if matches!(task.state, TaskState::Pending | TaskState::Running) {
+                    task.state = TaskState::Failed;
+                    task.message = Some("The sandbox restarted while the task ran.".into());
+                    task.completion_time = Some(now);
+                }
+            }
+            exec.completion_time = Some(now);
+        }
+        for svc in self.services.values_mut() {
+            if svc.settled == Settled::Pending {
+                svc.settled = Settled::Failed {
+                    reason: "REVISION_FAILED".into(),
+                    message: "The sandbox restarted before the revision became ready.".into(),
+                };
+            }
+        }
+    }
+}
