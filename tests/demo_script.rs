@@ -23,9 +23,15 @@ fn demo_runs_the_guide_end_to_end() {
         out.status
     );
     assert!(stdout.contains("Apply complete"), "{stdout}");
-    assert!(stdout.contains("Completed"), "the flow run did not complete:\n{stdout}");
+    assert!(
+        stdout.contains("Completed"),
+        "the flow run did not complete:\n{stdout}"
+    );
     // The offline flow's artifact: a markdown table of the synthetic report.
-    assert!(stdout.contains("Springfield"), "artifact not printed:\n{stdout}");
+    assert!(
+        stdout.contains("Springfield"),
+        "artifact not printed:\n{stdout}"
+    );
     assert!(stdout.contains("Destroy complete"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(600));
 }

@@ -18,7 +18,16 @@ fn help(args: &[&str]) -> String {
 fn help_of_every_subcommand() {
     insta::assert_snapshot!("help", help(&[]));
     for sub in [
-        "init", "validate", "plan", "apply", "destroy", "doctor", "worker", "run", "sandbox", "completions",
+        "init",
+        "validate",
+        "plan",
+        "apply",
+        "destroy",
+        "doctor",
+        "worker",
+        "run",
+        "sandbox",
+        "completions",
     ] {
         insta::assert_snapshot!(format!("help_{sub}"), help(&[sub]));
     }
@@ -33,6 +42,9 @@ fn completions_are_generated_for_each_shell() {
             .expect("run bootstrap");
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("bootstrap") && text.contains("destroy"), "{shell}");
+        assert!(
+            text.contains("bootstrap") && text.contains("destroy"),
+            "{shell}"
+        );
     }
 }
