@@ -90,34 +90,62 @@ impl Env {
         cmd
     }
 
+    /// One request; 429 and 503 (a busy SQLite-backed Prefect server answers 503) are retried
+    /// with jittered exponential backoff, at most 6 attempts.
     async fn send(
         &self,
         method: reqwest::Method,
         url: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 1;
+        loop {
+            match self.send_once(method.clone(), url, body).await {
+                Err(Busy(e)) if attempt < 6 => {
+                    retry_note(&e);
+                    tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..1.5))).await;
+                    delay = (delay * 2).min(Duration::from_secs(3));
+                    attempt += 1;
+                }
+                Err(Busy(e)) => return Err(e),
+                Ok(v) => return v,
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&Value>,
+    ) -> std::result::Result<Result<Value>, Busy> {
         let mut req = self.http.request(method.clone(), url);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(anyhow!(e).context(format!("{method} {url}")))),
+        };
         let status = resp.status();
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("{method} {url}"))?;
+        let text = match resp.text().await {
+            Ok(t) => t,
+            Err(e) => return Ok(Err(anyhow!(e).context(format!("{method} {url}")))),
+        };
         if !status.is_success() {
             let short: String = text.chars().take(300).collect();
-            bail!("{method} {url}: HTTP {status}: {short}");
+            let e = anyhow!("{method} {url}: HTTP {status}: {short}");
+            if status.as_u16() == 429 || status.as_u16() == 503 {
+                return Err(Busy(e));
+            }
+            return Ok(Err(e));
         }
         if text.trim().is_empty() {
-            return Ok(Value::Null);
+            return Ok(Ok(Value::Null));
         }
-        serde_json::from_str(&text)
-            .with_context(|| format!("{method} {url}: the answer is not JSON"))
+        Ok(serde_json::from_str(&text)
+            .with_context(|| format!("{method} {url}: the answer is not JSON")))
     }
 
     /// A Prefect API call (`path` after `/api`).
@@ -181,6 +209,14 @@ impl Env {
             .map(|s| s.p50)
             .ok_or_else(|| anyhow!("no Prefect round trips measured"))
     }
+}
+
+/// A retryable answer (429, 503).
+struct Busy(anyhow::Error);
+
+/// Retries are worth a line on stderr: they slow the harness, not the figures.
+fn retry_note(e: &anyhow::Error) {
+    eprintln!("    (retrying: {e})");
 }
 
 /// Polls `f` every `every` until it yields `Some`, or fails after `deadline`.
