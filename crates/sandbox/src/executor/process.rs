@@ -80,6 +80,8 @@ pub enum StartError {
 pub(crate) struct Running {
     pub(crate) child: Child,
     pgid: Option<Pid>,
+    /// Descendants that left the group (pid, start time), remembered at the first signal.
+    escaped: Vec<(i32, u64)>,
     readers: Vec<JoinHandle<()>>,
     // Removed from disk when dropped, i.e. when the process is done with it.
     _key: Option<tempfile::NamedTempFile>,
@@ -141,6 +143,7 @@ pub(crate) fn spawn(
     Ok(Running {
         child,
         pgid,
+        escaped: Vec::new(),
         readers,
         _key: key,
     })
@@ -186,10 +189,33 @@ impl Running {
         self.pgid.map(|p| p.as_raw_nonzero().get())
     }
 
-    /// Sends `signal` to the whole group; a group already gone is not an error.
-    fn signal(&self, signal: Signal) {
+    /// Sends `signal` to the whole group and to descendants that left it (a container stops
+    /// as a whole: Prefect's `flow-run execute` starts its engine in a new session); a process
+    /// already gone is not an error.
+    fn signal(&mut self, signal: Signal) {
         if let Some(pgid) = self.pgid {
+            // Found while the tree is intact: once their parent dies they belong to init.
+            for found in escaped_descendants(pgid.as_raw_nonzero().get()) {
+                if !self.escaped.contains(&found) {
+                    self.escaped.push(found);
+                }
+            }
             let _ = rustix::process::kill_process_group(pgid, signal);
+        }
+        for &(pid, start) in &self.escaped {
+            // The same process only, not a later one that reused its pid.
+            let Some((_, pgrp, started)) = proc_stat(pid) else {
+                continue;
+            };
+            if started != start {
+                continue;
+            }
+            if let Some(p) = Pid::from_raw(pid) {
+                if pgrp == pid {
+                    let _ = rustix::process::kill_process_group(p, signal);
+                }
+                let _ = rustix::process::kill_process(p, signal);
+            }
         }
     }
 
@@ -223,6 +249,46 @@ impl Running {
             let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
         }
     }
+}
+
+/// `(parent, process group, start time)` of a process, from `/proc/{pid}/stat`.
+fn proc_stat(pid: i32) -> Option<(i32, i32, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let fields: Vec<&str> = text.get(text.rfind(')')? + 1..)?.split_whitespace().collect();
+    // fields[0] is the state (field 3 of stat(5)), so starttime (field 22) is fields[19].
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(2)?.parse().ok()?,
+        fields.get(19)?.parse().ok()?,
+    ))
+}
+
+/// Descendants of the group leader `root` that are not in its process group, with their start
+/// times.
+fn escaped_descendants(root: i32) -> Vec<(i32, u64)> {
+    let procs: Vec<(i32, (i32, i32, u64))> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .collect();
+    let mut tree = vec![root];
+    let mut escaped = Vec::new();
+    let mut next = 0;
+    while let Some(&parent) = tree.get(next) {
+        for &(pid, (ppid, pgrp, start)) in &procs {
+            if ppid == parent && !tree.contains(&pid) {
+                tree.push(pid);
+                if pgrp != root {
+                    escaped.push((pid, start));
+                }
+            }
+        }
+        next += 1;
+    }
+    escaped
 }
 
 /// Describes an exit status the way Cloud Run's logs do.
