@@ -255,7 +255,10 @@ impl Running {
 fn proc_stat(pid: i32) -> Option<(i32, i32, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let fields: Vec<&str> = text.get(text.rfind(')')? + 1..)?.split_whitespace().collect();
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
     // fields[0] is the state (field 3 of stat(5)), so starttime (field 22) is fields[19].
     Some((
         fields.get(1)?.parse().ok()?,

@@ -161,7 +161,10 @@ async fn cancel_kills_descendants_that_left_the_group() {
     while alive(escaped) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(!alive(escaped), "process {escaped} in its own session survived the cancel");
+    assert!(
+        !alive(escaped),
+        "process {escaped} in its own session survived the cancel"
+    );
 }
 
 #[tokio::test]

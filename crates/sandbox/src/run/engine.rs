@@ -101,7 +101,12 @@ async fn prepare(
     // the public endpoints; here the container is told where "Google" is, first so that the
     // container's own env can still override it.
     env.insert(0, ("BOOTSTRAP_GCP_ENDPOINT".to_owned(), state.url.clone()));
-    for e in container.get("env").and_then(Value::as_array).into_iter().flatten() {
+    for e in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let Some(name) = e.get("name").and_then(Value::as_str) else {
             continue;
         };
@@ -110,7 +115,15 @@ async fn prepare(
             let version = r.get("version").and_then(Value::as_str).unwrap_or("latest");
             match crate::secrets::resolve(state, &accessor, project, secret, version) {
                 Ok(value) => env.push((name.to_owned(), value.expose_secret().to_owned())),
-                Err(err) => return Err(secret_error(&err, project, secret, version, service_account)),
+                Err(err) => {
+                    return Err(secret_error(
+                        &err,
+                        project,
+                        secret,
+                        version,
+                        service_account,
+                    ));
+                }
             }
         } else {
             let value = e.get("value").and_then(Value::as_str).unwrap_or_default();
@@ -148,7 +161,10 @@ fn secret_error(err: &ApiError, project: &str, secret: &str, version: &str, sa: 
 }
 
 fn probe_of(container: &Value) -> (Probe, Duration) {
-    let p = container.get("startupProbe").cloned().unwrap_or(Value::Null);
+    let p = container
+        .get("startupProbe")
+        .cloned()
+        .unwrap_or(Value::Null);
     let int = |k: &str, d: u64| p.get(k).and_then(Value::as_u64).unwrap_or(d);
     let deadline = if p.is_null() {
         240
@@ -185,7 +201,11 @@ pub(crate) fn deploy_service(state: AppState, name: String, op_name: String) {
                 // A newer update superseded this deploy; it reports on its own operation.
                 _ => {}
             }
-            views::service(rec, &project_number(&state, &rec.meta.parent.project), Utc::now())
+            views::service(
+                rec,
+                &project_number(&state, &rec.meta.parent.project),
+                Utc::now(),
+            )
         };
         state.mark_dirty();
         let mut typed = view;
@@ -230,17 +250,35 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
         .map(str::to_owned)
         .unwrap_or_else(|| views::default_service_account(&project_number(state, &project)));
     let image = container["image"].as_str().unwrap_or_default().to_owned();
-    if state.run.executor().config().images.rule_for(&image).is_none() {
-        return Err(fail("CONTAINER_MISSING", format!("Image '{image}' not found.")));
+    if state
+        .run
+        .executor()
+        .config()
+        .images
+        .rule_for(&image)
+        .is_none()
+    {
+        return Err(fail(
+            "CONTAINER_MISSING",
+            format!("Image '{image}' not found."),
+        ));
     }
     let env = vec![
         ("K_SERVICE".to_owned(), service_id),
         ("K_REVISION".to_owned(), revision.clone()),
-        ("K_CONFIGURATION".to_owned(), name.rsplit('/').next().unwrap_or_default().to_owned()),
+        (
+            "K_CONFIGURATION".to_owned(),
+            name.rsplit('/').next().unwrap_or_default().to_owned(),
+        ),
     ];
     let launch = prepare(state, &project, &container, &sa, env)
         .await
-        .map_err(|m| fail("REVISION_FAILED", format!("Revision '{revision}' is not ready and cannot serve traffic. {m}")))?;
+        .map_err(|m| {
+            fail(
+                "REVISION_FAILED",
+                format!("Revision '{revision}' is not ready and cannot serve traffic. {m}"),
+            )
+        })?;
     let (probe, deadline) = probe_of(&container);
     if let Some(old) = state.run.take_service(name) {
         old.stop().await;
@@ -250,7 +288,12 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
         .run
         .executor()
         .start_service(launch, probe, deadline, logs)
-        .map_err(|e| fail("REVISION_FAILED", format!("Revision '{revision}' could not start: {e}")))?;
+        .map_err(|e| {
+            fail(
+                "REVISION_FAILED",
+                format!("Revision '{revision}' could not start: {e}"),
+            )
+        })?;
     let settled = handle.settled(deadline + Duration::from_secs(1)).await;
     match settled {
         ServiceState::Ready { .. } => {
@@ -294,7 +337,9 @@ pub(crate) fn start_execution(state: AppState, exec_name: String, op_name: Strin
         let outcome = if succeeded {
             Outcome::Response(typed)
         } else {
-            let message = view["conditions"][2]["message"].as_str().unwrap_or("Execution failed.");
+            let message = view["conditions"][2]["message"]
+                .as_str()
+                .unwrap_or("Execution failed.");
             Outcome::from_error(&ApiError::failed_precondition(message.to_owned()))
         };
         operations::finish(&state, &op_name, outcome);
@@ -318,7 +363,10 @@ async fn run_execution(state: &AppState, exec_name: &str, token: &CancellationTo
         return;
     };
     let container = template["containers"][0].clone();
-    let sa = template["serviceAccount"].as_str().unwrap_or_default().to_owned();
+    let sa = template["serviceAccount"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let env = vec![
         ("CLOUD_RUN_JOB".to_owned(), job_id),
         ("CLOUD_RUN_EXECUTION".to_owned(), exec_id),
@@ -334,7 +382,9 @@ async fn run_execution(state: &AppState, exec_name: &str, token: &CancellationTo
     let max_retries = template["maxRetries"].as_i64().unwrap_or(3).max(0);
     let timeout = template["timeout"].as_str().and_then(parse_duration);
     let logs = state.run.logs_for(exec_name);
-    let permits = Arc::new(tokio::sync::Semaphore::new(parallelism.clamp(1, 1000) as usize));
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        parallelism.clamp(1, 1000) as usize
+    ));
     let mut running = Vec::new();
     for index in 0..tasks {
         let (state, name, launch, logs, token, permits) = (
@@ -349,7 +399,17 @@ async fn run_execution(state: &AppState, exec_name: &str, token: &CancellationTo
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            run_task(&state, &name, index, launch, max_retries, timeout, &logs, &token).await;
+            run_task(
+                &state,
+                &name,
+                index,
+                launch,
+                max_retries,
+                timeout,
+                &logs,
+                &token,
+            )
+            .await;
         }));
     }
     for t in running {
@@ -393,7 +453,9 @@ async fn run_task(
             e.start_time.get_or_insert(now);
         });
         if !still_there || token.is_cancelled() {
-            update(state, exec_name, index, |_, t| t.state = TaskState::Cancelled);
+            update(state, exec_name, index, |_, t| {
+                t.state = TaskState::Cancelled
+            });
             return;
         }
         let mut attempt_launch = launch.clone();
@@ -475,7 +537,12 @@ mod tests {
         assert_eq!(d, Duration::from_secs(240));
         let (p, d) = probe_of(&json!({"startupProbe": {"httpGet": {"path": "/health"},
             "periodSeconds": 2, "failureThreshold": 5}}));
-        assert_eq!(p, Probe::Http { path: "/health".into() });
+        assert_eq!(
+            p,
+            Probe::Http {
+                path: "/health".into()
+            }
+        );
         assert_eq!(d, Duration::from_secs(10));
     }
 }

@@ -42,7 +42,11 @@ impl Req {
     }
 
     fn p(&self, i: usize) -> &str {
-        self.call.params.get(i).map(String::as_str).unwrap_or_default()
+        self.call
+            .params
+            .get(i)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 
     /// The project and location; a project number is turned into its id so that names agree
@@ -103,8 +107,9 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
     let body = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::invalid_argument(format!("Invalid JSON payload received. {e}")))?
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::invalid_argument(format!("Invalid JSON payload received. {e}"))
+        })?
     };
     let req = Req {
         state,
@@ -177,7 +182,8 @@ pub(crate) fn new_meta(req: &Req, name: String, id: &str) -> Meta {
 }
 
 fn op_delay(state: &AppState) -> chrono::Duration {
-    chrono::Duration::from_std(state.settings().op_delay).unwrap_or_else(|_| chrono::Duration::zero())
+    chrono::Duration::from_std(state.settings().op_delay)
+        .unwrap_or_else(|_| chrono::Duration::zero())
 }
 
 fn touch(meta: &mut Meta, req: &Req) {
@@ -233,7 +239,10 @@ fn containers(template: &Value) -> ApiResult<Vec<Value>> {
         ));
     }
     for c in &list {
-        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+        if c.get("image")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
             return Err(ApiError::invalid_argument(
                 "template.containers[0].image: is required.",
             ));
@@ -244,9 +253,7 @@ fn containers(template: &Value) -> ApiResult<Vec<Value>> {
 
 fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     match template.get("serviceAccount").and_then(Value::as_str) {
-        Some(sa) if !sa.is_empty() => {
-            authz::require_act_as(&req.state, &req.caller, req.p(0), sa)
-        }
+        Some(sa) if !sa.is_empty() => authz::require_act_as(&req.state, &req.caller, req.p(0), sa),
         _ => Ok(()),
     }
 }
@@ -255,10 +262,28 @@ fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
 fn spec_only(body: &Value) -> Value {
     let mut out = body.as_object().cloned().unwrap_or_default();
     for k in [
-        "name", "uid", "generation", "createTime", "updateTime", "deleteTime", "expireTime",
-        "creator", "lastModifier", "observedGeneration", "terminalCondition", "conditions",
-        "reconciling", "latestReadyRevision", "latestCreatedRevision", "trafficStatuses", "uri",
-        "urls", "etag", "executionCount", "latestCreatedExecution", "satisfiesPzs",
+        "name",
+        "uid",
+        "generation",
+        "createTime",
+        "updateTime",
+        "deleteTime",
+        "expireTime",
+        "creator",
+        "lastModifier",
+        "observedGeneration",
+        "terminalCondition",
+        "conditions",
+        "reconciling",
+        "latestReadyRevision",
+        "latestCreatedRevision",
+        "trafficStatuses",
+        "uri",
+        "urls",
+        "etag",
+        "executionCount",
+        "latestCreatedExecution",
+        "satisfiesPzs",
     ] {
         out.remove(k);
     }
@@ -305,7 +330,11 @@ fn service_name(req: &Req, id: &str) -> String {
 }
 
 fn service_view(req: &Req, rec: &ServiceRec) -> Value {
-    views::service(rec, &project_number(&req.state, &rec.meta.parent.project), Utc::now())
+    views::service(
+        rec,
+        &project_number(&req.state, &rec.meta.parent.project),
+        Utc::now(),
+    )
 }
 
 async fn service_create(req: &Req) -> ApiResult<Value> {
@@ -334,7 +363,7 @@ async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
         latest_created_revision: revision_name(id, 1),
         latest_ready_revision: None,
         settled: Settled::Pending,
-        uri: format!("https://{id}-{hash}-{}.a.run.app", region_code(&req.p(1).to_owned())),
+        uri: format!("https://{id}-{hash}-{}.a.run.app", region_code(req.p(1))),
     };
     let view = service_view(req, &rec);
     let op_name = new_op_name(&req.parent());
@@ -406,7 +435,10 @@ async fn service_patch(req: &Req) -> ApiResult<Value> {
     let op_name = new_op_name(&req.parent());
     let view = {
         let mut store = req.state.run.store();
-        let rec = store.services.get_mut(&name).ok_or_else(|| not_found(&name))?;
+        let rec = store
+            .services
+            .get_mut(&name)
+            .ok_or_else(|| not_found(&name))?;
         let mut next = rec.clone();
         let template_changed = next.body.get("template") != body.get("template");
         next.body = body;
@@ -451,7 +483,12 @@ fn service_delete(req: &Req) -> ApiResult<Value> {
         tokio::spawn(handle.stop());
     }
     let v = typed(SERVICE_TYPE, view);
-    Ok(operations::create(&req.state, &op_name, Some(v.clone()), Some(Outcome::Response(v))))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(v.clone()),
+        Some(Outcome::Response(v)),
+    ))
 }
 
 // ---------- jobs ----------
@@ -461,7 +498,11 @@ pub(crate) fn job_name(parent: &Parent, id: &str) -> String {
 }
 
 pub(crate) fn job_view(state: &AppState, rec: &JobRec) -> Value {
-    let mut v = views::job(rec, &project_number(state, &rec.meta.parent.project), Utc::now());
+    let mut v = views::job(
+        rec,
+        &project_number(state, &rec.meta.parent.project),
+        Utc::now(),
+    );
     if let Some(latest) = &rec.latest_execution
         && let Some(exec) = state.run.store().executions.get(latest)
     {
@@ -473,9 +514,21 @@ pub(crate) fn job_view(state: &AppState, rec: &JobRec) -> Value {
 /// What a job settles to: `CONTAINER_MISSING` when an image maps to nothing.
 pub(crate) fn job_settled(state: &AppState, body: &Value) -> Settled {
     let task = &body["template"]["template"];
-    for c in task.get("containers").and_then(Value::as_array).into_iter().flatten() {
+    for c in task
+        .get("containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-        if state.run.executor().config().images.rule_for(image).is_none() {
+        if state
+            .run
+            .executor()
+            .config()
+            .images
+            .rule_for(image)
+            .is_none()
+        {
             return Settled::Failed {
                 reason: "CONTAINER_MISSING".into(),
                 message: format!("Image '{image}' not found."),
@@ -530,13 +583,25 @@ fn job_create(req: &Req) -> ApiResult<Value> {
         return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
     }
     let outcome = job_outcome(&view, &rec.settled);
-    Ok(operations::create(&req.state, &op_name, Some(typed(JOB_TYPE, view)), Some(outcome)))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(typed(JOB_TYPE, view)),
+        Some(outcome),
+    ))
 }
 
 fn job_get(req: &Req) -> ApiResult<Value> {
     req.require("run.jobs.get")?;
     let name = job_name(&req.parent(), req.p(2));
-    let rec = req.state.run.store().jobs.get(&name).cloned().ok_or_else(|| not_found(&name))?;
+    let rec = req
+        .state
+        .run
+        .store()
+        .jobs
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found(&name))?;
     Ok(job_view(&req.state, &rec))
 }
 
@@ -598,13 +663,25 @@ fn job_patch(req: &Req) -> ApiResult<Value> {
         return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
     }
     let outcome = job_outcome(&view, &rec.settled);
-    Ok(operations::create(&req.state, &op_name, Some(typed(JOB_TYPE, view)), Some(outcome)))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(typed(JOB_TYPE, view)),
+        Some(outcome),
+    ))
 }
 
 /// Removes a job and its executions, cancelling running ones; returns the last view.
 pub(crate) fn remove_job(req: &Req, id: &str) -> ApiResult<Value> {
     let name = job_name(&req.parent(), id);
-    let rec = req.state.run.store().jobs.get(&name).cloned().ok_or_else(|| not_found(&name))?;
+    let rec = req
+        .state
+        .run
+        .store()
+        .jobs
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found(&name))?;
     let view = job_view(&req.state, &rec);
     let prefix = format!("{name}/executions/");
     let mut store = req.state.run.store();
@@ -628,12 +705,24 @@ fn job_delete(req: &Req) -> ApiResult<Value> {
     let op_name = new_op_name(&req.parent());
     if req.flag("validateOnly") {
         let name = job_name(&req.parent(), req.p(2));
-        let rec = req.state.run.store().jobs.get(&name).cloned().ok_or_else(|| not_found(&name))?;
+        let rec = req
+            .state
+            .run
+            .store()
+            .jobs
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| not_found(&name))?;
         let view = job_view(&req.state, &rec);
         return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
     }
     let v = typed(JOB_TYPE, remove_job(req, req.p(2))?);
-    Ok(operations::create(&req.state, &op_name, Some(v.clone()), Some(Outcome::Response(v))))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(v.clone()),
+        Some(Outcome::Response(v)),
+    ))
 }
 
 /// Starts an execution of job `p(2)` (v1 and v2); returns the Operation and the execution name.
@@ -646,7 +735,14 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
     })?;
     let id = req.p(2).to_owned();
     let name = job_name(&req.parent(), &id);
-    let job = req.state.run.store().jobs.get(&name).cloned().ok_or_else(|| not_found(&name))?;
+    let job = req
+        .state
+        .run
+        .store()
+        .jobs
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found(&name))?;
     if Utc::now() < job.meta.settle_at || job.settled != Settled::Ready {
         return Err(ApiError::failed_precondition(format!(
             "Resource '{id}' is not ready and cannot be run."
@@ -657,7 +753,10 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
     let exec_name = format!("{name}/executions/{exec_id}");
     let exec_tpl = &job.body["template"];
     let mut template = exec_tpl["template"].clone();
-    let mut task_count = exec_tpl.get("taskCount").and_then(Value::as_i64).unwrap_or(1);
+    let mut task_count = exec_tpl
+        .get("taskCount")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     if let Some(o) = overrides {
         apply_overrides(&mut template, o, &mut task_count);
     }
@@ -681,7 +780,12 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
         template,
         labels: exec_tpl.get("labels").cloned().unwrap_or(json!({})),
         annotations: exec_tpl.get("annotations").cloned().unwrap_or(json!({})),
-        launch_stage: job.body.get("launchStage").and_then(Value::as_str).unwrap_or("GA").to_owned(),
+        launch_stage: job
+            .body
+            .get("launchStage")
+            .and_then(Value::as_str)
+            .unwrap_or("GA")
+            .to_owned(),
         tasks: (0..task_count)
             .map(|index| TaskRec {
                 index,
@@ -694,7 +798,11 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
                 completion_time: None,
             })
             .collect(),
-        parallelism: exec_tpl.get("parallelism").and_then(Value::as_i64).filter(|p| *p > 0).unwrap_or(task_count),
+        parallelism: exec_tpl
+            .get("parallelism")
+            .and_then(Value::as_i64)
+            .filter(|p| *p > 0)
+            .unwrap_or(task_count),
         cancelled: false,
         start_time: None,
         completion_time: None,
@@ -711,7 +819,12 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
     }
     req.state.mark_dirty();
     let op_name = new_op_name(&req.parent());
-    let op = operations::create(&req.state, &op_name, Some(typed(EXECUTION_TYPE, view)), None);
+    let op = operations::create(
+        &req.state,
+        &op_name,
+        Some(typed(EXECUTION_TYPE, view)),
+        None,
+    );
     engine::start_execution(req.state.clone(), exec_name.clone(), op_name);
     Ok((op, exec_name))
 }
@@ -730,20 +843,33 @@ fn apply_overrides(template: &mut Value, o: &Value, task_count: &mut i64) {
         return;
     };
     for ov in list {
-        let target = ov.get("name").and_then(Value::as_str).filter(|n| !n.is_empty());
-        let found = containers.iter_mut().enumerate().find(|(i, c)| match target {
-            Some(n) => c.get("name").and_then(Value::as_str) == Some(n),
-            None => *i == 0,
-        });
+        let target = ov
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let found = containers
+            .iter_mut()
+            .enumerate()
+            .find(|(i, c)| match target {
+                Some(n) => c.get("name").and_then(Value::as_str) == Some(n),
+                None => *i == 0,
+            });
         let Some((_, c)) = found else { continue };
         if ov.get("clearArgs").and_then(Value::as_bool) == Some(true) {
             c["args"] = json!([]);
         }
-        if let Some(args) = ov.get("args").filter(|a| a.as_array().is_some_and(|a| !a.is_empty())) {
+        if let Some(args) = ov
+            .get("args")
+            .filter(|a| a.as_array().is_some_and(|a| !a.is_empty()))
+        {
             c["args"] = args.clone();
         }
         if let Some(env) = ov.get("env").and_then(Value::as_array) {
-            let mut current = c.get("env").and_then(Value::as_array).cloned().unwrap_or_default();
+            let mut current = c
+                .get("env")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             for e in env {
                 let key = e.get("name");
                 current.retain(|x| x.get("name") != key);
@@ -757,7 +883,11 @@ fn apply_overrides(template: &mut Value, o: &Value, task_count: &mut i64) {
 // ---------- executions and tasks ----------
 
 fn exec_name(req: &Req) -> String {
-    format!("{}/executions/{}", job_name(&req.parent(), req.p(2)), req.p(3))
+    format!(
+        "{}/executions/{}",
+        job_name(&req.parent(), req.p(2)),
+        req.p(3)
+    )
 }
 
 pub(crate) fn exec_view(state: &AppState, exec: &ExecRec) -> Value {
@@ -768,7 +898,10 @@ fn exec_get(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.get")?;
     let name = exec_name(req);
     let store = req.state.run.store();
-    let e = store.executions.get(&name).ok_or_else(|| not_found(&name))?;
+    let e = store
+        .executions
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?;
     Ok(exec_view(&req.state, e))
 }
 
@@ -784,8 +917,11 @@ fn exec_list(req: &Req) -> ApiResult<Value> {
             .filter(|e| e.meta.name.starts_with(&prefix))
             .collect();
         // Newest first, as Google lists them.
-        execs.sort_by(|a, b| b.meta.create_time.cmp(&a.meta.create_time));
-        execs.into_iter().map(|e| exec_view(&req.state, e)).collect()
+        execs.sort_by_key(|e| std::cmp::Reverse(e.meta.create_time));
+        execs
+            .into_iter()
+            .map(|e| exec_view(&req.state, e))
+            .collect()
     };
     let (page, next) = paginate(req, items)?;
     Ok(list_response("executions", page, next))
@@ -793,7 +929,12 @@ fn exec_list(req: &Req) -> ApiResult<Value> {
 
 /// Deletes an execution (cancelling it if it runs); returns its last view.
 pub(crate) fn remove_exec(state: &AppState, name: &str) -> ApiResult<Value> {
-    let exec = state.run.store().executions.remove(name).ok_or_else(|| not_found(name))?;
+    let exec = state
+        .run
+        .store()
+        .executions
+        .remove(name)
+        .ok_or_else(|| not_found(name))?;
     state.run.cancel(name);
     state.mark_dirty();
     let mut v = exec_view(state, &exec);
@@ -805,14 +946,22 @@ fn exec_delete(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.delete")?;
     let v = typed(EXECUTION_TYPE, remove_exec(&req.state, &exec_name(req))?);
     let op_name = new_op_name(&req.parent());
-    Ok(operations::create(&req.state, &op_name, Some(v.clone()), Some(Outcome::Response(v))))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(v.clone()),
+        Some(Outcome::Response(v)),
+    ))
 }
 
 /// Cancels a running execution; returns its view.
 pub(crate) fn cancel_exec(state: &AppState, name: &str) -> ApiResult<Value> {
     {
         let mut store = state.run.store();
-        let e = store.executions.get_mut(name).ok_or_else(|| not_found(name))?;
+        let e = store
+            .executions
+            .get_mut(name)
+            .ok_or_else(|| not_found(name))?;
         if e.completion_time.is_some() {
             return Err(ApiError::failed_precondition(format!(
                 "Execution '{}' has already completed and cannot be cancelled.",
@@ -832,14 +981,22 @@ fn exec_cancel(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.cancel")?;
     let v = typed(EXECUTION_TYPE, cancel_exec(&req.state, &exec_name(req))?);
     let op_name = new_op_name(&req.parent());
-    Ok(operations::create(&req.state, &op_name, Some(v.clone()), Some(Outcome::Response(v))))
+    Ok(operations::create(
+        &req.state,
+        &op_name,
+        Some(v.clone()),
+        Some(Outcome::Response(v)),
+    ))
 }
 
 fn task_get(req: &Req) -> ApiResult<Value> {
     req.require("run.tasks.get")?;
     let name = exec_name(req);
     let store = req.state.run.store();
-    let e = store.executions.get(&name).ok_or_else(|| not_found(&name))?;
+    let e = store
+        .executions
+        .get(&name)
+        .ok_or_else(|| not_found(&name))?;
     let wanted = req.p(4);
     let t = e
         .tasks
@@ -854,7 +1011,10 @@ fn task_list(req: &Req) -> ApiResult<Value> {
     let name = exec_name(req);
     let items: Vec<Value> = {
         let store = req.state.run.store();
-        let e = store.executions.get(&name).ok_or_else(|| not_found(&name))?;
+        let e = store
+            .executions
+            .get(&name)
+            .ok_or_else(|| not_found(&name))?;
         let uri = engine::log_uri(&req.state, &name);
         e.tasks.iter().map(|t| views::task(e, t, &uri)).collect()
     };

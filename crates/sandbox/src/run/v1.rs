@@ -20,7 +20,11 @@ const LOCATION_LABEL: &str = "cloud.googleapis.com/location";
 
 /// Serves one `run.namespaces.*` call.
 pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
-    let method = req.call.id.strip_prefix("run.namespaces.").unwrap_or_default();
+    let method = req
+        .call
+        .id
+        .strip_prefix("run.namespaces.")
+        .unwrap_or_default();
     match method {
         "jobs.create" => create(req),
         "jobs.get" => {
@@ -68,7 +72,7 @@ pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
 }
 
 fn success_status() -> Value {
-    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "metadata": {}, "code": 200})
+    json!({"status": "Success", "metadata": {}, "code": 200})
 }
 
 /// A v2-shaped request for `location`, so the v2 helpers can serve it.
@@ -108,7 +112,9 @@ fn find_job(req: &Req) -> ApiResult<(JobRec, Req)> {
         None => {
             // Authorization first, as Google does, so a denied caller learns nothing.
             req.require("run.jobs.get")?;
-            Err(ApiError::not_found(format!("Resource '{id}' was not found")))
+            Err(ApiError::not_found(format!(
+                "Resource '{id}' was not found"
+            )))
         }
     }
 }
@@ -138,7 +144,11 @@ fn find_exec(req: &Req) -> ApiResult<String> {
 
 fn create(req: &Req) -> ApiResult<Value> {
     let meta = req.body.get("metadata").cloned().unwrap_or(json!({}));
-    let id = meta.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let id = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let location = meta
         .pointer("/labels/cloud.googleapis.com~1location")
         .and_then(Value::as_str)
@@ -210,7 +220,10 @@ fn container_to_v2(c: &Value) -> Value {
         out.insert("env".into(), Value::Array(env));
     }
     if let Some(res) = c.get("resources") {
-        out.insert("resources".into(), json!({"limits": res.get("limits").cloned().unwrap_or(json!({}))}));
+        out.insert(
+            "resources".into(),
+            json!({"limits": res.get("limits").cloned().unwrap_or(json!({}))}),
+        );
     }
     Value::Object(out)
 }
@@ -228,7 +241,12 @@ fn container_to_v1(c: &Value) -> Value {
             .collect();
         out.insert("env".into(), Value::Array(env));
     }
-    for k in ["startupProbe", "livenessProbe", "dependsOn", "sandboxLauncher"] {
+    for k in [
+        "startupProbe",
+        "livenessProbe",
+        "dependsOn",
+        "sandboxLauncher",
+    ] {
         out.remove(k);
     }
     if let Some(limits) = c.pointer("/resources/limits") {
@@ -254,7 +272,10 @@ fn to_v2(body: &Value) -> Value {
     if let Some(sa) = task.get("serviceAccountName").filter(|v| !v.is_null()) {
         t.insert("serviceAccount".into(), sa.clone());
     }
-    if let Some(secs) = task.get("timeoutSeconds").and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok())) {
+    if let Some(secs) = task
+        .get("timeoutSeconds")
+        .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()))
+    {
         t.insert("timeout".into(), json!(format!("{secs}s")));
     }
     if let Some(r) = task.get("maxRetries").filter(|v| !v.is_null()) {
@@ -300,7 +321,9 @@ fn camel_reason(reason: &str) -> String {
         .map(|w| {
             let lower = w.to_ascii_lowercase();
             let mut c = lower.chars();
-            c.next().map(|f| f.to_ascii_uppercase().to_string() + c.as_str()).unwrap_or_default()
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
         })
         .collect()
 }
@@ -308,7 +331,10 @@ fn camel_reason(reason: &str) -> String {
 fn condition_v1(c: &Value) -> Value {
     let mut out = json!({"type": c["type"], "status": status_of(&c["state"]),
                          "lastTransitionTime": c["lastTransitionTime"]});
-    let reason = c.get("reason").or_else(|| c.get("executionReason")).and_then(Value::as_str);
+    let reason = c
+        .get("reason")
+        .or_else(|| c.get("executionReason"))
+        .and_then(Value::as_str);
     if let Some(r) = reason {
         out["reason"] = json!(camel_reason(r));
     }
@@ -329,8 +355,14 @@ fn job(req: &Req, rec: &JobRec) -> Value {
     let task = &v2["template"]["template"];
     let mut annotations = v2["annotations"].as_object().cloned().unwrap_or_default();
     annotations.insert("run.googleapis.com/creator".into(), json!(rec.meta.creator));
-    annotations.insert("run.googleapis.com/lastModifier".into(), json!(rec.meta.last_modifier));
-    annotations.insert("run.googleapis.com/launch-stage".into(), v2["launchStage"].clone());
+    annotations.insert(
+        "run.googleapis.com/lastModifier".into(),
+        json!(rec.meta.last_modifier),
+    );
+    annotations.insert(
+        "run.googleapis.com/launch-stage".into(),
+        v2["launchStage"].clone(),
+    );
     let mut labels = v2["labels"].as_object().cloned().unwrap_or_default();
     labels.insert(LOCATION_LABEL.into(), json!(rec.meta.parent.location));
     let timeout_secs = task["timeout"]
@@ -443,7 +475,10 @@ fn exec_v1(req: &Req, name: &str) -> ApiResult<Value> {
         "retriedCount": v2["retriedCount"],
         "logUri": v2["logUri"],
     });
-    for (k2, k1) in [("startTime", "startTime"), ("completionTime", "completionTime")] {
+    for (k2, k1) in [
+        ("startTime", "startTime"),
+        ("completionTime", "completionTime"),
+    ] {
         if let Some(t) = v2.get(k2) {
             status[k1] = t.clone();
         }
@@ -496,7 +531,10 @@ mod tests {
         let task = &v2["template"]["template"];
         assert_eq!(task["timeout"], "42s");
         assert_eq!(task["serviceAccount"], "a@p.iam.gserviceaccount.com");
-        assert_eq!(task["containers"][0]["env"][0]["valueSource"]["secretKeyRef"]["secret"], "s");
+        assert_eq!(
+            task["containers"][0]["env"][0]["valueSource"]["secretKeyRef"]["secret"],
+            "s"
+        );
         let back = container_to_v1(&task["containers"][0]);
         assert_eq!(back["env"][0]["valueFrom"]["secretKeyRef"]["name"], "s");
         assert_eq!(camel_reason("CONTAINER_MISSING"), "ContainerMissing");

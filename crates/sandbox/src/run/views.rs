@@ -38,7 +38,11 @@ fn condition(kind: &str, state: &str, at: DateTime<Utc>) -> Map<String, Value> {
 fn terminal(meta: &Meta, settled: &Settled, now: DateTime<Utc>) -> (Value, bool) {
     if now < meta.settle_at || *settled == Settled::Pending {
         return (
-            Value::Object(condition("Ready", "CONDITION_RECONCILING", meta.update_time)),
+            Value::Object(condition(
+                "Ready",
+                "CONDITION_RECONCILING",
+                meta.update_time,
+            )),
             true,
         );
     }
@@ -83,7 +87,11 @@ fn fill_containers(template: &mut Map<String, Value>, service: bool) {
         if service {
             set_default(&mut res, "cpuIdle", json!(true));
             if i == 0 {
-                set_default(&mut *c, "ports", json!([{"name": "http1", "containerPort": 8080}]));
+                set_default(
+                    &mut *c,
+                    "ports",
+                    json!([{"name": "http1", "containerPort": 8080}]),
+                );
                 let port = c
                     .get("ports")
                     .and_then(|p| p.get(0))
@@ -135,8 +143,7 @@ pub fn job(rec: &JobRec, project_number: &str, now: DateTime<Utc>) -> Value {
     };
     out.insert("observedGeneration".into(), json!(observed.to_string()));
     out.insert("executionCount".into(), json!(rec.execution_count));
-    out
-        .entry("labels")
+    out.entry("labels")
         .or_insert_with(|| Value::Object(Map::new()));
     Value::Object(out)
 }
@@ -173,6 +180,7 @@ pub fn execution(exec: &ExecRec, log_uri: &str) -> Value {
     common(&mut out, &exec.meta);
     out.insert("generation".into(), json!("1"));
     out.insert("observedGeneration".into(), json!("1"));
+    out.remove("lastModifier");
     out.insert("launchStage".into(), json!(exec.launch_stage));
     out.insert("job".into(), json!(exec.job_id));
     out.insert("labels".into(), exec.labels.clone());
@@ -253,7 +261,11 @@ pub fn execution(exec: &ExecRec, log_uri: &str) -> Value {
                     failed.map(|t| t.index).unwrap_or(0)
                 )
             });
-            if exec.tasks.iter().any(|t| t.exit_code.is_some_and(|c| c != 0)) {
+            if exec
+                .tasks
+                .iter()
+                .any(|t| t.exit_code.is_some_and(|c| c != 0))
+            {
                 completed.insert("executionReason".into(), json!("NON_ZERO_EXIT_CODE"));
             }
             completed.insert("message".into(), json!(message));
@@ -276,8 +288,14 @@ pub fn task(exec: &ExecRec, t: &TaskRec, log_uri: &str) -> Value {
     let name = format!("{}/tasks/{}-task{}", exec.meta.name, exec.meta.id, t.index);
     let mut out = Map::new();
     common(&mut out, &exec.meta);
+    for k in ["creator", "lastModifier", "launchStage"] {
+        out.remove(k);
+    }
     out.insert("name".into(), json!(name));
-    out.insert("uid".into(), json!(format!("{}-{}", exec.meta.uid, t.index)));
+    out.insert(
+        "uid".into(),
+        json!(format!("{}-{}", exec.meta.uid, t.index)),
+    );
     out.insert("generation".into(), json!("1"));
     out.insert("observedGeneration".into(), json!("1"));
     out.insert("job".into(), json!(exec.job_id));
@@ -285,7 +303,13 @@ pub fn task(exec: &ExecRec, t: &TaskRec, log_uri: &str) -> Value {
     out.insert("index".into(), json!(t.index));
     out.insert("retried".into(), json!(t.retried));
     out.insert("logUri".into(), json!(log_uri));
-    for key in ["containers", "maxRetries", "timeout", "serviceAccount", "volumes"] {
+    for key in [
+        "containers",
+        "maxRetries",
+        "timeout",
+        "serviceAccount",
+        "volumes",
+    ] {
         if let Some(v) = exec.template.get(key) {
             out.insert(key.into(), v.clone());
         }
@@ -319,7 +343,11 @@ pub fn task(exec: &ExecRec, t: &TaskRec, log_uri: &str) -> Value {
     };
     out.insert(
         "conditions".into(),
-        json!([condition("Completed", state, t.completion_time.unwrap_or(exec.meta.create_time))]),
+        json!([condition(
+            "Completed",
+            state,
+            t.completion_time.unwrap_or(exec.meta.create_time)
+        )]),
     );
     Value::Object(out)
 }
@@ -352,7 +380,11 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
     out.insert("terminalCondition".into(), cond);
     out.insert("reconciling".into(), json!(reconciling));
     let mut routes = condition("RoutesReady", "CONDITION_SUCCEEDED", rec.meta.update_time);
-    let mut configs = condition("ConfigurationsReady", "CONDITION_SUCCEEDED", rec.meta.update_time);
+    let mut configs = condition(
+        "ConfigurationsReady",
+        "CONDITION_SUCCEEDED",
+        rec.meta.update_time,
+    );
     if state != "CONDITION_SUCCEEDED" {
         routes.insert("state".into(), state.clone());
         configs.insert("state".into(), state);
@@ -369,7 +401,10 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
     out.insert("observedGeneration".into(), json!(observed.to_string()));
     out.insert(
         "latestCreatedRevision".into(),
-        json!(format!("{}/revisions/{}", rec.meta.name, rec.latest_created_revision)),
+        json!(format!(
+            "{}/revisions/{}",
+            rec.meta.name, rec.latest_created_revision
+        )),
     );
     if let Some(r) = &rec.latest_ready_revision {
         out.insert(
