@@ -178,7 +178,9 @@ pub fn verify_assertion(state: &AppState, assertion: &str) -> Result<String, Str
         .and_then(Value::as_str)
         .ok_or("Invalid JWT: missing iss.")?;
     let expected_aud = format!("{}/token", state.url);
-    if claims.get("aud").and_then(Value::as_str) != Some(expected_aud.as_str()) {
+    // google-auth (Python) always signs for Google's token endpoint, whatever `token_uri` says.
+    let aud = claims.get("aud").and_then(Value::as_str);
+    if aud != Some(expected_aud.as_str()) && aud != Some("https://oauth2.googleapis.com/token") {
         return Err(format!("Invalid JWT: aud must be {expected_aud}."));
     }
     let now = Utc::now().timestamp();
