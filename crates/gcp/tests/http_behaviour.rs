@@ -124,6 +124,23 @@ async fn exhausted_retries_report_transient() {
 
 #[tokio::test]
 async fn non_idempotent_post_is_not_retried_after_500() {
+    // A key creation that may have happened must not be repeated blindly (it would leave a
+    // second key); the caller decides (the engine looks for a half-created key first).
+    let fake = Fake::start(vec![
+        Canned::error(500, "INTERNAL", "maybe created"),
+        Canned::json(200, json!({})),
+    ])
+    .await;
+    let http = fake.client(fast_retry());
+    let email = ServiceAccountEmail::parse("robot-one@p-123456.iam.gserviceaccount.com").unwrap();
+    let err = iam::create_key(&http, &project(), &email).await.unwrap_err();
+    assert_eq!(err.http_code(), Some(500));
+    assert_eq!(fake.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn service_account_creation_is_retried_after_500() {
+    // A repeated create is safe: it gets ALREADY_EXISTS, which the engine adopts.
     let fake = Fake::start(vec![
         Canned::error(500, "INTERNAL", "maybe created"),
         Canned::json(200, sa_body()),
@@ -131,11 +148,10 @@ async fn non_idempotent_post_is_not_retried_after_500() {
     .await;
     let http = fake.client(fast_retry());
     let account = AccountId::parse("robot-one").unwrap();
-    let err = iam::create_service_account(&http, &project(), &account, Some("Robot"), None)
+    iam::create_service_account(&http, &project(), &account, Some("Robot"), None)
         .await
-        .unwrap_err();
-    assert_eq!(err.http_code(), Some(500));
-    assert_eq!(fake.seen().len(), 1);
+        .unwrap();
+    assert_eq!(fake.seen().len(), 2);
     let body = fake.seen()[0].json();
     assert_eq!(
         body,
