@@ -126,6 +126,10 @@ impl Env {
         }
         let resp = match req.send().await {
             Ok(r) => r,
+            // Refused: nothing was sent, so even a POST may be sent again.
+            Err(e) if e.is_connect() => {
+                return Err(Busy(anyhow!(e).context(format!("{method} {url}"))));
+            }
             Err(e) => return Ok(Err(anyhow!(e).context(format!("{method} {url}")))),
         };
         let status = resp.status();

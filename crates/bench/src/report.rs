@@ -191,29 +191,23 @@ pub fn table(r: &Results) -> String {
             l.prefect_rtt * 1000.0
         ));
         o.push_str(&format!(
-            "  {:<22}{:>10}{:>12}{:>16}\n",
+            "  {:<22}{:>10}{:>12}   {}\n",
             "command", "wall s", "API calls", "vs floor"
         ));
         o.push_str(&format!(
-            "  {:<22}{:>10.2}{:>12}{:>16}\n",
+            "  {:<22}{:>10.2}{:>12}   {}\n",
             format!("plan ({} steps)", l.plan_steps),
             l.plan.seconds,
             l.plan.calls,
             ""
         ));
         o.push_str(&format!(
-            "  {:<22}{:>10.2}{:>12}{:>16}\n",
-            "apply",
-            l.apply.seconds,
-            l.apply.calls,
-            format!("{:.2}x of {:.2} s", l.apply_ratio, l.critical_path.seconds)
+            "  {:<22}{:>10.2}{:>12}   {:.2}x of {:.2} s\n",
+            "apply", l.apply.seconds, l.apply.calls, l.apply_ratio, l.critical_path.seconds
         ));
         o.push_str(&format!(
-            "  {:<22}{:>10.3}{:>12}{:>16}\n",
-            "plan (no changes)",
-            l.noop_plan.seconds,
-            l.noop_plan.calls,
-            format!("{:.2} round trips", l.noop_round_trips)
+            "  {:<22}{:>10.3}{:>12}   {:.2} round trips\n",
+            "plan (no changes)", l.noop_plan.seconds, l.noop_plan.calls, l.noop_round_trips
         ));
         let chain: Vec<String> = l
             .critical_path
