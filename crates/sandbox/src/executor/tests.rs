@@ -213,14 +213,17 @@ async fn identity_key_is_private_and_removed_afterwards() {
     assert!(!path.exists(), "key file left behind");
 }
 
-#[tokio::test]
+// Multi-threaded, and the container lives long enough to be seen ready even on a loaded
+// machine: on 2 busy cores a 0.1 s container could exit before its readiness was observed
+// (then it counts as never started), and a starved single-threaded runtime hung the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_is_restarted_when_it_exits() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ex = executor(dir.path());
     let logs = ex.new_logs();
     let svc = ex
         .start_service(
-            sh("echo \"up on $PORT\"; sleep 0.1; exit 1"),
+            sh("echo \"up on $PORT\"; sleep 0.5; exit 1"),
             Probe::None,
             Duration::from_secs(5),
             logs.clone(),
@@ -229,7 +232,7 @@ async fn service_is_restarted_when_it_exits() {
     let mut rx = svc.watch();
     // Keep no borrow of the channel across awaits: the supervisor writes to it.
     let seen = tokio::time::timeout(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         rx.wait_for(|s| matches!(s, ServiceState::Ready { restarts, .. } if *restarts >= 2)),
     )
     .await
