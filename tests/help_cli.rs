@@ -6,6 +6,8 @@ fn help(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .args(args)
         .arg("--help")
+        // Flags show their environment variable's value in help: keep the environment empty.
+        .env_clear()
         .env("NO_COLOR", "1")
         .env("COLUMNS", "100")
         .output()
