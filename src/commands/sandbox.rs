@@ -23,7 +23,12 @@ pub fn run(args: &SandboxArgs, _global: &GlobalArgs) -> Result<ExitCode> {
         // Exactly one line on stdout: scripts wait for it and read the URL (the real port
         // when --port 0) from it.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "sandbox ready: {} (env: {})", sandbox.url, sandbox.env_path.display())?;
+        writeln!(
+            out,
+            "sandbox ready: {} (env: {})",
+            sandbox.url,
+            sandbox.env_path.display()
+        )?;
         out.flush()?;
         drop(out);
         wait_for_signal().await?;
@@ -40,7 +45,9 @@ fn config(args: &SandboxArgs) -> Result<Config> {
         config.projects = args.projects.clone();
     }
     if let Some(spec) = &args.faults {
-        config.faults = spec.parse::<FaultSpec>().map_err(|e| anyhow!("--faults: {e}"))?;
+        config.faults = spec
+            .parse::<FaultSpec>()
+            .map_err(|e| anyhow!("--faults: {e}"))?;
     }
     for api in &args.enable_apis {
         if !config.enabled_apis.contains(api) {
@@ -48,8 +55,12 @@ fn config(args: &SandboxArgs) -> Result<Config> {
         }
     }
     config.op_delay = parse_duration(&args.op_delay).map_err(|e| anyhow!("--op-delay: {e}"))?;
-    let delay = parse_duration(&args.consistency_delay).map_err(|e| anyhow!("--consistency-delay: {e}"))?;
-    config.consistency = Consistency { sa_visibility: delay, grant_delay: delay };
+    let delay =
+        parse_duration(&args.consistency_delay).map_err(|e| anyhow!("--consistency-delay: {e}"))?;
+    config.consistency = Consistency {
+        sa_visibility: delay,
+        grant_delay: delay,
+    };
     config.disable_key_creation = args.disable_key_creation;
     config.persist = args.persist;
     if let Some(path) = &args.images {

@@ -133,7 +133,9 @@ async fn non_idempotent_post_is_not_retried_after_500() {
     .await;
     let http = fake.client(fast_retry());
     let email = ServiceAccountEmail::parse("robot-one@p-123456.iam.gserviceaccount.com").unwrap();
-    let err = iam::create_key(&http, &project(), &email).await.unwrap_err();
+    let err = iam::create_key(&http, &project(), &email)
+        .await
+        .unwrap_err();
     assert_eq!(err.http_code(), Some(500));
     assert_eq!(fake.seen().len(), 1);
 }
