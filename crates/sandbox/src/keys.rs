@@ -67,6 +67,37 @@ impl KeyPool {
         });
     }
 
+    /// Adds a key generated elsewhere.
+    pub fn push(&self, key: RsaPrivateKey) {
+        if let Ok(mut ready) = self.inner.ready.lock() {
+            ready.push(key);
+        }
+    }
+
+    /// A key as fast as possible: two generations race on blocking threads (prime search
+    /// time varies a lot) and the slower one goes into the pool. Used at startup.
+    pub async fn take_fast(&self) -> anyhow::Result<RsaPrivateKey> {
+        if let Some(key) = self.inner.ready.lock().ok().and_then(|mut r| r.pop()) {
+            return Ok(key);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        for _ in 0..2 {
+            let tx = tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.blocking_send(generate());
+            });
+        }
+        drop(tx);
+        let first = rx.recv().await.context("key generation task")??;
+        let pool = self.clone();
+        tokio::spawn(async move {
+            if let Some(Ok(key)) = rx.recv().await {
+                pool.push(key);
+            }
+        });
+        Ok(first)
+    }
+
     /// A key from the pool, or a freshly generated one when the pool is empty.
     pub async fn take(&self) -> anyhow::Result<RsaPrivateKey> {
         let pooled = self.inner.ready.lock().ok().and_then(|mut r| r.pop());

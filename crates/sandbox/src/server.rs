@@ -180,9 +180,7 @@ async fn ensure_operator_key(
     {
         return Ok(());
     }
-    let key = tokio::task::spawn_blocking(keys::generate)
-        .await
-        .context("key generation task")??;
+    let key = state.keys.take_fast().await?;
     let key_id = keys::new_key_id();
     let unique_id = crate::iam::new_unique_id();
     let now = Utc::now();
@@ -212,7 +210,7 @@ async fn ensure_operator_key(
                 valid_after: now,
                 valid_before: now + chrono::Duration::days(365 * 100),
                 disabled: false,
-            system_managed: false,
+                system_managed: false,
             },
         );
     }
