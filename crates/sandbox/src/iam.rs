@@ -480,7 +480,13 @@ fn list_keys(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         .keys
         .values()
         .filter(|k| k.email == sa.email)
-        .filter(|k| if k.system_managed { wants_system } else { wants_user })
+        .filter(|k| {
+            if k.system_managed {
+                wants_system
+            } else {
+                wants_user
+            }
+        })
         .map(|k| key_json(k, &sa.project))
         .collect();
     Ok(if keys.is_empty() {
