@@ -82,6 +82,8 @@ pub(crate) struct Running {
     pgid: Option<Pid>,
     /// Descendants that left the group (pid, start time), remembered at the first signal.
     escaped: Vec<(i32, u64)>,
+    /// The main process was waited for: its pid may now belong to another process.
+    reaped: bool,
     readers: Vec<JoinHandle<()>>,
     // Removed from disk when dropped, i.e. when the process is done with it.
     _key: Option<tempfile::NamedTempFile>,
@@ -144,6 +146,7 @@ pub(crate) fn spawn(
         child,
         pgid,
         escaped: Vec::new(),
+        reaped: false,
         readers,
         _key: key,
     })
@@ -195,7 +198,14 @@ impl Running {
     fn signal(&mut self, signal: Signal) {
         if let Some(pgid) = self.pgid {
             // Found while the tree is intact: once their parent dies they belong to init.
-            for found in escaped_descendants(pgid.as_raw_nonzero().get()) {
+            // Never after the main process was reaped: its pid is then free for reuse, and the
+            // scan would find (and kill) the children of whatever process got it next.
+            let scan = if self.reaped {
+                Vec::new()
+            } else {
+                escaped_descendants(pgid.as_raw_nonzero().get())
+            };
+            for found in scan {
                 if !self.escaped.contains(&found) {
                     self.escaped.push(found);
                 }
@@ -223,6 +233,7 @@ impl Running {
     /// stops as a whole) and lets the output readers drain.
     pub(crate) async fn wait(&mut self) -> std::io::Result<ExitStatus> {
         let status = self.child.wait().await;
+        self.reaped = true;
         self.signal(Signal::KILL);
         self.drain().await;
         status
@@ -238,6 +249,7 @@ impl Running {
                 self.child.wait().await
             }
         };
+        self.reaped = true;
         self.signal(Signal::KILL);
         self.drain().await;
         status
