@@ -3,6 +3,7 @@
 pub mod cli;
 pub mod commands;
 pub mod logging;
+pub mod plan_env;
 pub mod worker;
 
 use std::process::ExitCode;

@@ -12,7 +12,7 @@ use bootstrap_engine::{self as engine, Mode, Plan, planner, render};
 
 /// Loads and checks the plan file. Nothing touches the network before this succeeds.
 pub fn load_spec(path: &Path) -> Result<Spec> {
-    bootstrap_spec::load(path).map_err(|diags| anyhow::anyhow!("{diags}"))
+    crate::plan_env::load_spec(path)
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -11,7 +11,7 @@ use crate::cli::ValidateArgs;
 /// secrets) on success, every problem on stderr and exit code 1 otherwise.
 pub fn run(args: &ValidateArgs) -> Result<ExitCode> {
     let path = &args.file.file;
-    match bootstrap_spec::load(path) {
+    match crate::plan_env::load(path) {
         Ok(spec) => {
             let out = if args.json {
                 serde_json::to_string_pretty(&spec)?

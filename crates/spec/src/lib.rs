@@ -22,7 +22,7 @@ mod template;
 
 pub use checks::{Field, check_field};
 pub use diag::{Diagnostic, Diagnostics, Pos};
-pub use load::{load, load_bytes, load_str};
+pub use load::{load, load_bytes, load_str, load_with};
 pub use model::*;
 pub use node::MAX_PLAN_BYTES;
-pub use sections::{DEFAULT_ROLES, VERSION};
+pub use sections::{DEFAULT_ROLES, GCLOUD_PROJECT, GCLOUD_REGION, VERSION};

@@ -10,6 +10,11 @@ use crate::sections::{self, CrossInput, TOP_KEYS};
 
 /// Reads and checks the plan at `path`, with templates seeing the process environment.
 pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
+    load_with(path, &|name| std::env::var(name).ok())
+}
+
+/// [`load`] with `env` answering `{{ env.NAME }}` and gcloud's `CLOUDSDK_*` defaults.
+pub fn load_with(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Spec, Diagnostics> {
     let fail = |message: String, hint: Option<String>| {
         Diagnostics(vec![
             Diagnostic::new(path, Pos::NONE, message).with_hint_opt(hint),
@@ -36,7 +41,7 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
             Some("check the path and its permissions".into()),
         )
     })?;
-    load_bytes(&bytes, path, &|name| std::env::var(name).ok())
+    load_bytes(&bytes, path, env)
 }
 
 /// Checks plan bytes (reporting where they stop being UTF-8).

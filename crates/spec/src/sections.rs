@@ -106,15 +106,13 @@ pub fn gcp(
     top: &Fields<'_>,
 ) -> Option<(ProjectId, Region, Option<Vec<ApiService>>)> {
     let f = section(r, top, "gcp", GCP_KEYS, true)?;
-    let project = r
-        .req_string(&f, "project", "my-project-id")
+    let project = gcloud_default(r, &f, "project", "my-project-id", GCLOUD_PROJECT)
         .and_then(|(v, pos)| {
             r.checked(&v, pos, "gcp.project", Field::ProjectId)
                 .then(|| ProjectId::parse(v).ok())
                 .flatten()
         });
-    let region = r
-        .req_string(&f, "region", "us-central1")
+    let region = gcloud_default(r, &f, "region", "us-central1", GCLOUD_REGION)
         .and_then(|(v, pos)| {
             r.checked(&v, pos, "gcp.region", Field::Region)
                 .then(|| Region::parse(v).ok())
@@ -139,6 +137,37 @@ pub fn gcp(
         _ => None,
     };
     Some((project?, region?, apis))
+}
+
+/// gcloud's own override variables for its configuration's `core/project` and `run/region`;
+/// the command line also answers them from the active gcloud configuration.
+pub const GCLOUD_PROJECT: &str = "CLOUDSDK_CORE_PROJECT";
+pub const GCLOUD_REGION: &str = "CLOUDSDK_RUN_REGION";
+
+/// A required `gcp:` key that, when the plan leaves it out, comes from gcloud (as gcloud's own
+/// commands take the project and region from the active configuration).
+fn gcloud_default(
+    r: &mut Reader<'_>,
+    f: &Fields<'_>,
+    key: &str,
+    example: &str,
+    var: &str,
+) -> Option<(String, Pos)> {
+    if f.get(key).is_some() {
+        return r.req_string(f, key, example);
+    }
+    if let Some(v) = (r.env)(var).filter(|v| !v.trim().is_empty()) {
+        return Some((v.trim().to_owned(), f.pos));
+    }
+    let setting = if key == "project" { "project" } else { "run/region" };
+    r.error(
+        f.pos,
+        format!("missing `{key}` in `gcp`, and no active gcloud configuration sets `{setting}`"),
+        Some(format!(
+            "add `{key}: {example}`, or run `gcloud config set {setting} {example}`"
+        )),
+    );
+    None
 }
 
 /// `service_account:`.
