@@ -106,14 +106,14 @@ pub fn gcp(
     top: &Fields<'_>,
 ) -> Option<(ProjectId, Region, Option<Vec<ApiService>>)> {
     let f = section(r, top, "gcp", GCP_KEYS, true)?;
-    let project = gcloud_default(r, &f, "project", "my-project-id", GCLOUD_PROJECT)
-        .and_then(|(v, pos)| {
+    let project =
+        gcloud_default(r, &f, "project", "my-project-id", GCLOUD_PROJECT).and_then(|(v, pos)| {
             r.checked(&v, pos, "gcp.project", Field::ProjectId)
                 .then(|| ProjectId::parse(v).ok())
                 .flatten()
         });
-    let region = gcloud_default(r, &f, "region", "us-central1", GCLOUD_REGION)
-        .and_then(|(v, pos)| {
+    let region =
+        gcloud_default(r, &f, "region", "us-central1", GCLOUD_REGION).and_then(|(v, pos)| {
             r.checked(&v, pos, "gcp.region", Field::Region)
                 .then(|| Region::parse(v).ok())
                 .flatten()
@@ -159,7 +159,11 @@ fn gcloud_default(
     if let Some(v) = (r.env)(var).filter(|v| !v.trim().is_empty()) {
         return Some((v.trim().to_owned(), f.pos));
     }
-    let setting = if key == "project" { "project" } else { "run/region" };
+    let setting = if key == "project" {
+        "project"
+    } else {
+        "run/region"
+    };
     r.error(
         f.pos,
         format!("missing `{key}` in `gcp`, and no active gcloud configuration sets `{setting}`"),

@@ -172,7 +172,7 @@ work_pool: {name: 'a/b', type: k8s}
     for needle in [
         "version",
         "`regoin`",
-        "missing required key `region`",
+        "missing `region` in `gcp`",
         "gcp.project",
         "service_account.name",
         "roles/run.admin",
