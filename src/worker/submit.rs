@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use bootstrap_gcp::{GcpHttp, ServiceAccountKeySource, TokenSource};
-use bootstrap_prefect::{FlowRun, PrefectClient, SetStateStatus, StateCreate, StateType};
+use bootstrap_prefect::{
+    FlowRun, PrefectClient, PrefectError, SetStateStatus, StateCreate, StateType,
+};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -344,6 +346,55 @@ async fn build(shared: &Shared, run: &FlowRun) -> anyhow::Result<JobConfig> {
     config::prepare(kind, resolved, &ctx).map_err(|e| anyhow!(e))
 }
 
+/// Longest a submission waits for an unavailable Prefect API before leaving the run PENDING
+/// under its claim, for the reconcile pass to adopt later.
+const PREFECT_OUTAGE_WAIT: Duration = Duration::from_secs(120);
+
+/// Whether an error chain holds a Prefect API error that says nothing about the request itself:
+/// the server was unreachable, overloaded (429) or failing (5xx).
+fn prefect_outage(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| match c.downcast_ref::<PrefectError>() {
+        Some(PrefectError::Unreachable { .. }) => true,
+        Some(PrefectError::Http { status, .. }) => {
+            status.is_server_error() || status.as_u16() == 429
+        }
+        _ => false,
+    })
+}
+
+/// Builds the job configuration, waiting out an unavailable Prefect API (a restart, an
+/// overload) with backoff, so that an outage does not crash the runs being submitted. Block and
+/// variable lookups report errors as text, so a failure while the server's `/health` fails
+/// counts as an outage too. `Err` is how the submission ends instead.
+async fn build_patiently(
+    shared: &Shared,
+    run: &FlowRun,
+    cancel: &mut watch::Receiver<Signal>,
+) -> Result<JobConfig, Result<End, Failure>> {
+    let deadline = tokio::time::Instant::now() + PREFECT_OUTAGE_WAIT;
+    let mut delay = Duration::from_millis(500);
+    loop {
+        let e = match build(shared, run).await {
+            Ok(cfg) => return Ok(cfg),
+            Err(e) => e,
+        };
+        if !prefect_outage(&e) && shared.client.health().await.is_ok() {
+            return Err(Err(Failure::Submit(chain(&e))));
+        }
+        if tokio::time::Instant::now() + delay > deadline {
+            tracing::warn!(flow_run = %run.id, error = %chain(&e), "the Prefect API is still unavailable; leaving the run PENDING for a later pass");
+            return Err(Ok(End::Detached));
+        }
+        tracing::info!(flow_run = %run.id, error = %chain(&e), "the Prefect API is unavailable; will retry");
+        match pause(delay, cancel).await {
+            Signal::Cancel => return Err(Ok(End::Cancelled)),
+            Signal::Shutdown => return Err(Ok(End::Detached)),
+            Signal::None => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(8));
+    }
+}
+
 async fn jobs_for(shared: &Shared, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
     let tokens: Arc<dyn TokenSource> = match &cfg.credentials.service_account_info {
         Some(key) => Arc::new(
@@ -404,7 +455,10 @@ async fn submit_and_watch(
     created: &mut Option<(RunJobs, JobConfig)>,
 ) -> Result<End, Failure> {
     let fail = |e: anyhow::Error| Failure::Submit(chain(&e));
-    let mut cfg = build(shared, run).await.map_err(fail)?;
+    let mut cfg = match build_patiently(shared, run, &mut cancel).await {
+        Ok(cfg) => cfg,
+        Err(end) => return end,
+    };
     if !cfg.keep_job {
         // Marks the job as ours to delete after a crash of this worker.
         let labels = match cfg.kind {
@@ -557,5 +611,36 @@ async fn watch_execution(
             Signal::None => {}
         }
         delay = delay.mul_f64(1.5).min(Duration::from_secs(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (tests/worker_e2e.rs `server_restart_loses_no_run`): a run being submitted
+    /// while the Prefect server restarted was marked CRASHED ("cannot reach the Prefect API").
+    #[test]
+    fn outages_are_told_apart_from_bad_configurations() {
+        let down = anyhow::Error::new(PrefectError::Unreachable {
+            url: "http://127.0.0.1:9/api".into(),
+            reason: "connection refused".into(),
+        })
+        .context("reading the work pool");
+        assert!(prefect_outage(&down));
+        let busy = anyhow::Error::new(PrefectError::Http {
+            status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            method: "GET".into(),
+            path: "/work_pools/p".into(),
+            body: String::new(),
+        });
+        assert!(prefect_outage(&busy));
+        let invalid = anyhow::Error::new(PrefectError::Unprocessable {
+            detail: "bad job variables".into(),
+        });
+        assert!(!prefect_outage(&invalid));
+        assert!(!prefect_outage(&anyhow!(
+            "the job configuration is not an object"
+        )));
     }
 }
