@@ -223,7 +223,7 @@ pub fn table(r: &Results) -> String {
     }
     if !r.workers.is_empty() {
         o.push_str(&format!(
-            "  {:<34}{:>9}{:>9}{:>10}{:>10}{:>14}{:>10}{:>10}\n",
+            "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9}\n",
             "worker",
             "idle MB",
             "idle CPU",
@@ -236,7 +236,7 @@ pub fn table(r: &Results) -> String {
         for w in &r.workers {
             let t = w.throughput.as_ref();
             o.push_str(&format!(
-                "  {:<34}{:>9}{:>9}{:>10}{:>10}{:>14}{:>10}{:>10}\n",
+                "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9}\n",
                 w.name,
                 fmt_opt(w.idle.map(|u| u.rss_mb), "", 1).trim(),
                 fmt_opt(w.idle.map(|u| u.cpu_seconds), "", 2).trim(),
