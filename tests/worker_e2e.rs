@@ -353,6 +353,20 @@ impl Setup {
         (running, claim)
     }
 
+    /// The worker's log lines shipped for a run (logger `prefect.flow_runs.worker`).
+    async fn worker_logs(&self, id: Uuid) -> Vec<String> {
+        // Shipped in batches at most a second late.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        self.client
+            .all_flow_run_logs(id, None, 5)
+            .await
+            .expect("logs")
+            .into_iter()
+            .filter(|l| l.name == "prefect.flow_runs.worker")
+            .map(|l| l.message)
+            .collect()
+    }
+
     /// Sandbox Cloud Run jobs (full name -> record) of a flow run.
     fn jobs_of(&self, id: Uuid) -> BTreeMap<String, Value> {
         jobs_in(&self.w.sandbox.state.run.snapshot(), id)
@@ -772,7 +786,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
         .filter(|id| !s.executions_of(**id).is_empty())
         .count();
     eprintln!("killed with {executed_before} of 2 executions started");
-    let _w = s.worker("w-kill", &[]);
+    let restarted = s.worker("w-kill", &[]);
     let runs = s.all_final(&ids, Duration::from_secs(60)).await;
     for (id, run) in ids.iter().zip(&runs) {
         assert_eq!(run.state_type(), StateType::Completed, "{:?}", run.state);
@@ -785,6 +799,55 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
         );
         assert_eq!(s.marks().get(id), Some(&1), "run {id} started once");
     }
+
+    let mut adopted = 0;
+    for id in &ids {
+        let logs = s.worker_logs(*id).await;
+        adopted += logs.iter().filter(|l| l.contains("already exists")).count();
+    }
+    assert!(adopted >= 1, "the restarted worker adopted the job");
+
+    // Killed again once a run's execution has started (its engine still starting, the run
+    // still PENDING): the next worker adopts that execution instead of starting another.
+    let id = s
+        .quick_run(
+            s.report,
+            json!({}),
+            json!({"image": INSTANT_IMAGE, "env": {"FAKE_PAUSE": "3"}}),
+        )
+        .await;
+    let t0 = Instant::now();
+    while s.executions_of(id).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no execution started\n{}",
+            s.diag()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    drop(restarted);
+    let state = s.client.flow_run(id).await.expect("read").expect("run");
+    assert_eq!(
+        state.state_type(),
+        StateType::Pending,
+        "killed mid-submission"
+    );
+    let _again = s.worker("w-kill", &[]);
+    let run = s.final_run(id, Duration::from_secs(60)).await;
+    assert_eq!(run.state_type(), StateType::Completed, "{:?}", run.state);
+    s.job_deleted(id, Duration::from_secs(30)).await;
+    assert_eq!(
+        sampler.of(id),
+        (1, 1),
+        "one job, one execution\n{}",
+        s.diag()
+    );
+    assert_eq!(s.marks().get(&id), Some(&1), "started once");
+    let logs = s.worker_logs(id).await;
+    assert!(
+        logs.iter().any(|l| l.starts_with("Adopting execution")),
+        "the restarted worker adopted the execution: {logs:?}"
+    );
 }
 
 /// A Prefect server of the test's own (`scripts/prefect-server`), stopped on drop.
