@@ -673,14 +673,7 @@ async fn failures_end_crashed_or_failed_with_the_reason() {
     let raises = s
         .quick_run(s.report, json!({"fail": true}), json!({}))
         .await;
-    let run = s.final_run(missing, Duration::from_secs(60)).await;
-    let state = run.state.expect("state");
-    assert_eq!(state.state_type, StateType::Crashed, "{state:?}");
-    let msg = state.message.unwrap_or_default();
-    assert!(
-        msg.contains(&format!("Image '{MISSING_IMAGE}' not found")),
-        "the reason is in the message: {msg}"
-    );
+    crashed_for_missing_image(&s, missing).await;
     let run = s.final_run(raises, Duration::from_secs(120)).await;
     let state = run.state.expect("state");
     assert_eq!(
@@ -699,6 +692,38 @@ async fn failures_end_crashed_or_failed_with_the_reason() {
     s.job_deleted(raises, Duration::from_secs(30)).await;
 }
 
+/// The run of [`MISSING_IMAGE`] ends CRASHED, saying the image was not found.
+async fn crashed_for_missing_image(s: &Setup, id: Uuid) {
+    let run = s.final_run(id, Duration::from_secs(60)).await;
+    let state = run.state.expect("state");
+    assert_eq!(state.state_type, StateType::Crashed, "{state:?}");
+    let msg = state.message.unwrap_or_default();
+    assert!(
+        msg.starts_with("Failed to submit flow run to infrastructure: ")
+            && msg.contains(&format!("Image '{MISSING_IMAGE}' not found")),
+        "the reason is in the message: {msg}"
+    );
+}
+
+/// The v1 API (pool type `cloud-run`) on the same two paths: an image that cannot start ends
+/// CRASHED with the reason, and a cancelled run (the fake engine, sleeping after RUNNING) has
+/// its execution cancelled and its process stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_run_v1_reports_missing_images_and_cancels() {
+    let s = Setup::new("cloud-run", None).await;
+    let _w = s.worker("w-v1", &[]);
+    let missing = s
+        .quick_run(s.report, json!({}), json!({"image": MISSING_IMAGE}))
+        .await;
+    let vars = json!({"image": INSTANT_IMAGE, "keep_job": true, "env": {"FAKE_SLEEP": "120"}});
+    let id = s.quick_run(s.report, json!({}), vars).await;
+    crashed_for_missing_image(&s, missing).await;
+    s.job_deleted(missing, Duration::from_secs(30)).await;
+    s.reach(id, StateType::Running, Duration::from_secs(60))
+        .await;
+    cancel_and_check(&s, id).await;
+}
+
 /// CANCELLING while the flow sleeps: the execution is cancelled, its process is gone, and the
 /// run ends CANCELLED. `keep_job` keeps the job so that the execution can be inspected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,6 +735,12 @@ async fn cancelled_run_stops_its_process() {
         .await;
     s.reach(id, StateType::Running, Duration::from_secs(90))
         .await;
+    cancel_and_check(&s, id).await;
+}
+
+/// Moves a RUNNING run with `keep_job` to CANCELLING, then checks that it ends CANCELLED, its
+/// execution is cancelled and no process of it remains.
+async fn cancel_and_check(s: &Setup, id: Uuid) {
     assert!(!processes_of(id).is_empty(), "the flow's process runs");
     s.client
         .set_flow_run_state(
