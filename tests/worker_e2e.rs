@@ -863,7 +863,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
         StateType::Pending,
         "killed mid-submission"
     );
-    let _again = s.worker("w-kill", &[]);
+    let again = s.worker("w-kill", &[]);
     let run = s.final_run(id, Duration::from_secs(60)).await;
     assert_eq!(run.state_type(), StateType::Completed, "{:?}", run.state);
     s.job_deleted(id, Duration::from_secs(30)).await;
@@ -879,6 +879,33 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
         logs.iter().any(|l| l.starts_with("Adopting execution")),
         "the restarted worker adopted the execution: {logs:?}"
     );
+
+    // Killed while a run is RUNNING: the run finishes on its own and its job stays behind
+    // until the next worker starts and removes the finished jobs of its pool.
+    let id = s
+        .quick_run(
+            s.report,
+            json!({}),
+            json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "2"}}),
+        )
+        .await;
+    s.reach(id, StateType::Running, Duration::from_secs(30))
+        .await;
+    drop(again);
+    let run = s.final_run(id, Duration::from_secs(30)).await;
+    assert_eq!(run.state_type(), StateType::Completed, "{:?}", run.state);
+    let t0 = Instant::now();
+    while !s
+        .executions_of(id)
+        .values()
+        .all(|e| !e["completion_time"].is_null())
+    {
+        assert!(t0.elapsed() < Duration::from_secs(30), "execution not done");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(s.jobs_of(id).len(), 1, "no worker deleted the job yet");
+    let _last = s.worker("w-kill", &[]);
+    s.job_deleted(id, Duration::from_secs(30)).await;
 }
 
 /// A Prefect server of the test's own (`scripts/prefect-server`), stopped on drop.
