@@ -81,6 +81,10 @@ impl World {
                 &self.sandbox.operator_key_path,
             )
             .env("PREFECT_API_URL", &self.prefect_url);
+        // Debugging a failing test: `BOOTSTRAP_TEST_RUST_LOG=debug` reaches the binary.
+        if let Ok(filter) = std::env::var("BOOTSTRAP_TEST_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -360,6 +364,10 @@ impl World {
                 &self.sandbox.operator_key_path,
             )
             .env("PREFECT_API_URL", &self.prefect_url);
+        // Debugging a failing test: `BOOTSTRAP_TEST_RUST_LOG=debug` reaches the binary.
+        if let Ok(filter) = std::env::var("BOOTSTRAP_TEST_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
