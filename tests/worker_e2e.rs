@@ -186,6 +186,39 @@ async fn cloud_run_v1_reports_missing_images_and_cancels() {
     cancel_and_check(&s, id).await;
 }
 
+/// A job deleted under a running flow (by hand, or by a foreign cleanup): the run ends CRASHED
+/// saying its execution vanished, and the job's process is stopped with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_job_crashes_the_run() {
+    let s = Setup::new("cloud-run-v2", None).await;
+    let _w = s.worker("w-vanish", &[]);
+    let vars = json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "120"}});
+    let id = s.quick_run(s.report, json!({}), vars).await;
+    s.reach(id, StateType::Running, Duration::from_secs(60))
+        .await;
+    let job = s.jobs_of(id).into_keys().next().expect("the run's job");
+    let http = s.w.operator_http().await;
+    let call = bootstrap_gcp::Call::new(
+        "run.projects.locations.jobs.delete",
+        reqwest::Method::DELETE,
+        bootstrap_gcp::Api::RunV2,
+        format!("v2/{job}"),
+    );
+    http.send::<serde_json::Value>(call)
+        .await
+        .expect("the operator deletes the job");
+    let run = s.final_run(id, Duration::from_secs(60)).await;
+    let state = run.state.expect("state");
+    assert_eq!(state.state_type, StateType::Crashed, "{state:?}");
+    let msg = state.message.unwrap_or_default();
+    assert!(msg.contains("vanished"), "{msg}");
+    let t0 = Instant::now();
+    while !processes_of(id).is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "process survived");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// CANCELLING while the flow sleeps: the execution is cancelled, its process is gone, and the
 /// run ends CANCELLED. `keep_job` keeps the job so that the execution can be inspected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
