@@ -6,8 +6,10 @@
 //!   deployment's and the run's job variables, blocks and variables (pure, unit-tested);
 //! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
 //! - [`cloudrun`]: the Cloud Run v2 / v1 job and execution calls;
-//! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `health`.
+//! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `cache`: reads
+//!   shared by the runs of a poll cycle; `health`.
 
+mod cache;
 pub mod cloudrun;
 pub mod config;
 mod health;

@@ -10,6 +10,7 @@
 //! - on shutdown: no new runs, running jobs are left to finish, exit within a few seconds.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use secrecy::SecretString;
 use tokio::sync::{Notify, OnceCell, Semaphore, mpsc, watch};
 use uuid::Uuid;
 
+use super::cache::{JobsCache, Reads};
 use super::cloudrun::RunJobs;
 use super::config::{GcpCredentials, PoolKind, sanitize_labels};
 use super::submit::{self, CLEANUP_LABEL, Claim, POOL_LABEL, Signal};
@@ -85,6 +87,33 @@ pub(crate) struct Shared {
     ambient: OnceCell<Arc<dyn TokenSource>>,
     poll_now: Notify,
     stopping: watch::Sender<bool>,
+    /// Prefect reads shared by the runs of a poll cycle.
+    pub(crate) reads: Reads,
+    /// Cloud Run clients (and their tokens) by credentials.
+    pub(crate) jobs: JobsCache,
+    /// Runs between claim and a started execution (see [`SUBMIT_SLOTS`]).
+    pub(crate) submit_slots: Arc<Semaphore>,
+    /// Runs taken from a poll that wait for a submission slot, not yet claimed.
+    waiting: AtomicUsize,
+}
+
+/// At most this many runs are being submitted (claim, job configuration, job creation, up to
+/// the started execution) at once; the rest of a poll's page waits unclaimed. Submitting a whole
+/// page at once made every run wait for all the others' Prefect calls on a busy server (the
+/// first execution of 500 queued runs started after 13 s); a bounded pipeline starts the first
+/// ones at once and leaves unclaimed runs to other workers of the pool.
+pub(crate) const SUBMIT_SLOTS: usize = 32;
+
+/// Runs asked for per poll (Prefect's server caps a page at 200 by default).
+const PAGE: u32 = 200;
+
+/// Counts a run as waiting for a submission slot until dropped.
+pub(crate) struct Waiting(Arc<Shared>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -152,10 +181,12 @@ impl Shared {
             map.insert(run.id, tx);
             rx
         };
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(self.clone());
         let shared = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            submit::handle(shared.clone(), run, claim, rx).await;
+            submit::handle(shared.clone(), run, claim, rx, waiting).await;
             if let Ok(mut map) = shared.in_flight.lock() {
                 map.remove(&id);
             }
@@ -229,6 +260,10 @@ pub async fn run(
         ambient: OnceCell::new(),
         poll_now: Notify::new(),
         stopping: stop_tx,
+        reads: Reads::default(),
+        jobs: JobsCache::default(),
+        submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
+        waiting: AtomicUsize::new(0),
     });
     tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
     let mut tasks = tokio::task::JoinSet::new();
@@ -289,7 +324,7 @@ async fn poll_loop(shared: Arc<Shared>) {
             Utc::now() + chrono::Duration::from_std(shared.opts.prefetch).unwrap_or_default();
         match shared
             .client
-            .get_scheduled_flow_runs(&shared.opts.pool, &shared.opts.queues, before, None)
+            .get_scheduled_flow_runs(&shared.opts.pool, &shared.opts.queues, before, Some(PAGE))
             .await
         {
             Ok(runs) => {
@@ -297,8 +332,14 @@ async fn poll_loop(shared: Arc<Shared>) {
                 if let Ok(mut t) = shared.last_poll_ok.lock() {
                     *t = Instant::now();
                 }
+                let full = runs.len() >= PAGE as usize;
                 for r in runs {
                     shared.start(r.flow_run, Claim::New);
+                }
+                // A full page means more runs are due: ask again as soon as the pipeline has
+                // room, not a poll interval later.
+                if full && wait_for_room(&shared).await {
+                    continue;
                 }
             }
             Err(e) => {
@@ -312,6 +353,32 @@ async fn poll_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(wait) => {}
             _ = shared.poll_now.notified() => {}
         }
+    }
+}
+
+/// Waits (up to a poll interval) until fewer runs wait for a submission slot than there are
+/// slots, so the next page keeps the pipeline full. False when the worker is at its `--limit`
+/// or stopping (then the regular poll interval applies).
+async fn wait_for_room(shared: &Arc<Shared>) -> bool {
+    let deadline = Instant::now() + shared.opts.poll_interval;
+    loop {
+        if shared.stopping() {
+            return false;
+        }
+        let at_limit = shared
+            .permits
+            .as_ref()
+            .is_some_and(|p| p.available_permits() == 0);
+        if at_limit {
+            return false;
+        }
+        if shared.waiting.load(Ordering::SeqCst) < SUBMIT_SLOTS {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -417,8 +484,8 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
 /// submit: cancellation and cleanup).
 async fn orphan_jobs(shared: &Arc<Shared>) -> anyhow::Result<RunJobs> {
     let pool = shared
-        .client
-        .work_pool(&shared.opts.pool)
+        .reads
+        .work_pool(&shared.client, &shared.opts.pool)
         .await?
         .ok_or_else(|| anyhow!("the work pool is gone"))?;
     let kind =
@@ -442,7 +509,7 @@ async fn pool_jobs(
         .and_then(|p| p.pointer("/credentials/default"))
         .cloned()
         .unwrap_or_default();
-    let creds_value = super::refs::resolve(creds_value, &LookupById(&shared.client))
+    let creds_value = super::refs::resolve(creds_value, &LookupById(shared))
         .await
         .map_err(|e| anyhow!(e))?;
     let creds: GcpCredentials =
@@ -464,17 +531,19 @@ async fn pool_jobs(
     Ok(RunJobs::new(http, kind, &project, &region)?)
 }
 
-struct LookupById<'a>(&'a PrefectClient);
+/// Only `$ref`s: a pool's default credentials name their block by id.
+struct LookupById<'a>(&'a Shared);
 
 impl super::refs::Lookup for LookupById<'_> {
     async fn block_by_id(&self, id: &str) -> Result<Option<serde_json::Value>, String> {
         let id = Uuid::parse_str(id).map_err(|_| format!("`{id}` is not a block document id"))?;
-        let doc = self
+        let data = self
             .0
-            .block_document_with_secrets(id)
+            .reads
+            .block_by_id(&self.0.client, id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(doc.map(|d| d.data.into_exposed()))
+        Ok(data.map(|d| d.into_exposed()))
     }
     async fn block_by_name(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, String> {
         Ok(None)

@@ -12,13 +12,13 @@ use bootstrap_prefect::{
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
 use super::cloudrun::{Readiness, RunJobs};
 use super::config::{self, GcpCredentials, JobConfig, PoolKind, RunContext};
 use super::refs::{self, Lookup};
-use super::runtime::Shared;
+use super::runtime::{Shared, Waiting};
 use super::template;
 
 /// Label marking jobs this worker may delete once finished (absent when `keep_job` is set).
@@ -26,34 +26,35 @@ pub const CLEANUP_LABEL: &str = "bootstrap-worker-cleanup";
 /// Label naming the pool (as prefect-gcp sanitises `prefect.io/work-pool-name`).
 pub const POOL_LABEL: &str = "prefect-io-work-pool-name";
 
-/// Resolves `$ref` and placeholders against the Prefect API.
-struct PrefectLookup<'a>(&'a PrefectClient);
+/// Resolves `$ref` and placeholders against the Prefect API (through the shared reads).
+struct PrefectLookup<'a>(&'a Shared);
 
 impl Lookup for PrefectLookup<'_> {
     async fn block_by_id(&self, id: &str) -> Result<Option<Value>, String> {
         let id = Uuid::parse_str(id).map_err(|_| format!("`{id}` is not a block document id"))?;
-        let doc = self
+        let data = self
             .0
-            .block_document_with_secrets(id)
+            .reads
+            .block_by_id(&self.0.client, id)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(doc.map(|d| d.data.into_exposed()))
+        Ok(data.map(|d| d.into_exposed()))
     }
     async fn block_by_name(&self, slug: &str, name: &str) -> Result<Option<Value>, String> {
-        let doc = self
+        let data = self
             .0
-            .block_document_by_name_with_secrets(slug, name)
+            .reads
+            .block_by_name(&self.0.client, slug, name)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(doc.map(|d| d.data.into_exposed()))
+        Ok(data.map(|d| d.into_exposed()))
     }
     async fn variable(&self, name: &str) -> Result<Option<Value>, String> {
-        let var = self
-            .0
-            .variable_by_name(name)
+        self.0
+            .reads
+            .variable(&self.0.client, name)
             .await
-            .map_err(|e| e.to_string())?;
-        Ok(var.map(|v| v.value))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -92,15 +93,26 @@ pub(crate) async fn handle(
     shared: Arc<Shared>,
     run: FlowRun,
     claim: Claim,
-    cancel: watch::Receiver<Signal>,
+    mut cancel: watch::Receiver<Signal>,
+    waiting: Waiting,
 ) {
     let id = run.id;
     let client = &shared.client;
+    // Wait for a submission slot before claiming, so a run this worker cannot start soon stays
+    // SCHEDULED for another worker; any signal (shutdown, cancel) ends the wait.
+    let slot = tokio::select! {
+        slot = shared.submit_slots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            Err(_) => return, // closed: never happens, the runtime keeps the semaphore
+        },
+        _ = cancel.changed() => return,
+    };
+    drop(waiting);
     let claimed_at = match claim {
         Claim::Adopted(t) => t,
         Claim::New => {
             if let Some(dep) = run.deployment_id {
-                match client.deployment(dep).await {
+                match shared.reads.deployment(client, dep).await {
                     Ok(None) => {
                         propose(
                             client,
@@ -151,7 +163,7 @@ pub(crate) async fn handle(
         format!("Worker '{}' submitting flow run '{id}'", shared.opts.name),
     );
     let mut created: Option<(RunJobs, JobConfig)> = None;
-    let outcome = submit_and_watch(&shared, &run, claimed_at, cancel, &mut created).await;
+    let outcome = submit_and_watch(&shared, &run, claimed_at, cancel, slot, &mut created).await;
     match outcome {
         Ok(End::Completed) => {}
         Ok(End::Cancelled) => {
@@ -305,8 +317,9 @@ fn chain(e: &anyhow::Error) -> String {
 
 async fn build(shared: &Shared, run: &FlowRun) -> anyhow::Result<JobConfig> {
     let client = &shared.client;
-    let pool = client
-        .work_pool(&shared.opts.pool)
+    let pool = shared
+        .reads
+        .work_pool(client, &shared.opts.pool)
         .await?
         .ok_or_else(|| anyhow!("work pool `{}` not found", shared.opts.pool))?;
     let kind = PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| {
@@ -316,10 +329,10 @@ async fn build(shared: &Shared, run: &FlowRun) -> anyhow::Result<JobConfig> {
         )
     })?;
     let deployment = match run.deployment_id {
-        Some(d) => client.deployment(d).await?,
+        Some(d) => shared.reads.deployment(client, d).await?,
         None => None,
     };
-    let flow = client.flow(run.flow_id).await?;
+    let flow = shared.reads.flow(client, run.flow_id).await?;
     let dep_vars = deployment
         .as_ref()
         .map(|d| d.job_variables.clone())
@@ -329,7 +342,7 @@ async fn build(shared: &Shared, run: &FlowRun) -> anyhow::Result<JobConfig> {
         std::env::var(k).ok()
     })
     .map_err(|e| anyhow!(e))?;
-    let resolved = refs::resolve(Value::Object(rendered), &PrefectLookup(client))
+    let resolved = refs::resolve(Value::Object(rendered), &PrefectLookup(shared))
         .await
         .map_err(|e| anyhow!(e))?;
     let Value::Object(resolved) = resolved else {
@@ -395,7 +408,22 @@ async fn build_patiently(
     }
 }
 
+/// The Cloud Run client for a configuration's credentials, reused across runs.
 async fn jobs_for(shared: &Shared, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
+    let creds = &cfg.credentials;
+    shared
+        .jobs
+        .get_or_make(
+            cfg.kind,
+            &cfg.region,
+            creds.project.as_deref(),
+            creds.service_account_info.as_ref(),
+            || make_jobs(shared, cfg),
+        )
+        .await
+}
+
+async fn make_jobs(shared: &Shared, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
     let tokens: Arc<dyn TokenSource> = match &cfg.credentials.service_account_info {
         Some(key) => Arc::new(
             ServiceAccountKeySource::from_json(key)
@@ -452,6 +480,7 @@ async fn submit_and_watch(
     run: &FlowRun,
     claimed_at: DateTime<Utc>,
     mut cancel: watch::Receiver<Signal>,
+    slot: OwnedSemaphorePermit,
     created: &mut Option<(RunJobs, JobConfig)>,
 ) -> Result<End, Failure> {
     let fail = |e: anyhow::Error| Failure::Submit(chain(&e));
@@ -558,6 +587,8 @@ async fn submit_and_watch(
         20,
         format!("Started Cloud Run job {job}, execution {execution}"),
     );
+    // Submitted: watching costs the Prefect server nothing; let the next run in.
+    drop(slot);
     watch_execution(&jobs, &job, &execution, &mut cancel).await
 }
 
