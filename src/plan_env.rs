@@ -27,7 +27,20 @@ pub fn load(path: &Path) -> Result<Spec, Diagnostics> {
     bootstrap_spec::load_with(path, &lookup)
 }
 
-/// [`load`], with the diagnostics as an error.
+/// [`load`] for commands that go on to call the APIs: the diagnostics are printed as they are
+/// (each already says `file:line:col: error: ...`), and the error only sums them up, the way a
+/// compiler ends with "aborting due to N errors".
 pub fn load_spec(path: &Path) -> Result<Spec> {
-    load(path).map_err(|diags| anyhow::anyhow!("{diags}"))
+    load(path).map_err(|diags| {
+        eprint!("{diags}");
+        if !diags.to_string().ends_with('\n') {
+            eprintln!();
+        }
+        let n = diags.len();
+        anyhow::anyhow!(
+            "{} is not a valid plan ({n} problem{}); nothing was sent to any API",
+            path.display(),
+            if n == 1 { "" } else { "s" }
+        )
+    })
 }
