@@ -9,7 +9,7 @@
 //! - at start, finished jobs of the pool left behind by a crash are deleted;
 //! - on shutdown: no new runs, running jobs are left to finish, exit within a few seconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -81,6 +81,10 @@ pub(crate) struct Shared {
     /// The worker's own Prefect settings handed to every container.
     pub(crate) worker_env: Vec<(String, SecretString)>,
     in_flight: Mutex<HashMap<Uuid, watch::Sender<Signal>>>,
+    /// Runs this process saw to an end, newest last: never adopted again, even when their flow
+    /// never reported a state (a run left PENDING after its execution ended would otherwise be
+    /// run again by every reconcile pass).
+    finished: Mutex<(HashSet<Uuid>, VecDeque<Uuid>)>,
     permits: Option<Arc<Semaphore>>,
     last_poll_ok: Mutex<Instant>,
     logs: mpsc::UnboundedSender<LogCreate>,
@@ -102,7 +106,10 @@ pub(crate) struct Shared {
 /// page at once made every run wait for all the others' Prefect calls on a busy server (the
 /// first execution of 500 queued runs started after 13 s); a bounded pipeline starts the first
 /// ones at once and leaves unclaimed runs to other workers of the pool.
-pub(crate) const SUBMIT_SLOTS: usize = 32;
+pub(crate) const SUBMIT_SLOTS: usize = 64;
+
+/// How many finished runs are remembered (a few hundred KB at most).
+const FINISHED_KEPT: usize = 4096;
 
 /// Runs asked for per poll (Prefect's server caps a page at 200 by default).
 const PAGE: u32 = 200;
@@ -186,12 +193,36 @@ impl Shared {
         let shared = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            submit::handle(shared.clone(), run, claim, rx, waiting).await;
+            let finished = submit::handle(shared.clone(), run, claim, rx, waiting).await;
+            if finished {
+                shared.remember_finished(id);
+            }
             if let Ok(mut map) = shared.in_flight.lock() {
                 map.remove(&id);
             }
             drop(permit);
         });
+    }
+
+    fn remember_finished(&self, id: Uuid) {
+        if let Ok(mut f) = self.finished.lock() {
+            let (set, order) = &mut *f;
+            if set.insert(id) {
+                order.push_back(id);
+            }
+            while order.len() > FINISHED_KEPT {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn finished_here(&self, id: Uuid) -> bool {
+        self.finished
+            .lock()
+            .map(|f| f.0.contains(&id))
+            .unwrap_or(false)
     }
 
     fn signal(&self, id: Uuid, s: Signal) -> bool {
@@ -255,6 +286,7 @@ pub async fn run(
         opts,
         worker_env,
         in_flight: Mutex::new(HashMap::new()),
+        finished: Mutex::new((HashSet::new(), VecDeque::new())),
         last_poll_ok: Mutex::new(Instant::now()),
         logs: log_tx,
         ambient: OnceCell::new(),
@@ -583,6 +615,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                         .map(|m| m.contains_key(&run.id))
                         .unwrap_or(true);
                     if !in_flight
+                        && !shared.finished_here(run.id)
                         && state.and_then(|s| s.message.as_deref()) == Some(mine.as_str())
                         && submit::adoptable(&shared.client, run.id, state.and_then(|s| s.id)).await
                     {

@@ -88,14 +88,16 @@ pub(crate) async fn propose(
     }
 }
 
-/// Handles one run to its end. Never panics; every failure ends in a state proposal.
+/// Handles one run to its end. Never panics; every failure ends in a state proposal. True when
+/// this task saw the run's infrastructure to an end (so the run must not be adopted again even
+/// if its flow never reported a state); false when it did not claim it or left it PENDING.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     run: FlowRun,
     claim: Claim,
     mut cancel: watch::Receiver<Signal>,
     waiting: Waiting,
-) {
+) -> bool {
     let id = run.id;
     let client = &shared.client;
     // Wait for a submission slot before claiming, so a run this worker cannot start soon stays
@@ -103,9 +105,9 @@ pub(crate) async fn handle(
     let slot = tokio::select! {
         slot = shared.submit_slots.clone().acquire_owned() => match slot {
             Ok(slot) => slot,
-            Err(_) => return, // closed: never happens, the runtime keeps the semaphore
+            Err(_) => return false, // closed: never happens, the runtime keeps the semaphore
         },
-        _ = cancel.changed() => return,
+        _ = cancel.changed() => return false,
     };
     drop(waiting);
     let claimed_at = match claim {
@@ -122,12 +124,12 @@ pub(crate) async fn handle(
                             true,
                         )
                         .await;
-                        return;
+                        return false;
                     }
                     Ok(Some(_)) => {}
                     Err(e) => {
                         tracing::warn!(flow_run = %id, error = %e, "could not read the deployment; will retry on the next poll");
-                        return;
+                        return false;
                     }
                 }
             }
@@ -142,17 +144,17 @@ pub(crate) async fn handle(
                 Ok(r) if r.status == SetStateStatus::Accept => {
                     let ours = r.state.as_ref().and_then(|s| s.id);
                     if !still_ours(client, id, ours).await {
-                        return;
+                        return false;
                     }
                     r.state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now)
                 }
                 Ok(r) => {
                     tracing::debug!(flow_run = %id, status = ?r.status, reason = r.reason().unwrap_or(""), "not claimed");
-                    return;
+                    return false;
                 }
                 Err(e) => {
                     tracing::warn!(flow_run = %id, error = %e, "could not claim the run");
-                    return;
+                    return false;
                 }
             }
         }
@@ -185,7 +187,8 @@ pub(crate) async fn handle(
             crash_unless_final(client, id, &msg).await;
             shared.log(id, 40, msg);
         }
-        Ok(End::Detached) => return, // shutting down: the job keeps running, cleanup happens later
+        // Shutting down or Prefect unavailable: the job keeps running, a later pass adopts it.
+        Ok(End::Detached) => return false,
         Err(Failure::Submit(msg)) => {
             let msg = format!("Failed to submit flow run to infrastructure: {msg}");
             propose(client, id, StateType::Crashed, &msg, false).await;
@@ -198,6 +201,7 @@ pub(crate) async fn handle(
     {
         tracing::warn!(job = cfg.job_name, error = %e, "could not delete the job; the next start cleans it up");
     }
+    true
 }
 
 /// How long a claim settles before it is checked.
@@ -549,6 +553,8 @@ async fn submit_and_watch(
     };
     // Reuse an execution started for this claim (a restart after `:run`), else start one.
     let skew = chrono::Duration::seconds(5);
+    let recorded_with_run =
+        !matches!(&view.latest_execution, Some((_, Some(t))) if *t >= claimed_at - skew);
     let execution = match view.latest_execution {
         Some((name, Some(t))) if t >= claimed_at - skew => {
             shared.log(
@@ -558,7 +564,7 @@ async fn submit_and_watch(
             );
             name
         }
-        _ => match jobs.run(&job).await {
+        _ => match run_recording_pid(shared, run.id, &jobs, &job).await {
             Ok(name) => name,
             Err(e) => {
                 // The run may have started even though the answer was lost: look before failing.
@@ -575,12 +581,8 @@ async fn submit_and_watch(
             }
         },
     };
-    if let Err(e) = shared
-        .client
-        .set_flow_run_infrastructure_pid(run.id, &job)
-        .await
-    {
-        tracing::warn!(flow_run = %run.id, error = %e, "could not record infrastructure_pid");
+    if !recorded_with_run {
+        record_pid(shared, run.id, &job).await;
     }
     shared.log(
         run.id,
@@ -590,6 +592,26 @@ async fn submit_and_watch(
     // Submitted: watching costs the Prefect server nothing; let the next run in.
     drop(slot);
     watch_execution(&jobs, &job, &execution, &mut cancel).await
+}
+
+/// Records the job as the run's `infrastructure_pid` (how a later worker finds it to cancel).
+async fn record_pid(shared: &Shared, id: Uuid, job: &str) {
+    if let Err(e) = shared.client.set_flow_run_infrastructure_pid(id, job).await {
+        tracing::warn!(flow_run = %id, error = %e, "could not record infrastructure_pid");
+    }
+}
+
+/// Starts an execution and, at the same time, records the job as the run's
+/// `infrastructure_pid`: the two calls go to different servers, so the submission takes one
+/// round trip less (the job exists already, so the pid is right whether or not the run starts).
+async fn run_recording_pid(
+    shared: &Shared,
+    id: Uuid,
+    jobs: &RunJobs,
+    job: &str,
+) -> Result<String, bootstrap_gcp::GcpError> {
+    let (started, ()) = tokio::join!(jobs.run(job), record_pid(shared, id, job));
+    started
 }
 
 async fn watch_execution(
