@@ -5,7 +5,9 @@ use tracing_subscriber::EnvFilter;
 pub fn init(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn",
+        // gcp_auth warns on every retry while it looks for credentials (e.g. the metadata server
+        // when not on GCP); the final error says all of it once.
+        (false, 0) => "warn,gcp_auth=error",
         (false, 1) => "info,bootstrap=debug,bootstrap_gcp=debug,bootstrap_prefect=debug",
         (false, _) => "debug,bootstrap=trace,bootstrap_gcp=trace,bootstrap_prefect=trace",
     };
