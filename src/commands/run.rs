@@ -22,7 +22,12 @@ use crate::cli::RunArgs;
 const POLL: Duration = Duration::from_millis(1000);
 /// Logs may be stored after a later one (the flow ships them in batches): each poll looks this
 /// far behind the newest line already shown, and already shown lines are skipped by id.
-const LOG_SLACK: chrono::Duration = chrono::Duration::seconds(5);
+const LOG_SLACK: chrono::Duration = chrono::Duration::seconds(30);
+/// After the run ends: poll the logs this often, until this many polls in a row brought
+/// nothing new, for at most this long.
+const LOG_DRAIN_POLL: Duration = Duration::from_millis(500);
+const LOG_QUIET_POLLS: u32 = 6;
+const LOG_DRAIN_MAX: Duration = Duration::from_secs(15);
 
 /// Runs the subcommand.
 pub fn run(args: RunArgs) -> Result<ExitCode> {
@@ -193,9 +198,20 @@ async fn follow(
         }
         show_new_logs(client, run.id, &mut seen_logs, &mut newest_log, print).await?;
         if current.state_type().is_terminal() {
-            // The flow's last log lines may be stored just after its final state.
-            tokio::time::sleep(POLL).await;
-            show_new_logs(client, run.id, &mut seen_logs, &mut newest_log, print).await?;
+            // The flow's last log lines are shipped in a batch as its process exits, after the
+            // final state: keep reading until the logs have been quiet for a while (bounded).
+            let drain_until = tokio::time::Instant::now() + LOG_DRAIN_MAX;
+            let mut quiet_polls = 0;
+            while quiet_polls < LOG_QUIET_POLLS && tokio::time::Instant::now() < drain_until {
+                tokio::time::sleep(LOG_DRAIN_POLL).await;
+                let before = seen_logs.len();
+                show_new_logs(client, run.id, &mut seen_logs, &mut newest_log, print).await?;
+                quiet_polls = if seen_logs.len() == before {
+                    quiet_polls + 1
+                } else {
+                    0
+                };
+            }
             return Ok(current);
         }
         if tokio::time::Instant::now() + POLL > deadline {
