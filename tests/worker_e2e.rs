@@ -267,9 +267,20 @@ async fn cancel_and_check(s: &Setup, id: Uuid) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let execs = s.executions_of(id);
-    assert_eq!(execs.len(), 1, "{execs:?}");
-    let exec = execs.values().next().expect("one execution");
+    // The sandbox records the task's end just after its process is gone: wait for it (bounded).
+    let t0 = Instant::now();
+    let exec = loop {
+        let execs = s.executions_of(id);
+        assert_eq!(execs.len(), 1, "{execs:?}");
+        let exec = execs.values().next().expect("one execution").clone();
+        let settled = exec["tasks"]
+            .as_array()
+            .is_some_and(|t| t.iter().all(|t| t["state"] == json!("Cancelled")));
+        if settled || t0.elapsed() > Duration::from_secs(10) {
+            break exec;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(exec["cancelled"], json!(true), "{exec}");
     assert!(
         exec["tasks"]
