@@ -59,7 +59,18 @@ pub async fn dispatch(State(state): State<AppState>, request: Request) -> Respon
     }
 }
 
-async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
+/// A Google request taken apart: which method, who calls, its query and JSON body. Shared by
+/// this dispatcher and the Run router, so both read requests the same way.
+pub(crate) struct Decoded {
+    pub call: MethodCall,
+    pub caller: Caller,
+    pub query: Vec<(String, String)>,
+    pub body: Value,
+}
+
+/// Decodes a request (the guard middleware has usually identified the method and the caller
+/// already; otherwise this does it).
+pub(crate) async fn decode(state: &AppState, request: Request) -> ApiResult<Decoded> {
     let (parts, body) = request.into_parts();
     let call = match parts.extensions.get::<MethodCall>() {
         Some(call) => call.clone(),
@@ -77,7 +88,7 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
                 .headers
                 .get(axum::http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok());
-            auth::authenticate(&state, header)?
+            auth::authenticate(state, header)?
         }
     };
     let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
@@ -93,6 +104,21 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
             ApiError::invalid_argument(format!("Invalid JSON payload received. {e}"))
         })?
     };
+    Ok(Decoded {
+        call,
+        caller,
+        query,
+        body,
+    })
+}
+
+async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
+    let Decoded {
+        call,
+        caller,
+        query,
+        body,
+    } = decode(&state, request).await?;
     let ctx = Ctx {
         state,
         caller,

@@ -1,6 +1,6 @@
 //! Request parsing, authorization and the Cloud Run v2 methods.
 
-use axum::extract::{Query, Request, State};
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -8,14 +8,13 @@ use serde_json::{Value, json};
 use super::engine;
 use super::records::{ExecRec, JobRec, Meta, Parent, ServiceRec, Settled, TaskRec, TaskState};
 use super::views;
-use crate::auth::{self, Caller};
+use crate::auth::Caller;
 use crate::authz;
 use crate::error::{ApiError, ApiResult};
-use crate::methods::{self, MethodCall};
+use crate::methods::MethodCall;
 use crate::operations::{self, Outcome};
 use crate::state::AppState;
 
-const MAX_BODY: usize = 4 * 1024 * 1024;
 const SERVICE_TYPE: &str = "type.googleapis.com/google.cloud.run.v2.Service";
 const JOB_TYPE: &str = "type.googleapis.com/google.cloud.run.v2.Job";
 const EXECUTION_TYPE: &str = "type.googleapis.com/google.cloud.run.v2.Execution";
@@ -78,39 +77,12 @@ pub(crate) async fn dispatch(State(state): State<AppState>, request: Request) ->
 }
 
 async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
-    let (parts, body) = request.into_parts();
-    let call = match parts.extensions.get::<MethodCall>() {
-        Some(call) => call.clone(),
-        None => methods::identify(parts.method.as_str(), parts.uri.path()).ok_or_else(|| {
-            ApiError::not_found(format!(
-                "The requested URL {} was not found on this server.",
-                parts.uri.path()
-            ))
-        })?,
-    };
-    let caller = match parts.extensions.get::<Caller>() {
-        Some(c) => c.clone(),
-        None => {
-            let header = parts
-                .headers
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            auth::authenticate(&state, header)?
-        }
-    };
-    let query = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-        .map(|q| q.0)
-        .map_err(|_| ApiError::invalid_argument("Invalid query string."))?;
-    let bytes = axum::body::to_bytes(body, MAX_BODY)
-        .await
-        .map_err(|_| ApiError::invalid_argument("Request body too large or unreadable."))?;
-    let body = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::invalid_argument(format!("Invalid JSON payload received. {e}"))
-        })?
-    };
+    let crate::google::Decoded {
+        call,
+        caller,
+        query,
+        body,
+    } = crate::google::decode(&state, request).await?;
     let req = Req {
         state,
         caller,
