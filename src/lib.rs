@@ -4,7 +4,6 @@ pub mod cli;
 pub mod commands;
 pub mod logging;
 pub mod plan_env;
-pub mod worker;
 
 use std::process::ExitCode;
 

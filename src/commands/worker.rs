@@ -1,4 +1,4 @@
-//! `bootstrap worker`: the embedded Prefect worker (see `crate::worker`).
+//! `bootstrap worker`: the embedded Prefect worker (the `bootstrap_worker` crate).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use bootstrap_gcp::Endpoints;
 use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig};
 
 use crate::cli::{GlobalArgs, WorkerArgs};
-use crate::worker::{self, WorkerOptions};
+use bootstrap_worker::{self as worker, WorkerOptions};
 
 /// Runs the worker until SIGTERM or SIGINT.
 pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {

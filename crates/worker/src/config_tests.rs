@@ -6,10 +6,10 @@ use bootstrap_prefect::{Deployment, Flow, FlowRun, WorkPool};
 use serde_json::{Value, json};
 
 use super::*;
-use crate::worker::refs::{self, Lookup};
-use crate::worker::template::{merge_job_variables, render_job_configuration};
+use crate::refs::{self, Lookup};
+use crate::template::{merge_job_variables, render_job_configuration};
 
-const CASES: &str = include_str!("../../tests/fixtures/worker/render_cases.json");
+const CASES: &str = include_str!("../../../tests/fixtures/worker/render_cases.json");
 
 struct FixtureLookup<'a>(&'a Value);
 
@@ -36,8 +36,8 @@ fn object(v: Option<&Value>) -> Object {
 /// The default base job template of a pool type, as the installed prefect-gcp generates it.
 fn default_template(pool_type: &str) -> Value {
     let text = match pool_type {
-        "cloud-run-v2" => include_str!("../../tests/fixtures/worker/template_cloud_run_v2.json"),
-        _ => include_str!("../../tests/fixtures/worker/template_cloud_run.json"),
+        "cloud-run-v2" => include_str!("../../../tests/fixtures/worker/template_cloud_run_v2.json"),
+        _ => include_str!("../../../tests/fixtures/worker/template_cloud_run.json"),
     };
     serde_json::from_str(text).expect("fixture template parses")
 }
