@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bootstrap_spec::ids::ServiceAccountEmail;
+use bootstrap_ids::ServiceAccountEmail;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 

@@ -2,7 +2,7 @@
 //! (`iam.googleapis.com`, discovery document `iam.v1.json`).
 
 use base64::Engine;
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_ids::{AccountId, ProjectId, ServiceAccountEmail};
 use reqwest::Method;
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use bootstrap_spec::ids::{ProjectId, SecretId, ServiceAccountEmail};
+use bootstrap_ids::{ProjectId, SecretId, ServiceAccountEmail};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

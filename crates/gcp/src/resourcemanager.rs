@@ -1,7 +1,7 @@
 //! Resource Manager v1: the project and its IAM policy
 //! (`cloudresourcemanager.googleapis.com`, discovery document `cloudresourcemanager.v1.json`).
 
-use bootstrap_spec::ids::ProjectId;
+use bootstrap_ids::ProjectId;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use bootstrap_spec::ids::{ProjectId, Region, RunJobName};
+use bootstrap_ids::{ProjectId, Region, RunJobName};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

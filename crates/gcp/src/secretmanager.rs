@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine;
-use bootstrap_spec::ids::{ProjectId, SecretId};
+use bootstrap_ids::{ProjectId, SecretId};
 use reqwest::Method;
 use secrecy::zeroize::Zeroize;
 use secrecy::{ExposeSecret, SecretString};

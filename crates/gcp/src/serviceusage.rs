@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bootstrap_spec::ids::{ApiService, ProjectId};
+use bootstrap_ids::{ApiService, ProjectId};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{GcpError, iam, run_v1, run_v2, secretmanager, serviceusage};
-use bootstrap_spec::ids::{
-    ProjectId, Region, RunJobName, RunServiceName, SecretId, ServiceAccountEmail,
-};
+use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName, SecretId, ServiceAccountEmail};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use support::{Canned, Fake, fast_retry};

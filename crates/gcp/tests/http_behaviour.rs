@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bootstrap_gcp::{GcpError, RetryPolicy, iam};
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_ids::{AccountId, ProjectId, ServiceAccountEmail};
 use serde_json::json;
 use support::{Canned, Fake, Misbehave, client_for, fast_retry, raw_server, refused_base};
 

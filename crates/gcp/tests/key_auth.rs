@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use base64::Engine;
 use bootstrap_gcp::{Endpoints, GcpHttp, ServiceAccountKeySource, TokenSource, iam};
-use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
+use bootstrap_ids::{ProjectId, ServiceAccountEmail};
 use rsa::RsaPrivateKey;
 use rsa::pkcs8::{EncodePrivateKey, LineEnding};
 use secrecy::{ExposeSecret, SecretString};

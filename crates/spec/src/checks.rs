@@ -28,7 +28,7 @@ pub enum Field {
 pub fn check_field(field: Field, value: &str) -> Result<(), String> {
     match field {
         Field::ProjectId => ProjectId::parse(value).map(drop),
-        Field::Region => Region::parse(value).map(drop),
+        Field::Region => check_known_region(value),
         Field::AccountId => AccountId::parse(value).map(drop),
         Field::Role => Role::parse(value).map(drop),
         Field::ApiService => ApiService::parse(value).map(drop),

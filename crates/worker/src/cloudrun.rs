@@ -7,7 +7,7 @@
 
 use bootstrap_gcp::http::seg;
 use bootstrap_gcp::{Api, Call, GcpError, GcpHttp, OptionalExt as _};
-use bootstrap_spec::ids::Region;
+use bootstrap_ids::Region;
 use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@ mod types;
 
 use std::time::Duration;
 
-use bootstrap_spec::ids::{ProjectId, Region, RunJobName, RunServiceName};
+use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName};
 use reqwest::Method;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
