@@ -8,8 +8,9 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .
-# reqwest/rustls use ring: no OpenSSL or C toolchain beyond what the image has.
-RUN cargo build --release --locked --bin bootstrap \
+# reqwest/rustls use ring: no OpenSSL or C toolchain beyond what the image has. The package
+# `bootstrap` does not link the sandbox (`cargo tree -p bootstrap -e normal` has no gcp-sandbox).
+RUN cargo build --release --locked -p bootstrap --bin bootstrap \
  && cp target/release/bootstrap /bootstrap
 
 FROM debian:bookworm-slim

@@ -76,7 +76,7 @@ class Sandbox:
 def _binary():
     path = os.environ.get("BOOTSTRAP_BIN") or str(ROOT / "target" / "debug" / "bootstrap")
     if not os.path.exists(path):
-        pytest.fail(f"sandbox binary {path} not found: run `cargo build` or set BOOTSTRAP_BIN")
+        pytest.fail(f"sandbox binary {path} not found: run `cargo build -p bootstrap -p gcp-sandbox --bins` or set BOOTSTRAP_BIN")
     return path
 
 

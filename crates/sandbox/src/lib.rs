@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod authz;
+pub mod cli;
 pub mod control;
 pub mod crm;
 pub mod error;
