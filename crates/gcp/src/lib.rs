@@ -30,6 +30,8 @@
 //!   create/get/list/delete/run; executions get/list/delete/cancel; operations get/wait.
 //! - [`run_v1`]: namespaces jobs create/get/replace/list/delete/run; executions
 //!   get/delete/cancel (regional host).
+//! - [`run_jobs`]: one Cloud Run jobs facade over v1 and v2 for the embedded worker's flow-run
+//!   jobs ([`run_jobs::Jobs`], typed [`run_jobs::JobView`] / [`run_jobs::ExecutionView`]).
 //!
 //! # Quick start
 //! ```no_run
@@ -50,6 +52,7 @@ pub mod operations;
 pub mod policy;
 pub mod resourcemanager;
 pub mod retry;
+pub mod run_jobs;
 pub mod run_v1;
 pub mod run_v2;
 pub mod secretmanager;

@@ -187,7 +187,9 @@ pub async fn create_job(
         Api::RunV1(region.clone()),
         format!("{}/jobs", namespace(project)),
     )
-    .body(to_body(job)?);
+    .body(to_body(job)?)
+    // A repeated create is harmless: the second one answers ALREADY_EXISTS (409).
+    .idempotent();
     http.send(call).await
 }
 

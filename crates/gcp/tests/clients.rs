@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_gcp::{GcpError, iam, run_v1, run_v2, secretmanager, serviceusage};
+use bootstrap_gcp::{GcpError, iam, run_jobs, run_v1, run_v2, secretmanager, serviceusage};
 use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName, SecretId, ServiceAccountEmail};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
@@ -499,4 +499,137 @@ async fn service_account_visibility_needs_consecutive_reads() {
         .await
         .unwrap_err();
     assert!(matches!(err, GcpError::Timeout { .. }), "{err:?}");
+}
+
+// ---- the Cloud Run jobs facade (run_jobs): wire audit rows 9, 10 and 13 ----
+
+fn facade(fake: &Fake, api: run_jobs::JobsApi) -> run_jobs::Jobs {
+    run_jobs::Jobs::new(fake.client(fast_retry()), api, project(), region())
+}
+
+#[tokio::test]
+async fn a_failed_job_create_operation_gives_googles_reason() {
+    let op = "projects/demo-project/locations/us-central1/operations/op-c";
+    let fake = Fake::start(vec![
+        Canned::json(200, json!({"name": op, "done": false})),
+        Canned::json(
+            200,
+            json!({"name": op, "done": true,
+                   "error": {"code": 3, "status": "INVALID_ARGUMENT",
+                             "message": "Image 'gcr.io/p/nope' not found."}}),
+        ),
+    ])
+    .await;
+    let jobs = facade(&fake, run_jobs::JobsApi::V2);
+    let job = RunJobName::parse("flow-run-1").unwrap();
+    let body = json!({"labels": {"a": "b"}, "template": {"template": {"containers": [{"image": "gcr.io/p/nope"}]}}, "launchStage": "BETA"});
+    let run_jobs::Created::New(Some(created)) = jobs.create(&job, &body).await.unwrap() else {
+        panic!("a v2 create answers with its operation");
+    };
+    let outcome = jobs.create_outcome(&created).await.unwrap();
+    let err = outcome.expect("done").unwrap_err();
+    assert!(
+        err.to_string().contains("Image 'gcr.io/p/nope' not found."),
+        "{err}"
+    );
+    let seen = fake.seen();
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(
+        seen[0].uri,
+        "/v2/projects/demo-project/locations/us-central1/jobs?jobId=flow-run-1"
+    );
+    // The rendered body passes through the typed model untouched.
+    assert_eq!(seen[0].json(), body);
+    assert_eq!(seen[1].uri, format!("/v2/{op}"));
+}
+
+#[tokio::test]
+async fn an_existing_job_is_adopted_not_an_error() {
+    let fake = Fake::start(vec![Canned::error(409, "ALREADY_EXISTS", "exists")]).await;
+    let jobs = facade(&fake, run_jobs::JobsApi::V1);
+    let job = RunJobName::parse("flow-run-1").unwrap();
+    let body = json!({"apiVersion": "run.googleapis.com/v1", "kind": "Job", "metadata": {"name": "flow-run-1"}});
+    assert!(matches!(
+        jobs.create(&job, &body).await.unwrap(),
+        run_jobs::Created::Existing
+    ));
+}
+
+#[tokio::test]
+async fn deleting_a_v2_job_deletes_every_page_of_executions_and_waits_for_each() {
+    let base = "projects/demo-project/locations/us-central1/jobs/j";
+    let e1 = format!("{base}/executions/j-1");
+    let e2 = format!("{base}/executions/j-2");
+    let op1 = "projects/demo-project/locations/us-central1/operations/d-1";
+    let fake = Fake::start(vec![
+        Canned::json(200, json!({"executions": [{"name": e1}], "nextPageToken": "p2"})),
+        Canned::json(200, json!({"executions": [{"name": e2}]})),
+        Canned::json(200, json!({"name": op1, "done": false})),
+        Canned::json(200, json!({"name": op1, "done": true, "response": {}})),
+        Canned::json(200, json!({"name": "projects/demo-project/locations/us-central1/operations/d-2", "done": true})),
+        Canned::json(200, json!({"name": "projects/demo-project/locations/us-central1/operations/d-3"})),
+    ])
+    .await;
+    let jobs = facade(&fake, run_jobs::JobsApi::V2);
+    jobs.delete(&RunJobName::parse("j").unwrap()).await.unwrap();
+    let seen: Vec<(String, String)> = fake
+        .seen()
+        .into_iter()
+        .map(|s| (s.method.to_string(), s.uri.clone()))
+        .collect();
+    let list = format!("/v2/{base}/executions?pageSize=100");
+    assert_eq!(
+        seen,
+        [
+            ("GET".to_string(), list.clone()),
+            ("GET".to_string(), format!("{list}&pageToken=p2")),
+            ("DELETE".to_string(), format!("/v2/{e1}")),
+            // The job delete waits until the execution's delete is done (prefect-gcp waits too).
+            ("GET".to_string(), format!("/v2/{op1}")),
+            ("DELETE".to_string(), format!("/v2/{e2}")),
+            ("DELETE".to_string(), format!("/v2/{base}")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn labelled_jobs_are_read_from_every_page() {
+    let job = |name: &str, pool: &str| {
+        json!({"name": format!("projects/demo-project/locations/us-central1/jobs/{name}"),
+               "labels": {"prefect-io-work-pool-name": pool}})
+    };
+    let fake = Fake::start(vec![
+        Canned::json(200, json!({"jobs": [job("a", "p"), job("b", "other")], "nextPageToken": "t"})),
+        Canned::json(200, json!({"jobs": [job("c", "p")]})),
+        Canned::json(200, json!({"items": [{"metadata": {"name": "v1-a", "labels": {"prefect-io-work-pool-name": "p"}}}], "metadata": {"continue": "k"}})),
+        Canned::json(200, json!({"items": [{"metadata": {"name": "v1-b", "labels": {"prefect-io-work-pool-name": "p"}}}], "metadata": {}})),
+    ])
+    .await;
+    let v2 = facade(&fake, run_jobs::JobsApi::V2);
+    let names: Vec<String> = v2
+        .jobs_labelled("prefect-io-work-pool-name", "p")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(names, ["a", "c"]);
+    let v1 = facade(&fake, run_jobs::JobsApi::V1);
+    let names: Vec<String> = v1
+        .jobs_labelled("prefect-io-work-pool-name", "p")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.name)
+        .collect();
+    assert_eq!(names, ["v1-a", "v1-b"]);
+    let seen = fake.seen();
+    assert_eq!(
+        seen[1].uri,
+        "/v2/projects/demo-project/locations/us-central1/jobs?pageSize=100&pageToken=t"
+    );
+    assert_eq!(
+        seen[3].uri,
+        "/apis/run.googleapis.com/v1/namespaces/demo-project/jobs?labelSelector=prefect-io-work-pool-name%3Dp&continue=k"
+    );
 }

@@ -218,3 +218,24 @@ async fn bad_configuration_is_an_error_not_a_panic() {
     let e = render_case(&c).await.expect_err("missing block");
     assert!(e.contains("nope"), "{e}");
 }
+
+/// The job bodies this worker renders reach Cloud Run through `bootstrap_gcp`'s typed job
+/// models: every field must pass through them untouched (unknown ones in their `extra` maps).
+#[tokio::test]
+async fn rendered_bodies_pass_through_the_typed_cloud_run_models() {
+    let cases: Vec<Value> = serde_json::from_str(CASES).expect("fixture parses");
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let Ok(ours) = render_case(case).await else {
+            continue;
+        };
+        let back = match ours.kind {
+            PoolKind::V2 => serde_json::from_value::<bootstrap_gcp::run_v2::Job>(ours.body.clone())
+                .and_then(serde_json::to_value),
+            PoolKind::V1 => serde_json::from_value::<bootstrap_gcp::run_v1::Job>(ours.body.clone())
+                .and_then(serde_json::to_value),
+        }
+        .unwrap_or_else(|e| panic!("{name}: the body does not fit the typed model: {e}"));
+        assert_eq!(back, ours.body, "{name}: the typed model changed the body");
+    }
+}

@@ -5,7 +5,8 @@
 //! - [`template`] and [`refs`]: the job configuration from the pool's base job template, the
 //!   deployment's and the run's job variables, blocks and variables (pure, unit-tested);
 //! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
-//! - [`cloudrun`]: the Cloud Run v2 / v1 job and execution calls;
+//! - [`cloudrun`]: the Cloud Run API of a pool type, over `bootstrap_gcp::run_jobs` (the one
+//!   Cloud Run jobs client);
 //! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `cache`: reads
 //!   shared by the runs of a poll cycle; `health`.
 

@@ -653,12 +653,7 @@ async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_
         return;
     };
     for job in list {
-        if job
-            .labels
-            .get(CLEANUP_LABEL)
-            .and_then(serde_json::Value::as_str)
-            != Some("true")
-        {
+        if job.labels.get(CLEANUP_LABEL).map(String::as_str) != Some("true") {
             continue;
         }
         let finished = match &job.latest_execution {

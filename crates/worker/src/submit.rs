@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
-use super::cloudrun::{Readiness, RunJobs};
+use super::cloudrun::{Created, Readiness, RunJobs};
 use super::config::{self, GcpCredentials, JobConfig, PoolKind, RunContext};
 use super::refs::{self, Lookup};
 use super::runtime::{Shared, Waiting};
@@ -504,10 +504,18 @@ async fn submit_and_watch(
     }
     let jobs = jobs_for(shared, &cfg).await.map_err(fail)?;
     let job = cfg.job_name.clone();
-    let fresh = jobs
+    let created_now = jobs
         .create(&job, &cfg.body)
         .await
         .map_err(|e| fail(e.into()))?;
+    let fresh = matches!(created_now, Created::New(_));
+    // v2: Google reports a failure found after accepting the create in the operation's
+    // `error` (the job may then never appear); it is read while the job is not ready, so the
+    // run fails with Google's reason rather than "not ready within N s" (wire audit row 9).
+    let mut create_op = match created_now {
+        Created::New(op) => op,
+        Created::Existing => None,
+    };
     if !fresh {
         shared.log(
             run.id,
@@ -536,6 +544,18 @@ async fn submit_and_watch(
                 )));
             }
             None => {}
+        }
+        if let Some(op) = &create_op {
+            match jobs.create_outcome(op).await {
+                Ok(Some(Err(e))) => {
+                    return Err(Failure::Submit(format!(
+                        "Cloud Run could not create job {job}: {e}"
+                    )));
+                }
+                Ok(Some(Ok(()))) => create_op = None,
+                // Still running, or unreadable for now: the job's own state decides.
+                Ok(None) | Err(_) => {}
+            }
         }
         if tokio::time::Instant::now() + delay > deadline {
             return Err(Failure::Submit(format!(

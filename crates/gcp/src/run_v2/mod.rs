@@ -202,7 +202,10 @@ pub async fn create_job(
         format!("{}/jobs", location(project, region)),
     )
     .query("jobId", job.as_str())
-    .body(to_body(&body)?);
+    .body(to_body(&body)?)
+    // A repeated create is harmless: the second one answers ALREADY_EXISTS, which the caller
+    // adopts (get_job) instead of failing.
+    .idempotent();
     http.send(call).await
 }
 
