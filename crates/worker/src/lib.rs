@@ -8,9 +8,10 @@
 //! - [`cloudrun`]: the Cloud Run API of a pool type, over `bootstrap_gcp::run_jobs` (the one
 //!   Cloud Run jobs client);
 //! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `cache`: reads
-//!   shared by the runs of a poll cycle; `health`.
+//!   shared by the runs of a poll cycle; [`claim`]: the claim marker; `health`.
 
 mod cache;
+pub mod claim;
 pub mod cloudrun;
 pub mod config;
 mod health;

@@ -24,6 +24,7 @@ use tokio::sync::{Notify, OnceCell, Semaphore, mpsc, watch};
 use uuid::Uuid;
 
 use super::cache::{JobsCache, Reads};
+use super::claim::ClaimMarker;
 use super::cloudrun::RunJobs;
 use super::config::{GcpCredentials, PoolKind, sanitize_labels};
 use super::submit::{self, CLEANUP_LABEL, Claim, POOL_LABEL, Signal};
@@ -603,7 +604,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
         let Ok(runs) = shared.client.filter_flow_runs(&query).await else {
             continue;
         };
-        let mine = format!("Claimed by worker {}", shared.opts.name);
+        let mine = ClaimMarker::for_worker(&shared.opts.name);
         for run in runs {
             match run.state_type() {
                 StateType::Cancelling => cancel_run(&shared, run.id).await,
@@ -616,7 +617,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                         .unwrap_or(true);
                     if !in_flight
                         && !shared.finished_here(run.id)
-                        && state.and_then(|s| s.message.as_deref()) == Some(mine.as_str())
+                        && mine.marks(state.and_then(|s| s.message.as_deref()))
                         && submit::adoptable(&shared.client, run.id, state.and_then(|s| s.id)).await
                     {
                         let since = state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now);

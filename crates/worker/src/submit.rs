@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
+use super::claim::ClaimMarker;
 use super::cloudrun::{Created, Readiness, RunJobs};
 use super::config::{self, GcpCredentials, JobConfig, PoolKind, RunContext};
 use super::refs::{self, Lookup};
@@ -133,11 +134,11 @@ pub(crate) async fn handle(
                     }
                 }
             }
-            let msg = format!("Claimed by worker {}", shared.opts.name);
+            let claim = ClaimMarker::for_worker(&shared.opts.name);
             let state = StateCreate {
                 state_type: StateType::Pending,
                 name: None,
-                message: Some(msg),
+                message: Some(claim.message().to_string()),
             };
             match client.set_flow_run_state(id, &state, false).await {
                 // Only ACCEPT claims the run; 201 with ABORT means another worker won.
