@@ -243,6 +243,10 @@ pub struct WorkerArgs {
 pub struct RunArgs {
     /// The deployment, as `<flow>/<deployment>`.
     pub deployment: String,
+    /// A plan file whose `prefect` settings (API URL, key, auth string) to use, as `apply`
+    /// does (default: the environment and the active Prefect profile only).
+    #[arg(short, long = "file", value_name = "PATH")]
+    pub file: Option<PathBuf>,
     /// A parameter, `key=value` (value parsed as JSON when it is valid JSON).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,

@@ -204,3 +204,36 @@ fn run_without_a_server_is_one_clear_line() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+/// `run --file` uses the plan's Prefect settings, as `apply` does (they win over the
+/// environment), so a Quick Run goes to the server the plan set up.
+#[test]
+fn run_uses_the_plan_files_prefect_settings() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let guide =
+        std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).expect("guide plan");
+    let plan = guide.replace(
+        "api_url: \"{{ env.PREFECT_API_URL | default(value='http://127.0.0.1:4200/api') }}\"",
+        "api_url: http://127.0.0.1:2/api",
+    );
+    assert_ne!(
+        plan, guide,
+        "the guide's api_url line changed; update this test"
+    );
+    let path = home.path().join("bootstrap.yaml");
+    std::fs::write(&path, plan).expect("write plan");
+    let out = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+        .args(["run", "a/b", "--file"])
+        .arg(&path)
+        .env("PREFECT_API_URL", "http://127.0.0.1:1/api")
+        .env("PREFECT_HOME", home.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run bootstrap");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the Prefect API at http://127.0.0.1:2/api"),
+        "{stderr}"
+    );
+}

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_prefect::{
-    Artifact, ConfigOverrides, Deployment, FlowRun, FlowRunFromDeployment, Log, PrefectClient,
-    PrefectConfig, StateType,
+    Artifact, Deployment, FlowRun, FlowRunFromDeployment, Log, PrefectClient, StateType,
 };
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
@@ -41,7 +40,14 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 async fn run_async(args: RunArgs) -> Result<ExitCode> {
     let (flow_name, dep_name) = split_deployment(&args.deployment)?;
     let parameters = parse_params(&args.params)?;
-    let config = PrefectConfig::resolve(ConfigOverrides::default())?;
+    // The same resolution as plan/apply: the plan's Prefect settings first, when one is given.
+    let spec = args
+        .file
+        .as_deref()
+        .map(crate::plan_env::load_spec)
+        .transpose()?;
+    // No Google API is called here: the GCP endpoint is not needed.
+    let config = bootstrap_engine::Connections::resolve(spec.as_ref(), None)?.prefect;
     let client = PrefectClient::new(config.clone())?;
 
     let deployment = find_deployment(&client, flow_name, dep_name).await?;

@@ -14,26 +14,51 @@ pub struct Context {
     pub prefect: PrefectClient,
 }
 
-impl Context {
-    /// Finds credentials and builds the clients. Makes no API call beyond fetching a token.
-    pub async fn connect(spec: &Spec, gcp_endpoint: Option<&str>) -> Result<Self> {
-        let endpoints = match gcp_endpoint {
+/// Where the APIs are and how to reach them, resolved once the same way for every command:
+/// the plan's `prefect` values (when a plan is given), then `PREFECT_API_URL` /
+/// `PREFECT_API_KEY` / `PREFECT_API_AUTH_STRING`, then the active Prefect profile; Google's
+/// endpoints from `--gcp-endpoint`, else Google's hosts. Reads no network.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub prefect: PrefectConfig,
+    pub gcp_endpoints: Endpoints,
+}
+
+impl Connections {
+    /// Resolves the settings of `spec` (if any) and `gcp_endpoint` (the global flag).
+    pub fn resolve(spec: Option<&Spec>, gcp_endpoint: Option<&str>) -> Result<Self> {
+        let gcp_endpoints = match gcp_endpoint {
             Some(base) => {
                 Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?
             }
             None => Endpoints::google(),
         };
-        let tokens = AmbientTokenSource::discover()
-            .await
-            .context("finding Google credentials")?;
-        let gcp = GcpHttp::new(endpoints, Arc::new(tokens), RetryPolicy::default())?;
-        let config = PrefectConfig::resolve(ConfigOverrides {
+        let overrides = spec.map_or_else(ConfigOverrides::default, |spec| ConfigOverrides {
             api_url: spec.prefect.api_url.clone(),
             api_key: spec.prefect.api_key.clone(),
             auth_string: spec.prefect.auth_string.clone(),
+        });
+        let prefect = PrefectConfig::resolve(overrides).context("finding the Prefect API")?;
+        Ok(Self {
+            prefect,
+            gcp_endpoints,
         })
-        .context("finding the Prefect API")?;
-        let prefect = PrefectClient::new(config)?;
+    }
+}
+
+impl Context {
+    /// Finds credentials and builds the clients. Makes no API call beyond fetching a token.
+    pub async fn connect(spec: &Spec, gcp_endpoint: Option<&str>) -> Result<Self> {
+        let connections = Connections::resolve(Some(spec), gcp_endpoint)?;
+        let tokens = AmbientTokenSource::discover()
+            .await
+            .context("finding Google credentials")?;
+        let gcp = GcpHttp::new(
+            connections.gcp_endpoints,
+            Arc::new(tokens),
+            RetryPolicy::default(),
+        )?;
+        let prefect = PrefectClient::new(connections.prefect)?;
         Ok(Context { gcp, prefect })
     }
 

@@ -11,6 +11,6 @@ pub mod plan;
 pub mod planner;
 pub mod render;
 
-pub use context::Context;
+pub use context::{Connections, Context};
 pub use observed::Observed;
 pub use plan::{Action, Address, Mode, Plan, Step};
