@@ -22,6 +22,7 @@ pub mod keys;
 pub mod metadata;
 pub mod methods;
 pub mod netns;
+pub mod netns_control;
 pub mod operations;
 pub mod policy;
 pub mod run;

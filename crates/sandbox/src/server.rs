@@ -58,6 +58,7 @@ impl Sandbox {
         let _ = self.server.await;
         self.saver.abort();
         self.state.run.shutdown().await;
+        crate::netns_control::release(&self.state.url);
         self.state.save_if_dirty()
     }
 }
@@ -286,6 +287,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/token", post(auth::token))
         .merge(control::router())
+        .merge(crate::netns_control::router())
         .merge(run::router())
         .fallback(google::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))

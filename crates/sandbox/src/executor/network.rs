@@ -160,6 +160,11 @@ impl Attached {
         &self.ns
     }
 
+    /// Whether the namespace has the metadata server (and Google's hosts).
+    pub fn serves_metadata(&self) -> bool {
+        !self.trust.is_empty()
+    }
+
     /// The trust variables (CA bundle) for the container's env.
     pub fn trust_env(&self) -> &[(String, String)] {
         &self.trust

@@ -104,9 +104,13 @@ pub(crate) fn spawn(
     attached: Option<&Attached>,
 ) -> Result<Running, StartError> {
     let local = images.resolve(&launch.image, &launch.command, &launch.args)?;
+    // As on Cloud Run, a container with a metadata server finds its identity there (no key
+    // file); without one (loopback mode) a sandbox-issued key file stands in for it.
     let key = match &launch.identity {
-        Some(identity) => Some(write_key(key_dir, identity)?),
-        None => None,
+        Some(identity) if !attached.is_some_and(Attached::serves_metadata) => {
+            Some(write_key(key_dir, identity)?)
+        }
+        _ => None,
     };
     let mut cmd = match attached {
         // `ip netns exec` enters the namespace, bind-mounts `/etc/netns/<ns>/hosts` over
