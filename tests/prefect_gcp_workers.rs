@@ -248,3 +248,203 @@ async fn prefect_gcp_cloud_run_v2_worker_takes_a_run_to_completed() {
 async fn prefect_gcp_cloud_run_v1_worker_takes_a_run_to_completed() {
     prefect_gcp_worker_completes("cloud-run").await;
 }
+
+/// `plans/guide.yaml` as written (runtime python, the prefecthq image, the guide's args), with
+/// unique Prefect names, the sandbox's project, and the offline example flow as the deployment
+/// (the guide's weather flow needs the internet); `key` is `json` (the guide) or `none`.
+fn guide_with_offline_flow(suffix: &str, key: &str) -> String {
+    let guide = std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).unwrap();
+    let head = guide
+        .split("\ndeployments:")
+        .next()
+        .expect("the guide has deployments")
+        .replace(
+            "project: prefect-project",
+            &format!("project: {}", harness::PROJECT),
+        )
+        .replace("key: json", &format!("key: {key}"))
+        .replace("name: gcp-credentials", &format!("name: creds-{suffix}"))
+        .replace("name: my-cloud-run-pool", &format!("name: pool-{suffix}"))
+        .replace(
+            "service: prefect-worker",
+            &format!("service: worker-{suffix}"),
+        );
+    assert!(head.contains("worker:") && !head.contains("runtime: embedded"));
+    format!(
+        "{head}
+deployments:
+  - name: report-{suffix}
+    flow: offline-report
+    entrypoint: flows/offline_report.py:offline_report
+    image: prefecthq/prefect:3-latest
+    parameters: {{city: Springfield, days: 3, fail: false}}
+    work_queue: default
+"
+    )
+}
+
+/// The pool's workers as Prefect reports them: `(name, status)`.
+async fn pool_workers(prefect_url: &str, pool: &str) -> Vec<(String, String)> {
+    let r = reqwest::Client::new()
+        .post(format!("{prefect_url}/work_pools/{pool}/workers/filter"))
+        .json(&json!({}))
+        .send()
+        .await;
+    let Ok(r) = r else { return vec![] };
+    let Ok(v) = r.json::<Value>().await else {
+        return vec![];
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap_or_default().to_owned(),
+                w["status"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The guide end to end on the sandbox: apply deploys prefect-gcp's worker (`prefect worker
+/// start --install-policy always --with-healthcheck -t cloud-run`) as the Cloud Run service,
+/// in its own namespace listening on 8080; it shows ONLINE in the pool; a Quick Run reaches
+/// Completed in a Cloud Run job the worker created.
+async fn guide_worker_completes_a_quick_run(key: &str) {
+    let w = harness::world(None).await;
+    let suffix = common::suffix("gw");
+    let plan = w.plan_file("bootstrap.yaml", &guide_with_offline_flow(&suffix, key));
+    harness::apply(&w, plan.to_str().unwrap());
+    let pool = format!("pool-{suffix}");
+    let service = format!(
+        "projects/{}/locations/us-central1/services/worker-{suffix}",
+        harness::PROJECT
+    );
+    let logs = || {
+        w.sandbox
+            .state
+            .run
+            .logs(&service)
+            .map(|l| l.text())
+            .unwrap_or_default()
+    };
+    assert!(
+        w.sandbox.state.run.service_status(&service).is_some(),
+        "the worker service is not running\n{}",
+        logs()
+    );
+    // ONLINE in the pool: prefect-gcp's worker heartbeats from inside the sandbox.
+    let t0 = Instant::now();
+    loop {
+        let workers = pool_workers(&w.prefect_url, &pool).await;
+        if workers.iter().any(|(_, s)| s == "ONLINE") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no ONLINE worker in {pool}: {workers:?}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let client = common::prefect_client(&w.prefect_url);
+    let deployment = client
+        .deployment_by_name("offline-report", &format!("report-{suffix}"))
+        .await
+        .expect("read deployment")
+        .expect("deployment applied");
+    let run = client
+        .create_flow_run_from_deployment(
+            deployment.id,
+            &bootstrap_prefect::FlowRunFromDeployment::default(),
+        )
+        .await
+        .expect("quick run");
+    let t0 = Instant::now();
+    let last = loop {
+        let r = client.flow_run(run.id).await.ok().flatten();
+        if let Some(r) = &r
+            && r.state_type().is_terminal()
+        {
+            break r.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "run not final: {:?}\n--- worker service\n{}",
+            r.map(|r| r.state),
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(
+        last.state_type(),
+        StateType::Completed,
+        "{:?}\n--- worker service\n{}",
+        last.state,
+        logs()
+    );
+    let created = w
+        .sandbox
+        .state
+        .faults
+        .calls()
+        .get("run.namespaces.jobs.create")
+        .copied()
+        .unwrap_or(0);
+    assert!(created >= 1, "the flow did not run in a Cloud Run (v1) job");
+    // Cloud Run's contract as the worker process has it: PORT=8080 and K_SERVICE in its
+    // environment, its own network namespace, and no key file (the metadata server is its
+    // identity, as on Cloud Run).
+    let Some((_, gcp_sandbox::executor::ServiceState::Ready { pid: Some(pid), .. })) =
+        w.sandbox.state.run.service_status(&service)
+    else {
+        panic!("the worker service is not ready\n{}", logs());
+    };
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("worker environ");
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    assert!(vars.iter().any(|v| v == "PORT=8080"), "{vars:?}");
+    assert!(
+        vars.iter()
+            .any(|v| v == &format!("K_SERVICE=worker-{suffix}")),
+        "{vars:?}"
+    );
+    assert!(
+        !vars
+            .iter()
+            .any(|v| v.starts_with("GOOGLE_APPLICATION_CREDENTIALS=")),
+        "a key file was given to the worker: the metadata server is its identity"
+    );
+    if key == "none" {
+        // The worker's calls were authorized by a token the metadata server minted.
+        let email = format!(
+            "prefect-service-account@{}.iam.gserviceaccount.com",
+            harness::PROJECT
+        );
+        let minted = w
+            .sandbox
+            .state
+            .read()
+            .tokens
+            .iter()
+            .any(|(t, g)| t.starts_with("ya29.sandbox-md-") && g.email == email);
+        assert!(minted, "no metadata-server token for {email}");
+    }
+    let own = std::fs::read_link("/proc/self/ns/net").expect("own netns");
+    let its = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("worker netns");
+    assert_ne!(own, its, "the worker shares the host's network");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_plan_python_worker_service_completes_a_quick_run() {
+    guide_worker_completes_a_quick_run("json").await;
+}
+
+/// The same keyless (`key: none`): the block has no key; prefect-gcp's worker finds its
+/// identity through the metadata server (google-auth's compute-engine credentials).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_guide_plan_worker_uses_the_metadata_server() {
+    guide_worker_completes_a_quick_run("none").await;
+}
