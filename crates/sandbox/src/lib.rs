@@ -20,7 +20,10 @@ pub mod faults;
 mod google;
 pub mod iam;
 pub mod keys;
+pub mod metadata;
 pub mod methods;
+pub mod netns;
+pub mod netns_control;
 pub mod operations;
 pub mod policy;
 pub mod run;
@@ -28,6 +31,7 @@ pub mod secrets;
 mod server;
 pub mod serviceusage;
 pub mod state;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;

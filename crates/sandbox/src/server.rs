@@ -58,6 +58,7 @@ impl Sandbox {
         let _ = self.server.await;
         self.saver.abort();
         self.state.run.shutdown().await;
+        crate::netns_control::release(&self.state.url);
         self.state.save_if_dirty()
     }
 }
@@ -129,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
 
     let (stop, stop_rx) = watch::channel(false);
     let app = router(app_state.clone());
+    install_gateway(&app_state, &app, port)?;
     let server = tokio::spawn(serve(listener, app, stop_rx.clone()));
     let saver = tokio::spawn(save_loop(app_state.clone(), stop_rx));
     Ok(Sandbox {
@@ -143,6 +145,25 @@ pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
         server,
         saver,
     })
+}
+
+/// Gives the executor what it serves inside each container's namespace: the Google surface
+/// over TLS (the sandbox's own CA, written to `dir/ca.pem`), the metadata server, and a
+/// forwarder to the sandbox's port.
+fn install_gateway(state: &AppState, app: &Router, port: u16) -> anyhow::Result<()> {
+    let tls = crate::tls::SandboxTls::create(&state.dir)?;
+    let _ = state
+        .run
+        .executor()
+        .config()
+        .gateway
+        .set(crate::executor::Gateway {
+            google: app.clone(),
+            metadata: crate::metadata::router(state.clone()),
+            tls,
+            host_ports: vec![port],
+        });
+    Ok(())
 }
 
 /// Creates missing projects, each with the operator as owner and the default services.
@@ -266,6 +287,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/token", post(auth::token))
         .merge(control::router())
+        .merge(crate::netns_control::router())
         .merge(run::router())
         .fallback(google::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))

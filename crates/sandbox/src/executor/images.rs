@@ -358,6 +358,14 @@ fn default_rules() -> Vec<ImageRule> {
     let mut prefect = rule(&["prefecthq/prefect:*", "*prefect*"]);
     prefect.path.push("${venv}/bin".into());
     prefect.cmd.push("python".into());
+    // The venv is the image: its packages are what the image holds. The guide's
+    // `prefect worker start --install-policy always` runs `pip install --upgrade prefect-gcp`;
+    // without an index pip finds it installed and changes nothing (a container has no way out
+    // to PyPI, and the shared venv must not be upgraded under everyone's feet).
+    prefect.env.insert("PIP_NO_INDEX".into(), "1".into());
+    prefect
+        .env
+        .insert("PIP_DISABLE_PIP_VERSION_CHECK".into(), "1".into());
 
     // Plain base images: their shell utilities are the host's.
     let mut base = rule(&[

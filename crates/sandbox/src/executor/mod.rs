@@ -7,6 +7,7 @@
 
 mod images;
 mod logs;
+mod network;
 mod process;
 mod service;
 
@@ -19,6 +20,9 @@ pub use images::{
     ResolveError,
 };
 pub use logs::{DEFAULT_LOG_LIMIT, LogBuffer, LogLine, Stream};
+pub use network::{
+    Attached, CONTAINER_PORT, Gateway, GatewaySlot, MetadataIdentity, NetworkMode, loopback_ports,
+};
 pub use process::{Identity, Launch, StartError};
 pub use service::{Probe, ServiceHandle, ServiceState};
 pub use tokio_util::sync::CancellationToken;
@@ -38,6 +42,10 @@ pub struct ExecutorConfig {
     pub restart_base: Duration,
     /// Longest delay between restarts.
     pub restart_max: Duration,
+    /// One namespace per container (Cloud Run's contract) or the host's loopback.
+    pub network: NetworkMode,
+    /// What the sandbox serves inside each namespace (filled in once the server runs).
+    pub gateway: GatewaySlot,
 }
 
 impl ExecutorConfig {
@@ -50,6 +58,8 @@ impl ExecutorConfig {
             log_limit: DEFAULT_LOG_LIMIT,
             restart_base: Duration::from_secs(1),
             restart_max: Duration::from_secs(30),
+            network: NetworkMode::detect(),
+            gateway: GatewaySlot::default(),
         }
     }
 }
@@ -133,15 +143,25 @@ impl Executor {
         cancel: &CancellationToken,
         logs: &LogBuffer,
     ) -> TaskEnd {
-        let mut running =
-            match process::spawn(&self.config.images, &self.config.key_dir, launch, logs) {
-                Ok(r) => r,
-                Err(e) => {
-                    let message = e.to_string();
-                    logs.push(Stream::System, message.clone());
-                    return TaskEnd::FailedToStart(message);
-                }
-            };
+        let fail = |message: String| {
+            logs.push(Stream::System, message.clone());
+            TaskEnd::FailedToStart(message)
+        };
+        // Lives as long as the attempt: dropped after the process is gone.
+        let attached = match self.attach(launch) {
+            Ok(a) => a,
+            Err(e) => return fail(process::StartError::from(e).to_string()),
+        };
+        let mut running = match process::spawn(
+            &self.config.images,
+            &self.config.key_dir,
+            launch,
+            logs,
+            attached.as_ref(),
+        ) {
+            Ok(r) => r,
+            Err(e) => return fail(e.to_string()),
+        };
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
@@ -171,9 +191,24 @@ impl Executor {
         end
     }
 
+    /// The container's own namespace with the sandbox attached (forwarders for the loopback
+    /// ports its env names, TLS for Google's hosts, metadata), or `None` on loopback.
+    pub(crate) fn attach(
+        &self,
+        launch: &Launch,
+    ) -> Result<Option<Attached>, crate::netns::NetnsError> {
+        if self.config.network != NetworkMode::Namespaces {
+            return Ok(None);
+        }
+        let ports = loopback_ports(launch.env.iter().map(|(_, v)| v.as_str()));
+        Attached::new(self.config.gateway.get(), &ports, launch.metadata.clone()).map(Some)
+    }
+
     /// Starts a service container that is kept running until the handle is stopped or
-    /// dropped. `PORT` is set to a free loopback port; readiness comes from `probe`, which
-    /// must pass within `startup_deadline`.
+    /// dropped. With namespaces `PORT` is 8080 inside the container's own namespace and
+    /// [`ServiceHandle::port`] a host loopback port forwarded to it; on loopback `PORT` is a
+    /// free host port. Readiness comes from `probe`, which must pass within
+    /// `startup_deadline`.
     pub fn start_service(
         &self,
         launch: Launch,

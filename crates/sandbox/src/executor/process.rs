@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::images::{ImageMap, ResolveError};
 use super::logs::{LogBuffer, Stream};
+use super::network::Attached;
 
 /// Host variables a local "container" keeps; everything else of the sandbox's own environment
 /// is withheld, as a container would not see it.
@@ -48,6 +49,8 @@ pub struct Launch {
     pub env: Vec<(String, String)>,
     /// The service account the container runs as.
     pub identity: Option<Identity>,
+    /// What the metadata server inside the container's namespace reports.
+    pub metadata: Option<super::network::MetadataIdentity>,
 }
 
 /// Why a process could not be started. Messages follow Cloud Run's.
@@ -65,6 +68,9 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    /// The container's network namespace could not be set up.
+    #[error("The container's network could not be set up: {0}")]
+    Network(#[from] crate::netns::NetnsError),
     /// The credentials file could not be written.
     #[error("cannot write the service account key file in {dir}")]
     Credentials {
@@ -95,13 +101,29 @@ pub(crate) fn spawn(
     key_dir: &Path,
     launch: &Launch,
     logs: &LogBuffer,
+    attached: Option<&Attached>,
 ) -> Result<Running, StartError> {
     let local = images.resolve(&launch.image, &launch.command, &launch.args)?;
+    // As on Cloud Run, a container with a metadata server finds its identity there (no key
+    // file); without one (loopback mode) a sandbox-issued key file stands in for it.
     let key = match &launch.identity {
-        Some(identity) => Some(write_key(key_dir, identity)?),
-        None => None,
+        Some(identity) if !attached.is_some_and(Attached::serves_metadata) => {
+            Some(write_key(key_dir, identity)?)
+        }
+        _ => None,
     };
-    let mut cmd = Command::new(&local.program);
+    let mut cmd = match attached {
+        // `ip netns exec` enters the namespace, bind-mounts `/etc/netns/<ns>/hosts` over
+        // `/etc/hosts` in a private mount namespace, then execs the program (same pid, so the
+        // process group below is still the container's).
+        Some(a) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", a.netns().name()])
+                .arg(&local.program);
+            c
+        }
+        None => Command::new(&local.program),
+    };
     cmd.args(&local.args)
         .current_dir(&local.workdir)
         .env_clear()
@@ -123,6 +145,9 @@ pub(crate) fn spawn(
         cmd.env("PATH", joined);
     }
     cmd.envs(&local.image_env);
+    if let Some(a) = attached {
+        cmd.envs(a.trust_env().iter().map(|(k, v)| (k, v)));
+    }
     cmd.envs(launch.env.iter().map(|(k, v)| (k, v)));
     if let Some(key) = &key {
         cmd.env("GOOGLE_APPLICATION_CREDENTIALS", key.path());

@@ -68,7 +68,8 @@ impl ServiceHandle {
         self.state.borrow().clone()
     }
 
-    /// The loopback port given to the container as `PORT`.
+    /// The host loopback port that reaches the container's `PORT` (the same port without
+    /// namespaces).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -117,8 +118,22 @@ pub(crate) fn start(
     startup_deadline: Duration,
     logs: LogBuffer,
 ) -> std::io::Result<ServiceHandle> {
-    let port = free_port()?;
-    launch.env.push(("PORT".to_string(), port.to_string()));
+    // With a namespace the container owns 8080 and the host reaches it through `port`; on
+    // loopback `PORT` is a free host port.
+    let executor = super::Executor {
+        config: config.clone(),
+    };
+    let mut attached = executor.attach(&launch).map_err(std::io::Error::other)?;
+    let (port, container_port) = match attached.as_mut() {
+        Some(a) => (a.expose()?, super::CONTAINER_PORT),
+        None => {
+            let p = free_port()?;
+            (p, p)
+        }
+    };
+    launch
+        .env
+        .push(("PORT".to_string(), container_port.to_string()));
     let (tx, rx) = watch::channel(ServiceState::Starting { restarts: 0 });
     let stop = CancellationToken::new();
     let sup = Supervisor {
@@ -128,6 +143,8 @@ pub(crate) fn start(
         startup_deadline,
         logs: logs.clone(),
         port,
+        container_port,
+        attached,
         tx,
         stop: stop.clone(),
     };
@@ -154,6 +171,10 @@ struct Supervisor {
     startup_deadline: Duration,
     logs: LogBuffer,
     port: u16,
+    /// `PORT` as the container sees it.
+    container_port: u16,
+    /// The namespace, kept across restarts and dropped with the supervisor.
+    attached: Option<super::Attached>,
     tx: watch::Sender<ServiceState>,
     stop: CancellationToken,
 }
@@ -174,6 +195,7 @@ impl Supervisor {
                 &self.config.key_dir,
                 &self.launch,
                 &self.logs,
+                self.attached.as_ref(),
             ) {
                 Ok(r) => r,
                 Err(e) => {
@@ -198,7 +220,7 @@ impl Supervisor {
                     if !ever_ready {
                         self.fail(format!(
                             "The user-provided container failed to start and listen on the port defined provided by the PORT={} environment variable within the allocated timeout.",
-                            self.port
+                            self.container_port
                         ));
                         return;
                     }
@@ -214,7 +236,7 @@ impl Supervisor {
                             .unwrap_or_default();
                         self.fail(format!(
                             "The user-provided container failed to start and listen on the port defined provided by the PORT={} environment variable. {last}",
-                            self.port
+                            self.container_port
                         ));
                         return;
                     }
@@ -246,7 +268,13 @@ impl Supervisor {
     /// says whether it was ready at some point.
     async fn watch_one(&self, running: &mut Running, restarts: u32) -> (Outcome, bool) {
         let pid = running.pid();
-        let probe = probe_until(&self.probe, self.port, self.startup_deadline);
+        // Inside the namespace, as Cloud Run probes the container (the host-side forwarder
+        // accepts whether or not the container listens).
+        let target = match &self.attached {
+            Some(a) => Target::Netns(a.netns().clone()),
+            None => Target::Host(self.port),
+        };
+        let probe = probe_until(&self.probe, &target, self.startup_deadline);
         tokio::pin!(probe);
         let mut ready = false;
         loop {
@@ -272,12 +300,45 @@ impl Supervisor {
     }
 }
 
+/// Where a probe connects.
+enum Target {
+    /// The host's loopback port.
+    Host(u16),
+    /// `127.0.0.1:8080` inside the namespace.
+    Netns(std::sync::Arc<crate::netns::Netns>),
+}
+
+impl Target {
+    fn port(&self) -> u16 {
+        match self {
+            Target::Host(p) => *p,
+            Target::Netns(_) => super::CONTAINER_PORT,
+        }
+    }
+
+    async fn connect(&self) -> std::io::Result<TcpStream> {
+        let timeout = Duration::from_secs(1);
+        match self {
+            Target::Host(p) => {
+                match tokio::time::timeout(timeout, TcpStream::connect(("127.0.0.1", *p))).await {
+                    Ok(r) => r,
+                    Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Target::Netns(ns) => {
+                let addr = std::net::SocketAddr::from(([127, 0, 0, 1], super::CONTAINER_PORT));
+                ns.connect(addr, timeout).await
+            }
+        }
+    }
+}
+
 /// Polls readiness until it passes (`true`) or `deadline` passes (`false`).
-async fn probe_until(probe: &Probe, port: u16, deadline: Duration) -> bool {
+async fn probe_until(probe: &Probe, target: &Target, deadline: Duration) -> bool {
     let attempt = async {
         let mut delay = Duration::from_millis(50);
         loop {
-            if probe_once(probe, port).await {
+            if probe_once(probe, target).await {
                 return;
             }
             tokio::time::sleep(delay).await;
@@ -287,8 +348,9 @@ async fn probe_until(probe: &Probe, port: u16, deadline: Duration) -> bool {
     tokio::time::timeout(deadline, attempt).await.is_ok()
 }
 
-async fn probe_once(probe: &Probe, port: u16) -> bool {
-    let connect = TcpStream::connect(("127.0.0.1", port));
+async fn probe_once(probe: &Probe, target: &Target) -> bool {
+    let port = target.port();
+    let connect = target.connect();
     match probe {
         Probe::None => true,
         Probe::Tcp => matches!(

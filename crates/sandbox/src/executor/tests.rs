@@ -255,8 +255,17 @@ async fn service_is_restarted_when_it_exits() {
     .map(|r| r.is_ok())
     .unwrap_or(false);
     assert!(seen, "state {:?}, logs {}", svc.state(), logs.text());
-    let port = svc.port();
-    assert!(logs.text().contains(&format!("up on {port}")));
+    // Cloud Run's contract: 8080 in the container's own namespace (the host reaches it on
+    // `port()`); a free loopback port where namespaces are unavailable.
+    let port = match ex.config().network {
+        NetworkMode::Namespaces => CONTAINER_PORT,
+        NetworkMode::Loopback(_) => svc.port(),
+    };
+    assert!(
+        logs.text().contains(&format!("up on {port}")),
+        "{}",
+        logs.text()
+    );
     svc.stop().await;
 }
 

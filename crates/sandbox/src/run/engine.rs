@@ -140,7 +140,28 @@ async fn prepare(
         args: strings(container.get("args").unwrap_or(&Value::Null)),
         env,
         identity: identity_for(state, service_account).await,
+        metadata: None,
     })
+}
+
+/// What the metadata server tells a container of `parent` running as `service_account`
+/// (Cloud Run's `instance/id` is a long opaque string; a hash of the container's resource
+/// name stands in for it).
+fn metadata_identity(
+    state: &AppState,
+    parent: &super::records::Parent,
+    service_account: &str,
+    instance: &str,
+) -> crate::executor::MetadataIdentity {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{instance}/{}", uuid::Uuid::new_v4()));
+    crate::executor::MetadataIdentity {
+        email: service_account.to_owned(),
+        project_id: parent.project.clone(),
+        project_number: project_number(state, &parent.project),
+        region: parent.location.clone(),
+        instance_id: digest.iter().map(|b| format!("{b:02x}")).collect(),
+    }
 }
 
 fn secret_error(err: &ApiError, project: &str, secret: &str, version: &str, sa: &str) -> String {
@@ -222,12 +243,13 @@ pub(crate) fn deploy_service(state: AppState, name: String, op_name: String) {
 }
 
 async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
-    let (body, generation, project, service_id, revision) = {
+    let (body, generation, parent, project, service_id, revision) = {
         let store = state.run.store();
         let rec = store.services.get(name).ok_or((0, Settled::Pending))?;
         (
             rec.body.clone(),
             rec.meta.generation,
+            rec.meta.parent.clone(),
             rec.meta.parent.project.clone(),
             rec.meta.id.clone(),
             rec.latest_created_revision.clone(),
@@ -271,7 +293,7 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
             name.rsplit('/').next().unwrap_or_default().to_owned(),
         ),
     ];
-    let launch = prepare(state, &project, &container, &sa, env)
+    let mut launch = prepare(state, &project, &container, &sa, env)
         .await
         .map_err(|m| {
             fail(
@@ -279,6 +301,7 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
                 format!("Revision '{revision}' is not ready and cannot serve traffic. {m}"),
             )
         })?;
+    launch.metadata = Some(metadata_identity(state, &parent, &sa, name));
     let (probe, deadline) = probe_of(&container);
     if let Some(old) = state.run.take_service(name) {
         old.stop().await;
@@ -347,11 +370,12 @@ pub(crate) fn start_execution(state: AppState, exec_name: String, op_name: Strin
 }
 
 async fn run_execution(state: &AppState, exec_name: &str, token: &CancellationToken) {
-    let Some((template, project, job_id, exec_id, tasks, parallelism)) = ({
+    let Some((template, parent, project, job_id, exec_id, tasks, parallelism)) = ({
         let store = state.run.store();
         store.executions.get(exec_name).map(|e| {
             (
                 e.template.clone(),
+                e.meta.parent.clone(),
                 e.meta.parent.project.clone(),
                 e.job_id.clone(),
                 e.meta.id.clone(),
@@ -372,13 +396,14 @@ async fn run_execution(state: &AppState, exec_name: &str, token: &CancellationTo
         ("CLOUD_RUN_EXECUTION".to_owned(), exec_id),
         ("CLOUD_RUN_TASK_COUNT".to_owned(), tasks.to_string()),
     ];
-    let launch = match prepare(state, &project, &container, &sa, env).await {
+    let mut launch = match prepare(state, &project, &container, &sa, env).await {
         Ok(l) => l,
         Err(message) => {
             fail_all(state, exec_name, message);
             return;
         }
     };
+    launch.metadata = Some(metadata_identity(state, &parent, &sa, exec_name));
     let max_retries = template["maxRetries"].as_i64().unwrap_or(3).max(0);
     let timeout = template["timeout"].as_str().and_then(parse_duration);
     let logs = state.run.logs_for(exec_name);

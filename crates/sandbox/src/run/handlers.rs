@@ -479,6 +479,8 @@ pub(crate) fn job_view(state: &AppState, rec: &JobRec) -> Value {
         && let Some(exec) = state.run.store().executions.get(latest)
     {
         v["latestCreatedExecution"] = views::execution_ref(exec);
+    } else {
+        v["latestCreatedExecution"] = views::no_execution_ref();
     }
     v
 }

@@ -381,7 +381,10 @@ fn job(req: &Req, rec: &JobRec) -> Value {
         "conditions": [condition_v1(&v2["terminalCondition"])],
         "executionCount": rec.execution_count,
     });
-    if let Some(latest) = v2.get("latestCreatedExecution") {
+    if let Some(latest) = v2
+        .get("latestCreatedExecution")
+        .filter(|l| l.get("name").is_some())
+    {
         let mut r = json!({
             "name": latest["name"].as_str().and_then(|n| n.rsplit('/').next()),
             "creationTimestamp": latest["createTime"],

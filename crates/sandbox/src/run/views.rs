@@ -148,6 +148,14 @@ pub fn job(rec: &JobRec, project_number: &str, now: DateTime<Utc>) -> Value {
     Value::Object(out)
 }
 
+/// `latestCreatedExecution` of a job that has never run: present and empty. prefect-gcp
+/// 0.6.22 reads `response["latestCreatedExecution"]` unconditionally while it waits for a new
+/// job to be ready (`models/cloud_run_v2.py:132`, `JobV2.get`), which works against Google: an
+/// absent field was a `KeyError` that crashed every flow run.
+pub fn no_execution_ref() -> Value {
+    json!({})
+}
+
 /// The `latestCreatedExecution` reference of a job.
 pub fn execution_ref(exec: &ExecRec) -> Value {
     let status = if exec.completion_time.is_none() {
