@@ -43,6 +43,21 @@ pub struct GlobalArgs {
         value_name = "URL"
     )]
     pub gcp_endpoint: Option<String>,
+
+    /// Google credentials file (any type Google's libraries accept); before
+    /// GOOGLE_APPLICATION_CREDENTIALS and gcloud's application-default credentials.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub credentials_file: Option<PathBuf>,
+
+    /// Act as this service account (its token is bought with the found credentials;
+    /// `a,b,target` goes through delegates). Default: gcloud's auth/impersonate_service_account.
+    #[arg(long, global = true, value_name = "EMAIL")]
+    pub impersonate_service_account: Option<String>,
+
+    /// Project billed for quota of user-credential calls (x-goog-user-project). Default: the
+    /// plan's gcp.quota_project, GOOGLE_CLOUD_QUOTA_PROJECT, the credentials' quota_project_id.
+    #[arg(long, global = true, value_name = "PROJECT")]
+    pub quota_project: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

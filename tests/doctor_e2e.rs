@@ -139,7 +139,7 @@ async fn viewer_sees_missing_permissions_with_the_roles_that_grant_them() {
         creds["detail"]
             .as_str()
             .unwrap_or_default()
-            .starts_with(&viewer)
+            .contains(&format!("principal: {viewer}"))
     );
     assert_eq!(check(&items, "project")["ok"], true);
 

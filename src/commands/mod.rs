@@ -19,6 +19,14 @@ mod worker;
 
 /// Runs the chosen subcommand.
 pub fn dispatch(cli: Cli) -> Result<ExitCode> {
+    // Every Google client of this process (the embedded worker's too) finds credentials
+    // with these flags.
+    bootstrap_gcp::auth::set_process_options(bootstrap_gcp::DiscoverOptions {
+        credentials_file: cli.global.credentials_file.clone(),
+        impersonate: cli.global.impersonate_service_account.clone(),
+        quota_project: cli.global.quota_project.clone(),
+        plan_quota_project: None,
+    });
     match cli.command {
         Command::Completions(args) => {
             let shell = match args.shell {

@@ -4,10 +4,22 @@
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
-use bootstrap_gcp::{AmbientTokenSource, Endpoints, GcpHttp, RetryPolicy};
+use bootstrap_gcp::{AmbientTokenSource, DiscoverOptions, Endpoints, GcpHttp, RetryPolicy};
 use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig};
 use bootstrap_spec::Spec;
 use secrecy::SecretString;
+
+/// The process's credential flags plus the plan's `gcp.quota_project`.
+pub fn discover_options(spec: &Spec) -> DiscoverOptions {
+    DiscoverOptions {
+        plan_quota_project: spec
+            .gcp
+            .quota_project
+            .as_ref()
+            .map(|p| p.as_str().to_owned()),
+        ..bootstrap_gcp::auth::process_options()
+    }
+}
 
 pub struct Context {
     pub gcp: GcpHttp,
@@ -50,9 +62,10 @@ impl Context {
     /// Finds credentials and builds the clients. Makes no API call beyond fetching a token.
     pub async fn connect(spec: &Spec, gcp_endpoint: Option<&str>) -> Result<Self> {
         let connections = Connections::resolve(Some(spec), gcp_endpoint)?;
-        let tokens = AmbientTokenSource::discover()
-            .await
-            .context("finding Google credentials")?;
+        let tokens =
+            AmbientTokenSource::discover_with(&discover_options(spec), &connections.gcp_endpoints)
+                .await
+                .context("finding Google credentials")?;
         let gcp = GcpHttp::new(
             connections.gcp_endpoints,
             Arc::new(tokens),

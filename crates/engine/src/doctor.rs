@@ -33,7 +33,7 @@ use anyhow::Result;
 use bootstrap_spec::Spec;
 use serde::Serialize;
 
-pub use credentials::{Found as CredentialsFound, Origin as CredentialsOrigin, locate};
+pub use credentials::{describe as describe_credentials, member as credentials_member};
 pub use permissions::{ENABLE_SERVICES, Evaluation, Needed, evaluate, required_permissions};
 
 /// The ids of the checks, in report order.

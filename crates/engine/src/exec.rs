@@ -24,17 +24,75 @@ use super::planner::template;
 
 /// How long a Cloud Run or Service Usage operation may take before apply gives up on it.
 const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
-/// How long to keep retrying a freshly granted permission that has not propagated yet.
-const GRANT_PROPAGATION: Duration = Duration::from_secs(180);
-/// How long a service account created in this run may read as "does not exist" to IAM.
-const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(120);
+/// How long to keep retrying a freshly granted permission that has not propagated yet:
+/// "typically 2 minutes, but could potentially take 7 minutes or longer"
+/// (cloud.google.com/iam/docs/access-change-propagation).
+const GRANT_PROPAGATION: Duration = Duration::from_secs(420);
+/// How long a service account created in this run may read as "does not exist" to IAM (the
+/// same documented bound).
+const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(420);
+/// How long a call to an API this apply just enabled may still answer SERVICE_DISABLED
+/// (Google's own text: "If you enabled this API recently, wait a few minutes for the action
+/// to propagate to our systems and retry").
+const API_PROPAGATION: Duration = Duration::from_secs(300);
 const GCP_CREDENTIALS: &str = "gcp-credentials";
 
 fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
     f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
 }
 
+/// APIs this process has enabled (by an `EnableApis` step): only their SERVICE_DISABLED
+/// answers are waited out; any other disabled API fails at once.
+static JUST_ENABLED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+fn just_enabled(service: &str) -> bool {
+    JUST_ENABLED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(service)
+}
+
+/// The API of a SERVICE_DISABLED error anywhere in the chain.
+fn disabled_service(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|c| match c.downcast_ref::<GcpError>() {
+        Some(GcpError::ServiceDisabled { service, .. }) => Some(service.clone()),
+        _ => None,
+    })
+}
+
+/// Carries out `step`; a step that hits SERVICE_DISABLED for an API this apply enabled a
+/// moment ago is redone (steps are idempotent) with backoff until [`API_PROPAGATION`].
 pub async fn run(
+    ctx: &Context,
+    spec: &Spec,
+    step: &Step,
+    outputs: &Mutex<Outputs>,
+) -> Result<bool> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_secs(2);
+    loop {
+        match run_once(ctx, spec, step, outputs).await {
+            Err(e)
+                if disabled_service(&e).is_some_and(|s| just_enabled(&s))
+                    && started.elapsed() + delay < API_PROPAGATION =>
+            {
+                let service = disabled_service(&e).unwrap_or_default();
+                tracing::warn!(
+                    "waiting for {service}, enabled by this apply, to be usable (Google: a few \
+                     minutes; up to {}s)",
+                    API_PROPAGATION.as_secs()
+                );
+                let jitter = Duration::from_millis(rand::random::<u64>() % 500);
+                tokio::time::sleep(delay + jitter).await;
+                delay = (delay * 2).min(Duration::from_secs(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn run_once(
     ctx: &Context,
     spec: &Spec,
     step: &Step,
@@ -47,6 +105,10 @@ pub async fn run(
             serviceusage::enable_all(http, project, services, OPERATION_DEADLINE)
                 .await
                 .with_context(|| format!("enabling {}", services.join(", ")))?;
+            JUST_ENABLED
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(services.iter().cloned());
             Ok(true)
         }
         Op::CreateServiceAccount {
@@ -380,11 +442,42 @@ async fn wait_until_visible(
     let deadline = tokio::time::Instant::now() + NEW_ACCOUNT_GRACE;
     let mut seen = 0;
     let mut delay = Duration::from_millis(200);
+    let mut announced = false;
+    let mut permission_checked = false;
     while seen < 3 {
         match iam::get_service_account(&ctx.gcp, project, email).await {
             Ok(Some(_)) => seen += 1,
-            Ok(None) | Err(GcpError::PermissionDenied { .. }) => seen = 0,
+            Ok(None) => seen = 0,
+            // Google answers a not-yet-visible account with the same 403 as a real denial
+            // ("... denied (or it may not exist)"); ask once whether the caller holds the
+            // permission at all, and fail at once if it does not (wire-audit #17).
+            Err(e @ GcpError::PermissionDenied { .. }) => {
+                seen = 0;
+                if !permission_checked {
+                    permission_checked = true;
+                    let wanted = ["iam.serviceAccounts.get".to_owned()];
+                    let held = bootstrap_gcp::resourcemanager::test_iam_permissions(
+                        &ctx.gcp, project, &wanted,
+                    )
+                    .await?;
+                    if !held.iter().any(|p| p == "iam.serviceAccounts.get") {
+                        return Err(anyhow!(e)).context(format!(
+                            "reading the new service account {email}: the credentials lack \
+                             iam.serviceAccounts.get on project {project} (a real denial, not \
+                             propagation; grant roles/iam.serviceAccountAdmin)"
+                        ));
+                    }
+                }
+            }
             Err(e) => return Err(e.into()),
+        }
+        if seen == 0 && !announced {
+            announced = true;
+            tracing::warn!(
+                "waiting for the new service account {email} to be visible to IAM (Google \
+                 documents up to 7 minutes; giving up after {}s)",
+                NEW_ACCOUNT_GRACE.as_secs()
+            );
         }
         if seen >= 3 {
             break;
@@ -436,7 +529,11 @@ async fn upsert_service(
                     && not_yet_propagated(&e)
                     && started.elapsed() + delay < GRANT_PROPAGATION =>
             {
-                tracing::info!("waiting for the new IAM grants to propagate ({e})");
+                tracing::warn!(
+                    "waiting for this apply's IAM grants to reach Cloud Run (Google documents \
+                     up to 7 minutes; giving up after {}s): {e}",
+                    GRANT_PROPAGATION.as_secs()
+                );
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(20));
             }

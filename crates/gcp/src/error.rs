@@ -24,11 +24,28 @@ pub enum GcpError {
         permission: Option<String>,
         message: String,
     },
-    /// 403 with reason `SERVICE_DISABLED`: the API has to be enabled first.
-    #[error("{method}: the API {service} is not enabled in this project: {message}")]
+    /// 403 with reason `SERVICE_DISABLED`: the API has to be enabled first, in the project
+    /// ErrorInfo's `metadata.consumer` names (`projects/NUMBER`), when it names one.
+    #[error("{method}: the API {service} is not enabled in {}: {message}", consumer.as_deref().unwrap_or("this project"))]
     ServiceDisabled {
         method: String,
         service: String,
+        consumer: Option<String>,
+        message: String,
+    },
+    /// 403 `SERVICE_DISABLED` for a user credential that named no quota project: Google
+    /// checked the API against gcloud's shared OAuth client project, not the target project.
+    #[error(
+        "{method}: {service} needs a quota project for user credentials and none was sent \
+         (Google checked {consumer}, not your project): {message}\n  \
+         hint: run `gcloud auth application-default set-quota-project <project>`, or pass \
+         --quota-project <project> (also `gcp.quota_project` in the plan, or \
+         GOOGLE_CLOUD_QUOTA_PROJECT)"
+    )]
+    QuotaProjectMissing {
+        method: String,
+        service: String,
+        consumer: String,
         message: String,
     },
     /// 400 / `FAILED_PRECONDITION` (for example key creation forbidden by an org policy).
@@ -108,7 +125,9 @@ impl GcpError {
         match self {
             Self::NotFound { .. } => Some(404),
             Self::AlreadyExists { .. } | Self::Aborted { .. } => Some(409),
-            Self::PermissionDenied { .. } | Self::ServiceDisabled { .. } => Some(403),
+            Self::PermissionDenied { .. }
+            | Self::ServiceDisabled { .. }
+            | Self::QuotaProjectMissing { .. } => Some(403),
             Self::FailedPrecondition { .. } | Self::InvalidArgument { .. } => Some(400),
             Self::Unauthenticated { .. } => Some(401),
             Self::Transient { code, .. }
@@ -125,6 +144,7 @@ impl GcpError {
             | Self::AlreadyExists { message, .. }
             | Self::PermissionDenied { message, .. }
             | Self::ServiceDisabled { message, .. }
+            | Self::QuotaProjectMissing { message, .. }
             | Self::FailedPrecondition { message, .. }
             | Self::Aborted { message, .. }
             | Self::InvalidArgument { message, .. }
@@ -278,9 +298,22 @@ fn from_status(method: &str, http_code: u16, st: Status) -> GcpError {
             .and_then(Value::as_str)
             .unwrap_or("(unnamed)")
             .to_owned();
+        let consumer = meta
+            .get("consumer")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if quota_project_missing(consumer.as_deref(), &message) {
+            return GcpError::QuotaProjectMissing {
+                method,
+                service,
+                consumer: consumer.unwrap_or_else(|| ADC_CLIENT_PROJECT.to_owned()),
+                message,
+            };
+        }
         return GcpError::ServiceDisabled {
             method,
             service,
+            consumer,
             message,
         };
     }
@@ -317,6 +350,18 @@ fn from_status(method: &str, http_code: u16, st: Status) -> GcpError {
 }
 
 /// The `google.rpc.ErrorInfo` detail, if any: its reason and metadata.
+/// The project of the OAuth client `gcloud auth application-default login` uses: Google
+/// reports it as the consumer when a user credential sends no quota project (Google's
+/// "Troubleshoot ADC" page; terraform-provider-google#1538).
+pub const ADC_CLIENT_PROJECT: &str = "projects/764086051850";
+
+/// Whether a SERVICE_DISABLED answer is really "no quota project": Google's text says so
+/// ("... API requires a quota project, which is not set by default"), or the consumer is the
+/// shared ADC client's project.
+fn quota_project_missing(consumer: Option<&str>, message: &str) -> bool {
+    consumer == Some(ADC_CLIENT_PROJECT) || message.contains("requires a quota project")
+}
+
 fn error_info(details: &[Value]) -> Option<(String, serde_json::Map<String, Value>)> {
     details.iter().find_map(|d| {
         let ty = d.get("@type")?.as_str()?;
@@ -429,6 +474,42 @@ mod tests {
         assert!(
             matches!(e, GcpError::ServiceDisabled { ref service, .. } if service == "run.googleapis.com")
         );
+    }
+
+    /// Google's answer to a user credential without a quota project (the body Google sends,
+    /// from its "Troubleshoot ADC" page and terraform-provider-google#1538).
+    #[test]
+    fn missing_quota_project_is_its_own_error_with_the_fix() {
+        let e = parse(
+            403,
+            r#"{"error":{"code":403,"message":"Your application is authenticating by using local Application Default Credentials. The serviceusage.googleapis.com API requires a quota project, which is not set by default. To learn how to set your quota project, see https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds .","status":"PERMISSION_DENIED","details":[
+              {"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED","domain":"googleapis.com",
+               "metadata":{"service":"serviceusage.googleapis.com","consumer":"projects/764086051850"}}]}}"#,
+        );
+        assert!(matches!(e, GcpError::QuotaProjectMissing { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("gcloud auth application-default set-quota-project <project>"),
+            "{text}"
+        );
+        assert!(!text.contains("is not enabled"), "{text}");
+        assert_eq!(e.http_code(), Some(403));
+        // The consumer alone is enough (the message may change).
+        let e = parse(
+            403,
+            r#"{"error":{"code":403,"message":"API not used","status":"PERMISSION_DENIED","details":[
+              {"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED",
+               "metadata":{"service":"cloudresourcemanager.googleapis.com","consumer":"projects/764086051850"}}]}}"#,
+        );
+        assert!(matches!(e, GcpError::QuotaProjectMissing { .. }), "{e:?}");
+        // A disabled API of the project itself stays ServiceDisabled, naming the consumer.
+        let e = parse(
+            403,
+            r#"{"error":{"code":403,"message":"not used","status":"PERMISSION_DENIED","details":[
+              {"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"SERVICE_DISABLED",
+               "metadata":{"service":"run.googleapis.com","consumer":"projects/42"}}]}}"#,
+        );
+        assert!(e.to_string().contains("not enabled in projects/42"), "{e}");
     }
 
     #[test]

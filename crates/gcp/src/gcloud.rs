@@ -25,6 +25,13 @@ pub struct GcloudConfig {
     pub region: Option<Setting>,
     /// `[core] account` (the signed-in user or service account).
     pub account: Option<Setting>,
+    /// `[auth] impersonate_service_account` (`CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT`).
+    pub impersonate_service_account: Option<Setting>,
+    /// `[billing] quota_project` (`CLOUDSDK_BILLING_QUOTA_PROJECT`).
+    pub quota_project: Option<Setting>,
+    /// gcloud's configuration directory (`$CLOUDSDK_CONFIG`, else `~/.config/gcloud`), where
+    /// `application_default_credentials.json` lives.
+    pub dir: Option<PathBuf>,
 }
 
 /// Reads gcloud's configuration from the real environment and home directory. Missing files
@@ -52,6 +59,7 @@ pub fn gcloud_config_with(
         .or_else(|| dir.as_ref().map(|_| "default".to_owned()));
     let mut out = GcloudConfig {
         configuration: configuration.clone(),
+        dir: dir.clone(),
         ..GcloudConfig::default()
     };
     if let (Some(dir), Some(name)) = (&dir, &configuration) {
@@ -69,6 +77,8 @@ pub fn gcloud_config_with(
             out.project = get("core", "project");
             out.region = get("run", "region");
             out.account = get("core", "account");
+            out.impersonate_service_account = get("auth", "impersonate_service_account");
+            out.quota_project = get("billing", "quota_project");
         }
     }
     let from_env = |name: &str| {
@@ -85,6 +95,12 @@ pub fn gcloud_config_with(
     }
     if let Some(s) = from_env("CLOUDSDK_CORE_ACCOUNT") {
         out.account = Some(s);
+    }
+    if let Some(s) = from_env("CLOUDSDK_AUTH_IMPERSONATE_SERVICE_ACCOUNT") {
+        out.impersonate_service_account = Some(s);
+    }
+    if let Some(s) = from_env("CLOUDSDK_BILLING_QUOTA_PROJECT") {
+        out.quota_project = Some(s);
     }
     out
 }

@@ -20,6 +20,9 @@ use crate::retry::{self, Decision, RetryOptions, RetryPolicy};
 /// Environment variable naming one base URL that every API is sent to (the sandbox).
 pub const ENDPOINT_ENV: &str = "BOOTSTRAP_GCP_ENDPOINT";
 
+/// The header that names the quota project of a request.
+pub const USER_PROJECT_HEADER: &str = "x-goog-user-project";
+
 /// Connect timeout for every request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one request, body included.
@@ -35,6 +38,8 @@ pub enum Api {
     RunV2,
     /// Cloud Run v1 (Knative style) is served on regional hosts.
     RunV1(Region),
+    /// IAM Credentials (`generateAccessToken`, for impersonation).
+    IamCredentials,
 }
 
 /// Where each API is reached: Google's hosts, or one local base URL for all of them.
@@ -96,6 +101,7 @@ impl Endpoints {
             Api::SecretManager => "secretmanager.googleapis.com".to_owned(),
             Api::RunV2 => "run.googleapis.com".to_owned(),
             Api::RunV1(region) => format!("{region}-run.googleapis.com"),
+            Api::IamCredentials => "iamcredentials.googleapis.com".to_owned(),
         };
         Url::parse(&format!("https://{host}/"))
             .map_err(|e| GcpError::Config(format!("cannot build a URL for host `{host}`: {e}")))
@@ -355,6 +361,13 @@ impl GcpHttp {
             .client
             .request(call.method.clone(), url.clone())
             .bearer_auth(token.expose_secret());
+        // The quota project, as Google's libraries send it (google-auth `credentials.py`
+        // `apply_quota_project`): without it a user credential's calls to client-based APIs
+        // (Service Usage, Resource Manager) are billed to gcloud's OAuth client project and
+        // refused.
+        if let Some(project) = self.tokens.quota_project() {
+            req = req.header(USER_PROJECT_HEADER, project);
+        }
         if !call.query.is_empty() {
             req = req.query(&call.query);
         }

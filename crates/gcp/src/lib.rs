@@ -2,8 +2,9 @@
 //!
 //! # Layers
 //! - [`auth`]: [`TokenSource`] (our trait) with [`ServiceAccountKeySource`] (a key JSON held
-//!   in memory), [`AmbientTokenSource`] (gcloud conventions: `GOOGLE_APPLICATION_CREDENTIALS`,
-//!   ADC file, metadata server, gcloud CLI) and [`StaticTokenSource`].
+//!   in memory), [`AmbientTokenSource`] (Google's discovery order: `--credentials-file`,
+//!   `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's ADC file, the metadata server; every file type
+//!   Google's libraries accept; impersonation; the quota project) and [`StaticTokenSource`].
 //! - [`gcloud`]: [`gcloud_config()`] reads the active gcloud configuration's project and
 //!   `run/region`.
 //! - [`http`]: [`GcpHttp`] (one reqwest client, [`Endpoints`], a token source and a
@@ -58,7 +59,10 @@ pub mod run_v2;
 pub mod secretmanager;
 pub mod serviceusage;
 
-pub use auth::{AmbientTokenSource, ServiceAccountKeySource, StaticTokenSource, TokenSource};
+pub use auth::{
+    AmbientTokenSource, CredentialInfo, CredentialKind, DiscoverOptions, ServiceAccountKeySource,
+    StaticTokenSource, TokenSource,
+};
 pub use error::GcpError;
 pub use gcloud::{GcloudConfig, Setting, gcloud_config};
 pub use http::{Api, Call, Endpoints, GcpHttp, OptionalExt};

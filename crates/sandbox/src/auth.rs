@@ -39,9 +39,22 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The IAM member string, `serviceAccount:<email>`.
+    /// The IAM member string: `serviceAccount:<email>`, `user:<email>` for a user, or the
+    /// federated `principal://...` itself.
     pub fn member(&self) -> String {
-        format!("serviceAccount:{}", self.email)
+        if self.email.starts_with("principal://") {
+            self.email.clone()
+        } else if self.is_user() {
+            format!("user:{}", self.email)
+        } else {
+            format!("serviceAccount:{}", self.email)
+        }
+    }
+
+    /// Whether the caller is a person (a user credential), not a service account or a
+    /// federated workload.
+    pub fn is_user(&self) -> bool {
+        !self.email.starts_with("principal://") && !self.email.ends_with(".gserviceaccount.com")
     }
 }
 
@@ -63,10 +76,16 @@ pub fn authenticate(state: &AppState, authorization: Option<&str>) -> Result<Cal
     if grant.expires_at <= Utc::now() {
         return Err(ApiError::unauthenticated());
     }
+    let caller = Caller {
+        email: grant.email.clone(),
+    };
+    // Federated principals exist as long as their token does; users while the sandbox knows
+    // them; service accounts while they exist and are enabled.
+    if grant.email.starts_with("principal://") || data.creds.users.contains_key(&grant.email) {
+        return Ok(caller);
+    }
     match data.service_accounts.get(&grant.email) {
-        Some(sa) if !sa.disabled => Ok(Caller {
-            email: grant.email.clone(),
-        }),
+        Some(sa) if !sa.disabled => Ok(caller),
         _ => Err(ApiError::unauthenticated()),
     }
 }
@@ -111,6 +130,9 @@ pub async fn token(
             "Expected a form-encoded body.",
         );
     };
+    if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+        return refresh_grant(&state, &form);
+    }
     if form.get("grant_type").map(String::as_str)
         != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
     {
@@ -149,6 +171,51 @@ pub async fn token(
         }
         Err(description) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description),
     }
+}
+
+/// The refresh-token grant (RFC 6749 §6) for sandbox-issued user credentials: the client
+/// must be the sandbox's ADC client and the refresh token one the sandbox issued. Google's
+/// answers: `invalid_client` for a wrong client, `invalid_grant` for an unknown token.
+fn refresh_grant(state: &AppState, form: &HashMap<String, String>) -> Response {
+    let get = |k: &str| form.get(k).map(String::as_str).unwrap_or_default();
+    if get("client_id") != crate::users::CLIENT_ID
+        || get("client_secret") != crate::users::CLIENT_SECRET
+    {
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        );
+    }
+    let email = state
+        .read()
+        .creds
+        .refresh_tokens
+        .get(get("refresh_token"))
+        .cloned();
+    let Some(email) = email else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Bad Request");
+    };
+    let token = format!("ya29.sandbox-user-{}", uuid::Uuid::new_v4().simple());
+    let now = Utc::now();
+    {
+        let mut data = state.write();
+        data.tokens.retain(|_, grant| grant.expires_at > now);
+        data.tokens.insert(
+            token.clone(),
+            TokenGrant {
+                email,
+                expires_at: now + Duration::seconds(TOKEN_LIFETIME_SECS),
+            },
+        );
+    }
+    axum::Json(json!({
+        "access_token": token,
+        "expires_in": TOKEN_LIFETIME_SECS - 1,
+        "token_type": "Bearer",
+        "scope": form.get("scope").cloned().unwrap_or_else(|| "https://www.googleapis.com/auth/cloud-platform".into()),
+    }))
+    .into_response()
 }
 
 /// Decodes base64url with or without `=` padding.
@@ -246,5 +313,15 @@ mod tests {
             caller.member(),
             "serviceAccount:a@p.iam.gserviceaccount.com"
         );
+        let user = Caller {
+            email: "dev@example.com".into(),
+        };
+        assert!(user.is_user());
+        assert_eq!(user.member(), "user:dev@example.com");
+        let federated = Caller {
+            email: "principal://iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/subject/s".into(),
+        };
+        assert!(!federated.is_user());
+        assert!(federated.member().starts_with("principal://"));
     }
 }

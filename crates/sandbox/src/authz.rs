@@ -14,10 +14,37 @@ use crate::state::AppState;
 /// Predefined roles and the permission patterns they grant (`x.*` matches a prefix); a leading
 /// `!` excludes. Only permissions of the APIs the sandbox serves are listed.
 const ROLES: &[(&str, &[&str])] = &[
-    ("roles/owner", &["*"]),
+    // The basic roles do not include Token Creator's permissions: impersonating an account
+    // needs roles/iam.serviceAccountTokenCreator even for an owner
+    // (cloud.google.com/iam/docs/service-account-permissions).
+    (
+        "roles/owner",
+        &[
+            "*",
+            "!iam.serviceAccounts.getAccessToken",
+            "!iam.serviceAccounts.signBlob",
+            "!iam.serviceAccounts.signJwt",
+        ],
+    ),
     (
         "roles/editor",
-        &["*", "!*.setIamPolicy", "!resourcemanager.projects.delete"],
+        &[
+            "*",
+            "!*.setIamPolicy",
+            "!resourcemanager.projects.delete",
+            "!iam.serviceAccounts.getAccessToken",
+            "!iam.serviceAccounts.signBlob",
+            "!iam.serviceAccounts.signJwt",
+        ],
+    ),
+    (
+        "roles/iam.workloadIdentityUser",
+        &[
+            "iam.serviceAccounts.getAccessToken",
+            "iam.serviceAccounts.getOpenIdToken",
+            "iam.serviceAccounts.get",
+            "iam.serviceAccounts.list",
+        ],
     ),
     (
         "roles/viewer",

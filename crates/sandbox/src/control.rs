@@ -3,7 +3,7 @@
 //! - `GET|POST /_sandbox/faults` — read or set the fault spec: `{"spec": "seed=7,rate=0.2"}`
 //!   (empty spec: no faults);
 //! - `GET|POST /_sandbox/settings` — `{"saVisibilityMs", "grantDelayMs", "opDelayMs",
-//!   "disableKeyCreation"}`, each optional;
+//!   "apiEnableDelayMs", "disableKeyCreation"}`, each optional;
 //! - `POST /_sandbox/org-policy` — `{"disableKeyCreation": bool, "project"?: id}`;
 //! - `POST /_sandbox/operations/finish` — every pending operation completes now;
 //! - `GET /_sandbox/calls` — Google calls per discovery method id, and their total (the token
@@ -69,6 +69,7 @@ fn settings_json(state: &AppState) -> Value {
         "grantDelayMs": s.consistency.grant_delay.as_millis() as u64,
         "opDelayMs": s.op_delay.as_millis() as u64,
         "disableKeyCreation": s.disable_key_creation,
+        "apiEnableDelayMs": s.api_enable_delay.as_millis() as u64,
     })
 }
 
@@ -82,7 +83,12 @@ async fn set_settings(State(state): State<AppState>, Json(body): Json<Value>) ->
             .and_then(Value::as_u64)
             .map(Duration::from_millis)
     };
-    for field in ["saVisibilityMs", "grantDelayMs", "opDelayMs"] {
+    for field in [
+        "saVisibilityMs",
+        "grantDelayMs",
+        "opDelayMs",
+        "apiEnableDelayMs",
+    ] {
         if body.get(field).is_some_and(|v| v.as_u64().is_none()) {
             return bad_request(format!("{field} must be a non-negative integer"));
         }
@@ -96,6 +102,9 @@ async fn set_settings(State(state): State<AppState>, Json(body): Json<Value>) ->
         }
         if let Some(d) = ms("opDelayMs") {
             s.op_delay = d;
+        }
+        if let Some(d) = ms("apiEnableDelayMs") {
+            s.api_enable_delay = d;
         }
         if let Some(b) = body.get("disableKeyCreation").and_then(Value::as_bool) {
             s.disable_key_creation = b;

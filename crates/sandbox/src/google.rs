@@ -128,6 +128,7 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
     let api = call.id.split('.').next().unwrap_or_default();
     match api {
         "iam" => iam::handle(&ctx, &call).await,
+        "iamcredentials" => crate::iamcredentials::handle(&ctx, &call),
         "cloudresourcemanager" => crm::handle(&ctx, &call),
         "serviceusage" => serviceusage::handle(&ctx, &call),
         "secretmanager" => secrets::handle(&ctx, &call),

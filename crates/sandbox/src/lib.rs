@@ -19,6 +19,7 @@ pub mod executor;
 pub mod faults;
 mod google;
 pub mod iam;
+pub mod iamcredentials;
 pub mod keys;
 pub mod metadata;
 pub mod methods;
@@ -26,12 +27,15 @@ pub mod netns;
 pub mod netns_control;
 pub mod operations;
 pub mod policy;
+pub mod quota;
 pub mod run;
 pub mod secrets;
 mod server;
 pub mod serviceusage;
 pub mod state;
+pub mod sts;
 pub mod tls;
+pub mod users;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +49,9 @@ pub const DEFAULT_ENABLED_APIS: &[&str] = &[
     "cloudresourcemanager.googleapis.com",
     "serviceusage.googleapis.com",
 ];
+
+/// The region the host-side metadata server reports (`instance/region`).
+pub const HOST_METADATA_REGION: &str = "us-central1";
 
 /// The project a sandbox has when none is named.
 pub const DEFAULT_PROJECT: &str = "sandbox-project";
@@ -66,6 +73,9 @@ pub struct Config {
     pub enabled_apis: Vec<String>,
     /// How long long-running operations take.
     pub op_delay: Duration,
+    /// How long a just-enabled API still answers SERVICE_DISABLED (0: at once; tests of the
+    /// client's propagation waits raise it, also at run time via `/_sandbox/settings`).
+    pub api_enable_delay: Duration,
     /// Enforce `constraints/iam.disableServiceAccountKeyCreation` from the start.
     pub disable_key_creation: bool,
     /// Save state in `dir/state.json` and load it at start.
@@ -90,6 +100,7 @@ impl Config {
                 .map(|s| (*s).to_owned())
                 .collect(),
             op_delay: Duration::from_millis(500),
+            api_enable_delay: Duration::ZERO,
             disable_key_creation: false,
             persist: false,
             key_pool: 2,

@@ -15,7 +15,8 @@
 //!
 //! A request without `Metadata-Flavor: Google` gets 403, as on Google.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::{self, Next};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,11 +36,41 @@ const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 
 /// The metadata routes; handlers read a [`MetadataIdentity`] extension set per namespace.
 pub fn router(state: AppState) -> Router {
+    routes().with_state(state)
+}
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(root))
         .route("/computeMetadata/v1/", get(root))
         .route("/computeMetadata/v1/{*path}", get(lookup))
-        .with_state(state)
+}
+
+/// The same metadata server on the sandbox's own port, for programs on the host
+/// (`GCE_METADATA_HOST=127.0.0.1:PORT`, as google-auth and gcp_auth read it): it speaks for
+/// the account set with `POST /_sandbox/metadata`, and has no account (404s) until then.
+pub fn host_router(state: AppState) -> Router<AppState> {
+    routes().layer(middleware::from_fn_with_state(state, host_identity))
+}
+
+async fn host_identity(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let identity = {
+        let data = state.read();
+        data.creds
+            .metadata_email
+            .as_ref()
+            .and_then(|email| data.service_accounts.get(email))
+            .map(|sa| MetadataIdentity {
+                email: sa.email.clone(),
+                project_id: sa.project.clone(),
+                project_number: crate::state::project_number(&sa.project),
+                region: crate::HOST_METADATA_REGION.to_owned(),
+                instance_id: format!("host-{}", sa.unique_id),
+            })
+            .unwrap_or_default()
+    };
+    req.extensions_mut().insert(identity);
+    next.run(req).await
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response {

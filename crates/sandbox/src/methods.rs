@@ -91,6 +91,11 @@ const METHODS: &[(&str, &str, &str)] = &[
         "iam.projects.serviceAccounts.keys.list",
     ),
     (
+        "POST",
+        "v1/projects/{projectsId}/serviceAccounts/{serviceAccountsId}:generateAccessToken",
+        "iamcredentials.projects.serviceAccounts.generateAccessToken",
+    ),
+    (
         "GET",
         "v1/projects/{projectId}",
         "cloudresourcemanager.projects.get",
@@ -438,7 +443,10 @@ impl MethodCall {
                 .then(|| self.params.get(1).cloned())
                 .flatten();
         }
-        if first == "-" && self.id.starts_with("iam.projects.serviceAccounts") {
+        if first == "-"
+            && (self.id.starts_with("iam.projects.serviceAccounts")
+                || self.id.starts_with("iamcredentials."))
+        {
             return self.params.get(1).and_then(|email| project_of_email(email));
         }
         Some(first.clone())
@@ -449,6 +457,7 @@ impl MethodCall {
 pub fn service_of(id: &str) -> &'static str {
     match id.split('.').next().unwrap_or_default() {
         "iam" => "iam.googleapis.com",
+        "iamcredentials" => "iamcredentials.googleapis.com",
         "cloudresourcemanager" => "cloudresourcemanager.googleapis.com",
         "serviceusage" => "serviceusage.googleapis.com",
         "secretmanager" => "secretmanager.googleapis.com",

@@ -88,6 +88,7 @@ pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
         consistency: config.consistency,
         op_delay: config.faults.op_delay.unwrap_or(config.op_delay),
         disable_key_creation: config.disable_key_creation,
+        api_enable_delay: config.api_enable_delay,
     };
     let pool = KeyPool::new(config.key_pool);
     let app_state = AppState::new(
@@ -123,6 +124,11 @@ pub async fn start(config: Config) -> anyhow::Result<Sandbox> {
         &operator_key_path,
     )
     .await?;
+    app_state
+        .write()
+        .creds
+        .metadata_email
+        .get_or_insert_with(|| operator_email.clone());
     let env_path = dir.join("env");
     write_env(&env_path, &url, &operator_key_path, &projects[0])?;
     app_state.mark_dirty();
@@ -177,6 +183,7 @@ fn ensure_projects(state: &AppState, projects: &[String], enabled: &[String], op
             policy: Policy::with_binding("roles/owner", &format!("serviceAccount:{operator}")),
             enabled_services: enabled.iter().cloned().collect(),
             disable_key_creation: false,
+            enabled_at: Default::default(),
         });
     }
 }
@@ -286,8 +293,11 @@ fn write_env(path: &Path, url: &str, key: &Path, project: &str) -> anyhow::Resul
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/token", post(auth::token))
+        .route("/v1/token", post(crate::sts::token))
         .merge(control::router())
         .merge(crate::netns_control::router())
+        .merge(crate::users::router())
+        .merge(crate::metadata::host_router(state.clone()))
         .merge(run::router())
         .fallback(google::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))
@@ -297,7 +307,14 @@ pub fn router(state: AppState) -> Router {
 /// Fault injection, then authentication, then the SERVICE_DISABLED check, for Google routes.
 async fn api_guard(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
-    if path == "/token" || path.starts_with("/_sandbox") {
+    // Token endpoints authenticate by their own means (assertions, refresh tokens, subject
+    // tokens, the Metadata-Flavor header), not by a bearer token.
+    if path == "/token"
+        || path == "/v1/token"
+        || path.starts_with("/_sandbox")
+        || path.starts_with("/computeMetadata/")
+        || path == "/"
+    {
         return next.run(request).await;
     }
     let call = methods::identify(request.method().as_str(), &path);
@@ -329,6 +346,14 @@ async fn api_guard(State(state): State<AppState>, mut request: Request, next: Ne
         Err(err) => return err.into_response(),
     };
     if let Some(call) = &call {
+        let user_project = request
+            .headers()
+            .get("x-goog-user-project")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Err(err) = crate::quota::check(&state, &caller, call, user_project.as_deref()) {
+            return err.into_response();
+        }
         if let Err(err) = check_enabled(&state, call) {
             return err.into_response();
         }
@@ -342,18 +367,32 @@ async fn api_guard(State(state): State<AppState>, mut request: Request, next: Ne
 /// always on (without them nothing could be enabled).
 fn check_enabled(state: &AppState, call: &MethodCall) -> Result<(), ApiError> {
     let service = call.service();
+    // IAM Credentials is checked against the caller's project on Google; the sandbox keeps
+    // it on, as it keeps Resource Manager and Service Usage.
     if matches!(
         service,
-        "cloudresourcemanager.googleapis.com" | "serviceusage.googleapis.com"
+        "cloudresourcemanager.googleapis.com"
+            | "serviceusage.googleapis.com"
+            | "iamcredentials.googleapis.com"
     ) {
         return Ok(());
     }
     let Some(project) = call.project() else {
         return Ok(());
     };
+    let delay = chrono::Duration::from_std(state.settings().api_enable_delay).unwrap_or_default();
     let data = state.read();
     match data.project(&project) {
         Some(p) if !p.enabled_services.contains(service) => {
+            Err(ApiError::service_disabled(service, &p.number))
+        }
+        // Enabled a moment ago: not every frontend knows yet (Google's SERVICE_DISABLED text
+        // itself says to wait a few minutes after enabling).
+        Some(p)
+            if p.enabled_at
+                .get(service)
+                .is_some_and(|at| *at + delay > Utc::now()) =>
+        {
             Err(ApiError::service_disabled(service, &p.number))
         }
         _ => Ok(()),

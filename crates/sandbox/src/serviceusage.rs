@@ -211,7 +211,11 @@ fn change(
                 .ok_or_else(|| ApiError::not_found("Project not found."))?;
             for service in services {
                 if enable {
-                    stored.enabled_services.insert(service.clone());
+                    if stored.enabled_services.insert(service.clone()) {
+                        stored
+                            .enabled_at
+                            .insert(service.clone(), chrono::Utc::now());
+                    }
                 } else {
                     stored.enabled_services.remove(service);
                 }

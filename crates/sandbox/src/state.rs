@@ -70,6 +70,9 @@ pub struct Settings {
     pub op_delay: Duration,
     /// `constraints/iam.disableServiceAccountKeyCreation` enforced on every project.
     pub disable_key_creation: bool,
+    /// How long after an enable the API still answers SERVICE_DISABLED (propagation).
+    #[serde(with = "millis", default)]
+    pub api_enable_delay: Duration,
 }
 
 /// A project of the sandbox.
@@ -88,6 +91,9 @@ pub struct Project {
     /// Per-project key-creation org policy (in addition to the global switch).
     #[serde(default)]
     pub disable_key_creation: bool,
+    /// When each service was last enabled through Service Usage (for the propagation delay).
+    #[serde(default)]
+    pub enabled_at: BTreeMap<String, DateTime<Utc>>,
 }
 
 /// A service account.
@@ -159,6 +165,9 @@ pub struct Data {
     pub operations: BTreeMap<String, Operation>,
     /// Access tokens.
     pub tokens: BTreeMap<String, TokenGrant>,
+    /// Users, refresh tokens, identity pool providers, the metadata server's account.
+    #[serde(default)]
+    pub creds: crate::users::CredStore,
 }
 
 impl Data {

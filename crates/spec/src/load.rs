@@ -162,7 +162,7 @@ fn build(r: &mut Reader<'_>, root: &node::Node, file: &Path) -> Option<Spec> {
         },
     );
 
-    let (project, region, apis) = gcp?;
+    let (project, region, apis, quota_project) = gcp?;
     let prefect = prefect?;
     let apis =
         apis.unwrap_or_else(|| sections::default_apis(has_worker, prefect.api_key.is_some()));
@@ -173,6 +173,7 @@ fn build(r: &mut Reader<'_>, root: &node::Node, file: &Path) -> Option<Spec> {
             project,
             region,
             apis,
+            quota_project,
         },
         service_account: service_account?,
         prefect,

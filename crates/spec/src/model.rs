@@ -31,6 +31,9 @@ pub struct Gcp {
     pub region: Region,
     /// APIs to enable; when the plan gives none, the ones the plan needs.
     pub apis: Vec<ApiService>,
+    /// The project billed for quota of user-credential calls (`x-goog-user-project`); none
+    /// unless the plan names one.
+    pub quota_project: Option<ProjectId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

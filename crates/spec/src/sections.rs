@@ -23,7 +23,7 @@ pub const TOP_KEYS: &[&str] = &[
     "deployments",
     "deployments_from",
 ];
-const GCP_KEYS: &[&str] = &["project", "region", "apis"];
+const GCP_KEYS: &[&str] = &["project", "region", "apis", "quota_project"];
 const SA_KEYS: &[&str] = &[
     "name",
     "display_name",
@@ -101,10 +101,7 @@ pub fn version(r: &mut Reader<'_>, top: &Fields<'_>) {
 }
 
 /// `gcp:`; only `env` is available to its templates.
-pub fn gcp(
-    r: &mut Reader<'_>,
-    top: &Fields<'_>,
-) -> Option<(ProjectId, Region, Option<Vec<ApiService>>)> {
+pub fn gcp(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<GcpSection> {
     let f = section(r, top, "gcp", GCP_KEYS, true)?;
     let project =
         gcloud_default(r, &f, "project", "my-project-id", GCLOUD_PROJECT).and_then(|(v, pos)| {
@@ -136,8 +133,25 @@ pub fn gcp(
         }
         _ => None,
     };
-    Some((project?, region?, apis))
+    let quota_project = match r.opt_string(&f, "quota_project") {
+        Some((v, pos)) if !v.trim().is_empty() => {
+            if !r.checked(&v, pos, "gcp.quota_project", Field::ProjectId) {
+                return None;
+            }
+            ProjectId::parse(v).ok()
+        }
+        _ => None,
+    };
+    Some((project?, region?, apis, quota_project))
 }
+
+/// What `gcp:` yields: project, region, APIs (if listed), quota project (if named).
+pub type GcpSection = (
+    ProjectId,
+    Region,
+    Option<Vec<ApiService>>,
+    Option<ProjectId>,
+);
 
 /// gcloud's own override variables for its configuration's `core/project` and `run/region`;
 /// the command line also answers them from the active gcloud configuration.

@@ -1,16 +1,17 @@
 //! The Google half of doctor: credentials, the project, the plan's APIs and the permissions.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bootstrap_gcp::{
-    AmbientTokenSource, Endpoints, GcpError, GcpHttp, RetryPolicy, TokenSource as _,
-    resourcemanager, serviceusage,
+    AmbientTokenSource, CredentialInfo, Endpoints, GcpError, GcpHttp, RetryPolicy,
+    TokenSource as _, resourcemanager, serviceusage,
 };
 use bootstrap_spec::Spec;
 
-use super::credentials::{self, Found};
+use super::credentials;
 use super::permissions::{self, ENABLE_SERVICES, Evaluation};
 use super::{Check, Options, within};
 
@@ -37,7 +38,7 @@ pub(super) async fn run(
         }
         None => Endpoints::google(),
     };
-    let (creds, http) = connect(endpoints, options.deadline, env).await;
+    let (creds, http) = connect(spec, endpoints, options.deadline, env).await;
     let Some((found, http)) = http else {
         let why = "no usable Google credentials";
         return Ok([
@@ -75,7 +76,7 @@ pub(super) async fn run(
         .as_ref()
         .ok()
         .map(|h| permissions::evaluate(&needed, h, disabled.as_ref().map(|d| !d.is_empty())));
-    let member = found.member();
+    let member = credentials::member(&found);
     let apis_check = apis_check(spec, &apis, api_states, evaluation.as_ref());
     let perms_check = permissions_check(spec, member.as_deref(), held.map(|_| evaluation));
     Ok([creds, project_check, apis_check, perms_check])
@@ -91,21 +92,20 @@ fn permissions_apis(spec: &Spec, has_api_key: bool) -> Vec<String> {
 
 /// Finds the credentials and proves them by fetching a token.
 async fn connect(
+    spec: &Spec,
     endpoints: Endpoints,
     deadline: Duration,
     env: &dyn Fn(&str) -> Option<String>,
-) -> (Check, Option<(Found, GcpHttp)>) {
+) -> (Check, Option<(CredentialInfo, GcpHttp)>) {
     let hint_login = Some(
         "run `gcloud auth application-default login`, or point GOOGLE_APPLICATION_CREDENTIALS \
-         at a service-account key file"
+         (or --credentials-file) at a credentials file"
             .to_string(),
     );
-    let found = match credentials::locate(env) {
-        Ok(f) => f,
-        Err(e) => return (Check::fail("credentials", e, hint_login), None),
-    };
-    let who = found.describe();
-    let tokens = match tokio::time::timeout(deadline, AmbientTokenSource::discover()).await {
+    let home = env("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+    let options = crate::context::discover_options(spec);
+    let discovery = AmbientTokenSource::discover_in(&options, &endpoints, env, home.as_deref());
+    let tokens = match tokio::time::timeout(deadline, discovery).await {
         Ok(Ok(t)) => t,
         Ok(Err(e)) => return (Check::fail("credentials", e.to_string(), hint_login), None),
         Err(_) => {
@@ -113,23 +113,33 @@ async fn connect(
             return (Check::fail("credentials", detail, hint_login), None);
         }
     };
+    let info = tokens.info().clone();
+    let who = credentials::describe(&info);
     // A token proves the credentials are accepted, not merely present.
+    let refused_hint = if info.chain.is_empty() {
+        hint_login
+    } else {
+        Some(format!(
+            "the source credential needs roles/iam.serviceAccountTokenCreator on {}",
+            info.acting()
+        ))
+    };
     match tokio::time::timeout(deadline, tokens.token()).await {
         Ok(Ok(_token)) => {}
         Ok(Err(e)) => {
-            let detail = format!("{who}: no access token: {e}");
-            return (Check::fail("credentials", detail, hint_login), None);
+            let detail = format!("{who}\nno access token: {e}");
+            return (Check::fail("credentials", detail, refused_hint), None);
         }
         Err(_) => {
-            let detail = format!("{who}: no access token: {}", timeout_text(deadline));
-            return (Check::fail("credentials", detail, hint_login), None);
+            let detail = format!("{who}\nno access token: {}", timeout_text(deadline));
+            return (Check::fail("credentials", detail, refused_hint), None);
         }
     }
     let http = match GcpHttp::new(endpoints, Arc::new(tokens), retry_policy(deadline)) {
         Ok(h) => h,
         Err(e) => return (Check::fail("credentials", e.to_string(), None), None),
     };
-    (Check::pass("credentials", who), Some((found, http)))
+    (Check::pass("credentials", who), Some((info, http)))
 }
 
 async fn project_exists(http: &GcpHttp, spec: &Spec) -> Check {

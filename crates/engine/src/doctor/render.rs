@@ -40,12 +40,18 @@ pub(super) fn human(report: &Report, heading: &str, color: bool) -> String {
         } else {
             red.apply_to("✗")
         };
+        // A detail of several lines (the credentials: one line per fact) continues under
+        // the first, aligned.
+        let mut lines = c.detail.lines();
         out.push_str(&format!(
             "  {glyph} {:<width$} {}\n",
             label(c.check),
-            c.detail,
+            lines.next().unwrap_or_default(),
             width = LABEL_WIDTH
         ));
+        for line in lines {
+            out.push_str(&format!("{indent}{line}\n"));
+        }
         if let Some(hint) = &c.hint {
             for (i, line) in hint.lines().enumerate() {
                 let text = if i == 0 {

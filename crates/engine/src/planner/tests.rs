@@ -27,6 +27,7 @@ fn spec() -> Spec {
             .into_iter()
             .map(|a| ApiService::parse(a).unwrap())
             .collect(),
+            quota_project: None,
         },
         service_account: ServiceAccount {
             email: ServiceAccountEmail::for_account(&account, &project),

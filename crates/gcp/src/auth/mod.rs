@@ -1,5 +1,23 @@
-//! Where access tokens come from, behind a trait of ours so that workload identity or
-//! impersonation can be added without touching the clients.
+//! Where access tokens come from, behind a trait of ours: a service-account key held in
+//! memory, and the credentials Google's libraries find ([`discover`]): `service_account`,
+//! `authorized_user`, `external_account` (workload identity federation),
+//! `impersonated_service_account` files and the metadata server, optionally impersonating a
+//! service account. Why our own loader and not `google-cloud-auth`: `docs/credentials.md`.
+
+pub mod discover;
+mod exchange;
+pub mod external;
+pub mod impersonate;
+pub mod metadata;
+pub mod user;
+
+pub use discover::{
+    CredentialInfo, CredentialKind, DiscoverOptions, Origin, process_options, set_process_options,
+};
+pub use external::ExternalAccountSource;
+pub use impersonate::ImpersonatedSource;
+pub use metadata::MetadataServerSource;
+pub use user::AuthorizedUserSource;
 
 use std::fmt;
 use std::sync::Arc;
@@ -33,6 +51,31 @@ pub trait TokenSource: Send + Sync + fmt::Debug {
     fn project_hint(&self) -> Option<String> {
         None
     }
+
+    /// The project billed for quota, sent as `x-goog-user-project` on every request.
+    fn quota_project(&self) -> Option<String> {
+        None
+    }
+
+    /// Whether the acting principal is a person (a user credential): client-based APIs then
+    /// need a quota project.
+    fn principal_is_user(&self) -> bool {
+        false
+    }
+}
+
+/// Parses JSON that may hold secrets; an error gives the position, never the content.
+pub(crate) fn parse_secret_json<T: serde::de::DeserializeOwned>(
+    json: &SecretString,
+    what: &str,
+) -> Result<T, GcpError> {
+    serde_json::from_str(json.expose_secret()).map_err(|e| {
+        GcpError::Config(format!(
+            "the {what} are not valid JSON of the expected shape (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// The fields of a service-account key file that we read ourselves; the private key is left
@@ -117,53 +160,103 @@ impl TokenSource for ServiceAccountKeySource {
     }
 }
 
-/// Credentials found the way gcloud and Google's libraries find them:
-/// `GOOGLE_APPLICATION_CREDENTIALS`, then the application-default credentials file
-/// (`~/.config/gcloud/application_default_credentials.json`), then the metadata server
-/// (on Cloud Run: the attached service account), then `gcloud auth print-access-token`.
+/// Credentials found the way Google's libraries find them (see [`discover`]): the
+/// `--credentials-file` flag, `GOOGLE_APPLICATION_CREDENTIALS`, gcloud's application-default
+/// credentials file, then the metadata server; impersonation and the quota project on top.
 pub struct AmbientTokenSource {
-    inner: Arc<dyn gcp_auth::TokenProvider>,
-    project: Option<String>,
+    inner: Arc<dyn TokenSource>,
+    info: CredentialInfo,
 }
 
 impl fmt::Debug for AmbientTokenSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AmbientTokenSource")
-            .field("project", &self.project)
+            .field("info", &self.info)
             .finish_non_exhaustive()
     }
 }
 
 impl AmbientTokenSource {
-    /// Looks for credentials; the error lists what was tried.
+    /// Looks for credentials with this process's flags ([`set_process_options`]) and the
+    /// endpoints of `BOOTSTRAP_GCP_ENDPOINT`; the error says what was tried.
     pub async fn discover() -> Result<Self, GcpError> {
+        let endpoints = crate::http::Endpoints::from_env()?;
+        Self::discover_with(&process_options(), &endpoints).await
+    }
+
+    /// Looks for credentials with `options`; impersonation goes to `endpoints`' IAM
+    /// Credentials API.
+    pub async fn discover_with(
+        options: &DiscoverOptions,
+        endpoints: &crate::http::Endpoints,
+    ) -> Result<Self, GcpError> {
+        let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+        let search = Self::discover_in(
+            options,
+            endpoints,
+            &|k| std::env::var(k).ok(),
+            home.as_deref(),
+        );
+        search.await
+    }
+
+    /// [`AmbientTokenSource::discover_with`] with the environment and home directory given
+    /// (read before the returned future first waits).
+    pub fn discover_in(
+        options: &DiscoverOptions,
+        endpoints: &crate::http::Endpoints,
+        env: &dyn Fn(&str) -> Option<String>,
+        home: Option<&std::path::Path>,
+    ) -> impl std::future::Future<Output = Result<Self, GcpError>> + Send + 'static {
         crate::init_crypto();
-        let inner = tokio::time::timeout(TOKEN_TIMEOUT, gcp_auth::provider())
-            .await
-            .map_err(|_| GcpError::Auth {
-                message: format!("looking for credentials took longer than {TOKEN_TIMEOUT:?}"),
-            })?
-            .map_err(|e| GcpError::Auth {
-                message: format!(
-                    "no Google credentials found (tried GOOGLE_APPLICATION_CREDENTIALS, \
-                     application default credentials, the metadata server and gcloud): {}; \
-                     run `gcloud auth application-default login` or pass a key",
-                    safe_auth_error(&e)
-                ),
-            })?;
-        let project = inner.project_id().await.ok().map(|p| p.to_string());
-        Ok(Self { inner, project })
+        let search = discover::discover_with(options, endpoints, env, home);
+        async move {
+            // Finding credentials reads files and probes the metadata server (3 s); bounded.
+            let found = tokio::time::timeout(TOKEN_TIMEOUT, search)
+                .await
+                .map_err(|_| GcpError::Auth {
+                    message: format!("looking for credentials took longer than {TOKEN_TIMEOUT:?}"),
+                })??;
+            Ok(Self {
+                inner: found.source,
+                info: found.info,
+            })
+        }
+    }
+
+    /// What was found: type, principal, origin, impersonation chain, quota project.
+    pub fn info(&self) -> &CredentialInfo {
+        &self.info
     }
 }
 
 #[async_trait]
 impl TokenSource for AmbientTokenSource {
     async fn token(&self) -> Result<SecretString, GcpError> {
-        fetch(self.inner.as_ref()).await
+        tokio::time::timeout(TOKEN_TIMEOUT, self.inner.token())
+            .await
+            .map_err(|_| GcpError::Auth {
+                message: format!("getting an access token took longer than {TOKEN_TIMEOUT:?}"),
+            })?
+    }
+
+    fn identity(&self) -> Option<ServiceAccountEmail> {
+        self.inner.identity()
     }
 
     fn project_hint(&self) -> Option<String> {
-        self.project.clone()
+        // Only a key file's `project_id` (or an impersonated account's project) says which
+        // project the credentials belong to; a quota project is a billing project, not a
+        // target (wire-audit #16).
+        self.inner.project_hint()
+    }
+
+    fn quota_project(&self) -> Option<String> {
+        self.inner.quota_project()
+    }
+
+    fn principal_is_user(&self) -> bool {
+        self.inner.principal_is_user()
     }
 }
 
@@ -214,12 +307,6 @@ async fn fetch(provider: &dyn gcp_auth::TokenProvider) -> Result<SecretString, G
 fn safe_auth_error(e: &gcp_auth::Error) -> String {
     match e {
         gcp_auth::Error::Json(what, _) => (*what).to_owned(),
-        gcp_auth::Error::NoAuthMethod(a, b, c) => format!(
-            "gcloud: {}; metadata server: {}; application default credentials: {}",
-            safe_auth_error(a),
-            safe_auth_error(b),
-            safe_auth_error(c)
-        ),
         other => other.to_string(),
     }
 }
