@@ -428,7 +428,8 @@ fn on_secret(ctx: &Ctx, call: &MethodCall, method: &str, k: &str) -> ApiResult<V
                 .pointer("/payload/data")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::invalid_argument("payload.data is required."))?;
-            let bytes = STANDARD.decode(b64).map_err(|_| {
+            // A bytes field: either base64 alphabet (gcloud sends the URL-safe one).
+            let bytes = crate::policy::decode_bytes(b64).ok_or_else(|| {
                 ApiError::invalid_argument(
                     "Invalid value at 'payload.data' (TYPE_BYTES): not base64.",
                 )
