@@ -18,14 +18,27 @@ pub fn run(args: &SandboxArgs, _global: &GlobalArgs) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let project = config
+        .projects
+        .first()
+        .cloned()
+        .unwrap_or_else(|| gcp_sandbox::DEFAULT_PROJECT.to_owned());
     runtime.block_on(async move {
         let sandbox = gcp_sandbox::start(config).await?;
+        if let Some(dir) = &args.gcloud_config {
+            write_gcloud_config(args, dir, &sandbox, &project)?;
+        }
         // Exactly one line on stdout: scripts wait for it and read the URL (the real port
         // when --port 0) from it.
         let mut out = std::io::stdout().lock();
+        let gcloud = args
+            .gcloud_config
+            .as_ref()
+            .map(|d| format!(" (gcloud: CLOUDSDK_CONFIG={})", d.display()))
+            .unwrap_or_default();
         writeln!(
             out,
-            "sandbox ready: {} (env: {})",
+            "sandbox ready: {} (env: {}){gcloud}",
             sandbox.url,
             sandbox.env_path.display()
         )?;
@@ -36,6 +49,41 @@ pub fn run(args: &SandboxArgs, _global: &GlobalArgs) -> Result<ExitCode> {
         sandbox.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Sets up the loopback host names gcloud needs and writes its configuration (see
+/// `gcp_sandbox::hosts`).
+fn write_gcloud_config(
+    args: &SandboxArgs,
+    dir: &std::path::Path,
+    sandbox: &gcp_sandbox::Sandbox,
+    project: &str,
+) -> Result<()> {
+    let hosts = std::path::Path::new("/etc/hosts");
+    match gcp_sandbox::hosts::ensure_hosts_file(hosts) {
+        Ok(added) if !added.is_empty() => {
+            tracing::info!("added {} sandbox host names to /etc/hosts", added.len())
+        }
+        Ok(_) => {}
+        Err(err) => {
+            let names = gcp_sandbox::hosts::host_names().join(" ");
+            return Err(err.context(format!(
+                "--gcloud-config: gcloud needs these names on 127.0.0.1; add this line to \
+                 /etc/hosts (as root) and start again:\n127.0.0.1 {names}"
+            )));
+        }
+    }
+    let gcloud = gcp_sandbox::hosts::GcloudConfig {
+        port: sandbox.port,
+        project: project.to_owned(),
+        region: args.gcloud_region.clone(),
+        key_file: sandbox.operator_key_path.clone(),
+        account: sandbox.operator_email.clone(),
+    };
+    gcloud
+        .write(dir)
+        .with_context(|| format!("--gcloud-config {}", dir.display()))?;
+    Ok(())
 }
 
 fn config(args: &SandboxArgs) -> Result<Config> {

@@ -17,6 +17,7 @@ pub mod error;
 pub mod executor;
 pub mod faults;
 mod google;
+pub mod hosts;
 pub mod iam;
 pub mod keys;
 pub mod methods;
