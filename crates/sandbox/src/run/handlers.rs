@@ -248,6 +248,11 @@ fn containers(template: &Value) -> ApiResult<Vec<Value>> {
 
 fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     match template.get("serviceAccount").and_then(Value::as_str) {
+        // The project's default compute identity exists on Google without being created (and
+        // reads show it, so clients echo it back): `actAs` on it comes from the project policy.
+        Some(sa) if sa == views::default_service_account(&project_number(&req.state, req.p(0))) => {
+            req.require("iam.serviceAccounts.actAs")
+        }
         Some(sa) if !sa.is_empty() => authz::require_act_as(&req.state, &req.caller, req.p(0), sa),
         _ => Ok(()),
     }

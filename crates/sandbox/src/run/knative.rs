@@ -471,7 +471,7 @@ fn traffic_to_v2(traffic: &[Value]) -> Vec<Value> {
 
 /// A v1 Service body as the v2 spec fields. `default_sa` is the project's default runtime
 /// identity: reads show it when the service names none, and gcloud echoes it back on update;
-/// it stays "none named" (the sandbox has no such account to check `actAs` on).
+/// it stays "none named", so an update does not turn a default into an explicit choice.
 fn to_v2(body: &Value, default_sa: &str) -> ApiResult<Value> {
     if body
         .get("kind")
