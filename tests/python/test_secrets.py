@@ -106,7 +106,17 @@ def test_url_safe_payload_is_decoded(sandbox, secretmanager):
     raw = bytes([0xFB, 0xFF, 0xBF]) * 3
     url_safe = base64.urlsafe_b64encode(raw).decode()
     assert "-" in url_safe or "_" in url_safe
-    secretmanager.projects().secrets().addVersion(parent=name, body={"payload": {"data": url_safe}}).execute()
+    added = secretmanager.projects().secrets().addVersion(parent=name, body={"payload": {"data": url_safe}}).execute()
+    assert "clientSpecifiedPayloadChecksum" not in added
     got = secretmanager.projects().secrets().versions().access(name=f"{name}/versions/latest").execute()
     assert base64.b64decode(got["payload"]["data"]) == raw
+
+    # With `dataCrc32c` (as gcloud sends it) the version says the client checksummed it; gcloud
+    # fails `versions add` with "payload data corruption may have occurred" otherwise.
+    import google_crc32c
+
+    body = {"payload": {"data": url_safe, "dataCrc32c": str(google_crc32c.value(raw))}}
+    added = check("secretmanager", "v1", "secretmanager.projects.secrets.addVersion",
+                  secretmanager.projects().secrets().addVersion(parent=name, body=body).execute())
+    assert added["clientSpecifiedPayloadChecksum"] is True
     secretmanager.projects().secrets().delete(name=name).execute()
