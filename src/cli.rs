@@ -308,6 +308,19 @@ pub struct SandboxArgs {
     /// Keep state in DIR/state.json across restarts (secret payloads are never written).
     #[arg(long)]
     pub persist: bool,
+    /// Write a gcloud configuration for this sandbox into DIR (use it with
+    /// `CLOUDSDK_CONFIG=DIR gcloud ...`); also adds the sandbox's loopback host names
+    /// (`sandbox.localhost`, `<region>-sandbox.localhost`) to /etc/hosts when missing.
+    #[arg(long, value_name = "DIR")]
+    pub gcloud_config: Option<PathBuf>,
+    /// The Cloud Run region of the gcloud configuration (`run/region`).
+    #[arg(
+        long,
+        default_value = "us-central1",
+        value_name = "REGION",
+        requires = "gcloud_config"
+    )]
+    pub gcloud_region: String,
 }
 
 #[derive(Debug, Args)]

@@ -67,6 +67,9 @@ pub fn argv(args: &SandboxArgs, global: &GlobalArgs, me: &Path) -> Vec<OsString>
     if args.persist {
         out.push("--persist".into());
     }
+    if let Some(dir) = &args.gcloud_config {
+        flag_gcloud(&mut out, dir, &args.gcloud_region);
+    }
     for _ in 0..global.verbose {
         out.push("--verbose".into());
     }
@@ -74,6 +77,13 @@ pub fn argv(args: &SandboxArgs, global: &GlobalArgs, me: &Path) -> Vec<OsString>
         out.push("--quiet".into());
     }
     out
+}
+
+fn flag_gcloud(out: &mut Vec<OsString>, dir: &Path, region: &str) {
+    out.push("--gcloud-config".into());
+    out.push(dir.into());
+    out.push("--gcloud-region".into());
+    out.push(region.into());
 }
 
 #[cfg(unix)]

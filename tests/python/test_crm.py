@@ -103,3 +103,28 @@ def test_new_grant_takes_a_moment_to_apply(sandbox, crm, new_sa):
                    as_sa.projects().testIamPermissions(resource=sandbox.project, body=body).execute())
     assert tested == {"permissions": [permission]}
     assert as_sa.projects().get(projectId=sandbox.project).execute()["projectId"] == sandbox.project
+
+
+def test_url_safe_etag_is_the_same_etag(sandbox, crm, new_sa):
+    """Regression: `etag` is a bytes field and gcloud (apitools) sends it in the URL-safe base64
+    alphabet; Google decodes either alphabet. The sandbox compared text and answered 409 whenever
+    the etag held a `+` or `/`. Writes until such an etag comes up (each write rotates it)."""
+    email = new_sa()
+    member = f"serviceAccount:{email}"
+    seen_special = False
+    for attempt in range(64):
+        policy = get_policy(crm, sandbox.project)
+        etag = policy["etag"]
+        policy["etag"] = etag.replace("+", "-").replace("/", "_")
+        seen_special = seen_special or policy["etag"] != etag
+        binding = next((b for b in policy.get("bindings", []) if b["role"] == "roles/viewer"), None)
+        if binding is None:
+            policy.setdefault("bindings", []).append({"role": "roles/viewer", "members": [member]})
+        elif member in binding["members"]:
+            binding["members"].remove(member)
+        else:
+            binding["members"].append(member)
+        crm.projects().setIamPolicy(resource=sandbox.project, body={"policy": policy}).execute()
+        if seen_special and attempt >= 3:
+            break
+    assert seen_special, "no etag with + or / came up in 64 writes"

@@ -93,3 +93,30 @@ def test_secret_access_needs_accessor_role(sandbox, secretmanager, new_sa):
         resource=name, body={"permissions": ["secretmanager.versions.access", "secretmanager.secrets.delete"]}).execute())
     assert tested == {"permissions": ["secretmanager.versions.access"]}
     assert base64.b64decode(as_sa.versions().access(name=f"{name}/versions/latest").execute()["payload"]["data"]) == b"v"
+
+
+def test_url_safe_payload_is_decoded(sandbox, secretmanager):
+    """Regression: `payload.data` is a bytes field; gcloud sends it URL-safe base64 encoded, and
+    Google decodes either alphabet. Bytes 0xfb 0xff encode to `+/8=` or `-_8=`."""
+    secret_id = unique("urlsafe")
+    parent = f"projects/{sandbox.project}"
+    secretmanager.projects().secrets().create(
+        parent=parent, secretId=secret_id, body={"replication": {"automatic": {}}}).execute()
+    name = f"{parent}/secrets/{secret_id}"
+    raw = bytes([0xFB, 0xFF, 0xBF]) * 3
+    url_safe = base64.urlsafe_b64encode(raw).decode()
+    assert "-" in url_safe or "_" in url_safe
+    added = secretmanager.projects().secrets().addVersion(parent=name, body={"payload": {"data": url_safe}}).execute()
+    assert "clientSpecifiedPayloadChecksum" not in added
+    got = secretmanager.projects().secrets().versions().access(name=f"{name}/versions/latest").execute()
+    assert base64.b64decode(got["payload"]["data"]) == raw
+
+    # With `dataCrc32c` (as gcloud sends it) the version says the client checksummed it; gcloud
+    # fails `versions add` with "payload data corruption may have occurred" otherwise.
+    import google_crc32c
+
+    body = {"payload": {"data": url_safe, "dataCrc32c": str(google_crc32c.value(raw))}}
+    added = check("secretmanager", "v1", "secretmanager.projects.secrets.addVersion",
+                  secretmanager.projects().secrets().addVersion(parent=name, body=body).execute())
+    assert added["clientSpecifiedPayloadChecksum"] is True
+    secretmanager.projects().secrets().delete(name=name).execute()

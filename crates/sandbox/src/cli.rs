@@ -51,6 +51,19 @@ pub struct Args {
     /// image runs it). Default: `bootstrap` next to this binary.
     #[arg(long, value_name = "PATH")]
     pub bootstrap_bin: Option<PathBuf>,
+    /// Write a gcloud configuration for this sandbox into DIR (use it with
+    /// `CLOUDSDK_CONFIG=DIR gcloud ...`); also adds the sandbox's loopback host names
+    /// (`sandbox.localhost`, `<region>-sandbox.localhost`) to /etc/hosts when missing.
+    #[arg(long, value_name = "DIR")]
+    pub gcloud_config: Option<PathBuf>,
+    /// The Cloud Run region of the gcloud configuration (`run/region`).
+    #[arg(
+        long,
+        default_value = "us-central1",
+        value_name = "REGION",
+        requires = "gcloud_config"
+    )]
+    pub gcloud_region: String,
     /// More log output (-v: debug, -vv: trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -100,14 +113,27 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let project = config
+        .projects
+        .first()
+        .cloned()
+        .unwrap_or_else(|| crate::DEFAULT_PROJECT.to_owned());
     runtime.block_on(async move {
         let sandbox = crate::start(config).await?;
+        if let Some(dir) = &args.gcloud_config {
+            write_gcloud_config(args, dir, &sandbox, &project)?;
+        }
         // Exactly one line on stdout: scripts wait for it and read the URL (the real port
         // when --port 0) from it.
         let mut out = std::io::stdout().lock();
+        let gcloud = args
+            .gcloud_config
+            .as_ref()
+            .map(|d| format!(" (gcloud: CLOUDSDK_CONFIG={})", d.display()))
+            .unwrap_or_default();
         writeln!(
             out,
-            "sandbox ready: {} (env: {})",
+            "sandbox ready: {} (env: {}){gcloud}",
             sandbox.url,
             sandbox.env_path.display()
         )?;
@@ -118,6 +144,41 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         sandbox.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Sets up the loopback host names gcloud needs and writes its configuration (see
+/// [`crate::hosts`]).
+fn write_gcloud_config(
+    args: &Args,
+    dir: &std::path::Path,
+    sandbox: &crate::Sandbox,
+    project: &str,
+) -> Result<()> {
+    let hosts = std::path::Path::new("/etc/hosts");
+    match crate::hosts::ensure_hosts_file(hosts) {
+        Ok(added) if !added.is_empty() => {
+            tracing::info!("added {} sandbox host names to /etc/hosts", added.len())
+        }
+        Ok(_) => {}
+        Err(err) => {
+            let names = crate::hosts::host_names().join(" ");
+            return Err(err.context(format!(
+                "--gcloud-config: gcloud needs these names on 127.0.0.1; add this line to \
+                 /etc/hosts (as root) and start again:\n127.0.0.1 {names}"
+            )));
+        }
+    }
+    let gcloud = crate::hosts::GcloudConfig {
+        port: sandbox.port,
+        project: project.to_owned(),
+        region: args.gcloud_region.clone(),
+        key_file: sandbox.operator_key_path.clone(),
+        account: sandbox.operator_email.clone(),
+    };
+    gcloud
+        .write(dir)
+        .with_context(|| format!("--gcloud-config {}", dir.display()))?;
+    Ok(())
 }
 
 /// The `bootstrap` binary next to the running one (how `cargo build` and `cargo install` lay

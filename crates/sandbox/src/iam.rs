@@ -317,7 +317,7 @@ fn patch(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         .get("etag")
         .and_then(Value::as_str)
         .filter(|e| !e.is_empty())
-        && etag != sa.etag
+        && !policy::etag_matches(etag, &sa.etag)
     {
         return Err(ApiError::aborted(
             "The etag of the service account does not match; read it again.",
@@ -511,7 +511,11 @@ pub fn test_permissions(ctx: &Ctx, policies: &[&Policy]) -> Value {
 
 /// Why a member may not be bound yet: a sandbox service account that does not exist, or was
 /// created less than the visibility delay ago.
-fn member_problem(data: &Data, member: &str, consistency: &Consistency) -> Option<ApiError> {
+pub(crate) fn member_problem(
+    data: &Data,
+    member: &str,
+    consistency: &Consistency,
+) -> Option<ApiError> {
     let email = member.strip_prefix("serviceAccount:")?;
     let project = crate::methods::project_of_email(email)?;
     data.project(&project)?;
@@ -536,7 +540,7 @@ pub fn set_policy_in(
         .ok_or_else(|| ApiError::not_found("Resource not found."))?
         .clone();
     if let Some(etag) = &incoming.etag
-        && *etag != current.etag
+        && !policy::etag_matches(etag, &current.etag)
     {
         return Err(ApiError::aborted(
             "There were concurrent policy changes. Please retry the whole read-modify-write with exponential backoff.",

@@ -18,6 +18,7 @@ pub mod error;
 pub mod executor;
 pub mod faults;
 mod google;
+pub mod hosts;
 pub mod iam;
 pub mod iamcredentials;
 pub mod keys;

@@ -416,6 +416,103 @@ const METHODS: &[(&str, &str, &str)] = &[
         "apis/run.googleapis.com/v1/namespaces/{namespacesId}/jobs/{jobsId}:run",
         "run.namespaces.jobs.run",
     ),
+    // Cloud Run v1 (run.v1.json): locations, Knative services and revisions, and the
+    // services/jobs IAM methods on `v1/projects/{p}/locations/{l}/...` that gcloud calls.
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations",
+        "run.projects.locations.list",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/services",
+        "run.projects.locations.services.create",
+    ),
+    (
+        "DELETE",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}",
+        "run.projects.locations.services.delete",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}",
+        "run.projects.locations.services.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}:getIamPolicy",
+        "run.projects.locations.services.getIamPolicy",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/services",
+        "run.projects.locations.services.list",
+    ),
+    (
+        "PUT",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}",
+        "run.projects.locations.services.replaceService",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}:setIamPolicy",
+        "run.projects.locations.services.setIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/services/{servicesId}:testIamPermissions",
+        "run.projects.locations.services.testIamPermissions",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/jobs/{jobsId}:getIamPolicy",
+        "run.projects.locations.jobs.getIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/jobs/{jobsId}:setIamPolicy",
+        "run.projects.locations.jobs.setIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/jobs/{jobsId}:testIamPermissions",
+        "run.projects.locations.jobs.testIamPermissions",
+    ),
+    (
+        "POST",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/services",
+        "run.namespaces.services.create",
+    ),
+    (
+        "DELETE",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/services/{servicesId}",
+        "run.namespaces.services.delete",
+    ),
+    (
+        "GET",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/services/{servicesId}",
+        "run.namespaces.services.get",
+    ),
+    (
+        "GET",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/services",
+        "run.namespaces.services.list",
+    ),
+    (
+        "PUT",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/services/{servicesId}",
+        "run.namespaces.services.replaceService",
+    ),
+    (
+        "GET",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/revisions/{revisionsId}",
+        "run.namespaces.revisions.get",
+    ),
+    (
+        "GET",
+        "apis/serving.knative.dev/v1/namespaces/{namespacesId}/revisions",
+        "run.namespaces.revisions.list",
+    ),
 ];
 
 /// One recognised call.
@@ -588,6 +685,27 @@ mod tests {
         )
         .expect("recognised");
         assert_eq!(call.id, "run.namespaces.executions.get");
+    }
+
+    #[test]
+    fn run_v1_services_and_iam() {
+        let call = identify(
+            "PUT",
+            "/apis/serving.knative.dev/v1/namespaces/p/services/prefect-worker",
+        )
+        .expect("recognised");
+        assert_eq!(call.id, "run.namespaces.services.replaceService");
+        assert_eq!(call.params, vec!["p", "prefect-worker"]);
+        let call = identify(
+            "GET",
+            "/v1/projects/p/locations/us-central1/services/s:getIamPolicy",
+        )
+        .expect("recognised");
+        assert_eq!(call.id, "run.projects.locations.services.getIamPolicy");
+        assert_eq!(call.project().as_deref(), Some("p"));
+        let call = identify("GET", "/v1/projects/p/locations").expect("recognised");
+        assert_eq!(call.id, "run.projects.locations.list");
+        assert_eq!(call.service(), "run.googleapis.com");
     }
 
     #[test]

@@ -55,6 +55,33 @@ pub fn new_etag() -> String {
     STANDARD.encode(rand::random::<[u8; 8]>())
 }
 
+/// Decodes a `format: byte` field of a request. Google's JSON mapping accepts both base64
+/// alphabets, padded or not (protobuf JSON: "either standard or URL-safe base64 encoding with/
+/// without paddings are accepted"), and clients differ: google-api-python-client sends the
+/// standard alphabet, gcloud's apitools the URL-safe one (`3XIu_sZL164=` for `3XIu/sZL164=`).
+pub fn decode_bytes(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+    let standard: String = text
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    STANDARD_NO_PAD.decode(standard).ok()
+}
+
+/// Whether an etag a client sent (a bytes field, either alphabet) is the stored one. Text that
+/// is not base64 at all is compared as it is.
+pub fn etag_matches(sent: &str, stored: &str) -> bool {
+    match (decode_bytes(sent), decode_bytes(stored)) {
+        (Some(a), Some(b)) => a == b,
+        _ => sent == stored,
+    }
+}
+
 impl Policy {
     /// A policy with one binding that counts as granted long ago (no propagation delay).
     pub fn with_binding(role: &str, member: &str) -> Self {
@@ -332,6 +359,33 @@ mod tests {
         assert!(parse_set_request(&bad).is_err());
         let cond = json!({"policy": {"bindings": [{"role": "roles/viewer", "members": ["user:a@b.com"], "condition": {"expression": "true"}}]}});
         assert!(parse_set_request(&cond).is_err());
+    }
+
+    /// Regression: gcloud returns policy etags in the URL-safe alphabet; the sandbox compared
+    /// text and answered 409 "concurrent policy changes" whenever an etag held `/` or `+`.
+    #[test]
+    fn etags_match_in_either_base64_alphabet() {
+        assert!(etag_matches("3XIu_sZL164=", "3XIu/sZL164="));
+        assert!(etag_matches("3XIu_sZL164", "3XIu/sZL164="));
+        assert!(etag_matches("a-b+", "a+b+"));
+        assert!(etag_matches("BwYAAAAAAAA=", "BwYAAAAAAAA="));
+        assert!(!etag_matches("3XIu_sZL165=", "3XIu/sZL164="));
+        assert!(!etag_matches("not base64!", "3XIu/sZL164="));
+        for _ in 0..200 {
+            let stored = new_etag();
+            let url_safe = stored.replace('+', "-").replace('/', "_");
+            assert!(etag_matches(&url_safe, &stored), "{url_safe} vs {stored}");
+        }
+        assert_eq!(
+            decode_bytes("aGk_").as_deref(),
+            Some(&[0x68, 0x69, 0x3f][..])
+        );
+        assert_eq!(
+            decode_bytes("aGk/").as_deref(),
+            Some(&[0x68, 0x69, 0x3f][..])
+        );
+        assert_eq!(decode_bytes("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert!(decode_bytes("a*b").is_none());
     }
 
     #[test]

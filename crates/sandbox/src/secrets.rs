@@ -36,6 +36,10 @@ pub struct SecretVersion {
     /// Base64 of the payload; never serialized.
     #[serde(skip)]
     pub payload: Option<SecretString>,
+    /// The client sent `payload.dataCrc32c` and it matched (`clientSpecifiedPayloadChecksum`;
+    /// gcloud fails `versions add` with "payload data corruption may have occurred" without it).
+    #[serde(default)]
+    pub client_checksum: bool,
 }
 
 /// A secret.
@@ -98,6 +102,9 @@ impl Secret {
         });
         if let Some(at) = v.destroy_time {
             out["destroyTime"] = json!(at.to_rfc3339_opts(SecondsFormat::Micros, true));
+        }
+        if v.client_checksum {
+            out["clientSpecifiedPayloadChecksum"] = json!(true);
         }
         out
     }
@@ -428,7 +435,8 @@ fn on_secret(ctx: &Ctx, call: &MethodCall, method: &str, k: &str) -> ApiResult<V
                 .pointer("/payload/data")
                 .and_then(Value::as_str)
                 .ok_or_else(|| ApiError::invalid_argument("payload.data is required."))?;
-            let bytes = STANDARD.decode(b64).map_err(|_| {
+            // A bytes field: either base64 alphabet (gcloud sends the URL-safe one).
+            let bytes = crate::policy::decode_bytes(b64).ok_or_else(|| {
                 ApiError::invalid_argument(
                     "Invalid value at 'payload.data' (TYPE_BYTES): not base64.",
                 )
@@ -438,6 +446,7 @@ fn on_secret(ctx: &Ctx, call: &MethodCall, method: &str, k: &str) -> ApiResult<V
                     "Secret payload is larger than 64 KiB.",
                 ));
             }
+            let client_checksum = ctx.body.pointer("/payload/dataCrc32c").is_some();
             if let Some(crc) = ctx.body.pointer("/payload/dataCrc32c") {
                 let sent = crc
                     .as_str()
@@ -456,6 +465,7 @@ fn on_secret(ctx: &Ctx, call: &MethodCall, method: &str, k: &str) -> ApiResult<V
                 state: "ENABLED".into(),
                 destroy_time: None,
                 payload: Some(SecretString::from(STANDARD.encode(&bytes))),
+                client_checksum,
             });
             let v = secret
                 .versions
@@ -555,6 +565,7 @@ mod tests {
             state: "ENABLED".into(),
             destroy_time: None,
             payload: Some(SecretString::from("c2VjcmV0".to_owned())),
+            client_checksum: false,
         };
         let text = serde_json::to_string(&v).expect("serializes");
         assert!(!text.contains("c2VjcmV0"));

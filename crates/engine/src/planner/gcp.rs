@@ -405,19 +405,27 @@ pub(super) fn worker_service(b: &mut Builder) {
                 &service::owned_view_for(&desired, worker),
             );
             let adopted = !service::is_marked(live);
-            if changes.is_empty() {
+            // A latest revision that is not ready is drift even when the spec matches: the
+            // worker is not running. The redeploy makes a new revision of the same spec.
+            let not_ready = service::not_ready(live);
+            if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address);
             } else {
+                let body = match &not_ready {
+                    Some(_) => service::redeploy_body(live, &desired),
+                    None => service::merge_into_live(live, &desired),
+                };
                 b.push(Step {
                     address,
                     action: Action::Update,
                     adopted,
-                    reason: None,
+                    reason: not_ready
+                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
                     changes,
                     depends_on,
                     op: Op::UpsertService {
                         name: worker.service.to_string(),
-                        body: service::merge_into_live(live, &desired),
+                        body,
                     },
                 });
             }

@@ -144,6 +144,72 @@ pub fn owned_view_for(service: &Value, worker: &Worker) -> Value {
     view
 }
 
+/// Why a live service is not serving its latest revision, in Google's words: its
+/// `terminalCondition` failed, or it settled with the latest created revision not ready. `None`
+/// while it is still reconciling (someone's deploy is under way) or when it is ready.
+pub fn not_ready(service: &Value) -> Option<String> {
+    if service.get("reconciling").and_then(Value::as_bool) == Some(true) {
+        return None;
+    }
+    let short = |p: &str| {
+        service
+            .pointer(p)
+            .and_then(Value::as_str)
+            .map(|n| n.rsplit('/').next().unwrap_or(n).to_owned())
+    };
+    let created = short("/latestCreatedRevision");
+    let latest = created.clone().unwrap_or_else(|| "(unknown)".into());
+    let cond = service.get("terminalCondition").unwrap_or(&Value::Null);
+    let state = cond
+        .get("state")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if state == "CONDITION_FAILED" {
+        let message = cond
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message");
+        let reason = cond
+            .get("reason")
+            .or_else(|| cond.get("revisionReason"))
+            .and_then(Value::as_str);
+        return Some(match reason {
+            Some(r) => format!("latest revision {latest} is not ready ({r}): {message}"),
+            None => format!("latest revision {latest} is not ready: {message}"),
+        });
+    }
+    let ready = short("/latestReadyRevision");
+    if state == "CONDITION_SUCCEEDED" && created.is_some() && ready != created {
+        return Some(format!(
+            "latest revision {latest} is not ready (serving {})",
+            ready.as_deref().unwrap_or("no revision")
+        ));
+    }
+    None
+}
+
+/// The template annotation that makes a redeploy of an unchanged spec a new revision (Cloud Run
+/// makes a revision only when the template changes). Its value is the failed revision's name,
+/// so the planner stays pure and a second plan of the same world gives the same body.
+pub const REDEPLOY_ANNOTATION: &str = "bootstrap.prefect.io/redeploy-of";
+
+/// [`merge_into_live`] for a service whose latest revision is not ready: the same body, with a
+/// template annotation naming the failed revision so that Cloud Run makes a new one.
+pub fn redeploy_body(live: &Value, desired: &Value) -> Value {
+    let mut body = merge_into_live(live, desired);
+    let failed = live
+        .pointer("/latestCreatedRevision")
+        .and_then(Value::as_str)
+        .map(|n| n.rsplit('/').next().unwrap_or(n).to_owned())
+        .unwrap_or_default();
+    // The key holds dots, so not through `diff::set_path`.
+    if !body["template"]["annotations"].is_object() {
+        body["template"]["annotations"] = json!({});
+    }
+    body["template"]["annotations"][REDEPLOY_ANNOTATION] = Value::String(failed);
+    body
+}
+
 pub fn is_marked(service: &Value) -> bool {
     service
         .pointer(&format!("/labels/{}", MARKER_LABEL.0))

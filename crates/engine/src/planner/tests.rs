@@ -227,6 +227,60 @@ fn converged_world_is_a_quiet_plan() {
     insta::assert_snapshot!("plan_noop", render::human(&p, false));
 }
 
+/// A service whose latest revision failed (the container never passed its startup probe) is
+/// drift even though its spec matches: the plan names Google's reason and redeploys it as a new
+/// revision; a service still reconciling is not drift.
+#[test]
+fn a_failed_revision_is_drift_that_redeploys() {
+    let s = spec();
+    let mut o = converged(&s);
+    let live = o.service.as_mut().unwrap();
+    live["latestCreatedRevision"] = json!(
+        "projects/prefect-project/locations/us-central1/services/prefect-worker/revisions/prefect-worker-00002-abc"
+    );
+    live["latestReadyRevision"] = json!(
+        "projects/prefect-project/locations/us-central1/services/prefect-worker/revisions/prefect-worker-00001-xyz"
+    );
+    live["terminalCondition"] = json!({
+        "type": "Ready",
+        "state": "CONDITION_FAILED",
+        "reason": "HEALTH_CHECK_CONTAINER_ERROR",
+        "message": "The user-provided container failed the configured startup probe checks.",
+    });
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 1, "{}", render::human(&p, false));
+    let step = &p.steps[0];
+    assert_eq!(step.action, Action::Update);
+    assert!(step.changes.is_empty());
+    let Op::UpsertService { body, .. } = &step.op else {
+        panic!("expected an upsert: {:?}", step.op)
+    };
+    assert_eq!(
+        body["template"]["annotations"][service::REDEPLOY_ANNOTATION],
+        json!("prefect-worker-00002-abc")
+    );
+    assert!(body.get("terminalCondition").is_none());
+    insta::assert_snapshot!("plan_not_ready", render::human(&p, false));
+
+    // Still reconciling (a deploy under way): not drift.
+    let live = o.service.as_mut().unwrap();
+    live["reconciling"] = json!(true);
+    live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_RECONCILING"});
+    assert!(!plan(&s, &o, &options(Mode::Apply)).has_changes());
+
+    // Settled, but the latest created revision is not the ready one.
+    let live = o.service.as_mut().unwrap();
+    live["reconciling"] = json!(false);
+    live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(
+        p.steps[0].reason.as_deref(),
+        Some(
+            "latest revision prefect-worker-00002-abc is not ready (serving prefect-worker-00001-xyz); apply redeploys it"
+        )
+    );
+}
+
 #[test]
 fn a_changed_field_is_one_in_place_update() {
     let mut s = spec();

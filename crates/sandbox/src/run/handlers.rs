@@ -77,6 +77,14 @@ pub(crate) async fn dispatch(State(state): State<AppState>, request: Request) ->
 }
 
 async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
+    // v1 and v2 share method ids for `projects.locations.services.*`; the path tells them
+    // apart. The regional host (`us-central1-sandbox.localhost`) names a v1 call's region.
+    let v1_path = request.uri().path().starts_with("/v1/");
+    let host_region = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(crate::hosts::region_of_host);
     let crate::google::Decoded {
         call,
         caller,
@@ -91,6 +99,21 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
         body,
     };
     let id = req.call.id.strip_prefix("run.").unwrap_or_default();
+    if let Some(method) = id
+        .strip_prefix("projects.locations.")
+        .filter(|m| m.ends_with("IamPolicy") || m.ends_with("IamPermissions"))
+    {
+        return super::iam::handle(&req, method);
+    }
+    if id == "projects.locations.list" {
+        return super::knative::locations(&req);
+    }
+    if id.starts_with("namespaces.services.")
+        || id.starts_with("namespaces.revisions.")
+        || (v1_path && id.starts_with("projects.locations.services."))
+    {
+        return super::knative::handle(&req, host_region).await;
+    }
     match id {
         "projects.locations.services.create" => service_create(&req).await,
         "projects.locations.services.get" => service_get(&req),
@@ -225,6 +248,11 @@ fn containers(template: &Value) -> ApiResult<Vec<Value>> {
 
 fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     match template.get("serviceAccount").and_then(Value::as_str) {
+        // The project's default compute identity exists on Google without being created (and
+        // reads show it, so clients echo it back): `actAs` on it comes from the project policy.
+        Some(sa) if sa == views::default_service_account(&project_number(&req.state, req.p(0))) => {
+            req.require("iam.serviceAccounts.actAs")
+        }
         Some(sa) if !sa.is_empty() => authz::require_act_as(&req.state, &req.caller, req.p(0), sa),
         _ => Ok(()),
     }
@@ -297,11 +325,11 @@ fn not_found(name: &str) -> ApiError {
 
 // ---------- services ----------
 
-fn service_name(req: &Req, id: &str) -> String {
+pub(crate) fn service_name(req: &Req, id: &str) -> String {
     format!("{}/services/{id}", req.parent().name())
 }
 
-fn service_view(req: &Req, rec: &ServiceRec) -> Value {
+pub(crate) fn service_view(req: &Req, rec: &ServiceRec) -> Value {
     views::service(
         rec,
         &project_number(&req.state, &rec.meta.parent.project),
@@ -312,11 +340,18 @@ fn service_view(req: &Req, rec: &ServiceRec) -> Value {
 async fn service_create(req: &Req) -> ApiResult<Value> {
     req.require("run.services.create")?;
     let id = req.param("serviceId").unwrap_or_default().to_owned();
-    validate_id("service", &id, 49)?;
+    validate_service_id(&id)?;
     create_service(req, &id).await
 }
 
-async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
+/// Service ids: under 50 characters, lowercase letters, digits and hyphens.
+pub(crate) fn validate_service_id(id: &str) -> ApiResult<()> {
+    validate_id("service", id, 49)
+}
+
+/// Stores a new service from the v2 spec in `req.body` (v1 and v2 share this) and starts its
+/// revision; returns the Operation.
+pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     let body = spec_only(&req.body);
     let template = body.get("template").cloned().unwrap_or(Value::Null);
     containers(&template)?;
@@ -386,7 +421,8 @@ fn service_list(req: &Req) -> ApiResult<Value> {
     Ok(list_response("services", page, next))
 }
 
-async fn service_patch(req: &Req) -> ApiResult<Value> {
+/// Replaces a service's spec from the v2 body in `req.body` (v2 patch, v1 replaceService).
+pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
     let id = req.p(2).to_owned();
     let name = service_name(req, &id);
     let exists = req.state.run.store().services.contains_key(&name);
@@ -435,7 +471,7 @@ async fn service_patch(req: &Req) -> ApiResult<Value> {
     Ok(op)
 }
 
-fn service_delete(req: &Req) -> ApiResult<Value> {
+pub(crate) fn service_delete(req: &Req) -> ApiResult<Value> {
     req.require("run.services.delete")?;
     let name = service_name(req, req.p(2));
     let view = {
@@ -449,7 +485,10 @@ fn service_delete(req: &Req) -> ApiResult<Value> {
     if req.flag("validateOnly") {
         return Ok(json!({"name": op_name, "done": true, "response": typed(SERVICE_TYPE, view)}));
     }
-    req.state.run.store().services.remove(&name);
+    let removed = req.state.run.store().services.remove(&name);
+    if let Some(rec) = removed {
+        super::iam::forget(req, &name, &rec.meta.uid);
+    }
     req.state.mark_dirty();
     if let Some(handle) = req.state.run.take_service(&name) {
         tokio::spawn(handle.stop());

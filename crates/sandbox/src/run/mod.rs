@@ -10,6 +10,8 @@
 mod control;
 mod engine;
 mod handlers;
+mod iam;
+mod knative;
 mod records;
 mod v1;
 mod views;
@@ -180,5 +182,13 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v2/{*rest}", any(handlers::dispatch))
         .route("/apis/run.googleapis.com/{*rest}", any(handlers::dispatch))
+        .route("/apis/serving.knative.dev/{*rest}", any(handlers::dispatch))
+        // Run v1's project-level reads: locations, and the IAM and Knative-shaped service
+        // methods on `v1/projects/{p}/locations/{l}/...` (gcloud's `get-iam-policy`).
+        .route("/v1/projects/{project}/locations", any(handlers::dispatch))
+        .route(
+            "/v1/projects/{project}/locations/{*rest}",
+            any(handlers::dispatch),
+        )
         .merge(control::router())
 }

@@ -182,6 +182,9 @@ pub struct Store {
     pub jobs: BTreeMap<String, JobRec>,
     /// Executions by full name.
     pub executions: BTreeMap<String, ExecRec>,
+    /// IAM policies of services and jobs, by `{full name}#{uid}` (see `run::iam`).
+    #[serde(default)]
+    pub policies: BTreeMap<String, crate::policy::Policy>,
 }
 
 impl Store {
