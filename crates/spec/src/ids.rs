@@ -209,6 +209,30 @@ fn check_project_id(s: &str) -> Result<(), String> {
     check_dns_label(s, 6, 30, "a project id")
 }
 
+impl Region {
+    /// A region of the right form (`us-central1`, `europe-west10`), known or not: for values
+    /// Google judges at run time (a worker's job variables), where an unknown region is Cloud
+    /// Run's 404 and a region opened after this list was written must still work. The plan
+    /// file's [`Region::parse`] keeps the offline check against [`KNOWN_REGIONS`].
+    pub fn parse_form(value: impl Into<String>) -> Result<Self, String> {
+        let value = value.into();
+        let (area, place) = value.split_once('-').unwrap_or(("", ""));
+        let ok = !area.is_empty()
+            && area.chars().all(|c| c.is_ascii_lowercase())
+            && place.starts_with(|c: char| c.is_ascii_lowercase())
+            && place.ends_with(|c: char| c.is_ascii_digit())
+            && place
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && value.len() <= 63;
+        if ok {
+            Ok(Self(value))
+        } else {
+            Err("not a region name (a region looks like us-central1 or europe-west4)".into())
+        }
+    }
+}
+
 fn check_region(s: &str) -> Result<(), String> {
     if KNOWN_REGIONS.contains(&s) {
         Ok(())

@@ -13,8 +13,10 @@ mod cache;
 pub mod cloudrun;
 pub mod config;
 mod health;
+pub mod naming;
 pub mod refs;
 pub mod runtime;
+pub mod settings;
 mod submit;
 pub mod template;
 
