@@ -6,14 +6,29 @@ use bootstrap_prefect::{Deployment, Flow, FlowRun, WorkPool};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value, json};
 
+use super::naming;
 use super::template::{Object, py_str};
 
 /// The Prefect version whose worker protocol this worker follows (the `prefect.io/version` label).
 pub const PREFECT_PROTOCOL_VERSION: &str = "3.9.1";
-/// Image used when neither template nor job variables name one (prefect-gcp uses its own version).
-pub const DEFAULT_IMAGE: &str = "docker.io/prefecthq/prefect:3-latest";
-/// Cloud Run's limit on job names.
-pub const MAX_JOB_NAME: usize = 63;
+/// Image used when the job body names none: prefect-gcp uses `docker.io/` + Prefect's
+/// `get_prefect_image_name()`, i.e. the worker's own Prefect and Python versions
+/// (`cloud_run_v2.py` `_populate_image_if_not_present`; measured `3.9.1-python3.11`). This worker
+/// has no Prefect of its own: it pins the version whose protocol it follows
+/// ([`PREFECT_PROTOCOL_VERSION`], the same value as the `prefect.io/version` label) and the
+/// project's Python, so a job's Prefect never floats ahead of what the worker was tested with
+/// (the server's `/api/admin/version` could differ from the client protocol, and Prefect Cloud
+/// reports no OSS version).
+pub const DEFAULT_IMAGE: &str = "docker.io/prefecthq/prefect:3.9.1-python3.11";
+pub use super::naming::{MAX_JOB_NAME, job_name, slug};
+/// Label marking jobs this worker may delete once finished (absent when `keep_job` is set).
+/// It counts within Cloud Run's 64 labels: a Prefect label makes room for it.
+pub const CLEANUP_LABEL: &str = "bootstrap-worker-cleanup";
+/// Cloud Run's limit on labels of a resource (prefect-gcp `_GCP_LABEL_MAX_COUNT`).
+const MAX_LABELS: usize = 64;
+/// prefect-gcp's timeout bounds (pydantic `gt=0`, `le=...`): v2 604800 s (7 days), v1 3600 s.
+const MAX_TIMEOUT_V2: u64 = 604_800;
+const MAX_TIMEOUT_V1: u64 = 3_600;
 
 /// The two Cloud Run pool types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,34 +119,6 @@ impl std::fmt::Debug for JobConfig {
     }
 }
 
-/// Lowercase, `[a-z0-9-]` only, runs of other characters collapsed to one `-`, no dashes at the
-/// ends, at most `max` characters.
-pub fn slug(s: &str, max: usize) -> String {
-    let mut out = String::new();
-    for c in s.chars().flat_map(char::to_lowercase) {
-        if c.is_ascii_alphanumeric() {
-            out.push(c);
-        } else if !out.ends_with('-') && !out.is_empty() {
-            out.push('-');
-        }
-    }
-    out.truncate(max);
-    out.trim_end_matches('-').to_string()
-}
-
-/// The job name for a flow run: `<slug of name, ≤30>-<flow run id as 32 hex>`; prefixed
-/// `prefect-` when the slug does not start with a letter. The same run always gets the same
-/// name, so a retried or restarted submission finds its job instead of making a second one.
-pub fn job_name(name: &str, flow_run_id: uuid::Uuid) -> String {
-    let hex = flow_run_id.simple().to_string();
-    let room = MAX_JOB_NAME - hex.len() - 1;
-    let mut base = slug(name, room.min(30));
-    if !base.starts_with(|c: char| c.is_ascii_lowercase()) {
-        base = slug(&format!("prefect-{base}"), room.min(30));
-    }
-    format!("{base}-{hex}")
-}
-
 /// GCP label rules: keys start with a letter; keys and values `[a-z0-9_-]`, ≤63 characters.
 pub fn sanitize_labels(labels: &Object) -> Object {
     let clean = |s: &str| -> String {
@@ -163,12 +150,16 @@ pub fn sanitize_labels(labels: &Object) -> Object {
 }
 
 /// Sanitised Prefect labels merged under the body's own (which win); at most 64, dropping the
-/// last Prefect labels first.
-fn merge_labels(prefect: &Object, existing: Option<&Value>) -> Value {
-    let existing = existing
+/// last Prefect labels first (prefect-gcp `merge_labels_for_gcp`). `ours` (the cleanup label)
+/// counts as one of the body's own.
+fn merge_labels(prefect: &Object, existing: Option<&Value>, ours: &[(&str, &str)]) -> Value {
+    let mut existing = existing
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
+    for (k, v) in ours {
+        existing.insert((*k).to_string(), json!(v));
+    }
     let sanitized = sanitize_labels(prefect);
     let mut merged = sanitized.clone();
     for (k, v) in &existing {
@@ -178,7 +169,7 @@ fn merge_labels(prefect: &Object, existing: Option<&Value>) -> Value {
         .keys()
         .filter(|k| !existing.contains_key(*k))
         .collect();
-    let excess = merged.len().saturating_sub(64);
+    let excess = merged.len().saturating_sub(MAX_LABELS);
     for k in ours.iter().rev().take(excess) {
         merged.shift_remove(*k);
     }
@@ -289,6 +280,25 @@ fn credentials_of(v: Option<&Value>) -> Result<GcpCredentials, String> {
                     .into(),
             ),
         };
+    let file = match block.get("service_account_file") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            return Err("the credentials block's service_account_file is not a path".into());
+        }
+    };
+    // prefect-gcp's GcpCredentials validators (credentials.py `_provide_one_service_account_source`,
+    // `_check_service_account_file`): one source only; a file that exists (`~` expanded).
+    let info = match (info, file) {
+        (Some(_), Some(_)) => {
+            return Err("the credentials block sets both service_account_info and \
+                        service_account_file; only one of them can be specified at once"
+                .into());
+        }
+        (info, None) => info,
+        (None, Some(path)) => Some(read_key_file(&path)?),
+    };
     let key_project = info.as_deref().and_then(|s| {
         serde_json::from_str::<Value>(s)
             .ok()?
@@ -306,6 +316,57 @@ fn credentials_of(v: Option<&Value>) -> Result<GcpCredentials, String> {
         project,
         service_account_info: info.map(SecretString::from),
     })
+}
+
+/// The text of a `service_account_file` (read by the worker, which is where prefect-gcp's worker
+/// reads it too). The key stays in memory.
+fn read_key_file(path: &str) -> Result<String, String> {
+    let expanded = match path.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| std::path::PathBuf::from(h).join(rest))
+            .unwrap_or_else(|| path.into()),
+        None => path.into(),
+    };
+    let text = std::fs::read_to_string(&expanded).map_err(|e| {
+        format!(
+            "the credentials block's service_account_file `{}` cannot be read: {e} \
+             (the path is read on the worker's machine)",
+            expanded.display()
+        )
+    })?;
+    if serde_json::from_str::<Value>(&text).is_err() {
+        return Err(format!(
+            "the credentials block's service_account_file `{}` is not a JSON key file",
+            expanded.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// `timeout` within prefect-gcp's bounds for the pool type.
+fn check_timeout(kind: PoolKind, t: u64) -> Result<u64, String> {
+    let (max, what) = match kind {
+        PoolKind::V2 => (
+            MAX_TIMEOUT_V2,
+            "604800 seconds (7 days) on cloud-run-v2 pools",
+        ),
+        PoolKind::V1 => (MAX_TIMEOUT_V1, "3600 seconds (1 hour) on cloud-run pools"),
+    };
+    if t == 0 || t > max {
+        return Err(format!(
+            "job variable `timeout` is {t}; it must be greater than 0 and at most {what}, \
+             as prefect-gcp requires"
+        ));
+    }
+    Ok(t)
+}
+
+/// A region of the right form (`us-central1`, `europe-west10`): Google decides whether it
+/// exists (an unknown one is its 404, reported on the run); new regions need no update here.
+fn check_region(r: &str) -> Result<(), String> {
+    bootstrap_ids::Region::parse(r)
+        .map(drop)
+        .map_err(|e| format!("job variable `region` is `{r}`: {e}"))
 }
 
 /// The container env list entries for a `SecretKeySelector` (`{secret, version}`).
@@ -391,7 +452,7 @@ pub fn prepare(
         }
     }
     let name = match cfg.get("name") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(s)) if !s.is_empty() => naming::render_name(s, ctx.flow, run),
         _ => run.name.clone(),
     };
     let key_secret = cfg.get("prefect_api_key_secret").filter(|v| !v.is_null());
@@ -426,17 +487,34 @@ pub fn prepare(
     if let Some(sel) = auth_secret {
         entries.push(secret_ref(kind, "PREFECT_API_AUTH_STRING", sel)?);
     }
-    let job_name = job_name(&name, run.id);
-    let timeout = as_u64(cfg.get("timeout"), "timeout", 600)?;
+    let timeout = check_timeout(kind, as_u64(cfg.get("timeout"), "timeout", 600)?)?;
+    let keep_job = match cfg.get("keep_job") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        _ => false,
+    };
+    let ours: &[(&str, &str)] = if keep_job {
+        &[]
+    } else {
+        &[(CLEANUP_LABEL, "true")]
+    };
     let cloudsql: Vec<Value> = match cfg.get("cloudsql_instances") {
         Some(Value::Array(a)) => a.clone(),
         _ => Vec::new(),
     };
+    let job_name;
     match kind {
         PoolKind::V2 => {
-            body.insert("labels".into(), merge_labels(&labels, body.get("labels")));
+            job_name = naming::job_name(&name, run.id);
+            body.insert(
+                "labels".into(),
+                merge_labels(&labels, body.get("labels"), ours),
+            );
             let tmpl = object_at(&mut body, "template")?;
-            tmpl.insert("labels".into(), merge_labels(&labels, tmpl.get("labels")));
+            tmpl.insert(
+                "labels".into(),
+                merge_labels(&labels, tmpl.get("labels"), &[]),
+            );
             let inner = object_at(tmpl, "template")?;
             let container = first_container(inner)?;
             append_env(container, entries, false)?;
@@ -471,13 +549,28 @@ pub fn prepare(
         }
         PoolKind::V1 => {
             let meta = object_at(&mut body, "metadata")?;
-            meta.insert("labels".into(), merge_labels(&labels, meta.get("labels")));
+            meta.insert(
+                "labels".into(),
+                merge_labels(&labels, meta.get("labels"), ours),
+            );
+            job_name = match meta.get("name") {
+                // The template's own name (the default `{{ name }}` with `name` set): verbatim.
+                Some(Value::String(n)) => {
+                    let n = if cfg.get("name") == Some(&json!(n)) {
+                        name.clone()
+                    } else {
+                        n.clone()
+                    };
+                    naming::verbatim_job_name(&n)?
+                }
+                _ => naming::job_name(&name, run.id),
+            };
             meta.insert("name".into(), json!(job_name));
             let spec_tmpl = object_at(object_at(&mut body, "spec")?, "template")?;
             let exec_meta = object_at(spec_tmpl, "metadata")?;
             exec_meta.insert(
                 "labels".into(),
-                merge_labels(&labels, exec_meta.get("labels")),
+                merge_labels(&labels, exec_meta.get("labels"), &[]),
             );
             // v1 containers live at spec.template.spec.template.spec.containers.
             let inner = object_at(
@@ -494,11 +587,7 @@ pub fn prepare(
         None | Some(Value::Null) => "us-central1".into(),
         Some(other) => return Err(format!("`region` must be a string, not {other}")),
     };
-    let keep_job = match cfg.get("keep_job") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        _ => false,
-    };
+    check_region(&region)?;
     Ok(JobConfig {
         kind,
         job_name,

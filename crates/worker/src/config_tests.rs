@@ -43,6 +43,17 @@ fn default_template(pool_type: &str) -> Value {
 }
 
 async fn render_case(case: &Value) -> Result<JobConfig, String> {
+    let env = vec![(
+        "PREFECT_API_URL".to_string(),
+        SecretString::from("http://127.0.0.1:4200/api"),
+    )];
+    render_case_with(case, env).await
+}
+
+async fn render_case_with(
+    case: &Value,
+    worker_env: Vec<(String, SecretString)>,
+) -> Result<JobConfig, String> {
     let pool_type = case["pool_type"].as_str().expect("pool_type");
     let mut template = match case.get("template") {
         Some(t) if !t.is_null() => t.clone(),
@@ -79,10 +90,7 @@ async fn render_case(case: &Value) -> Result<JobConfig, String> {
         deployment: Some(&deployment),
         pool: &pool,
         worker_name: ids["worker_name"].as_str().expect("worker name"),
-        worker_env: vec![(
-            "PREFECT_API_URL".into(),
-            SecretString::from("http://127.0.0.1:4200/api"),
-        )],
+        worker_env,
     };
     let kind = PoolKind::from_pool_type(pool_type).expect("kind");
     prepare(kind, resolved.as_object().cloned().expect("object"), &ctx)
@@ -106,6 +114,16 @@ fn normalise(mut body: Value, ours: &JobConfig) -> Value {
     if ours.kind == PoolKind::V1 {
         // prefect-gcp names v1 jobs randomly; ours are derived from the run id.
         body["metadata"]["name"] = json!(ours.job_name);
+    }
+    // The cleanup label is ours (config::CLEANUP_LABEL).
+    let at = match ours.kind {
+        PoolKind::V2 => "/labels",
+        PoolKind::V1 => "/metadata/labels",
+    };
+    if !ours.keep_job
+        && let Some(Value::Object(l)) = body.pointer_mut(at)
+    {
+        l.insert(CLEANUP_LABEL.into(), json!("true"));
     }
     body
 }
@@ -238,4 +256,215 @@ async fn rendered_bodies_pass_through_the_typed_cloud_run_models() {
         .unwrap_or_else(|e| panic!("{name}: the body does not fit the typed model: {e}"));
         assert_eq!(back, ours.body, "{name}: the typed model changed the body");
     }
+}
+/// The environment both workers run with: Prefect settings (forwarded to jobs), a variable that
+/// is not a setting (not forwarded), an isolated PREFECT_HOME and profile.
+fn parity_env(dir: &std::path::Path) -> Vec<(String, String)> {
+    [
+        ("PREFECT_HOME", dir.join("home").display().to_string()),
+        (
+            "PREFECT_PROFILES_PATH",
+            dir.join("profiles.toml").display().to_string(),
+        ),
+        ("PREFECT_API_URL", "http://127.0.0.1:4200/api".to_string()),
+        ("PREFECT_LOGGING_LEVEL", "DEBUG".to_string()),
+        ("PREFECT_CLIENT_MAX_RETRIES", "7".to_string()),
+        ("PREFECT_NOT_A_SETTING", "x".to_string()),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec()
+}
+
+fn venv_python() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let venv = std::env::var_os("BOOTSTRAP_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join(".venv"));
+    let python = venv.join("bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: this test renders with prefect-gcp itself (set BOOTSTRAP_VENV or run scripts/ensure-venv)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `script` (under tests/fixtures/worker) with the venv's python in exactly `env`.
+fn run_python(script: &str, args: &[&std::path::Path], env: &[(String, String)]) -> String {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = std::process::Command::new(venv_python())
+        .arg(root.join("tests/fixtures/worker").join(script))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .envs(env.iter().cloned())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn scratch_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("bootstrap-parity-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(dir.join("home")).expect("scratch dir");
+    std::fs::write(dir.join("profiles.toml"), "active = \"t\"\n[profiles.t]\n").expect("profile");
+    dir
+}
+
+/// The job labels at the job level of a body.
+fn job_labels(kind: PoolKind, body: &mut Value) -> Option<&mut Object> {
+    let at = match kind {
+        PoolKind::V2 => "/labels",
+        PoolKind::V1 => "/metadata/labels",
+    };
+    body.pointer_mut(at).and_then(Value::as_object_mut)
+}
+
+/// Issue 17: every variable of both default templates, rendered by prefect-gcp 0.6.22 now (in
+/// the venv, from `from_template_and_values` + `prepare_for_flow_run`) and by this worker, with
+/// the same flow run, deployment, variables and worker Prefect settings. Documented
+/// differences: job names (run-id suffix instead of random hex, see `naming`), the cleanup
+/// label (which takes the place of the last Prefect label at the 64-label cap), and a v1 `name`
+/// with `{{ ctx }}` placeholders (prefect-gcp sends the text unrendered, an invalid job id).
+#[tokio::test]
+async fn renders_every_variable_like_prefect_gcp_now() {
+    let dir = scratch_dir();
+    let env = parity_env(&dir);
+    let live = run_python("render_live.py", &[&dir], &env);
+    let cases: Vec<Value> = serde_json::from_str(&live).expect("render_live.py prints JSON");
+    assert!(cases.len() >= 33, "{} cases", cases.len());
+    let worker_env = crate::settings::forwarded(
+        env.clone(),
+        crate::settings::ApiSettings {
+            url: Some(SecretString::from("http://127.0.0.1:4200/api")),
+            ..Default::default()
+        },
+    );
+    for case in &cases {
+        let name = case["name"].as_str().unwrap_or("?");
+        let exp = &case["expected"];
+        let ours = render_case_with(case, worker_env.clone()).await;
+        if let Some(err) = exp.get("error").and_then(Value::as_str) {
+            let ours = ours
+                .err()
+                .unwrap_or_else(|| panic!("{name}: accepted; prefect-gcp: {err}"));
+            let subject = if err.contains("timeout") {
+                "timeout"
+            } else {
+                "only one of them"
+            };
+            assert!(ours.contains(subject), "{name}: {ours}");
+            continue;
+        }
+        let their_name = exp["job_name"].as_str().expect("job_name");
+        let kind =
+            PoolKind::from_pool_type(case["pool_type"].as_str().unwrap_or("")).expect("kind");
+        let name_var = case["deployment_job_variables"]["name"].as_str();
+        if kind == PoolKind::V1 && name_var.is_some_and(|n| n.contains("{{")) {
+            // prefect-gcp uses the unrendered text: a name Cloud Run rejects; ours says so.
+            assert!(bootstrap_ids::RunJobName::parse(their_name).is_err());
+            let e = ours.err().unwrap_or_else(|| panic!("{name}: accepted"));
+            assert!(e.contains("not a valid Cloud Run job name"), "{name}: {e}");
+            continue;
+        }
+        let ours = ours.unwrap_or_else(|e| panic!("{name}: {e}"));
+        match (kind, name_var) {
+            (PoolKind::V1, Some(n)) => assert_eq!(ours.job_name, n, "{name}: verbatim v1 name"),
+            (PoolKind::V1, None) => assert_eq!(
+                ours.job_name[..ours.job_name.len() - 33],
+                their_name[..their_name.len() - 33],
+                "{name}: v1 name base"
+            ),
+            (PoolKind::V2, _) => {
+                let base = &ours.job_name[..ours.job_name.len() - 33];
+                assert!(
+                    !base.is_empty() && their_name[..their_name.len() - 8].starts_with(base),
+                    "{name}: ours {} / prefect-gcp {their_name}",
+                    ours.job_name
+                );
+            }
+        }
+        let mut expected = normalise(exp["job_body"].clone(), &ours);
+        let mut body = ours.body.clone();
+        // At the cap, the cleanup label displaced prefect-gcp's last Prefect label.
+        let ours_labels = job_labels(kind, &mut body).cloned().unwrap_or_default();
+        if let Some(l) = job_labels(kind, &mut expected)
+            && l.len() > 64
+        {
+            l.retain(|k, _| ours_labels.contains_key(k));
+        }
+        assert!(
+            ours_labels.len() <= 64,
+            "{name}: {} labels",
+            ours_labels.len()
+        );
+        assert_eq!(
+            serde_json::to_string_pretty(&body).unwrap_or_default(),
+            serde_json::to_string_pretty(&expected).unwrap_or_default(),
+            "{name}: job body differs"
+        );
+        assert_eq!(json!(ours.region), exp["region"], "{name}: region");
+        assert_eq!(json!(ours.keep_job), exp["keep_job"], "{name}: keep_job");
+        assert_eq!(json!(ours.timeout), exp["timeout"], "{name}: timeout");
+        assert_eq!(
+            json!(ours.credentials.project),
+            exp["project"],
+            "{name}: project"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The settings list the worker forwards is Prefect 3.9.1's (regenerate with
+/// tests/fixtures/worker/gen_prefect_settings.py when Prefect moves).
+#[test]
+fn forwarded_settings_are_prefects() {
+    let live = run_python(
+        "gen_prefect_settings.py",
+        &[std::path::Path::new("--check")],
+        &[],
+    );
+    let ours: Vec<&str> = crate::settings::setting_names().collect();
+    let theirs: Vec<&str> = live.lines().collect();
+    assert_eq!(ours, theirs);
+}
+
+#[test]
+fn any_well_formed_region_is_accepted_and_others_are_named() {
+    for r in [
+        "us-central1",
+        "europe-west99",
+        "me-central2",
+        "northamerica-south1",
+    ] {
+        assert!(check_region(r).is_ok(), "{r}");
+    }
+    for r in [
+        "",
+        "us",
+        "US-central1",
+        "us-central",
+        "us-central1-a",
+        "us_central1",
+    ] {
+        let e = check_region(r).expect_err(r);
+        assert!(e.contains("`region`") && e.contains("us-central1"), "{e}");
+    }
+}
+
+#[test]
+fn timeouts_are_range_checked_as_prefect_gcp_does() {
+    assert_eq!(check_timeout(PoolKind::V2, 604_800), Ok(604_800));
+    assert!(check_timeout(PoolKind::V2, 604_801).is_err());
+    assert!(check_timeout(PoolKind::V1, 3_601).is_err());
+    let e = check_timeout(PoolKind::V1, 0).expect_err("zero");
+    assert!(e.contains("greater than 0") && e.contains("3600"), "{e}");
 }

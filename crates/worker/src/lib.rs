@@ -15,8 +15,10 @@ pub mod claim;
 pub mod cloudrun;
 pub mod config;
 mod health;
+pub mod naming;
 pub mod refs;
 pub mod runtime;
+pub mod settings;
 mod submit;
 pub mod template;
 

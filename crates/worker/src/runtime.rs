@@ -269,16 +269,15 @@ pub async fn run(
         )
     })?;
     let cfg = client.config();
-    let mut worker_env = vec![(
-        "PREFECT_API_URL".to_string(),
-        SecretString::from(cfg.api_url.to_string()),
-    )];
-    if let Some(k) = &cfg.api_key {
-        worker_env.push(("PREFECT_API_KEY".into(), k.clone()));
-    }
-    if let Some(a) = &cfg.auth_string {
-        worker_env.push(("PREFECT_API_AUTH_STRING".into(), a.clone()));
-    }
+    // Every Prefect setting of the worker reaches the jobs, as Prefect's base worker does.
+    let worker_env = super::settings::forwarded(
+        std::env::vars(),
+        super::settings::ApiSettings {
+            url: Some(SecretString::from(cfg.api_url.to_string())),
+            key: cfg.api_key.clone(),
+            auth_string: cfg.auth_string.clone(),
+        },
+    );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let (stop_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {

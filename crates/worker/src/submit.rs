@@ -11,7 +11,7 @@ use bootstrap_prefect::{
     FlowRun, PrefectClient, PrefectError, SetStateStatus, StateCreate, StateType,
 };
 use chrono::{DateTime, Utc};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use uuid::Uuid;
 
@@ -22,8 +22,7 @@ use super::refs::{self, Lookup};
 use super::runtime::{Shared, Waiting};
 use super::template;
 
-/// Label marking jobs this worker may delete once finished (absent when `keep_job` is set).
-pub const CLEANUP_LABEL: &str = "bootstrap-worker-cleanup";
+pub use super::config::CLEANUP_LABEL;
 /// Label naming the pool (as prefect-gcp sanitises `prefect.io/work-pool-name`).
 pub const POOL_LABEL: &str = "prefect-io-work-pool-name";
 
@@ -489,20 +488,11 @@ async fn submit_and_watch(
     created: &mut Option<(RunJobs, JobConfig)>,
 ) -> Result<End, Failure> {
     let fail = |e: anyhow::Error| Failure::Submit(chain(&e));
-    let mut cfg = match build_patiently(shared, run, &mut cancel).await {
+    // The job body carries the cleanup label already (config::prepare, within the label cap).
+    let cfg = match build_patiently(shared, run, &mut cancel).await {
         Ok(cfg) => cfg,
         Err(end) => return end,
     };
-    if !cfg.keep_job {
-        // Marks the job as ours to delete after a crash of this worker.
-        let labels = match cfg.kind {
-            PoolKind::V2 => cfg.body.pointer_mut("/labels"),
-            PoolKind::V1 => cfg.body.pointer_mut("/metadata/labels"),
-        };
-        if let Some(Value::Object(l)) = labels {
-            l.insert(CLEANUP_LABEL.into(), json!("true"));
-        }
-    }
     let jobs = jobs_for(shared, &cfg).await.map_err(fail)?;
     let job = cfg.job_name.clone();
     let created_now = jobs
@@ -518,6 +508,13 @@ async fn submit_and_watch(
         Created::Existing => None,
     };
     if !fresh {
+        if let Some(other) = owned_by_other_run(&jobs, &job, run.id).await {
+            // A verbatim v1 name: prefect-gcp's create fails here too (409); never adopt it.
+            return Err(Failure::Submit(format!(
+                "Cloud Run job {job} already exists and belongs to flow run {other}; \
+                 a fixed `name` job variable lets only one run at a time use it"
+            )));
+        }
         shared.log(
             run.id,
             20,
@@ -613,6 +610,14 @@ async fn submit_and_watch(
     // Submitted: watching costs the Prefect server nothing; let the next run in.
     drop(slot);
     watch_execution(&jobs, &job, &execution, &mut cancel).await
+}
+
+/// The other flow run an existing job was made for (its `prefect-io-flow-run-id` label), if
+/// it is not `id`'s. Job names derived from the run id never meet this; a fixed v1 name can.
+async fn owned_by_other_run(jobs: &RunJobs, job: &str, id: Uuid) -> Option<String> {
+    let view = jobs.job(job).await.ok().flatten()?;
+    let owner = view.labels.get("prefect-io-flow-run-id")?.as_str()?;
+    (owner != id.to_string()).then(|| owner.to_string())
 }
 
 /// Records the job as the run's `infrastructure_pid` (how a later worker finds it to cancel).
