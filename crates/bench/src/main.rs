@@ -8,6 +8,7 @@ mod env;
 mod lifecycle;
 mod procs;
 mod report;
+mod retry;
 mod stats;
 mod worker;
 
@@ -141,6 +142,7 @@ async fn run(args: Args) -> Result<bool> {
         lifecycle: None,
         workers: Vec::new(),
         targets: Vec::new(),
+        sections: Vec::new(),
         errors: Vec::new(),
     };
 
@@ -148,10 +150,8 @@ async fn run(args: Args) -> Result<bool> {
         "==> CLI start-up ({} runs of bootstrap validate)",
         plan.startup_runs
     );
-    match lifecycle::startup(&env, plan.startup_runs).await {
-        Ok(s) => results.startup_ms = Some(s),
-        Err(e) => results.errors.push(format!("start-up: {e:#}")),
-    }
+    let startup = lifecycle::startup(&env, plan.startup_runs).await;
+    results.startup_ms = results.section("start-up", startup);
 
     let suffix = format!("{:08x}", rand::random::<u32>());
     eprintln!(
@@ -170,42 +170,36 @@ async fn run(args: Args) -> Result<bool> {
         .await
     }
     .await;
-    match applied {
-        Ok(l) => results.lifecycle = Some(l),
-        Err(e) => results.errors.push(format!("plan/apply: {e:#}")),
-    }
+    results.lifecycle = results.section("plan/apply", applied);
 
     if results.lifecycle.is_some() {
         eprintln!(
             "==> bootstrap worker (pickup x{}, burst of {})",
             plan.pickups, plan.runs
         );
-        match ours(&env, &suffix, &plan).await {
-            Ok(w) => results.workers.push(w),
-            Err(e) => results.errors.push(format!("bootstrap worker: {e:#}")),
+        let w = ours(&env, &suffix, &plan).await;
+        if let Some(w) = results.section("bootstrap worker", w) {
+            results.workers.push(w);
         }
     } else {
-        results.errors.push(
-            "bootstrap worker: not measured (needs the pool and deployment apply creates)".into(),
+        results.skipped(
+            "bootstrap worker",
+            "needs the pool and deployment apply creates",
         );
     }
 
     eprintln!("==> prefect worker (cloud-run-v2), idle");
-    match python_cloud_run(&env, &suffix).await {
-        Ok(w) => results.workers.push(w),
-        Err(e) => results
-            .errors
-            .push(format!("prefect worker (cloud-run-v2): {e:#}")),
+    let w = python_cloud_run(&env, &suffix).await;
+    if let Some(w) = results.section("prefect worker (cloud-run-v2)", w) {
+        results.workers.push(w);
     }
     eprintln!(
         "==> prefect worker (process) (pickup x{}, burst of {})",
         plan.pickups, plan.python_runs
     );
-    match python_process(&env, &suffix, &plan, &args.fake_flow).await {
-        Ok(w) => results.workers.push(w),
-        Err(e) => results
-            .errors
-            .push(format!("prefect worker (process): {e:#}")),
+    let w = python_process(&env, &suffix, &plan, &args.fake_flow).await;
+    if let Some(w) = results.section("prefect worker (process)", w) {
+        results.workers.push(w);
     }
 
     report::evaluate(&mut results);
@@ -276,7 +270,7 @@ async fn ours(env: &Env, suffix: &str, plan: &Plan) -> Result<WorkerFigures> {
 /// Prefect's cloud-run-v2 worker: it starts and polls, but submits only to Google's endpoint.
 async fn python_cloud_run(env: &Env, suffix: &str) -> Result<WorkerFigures> {
     let pool = format!("bench-py-crv2-{suffix}");
-    worker::create_pool_cli(env, &pool, "cloud-run-v2")?;
+    worker::create_pool_cli(env, &pool, "cloud-run-v2").await?;
     let name = format!("bench-py-crv2-{suffix}");
     let (mut p, online, idle) = worker::start_idle(
         env,
@@ -311,7 +305,7 @@ async fn python_process(
     fake_flow: &std::path::Path,
 ) -> Result<WorkerFigures> {
     let pool = format!("bench-py-proc-{suffix}");
-    worker::create_pool_cli(env, &pool, "process")?;
+    worker::create_pool_cli(env, &pool, "process").await?;
     let deployment = worker::process_deployment(env, &pool, &fake_flow.to_string_lossy()).await?;
     let name = format!("bench-py-proc-{suffix}");
     let (mut p, online, idle) = worker::start_idle(

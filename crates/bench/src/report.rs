@@ -67,6 +67,18 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// One section of the run and whether it could be measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// Its name (`start-up`, `plan/apply`, `scale`, a worker).
+    pub name: String,
+    /// `measured`, `failed` or `skipped` (a section it needs failed).
+    pub status: String,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -84,8 +96,46 @@ pub struct Results {
     pub workers: Vec<WorkerFigures>,
     /// The targets.
     pub targets: Vec<Target>,
+    /// Every section, measured or not.
+    pub sections: Vec<Section>,
     /// Sections that broke (the harness or the tool failed), with the error.
     pub errors: Vec<String>,
+}
+
+impl Results {
+    /// Records how a section went; its figures when it was measured.
+    pub fn section<T>(&mut self, name: &str, r: anyhow::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.sections.push(Section {
+                    name: name.into(),
+                    status: "measured".into(),
+                    error: None,
+                });
+                Some(v)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.errors.push(format!("{name}: {msg}"));
+                self.sections.push(Section {
+                    name: name.into(),
+                    status: "failed".into(),
+                    error: Some(msg),
+                });
+                None
+            }
+        }
+    }
+
+    /// Records a section not run because one it needs failed.
+    pub fn skipped(&mut self, name: &str, why: &str) {
+        self.errors.push(format!("{name}: not measured ({why})"));
+        self.sections.push(Section {
+            name: name.into(),
+            status: "skipped".into(),
+            error: Some(why.into()),
+        });
+    }
 }
 
 fn fmt_opt(v: Option<f64>, unit: &str, digits: usize) -> String {
