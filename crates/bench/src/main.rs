@@ -6,9 +6,11 @@
 mod critical;
 mod env;
 mod lifecycle;
+mod plot;
 mod procs;
 mod report;
 mod retry;
+mod scale;
 mod stats;
 mod worker;
 
@@ -65,6 +67,13 @@ struct Args {
     /// Long-running operation time during plan/apply, ms (default: 2000 quick, 5000 full).
     #[arg(long)]
     op_delay_ms: Option<u64>,
+    /// Deployments of the scale section's plans, comma-separated (default: 1,10,30 quick;
+    /// 1,10,100 full).
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// Run only these sections (start-up, plan-apply, scale, workers), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// Runs queued for the throughput burst (default: 30 quick, 500 full).
     #[arg(long)]
     runs: Option<usize>,
@@ -140,37 +149,82 @@ async fn run(args: Args) -> Result<bool> {
         machine: Machine::detect(),
         startup_ms: None,
         lifecycle: None,
+        scale: None,
         workers: Vec::new(),
         targets: Vec::new(),
         sections: Vec::new(),
         errors: Vec::new(),
     };
 
-    eprintln!(
-        "==> CLI start-up ({} runs of bootstrap validate)",
-        plan.startup_runs
-    );
-    let startup = lifecycle::startup(&env, plan.startup_runs).await;
-    results.startup_ms = results.section("start-up", startup);
+    let wanted = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == name))
+    };
+    if let Some(o) = &args.only {
+        for s in o {
+            if !["start-up", "plan-apply", "scale", "workers"].contains(&s.as_str()) {
+                anyhow::bail!("--only {s}: not a section (start-up, plan-apply, scale, workers)");
+            }
+        }
+    }
+    if wanted("start-up") {
+        eprintln!(
+            "==> CLI start-up ({} runs of bootstrap validate)",
+            plan.startup_runs
+        );
+        let startup = lifecycle::startup(&env, plan.startup_runs).await;
+        results.startup_ms = results.section("start-up", startup);
+    }
 
     let suffix = format!("{:08x}", rand::random::<u32>());
-    eprintln!(
-        "==> plan / apply / no-op plan of the guide (latency {} ms, operations {} ms)",
-        args.latency_ms,
-        plan.op_delay.as_millis()
-    );
-    let applied = async {
-        let file = lifecycle::guide_plan(&env, &suffix)?;
-        lifecycle::plan_apply(
+    // The workers run on the pool and deployment the guide's apply creates.
+    if wanted("plan-apply") || wanted("workers") {
+        eprintln!(
+            "==> plan / apply / no-op plan of the guide (latency {} ms, operations {} ms)",
+            args.latency_ms,
+            plan.op_delay.as_millis()
+        );
+        let applied = async {
+            let file = lifecycle::guide_plan(&env, &suffix)?;
+            lifecycle::plan_apply(
+                &env,
+                &file,
+                Duration::from_millis(args.latency_ms),
+                plan.op_delay,
+            )
+            .await
+        }
+        .await;
+        results.lifecycle = results.section("plan/apply", applied);
+    }
+
+    if wanted("scale") {
+        let ns = args.scale.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![1, 10, 30]
+            } else {
+                vec![1, 10, 100]
+            }
+        });
+        eprintln!(
+            "==> scale: plans of N = {ns:?} deployments (latency {} ms, operations {} ms)",
+            args.latency_ms,
+            plan.op_delay.as_millis()
+        );
+        let scaled = scale::scale(
             &env,
-            &file,
+            &ns,
+            &suffix,
             Duration::from_millis(args.latency_ms),
             plan.op_delay,
         )
-        .await
+        .await;
+        results.scale = results.section("scale", scaled);
     }
-    .await;
-    results.lifecycle = results.section("plan/apply", applied);
+    if !wanted("workers") {
+        return finish(&args, results);
+    }
 
     if results.lifecycle.is_some() {
         eprintln!(
@@ -202,11 +256,32 @@ async fn run(args: Args) -> Result<bool> {
         results.workers.push(w);
     }
 
+    finish(&args, results)
+}
+
+/// Evaluates the targets, prints the table, writes the JSON and the plot; whether every
+/// section could be measured.
+fn finish(args: &Args, mut results: Results) -> Result<bool> {
     report::evaluate(&mut results);
     let text = report::table(&results);
     println!("{text}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let (Some(s), Some(dir)) = (&results.scale, args.out.parent()) {
+        let svg = dir.join("scale.svg");
+        let caption = format!(
+            "bootstrap {} run, {}: {} CPUs, load average {}; {:.0} ms per Google call, operations {:.1} s",
+            results.mode,
+            results.started,
+            results.machine.nproc,
+            results.machine.load_average,
+            s.latency * 1000.0,
+            s.op_delay
+        );
+        std::fs::write(&svg, plot::svg(s, &caption))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        eprintln!("plot: {}", svg.display());
     }
     let json = serde_json::to_string_pretty(&results)?;
     std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
