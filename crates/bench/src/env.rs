@@ -90,26 +90,38 @@ impl Env {
         cmd
     }
 
-    /// One request; 429 and 503 (a busy SQLite-backed Prefect server answers 503) are retried
-    /// with jittered exponential backoff, at most 6 attempts.
+    /// One request, retried on transient failures (`crate::retry`: refused or reset
+    /// connections, 429, 5xx; timeouts when `repeatable`) with bounded, jittered exponential
+    /// backoff. Reads, the sandbox's settings and POSTs with an idempotency key are repeatable.
     async fn send(
         &self,
         method: reqwest::Method,
         url: &str,
         body: Option<&Value>,
     ) -> Result<Value> {
-        let mut delay = Duration::from_millis(100);
+        let repeatable = method != reqwest::Method::POST
+            || url.ends_with("/filter")
+            || url.contains("/_sandbox/")
+            || body.is_some_and(|b| b.get("idempotency_key").is_some());
+        let policy = crate::retry::HARNESS;
+        let started = Instant::now();
         let mut attempt = 1;
         loop {
-            match self.send_once(method.clone(), url, body).await {
-                Err(Busy(e)) if attempt < 6 => {
-                    retry_note(&e);
-                    tokio::time::sleep(delay.mul_f64(rand::random_range(0.5..1.5))).await;
-                    delay = (delay * 2).min(Duration::from_secs(3));
+            match self.send_once(method.clone(), url, body, repeatable).await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Transient(reason, e)) => {
+                    let wait = policy.delay(attempt, rand::random::<f64>());
+                    if !policy.may_retry(attempt, started.elapsed(), wait) {
+                        return Err(e.context(format!(
+                            "still failing after {attempt} tries in {:.1} s ({reason})",
+                            started.elapsed().as_secs_f64()
+                        )));
+                    }
+                    retry_note(reason, &e);
+                    tokio::time::sleep(wait).await;
                     attempt += 1;
                 }
-                Err(Busy(e)) => return Err(e),
-                Ok(v) => return v,
             }
         }
     }
@@ -119,37 +131,38 @@ impl Env {
         method: reqwest::Method,
         url: &str,
         body: Option<&Value>,
-    ) -> std::result::Result<Result<Value>, Busy> {
+        repeatable: bool,
+    ) -> std::result::Result<Value, Failure> {
         let mut req = self.http.request(method.clone(), url);
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = match req.send().await {
-            Ok(r) => r,
-            // Refused: nothing was sent, so even a POST may be sent again.
-            Err(e) if e.is_connect() => {
-                return Err(Busy(anyhow!(e).context(format!("{method} {url}"))));
+        let transport = |e: reqwest::Error| {
+            let reason = crate::retry::transport_is_transient(&e, repeatable);
+            let e = anyhow!(e).context(format!("{method} {url}"));
+            match reason {
+                Some(r) => Failure::Transient(r, e),
+                None => Failure::Final(e),
             }
-            Err(e) => return Ok(Err(anyhow!(e).context(format!("{method} {url}")))),
         };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let text = match resp.text().await {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(anyhow!(e).context(format!("{method} {url}")))),
-        };
+        // A body cut off by a reset is as transient as a reset before the answer.
+        let text = resp.text().await.map_err(transport)?;
         if !status.is_success() {
             let short: String = text.chars().take(300).collect();
             let e = anyhow!("{method} {url}: HTTP {status}: {short}");
-            if status.as_u16() == 429 || status.as_u16() == 503 {
-                return Err(Busy(e));
-            }
-            return Ok(Err(e));
+            return Err(match crate::retry::status_is_transient(status.as_u16()) {
+                Some(r) => Failure::Transient(r, e),
+                None => Failure::Final(e),
+            });
         }
         if text.trim().is_empty() {
-            return Ok(Ok(Value::Null));
+            return Ok(Value::Null);
         }
-        Ok(serde_json::from_str(&text)
-            .with_context(|| format!("{method} {url}: the answer is not JSON")))
+        serde_json::from_str(&text)
+            .with_context(|| format!("{method} {url}: the answer is not JSON"))
+            .map_err(Failure::Final)
     }
 
     /// A Prefect API call (`path` after `/api`).
@@ -215,12 +228,17 @@ impl Env {
     }
 }
 
-/// A retryable answer (429, 503).
-struct Busy(anyhow::Error);
+/// How one try failed.
+enum Failure {
+    /// Worth another try, for this reason.
+    Transient(crate::retry::Reason, anyhow::Error),
+    /// Not worth one.
+    Final(anyhow::Error),
+}
 
 /// Retries are worth a line on stderr: they slow the harness, not the figures.
-fn retry_note(e: &anyhow::Error) {
-    eprintln!("    (retrying: {e})");
+fn retry_note(reason: &str, e: &anyhow::Error) {
+    eprintln!("    (retrying, {reason}: {e})");
 }
 
 /// Polls `f` every `every` until it yields `Some`, or fails after `deadline`.
@@ -243,5 +261,91 @@ where
             bail!("{what}: not within {} s", deadline.as_secs());
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server that closes the first connection unanswered, answers 503 to the second and
+    /// `final_status` after that; counts the requests it saw.
+    async fn flaky_server(
+        final_status: u16,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicU32>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let status = match n {
+                    0 => continue, // dropped: the client sees the connection closed
+                    1 => 503,
+                    _ => final_status,
+                };
+                let body = "{\"ok\":true}";
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    fn env_for(url: &str) -> Env {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let here = std::env::current_dir().expect("cwd");
+        let work = std::env::temp_dir().join(format!("bench-env-{}", uuid::Uuid::new_v4()));
+        Env::new(
+            here.clone(),
+            here.clone(),
+            work.clone(),
+            here.clone(),
+            format!("{url}/api"),
+            url.to_string(),
+            here,
+            work.join("started.log"),
+        )
+        .expect("env")
+    }
+
+    #[tokio::test]
+    async fn a_reset_and_a_503_are_ridden_out() {
+        let (url, seen) = flaky_server(200).await;
+        let env = env_for(&url);
+        // A POST create without an idempotency key is still retried after a reset.
+        let v = env
+            .prefect(
+                reqwest::Method::POST,
+                "/flows/",
+                Some(&json!({"name": "x"})),
+            )
+            .await
+            .expect("third try answers");
+        assert_eq!(v["ok"], true);
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let _ = std::fs::remove_dir_all(&env.work);
+    }
+
+    #[tokio::test]
+    async fn a_404_is_final() {
+        let (url, seen) = flaky_server(404).await;
+        let env = env_for(&url);
+        let e = env
+            .prefect(reqwest::Method::GET, "/flows/x", None)
+            .await
+            .expect_err("404 is not retried");
+        assert!(format!("{e:#}").contains("404"), "{e:#}");
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 3);
+        let _ = std::fs::remove_dir_all(&env.work);
     }
 }

@@ -6,8 +6,11 @@
 mod critical;
 mod env;
 mod lifecycle;
+mod plot;
 mod procs;
 mod report;
+mod retry;
+mod scale;
 mod stats;
 mod worker;
 
@@ -64,6 +67,13 @@ struct Args {
     /// Long-running operation time during plan/apply, ms (default: 2000 quick, 5000 full).
     #[arg(long)]
     op_delay_ms: Option<u64>,
+    /// Deployments of the scale section's plans, comma-separated (default: 1,10,30 quick;
+    /// 1,10,100 full).
+    #[arg(long, value_delimiter = ',')]
+    scale: Option<Vec<usize>>,
+    /// Run only these sections (start-up, plan-apply, scale, workers), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    only: Option<Vec<String>>,
     /// Runs queued for the throughput burst (default: 30 quick, 500 full).
     #[arg(long)]
     runs: Option<usize>,
@@ -139,40 +149,81 @@ async fn run(args: Args) -> Result<bool> {
         machine: Machine::detect(),
         startup_ms: None,
         lifecycle: None,
+        scale: None,
         workers: Vec::new(),
         targets: Vec::new(),
+        sections: Vec::new(),
         errors: Vec::new(),
     };
 
-    eprintln!(
-        "==> CLI start-up ({} runs of bootstrap validate)",
-        plan.startup_runs
-    );
-    match lifecycle::startup(&env, plan.startup_runs).await {
-        Ok(s) => results.startup_ms = Some(s),
-        Err(e) => results.errors.push(format!("start-up: {e:#}")),
+    let wanted = |name: &str| {
+        args.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == name))
+    };
+    if let Some(o) = &args.only {
+        for s in o {
+            if !["start-up", "plan-apply", "scale", "workers"].contains(&s.as_str()) {
+                anyhow::bail!("--only {s}: not a section (start-up, plan-apply, scale, workers)");
+            }
+        }
+    }
+    if wanted("start-up") {
+        eprintln!(
+            "==> CLI start-up ({} runs of bootstrap validate)",
+            plan.startup_runs
+        );
+        let startup = lifecycle::startup(&env, plan.startup_runs).await;
+        results.startup_ms = results.section("start-up", startup);
     }
 
     let suffix = format!("{:08x}", rand::random::<u32>());
-    eprintln!(
-        "==> plan / apply / no-op plan of the guide (latency {} ms, operations {} ms)",
-        args.latency_ms,
-        plan.op_delay.as_millis()
-    );
-    let applied = async {
-        let file = lifecycle::guide_plan(&env, &suffix)?;
-        lifecycle::plan_apply(
+    // The workers run on the pool and deployment the guide's apply creates.
+    if wanted("plan-apply") || wanted("workers") {
+        eprintln!(
+            "==> plan / apply / no-op plan of the guide (latency {} ms, operations {} ms)",
+            args.latency_ms,
+            plan.op_delay.as_millis()
+        );
+        let applied = async {
+            let file = lifecycle::guide_plan(&env, &suffix)?;
+            lifecycle::plan_apply(
+                &env,
+                &file,
+                Duration::from_millis(args.latency_ms),
+                plan.op_delay,
+            )
+            .await
+        }
+        .await;
+        results.lifecycle = results.section("plan/apply", applied);
+    }
+
+    if wanted("scale") {
+        let ns = args.scale.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![1, 10, 30]
+            } else {
+                vec![1, 10, 100]
+            }
+        });
+        eprintln!(
+            "==> scale: plans of N = {ns:?} deployments (latency {} ms, operations {} ms)",
+            args.latency_ms,
+            plan.op_delay.as_millis()
+        );
+        let scaled = scale::scale(
             &env,
-            &file,
+            &ns,
+            &suffix,
             Duration::from_millis(args.latency_ms),
             plan.op_delay,
         )
-        .await
+        .await;
+        results.scale = results.section("scale", scaled);
     }
-    .await;
-    match applied {
-        Ok(l) => results.lifecycle = Some(l),
-        Err(e) => results.errors.push(format!("plan/apply: {e:#}")),
+    if !wanted("workers") {
+        return finish(&args, results);
     }
 
     if results.lifecycle.is_some() {
@@ -180,39 +231,57 @@ async fn run(args: Args) -> Result<bool> {
             "==> bootstrap worker (pickup x{}, burst of {})",
             plan.pickups, plan.runs
         );
-        match ours(&env, &suffix, &plan).await {
-            Ok(w) => results.workers.push(w),
-            Err(e) => results.errors.push(format!("bootstrap worker: {e:#}")),
+        let w = ours(&env, &suffix, &plan).await;
+        if let Some(w) = results.section("bootstrap worker", w) {
+            results.workers.push(w);
         }
     } else {
-        results.errors.push(
-            "bootstrap worker: not measured (needs the pool and deployment apply creates)".into(),
+        results.skipped(
+            "bootstrap worker",
+            "needs the pool and deployment apply creates",
         );
     }
 
     eprintln!("==> prefect worker (cloud-run-v2), idle");
-    match python_cloud_run(&env, &suffix).await {
-        Ok(w) => results.workers.push(w),
-        Err(e) => results
-            .errors
-            .push(format!("prefect worker (cloud-run-v2): {e:#}")),
+    let w = python_cloud_run(&env, &suffix).await;
+    if let Some(w) = results.section("prefect worker (cloud-run-v2)", w) {
+        results.workers.push(w);
     }
     eprintln!(
         "==> prefect worker (process) (pickup x{}, burst of {})",
         plan.pickups, plan.python_runs
     );
-    match python_process(&env, &suffix, &plan, &args.fake_flow).await {
-        Ok(w) => results.workers.push(w),
-        Err(e) => results
-            .errors
-            .push(format!("prefect worker (process): {e:#}")),
+    let w = python_process(&env, &suffix, &plan, &args.fake_flow).await;
+    if let Some(w) = results.section("prefect worker (process)", w) {
+        results.workers.push(w);
     }
 
+    finish(&args, results)
+}
+
+/// Evaluates the targets, prints the table, writes the JSON and the plot; whether every
+/// section could be measured.
+fn finish(args: &Args, mut results: Results) -> Result<bool> {
     report::evaluate(&mut results);
     let text = report::table(&results);
     println!("{text}");
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if let (Some(s), Some(dir)) = (&results.scale, args.out.parent()) {
+        let svg = dir.join("scale.svg");
+        let caption = format!(
+            "bootstrap {} run, {}: {} CPUs, load average {}; {:.0} ms per Google call, operations {:.1} s",
+            results.mode,
+            results.started,
+            results.machine.nproc,
+            results.machine.load_average,
+            s.latency * 1000.0,
+            s.op_delay
+        );
+        std::fs::write(&svg, plot::svg(s, &caption))
+            .with_context(|| format!("writing {}", svg.display()))?;
+        eprintln!("plot: {}", svg.display());
     }
     let json = serde_json::to_string_pretty(&results)?;
     std::fs::write(&args.out, json).with_context(|| format!("writing {}", args.out.display()))?;
@@ -276,7 +345,7 @@ async fn ours(env: &Env, suffix: &str, plan: &Plan) -> Result<WorkerFigures> {
 /// Prefect's cloud-run-v2 worker: it starts and polls, but submits only to Google's endpoint.
 async fn python_cloud_run(env: &Env, suffix: &str) -> Result<WorkerFigures> {
     let pool = format!("bench-py-crv2-{suffix}");
-    worker::create_pool_cli(env, &pool, "cloud-run-v2")?;
+    worker::create_pool_cli(env, &pool, "cloud-run-v2").await?;
     let name = format!("bench-py-crv2-{suffix}");
     let (mut p, online, idle) = worker::start_idle(
         env,
@@ -311,7 +380,7 @@ async fn python_process(
     fake_flow: &std::path::Path,
 ) -> Result<WorkerFigures> {
     let pool = format!("bench-py-proc-{suffix}");
-    worker::create_pool_cli(env, &pool, "process")?;
+    worker::create_pool_cli(env, &pool, "process").await?;
     let deployment = worker::process_deployment(env, &pool, &fake_flow.to_string_lossy()).await?;
     let name = format!("bench-py-proc-{suffix}");
     let (mut p, online, idle) = worker::start_idle(

@@ -67,6 +67,18 @@ pub struct Target {
     pub met: Option<bool>,
 }
 
+/// One section of the run and whether it could be measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Section {
+    /// Its name (`start-up`, `plan/apply`, `scale`, a worker).
+    pub name: String,
+    /// `measured`, `failed` or `skipped` (a section it needs failed).
+    pub status: String,
+    /// Why it failed or was skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Results {
@@ -80,12 +92,52 @@ pub struct Results {
     pub startup_ms: Option<Summary>,
     /// plan / apply / no-op plan.
     pub lifecycle: Option<Lifecycle>,
+    /// How plan/apply grow with the number of deployments.
+    pub scale: Option<crate::scale::Scale>,
     /// The workers, side by side.
     pub workers: Vec<WorkerFigures>,
     /// The targets.
     pub targets: Vec<Target>,
+    /// Every section, measured or not.
+    pub sections: Vec<Section>,
     /// Sections that broke (the harness or the tool failed), with the error.
     pub errors: Vec<String>,
+}
+
+impl Results {
+    /// Records how a section went; its figures when it was measured.
+    pub fn section<T>(&mut self, name: &str, r: anyhow::Result<T>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                self.sections.push(Section {
+                    name: name.into(),
+                    status: "measured".into(),
+                    error: None,
+                });
+                Some(v)
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                self.errors.push(format!("{name}: {msg}"));
+                self.sections.push(Section {
+                    name: name.into(),
+                    status: "failed".into(),
+                    error: Some(msg),
+                });
+                None
+            }
+        }
+    }
+
+    /// Records a section not run because one it needs failed.
+    pub fn skipped(&mut self, name: &str, why: &str) {
+        self.errors.push(format!("{name}: not measured ({why})"));
+        self.sections.push(Section {
+            name: name.into(),
+            status: "skipped".into(),
+            error: Some(why.into()),
+        });
+    }
 }
 
 fn fmt_opt(v: Option<f64>, unit: &str, digits: usize) -> String {
@@ -130,6 +182,9 @@ pub fn evaluate(r: &mut Results) {
             .unwrap_or_else(|| "n/a".into()),
         met: l.map(|l| l.apply_ratio <= 1.25),
     });
+    if let Some(s) = &r.scale {
+        scale_targets(s, &mut t);
+    }
     let ours = r.workers.iter().find(|w| w.name == "bootstrap worker");
     let idle = ours.and_then(|w| w.idle).map(|u| u.rss_mb);
     t.push(Target {
@@ -167,6 +222,53 @@ pub fn evaluate(r: &mut Results) {
         met: ratio.map(|x| x >= 10.0),
     });
     r.targets = t;
+}
+
+/// The scale section's targets: at the largest N, a no-op plan within 3 round trips of Google
+/// latency plus the Prefect server's own time for its reads (the health check's round trip, then
+/// the slowest read, which the others overlap); the first apply within 1.10x of its critical
+/// path at the smallest and the largest N; a one-deployment change sending calls for it only.
+fn scale_targets(s: &crate::scale::Scale, t: &mut Vec<Target>) {
+    let (Some(first), Some(last)) = (s.points.first(), s.points.last()) else {
+        return;
+    };
+    let budget =
+        3.0 * s.latency + s.prefect_rtt + last.noop_plan.prefect_slowest_ms as f64 / 1000.0;
+    t.push(Target {
+        name: format!("no-op plan, N={}", last.deployments),
+        goal: "<= 3 RT + Prefect server time".into(),
+        value: format!(
+            "{:.3} s vs {:.3} s ({:.2} RT)",
+            last.noop_plan.seconds, budget, last.noop_round_trips
+        ),
+        met: Some(last.noop_plan.seconds <= budget),
+    });
+    for p in [first, last] {
+        t.push(Target {
+            name: format!("first apply / critical path, N={}", p.deployments),
+            goal: "<= 1.10x".into(),
+            value: format!(
+                "{:.2}x ({:.2} s / {:.2} s)",
+                p.apply_ratio, p.first_apply.seconds, p.critical_path
+            ),
+            met: Some(p.apply_ratio <= 1.10),
+        });
+        if p.deployments == last.deployments {
+            break;
+        }
+    }
+    let extra: Vec<String> = last
+        .change_one_extra
+        .iter()
+        .filter(|(_, v)| **v > 0)
+        .map(|(k, v)| format!("{k} x{v}"))
+        .collect();
+    t.push(Target {
+        name: format!("one-deployment apply, N={}", last.deployments),
+        goal: "calls for that deployment only".into(),
+        value: format!("beyond the reads: {}", extra.join(", ")),
+        met: Some(last.change_one_only_that),
+    });
 }
 
 /// The human table.
@@ -220,6 +322,10 @@ pub fn table(r: &Results) -> String {
             l.critical_path.observe_seconds,
             chain.join(" -> ")
         ));
+    }
+    if let Some(s) = &r.scale {
+        o.push_str(&crate::scale::table(s));
+        o.push('\n');
     }
     if !r.workers.is_empty() {
         o.push_str(&format!(

@@ -99,7 +99,9 @@ pub async fn create_run(env: &Env, deployment: Uuid) -> Result<Uuid> {
         .prefect(
             Method::POST,
             &format!("/deployments/{deployment}/create_flow_run"),
-            Some(&json!({})),
+            // The key makes a retried create (after a reset that may have reached the server)
+            // return the same run instead of queuing a second one.
+            Some(&json!({"idempotency_key": Uuid::new_v4().to_string()})),
         )
         .await?;
     v.get("id")
@@ -148,22 +150,43 @@ pub async fn deployment_id(env: &Env, flow: &str, name: &str) -> Result<Uuid> {
         .ok_or_else(|| anyhow!("deployment {flow}/{name} has no id"))
 }
 
-/// Creates a pool with Prefect's CLI (which knows each type's default job template).
-pub fn create_pool_cli(env: &Env, name: &str, pool_type: &str) -> Result<()> {
-    let out = python_cmd(
-        env,
-        "prefect",
-        &["work-pool", "create", name, "--type", pool_type],
-    )
-    .output()
-    .context("running `prefect work-pool create`")?;
-    if !out.status.success() {
-        return Err(anyhow!(
-            "prefect work-pool create {name} --type {pool_type} failed: {}",
+/// Creates a pool with Prefect's CLI (which knows each type's default job template). A failed
+/// try is repeated with the harness's backoff (the CLI's own client gives up on a reset); on a
+/// repeat, "already exists" means the earlier try went through.
+pub async fn create_pool_cli(env: &Env, name: &str, pool_type: &str) -> Result<()> {
+    let policy = crate::retry::HARNESS;
+    let started = Instant::now();
+    let mut attempt = 1;
+    loop {
+        let out = python_cmd(
+            env,
+            "prefect",
+            &["work-pool", "create", name, "--type", pool_type],
+        )
+        .output()
+        .context("running `prefect work-pool create`")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        ));
+        );
+        if out.status.success() || (attempt > 1 && text.contains("already exists")) {
+            return Ok(());
+        }
+        let wait = policy.delay(attempt, rand::random::<f64>());
+        if !policy.may_retry(attempt, started.elapsed(), wait) {
+            return Err(anyhow!(
+                "prefect work-pool create {name} --type {pool_type} failed {attempt} times; last: {}",
+                text.trim()
+            ));
+        }
+        eprintln!(
+            "    (retrying `prefect work-pool create {name}`: {})",
+            text.lines().last().unwrap_or("")
+        );
+        tokio::time::sleep(wait).await;
+        attempt += 1;
     }
-    Ok(())
 }
 
 /// A command from the venv with the Prefect settings of this run.

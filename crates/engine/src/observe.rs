@@ -206,27 +206,31 @@ async fn prefect_side(client: &PrefectClient, spec: &Spec) -> Result<PrefectStat
     // A URL that is not Prefect's API (a wrong prefix) answers 404 to every read: the reads
     // below would take that as "nothing exists yet", or fail naming some endpoint. The health
     // check names the URL instead. Prefect's auth middleware exempts it, so a refused key is
-    // still reported by the reads.
-    client.health().await?;
+    // still reported by the reads. It runs alongside the reads (one round trip less) and its
+    // error, when it has one, is the one reported.
     let pool_type = spec.work_pool.pool_type.as_str();
-    let (block, pool, default_template, deployments) = tokio::try_join!(
-        block(client, spec),
-        async {
-            client
-                .work_pool(spec.work_pool.name.as_str())
-                .await
-                .with_context(|| format!("reading work pool {}", spec.work_pool.name))
-        },
-        async {
-            client
-                .default_base_job_template(pool_type)
-                .await
-                .with_context(|| {
-                    format!("reading the server's default base job template for {pool_type}")
-                })
-        },
-        deployments(client, spec),
-    )?;
+    let (health, reads) = tokio::join!(client.health(), async {
+        tokio::try_join!(
+            block(client, spec),
+            async {
+                client
+                    .work_pool(spec.work_pool.name.as_str())
+                    .await
+                    .with_context(|| format!("reading work pool {}", spec.work_pool.name))
+            },
+            async {
+                client
+                    .default_base_job_template(pool_type)
+                    .await
+                    .with_context(|| {
+                        format!("reading the server's default base job template for {pool_type}")
+                    })
+            },
+            deployments(client, spec),
+        )
+    });
+    health?;
+    let (block, pool, default_template, deployments) = reads?;
     let work_pool = pool.map(|p| observed::WorkPool {
         id: p.id.to_string(),
         pool_type: p.pool_type.clone(),
@@ -259,51 +263,196 @@ async fn block(client: &PrefectClient, spec: &Spec) -> Result<Option<observed::B
     }))
 }
 
+/// How many per-deployment reads are in flight at once when the server refuses the batch read:
+/// Prefect's server writes to SQLite on one connection, and beyond a handful of concurrent
+/// requests it only queues them (measured in BENCHMARKS.md, "scale").
+const DEPLOYMENT_READS_IN_FLIGHT: usize = 8;
+
+/// The plan's deployments as the server holds them: one batch read by names (two requests for
+/// up to 200 deployments, `PrefectClient::deployments_by_names`) instead of one request each.
 async fn deployments(
     client: &PrefectClient,
     spec: &Spec,
 ) -> Result<BTreeMap<String, observed::Deployment>> {
+    let wanted: Vec<(String, String)> = spec
+        .deployments
+        .iter()
+        .map(|d| (d.flow.to_string(), d.name.to_string()))
+        .collect();
+    let live = match client.deployments_by_names(&wanted).await {
+        Ok(live) => live,
+        // A server whose page limit is below the client's page (PREFECT_SERVER_API_DEFAULT_LIMIT
+        // lowered) refuses the filter with a 422: read one by one instead.
+        Err(bootstrap_prefect::PrefectError::Unprocessable { .. }) => {
+            return deployments_one_by_one(client, spec).await;
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("reading the plan's deployments")),
+    };
+    Ok(spec
+        .deployments
+        .iter()
+        .filter_map(|d| {
+            let live = live.get(&(d.flow.to_string(), d.name.to_string()))?;
+            Some((deployment_key(d), observed_deployment(d, live)))
+        })
+        .collect())
+}
+
+/// What the planner compares of a live deployment.
+fn observed_deployment(
+    d: &bootstrap_spec::Deployment,
+    live: &bootstrap_prefect::Deployment,
+) -> observed::Deployment {
+    let mut fields = serde_json::Map::new();
+    fields.insert("entrypoint".into(), json!(live.entrypoint));
+    fields.insert("parameters".into(), Value::Object(live.parameters.clone()));
+    fields.insert("work_pool_name".into(), json!(live.work_pool_name));
+    fields.insert("work_queue_name".into(), json!(live.work_queue_name));
+    fields.insert(
+        "job_variables".into(),
+        Value::Object(live.job_variables.clone()),
+    );
+    fields.insert(
+        "pull_steps".into(),
+        json!(live.pull_steps.clone().unwrap_or_default()),
+    );
+    fields.insert("tags".into(), json!(live.tags));
+    fields.insert("description".into(), json!(live.description));
+    fields.insert(
+        "schedules".into(),
+        Value::Array(aligned_schedules(&live.schedules, &d.schedules)),
+    );
+    observed::Deployment {
+        id: live.id.to_string(),
+        flow: d.flow.to_string(),
+        name: d.name.to_string(),
+        fields,
+    }
+}
+
+/// The keys of a live schedule that the plan's schedule at the same place names. The server
+/// fills in defaults the plan did not give (a cron schedule's `day_or: true`, an interval's
+/// `anchor_date` and `timezone`; `prefect/server/schemas/schedules.py`); compared whole, every
+/// plan with a schedule showed a change after every apply. A schedule the plan does not have
+/// (or a non-object) is kept whole, so it still reads as a difference.
+fn owned_schedule(live: &Value, planned: Option<&Value>) -> Value {
+    match (live, planned) {
+        (Value::Object(l), Some(Value::Object(p))) => Value::Object(
+            l.iter()
+                .filter(|(k, _)| p.contains_key(k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        _ => live.clone(),
+    }
+}
+
+/// The live schedules as `{schedule, active}` in the plan's order. The server does not return
+/// a deployment's schedules in the order they were sent (two sent in one request came back
+/// reversed), and their order means nothing to it: each planned schedule is matched with an
+/// equal live one; planned ones without a match are compared with the live ones left over, in
+/// the server's order; live ones beyond the plan's come last, whole.
+fn aligned_schedules(live: &[Value], planned: &[Value]) -> Vec<Value> {
+    let entry = |l: &Value, p: Option<&Value>| {
+        let schedule = l.get("schedule").map(|s| owned_schedule(s, p));
+        json!({"schedule": schedule, "active": l.get("active")})
+    };
+    let mut used = vec![false; live.len()];
+    let mut slots: Vec<Option<usize>> = planned
+        .iter()
+        .map(|p| {
+            let i = live.iter().enumerate().position(|(i, l)| {
+                !used[i]
+                    && l.get("schedule")
+                        .map(|s| owned_schedule(s, Some(p)))
+                        .as_ref()
+                        == Some(p)
+            })?;
+            used[i] = true;
+            Some(i)
+        })
+        .collect();
+    let mut rest = (0..live.len())
+        .filter(|i| !used[*i])
+        .collect::<Vec<_>>()
+        .into_iter();
+    for slot in slots.iter_mut().filter(|s| s.is_none()) {
+        *slot = rest.next();
+    }
+    let mut out: Vec<Value> = slots
+        .iter()
+        .zip(planned)
+        .filter_map(|(slot, p)| slot.map(|i| entry(&live[i], Some(p))))
+        .collect();
+    out.extend(rest.map(|i| entry(&live[i], None)));
+    out
+}
+
+/// One read per deployment, at most [`DEPLOYMENT_READS_IN_FLIGHT`] at once.
+async fn deployments_one_by_one(
+    client: &PrefectClient,
+    spec: &Spec,
+) -> Result<BTreeMap<String, observed::Deployment>> {
+    use futures::stream::{StreamExt as _, TryStreamExt as _};
     let reads = spec.deployments.iter().map(|d| async move {
         let live = client
             .deployment_by_name(d.flow.as_str(), d.name.as_str())
             .await
             .with_context(|| format!("reading deployment {}/{}", d.flow, d.name))?;
-        Ok::<_, anyhow::Error>(live.map(|live| {
-            let mut fields = serde_json::Map::new();
-            fields.insert("entrypoint".into(), json!(live.entrypoint));
-            fields.insert("parameters".into(), Value::Object(live.parameters.clone()));
-            fields.insert("work_pool_name".into(), json!(live.work_pool_name));
-            fields.insert("work_queue_name".into(), json!(live.work_queue_name));
-            fields.insert(
-                "job_variables".into(),
-                Value::Object(live.job_variables.clone()),
-            );
-            fields.insert(
-                "pull_steps".into(),
-                json!(live.pull_steps.clone().unwrap_or_default()),
-            );
-            fields.insert("tags".into(), json!(live.tags));
-            fields.insert("description".into(), json!(live.description));
-            let schedules: Vec<Value> = live
-                .schedules
-                .iter()
-                .map(|s| json!({"schedule": s.get("schedule"), "active": s.get("active")}))
-                .collect();
-            fields.insert("schedules".into(), Value::Array(schedules));
-            (
-                deployment_key(d),
-                observed::Deployment {
-                    id: live.id.to_string(),
-                    flow: d.flow.to_string(),
-                    name: d.name.to_string(),
-                    fields,
-                },
-            )
-        }))
+        Ok::<_, anyhow::Error>(live.map(|live| (deployment_key(d), observed_deployment(d, &live))))
     });
-    Ok(futures::future::try_join_all(reads)
+    Ok(futures::stream::iter(reads)
+        .buffer_unordered(DEPLOYMENT_READS_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
         .await?
         .into_iter()
         .flatten()
         .collect())
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::{aligned_schedules, owned_schedule};
+    use serde_json::json;
+
+    #[test]
+    fn schedules_are_compared_in_the_plans_order() {
+        let a = json!({"cron": "0 0 1 1 *", "timezone": "UTC"});
+        let b = json!({"cron": "1 0 1 1 *", "timezone": "UTC"});
+        let live = |s: &serde_json::Value| {
+            let mut full = s.clone();
+            full["day_or"] = json!(true);
+            json!({"schedule": full, "active": true, "id": "x"})
+        };
+        let want = |s: &serde_json::Value| json!({"schedule": s, "active": true});
+        // The server answered b, a for a plan of a, b: no difference.
+        assert_eq!(
+            aligned_schedules(&[live(&b), live(&a)], &[a.clone(), b.clone()]),
+            vec![want(&a), want(&b)]
+        );
+        // A changed schedule is compared with the one left over; an extra live one comes last.
+        let c = json!({"cron": "2 0 1 1 *", "timezone": "UTC"});
+        let got = aligned_schedules(&[live(&c), live(&a), live(&b)], &[a.clone(), c.clone()]);
+        assert_eq!(got[0], want(&a));
+        assert_eq!(got[1], want(&c));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[2]["schedule"]["day_or"], true, "kept whole");
+        // Fewer live than planned: only what exists is listed.
+        assert_eq!(
+            aligned_schedules(&[], std::slice::from_ref(&a)),
+            Vec::<serde_json::Value>::new()
+        );
+    }
+
+    #[test]
+    fn server_defaults_of_a_schedule_are_not_a_change() {
+        let live = json!({"cron": "0 0 1 1 *", "timezone": "UTC", "day_or": true});
+        let planned = json!({"cron": "0 0 1 1 *", "timezone": "UTC"});
+        assert_eq!(owned_schedule(&live, Some(&planned)), planned);
+        // A value the plan gives still shows when it differs.
+        let other = json!({"cron": "5 0 1 1 *", "timezone": "UTC"});
+        assert_ne!(owned_schedule(&live, Some(&other)), other);
+        // A live schedule beyond the plan's is kept whole.
+        assert_eq!(owned_schedule(&live, None), live);
+    }
 }

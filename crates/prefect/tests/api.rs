@@ -516,3 +516,66 @@ async fn errors_are_one_clear_line() {
     let e = wrong.health().await.expect_err("not the api");
     assert!(e.to_string().contains("ends in /api"), "{e}");
 }
+
+/// `deployments_by_names` finds exactly the asked-for `flow/name` pairs in two requests per
+/// page: not the other combinations of the same names, not absent ones; and it pages past the
+/// server's 200 per request.
+#[tokio::test]
+async fn deployments_by_names_batches_and_pages() {
+    let c = client();
+    let (pool, flow_a, _) = deployment(&c).await;
+    let flow_b = c
+        .upsert_flow(&unique_name("flow"), &[])
+        .await
+        .expect("flow b");
+    let spec = DeploymentSpec {
+        entrypoint: Some("flows/hello.py:hello".into()),
+        work_pool_name: Some(pool.name.clone()),
+        ..Default::default()
+    };
+    // a/x, b/y and b/x exist; a/y does not.
+    for (flow, name) in [(&flow_a, "x"), (&flow_b, "y"), (&flow_b, "x")] {
+        c.upsert_deployment(flow.id, name, &spec)
+            .await
+            .expect("deployment");
+    }
+    let key = |f: &Flow, n: &str| (f.name.clone(), n.to_string());
+    let wanted = vec![
+        key(&flow_a, "x"),
+        key(&flow_a, "y"),
+        key(&flow_b, "y"),
+        key(&flow_a, "dep"),
+    ];
+    let got = c.deployments_by_names(&wanted).await.expect("batch read");
+    let keys: Vec<_> = got.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        {
+            let mut k = vec![key(&flow_a, "dep"), key(&flow_a, "x"), key(&flow_b, "y")];
+            k.sort();
+            k
+        },
+        "b/x exists but was not asked for; a/y was asked for but does not exist"
+    );
+    for (k, d) in &got {
+        let flow = if k.0 == flow_a.name { &flow_a } else { &flow_b };
+        assert_eq!(d.flow_id, flow.id);
+        assert_eq!(d.name, k.1);
+    }
+    assert!(c.deployments_by_names(&[]).await.expect("empty").is_empty());
+
+    // More than one page (the server's limit is 200 per request).
+    let flow_c = c
+        .upsert_flow(&unique_name("flow"), &[])
+        .await
+        .expect("flow c");
+    let names: Vec<String> = (0..205).map(|i| format!("p{i:03}")).collect();
+    for n in &names {
+        c.upsert_deployment(flow_c.id, n, &spec)
+            .await
+            .expect("deployment");
+    }
+    let wanted: Vec<_> = names.iter().map(|n| key(&flow_c, n)).collect();
+    let got = c.deployments_by_names(&wanted).await.expect("paged read");
+    assert_eq!(got.len(), 205);
+}

@@ -1,5 +1,6 @@
 //! The API calls, one file per kind of object.
 
+mod batch;
 mod blocks;
 mod events;
 mod flow_runs;
@@ -7,6 +8,7 @@ mod flows;
 mod logs;
 mod work_pools;
 
+pub use batch::DeploymentKey;
 pub use blocks::pick_block_schema;
 pub use events::{EventFilter, EventStream};
 

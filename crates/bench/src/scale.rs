@@ -1,0 +1,510 @@
+//! How `plan` and `apply` grow with the work: generated plans of the whole guide with N
+//! deployments (and N schedules spread over half of them), against the sandbox with latency on
+//! every Google call. For each N: the first `apply`, a no-op `plan`, and an `apply` that changes
+//! one deployment, each with its wall time, Google calls (the sandbox's per-method counters) and
+//! Prefect calls (the tool's own debug log of every request it sends, so nothing stands between
+//! the tool and the server to skew the times).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::critical::{self, Costs};
+use crate::env::Env;
+
+/// One command of one N.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Google calls the sandbox served.
+    pub google_calls: u64,
+    /// Prefect requests the tool sent (retries included).
+    pub prefect_calls: u64,
+    /// Of those, reads (GET, and POST `.../filter`).
+    pub prefect_reads: u64,
+    /// The server's answer time of the slowest Prefect request, ms (from the same log).
+    pub prefect_slowest_ms: u64,
+    /// Google calls by discovery method.
+    pub google_by_method: BTreeMap<String, u64>,
+    /// Prefect calls by `METHOD path` (ids as `{id}`).
+    pub prefect_by_call: BTreeMap<String, u64>,
+}
+
+/// The figures of one N.
+#[derive(Debug, Clone, Serialize)]
+pub struct Point {
+    /// Deployments in the plan.
+    pub deployments: usize,
+    /// Schedules across them.
+    pub schedules: usize,
+    /// Flows they belong to.
+    pub flows: usize,
+    /// Steps of the first plan.
+    pub steps: usize,
+    /// The first apply (everything created).
+    pub first_apply: Measured,
+    /// The model floor of the first apply, seconds.
+    pub critical_path: f64,
+    /// first apply / critical path.
+    pub apply_ratio: f64,
+    /// `plan` with nothing to do.
+    pub noop_plan: Measured,
+    /// no-op plan wall time in round trips of Google latency.
+    pub noop_round_trips: f64,
+    /// `apply` after one deployment's parameters changed.
+    pub change_one: Measured,
+    /// Calls the change-one apply sent beyond what the no-op plan's reads sent, `METHOD path`.
+    pub change_one_extra: BTreeMap<String, i64>,
+    /// Whether those extra calls touch the changed deployment (and its flow) only.
+    pub change_one_only_that: bool,
+}
+
+/// The scale section.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scale {
+    /// Latency added to every Google call, seconds.
+    pub latency: f64,
+    /// Long-running operation time, seconds.
+    pub op_delay: f64,
+    /// Median Prefect round trip (`GET /health`), seconds.
+    pub prefect_rtt: f64,
+    /// One point per N.
+    pub points: Vec<Point>,
+}
+
+/// Deployments and schedules of a plan with `n` deployments: deployment `i` belongs to flow
+/// `i % flows` (one flow per ten deployments); the even ones carry two schedules each (a yearly
+/// cron, so the server schedules few runs), so that `n` schedules are spread across them.
+pub fn generated_plan(template: &str, n: usize, suffix: &str, changed: bool) -> String {
+    let flows = n.div_ceil(10).max(1);
+    let tag = format!("{n}-{suffix}");
+    let mut text = template
+        .replace(
+            "name: prefect-service-account",
+            &format!("name: bs{n}-{suffix}"),
+        )
+        .replace("name: gcp-credentials", &format!("name: gcp-cred-{tag}"))
+        .replace(
+            "name: my-cloud-run-pool",
+            &format!("name: scale-pool-{tag}"),
+        )
+        .replace(
+            "service: prefect-worker",
+            &format!("service: scale-worker-{tag}"),
+        );
+    // The worker's API key secret, one per plan (the default name would be shared).
+    text = text.replace(
+        "  allow_unauthenticated: false\n",
+        &format!("  allow_unauthenticated: false\n  api_key_secret: scale-key-{tag}\n"),
+    );
+    let cut = text
+        .find("deployments:")
+        .expect("the guide has a deployments section");
+    text.truncate(cut);
+    text.push_str("deployments:\n");
+    for i in 0..n {
+        let schedules = match (n, i % 2) {
+            (1, _) => 1,
+            (_, 0) => 2,
+            _ => 0,
+        };
+        let version = if changed && i == 0 { 2 } else { 1 };
+        let _ = writeln!(
+            text,
+            "  - name: d{i:03}-{suffix}\n    flow: scale-flow-{f}-{suffix}\n    \
+             entrypoint: flows/weather_flow.py:fetch_weather\n    \
+             image: gcr.io/prefect-project/gcp-weather-image:latest\n    \
+             parameters: {{i: {i}, version: {version}}}\n    work_queue: default",
+            f = i % flows
+        );
+        if schedules > 0 {
+            text.push_str("    schedules:\n");
+            for s in 0..schedules {
+                let _ = writeln!(
+                    text,
+                    "      - {{cron: \"{} 0 1 1 *\", timezone: UTC}}",
+                    (i + s) % 60
+                );
+            }
+        }
+    }
+    text
+}
+
+/// Schedules in a generated plan of `n` deployments.
+pub fn schedules_of(n: usize) -> usize {
+    if n == 1 { 1 } else { n.div_ceil(2) * 2 }
+}
+
+/// `METHOD path` of one line of the tool's debug log when it is a Prefect request, ids as
+/// `{id}`; `None` for any other line.
+pub fn prefect_call(line: &str) -> Option<String> {
+    if !line.contains(" prefect api") {
+        return None;
+    }
+    let field = |name: &str| -> Option<String> {
+        let at = line.find(&format!(" {name}="))? + name.len() + 2;
+        let rest = &line[at..];
+        if let Some(quoted) = rest.strip_prefix('"') {
+            Some(quoted[..quoted.find('"')?].to_string())
+        } else {
+            Some(rest.split_whitespace().next()?.to_string())
+        }
+    };
+    let method = field("method")?;
+    let path = field("path")?;
+    let path: Vec<String> = path
+        .split('/')
+        .map(|seg| {
+            if uuid::Uuid::parse_str(seg).is_ok() {
+                "{id}".to_string()
+            } else {
+                seg.to_string()
+            }
+        })
+        .collect();
+    Some(format!("{method} {}", path.join("/")))
+}
+
+/// The `elapsed_ms` of a Prefect request line.
+fn elapsed_ms(line: &str) -> Option<u64> {
+    let at = line.find(" elapsed_ms=")? + " elapsed_ms=".len();
+    line[at..].split_whitespace().next()?.parse().ok()
+}
+
+fn is_read(call: &str) -> bool {
+    call.starts_with("GET ") || call.ends_with("/filter")
+}
+
+/// Runs `bootstrap ARGS` with Prefect requests logged, and counts its calls.
+async fn measured(
+    env: &Env,
+    args: &[&str],
+    api_key: &str,
+    codes: &[i32],
+) -> Result<(Measured, String)> {
+    env.reset_calls().await?;
+    let mut cmd = env.bootstrap_cmd(args);
+    cmd.env("PREFECT_API_KEY", api_key)
+        .env("RUST_LOG", "warn,gcp_auth=error,bootstrap_prefect=debug");
+    let mut cmd = tokio::process::Command::from(cmd);
+    let t = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
+        .await
+        .map_err(|_| anyhow!("bootstrap {} did not finish within 900 s", args.join(" ")))??;
+    let seconds = t.elapsed().as_secs_f64();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code().unwrap_or(-1);
+    if !codes.contains(&code) {
+        let tail: Vec<&str> = stderr
+            .lines()
+            .filter(|l| prefect_call(l).is_none())
+            .collect();
+        bail!(
+            "bootstrap {} exited {code}\n--- stdout\n{}\n--- stderr (Prefect request lines left out)\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            tail.join("\n")
+        );
+    }
+    let mut prefect_by_call: BTreeMap<String, u64> = BTreeMap::new();
+    let mut prefect_slowest_ms = 0;
+    for line in stderr.lines() {
+        if let Some(call) = prefect_call(line) {
+            *prefect_by_call.entry(call).or_default() += 1;
+            prefect_slowest_ms = prefect_slowest_ms.max(elapsed_ms(line).unwrap_or(0));
+        }
+    }
+    let google_by_method = env.calls().await?;
+    let m = Measured {
+        seconds,
+        google_calls: google_by_method.values().sum(),
+        prefect_calls: prefect_by_call.values().sum(),
+        prefect_reads: prefect_by_call
+            .iter()
+            .filter(|(c, _)| is_read(c))
+            .map(|(_, n)| n)
+            .sum(),
+        prefect_slowest_ms,
+        google_by_method,
+        prefect_by_call,
+    };
+    Ok((m, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+/// The calls in `after` beyond those in `before` (Prefect `METHOD path` and Google methods).
+fn extra(before: &Measured, after: &Measured) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let both = |m: &Measured| {
+        let mut all: BTreeMap<String, i64> = BTreeMap::new();
+        for (k, v) in &m.prefect_by_call {
+            all.insert(format!("prefect {k}"), *v as i64);
+        }
+        for (k, v) in &m.google_by_method {
+            all.insert(format!("google {k}"), *v as i64);
+        }
+        all
+    };
+    let (b, a) = (both(before), both(after));
+    for k in b.keys().chain(a.keys()) {
+        let d = a.get(k).copied().unwrap_or(0) - b.get(k).copied().unwrap_or(0);
+        if d != 0 {
+            out.insert(k.clone(), d);
+        }
+    }
+    out
+}
+
+/// Whether the extra calls of a one-deployment change are that deployment's own: at most one
+/// flow upsert and one deployment upsert (the deployment's name is in the body, not the path,
+/// so "only that one" shows as a count of one each), and nothing else.
+pub fn only_one_deployment(extra: &BTreeMap<String, i64>) -> bool {
+    extra.iter().all(|(k, v)| match k.as_str() {
+        "prefect POST /flows/" | "prefect POST /deployments/" => *v <= 1,
+        _ => *v <= 0,
+    }) && extra.get("prefect POST /deployments/") == Some(&1)
+}
+
+/// Measures every N in `ns`.
+pub async fn scale(
+    env: &Env,
+    ns: &[usize],
+    suffix: &str,
+    latency: Duration,
+    op_delay: Duration,
+) -> Result<Scale> {
+    env.set_settings(json!({"saVisibilityMs": 0, "grantDelayMs": 0}))
+        .await?;
+    env.set_faults(&format!(
+        "latency={}ms,op_delay={}ms",
+        latency.as_millis(),
+        op_delay.as_millis()
+    ))
+    .await?;
+    let prefect_rtt = env.prefect_rtt().await?;
+    let template = std::fs::read_to_string(env.root.join("plans/guide.yaml"))
+        .context("reading plans/guide.yaml")?;
+    let api_key = format!("pnu_bench{}", uuid::Uuid::new_v4().simple());
+    let costs = Costs {
+        latency: latency.as_secs_f64(),
+        op_delay: op_delay.as_secs_f64(),
+        prefect_rtt,
+    };
+    let mut points = Vec::new();
+    for &n in ns {
+        eprintln!("    N = {n}");
+        let p = point(env, &template, n, suffix, &api_key, &costs)
+            .await
+            .with_context(|| format!("N = {n}"))?;
+        points.push(p);
+    }
+    Ok(Scale {
+        latency: costs.latency,
+        op_delay: costs.op_delay,
+        prefect_rtt,
+        points,
+    })
+}
+
+fn write_plan(env: &Env, name: &str, text: &str) -> Result<PathBuf> {
+    let path = env.work.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn steps(json: &str) -> Result<Vec<Value>> {
+    let v: Value = serde_json::from_str(json).context("`bootstrap plan --json` printed no JSON")?;
+    Ok(v.get("steps")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default())
+}
+
+async fn point(
+    env: &Env,
+    template: &str,
+    n: usize,
+    suffix: &str,
+    api_key: &str,
+    costs: &Costs,
+) -> Result<Point> {
+    let file = write_plan(
+        env,
+        &format!("scale-{n}.yaml"),
+        &generated_plan(template, n, suffix, false),
+    )?;
+    let changed = write_plan(
+        env,
+        &format!("scale-{n}-changed.yaml"),
+        &generated_plan(template, n, suffix, true),
+    )?;
+    let f = |p: &Path| p.to_string_lossy().to_string();
+    let (file, changed) = (f(&file), f(&changed));
+
+    // The plan only feeds the model; it is not one of the figures.
+    let (_, plan_json) = measured(env, &["plan", "-f", &file, "--json"], api_key, &[0, 2]).await?;
+    let plan_value: Value = serde_json::from_str(&plan_json).context("plan JSON")?;
+    let steps_n = steps(&plan_json)?.len();
+    let critical = critical::critical_path(&plan_value, costs)?;
+    let (first_apply, _) = measured(
+        env,
+        &["apply", "-f", &file, "--auto-approve", "--json"],
+        api_key,
+        &[0],
+    )
+    .await?;
+    let (noop_plan, noop_json) =
+        measured(env, &["plan", "-f", &file, "--json"], api_key, &[0, 2]).await?;
+    if !steps(&noop_json)?.is_empty() {
+        bail!("the plan after apply still has changes: {noop_json}");
+    }
+    let (change_one, _) = measured(
+        env,
+        &["apply", "-f", &changed, "--auto-approve", "--json"],
+        api_key,
+        &[0],
+    )
+    .await?;
+    let change_one_extra = extra(&noop_plan, &change_one);
+    Ok(Point {
+        deployments: n,
+        schedules: schedules_of(n),
+        flows: n.div_ceil(10).max(1),
+        steps: steps_n,
+        critical_path: critical.seconds,
+        apply_ratio: first_apply.seconds / critical.seconds,
+        noop_round_trips: noop_plan.seconds / costs.latency,
+        change_one_only_that: only_one_deployment(&change_one_extra),
+        change_one_extra,
+        first_apply,
+        noop_plan,
+        change_one,
+    })
+}
+
+/// The scale table.
+pub fn table(s: &Scale) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "scale (latency {:.0} ms per Google call, operations {:.1} s, Prefect round trip {:.1} ms)",
+        s.latency * 1000.0,
+        s.op_delay,
+        s.prefect_rtt * 1000.0
+    );
+    let _ = writeln!(
+        o,
+        "  {:>5} {:>6} | {:>8} {:>7} {:>7} {:>6} | {:>8} {:>6} {:>7} {:>7} | {:>8} {:>7} {:>7} {:>6}",
+        "N",
+        "sched",
+        "plan s",
+        "RTs",
+        "google",
+        "prefect",
+        "apply s",
+        "x floor",
+        "google",
+        "prefect",
+        "1-chg s",
+        "extra",
+        "only it",
+        ""
+    );
+    for p in &s.points {
+        let extra: i64 = p.change_one_extra.values().filter(|v| **v > 0).sum();
+        let _ = writeln!(
+            o,
+            "  {:>5} {:>6} | {:>8.3} {:>7.2} {:>7} {:>6} | {:>8.2} {:>6.2}x {:>7} {:>7} | {:>8.3} {:>7} {:>7}",
+            p.deployments,
+            p.schedules,
+            p.noop_plan.seconds,
+            p.noop_round_trips,
+            p.noop_plan.google_calls,
+            p.noop_plan.prefect_calls,
+            p.first_apply.seconds,
+            p.apply_ratio,
+            p.first_apply.google_calls,
+            p.first_apply.prefect_calls,
+            p.change_one.seconds,
+            extra,
+            if p.change_one_only_that { "yes" } else { "NO" },
+        );
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GUIDE: &str = include_str!("../../../plans/guide.yaml");
+
+    #[test]
+    fn generated_plans_have_n_deployments_and_schedules() {
+        let text = generated_plan(GUIDE, 10, "abcd", false);
+        assert_eq!(text.matches("\n  - name: d0").count(), 10);
+        assert_eq!(text.matches("cron:").count(), schedules_of(10));
+        assert_eq!(schedules_of(10), 10);
+        assert_eq!(schedules_of(100), 100);
+        assert!(text.contains("name: bs10-abcd"));
+        assert!(text.contains("api_key_secret: scale-key-10-abcd"));
+        assert!(!text.contains("gcp-weather-deploy"));
+        let changed = generated_plan(GUIDE, 10, "abcd", true);
+        let diff: Vec<_> = text
+            .lines()
+            .zip(changed.lines())
+            .filter(|(a, b)| a != b)
+            .collect();
+        assert_eq!(diff.len(), 1, "only one deployment changes: {diff:?}");
+        assert_eq!(
+            generated_plan(GUIDE, 1, "x", false)
+                .matches("cron:")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn prefect_log_lines_become_calls() {
+        let line = "2026-12-01T21:00:00.000Z DEBUG prefect api method=GET \
+                    path=\"/deployments/0b6c5d0e-9a1c-4c8e-8d57-1f3e9e8f0a11\" status=200 OK \
+                    elapsed_ms=3 attempt=1";
+        assert_eq!(prefect_call(line).as_deref(), Some("GET /deployments/{id}"));
+        assert_eq!(elapsed_ms(line), Some(3));
+        let err =
+            "DEBUG prefect api transport error method=POST path=\"/flows/\" attempt=1 error=reset";
+        assert_eq!(prefect_call(err).as_deref(), Some("POST /flows/"));
+        assert_eq!(prefect_call("DEBUG Google API call method=x"), None);
+        assert!(is_read("POST /deployments/filter") && is_read("GET /health"));
+        assert!(!is_read("POST /deployments/"));
+    }
+
+    #[test]
+    fn one_deployment_change_is_recognised() {
+        let m = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        assert!(only_one_deployment(&m(&[
+            ("prefect POST /flows/", 1),
+            ("prefect POST /deployments/", 1)
+        ])));
+        assert!(!only_one_deployment(&m(&[(
+            "prefect POST /deployments/",
+            2
+        )])));
+        assert!(!only_one_deployment(&m(&[
+            ("prefect POST /deployments/", 1),
+            ("prefect GET /deployments/name/f/other", 1)
+        ])));
+        assert!(
+            !only_one_deployment(&m(&[])),
+            "no write at all is not a change"
+        );
+    }
+}
