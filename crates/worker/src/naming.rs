@@ -15,8 +15,8 @@
 //! (prefect-gcp#254). A v1 name used verbatim is kept verbatim, as in prefect-gcp; it must be
 //! a valid job id, and a job of that name that belongs to another run is not adopted.
 
-use bootstrap_prefect::{Flow, FlowRun};
 use bootstrap_ids::RunJobName;
+use bootstrap_prefect::{Flow, FlowRun};
 use serde_json::{Value, json};
 
 use super::template::{apply_values, py_str};

@@ -318,7 +318,7 @@ async fn search(
             )));
         };
         for a in &accounts {
-            bootstrap_spec::ids::ServiceAccountEmail::parse(a.as_str()).map_err(|e| {
+            bootstrap_ids::ServiceAccountEmail::parse(a.as_str()).map_err(|e| {
                 GcpError::Config(format!("{from}: `{a}` is not a service account email: {e}"))
             })?;
         }
@@ -562,7 +562,7 @@ impl TokenSource for WithQuota {
         self.inner.token().await
     }
 
-    fn identity(&self) -> Option<bootstrap_spec::ids::ServiceAccountEmail> {
+    fn identity(&self) -> Option<bootstrap_ids::ServiceAccountEmail> {
         self.inner.identity()
     }
 

@@ -310,7 +310,7 @@ impl TokenSource for ExternalAccountSource {
         self.inner.token().await
     }
 
-    fn identity(&self) -> Option<bootstrap_spec::ids::ServiceAccountEmail> {
+    fn identity(&self) -> Option<bootstrap_ids::ServiceAccountEmail> {
         self.inner.identity()
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bootstrap_spec::ids::ServiceAccountEmail;
+use bootstrap_ids::ServiceAccountEmail;
 use secrecy::SecretString;
 use serde::Deserialize;
 use serde_json::json;

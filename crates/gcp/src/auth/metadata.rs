@@ -87,9 +87,9 @@ impl TokenSource for MetadataServerSource {
             .await
     }
 
-    fn identity(&self) -> Option<bootstrap_spec::ids::ServiceAccountEmail> {
+    fn identity(&self) -> Option<bootstrap_ids::ServiceAccountEmail> {
         self.email
             .as_deref()
-            .and_then(|e| bootstrap_spec::ids::ServiceAccountEmail::parse(e).ok())
+            .and_then(|e| bootstrap_ids::ServiceAccountEmail::parse(e).ok())
     }
 }
