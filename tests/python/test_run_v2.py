@@ -198,7 +198,12 @@ def test_secret_env_is_resolved_as_the_runtime_account(sandbox, run_v2, secretma
     secrets.addVersion(parent=secret["name"], body={"payload": {"data": base64.b64encode(b"s3cr3t-value").decode()}}).execute()
     runner = new_sa()
     env = [{"name": "API_KEY", "valueSource": {"secretKeyRef": {"secret": secret_id, "version": "latest"}}}]
-    script = 'echo "key=$API_KEY"; test -s "$GOOGLE_APPLICATION_CREDENTIALS" && echo has-credentials'
+    # The runtime identity: the metadata server, as on Cloud Run (a container in its own network
+    # namespace); a key file where the sandbox runs without namespaces.
+    script = ('echo "key=$API_KEY"; if [ -n "$GOOGLE_APPLICATION_CREDENTIALS" ]; then '
+              'test -s "$GOOGLE_APPLICATION_CREDENTIALS" && echo has-credentials; else '
+              'echo "identity=$(curl -fsS -H "Metadata-Flavor: Google" '
+              'http://metadata.google.internal/computeMetadata/v1/instance/service-accounts/default/email)"; fi')
 
     # Without secretAccessor the execution fails with Google's message.
     name, _ = create_job(sandbox, run_v2, shell_job(script, env=env, service_account=runner))
@@ -211,7 +216,8 @@ def test_secret_env_is_resolved_as_the_runtime_account(sandbox, run_v2, secretma
     ok = run_and_wait(run_v2, name)
     assert completed(ok)["state"] == "CONDITION_SUCCEEDED", completed(ok)
     text = logs(sandbox, ok["name"])
-    assert "key=s3cr3t-value" in text and "has-credentials" in text
+    assert "key=s3cr3t-value" in text, text
+    assert "has-credentials" in text or f"identity={runner}" in text, text
 
 
 def test_permission_denied_without_run_role(sandbox, new_sa):
