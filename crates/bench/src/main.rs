@@ -221,6 +221,17 @@ async fn run(args: Args) -> Result<bool> {
         )
         .await;
         results.scale = results.section("scale", scaled);
+        let failed: Vec<String> = results
+            .scale
+            .as_ref()
+            .map(|s| s.errors.clone())
+            .unwrap_or_default();
+        for e in failed {
+            results.errors.push(format!("scale: {e}"));
+            if let Some(sec) = results.sections.last_mut() {
+                sec.status = "partial".into();
+            }
+        }
     }
     if !wanted("workers") {
         return finish(&args, results);
@@ -268,7 +279,9 @@ fn finish(args: &Args, mut results: Results) -> Result<bool> {
     if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    if let (Some(s), Some(dir)) = (&results.scale, args.out.parent()) {
+    if let (Some(s), Some(dir)) = (&results.scale, args.out.parent())
+        && !s.points.is_empty()
+    {
         let svg = dir.join("scale.svg");
         let caption = format!(
             "bootstrap {} run, {}: {} CPUs, load average {}; {:.0} ms per Google call, operations {:.1} s",

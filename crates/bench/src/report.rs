@@ -72,7 +72,7 @@ pub struct Target {
 pub struct Section {
     /// Its name (`start-up`, `plan/apply`, `scale`, a worker).
     pub name: String,
-    /// `measured`, `failed` or `skipped` (a section it needs failed).
+    /// `measured`, `partial` (some figures), `failed` or `skipped` (a section it needs failed).
     pub status: String,
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -74,8 +74,10 @@ pub struct Scale {
     pub op_delay: f64,
     /// Median Prefect round trip (`GET /health`), seconds.
     pub prefect_rtt: f64,
-    /// One point per N.
+    /// One point per N that could be measured.
     pub points: Vec<Point>,
+    /// The N that could not be, with the error (the others are still measured).
+    pub errors: Vec<String>,
 }
 
 /// Deployments and schedules of a plan with `n` deployments: deployment `i` belongs to flow
@@ -297,18 +299,23 @@ pub async fn scale(
         prefect_rtt,
     };
     let mut points = Vec::new();
+    let mut errors = Vec::new();
     for &n in ns {
         eprintln!("    N = {n}");
-        let p = point(env, &template, n, suffix, &api_key, &costs)
-            .await
-            .with_context(|| format!("N = {n}"))?;
-        points.push(p);
+        match point(env, &template, n, suffix, &api_key, &costs).await {
+            Ok(p) => points.push(p),
+            Err(e) => {
+                eprintln!("    N = {n} failed (the other N go on)");
+                errors.push(format!("N = {n}: {e:#}"));
+            }
+        }
     }
     Ok(Scale {
         latency: costs.latency,
         op_delay: costs.op_delay,
         prefect_rtt,
         points,
+        errors,
     })
 }
 

@@ -176,8 +176,10 @@ impl PrefectClient {
                 Err(e) => {
                     tracing::debug!(%method, path, attempt, error = %root_cause(&e), "prefect api transport error");
                     // A refused connection never reached the server, so any method may be
-                    // retried; a timeout might have, so only reads are.
-                    let retryable = e.is_connect() || (e.is_timeout() && method == Method::GET);
+                    // retried; a timeout or a reset might have, so only requests that are
+                    // safe to repeat are: reads, filters and the upserts by name.
+                    let retryable =
+                        e.is_connect() || (repeatable(&method, path) && !e.is_builder());
                     (self.unreachable(&e), None, retryable)
                 }
             };
@@ -338,6 +340,20 @@ fn redact_quoted(msg: &str) -> String {
     out
 }
 
+/// Whether sending the request twice leaves the server as sending it once. Besides reads,
+/// `POST .../filter` only reads, and `POST /flows/` and `POST /deployments/` are upserts by name
+/// (`prefect/server/models/flows.py` `create_flow`: insert or nothing on the name;
+/// `models/deployments.py` `create_deployment`: insert or update on flow and name). Found by the
+/// scale bench: ten deployments applied at once made the SQLite server reset a connection on
+/// one of them, and the whole apply failed.
+fn repeatable(method: &Method, path: &str) -> bool {
+    match *method {
+        Method::GET | Method::HEAD => true,
+        Method::POST => path.ends_with("/filter") || path == "/flows/" || path == "/deployments/",
+        _ => false,
+    }
+}
+
 fn auth_header(config: &PrefectConfig) -> Result<Option<HeaderValue>, PrefectError> {
     let value = if let Some(key) = &config.api_key {
         format!("Bearer {}", key.expose_secret())
@@ -393,6 +409,18 @@ mod tests {
             p.delay(1, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn only_requests_safe_to_repeat_are_repeatable() {
+        assert!(repeatable(&Method::GET, "/deployments/x"));
+        assert!(repeatable(&Method::POST, "/deployments/filter"));
+        assert!(repeatable(&Method::POST, "/flows/"));
+        assert!(repeatable(&Method::POST, "/deployments/"));
+        assert!(!repeatable(&Method::POST, "/block_documents/"));
+        assert!(!repeatable(&Method::POST, "/deployments/x/create_flow_run"));
+        assert!(!repeatable(&Method::PATCH, "/deployments/x"));
+        assert!(!repeatable(&Method::DELETE, "/deployments/x"));
     }
 
     #[test]
