@@ -163,6 +163,9 @@ fn outcome_for(action: Action, did_something: bool) -> Outcome {
     }
 }
 
+/// At most this many Prefect writes run at once (see [`apply`]).
+pub const PREFECT_WRITE_CONCURRENCY: usize = 4;
+
 /// Runs the plan's steps in dependency order, in parallel where independent. Stops starting
 /// new steps after the first failure, lets the running ones finish, and reports all.
 pub async fn apply(
@@ -177,6 +180,11 @@ pub async fn apply(
     let mut failed: Option<anyhow::Error> = None;
     let mut pending: Vec<&Step> = plan.steps.iter().collect();
     let mut in_flight_names: BTreeSet<Address> = BTreeSet::new();
+    // Independent Prefect writes (one per deployment) would otherwise all start at once: a
+    // self-hosted server on SQLite gets no faster beyond about 4 concurrent requests and
+    // answers 503 or resets connections at ~200 (measured by ./bench's scale section with 100
+    // deployments). Google's steps are few and are not bounded.
+    let prefect_slots = tokio::sync::Semaphore::new(PREFECT_WRITE_CONCURRENCY);
     let mut running = FuturesUnordered::new();
     let planned: BTreeSet<&Address> = plan.steps.iter().map(|s| &s.address).collect();
 
@@ -191,7 +199,13 @@ pub async fn apply(
             for step in ready {
                 in_flight_names.insert(step.address.clone());
                 let outputs = &outputs;
+                let prefect_slots = &prefect_slots;
                 running.push(async move {
+                    let _slot = if step.op.is_prefect() {
+                        prefect_slots.acquire().await.ok()
+                    } else {
+                        None
+                    };
                     let t = Instant::now();
                     let r = exec::run(ctx, spec, step, outputs).await;
                     (step, r, t.elapsed())

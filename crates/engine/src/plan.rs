@@ -203,6 +203,21 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// A write to the Prefect API (blocks, pools, deployments), as opposed to Google's.
+    pub fn is_prefect(&self) -> bool {
+        matches!(
+            self,
+            Op::UpsertBlock { .. }
+                | Op::DeleteBlock { .. }
+                | Op::UpsertWorkPool { .. }
+                | Op::DeleteWorkPool { .. }
+                | Op::UpsertDeployment { .. }
+                | Op::DeleteDeployment { .. }
+        )
+    }
+}
+
 /// One change to one resource.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Step {
