@@ -14,6 +14,7 @@ pub mod cloudrun;
 pub mod config;
 mod health;
 pub mod naming;
+pub mod outcome;
 pub mod refs;
 pub mod runtime;
 pub mod settings;

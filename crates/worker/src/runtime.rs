@@ -297,6 +297,7 @@ pub async fn run(
         waiting: AtomicUsize::new(0),
     });
     tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
+    let started = submit::worker_event(&shared, kind, &pool, "prefect.worker.started", None).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ship_logs(client.clone(), log_rx));
     tasks.spawn(heartbeat_loop(shared.clone()));
@@ -329,6 +330,14 @@ pub async fn run(
     while shared.in_flight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    submit::worker_event(
+        &shared,
+        kind,
+        &pool,
+        "prefect.worker.stopped",
+        Some(started),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // last log batch
     tasks.abort_all();
     Ok(())
