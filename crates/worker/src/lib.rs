@@ -13,6 +13,7 @@ mod cache;
 pub mod cloudrun;
 pub mod config;
 mod health;
+pub mod identity;
 pub mod naming;
 pub mod outcome;
 pub mod refs;
