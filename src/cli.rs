@@ -222,7 +222,7 @@ pub struct WorkerArgs {
     /// Only these work queues (default: all of the pool's).
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
-    /// The worker's name (default: unique per instance: the Cloud Run instance id, else host + machine).
+    /// The worker's name (default: one unique per instance and host)
     #[arg(short, long)]
     pub name: Option<String>,
     /// At most this many flow runs at once.
