@@ -535,3 +535,24 @@ async fn failed_exit_is_reported_like_prefect_gcp() {
     );
     s.job_deleted(id, Duration::from_secs(30)).await;
 }
+
+/// Issue 17 regression: cancelling a run that another (dead) worker started, whose job
+/// variables move it to another region than the pool's default. The job is found where the
+/// run's own configuration put it and its execution is cancelled; before, the pool-default
+/// region was searched, nothing found, and the run marked CANCELLED while it kept running.
+/// (The fake engine, which does not cancel itself as Prefect's runner would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_adopted_run_uses_its_own_region() {
+    let s = Setup::new("cloud-run-v2", None).await;
+    let mut first = s.worker("w-region-1", &[]);
+    let vars = json!({"image": INSTANT_IMAGE, "keep_job": true, "region": "europe-west4",
+                      "env": {"FAKE_SLEEP": "120"}});
+    let id = s.quick_run(s.report, json!({}), vars).await;
+    s.reach(id, StateType::Running, Duration::from_secs(90))
+        .await;
+    let job = s.jobs_of(id).into_keys().next().expect("the run's job");
+    assert!(job.contains("/locations/europe-west4/"), "{job}");
+    first.kill();
+    let _second = s.worker("w-region-2", &[]);
+    cancel_and_check(&s, id).await;
+}

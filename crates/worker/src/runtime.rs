@@ -493,10 +493,19 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
         }
         Some(job) => {
             tracing::info!(flow_run = %id, job, "cancelling a run this process did not start");
-            // The job was created by a worker of this pool; find its execution and cancel it.
-            match orphan_jobs(shared).await {
+            // The job lives where the run's own configuration put it (a deployment may override
+            // region or credentials). CANCELLED only once its execution is cancelled or the job
+            // is gone: a failed lookup leaves the run CANCELLING for the next pass.
+            match submit::jobs_of_run(shared, &run).await {
                 Ok(jobs) => {
-                    if let Some(v) = jobs.job(job).await.ok().flatten()
+                    let view = match jobs.job(job).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(job, error = %e, "cannot look up the job to cancel; will retry");
+                            return;
+                        }
+                    };
+                    if let Some(v) = view
                         && let Some((exec, _)) = v.latest_execution
                         && let Err(e) = jobs.cancel(&exec).await
                     {
@@ -520,19 +529,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     }
 }
 
-/// A jobs client from the pool's default credentials and region (for runs this process did not
-/// submit: cancellation and cleanup).
-async fn orphan_jobs(shared: &Arc<Shared>) -> anyhow::Result<RunJobs> {
-    let pool = shared
-        .reads
-        .work_pool(&shared.client, &shared.opts.pool)
-        .await?
-        .ok_or_else(|| anyhow!("the work pool is gone"))?;
-    let kind =
-        PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| anyhow!("not a Cloud Run pool"))?;
-    pool_jobs(shared, kind, &pool.base_job_template).await
-}
-
+/// A jobs client from the pool's default credentials and region (startup cleanup of leftovers).
 async fn pool_jobs(
     shared: &Arc<Shared>,
     kind: PoolKind,

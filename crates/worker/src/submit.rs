@@ -434,6 +434,14 @@ async fn build_patiently(
     }
 }
 
+/// The Cloud Run client for a run's own job configuration (its deployment's and its own job
+/// variables: region, credentials), as prefect-gcp's `kill_infrastructure` uses the run's
+/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults.
+pub(crate) async fn jobs_of_run(shared: &Shared, run: &FlowRun) -> anyhow::Result<RunJobs> {
+    let cfg = build(shared, run).await?;
+    jobs_for(shared, &cfg).await
+}
+
 /// The Cloud Run client for a configuration's credentials, reused across runs.
 async fn jobs_for(shared: &Shared, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
     let creds = &cfg.credentials;
