@@ -646,7 +646,8 @@ fn announce(shared: &Arc<Shared>, run: &FlowRun) -> Uuid {
     id
 }
 
-/// `prefect.worker.started` / `.stopped` (related: the pool), bounded to 5 s; the event's id.
+/// `prefect.worker.started` / `.stopped` (related: the pool), bounded to 1 s so that neither
+/// startup nor the SIGTERM exit waits on it; the event's id.
 pub(crate) async fn worker_event(
     shared: &Shared,
     kind: PoolKind,
@@ -661,7 +662,7 @@ pub(crate) async fn worker_event(
         "prefect.resource.name": pool.name,
     })];
     let (id, ev) = outcome::event(name, resource, related, follows);
-    let _ = tokio::time::timeout(Duration::from_secs(5), emit(shared, ev)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), emit(shared, ev)).await;
     id
 }
 
