@@ -237,7 +237,7 @@ pub struct WorkerArgs {
     /// Only these work queues (default: all of the pool's).
     #[arg(long = "queue", value_name = "NAME")]
     pub queues: Vec<String>,
-    /// The worker's name (default: a name derived from the host).
+    /// The worker's name (default: one unique per instance and host)
     #[arg(short, long)]
     pub name: Option<String>,
     /// At most this many flow runs at once.

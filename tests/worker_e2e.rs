@@ -187,7 +187,7 @@ async fn cloud_run_v1_reports_missing_images_and_cancels() {
 }
 
 /// A job deleted under a running flow (by hand, or by a foreign cleanup): the run ends CRASHED
-/// saying its execution vanished, and the job's process is stopped with it.
+/// as prefect-gcp reports it (status code -1), and the job's process is stopped with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_job_crashes_the_run() {
     let s = Setup::new("cloud-run-v2", None).await;
@@ -210,8 +210,12 @@ async fn vanished_job_crashes_the_run() {
     let run = s.final_run(id, Duration::from_secs(60)).await;
     let state = run.state.expect("state");
     assert_eq!(state.state_type, StateType::Crashed, "{state:?}");
+    // prefect-gcp: a deleted execution is status code -1 (cloud_run_v2.py), Prefect's message.
     let msg = state.message.unwrap_or_default();
-    assert!(msg.contains("vanished"), "{msg}");
+    assert_eq!(
+        msg,
+        "Flow run infrastructure exited with non-zero status code -1. Process exited with an unexpected status code."
+    );
     let t0 = Instant::now();
     while !processes_of(id).is_empty() {
         assert!(t0.elapsed() < Duration::from_secs(20), "process survived");
@@ -463,4 +467,92 @@ async fn server_restart_loses_no_run() {
         assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
     }
     drop(again);
+}
+
+/// Issue 17: an execution that fails (the container exits 3 before Prefect starts) ends the run
+/// CRASHED with prefect-gcp's state message (status code 1, Prefect's explanation), and the run
+/// gets the worker's labels and the worker's log lines: the failure's condition message and the
+/// execution's logs link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_exit_is_reported_like_prefect_gcp() {
+    let s = Setup::new("cloud-run-v2", None).await;
+    let _w = s.worker("w-exit", &[]);
+    let vars = json!({"image": INSTANT_IMAGE, "command": "python -c 'raise SystemExit(3)'"});
+    let id = s.quick_run(s.report, json!({}), vars).await;
+    let run = s.final_run(id, Duration::from_secs(60)).await;
+    let state = run.state.expect("state");
+    assert_eq!(state.state_type, StateType::Crashed, "{state:?}");
+    assert_eq!(
+        state.message.as_deref(),
+        Some(
+            "Flow run infrastructure exited with non-zero status code 1. Process exited with a general error."
+        )
+    );
+    assert_eq!(
+        run.labels.get("prefect.worker.name"),
+        Some(&json!("w-exit"))
+    );
+    assert_eq!(
+        run.labels.get("prefect.worker.type"),
+        Some(&json!("cloud-run-v2"))
+    );
+    assert_eq!(
+        run.labels.get("prefect.work-pool.name"),
+        Some(&json!(s.pool))
+    );
+    let logs = s.worker_logs(id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("Cloud Run Job V2 ") && l.contains(" failed - ")),
+        "{logs:?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("Job run logs can be found on GCP at: ")),
+        "{logs:?}"
+    );
+    // Prefect's worker events, with the job and status code on the flow run.
+    let mut filter = bootstrap_prefect::EventFilter::live();
+    filter.since = chrono::Utc::now() - chrono::Duration::minutes(10);
+    filter.event_prefixes = vec!["prefect.worker.".into()];
+    filter.related_ids = vec![format!("prefect.flow-run.{id}")];
+    let t0 = Instant::now();
+    let names = loop {
+        let page = s.client.filter_events(&filter, 50).await.expect("events");
+        let names: Vec<String> = page.events.iter().map(|e| e.event.clone()).collect();
+        if names.len() >= 2 || t0.elapsed() > Duration::from_secs(20) {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        names.contains(&"prefect.worker.submitted-flow-run".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"prefect.worker.executed-flow-run".to_string()),
+        "{names:?}"
+    );
+    s.job_deleted(id, Duration::from_secs(30)).await;
+}
+
+/// Issue 17 regression: cancelling a run that another (dead) worker started, whose job
+/// variables move it to another region than the pool's default. The job is found where the
+/// run's own configuration put it and its execution is cancelled; before, the pool-default
+/// region was searched, nothing found, and the run marked CANCELLED while it kept running.
+/// (The fake engine, which does not cancel itself as Prefect's runner would.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_adopted_run_uses_its_own_region() {
+    let s = Setup::new("cloud-run-v2", None).await;
+    let mut first = s.worker("w-region-1", &[]);
+    let vars = json!({"image": INSTANT_IMAGE, "keep_job": true, "region": "europe-west4",
+                      "env": {"FAKE_SLEEP": "120"}});
+    let id = s.quick_run(s.report, json!({}), vars).await;
+    s.reach(id, StateType::Running, Duration::from_secs(90))
+        .await;
+    let job = s.jobs_of(id).into_keys().next().expect("the run's job");
+    assert!(job.contains("/locations/europe-west4/"), "{job}");
+    first.kill();
+    let _second = s.worker("w-region-2", &[]);
+    cancel_and_check(&s, id).await;
 }

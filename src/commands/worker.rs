@@ -26,34 +26,26 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let config =
         PrefectConfig::resolve(ConfigOverrides::default()).context("Prefect API settings")?;
     let client = PrefectClient::new(config)?;
-    let name = args.name.clone().unwrap_or_else(default_name);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // Unique per instance (the metadata server's instance id on Cloud Run), stable across restarts.
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => runtime.block_on(worker::identity::default_name()),
+    };
     let mut opts = WorkerOptions::new(&args.pool, &name, endpoints);
     opts.queues = args.queues.clone();
     opts.limit = args.limit;
     opts.poll_interval = Duration::from_secs_f64(args.poll_interval);
     let health = args.healthcheck.then_some(args.port);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     eprintln!("worker `{name}` taking flow runs from pool `{}`", args.pool);
     runtime.block_on(worker::run(client, opts, health, shutdown_signal()))?;
     // Tasks still watching executions are abandoned on purpose: their jobs keep running.
     runtime.shutdown_timeout(Duration::from_millis(200));
     eprintln!("worker `{name}` stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-/// A name stable across restarts of the same host/instance, so a restarted worker adopts the
-/// runs it claimed: `bootstrap-<hostname>`.
-fn default_name() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_string());
-    format!("bootstrap-{host}")
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

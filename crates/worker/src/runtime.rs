@@ -298,6 +298,7 @@ pub async fn run(
         waiting: AtomicUsize::new(0),
     });
     tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
+    let started = submit::worker_event(&shared, kind, &pool, "prefect.worker.started", None).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ship_logs(client.clone(), log_rx));
     tasks.spawn(heartbeat_loop(shared.clone()));
@@ -330,6 +331,14 @@ pub async fn run(
     while shared.in_flight_count() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    submit::worker_event(
+        &shared,
+        kind,
+        &pool,
+        "prefect.worker.stopped",
+        Some(started),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await; // last log batch
     tasks.abort_all();
     Ok(())
@@ -485,10 +494,19 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
         }
         Some(job) => {
             tracing::info!(flow_run = %id, job, "cancelling a run this process did not start");
-            // The job was created by a worker of this pool; find its execution and cancel it.
-            match orphan_jobs(shared).await {
+            // The job lives where the run's own configuration put it (a deployment may override
+            // region or credentials). CANCELLED only once its execution is cancelled or the job
+            // is gone: a failed lookup leaves the run CANCELLING for the next pass.
+            match submit::jobs_of_run(shared, &run).await {
                 Ok(jobs) => {
-                    if let Some(v) = jobs.job(job).await.ok().flatten()
+                    let view = match jobs.job(job).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            tracing::warn!(job, error = %e, "cannot look up the job to cancel; will retry");
+                            return;
+                        }
+                    };
+                    if let Some(v) = view
                         && let Some((exec, _)) = v.latest_execution
                         && let Err(e) = jobs.cancel(&exec).await
                     {
@@ -512,19 +530,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     }
 }
 
-/// A jobs client from the pool's default credentials and region (for runs this process did not
-/// submit: cancellation and cleanup).
-async fn orphan_jobs(shared: &Arc<Shared>) -> anyhow::Result<RunJobs> {
-    let pool = shared
-        .reads
-        .work_pool(&shared.client, &shared.opts.pool)
-        .await?
-        .ok_or_else(|| anyhow!("the work pool is gone"))?;
-    let kind =
-        PoolKind::from_pool_type(&pool.pool_type).ok_or_else(|| anyhow!("not a Cloud Run pool"))?;
-    pool_jobs(shared, kind, &pool.base_job_template).await
-}
-
+/// A jobs client from the pool's default credentials and region (startup cleanup of leftovers).
 async fn pool_jobs(
     shared: &Arc<Shared>,
     kind: PoolKind,

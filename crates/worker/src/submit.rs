@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::claim::ClaimMarker;
 use super::cloudrun::{Created, Readiness, RunJobs};
 use super::config::{self, GcpCredentials, JobConfig, PoolKind, RunContext};
+use super::outcome;
 use super::refs::{self, Lookup};
 use super::runtime::{Shared, Waiting};
 use super::template;
@@ -164,10 +165,23 @@ pub(crate) async fn handle(
         20,
         format!("Worker '{}' submitting flow run '{id}'", shared.opts.name),
     );
+    let submitted = announce(&shared, &run);
     let mut created: Option<(RunJobs, JobConfig)> = None;
     let outcome = submit_and_watch(&shared, &run, claimed_at, cancel, slot, &mut created).await;
+    let job = created.as_ref().map(|(_, c)| (c.kind, c.job_name.clone()));
     match outcome {
-        Ok(End::Completed) => {}
+        Ok(End::Finished(done)) => {
+            let code = report_finished(&shared, &run, job.as_ref(), &done).await;
+            if let Some((_, job)) = &job {
+                report_executed(&shared, &run, job, code, submitted);
+            }
+        }
+        // prefect-gcp: the run's state is left to the flow ("Lost connection to flow run
+        // infrastructure"), and so is the job: the execution may still be running and succeed.
+        Ok(End::LostContact(msg)) => {
+            shared.log(id, 40, msg);
+            return false;
+        }
         Ok(End::Cancelled) => {
             propose(
                 client,
@@ -183,7 +197,7 @@ pub(crate) async fn handle(
                 "Cancelled the flow run's Cloud Run execution".into(),
             );
         }
-        Ok(End::Crashed(msg)) | Err(Failure::AfterStart(msg)) => {
+        Err(Failure::AfterStart(msg)) => {
             crash_unless_final(client, id, &msg).await;
             shared.log(id, 40, msg);
         }
@@ -300,10 +314,19 @@ async fn crash_unless_final(client: &PrefectClient, id: Uuid, msg: &str) {
     }
 }
 
+/// An execution that ended, as watched.
+struct Done {
+    /// `None`: the execution was deleted while watched.
+    succeeded: Option<bool>,
+    message: Option<String>,
+    log_uri: Option<String>,
+}
+
 enum End {
-    Completed,
+    Finished(Done),
+    /// The Cloud Run API did not answer for [`LOST_CONTACT_WINDOW`].
+    LostContact(String),
     Cancelled,
-    Crashed(String),
     Detached,
 }
 
@@ -410,6 +433,14 @@ async fn build_patiently(
         }
         delay = (delay * 2).min(Duration::from_secs(8));
     }
+}
+
+/// The Cloud Run client for a run's own job configuration (its deployment's and its own job
+/// variables: region, credentials), as prefect-gcp's `kill_infrastructure` uses the run's
+/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults.
+pub(crate) async fn jobs_of_run(shared: &Shared, run: &FlowRun) -> anyhow::Result<RunJobs> {
+    let cfg = build(shared, run).await?;
+    jobs_for(shared, &cfg).await
 }
 
 /// The Cloud Run client for a configuration's credentials, reused across runs.
@@ -612,6 +643,143 @@ async fn submit_and_watch(
     watch_execution(&jobs, &job, &execution, &mut cancel).await
 }
 
+/// Gives the run this worker's labels and emits `prefect.worker.submitted-flow-run`, as
+/// Prefect's worker does, off the submission's path (both are bookkeeping: a failure is logged,
+/// never the run's). Returns the event's id, which the executed event follows.
+fn announce(shared: &Arc<Shared>, run: &FlowRun) -> Uuid {
+    let shared = shared.clone();
+    let run = run.clone();
+    let id = Uuid::new_v4();
+    tokio::spawn(async move {
+        let Some((kind, pool, related)) = related_of(&shared, &run).await else {
+            return;
+        };
+        let labels = outcome::worker_labels(&shared.opts.name, kind, &pool);
+        if let Err(e) = shared.client.update_flow_run_labels(run.id, &labels).await {
+            tracing::warn!(flow_run = %run.id, error = %e, "could not label the flow run");
+        }
+        let resource = outcome::worker_resource(&shared.opts.name, kind);
+        let (_, mut ev) =
+            outcome::event("prefect.worker.submitted-flow-run", resource, related, None);
+        ev["id"] = serde_json::json!(id.to_string());
+        emit(&shared, ev).await;
+    });
+    id
+}
+
+/// `prefect.worker.started` / `.stopped` (related: the pool), bounded to 1 s so that neither
+/// startup nor the SIGTERM exit waits on it; the event's id.
+pub(crate) async fn worker_event(
+    shared: &Shared,
+    kind: PoolKind,
+    pool: &bootstrap_prefect::WorkPool,
+    name: &str,
+    follows: Option<Uuid>,
+) -> Uuid {
+    let resource = outcome::worker_resource(&shared.opts.name, kind);
+    let related = vec![serde_json::json!({
+        "prefect.resource.id": format!("prefect.work-pool.{}", pool.id),
+        "prefect.resource.role": "work-pool",
+        "prefect.resource.name": pool.name,
+    })];
+    let (id, ev) = outcome::event(name, resource, related, follows);
+    let _ = tokio::time::timeout(Duration::from_secs(1), emit(shared, ev)).await;
+    id
+}
+
+async fn emit(shared: &Shared, event: Value) {
+    if let Err(e) = shared.client.emit_events(&[event]).await {
+        tracing::debug!(error = %e, "could not emit a worker event");
+    }
+}
+
+/// The pool kind, pool and related resources of a run (from the shared reads).
+async fn related_of(
+    shared: &Shared,
+    run: &FlowRun,
+) -> Option<(PoolKind, bootstrap_prefect::WorkPool, Vec<Value>)> {
+    let client = &shared.client;
+    let pool = shared
+        .reads
+        .work_pool(client, &shared.opts.pool)
+        .await
+        .ok()??;
+    let kind = PoolKind::from_pool_type(&pool.pool_type)?;
+    let deployment = match run.deployment_id {
+        Some(d) => shared.reads.deployment(client, d).await.ok().flatten(),
+        None => None,
+    };
+    let flow = shared.reads.flow(client, run.flow_id).await.ok().flatten();
+    let related = outcome::run_related(
+        run,
+        flow.as_ref(),
+        deployment.as_ref().map(|d| (d.id, d.name.as_str())),
+        &pool,
+    );
+    Some((kind, pool, related))
+}
+
+/// `prefect.worker.executed-flow-run`, with the job and status code on the flow run.
+fn report_executed(shared: &Arc<Shared>, run: &FlowRun, job: &str, code: i64, follows: Uuid) {
+    let shared = shared.clone();
+    let run = run.clone();
+    let job = job.to_string();
+    tokio::spawn(async move {
+        let Some((kind, _, related)) = related_of(&shared, &run).await else {
+            return;
+        };
+        let resource = outcome::worker_resource(&shared.opts.name, kind);
+        let related = outcome::with_result(related, &job, code);
+        let (_, ev) = outcome::event(
+            "prefect.worker.executed-flow-run",
+            resource,
+            related,
+            Some(follows),
+        );
+        emit(&shared, ev).await;
+    });
+}
+
+/// The log lines and state prefect-gcp gives a finished execution; returns its status code
+/// (0 succeeded, 1 failed, -1 deleted while watched).
+async fn report_finished(
+    shared: &Shared,
+    run: &FlowRun,
+    job: Option<&(PoolKind, String)>,
+    done: &Done,
+) -> i64 {
+    let (kind, job) = match job {
+        Some((k, j)) => (*k, j.as_str()),
+        None => (PoolKind::V2, ""),
+    };
+    let code = match done.succeeded {
+        Some(true) => 0,
+        Some(false) => outcome::FAILED,
+        None => outcome::DELETED,
+    };
+    match done.succeeded {
+        Some(ok) => shared.log(
+            run.id,
+            if ok { 20 } else { 40 },
+            outcome::finished_line(kind, job, ok, done.message.as_deref()),
+        ),
+        None => shared.log(
+            run.id,
+            20,
+            format!("Cloud Run job {job}'s execution was deleted. The flow run will be marked based on its current state."),
+        ),
+    }
+    if let Some(uri) = &done.log_uri {
+        shared.log(run.id, 20, outcome::logs_line(uri));
+    }
+    if code != 0 {
+        let (msg, resolution) = outcome::crashed_message(code);
+        crash_unless_final(&shared.client, run.id, &msg).await;
+        shared.log(run.id, 20, resolution.to_string());
+    }
+    code
+}
+
 /// The other flow run an existing job was made for (its `prefect-io-flow-run-id` label), if
 /// it is not `id`'s. Job names derived from the run id never meet this; a fixed v1 name can.
 async fn owned_by_other_run(jobs: &RunJobs, job: &str, id: Uuid) -> Option<String> {
@@ -640,6 +808,11 @@ async fn run_recording_pid(
     started
 }
 
+/// How long the watch keeps trying while every read of the execution fails (each read is
+/// itself retried by GcpHttp). The execution may be running all along; after this the run is
+/// left to report its own state, and the job is kept.
+const LOST_CONTACT_WINDOW: Duration = Duration::from_secs(30 * 60);
+
 async fn watch_execution(
     jobs: &RunJobs,
     job: &str,
@@ -647,36 +820,35 @@ async fn watch_execution(
     cancel: &mut watch::Receiver<Signal>,
 ) -> Result<End, Failure> {
     let mut delay = Duration::from_millis(500);
-    let mut errors = 0u32;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         match jobs.execution(execution).await {
             Ok(Some(e)) if e.done => {
-                if let Some(uri) = &e.log_uri {
-                    tracing::info!(job, log_uri = uri.as_str(), "execution finished");
-                }
-                return Ok(if e.succeeded {
-                    End::Completed
-                } else {
-                    End::Crashed(format!(
-                        "Flow run infrastructure exited with an error (Cloud Run job {job}): {}",
-                        e.message.unwrap_or_else(|| "no reason given".into())
-                    ))
-                });
+                return Ok(End::Finished(Done {
+                    succeeded: Some(e.succeeded),
+                    message: e.message,
+                    log_uri: e.log_uri,
+                }));
             }
-            Ok(Some(_)) => errors = 0,
+            Ok(Some(_)) => failing_since = None,
             Ok(None) => {
-                return Ok(End::Crashed(format!(
-                    "Cloud Run execution {execution} of job {job} vanished while the flow run was running"
-                )));
+                return Ok(End::Finished(Done {
+                    succeeded: None,
+                    message: None,
+                    log_uri: None,
+                }));
             }
             Err(e) => {
-                // Transient trouble was already retried by GcpHttp; give a few more rounds.
-                errors += 1;
-                if errors >= 5 {
-                    return Err(Failure::AfterStart(format!(
-                        "Lost track of Cloud Run job {job}: {e}"
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= LOST_CONTACT_WINDOW {
+                    return Ok(End::LostContact(format!(
+                        "Lost connection to flow run infrastructure: Cloud Run did not answer \
+                         about execution {execution} of job {job} for {} minutes ({e}); the \
+                         flow run's final state is left to the execution, and the job is kept",
+                        LOST_CONTACT_WINDOW.as_secs() / 60
                     )));
                 }
+                tracing::warn!(job, error = %e, "cannot read the execution; still watching");
             }
         }
         match pause(delay, cancel).await {

@@ -274,6 +274,20 @@ fn handshake_detail(e: &tungstenite::Error) -> String {
     }
 }
 
+impl PrefectClient {
+    /// Emits events (`POST /events`, answered 204), as Prefect's client does when it has no
+    /// websocket to `/events/in` (`prefect.events.clients.PrefectEventsClient`'s fallback).
+    pub async fn emit_events(&self, events: &[Value]) -> Result<(), PrefectError> {
+        self.no_content(
+            Method::POST,
+            "/events",
+            Some(&Value::Array(events.to_vec())),
+            "events",
+        )
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
