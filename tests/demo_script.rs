@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 fn demo_runs_the_guide_end_to_end() {
     let root = testkit::repo_root();
     let started = Instant::now();
+    let work = tempfile::tempdir().expect("temp dir");
     let out = Command::new(root.join("demo"))
         .current_dir(&root)
         // The test run has built the debug binary already; the demo would build a release one.
         .env("BOOTSTRAP_BIN", env!("CARGO_BIN_EXE_bootstrap"))
         .env("NO_COLOR", "1")
+        // Its own work dir: the two demo tests run at the same time.
+        .env("BOOTSTRAP_DEMO_DIR", work.path())
         .output()
         .expect("run ./demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
