@@ -171,15 +171,6 @@ fn wait_bounded(
     }
 }
 
-/// The guide's image in the sandbox: serves `/health` on `$PORT` at once. The real
-/// `prefecthq/prefect` image running `prefect worker start --with-healthcheck` needs the
-/// container contract of another issue; this stand-in starts now.
-fn healthy_worker_image() -> ImageRule {
-    shell_image(
-        "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"",
-    )
-}
-
 fn shell_image(script: &str) -> ImageRule {
     ImageRule {
         patterns: Patterns::Many(vec!["prefecthq/prefect:*".into()]),
@@ -362,6 +353,30 @@ fn deploy_worker(g: &Gcloud, pool: &str, prefect_url: &str, extra: &[&str]) -> O
     g.run(&all, None)
 }
 
+/// Whether the pool shows an ONLINE worker within 120 s (Prefect's
+/// `POST /work_pools/{pool}/workers/filter`).
+async fn wait_for_online_worker(prefect_url: &str, pool: &str) -> bool {
+    let client = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::time::Instant::now() < deadline {
+        let listed = client
+            .post(format!("{prefect_url}/work_pools/{pool}/workers/filter"))
+            .json(&serde_json::json!({}))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await;
+        if let Ok(r) = listed
+            && let Ok(v) = r.json::<Value>().await
+            && v.as_array()
+                .is_some_and(|ws| ws.iter().any(|w| w["status"] == "ONLINE"))
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    false
+}
+
 fn template_annotations(described: &Value) -> &Value {
     &described["spec"]["template"]["metadata"]["annotations"]
 }
@@ -377,11 +392,11 @@ fn has_all_users(policy: &Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
-    let mut w = World::start_with(PROJECT, |c| {
-        let dir = c.dir.clone();
-        c.images.prepend(vec![healthy_worker_image()], &dir);
-    })
-    .await;
+    // The guide's own container: the sandbox's `prefecthq/prefect` mapping runs Prefect's
+    // `prefect worker start --with-healthcheck` from the venv, in its own network namespace
+    // with PORT=8080 (Cloud Run's container contract), so `gcloud run deploy` waits for a real
+    // worker's /health.
+    let mut w = World::start_with(PROJECT, |_| {}).await;
     let g = Gcloud::for_world(&w);
     let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
     w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
@@ -422,6 +437,9 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
         .cloned()
         .unwrap();
     assert_eq!(ready["status"], "True", "{described}");
+    // The guide's worker itself is up: Prefect lists it ONLINE in the pool it created.
+    let online = wait_for_online_worker(&w.prefect_url, &pool).await;
+    assert!(online, "no ONLINE worker in {pool} within 120 s");
     let policy = gc(|| {
         g.json(&[
             "run",
