@@ -376,10 +376,12 @@ async fn python_cloud_run(env: &Env, suffix: &str) -> Result<WorkerFigures> {
         pickup: None,
         throughput: None,
         notes: vec![
-            "submits only to https://run.googleapis.com (prefect_gcp/workers/cloud_run_v2.py \
-             hard-codes api_endpoint), so it cannot launch jobs in the sandbox; pickup and \
-             throughput are compared with the process worker, which shares the polling and \
-             claiming code"
+            "runs here as a host process, outside the sandbox's network namespaces, so its \
+             calls to https://run.googleapis.com (hard-coded in prefect_gcp/workers/\
+             cloud_run_v2.py) do not reach the sandbox; the sandbox can run it \
+             (tests/prefect_gcp_workers.rs), this bench does not yet (issue #14, item 6); \
+             pickup and throughput are compared with the process worker, which shares the \
+             polling and claiming code"
                 .into(),
         ],
     })
