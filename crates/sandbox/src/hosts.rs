@@ -20,6 +20,7 @@ use anyhow::Context;
 pub const HOST: &str = "sandbox.localhost";
 
 /// The regions whose `<region>-sandbox.localhost` names are set up: Cloud Run's regions.
+/// (Also the regional `<region>-run.googleapis.com` names inside containers: `netns`.)
 pub const REGIONS: &[&str] = &[
     "africa-south1",
     "asia-east1",
@@ -35,6 +36,7 @@ pub const REGIONS: &[&str] = &[
     "australia-southeast2",
     "europe-central2",
     "europe-north1",
+    "europe-north2",
     "europe-southwest1",
     "europe-west1",
     "europe-west2",
@@ -50,6 +52,7 @@ pub const REGIONS: &[&str] = &[
     "me-west1",
     "northamerica-northeast1",
     "northamerica-northeast2",
+    "northamerica-south1",
     "southamerica-east1",
     "southamerica-west1",
     "us-central1",
