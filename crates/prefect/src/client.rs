@@ -16,8 +16,13 @@ use serde_json::Value;
 use crate::config::PrefectConfig;
 use crate::error::{PrefectError, one_line, summarise_detail};
 
-/// How failed requests are retried: exponential backoff with full jitter, bounded both in
-/// attempts and in total time.
+/// How failed requests are retried: exponential backoff with "equal" jitter (each wait is at
+/// least half its ceiling), bounded both in attempts and in total time.
+///
+/// The default spans about 8-15 s over six attempts. Prefect's own client makes six attempts
+/// too (`PREFECT_CLIENT_MAX_RETRIES` = 5) but waits 2, 4, 8, 16, 32 s; a CLI waits less, yet a
+/// SQLite-backed server answering 503 "database is locked" under a burst of writes needs
+/// several seconds to clear, which a full-jitter draw from a 4 s budget often did not give.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
     /// Attempts in all (1 = no retry).
@@ -34,16 +39,25 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             max_attempts: 6,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(8),
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(16),
             max_total: Duration::from_secs(60),
         }
     }
 }
 
 impl RetryPolicy {
+    /// The policy with Prefect's `PREFECT_CLIENT_MAX_RETRIES` applied (attempts = retries + 1).
+    pub fn with_settings(mut self, settings: &crate::config::ClientRetrySettings) -> Self {
+        if let Some(retries) = settings.max_retries {
+            self.max_attempts = retries.saturating_add(1);
+        }
+        self
+    }
+
     /// The wait before retry number `attempt` (1-based): a uniform draw from
-    /// `[0, min(max_delay, base * 2^(attempt-1))]`, or the server's `Retry-After` when given.
+    /// `[c/2, c]` with `c = min(max_delay, base * 2^(attempt-1))`, or the server's
+    /// `Retry-After` when given.
     fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
         if let Some(ra) = retry_after {
             return ra.min(self.max_delay.max(Duration::from_secs(1)) * 4);
@@ -53,7 +67,7 @@ impl RetryPolicy {
             .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
         let ceiling = exp.min(self.max_delay);
         let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=millis))
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
     }
 }
 
@@ -101,15 +115,16 @@ impl PrefectClient {
         let auth = auth_header(&config)?;
         Ok(PrefectClient {
             http,
+            retry: RetryPolicy::default().with_settings(&config.retries),
             config,
-            retry: RetryPolicy::default(),
             auth,
         })
     }
 
-    /// Replaces the retry policy.
+    /// Replaces the retry policy (`PREFECT_CLIENT_MAX_RETRIES`, when set, still decides the
+    /// number of attempts: the user's setting wins over the caller's default).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.retry = retry.with_settings(&self.config.retries);
         self
     }
 
@@ -163,13 +178,7 @@ impl PrefectClient {
                         return Ok(RawResponse { body: bytes });
                     }
                     // 503 is also what a SQLite-backed server answers for "database is locked".
-                    let retryable = matches!(
-                        status,
-                        StatusCode::TOO_MANY_REQUESTS
-                            | StatusCode::BAD_GATEWAY
-                            | StatusCode::SERVICE_UNAVAILABLE
-                            | StatusCode::GATEWAY_TIMEOUT
-                    );
+                    let retryable = retryable_status(status, &self.config.retries.extra_codes);
                     let err = self.status_error(status, &method, path, &bytes, what);
                     (err, retry_after, retryable)
                 }
@@ -379,6 +388,19 @@ fn parse_retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
+/// The statuses Prefect's own client retries (429, 502, 503, 408; `prefect/client/base.py`), 504
+/// (a proxy in front of a server that is still working), and `PREFECT_CLIENT_RETRY_EXTRA_CODES`.
+fn retryable_status(status: StatusCode, extra: &[u16]) -> bool {
+    matches!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::REQUEST_TIMEOUT
+    ) || extra.contains(&status.as_u16())
+}
+
 /// The innermost cause of a transport error (`Connection refused (os error 111)`), which says
 /// more than reqwest's outer "error sending request".
 pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
@@ -404,11 +426,32 @@ mod tests {
             assert!(p.delay(attempt, None) <= p.max_delay);
         }
         let waits: std::collections::HashSet<_> = (0..20).map(|_| p.delay(6, None)).collect();
-        assert!(waits.len() > 1, "full jitter draws different waits");
+        assert!(waits.len() > 1, "jitter draws different waits");
+        for attempt in 1..6 {
+            let ceiling = p.base_delay * (1 << (attempt - 1));
+            let d = p.delay(attempt, None);
+            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        }
         assert_eq!(
             p.delay(1, Some(Duration::from_secs(2))),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn prefect_retry_settings_shape_the_policy() {
+        use crate::config::ClientRetrySettings;
+        let set = ClientRetrySettings {
+            max_retries: Some(2),
+            extra_codes: vec![500],
+        };
+        assert_eq!(RetryPolicy::default().with_settings(&set).max_attempts, 3);
+        let unset = ClientRetrySettings::default();
+        assert_eq!(RetryPolicy::default().with_settings(&unset).max_attempts, 6);
+        assert!(retryable_status(StatusCode::REQUEST_TIMEOUT, &[]));
+        assert!(!retryable_status(StatusCode::INTERNAL_SERVER_ERROR, &[]));
+        assert!(retryable_status(StatusCode::INTERNAL_SERVER_ERROR, &[500]));
+        assert!(!retryable_status(StatusCode::NOT_FOUND, &[500]));
     }
 
     #[test]

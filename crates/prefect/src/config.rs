@@ -5,6 +5,11 @@
 //! then the active profile of `$PREFECT_HOME/profiles.toml` (`PREFECT_PROFILE` picks the
 //! profile, else the file's `active`). A key or auth string from a profile is only used
 //! together with that profile's URL, so a Prefect Cloud key is never sent to another server.
+//!
+//! Prefect's client retry settings apply too, from the same sources: `PREFECT_CLIENT_MAX_RETRIES`
+//! (retries after the first attempt; Prefect's default 5) and `PREFECT_CLIENT_RETRY_EXTRA_CODES`
+//! (status codes retried besides 429/502/503/408), as in prefect 3.9.1's
+//! `prefect/settings/models/client.py` and `prefect/client/base.py`.
 
 use std::path::{Path, PathBuf};
 
@@ -56,6 +61,68 @@ pub struct PrefectConfig {
     pub api_key: Option<SecretString>,
     /// A basic-auth string for self-hosted servers (sent as `Authorization: Basic`).
     pub auth_string: Option<SecretString>,
+    /// Prefect's client retry settings, when the environment or profile sets them.
+    pub retries: ClientRetrySettings,
+}
+
+/// `PREFECT_CLIENT_MAX_RETRIES` and `PREFECT_CLIENT_RETRY_EXTRA_CODES`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientRetrySettings {
+    /// Retries after the first attempt (`None`: this client's default).
+    pub max_retries: Option<u32>,
+    /// Further status codes to retry.
+    pub extra_codes: Vec<u16>,
+}
+
+impl ClientRetrySettings {
+    fn resolve(
+        env: &dyn Fn(&str) -> Option<String>,
+        profile: Option<&Profile>,
+    ) -> Result<Self, PrefectError> {
+        let value = |key: &str| -> Option<(String, String)> {
+            if let Some(v) = env(key).filter(|v| !v.trim().is_empty()) {
+                return Some((v, "the environment".to_string()));
+            }
+            profile.and_then(|p| {
+                p.setting_text(key)
+                    .map(|v| (v, format!("Prefect profile `{}`", p.name)))
+            })
+        };
+        let max_retries = match value("PREFECT_CLIENT_MAX_RETRIES") {
+            None => None,
+            Some((v, from)) => Some(v.trim().parse::<u32>().map_err(|_| {
+                PrefectError::Config(format!(
+                    "PREFECT_CLIENT_MAX_RETRIES `{}` from {from} is not a whole number >= 0",
+                    v.trim()
+                ))
+            })?),
+        };
+        let extra_codes = match value("PREFECT_CLIENT_RETRY_EXTRA_CODES") {
+            None => Vec::new(),
+            Some((v, from)) => parse_status_codes(&v).ok_or_else(|| {
+                PrefectError::Config(format!(
+                    "PREFECT_CLIENT_RETRY_EXTRA_CODES `{}` from {from} is not a list of HTTP \
+                     status codes (100-599), e.g. `500,504`",
+                    v.trim()
+                ))
+            })?,
+        };
+        Ok(ClientRetrySettings {
+            max_retries,
+            extra_codes,
+        })
+    }
+}
+
+/// `"500,504"`, `"[500, 504]"` or `"500"` (the forms Prefect's settings accept).
+fn parse_status_codes(text: &str) -> Option<Vec<u16>> {
+    let inner = text.trim().trim_start_matches('[').trim_end_matches(']');
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u16>().ok().filter(|c| (100..=599).contains(c)))
+        .collect()
 }
 
 /// The active profile, for the wizard: its name and URL only (never its key).
@@ -128,6 +195,7 @@ impl PrefectConfig {
         Ok(PrefectConfig {
             api_key: secret(overrides.api_key, "PREFECT_API_KEY"),
             auth_string: secret(overrides.auth_string, "PREFECT_API_AUTH_STRING"),
+            retries: ClientRetrySettings::resolve(env, profile.as_ref())?,
             api_url,
             url_source,
         })
@@ -140,6 +208,7 @@ impl PrefectConfig {
             url_source: Source::Explicit,
             api_key: None,
             auth_string: None,
+            retries: ClientRetrySettings::default(),
         })
     }
 
@@ -226,6 +295,25 @@ impl Profile {
         match self.settings.get(key)? {
             toml::Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
             _ => None,
+        }
+    }
+
+    /// A setting written as a TOML string, integer or array (retry settings are often
+    /// written unquoted: `PREFECT_CLIENT_MAX_RETRIES = 10`).
+    fn setting_text(&self, key: &str) -> Option<String> {
+        match self.settings.get(key)? {
+            toml::Value::Integer(n) => Some(n.to_string()),
+            toml::Value::Array(items) => Some(
+                items
+                    .iter()
+                    .map(|v| match v {
+                        toml::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            _ => self.setting(key),
         }
     }
 }
@@ -425,6 +513,51 @@ PREFECT_API_AUTH_STRING = "admin:pass"
         assert!(PrefectConfig::for_url("not a url").is_err());
         assert!(PrefectConfig::for_url("ftp://x/api").is_err());
         assert!(PrefectConfig::for_url("http://u:p@x/api").is_err());
+    }
+
+    #[test]
+    fn client_retry_settings_come_from_env_then_profile() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(
+            dir.path().join("profiles.toml"),
+            "active = \"p\"\n[profiles.p]\nPREFECT_API_URL = \"http://127.0.0.1:4200/api\"\n\
+             PREFECT_CLIENT_MAX_RETRIES = 9\nPREFECT_CLIENT_RETRY_EXTRA_CODES = [500, 504]\n",
+        )
+        .expect("write");
+        let home = dir.path().to_string_lossy().to_string();
+        let from_profile = PrefectConfig::resolve_with(ConfigOverrides::default(), &|k| {
+            (k == "PREFECT_HOME").then(|| home.clone())
+        })
+        .expect("resolves");
+        assert_eq!(
+            from_profile.retries,
+            ClientRetrySettings {
+                max_retries: Some(9),
+                extra_codes: vec![500, 504]
+            }
+        );
+        let from_env = PrefectConfig::resolve_with(ConfigOverrides::default(), &|k| match k {
+            "PREFECT_HOME" => Some(home.clone()),
+            "PREFECT_CLIENT_MAX_RETRIES" => Some("0".into()),
+            "PREFECT_CLIENT_RETRY_EXTRA_CODES" => Some("520".into()),
+            _ => None,
+        })
+        .expect("resolves");
+        assert_eq!(from_env.retries.max_retries, Some(0));
+        assert_eq!(from_env.retries.extra_codes, vec![520]);
+        for bad in ["-1", "many"] {
+            let e = PrefectConfig::resolve_with(ConfigOverrides::default(), &|k| match k {
+                "PREFECT_API_URL" => Some("http://127.0.0.1:1/api".into()),
+                "PREFECT_CLIENT_MAX_RETRIES" => Some(bad.into()),
+                _ => None,
+            })
+            .expect_err("bad number");
+            assert!(e.to_string().contains("PREFECT_CLIENT_MAX_RETRIES"), "{e}");
+            assert!(e.to_string().contains("the environment"), "{e}");
+        }
+        assert_eq!(parse_status_codes("[500, 504]"), Some(vec![500, 504]));
+        assert_eq!(parse_status_codes("99"), None);
+        assert_eq!(parse_status_codes("5xx"), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@ pub mod models;
 pub use api::{EventFilter, EventStream, pick_block_schema};
 pub use client::{PrefectClient, RetryPolicy};
 pub use config::{
-    ActiveProfile, CloudWorkspace, ConfigOverrides, PrefectConfig, Source, active_profile,
+    ActiveProfile, ClientRetrySettings, CloudWorkspace, ConfigOverrides, PrefectConfig, Source,
+    active_profile,
 };
 pub use error::PrefectError;
 pub use models::*;

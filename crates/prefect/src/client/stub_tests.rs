@@ -174,3 +174,34 @@ async fn event_stream_dropped_during_handshake_is_a_clear_error() {
     assert!(e.to_string().contains("no connection within"), "{e}");
     keep.abort();
 }
+
+#[tokio::test]
+async fn prefect_retry_settings_decide_attempts_and_extra_codes() {
+    const ERR500: &str = "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 21\r\nConnection: close\r\n\r\nInternal Server Error";
+    let (url, count) = stub(vec![ERR500, OK_TRUE]).await;
+    let mut config = PrefectConfig::for_url(&url).expect("url");
+    config.retries.extra_codes = vec![500];
+    config.retries.max_retries = Some(1);
+    let client = |config: PrefectConfig| {
+        PrefectClient::new(config)
+            .expect("client")
+            .with_retry(RetryPolicy {
+                max_attempts: 4,
+                base_delay: Duration::from_millis(10),
+                max_delay: Duration::from_millis(50),
+                max_total: Duration::from_secs(10),
+            })
+    };
+    client(config.clone())
+        .health()
+        .await
+        .expect("500 is retried when PREFECT_CLIENT_RETRY_EXTRA_CODES names it");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    // PREFECT_CLIENT_MAX_RETRIES=1 wins over the caller's four attempts: two in all.
+    let (url, count) = stub(vec![LOCKED]).await;
+    let mut config = PrefectConfig::for_url(&url).expect("url");
+    config.retries.max_retries = Some(1);
+    client(config).health().await.expect_err("always 503");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
