@@ -371,7 +371,44 @@ async fn run_once(
                 .with_context(|| format!("deployment {flow}/{name} has an invalid id"))?;
             Ok(ctx.prefect.delete_deployment(id).await?)
         }
+        Op::DeleteWorkerJobs { api, jobs, .. } => {
+            delete_worker_jobs(http, project, api, jobs).await
+        }
     }
+}
+
+/// How many worker jobs are deleted at once (each v2 delete is a few calls: list executions,
+/// delete each, delete the job).
+const WORKER_JOB_DELETES_IN_FLIGHT: usize = 4;
+
+/// Deletes the listed flow-run jobs (v2: their executions first, through the one Cloud Run
+/// jobs client); a job already gone is fine.
+async fn delete_worker_jobs(
+    http: &bootstrap_gcp::GcpHttp,
+    project: &ProjectId,
+    api: &str,
+    jobs: &[super::plan::WorkerJob],
+) -> Result<bool> {
+    use bootstrap_gcp::run_jobs::{Jobs, JobsApi};
+    use futures::stream::{StreamExt as _, TryStreamExt as _};
+    let api = if api == "v1" {
+        JobsApi::V1
+    } else {
+        JobsApi::V2
+    };
+    let deletes = jobs.iter().map(|j| async move {
+        let region = parse("region", &j.region, Region::parse)?;
+        let name = parse("job", &j.name, RunJobName::parse)?;
+        Jobs::new(http.clone(), api, project.clone(), region)
+            .delete(&name)
+            .await
+            .with_context(|| format!("deleting Cloud Run job {} in {}", j.name, j.region))
+    });
+    futures::stream::iter(deletes)
+        .buffer_unordered(WORKER_JOB_DELETES_IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(!jobs.is_empty())
 }
 
 /// Whether a failed write may still have been carried out by the server: the answer was lost

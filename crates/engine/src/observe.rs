@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context as _, Result};
 use bootstrap_gcp::policy::Policy;
-use bootstrap_gcp::{GcpError, iam, resourcemanager, run_v2, secretmanager, serviceusage};
+use bootstrap_gcp::{
+    GcpError, iam, resourcemanager, run_jobs, run_v2, secretmanager, serviceusage,
+};
 use bootstrap_prefect::PrefectClient;
 use bootstrap_spec::{Spec, ids::*};
 use secrecy::ExposeSecret as _;
@@ -18,16 +20,26 @@ use super::planner::prefect::deployment_key;
 /// Reads everything the planner compares, concurrently.
 pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     let project = &spec.gcp.project;
-    let (apis, gcp_sa, bindings, secret, service, prefect) = tokio::try_join!(
+    let spec_regions = job_regions(spec, None);
+    let (apis, gcp_sa, bindings, secret, service, prefect, mut worker_jobs) = tokio::try_join!(
         apis(ctx, spec),
         service_account(ctx, spec),
         project_bindings(ctx, project),
         secret(ctx, spec),
         service(ctx, spec),
         prefect_side(&ctx.prefect, spec),
+        worker_jobs_in(ctx, spec, &spec_regions),
     )?;
     let (service_account, keys, sa_bindings) = gcp_sa;
     let (block, work_pool, default_template, deployments) = prefect;
+    // A region only the live pool's template names (a UI edit) is read once the pool is known.
+    let more: Vec<String> = job_regions(spec, work_pool.as_ref())
+        .into_iter()
+        .filter(|r| !spec_regions.contains(r))
+        .collect();
+    if !more.is_empty() {
+        worker_jobs.extend(worker_jobs_in(ctx, spec, &more).await?);
+    }
     Ok(Observed {
         apis,
         service_account,
@@ -40,7 +52,78 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
         work_pool,
         default_template,
         deployments,
+        worker_jobs,
     })
+}
+
+/// The regions the worker can run the plan's flow runs in: the plan's region, a `region` job
+/// variable of the pool or of a deployment, and the live pool template's `region` default.
+fn job_regions(spec: &Spec, pool: Option<&observed::WorkPool>) -> Vec<String> {
+    let mut out = BTreeSet::from([spec.gcp.region.to_string()]);
+    let vars = std::iter::once(&spec.work_pool.job_variables)
+        .chain(spec.deployments.iter().map(|d| &d.job_variables));
+    for v in vars {
+        if let Some(r) = v.get("region").and_then(Value::as_str) {
+            out.insert(r.to_string());
+        }
+    }
+    if let Some(r) = pool
+        .and_then(|p| {
+            p.base_job_template
+                .pointer("/variables/properties/region/default")
+        })
+        .and_then(Value::as_str)
+    {
+        out.insert(r.to_string());
+    }
+    // Only names Cloud Run could serve; a malformed one cannot hold jobs.
+    out.into_iter()
+        .filter(|r| Region::parse(r).is_ok())
+        .collect()
+}
+
+/// The jobs labelled with the plan's pool ([`run_jobs::POOL_LABEL`]) in each region, listed
+/// through the one Cloud Run jobs client (every page). A disabled Run API holds no jobs.
+async fn worker_jobs_in(
+    ctx: &Context,
+    spec: &Spec,
+    regions: &[String],
+) -> Result<Vec<observed::WorkerJobs>> {
+    let (api, api_name) = if matches!(spec.work_pool.pool_type, bootstrap_spec::PoolType::CloudRun)
+    {
+        (run_jobs::JobsApi::V1, "v1")
+    } else {
+        (run_jobs::JobsApi::V2, "v2")
+    };
+    let value = run_jobs::pool_label_value(spec.work_pool.name.as_str());
+    let reads = regions.iter().map(|r| {
+        let value = value.clone();
+        async move {
+            let region = Region::parse(r).map_err(|e| anyhow::anyhow!("region `{r}`: {e}"))?;
+            let jobs = run_jobs::Jobs::new(ctx.gcp.clone(), api, spec.gcp.project.clone(), region);
+            let listed = match jobs.jobs_labelled(run_jobs::POOL_LABEL, &value).await {
+                Err(GcpError::ServiceDisabled { .. }) => Vec::new(),
+                other => other.with_context(|| {
+                    format!(
+                        "listing the Cloud Run jobs of work pool {} in {r}",
+                        spec.work_pool.name
+                    )
+                })?,
+            };
+            let mut names: Vec<String> = listed.into_iter().map(|j| j.name).collect();
+            names.sort();
+            Ok::<_, anyhow::Error>(observed::WorkerJobs {
+                region: r.clone(),
+                api: api_name.to_string(),
+                names,
+            })
+        }
+    });
+    Ok(futures::future::try_join_all(reads)
+        .await?
+        .into_iter()
+        .filter(|w| !w.names.is_empty())
+        .collect())
 }
 
 /// `None` for "the API is disabled": nothing of it can exist that we could read.

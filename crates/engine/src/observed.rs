@@ -29,6 +29,19 @@ pub struct Observed {
     pub default_template: Option<Value>,
     /// By "flow/deployment".
     pub deployments: BTreeMap<String, Deployment>,
+    /// Cloud Run jobs the worker made for the plan's pool (found by their pool label), in
+    /// every region the plan and the pool's template name; regions without any are left out.
+    pub worker_jobs: Vec<WorkerJobs>,
+}
+
+/// The flow-run jobs of the plan's work pool in one region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerJobs {
+    pub region: String,
+    /// The Cloud Run API the pool type uses: `v2` (`cloud-run-v2`) or `v1` (`cloud-run`).
+    pub api: String,
+    /// Short job names, sorted.
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

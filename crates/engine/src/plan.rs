@@ -201,6 +201,22 @@ pub enum Op {
         flow: String,
         name: String,
     },
+    /// Delete the Cloud Run jobs (and their executions) the worker made for the pool.
+    DeleteWorkerJobs {
+        pool: String,
+        /// `key=value` of the pool label they were found by.
+        label: String,
+        /// `v2` or `v1`: the Cloud Run API of the pool type.
+        api: String,
+        jobs: Vec<WorkerJob>,
+    },
+}
+
+/// One flow-run job of [`Op::DeleteWorkerJobs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerJob {
+    pub region: String,
+    pub name: String,
 }
 
 impl Op {

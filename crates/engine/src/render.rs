@@ -5,7 +5,7 @@ use std::fmt::Write;
 use console::Style;
 use serde_json::Value;
 
-use super::plan::{Action, FieldChange, Mode, Plan, Step};
+use super::plan::{Action, FieldChange, Mode, Op, Plan, Step};
 
 /// Styles, all plain when colour is off (not a terminal, or `NO_COLOR`).
 struct Palette {
@@ -71,6 +71,22 @@ fn field_line(out: &mut String, c: &FieldChange, action: Action, width: usize, p
 }
 
 fn step(out: &mut String, s: &Step, p: &Palette) {
+    if let Op::DeleteWorkerJobs { label, jobs, .. } = &s.op {
+        // One line for any number of jobs (there can be hundreds).
+        let regions: std::collections::BTreeSet<&str> =
+            jobs.iter().map(|j| j.region.as_str()).collect();
+        let count = jobs.len();
+        let _ = writeln!(
+            out,
+            "  {} {}: {count} Cloud Run job{} made by the worker (label {label}, in {}) {}",
+            p.delete.apply_to(format!("{:>3}", symbol(s.action))),
+            p.bold.apply_to(&s.address),
+            if count == 1 { "" } else { "s" },
+            regions.into_iter().collect::<Vec<_>>().join(", "),
+            p.dim.apply_to("will be deleted")
+        );
+        return;
+    }
     let style = match s.action {
         Action::Create => &p.add,
         Action::Update => &p.change,

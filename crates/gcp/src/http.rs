@@ -40,6 +40,8 @@ pub enum Api {
     RunV1(Region),
     /// IAM Credentials (`generateAccessToken`, for impersonation).
     IamCredentials,
+    /// Cloud Logging v2 (`entries:list`).
+    Logging,
 }
 
 /// Where each API is reached: Google's hosts, or one local base URL for all of them.
@@ -102,6 +104,7 @@ impl Endpoints {
             Api::RunV2 => "run.googleapis.com".to_owned(),
             Api::RunV1(region) => format!("{region}-run.googleapis.com"),
             Api::IamCredentials => "iamcredentials.googleapis.com".to_owned(),
+            Api::Logging => "logging.googleapis.com".to_owned(),
         };
         Url::parse(&format!("https://{host}/"))
             .map_err(|e| GcpError::Config(format!("cannot build a URL for host `{host}`: {e}")))

@@ -31,6 +31,8 @@
 //!   create/get/list/delete/run; executions get/list/delete/cancel; operations get/wait.
 //! - [`run_v1`]: namespaces jobs create/get/replace/list/delete/run; executions
 //!   get/delete/cancel (regional host).
+//! - [`logging`]: Cloud Logging `entries:list`; [`logging::execution_tail`], the last lines a
+//!   Cloud Run job execution printed.
 //! - [`run_jobs`]: one Cloud Run jobs facade over v1 and v2 for the embedded worker's flow-run
 //!   jobs ([`run_jobs::Jobs`], typed [`run_jobs::JobView`] / [`run_jobs::ExecutionView`]).
 //!
@@ -49,6 +51,7 @@ pub mod error;
 pub mod gcloud;
 pub mod http;
 pub mod iam;
+pub mod logging;
 pub mod operations;
 pub mod policy;
 pub mod resourcemanager;

@@ -67,7 +67,40 @@ pub struct ExecutionView {
     pub message: Option<String>,
     /// Where its logs are.
     pub log_uri: Option<String>,
+    /// When it finished (`completionTime`), if it did.
+    pub completed_at: Option<DateTime<Utc>>,
 }
+
+/// The label prefect-gcp and the embedded worker put on every flow-run job of a work pool:
+/// Prefect's `prefect.io/work-pool-name` sanitised for GCP (lowercase, `[a-z0-9_-]`, at most 63
+/// characters; prefect-gcp `utilities.py` `_sanitize_label`). The worker writes it through its
+/// own label code (`bootstrap_worker::config::sanitize_labels`, which a worker test holds to
+/// this function); `destroy` and `worker --sweep` find the pool's jobs by it.
+pub const POOL_LABEL: &str = "prefect-io-work-pool-name";
+
+/// The value of [`POOL_LABEL`] on the jobs of `pool`.
+pub fn pool_label_value(pool: &str) -> String {
+    pool.to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(63)
+        .collect()
+}
+
+/// Cloud Run's limit on jobs per project and region: "Maximum number of jobs: 1000"
+/// (<https://cloud.google.com/run/quotas#cloud_run_jobs_limits>, "Cloud Run jobs limits"). A
+/// region at the limit refuses new jobs, which is how leftover flow-run jobs block new runs
+/// (PrefectHQ/prefect#16007, #14525).
+pub const JOBS_PER_REGION_LIMIT: usize = 1000;
+
+/// From this many jobs in a region on, the worker warns that the limit is near.
+pub const JOBS_NEAR_LIMIT: usize = 900;
 
 /// The answer to [`Jobs::create`].
 #[derive(Debug, Clone)]
@@ -168,6 +201,7 @@ fn execution_v2(e: &run_v2::Execution) -> ExecutionView {
         succeeded: completed.and_then(|c| c.state.as_deref()) == Some("CONDITION_SUCCEEDED"),
         message: text(completed.and_then(|c| c.message.as_deref())),
         log_uri: text(e.log_uri.as_deref()),
+        completed_at: parse_time(e.completion_time.as_deref()),
     }
 }
 
@@ -179,6 +213,7 @@ fn execution_v1(e: &run_v1::Execution) -> ExecutionView {
         succeeded: e.succeeded(),
         message: text(completed.and_then(|c| c.message.as_deref())),
         log_uri: text(status.and_then(|s| s.log_uri.as_deref())),
+        completed_at: parse_time(status.and_then(|s| s.completion_time.as_deref())),
     }
 }
 
@@ -347,6 +382,41 @@ impl Jobs {
         Ok(())
     }
 
+    /// The last `lines` lines `execution` of `job` printed, from Cloud Logging (oldest first).
+    pub async fn log_tail(
+        &self,
+        job: &str,
+        execution: &str,
+        lines: u32,
+    ) -> Result<Vec<crate::logging::LogLine>, GcpError> {
+        crate::logging::execution_tail(
+            &self.http,
+            &self.project,
+            &self.region,
+            job,
+            execution,
+            lines,
+        )
+        .await
+    }
+
+    /// Every job of the project and region, every page (each API's own paging: v2
+    /// `pageToken`, v1 `continue`), e.g. to count them against [`JOBS_PER_REGION_LIMIT`].
+    pub async fn all_jobs(&self) -> Result<Vec<JobView>, GcpError> {
+        Ok(match self.api {
+            JobsApi::V2 => run_v2::list_jobs(&self.http, &self.project, &self.region)
+                .await?
+                .iter()
+                .filter_map(|j| Some(view_v2(short(j.name.as_deref()?), j)))
+                .collect(),
+            JobsApi::V1 => run_v1::list_jobs(&self.http, &self.region, &self.project, None)
+                .await?
+                .iter()
+                .filter_map(|j| Some(view_v1(short(j.metadata.name.as_deref()?), j)))
+                .collect(),
+        })
+    }
+
     /// The jobs carrying `label = value`, every page (v1 filters on the server with a label
     /// selector; v2 has no server-side label filter, so the list is filtered here).
     pub async fn jobs_labelled(&self, label: &str, value: &str) -> Result<Vec<JobView>, GcpError> {
@@ -376,6 +446,13 @@ impl Jobs {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn pool_label_values_are_gcp_label_values() {
+        assert_eq!(pool_label_value("my-cloud-run-pool"), "my-cloud-run-pool");
+        assert_eq!(pool_label_value("My Pool.v2"), "my-pool-v2");
+        assert_eq!(pool_label_value(&"a".repeat(80)).len(), 63);
+    }
 
     #[test]
     fn v2_views_read_conditions() {

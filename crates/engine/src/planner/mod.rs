@@ -5,6 +5,7 @@ pub mod gcp;
 pub mod prefect;
 pub mod service;
 pub mod template;
+mod worker_jobs;
 
 use bootstrap_spec::Spec;
 
@@ -88,6 +89,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             prefect::destroy_work_pool(&mut b);
             prefect::destroy_block(&mut b);
             gcp::destroy_worker_service(&mut b);
+            worker_jobs::destroy_worker_jobs(&mut b);
             gcp::destroy_secret(&mut b);
             gcp::destroy_keys(&mut b);
             gcp::destroy_bindings(&mut b);
@@ -153,6 +155,10 @@ pub mod addr {
     }
     pub fn deployment(key: &str) -> Address {
         Address::new("prefect.deployment", key)
+    }
+    /// The flow-run jobs the worker made for the plan's pool (one address for all of them).
+    pub fn worker_jobs(spec: &Spec) -> Address {
+        Address::new("gcp.worker_jobs", spec.work_pool.name.as_str())
     }
 }
 

@@ -447,3 +447,61 @@ fn unmarked_service_is_adopted_and_kept_by_destroy() {
             .any(|s| s.address.to_string().contains("run_service"))
     );
 }
+
+#[test]
+fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.worker_jobs = vec![observed::WorkerJobs {
+        region: "us-central1".into(),
+        api: "v1".into(),
+        names: (1..=5).map(|i| format!("run-{i}")).collect(),
+    }];
+    let p = plan(&s, &o, &options(Mode::Destroy));
+    let step = p
+        .steps
+        .iter()
+        .find(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+        .expect("a worker-jobs step");
+    match &step.op {
+        crate::plan::Op::DeleteWorkerJobs {
+            label, api, jobs, ..
+        } => {
+            assert_eq!(label, "prefect-io-work-pool-name=my-cloud-run-pool");
+            assert_eq!(api, "v1");
+            assert_eq!(jobs.len(), 5);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // After the worker service (it would make new jobs) and the pool.
+    assert!(
+        step.depends_on
+            .iter()
+            .any(|a| a.to_string().contains("run_service"))
+    );
+    assert!(
+        step.depends_on
+            .iter()
+            .any(|a| a.to_string().contains("work_pool"))
+    );
+    let line = render::human(&p, false)
+        .lines()
+        .find(|l| l.contains("gcp.worker_jobs"))
+        .map(str::to_string)
+        .expect("one line");
+    insta::assert_snapshot!("plan_destroy_worker_jobs", line);
+    // Apply mode never deletes them, and a world without them plans nothing for them.
+    assert!(
+        !plan(&s, &o, &options(Mode::Apply))
+            .steps
+            .iter()
+            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+    );
+    let none = plan(&s, &converged(&s), &options(Mode::Destroy));
+    assert!(
+        !none
+            .steps
+            .iter()
+            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+    );
+}
