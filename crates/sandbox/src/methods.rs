@@ -513,6 +513,86 @@ const METHODS: &[(&str, &str, &str)] = &[
         "apis/serving.knative.dev/v1/namespaces/{namespacesId}/revisions",
         "run.namespaces.revisions.list",
     ),
+    // Remote builds (`gcloud run deploy --source`'s path): Cloud Run v2's source upload and
+    // builds:submit (run.v2.json), Cloud Build v1's operations and builds (cloudbuild.v1.json),
+    // Artifact Registry v1 (artifactregistry.v1.json). Cloud Build's and Artifact Registry's
+    // `v1/projects/{p}/locations/{l}/operations/{o}` are one path: it is listed once and
+    // `builds::handle_cloudbuild` tells the two apart by the stored operation.
+    (
+        "POST",
+        "upload/v2/projects/{projectsId}/locations/{locationsId}:uploadSource",
+        "run.projects.locations.sourceUploads.upload",
+    ),
+    (
+        "POST",
+        "v2/projects/{projectsId}/locations/{locationsId}/builds:submit",
+        "run.projects.locations.builds.submit",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/operations/{operationsId}",
+        "cloudbuild.projects.locations.operations.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/builds/{buildsId}",
+        "cloudbuild.projects.locations.builds.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectId}/builds/{id}",
+        "cloudbuild.projects.builds.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}",
+        "artifactregistry.projects.locations.get",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories",
+        "artifactregistry.projects.locations.repositories.create",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories",
+        "artifactregistry.projects.locations.repositories.list",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}",
+        "artifactregistry.projects.locations.repositories.get",
+    ),
+    (
+        "DELETE",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}",
+        "artifactregistry.projects.locations.repositories.delete",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:getIamPolicy",
+        "artifactregistry.projects.locations.repositories.getIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:setIamPolicy",
+        "artifactregistry.projects.locations.repositories.setIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:testIamPermissions",
+        "artifactregistry.projects.locations.repositories.testIamPermissions",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}/dockerImages",
+        "artifactregistry.projects.locations.repositories.dockerImages.list",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}/dockerImages/{dockerImagesId}",
+        "artifactregistry.projects.locations.repositories.dockerImages.get",
+    ),
 ];
 
 /// One recognised call.
@@ -559,6 +639,8 @@ pub fn service_of(id: &str) -> &'static str {
         "serviceusage" => "serviceusage.googleapis.com",
         "secretmanager" => "secretmanager.googleapis.com",
         "run" => "run.googleapis.com",
+        "cloudbuild" => "cloudbuild.googleapis.com",
+        "artifactregistry" => "artifactregistry.googleapis.com",
         _ => "unknown.googleapis.com",
     }
 }
