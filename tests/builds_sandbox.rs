@@ -125,6 +125,27 @@ impl Api {
     }
 }
 
+/// Grants the builds' default account (the Compute Engine default account, Cloud Build's
+/// default for new projects) `roles/artifactregistry.writer` on the repository only.
+async fn grant_writer(api: &Api) {
+    let repo = format!("v1/projects/{PROJECT}/locations/{REGION}/repositories/{REPO}");
+    let policy = api
+        .ok(reqwest::Method::GET, &format!("{repo}:getIamPolicy"), None)
+        .await;
+    let member = format!(
+        "serviceAccount:{}-compute@developer.gserviceaccount.com",
+        gcp_sandbox::state::project_number(PROJECT)
+    );
+    api.ok(
+        reqwest::Method::POST,
+        &format!("{repo}:setIamPolicy"),
+        Some(json!({"policy": {"etag": policy["etag"], "bindings": [
+            {"role": "roles/artifactregistry.writer", "members": [member]}
+        ]}})),
+    )
+    .await;
+}
+
 fn folder(root: &Path, name: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
     let dir = root.join(name);
     for (path, text) in files {
@@ -147,10 +168,9 @@ const FLOW: &str = "import os\nimport art\nfrom prefect import flow\n\n\
 @flow(log_prints=True)\ndef hello():\n    assert art.text2art('hi')\n    print(f\"{os.environ['GREETING']} flow says hello from the built image\")\n    print('cwd', os.getcwd())\n\n\
 if __name__ == '__main__':\n    hello.fn()\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn source_upload_build_and_run_a_job_from_the_built_image() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut config = gcp_sandbox::Config::new(dir.path().join("sandbox"));
+/// A sandbox with Run, Cloud Build and Artifact Registry enabled, and an operator token.
+async fn start(dir: &Path) -> (gcp_sandbox::Sandbox, Api) {
+    let mut config = gcp_sandbox::Config::new(dir.join("sandbox"));
     config.projects = vec![PROJECT.into()];
     config.op_delay = Duration::from_millis(50);
     config.consistency = gcp_sandbox::Consistency::immediate();
@@ -182,6 +202,13 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         url: sandbox.url.clone(),
         token,
     };
+    (sandbox, api)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_upload_build_and_run_a_job_from_the_built_image() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sandbox, api) = start(dir.path()).await;
     let registry = format!("{REGION}-docker.pkg.dev/{PROJECT}/{REPO}");
 
     // A push to a repository that does not exist fails the build, as on Google.
@@ -228,6 +255,20 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         "{job}"
     );
 
+    // The build's account needs uploadArtifacts on the repository.
+    let (_, build, log) = api.build(&ok_src, &format!("{registry}/hello:v1")).await;
+    assert_eq!(build["status"], "FAILURE", "{log:#?}");
+    assert_eq!(build["failureInfo"]["type"], "PUSH_NOT_AUTHORIZED");
+    assert!(
+        log.iter().any(|l| l.contains("Successfully installed art-6.5")),
+        "pip ran: {log:#?}"
+    );
+    assert!(
+        log.join("\n").contains("artifactregistry.repositories.uploadArtifacts"),
+        "{log:#?}"
+    );
+    grant_writer(&api).await;
+
     let (op, build, log) = api.build(&ok_src, &format!("{registry}/hello:v1")).await;
     assert_eq!(build["status"], "SUCCESS", "{log:#?}");
     assert_eq!(op["response"]["status"], "SUCCESS");
@@ -235,7 +276,7 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         .as_str()
         .expect("digest")
         .to_owned();
-    assert!(log.iter().any(|l| l.contains("art")), "pip ran: {log:#?}");
+    assert!(log.iter().any(|l| l.contains("Using cache")), "pip's environment reused: {log:#?}");
 
     // The image runs: CMD from the Dockerfile, WORKDIR, ENV, the requirement installed.
     let image = format!("{registry}/hello@{digest}");
@@ -325,5 +366,116 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
             .contains("Dockerfile line 3: RUN apt-get install -y curl"),
         "{log:#?}"
     );
+    sandbox.shutdown().await.expect("shutdown");
+}
+
+/// gcloud's path: `BOOTSTRAP_GCLOUD`, else `gcloud` on `PATH`; these tests need it.
+fn gcloud_path() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("BOOTSTRAP_GCLOUD") {
+        return p.into();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("gcloud"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("gcloud (google-cloud-cli) is not on PATH: this test needs the real gcloud")
+        })
+}
+
+/// Runs gcloud (its own config dir, aimed at the sandbox) with a deadline; returns exit
+/// code, stdout, stderr.
+async fn gcloud(config: &Path, home: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(gcloud_path());
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("CLOUDSDK_CONFIG", config)
+        .env("CLOUDSDK_CORE_DISABLE_PROMPTS", "1")
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(180), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("gcloud {} did not finish in 180 s", args.join(" ")))
+        .expect("gcloud runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+async fn gcloud_json(config: &Path, home: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--format=json");
+    let (code, out, err) = gcloud(config, home, &all).await;
+    assert_eq!(code, 0, "gcloud {}\n{out}\n{err}", args.join(" "));
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("gcloud {} printed no JSON ({e}): {out}", args.join(" ")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcloud_reads_repositories_images_and_builds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (sandbox, api) = start(dir.path()).await;
+    gcp_sandbox::hosts::ensure_hosts_file(Path::new("/etc/hosts"))
+        .expect("the sandbox's host names in /etc/hosts (gcloud needs them)");
+    let config = dir.path().join("gcloud");
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    gcp_sandbox::hosts::GcloudConfig {
+        port: sandbox.port,
+        project: PROJECT.into(),
+        region: REGION.into(),
+        key_file: sandbox.operator_key_path.clone(),
+        account: sandbox.operator_email.clone(),
+    }
+    .write(&config)
+    .expect("gcloud configuration");
+    let (c, h) = (config.as_path(), home.as_path());
+
+    let (code, out, err) = gcloud(
+        c,
+        h,
+        &["artifacts", "repositories", "create", REPO, "--repository-format=docker", "--location", REGION, "--description", "flows"],
+    )
+    .await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let listed = gcloud_json(c, h, &["artifacts", "repositories", "list", "--location", REGION]).await;
+    let name = format!("projects/{PROJECT}/locations/{REGION}/repositories/{REPO}");
+    assert!(listed.as_array().is_some_and(|a| a.iter().any(|r| r["name"] == name.as_str())), "{listed}");
+    let described = gcloud_json(c, h, &["artifacts", "repositories", "describe", REPO, "--location", REGION]).await;
+    assert_eq!(described["format"], "DOCKER");
+    assert_eq!(described["description"], "flows");
+
+    let src = folder(
+        dir.path(),
+        "src",
+        &[
+            ("Dockerfile", "FROM prefecthq/prefect:3-python3.11\nCOPY . /app\nWORKDIR /app\nCMD [\"python\", \"main.py\"]\n"),
+            ("main.py", "print('hi')\n"),
+        ],
+    );
+    let registry = format!("{REGION}-docker.pkg.dev/{PROJECT}/{REPO}");
+    grant_writer(&api).await;
+    let (_, build, log) = api.build(&src, &format!("{registry}/app:v1")).await;
+    assert_eq!(build["status"], "SUCCESS", "{log:#?}");
+    let digest = build["results"]["images"][0]["digest"].as_str().expect("digest").to_owned();
+
+    let images = gcloud_json(c, h, &["artifacts", "docker", "images", "list", &registry, "--include-tags"]).await;
+    let images = images.as_array().expect("a list");
+    assert_eq!(images.len(), 1, "{images:?}");
+    assert_eq!(images[0]["package"], format!("{registry}/app").as_str());
+    assert_eq!(images[0]["version"], digest.as_str());
+    assert!(images[0]["tags"].to_string().contains("v1"), "{images:?}");
+
+    let id = build["id"].as_str().expect("id");
+    let described = gcloud_json(c, h, &["builds", "describe", id, "--region", REGION]).await;
+    assert_eq!(described["status"], "SUCCESS");
+    assert_eq!(described["results"]["images"][0]["digest"], digest.as_str());
+
+    let (code, out, err) = gcloud(c, h, &["artifacts", "repositories", "delete", REPO, "--location", REGION, "--quiet"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, _, err) = gcloud(c, h, &["artifacts", "repositories", "describe", REPO, "--location", REGION]).await;
+    assert_ne!(code, 0, "{err}");
     sandbox.shutdown().await.expect("shutdown");
 }

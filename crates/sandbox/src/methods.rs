@@ -675,7 +675,12 @@ fn match_pattern(pattern: &str, segments: &[&str]) -> Option<Vec<String>> {
     let mut params = Vec::new();
     for (part, segment) in parts.iter().zip(segments) {
         let (part_base, part_verb) = split_verb(part);
-        let (seg_base, seg_verb) = split_verb(segment);
+        // A docker image id `name@sha256:<hex>` carries a `:` that is not a custom verb.
+        let (seg_base, seg_verb) = if is_digest_ref(segment) {
+            (*segment, None)
+        } else {
+            split_verb(segment)
+        };
         if part_verb != seg_verb {
             return None;
         }
@@ -693,6 +698,12 @@ fn match_pattern(pattern: &str, segments: &[&str]) -> Option<Vec<String>> {
         }
     }
     Some(params)
+}
+
+/// Whether a path segment is `image@sha256:...` (Artifact Registry's dockerImages ids).
+fn is_digest_ref(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    lower.contains("@sha256:") || lower.contains("%40sha256%3a") || lower.contains("@sha256%3a")
 }
 
 /// Splits `name:verb` into its parts. A `:` only counts as a verb separator in the pattern when
@@ -788,6 +799,31 @@ mod tests {
         let call = identify("GET", "/v1/projects/p/locations").expect("recognised");
         assert_eq!(call.id, "run.projects.locations.list");
         assert_eq!(call.service(), "run.googleapis.com");
+    }
+
+    #[test]
+    fn docker_image_ids_keep_their_digest() {
+        let path = format!(
+            "/v1/projects/p/locations/us-central1/repositories/r/dockerImages/flows@sha256:{}",
+            "a".repeat(64)
+        );
+        let call = identify("GET", &path).expect("recognised");
+        assert_eq!(
+            call.id,
+            "artifactregistry.projects.locations.repositories.dockerImages.get"
+        );
+        assert!(call.params[3].starts_with("flows@sha256:"));
+        let call = identify(
+            "GET",
+            "/v1/projects/p/locations/us-central1/repositories/r:getIamPolicy",
+        )
+        .expect("recognised");
+        assert_eq!(
+            call.id,
+            "artifactregistry.projects.locations.repositories.getIamPolicy"
+        );
+        let call = identify("GET", "/v1/projects/p/locations/l/operations/o").expect("op");
+        assert_eq!(call.id, "cloudbuild.projects.locations.operations.get");
     }
 
     #[test]
