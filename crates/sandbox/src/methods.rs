@@ -548,6 +548,13 @@ const METHODS: &[(&str, &str, &str)] = &[
         "v1/projects/{projectsId}/locations/{locationsId}",
         "artifactregistry.projects.locations.get",
     ),
+    // `gcloud artifacts repositories list` without a location lists locations through
+    // v1beta2 (its artifacts API's locations client); v1's path is Cloud Run's list above.
+    (
+        "GET",
+        "v1beta2/projects/{projectsId}/locations",
+        "artifactregistry.projects.locations.list",
+    ),
     (
         "POST",
         "v1/projects/{projectsId}/locations/{locationsId}/repositories",

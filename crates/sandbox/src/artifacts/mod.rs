@@ -345,7 +345,7 @@ impl Repository {
         if v.get("format").is_none() {
             v["format"] = json!("DOCKER");
         }
-        if v.get("mode").is_none() {
+        if v.get("mode").is_none_or(|m| m == "MODE_UNSPECIFIED") {
             v["mode"] = json!("STANDARD_REPOSITORY");
         }
         v["createTime"] = json!(rfc3339(self.create_time));
@@ -428,6 +428,20 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             return Err(ApiError::not_found(format!("Location {parent} not found.")));
         }
         return Ok(json!({"name": parent, "locationId": location}));
+    }
+    if method == "list" {
+        authz::require(&ctx.state, &ctx.caller, &project, "artifactregistry.locations.list")?;
+        let all: Vec<Value> = crate::hosts::REGIONS
+            .iter()
+            .chain(MULTI_REGIONS)
+            .map(|l| json!({"name": format!("projects/{project}/locations/{l}"), "locationId": l}))
+            .collect();
+        let (page, next) = crate::google::paginate(&all, ctx, 1000)?;
+        let mut out = json!({"locations": page});
+        if let Some(n) = next {
+            out["nextPageToken"] = json!(n);
+        }
+        return Ok(out);
     }
     if method == "operations.get" {
         return operations::get(&ctx.state, &format!("{parent}/operations/{}", p(2)));
