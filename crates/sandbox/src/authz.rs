@@ -203,6 +203,65 @@ const ROLES: &[(&str, &[&str])] = &[
         "roles/secretmanager.viewer",
         &["secretmanager.*.get", "secretmanager.*.list"],
     ),
+    // Artifact Registry's and Cloud Build's predefined roles, with the permissions of theirs
+    // that the sandbox checks (cloud.google.com/artifact-registry/docs/access-control#roles,
+    // cloud.google.com/build/docs/iam-roles-permissions).
+    (
+        "roles/artifactregistry.reader",
+        &[
+            "artifactregistry.repositories.get",
+            "artifactregistry.repositories.list",
+            "artifactregistry.repositories.downloadArtifacts",
+            "artifactregistry.dockerimages.get",
+            "artifactregistry.dockerimages.list",
+            "artifactregistry.locations.get",
+            "artifactregistry.locations.list",
+        ],
+    ),
+    (
+        "roles/artifactregistry.writer",
+        &[
+            "artifactregistry.repositories.get",
+            "artifactregistry.repositories.list",
+            "artifactregistry.repositories.downloadArtifacts",
+            "artifactregistry.repositories.uploadArtifacts",
+            "artifactregistry.dockerimages.get",
+            "artifactregistry.dockerimages.list",
+            "artifactregistry.locations.get",
+            "artifactregistry.locations.list",
+        ],
+    ),
+    (
+        "roles/artifactregistry.repoAdmin",
+        &[
+            "artifactregistry.repositories.get",
+            "artifactregistry.repositories.list",
+            "artifactregistry.repositories.downloadArtifacts",
+            "artifactregistry.repositories.uploadArtifacts",
+            "artifactregistry.repositories.deleteArtifacts",
+            "artifactregistry.dockerimages.*",
+            "artifactregistry.locations.*",
+        ],
+    ),
+    ("roles/artifactregistry.admin", &["artifactregistry.*"]),
+    (
+        "roles/cloudbuild.builds.editor",
+        &["cloudbuild.builds.*", "resourcemanager.projects.get"],
+    ),
+    (
+        "roles/cloudbuild.builds.viewer",
+        &["cloudbuild.builds.get", "cloudbuild.builds.list"],
+    ),
+    (
+        "roles/cloudbuild.builds.builder",
+        &[
+            "cloudbuild.builds.*",
+            "artifactregistry.repositories.downloadArtifacts",
+            "artifactregistry.repositories.uploadArtifacts",
+            "artifactregistry.dockerimages.get",
+            "artifactregistry.dockerimages.list",
+        ],
+    ),
 ];
 
 /// Real roles that grant nothing the sandbox checks; accepted in bindings so plans that grant
@@ -211,14 +270,9 @@ const OTHER_ROLES: &[&str] = &[
     "roles/logging.logWriter",
     "roles/logging.viewer",
     "roles/monitoring.metricWriter",
-    "roles/artifactregistry.reader",
-    "roles/artifactregistry.writer",
-    "roles/artifactregistry.admin",
     "roles/storage.admin",
     "roles/storage.objectViewer",
     "roles/storage.objectAdmin",
-    "roles/cloudbuild.builds.editor",
-    "roles/cloudbuild.builds.builder",
     "roles/iam.workloadIdentityUser",
     "roles/cloudsql.client",
     "roles/pubsub.publisher",
@@ -361,6 +415,8 @@ fn service_of_permission(permission: &str) -> &'static str {
         "serviceusage" => "serviceusage.googleapis.com",
         "secretmanager" => "secretmanager.googleapis.com",
         "run" => "run.googleapis.com",
+        "artifactregistry" => "artifactregistry.googleapis.com",
+        "cloudbuild" => "cloudbuild.googleapis.com",
         _ => "googleapis.com",
     }
 }

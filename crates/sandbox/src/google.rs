@@ -132,6 +132,11 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
         "cloudresourcemanager" => crm::handle(&ctx, &call),
         "serviceusage" => serviceusage::handle(&ctx, &call),
         "secretmanager" => secrets::handle(&ctx, &call),
+        "artifactregistry" => crate::artifacts::handle(&ctx, &call),
+        "cloudbuild" => crate::builds::handle_cloudbuild(&ctx, &call),
+        "run" if call.id == "run.projects.locations.builds.submit" => {
+            crate::builds::submit(&ctx, &call)
+        }
         _ => Err(ApiError::not_found(format!(
             "Method {} is not served by this sandbox.",
             call.id

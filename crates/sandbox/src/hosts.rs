@@ -158,6 +158,8 @@ pub const GCLOUD_OVERRIDES: &[&str] = &[
     "serviceusage",
     "run",
     "secretmanager",
+    "artifactregistry",
+    "cloudbuild",
 ];
 
 impl GcloudConfig {

@@ -9,8 +9,10 @@
 //! enabled; `run` and `secretmanager` are not until enabled through Service Usage (change with
 //! [`Config::enabled_apis`]).
 
+pub mod artifacts;
 pub mod auth;
 pub mod authz;
+pub mod builds;
 pub mod cli;
 pub mod control;
 pub mod crm;

@@ -513,6 +513,93 @@ const METHODS: &[(&str, &str, &str)] = &[
         "apis/serving.knative.dev/v1/namespaces/{namespacesId}/revisions",
         "run.namespaces.revisions.list",
     ),
+    // Remote builds (`gcloud run deploy --source`'s path): Cloud Run v2's source upload and
+    // builds:submit (run.v2.json), Cloud Build v1's operations and builds (cloudbuild.v1.json),
+    // Artifact Registry v1 (artifactregistry.v1.json). Cloud Build's and Artifact Registry's
+    // `v1/projects/{p}/locations/{l}/operations/{o}` are one path: it is listed once and
+    // `builds::handle_cloudbuild` tells the two apart by the stored operation.
+    (
+        "POST",
+        "upload/v2/projects/{projectsId}/locations/{locationsId}:uploadSource",
+        "run.projects.locations.sourceUploads.upload",
+    ),
+    (
+        "POST",
+        "v2/projects/{projectsId}/locations/{locationsId}/builds:submit",
+        "run.projects.locations.builds.submit",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/operations/{operationsId}",
+        "cloudbuild.projects.locations.operations.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/builds/{buildsId}",
+        "cloudbuild.projects.locations.builds.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectId}/builds/{id}",
+        "cloudbuild.projects.builds.get",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}",
+        "artifactregistry.projects.locations.get",
+    ),
+    // `gcloud artifacts repositories list` without a location lists locations through
+    // v1beta2 (its artifacts API's locations client); v1's path is Cloud Run's list above.
+    (
+        "GET",
+        "v1beta2/projects/{projectsId}/locations",
+        "artifactregistry.projects.locations.list",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories",
+        "artifactregistry.projects.locations.repositories.create",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories",
+        "artifactregistry.projects.locations.repositories.list",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}",
+        "artifactregistry.projects.locations.repositories.get",
+    ),
+    (
+        "DELETE",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}",
+        "artifactregistry.projects.locations.repositories.delete",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:getIamPolicy",
+        "artifactregistry.projects.locations.repositories.getIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:setIamPolicy",
+        "artifactregistry.projects.locations.repositories.setIamPolicy",
+    ),
+    (
+        "POST",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}:testIamPermissions",
+        "artifactregistry.projects.locations.repositories.testIamPermissions",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}/dockerImages",
+        "artifactregistry.projects.locations.repositories.dockerImages.list",
+    ),
+    (
+        "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/repositories/{repositoriesId}/dockerImages/{dockerImagesId}",
+        "artifactregistry.projects.locations.repositories.dockerImages.get",
+    ),
 ];
 
 /// One recognised call.
@@ -559,6 +646,8 @@ pub fn service_of(id: &str) -> &'static str {
         "serviceusage" => "serviceusage.googleapis.com",
         "secretmanager" => "secretmanager.googleapis.com",
         "run" => "run.googleapis.com",
+        "cloudbuild" => "cloudbuild.googleapis.com",
+        "artifactregistry" => "artifactregistry.googleapis.com",
         _ => "unknown.googleapis.com",
     }
 }
@@ -593,7 +682,12 @@ fn match_pattern(pattern: &str, segments: &[&str]) -> Option<Vec<String>> {
     let mut params = Vec::new();
     for (part, segment) in parts.iter().zip(segments) {
         let (part_base, part_verb) = split_verb(part);
-        let (seg_base, seg_verb) = split_verb(segment);
+        // A docker image id `name@sha256:<hex>` carries a `:` that is not a custom verb.
+        let (seg_base, seg_verb) = if is_digest_ref(segment) {
+            (*segment, None)
+        } else {
+            split_verb(segment)
+        };
         if part_verb != seg_verb {
             return None;
         }
@@ -611,6 +705,12 @@ fn match_pattern(pattern: &str, segments: &[&str]) -> Option<Vec<String>> {
         }
     }
     Some(params)
+}
+
+/// Whether a path segment is `image@sha256:...` (Artifact Registry's dockerImages ids).
+fn is_digest_ref(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    lower.contains("@sha256:") || lower.contains("%40sha256%3a") || lower.contains("@sha256%3a")
 }
 
 /// Splits `name:verb` into its parts. A `:` only counts as a verb separator in the pattern when
@@ -706,6 +806,31 @@ mod tests {
         let call = identify("GET", "/v1/projects/p/locations").expect("recognised");
         assert_eq!(call.id, "run.projects.locations.list");
         assert_eq!(call.service(), "run.googleapis.com");
+    }
+
+    #[test]
+    fn docker_image_ids_keep_their_digest() {
+        let path = format!(
+            "/v1/projects/p/locations/us-central1/repositories/r/dockerImages/flows@sha256:{}",
+            "a".repeat(64)
+        );
+        let call = identify("GET", &path).expect("recognised");
+        assert_eq!(
+            call.id,
+            "artifactregistry.projects.locations.repositories.dockerImages.get"
+        );
+        assert!(call.params[3].starts_with("flows@sha256:"));
+        let call = identify(
+            "GET",
+            "/v1/projects/p/locations/us-central1/repositories/r:getIamPolicy",
+        )
+        .expect("recognised");
+        assert_eq!(
+            call.id,
+            "artifactregistry.projects.locations.repositories.getIamPolicy"
+        );
+        let call = identify("GET", "/v1/projects/p/locations/l/operations/o").expect("op");
+        assert_eq!(call.id, "cloudbuild.projects.locations.operations.get");
     }
 
     #[test]

@@ -48,6 +48,8 @@ const GLOBAL_HOSTS: &[&str] = &[
     "secretmanager.googleapis.com",
     "sts.googleapis.com",
     "logging.googleapis.com",
+    "cloudbuild.googleapis.com",
+    "artifactregistry.googleapis.com",
 ];
 
 /// Why a namespace could not be made.

@@ -168,6 +168,12 @@ pub struct Data {
     /// Users, refresh tokens, identity pool providers, the metadata server's account.
     #[serde(default)]
     pub creds: crate::users::CredStore,
+    /// Artifact Registry repositories and docker images.
+    #[serde(default)]
+    pub artifacts: crate::artifacts::Store,
+    /// Uploaded sources and builds.
+    #[serde(default)]
+    pub builds: crate::builds::Store,
 }
 
 impl Data {

@@ -105,11 +105,13 @@ pub struct ImageMapFile {
     pub images: Vec<ImageRule>,
 }
 
-/// An ordered image table; the first matching rule decides.
+/// An ordered image table; the first matching rule decides. Images the sandbox built itself
+/// (Artifact Registry URIs, see [`BuiltImages`]) are looked up before the table.
 #[derive(Debug, Clone)]
 pub struct ImageMap {
     rules: Vec<(ImageRule, PathBuf)>,
     vars: Placeholders,
+    built: BuiltImages,
 }
 
 /// Why an image could not be turned into a local command. The messages follow Cloud Run's.
@@ -186,6 +188,28 @@ impl ImageMap {
                 .map(|r| (r, dir.clone()))
                 .collect(),
             vars,
+            built: BuiltImages::default(),
+        }
+    }
+
+    /// The placeholders' values (the builder installs into environments over `venv`).
+    pub fn placeholders(&self) -> &Placeholders {
+        &self.vars
+    }
+
+    /// The registry of built images (shared by every clone of this map).
+    pub fn built(&self) -> &BuiltImages {
+        &self.built
+    }
+
+    /// Whether `image` names something that can run: a built image whose base the table
+    /// knows, or an image the table knows. An Artifact Registry URI in a repository of the
+    /// sandbox that was never built is unknown (Google's "Image ... not found").
+    pub fn knows(&self, image: &str) -> bool {
+        match self.built.lookup(image) {
+            Some(Ok(built)) => self.rule_for(&built.base).is_some(),
+            Some(Err(_)) => false,
+            None => self.rule_for(image).is_some(),
         }
     }
 
@@ -227,6 +251,18 @@ impl ImageMap {
             .find(|r| r.patterns.iter().any(|p| glob(p, image) || glob(p, bare)))
     }
 
+    /// The deciding rule for `image` and the directory its `${dir}` means.
+    fn rule_and_dir(&self, image: &str) -> Option<(&ImageRule, PathBuf)> {
+        let rule = self.rule_for(image)?;
+        let dir = self
+            .rules
+            .iter()
+            .find(|(r, _)| std::ptr::eq(r, rule))
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| self.vars.cwd.clone());
+        Some((rule, dir))
+    }
+
     /// Turns a container (image, command, args) into a local command.
     pub fn resolve(
         &self,
@@ -234,6 +270,9 @@ impl ImageMap {
         command: &[String],
         args: &[String],
     ) -> Result<LocalCommand, ResolveError> {
+        if let Some(found) = self.built.lookup(image) {
+            return self.resolve_built(image, &found?, command, args);
+        }
         let (rule, dir) = {
             let rule = self
                 .rule_for(image)
@@ -249,23 +288,107 @@ impl ImageMap {
             (rule, dir)
         };
         let expand = |s: &str| self.vars.expand(s, &dir);
+        let entrypoint: Vec<String> = rule.entrypoint.iter().map(|s| expand(s)).collect();
+        let cmd: Vec<String> = rule.cmd.iter().map(|s| expand(s)).collect();
+        self.finish(image, rule, &dir, &entrypoint, &cmd, command, args)
+    }
+
+    /// A built image runs as its base image's programs, with its own environment's `bin`
+    /// first on `PATH`, its working directory, ENV, ENTRYPOINT and CMD.
+    fn resolve_built(
+        &self,
+        image: &str,
+        built: &BuiltImage,
+        command: &[String],
+        args: &[String],
+    ) -> Result<LocalCommand, ResolveError> {
+        let (rule, dir) =
+            self.rule_and_dir(&built.base)
+                .ok_or_else(|| ResolveError::ImageNotFound {
+                    image: image.to_string(),
+                })?;
+        let expand = |s: &str| self.vars.expand(s, &dir);
+        // Docker: an ENTRYPOINT set in the Dockerfile resets the base image's CMD.
+        let (entrypoint, cmd) = match (&built.entrypoint, &built.cmd) {
+            (Some(e), c) => (e.clone(), c.clone().unwrap_or_default()),
+            (None, Some(c)) => (
+                rule.entrypoint.iter().map(|s| expand(s)).collect(),
+                c.clone(),
+            ),
+            (None, None) => (
+                rule.entrypoint.iter().map(|s| expand(s)).collect(),
+                rule.cmd.iter().map(|s| expand(s)).collect(),
+            ),
+        };
+        let mut local = self.finish_with(
+            image,
+            rule,
+            &dir,
+            &entrypoint,
+            &cmd,
+            command,
+            args,
+            built.bin.as_deref(),
+        )?;
+        local.workdir = built.workdir.clone();
+        local.image_env.extend(built.env.clone());
+        if let Some(bin) = &built.bin
+            && let Some(venv) = bin.parent()
+        {
+            local
+                .image_env
+                .insert("VIRTUAL_ENV".into(), venv.display().to_string());
+        }
+        Ok(local)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        image: &str,
+        rule: &ImageRule,
+        dir: &Path,
+        entrypoint: &[String],
+        cmd: &[String],
+        command: &[String],
+        args: &[String],
+    ) -> Result<LocalCommand, ResolveError> {
+        self.finish_with(image, rule, dir, entrypoint, cmd, command, args, None)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish_with(
+        &self,
+        image: &str,
+        rule: &ImageRule,
+        dir: &Path,
+        entrypoint: &[String],
+        cmd: &[String],
+        command: &[String],
+        args: &[String],
+        first_bin: Option<&Path>,
+    ) -> Result<LocalCommand, ResolveError> {
+        let expand = |s: &str| self.vars.expand(s, dir);
         // Docker semantics: `command` replaces ENTRYPOINT and resets CMD; `args` replace CMD.
         let mut argv: Vec<String> = if command.is_empty() {
-            rule.entrypoint.iter().map(|s| expand(s)).collect()
+            entrypoint.to_vec()
         } else {
             command.to_vec()
         };
         if !args.is_empty() {
             argv.extend(args.iter().cloned());
         } else if command.is_empty() {
-            argv.extend(rule.cmd.iter().map(|s| expand(s)));
+            argv.extend(cmd.iter().cloned());
         }
         let Some((first, rest)) = argv.split_first() else {
             return Err(ResolveError::NoCommand {
                 image: image.to_string(),
             });
         };
-        let path: Vec<PathBuf> = rule.path.iter().map(|p| PathBuf::from(expand(p))).collect();
+        let mut path: Vec<PathBuf> = rule.path.iter().map(|p| PathBuf::from(expand(p))).collect();
+        if let Some(bin) = first_bin {
+            path.insert(0, bin.to_path_buf());
+        }
         let program = find_program(rule, first, &path, &expand).ok_or_else(|| {
             ResolveError::ProgramNotFound {
                 program: first.clone(),
@@ -287,6 +410,121 @@ impl ImageMap {
                 .map(|(k, v)| (k.clone(), expand(v)))
                 .collect(),
         })
+    }
+}
+
+/// What a sandbox build made of a Dockerfile: the base image it runs as and what the
+/// Dockerfile added on top (host paths: the context copied under the image's root, the
+/// per-requirements environment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// The `FROM` image, resolved through the table at run time.
+    pub base: String,
+    /// The host directory standing for the final `WORKDIR`.
+    pub workdir: PathBuf,
+    /// `ENV` of the Dockerfile.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `ENTRYPOINT` of the Dockerfile, when set.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `CMD` of the Dockerfile, when set.
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// The `bin` of the environment `RUN pip install` filled, first on `PATH`.
+    #[serde(default)]
+    pub bin: Option<PathBuf>,
+}
+
+/// Images the sandbox's builder pushed to its Artifact Registry, by reference. Shared by
+/// every clone (the executor's copy sees what the builder adds).
+#[derive(Debug, Clone, Default)]
+pub struct BuiltImages {
+    inner: std::sync::Arc<std::sync::Mutex<BuiltInner>>,
+}
+
+#[derive(Debug, Default)]
+struct BuiltInner {
+    /// `{location}-docker.pkg.dev/{project}/{repository}` of every repository that exists.
+    repositories: std::collections::BTreeSet<String>,
+    /// `host/project/repo/image@sha256:...` → image.
+    by_digest: BTreeMap<String, BuiltImage>,
+    /// `host/project/repo/image:tag` → `...@sha256:...`.
+    tags: BTreeMap<String, String>,
+}
+
+/// The repository part (`host/project/repo`) and the rest of an Artifact Registry docker
+/// reference, or `None` for other registries.
+fn split_registry_ref(image: &str) -> Option<(&str, &str)> {
+    let (host, rest) = image.split_once('/')?;
+    if !host.ends_with("-docker.pkg.dev") {
+        return None;
+    }
+    let mut parts = rest.splitn(3, '/');
+    let (project, repo, _image) = (parts.next()?, parts.next()?, parts.next()?);
+    let cut = host.len() + 1 + project.len() + 1 + repo.len();
+    Some((&image[..cut], &image[cut + 1..]))
+}
+
+impl BuiltImages {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BuiltInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a repository exists (`host/project/repo`) or not.
+    pub fn set_repository(&self, repository: &str, exists: bool) {
+        let mut inner = self.lock();
+        if exists {
+            inner.repositories.insert(repository.to_owned());
+        } else {
+            inner.repositories.remove(repository);
+            let prefix = format!("{repository}/");
+            inner.by_digest.retain(|k, _| !k.starts_with(&prefix));
+            inner.tags.retain(|k, _| !k.starts_with(&prefix));
+        }
+    }
+
+    /// Records a pushed image under `name@sha256:...` and its tags (`name:tag`).
+    pub fn push(&self, by_digest: &str, tags: &[String], image: BuiltImage) {
+        let mut inner = self.lock();
+        inner.by_digest.insert(by_digest.to_owned(), image);
+        for tag in tags {
+            inner.tags.insert(tag.clone(), by_digest.to_owned());
+        }
+    }
+
+    /// `None` when `image` is not in a repository of the sandbox's Artifact Registry (the
+    /// image table decides); else the built image or "not found".
+    pub fn lookup(&self, image: &str) -> Option<Result<BuiltImage, ResolveError>> {
+        let (repository, rest) = split_registry_ref(image)?;
+        let inner = self.lock();
+        if !inner.repositories.contains(repository) {
+            return None;
+        }
+        let not_found = || ResolveError::ImageNotFound {
+            image: image.to_string(),
+        };
+        let key = if let Some((name, digest)) = image.split_once('@') {
+            // `image:tag@sha256:...`: the digest decides.
+            let (head, last) = name.rsplit_once('/').unwrap_or(("", name));
+            let last = last.split(':').next().unwrap_or(last);
+            format!("{head}/{last}@{digest}")
+        } else if rest
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
+            match inner.tags.get(image) {
+                Some(d) => d.clone(),
+                None => return Some(Err(not_found())),
+            }
+        } else {
+            match inner.tags.get(&format!("{image}:latest")) {
+                Some(d) => d.clone(),
+                None => return Some(Err(not_found())),
+            }
+        };
+        Some(inner.by_digest.get(&key).cloned().ok_or_else(not_found))
     }
 }
 

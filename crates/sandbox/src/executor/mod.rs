@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use images::{
-    ImageMap, ImageMapFile, ImageRule, LoadError, LocalCommand, Patterns, Placeholders,
-    ResolveError,
+    BuiltImage, BuiltImages, ImageMap, ImageMapFile, ImageRule, LoadError, LocalCommand, Patterns,
+    Placeholders, ResolveError,
 };
 pub use logs::{DEFAULT_LOG_LIMIT, LogBuffer, LogLine, Stream};
 pub use network::{
@@ -133,6 +133,11 @@ impl Executor {
         args: &[String],
     ) -> Result<LocalCommand, ResolveError> {
         self.config.images.resolve(image, command, args)
+    }
+
+    /// Whether an image can run at all (the create-time `CONTAINER_MISSING` check).
+    pub fn knows(&self, image: &str) -> bool {
+        self.config.images.knows(image)
     }
 
     /// Runs one task attempt to its end: exit, `timeout`, or `cancel`.

@@ -272,14 +272,7 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
         .map(str::to_owned)
         .unwrap_or_else(|| views::default_service_account(&project_number(state, &project)));
     let image = container["image"].as_str().unwrap_or_default().to_owned();
-    if state
-        .run
-        .executor()
-        .config()
-        .images
-        .rule_for(&image)
-        .is_none()
-    {
+    if !state.run.executor().knows(&image) {
         return Err(fail(
             "CONTAINER_MISSING",
             format!("Image '{image}' not found."),

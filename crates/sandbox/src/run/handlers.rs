@@ -70,6 +70,10 @@ impl Req {
 
 /// Entry point for every `/v2/...` and `/apis/run.googleapis.com/...` request.
 pub(crate) async fn dispatch(State(state): State<AppState>, request: Request) -> Response {
+    // Cloud Build, Artifact Registry and builds:submit share these path prefixes.
+    if crate::builds::claims(request.method().as_str(), request.uri().path()) {
+        return crate::google::dispatch(State(state), request).await;
+    }
     match handle(state, request).await {
         Ok(value) => axum::Json(value).into_response(),
         Err(err) => err.into_response(),
@@ -534,14 +538,7 @@ pub(crate) fn job_settled(state: &AppState, body: &Value) -> Settled {
         .flatten()
     {
         let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
-        if state
-            .run
-            .executor()
-            .config()
-            .images
-            .rule_for(image)
-            .is_none()
-        {
+        if !state.run.executor().knows(image) {
             return Settled::Failed {
                 reason: "CONTAINER_MISSING".into(),
                 message: format!("Image '{image}' not found."),

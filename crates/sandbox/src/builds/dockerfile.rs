@@ -1,0 +1,311 @@
+//! The part of the Dockerfile language the sandbox's builder follows: logical lines (comments,
+//! `\` continuations), instructions with their line numbers, `ARG` defaults and `$VAR` /
+//! `${VAR}` substitution, JSON exec form, and `RUN pip install ...` recognised as a pip step.
+//! Everything else a real `docker build` would run is refused with its line, never skipped.
+
+use std::collections::BTreeMap;
+
+/// One instruction with the line it starts on (1-based) and its text as written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instruction {
+    /// Line number where it starts.
+    pub line: usize,
+    /// Upper-case keyword.
+    pub keyword: String,
+    /// The arguments, continuations joined.
+    pub args: String,
+    /// The instruction as written (for messages), continuations joined.
+    pub text: String,
+}
+
+/// Splits a Dockerfile into instructions. Parser directives (`# syntax=...`) are comments here.
+pub fn parse(text: &str) -> Result<Vec<Instruction>, String> {
+    let mut out = Vec::new();
+    let mut pending: Option<(usize, String)> = None;
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let trimmed = raw.trim();
+        if pending.is_none() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        if pending.is_some() && trimmed.starts_with('#') {
+            // Comment lines inside a continuation are dropped (Docker does the same).
+            continue;
+        }
+        let (continued, body) = match trimmed.strip_suffix('\\') {
+            Some(b) => (true, b.trim_end()),
+            None => (false, trimmed),
+        };
+        let entry = pending.get_or_insert_with(|| (line_no, String::new()));
+        if !entry.1.is_empty() {
+            entry.1.push(' ');
+        }
+        entry.1.push_str(body);
+        if !continued && let Some((line, text)) = pending.take() {
+            out.push(instruction(line, text)?);
+        }
+    }
+    if let Some((line, text)) = pending.take() {
+        out.push(instruction(line, text)?);
+    }
+    Ok(out)
+}
+
+fn instruction(line: usize, text: String) -> Result<Instruction, String> {
+    let (keyword, args) = match text.split_once(char::is_whitespace) {
+        Some((k, a)) => (k, a.trim()),
+        None => (text.as_str(), ""),
+    };
+    if keyword.is_empty() || !keyword.chars().all(|c| c.is_ascii_alphabetic()) {
+        return Err(format!(
+            "Dockerfile parse error line {line}: unknown instruction: {keyword}"
+        ));
+    }
+    Ok(Instruction {
+        line,
+        keyword: keyword.to_ascii_uppercase(),
+        args: args.to_owned(),
+        text: text.clone(),
+    })
+}
+
+/// Substitutes `$NAME` and `${NAME}` (and `${NAME:-default}`) from `vars`; unknown names
+/// become empty, as in Docker.
+pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && chars.get(i + 1) == Some(&'$') {
+            out.push('$');
+            i += 2;
+            continue;
+        }
+        if c != '$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        if chars.get(i + 1) == Some(&'{') {
+            if let Some(end) = chars[i + 2..].iter().position(|&c| c == '}') {
+                let inner: String = chars[i + 2..i + 2 + end].iter().collect();
+                let (name, default) = match inner.split_once(":-") {
+                    Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                    None => (inner.clone(), None),
+                };
+                match vars.get(&name).filter(|v| !v.is_empty()) {
+                    Some(v) => out.push_str(v),
+                    None => out.push_str(&default.unwrap_or_default()),
+                }
+                i += end + 3;
+                continue;
+            }
+        }
+        let name: String = chars[i + 1..]
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || **c == '_')
+            .collect();
+        if name.is_empty() {
+            out.push('$');
+            i += 1;
+        } else {
+            out.push_str(vars.get(&name).map(String::as_str).unwrap_or_default());
+            i += 1 + name.chars().count();
+        }
+    }
+    out
+}
+
+/// `["a", "b"]` → `Some(vec)`; anything else (shell form) → `None`.
+pub fn exec_form(args: &str) -> Option<Vec<String>> {
+    let t = args.trim();
+    if !t.starts_with('[') {
+        return None;
+    }
+    serde_json::from_str::<Vec<String>>(t).ok()
+}
+
+/// Shell-form words: whitespace-separated with simple single and double quotes. `None` when
+/// the text uses shell syntax beyond words (operators, substitutions, redirections).
+pub fn shell_words(text: &str) -> Option<Vec<String>> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut in_word = false;
+    let mut quote: Option<char> = None;
+    for c in text.chars() {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => cur.push(c),
+            None => match c {
+                '\'' | '"' => {
+                    quote = Some(c);
+                    in_word = true;
+                }
+                c if c.is_whitespace() => {
+                    if in_word {
+                        words.push(std::mem::take(&mut cur));
+                        in_word = false;
+                    }
+                }
+                '&' | '|' | ';' | '<' | '>' | '`' | '$' | '(' | ')' | '*' | '?' | '\\' => {
+                    return None;
+                }
+                c => {
+                    cur.push(c);
+                    in_word = true;
+                }
+            },
+        }
+    }
+    if quote.is_some() {
+        return None;
+    }
+    if in_word {
+        words.push(cur);
+    }
+    Some(words)
+}
+
+/// One `pip install` a `RUN` asks for: its arguments after `install`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipInstall {
+    /// Requirement files (`-r FILE`), as written.
+    pub requirement_files: Vec<String>,
+    /// Other arguments: requirement specifiers and the harmless options kept.
+    pub args: Vec<String>,
+}
+
+/// Options of `pip install` that change nothing the sandbox models (caches, verbosity, the
+/// version check, compile and user-site switches); kept off the real pip command line.
+const IGNORED_PIP_FLAGS: &[&str] = &[
+    "--no-cache-dir",
+    "--no-cache",
+    "-q",
+    "--quiet",
+    "-qq",
+    "-v",
+    "--verbose",
+    "--disable-pip-version-check",
+    "--no-compile",
+    "--compile",
+    "--no-warn-script-location",
+    "--root-user-action=ignore",
+    "--progress-bar=off",
+    "--break-system-packages",
+];
+
+/// Options passed on to pip as they are.
+const KEPT_PIP_FLAGS: &[&str] = &["-U", "--upgrade", "--pre", "--no-deps"];
+
+/// Recognises `RUN [python[3] -m] pip[3] install ...` in shell or exec form. `Err` explains
+/// why a RUN that looks like pip is not one the builder can follow; `Ok(None)` is not pip.
+pub fn pip_install(args: &str) -> Result<Option<PipInstall>, String> {
+    let words = match exec_form(args) {
+        Some(w) => w,
+        None => match shell_words(args) {
+            Some(w) => w,
+            None => return Ok(None),
+        },
+    };
+    let mut rest: &[String] = &words;
+    let program = |w: &str| {
+        std::path::Path::new(w)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    };
+    if let Some((first, tail)) = rest.split_first()
+        && matches!(program(first).as_str(), "python" | "python3")
+    {
+        match tail {
+            [m, module, more @ ..] if m == "-m" && module == "pip" => rest = more,
+            _ => return Ok(None),
+        }
+    } else if let Some((first, tail)) = rest.split_first()
+        && matches!(program(first).as_str(), "pip" | "pip3")
+    {
+        rest = tail;
+    } else {
+        return Ok(None);
+    }
+    let Some((sub, tail)) = rest.split_first() else {
+        return Ok(None);
+    };
+    if sub != "install" {
+        return Err(format!("pip {sub} is not an install"));
+    }
+    let mut out = PipInstall {
+        requirement_files: Vec::new(),
+        args: Vec::new(),
+    };
+    let mut it = tail.iter();
+    while let Some(arg) = it.next() {
+        if arg == "-r" || arg == "--requirement" {
+            let file = it.next().ok_or_else(|| format!("{arg} needs a file"))?;
+            out.requirement_files.push(file.clone());
+        } else if let Some(file) = arg.strip_prefix("--requirement=") {
+            out.requirement_files.push(file.to_owned());
+        } else if IGNORED_PIP_FLAGS.contains(&arg.as_str()) {
+        } else if KEPT_PIP_FLAGS.contains(&arg.as_str()) {
+            out.args.push(arg.clone());
+        } else if arg.starts_with('-') {
+            return Err(format!(
+                "pip install option {arg} is not followed by the sandbox"
+            ));
+        } else {
+            out.args.push(arg.clone());
+        }
+    }
+    if out.requirement_files.is_empty() && !out.args.iter().any(|a| !a.starts_with('-')) {
+        return Err("pip install names no requirement".into());
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instructions_keep_their_first_line() {
+        let text = "# syntax=docker/dockerfile:1\nFROM prefecthq/prefect:3-python3.11\n\nRUN pip install \\\n    art==6.5 \\\n    six\ncmd [\"python\", \"flow.py\"]\n";
+        let ins = parse(text).expect("parses");
+        assert_eq!(ins.len(), 3);
+        assert_eq!((ins[1].line, ins[1].keyword.as_str()), (4, "RUN"));
+        assert_eq!(ins[1].args, "pip install art==6.5 six");
+        assert_eq!(ins[2].keyword, "CMD");
+        assert!(parse("FROM x\n1BAD y\n").is_err());
+    }
+
+    #[test]
+    fn substitution() {
+        let vars = BTreeMap::from([("PY".to_owned(), "3.11".to_owned())]);
+        assert_eq!(substitute("python${PY}-$PY", &vars), "python3.11-3.11");
+        assert_eq!(substitute("${NOPE:-x}/$NOPE", &vars), "x/");
+    }
+
+    #[test]
+    fn pip_runs() {
+        let p = pip_install("pip install --no-cache-dir -r requirements.txt")
+            .expect("ok")
+            .expect("pip");
+        assert_eq!(p.requirement_files, vec!["requirements.txt"]);
+        assert!(p.args.is_empty());
+        let p = pip_install("python -m pip install -U 'art==6.5'")
+            .expect("ok")
+            .expect("pip");
+        assert_eq!(p.args, vec!["-U", "art==6.5"]);
+        let p = pip_install(r#"["pip", "install", "six"]"#)
+            .expect("ok")
+            .expect("pip");
+        assert_eq!(p.args, vec!["six"]);
+        assert_eq!(pip_install("apt-get install -y curl").expect("ok"), None);
+        assert_eq!(
+            pip_install("pip install six && rm -rf /tmp").expect("ok"),
+            None
+        );
+        assert!(pip_install("pip uninstall six").is_err());
+        assert!(pip_install("pip install --index-url http://x six").is_err());
+    }
+}
