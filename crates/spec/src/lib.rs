@@ -9,7 +9,9 @@
 //! (`parameters`, `job_variables`, `pull_steps`, `schedules`, `base_job_template`) are not
 //! rendered: Prefect has its own `{{ }}` templating there.
 
+pub mod build;
 pub mod checks;
+pub mod context;
 pub mod diag;
 pub mod ids;
 mod load;

@@ -138,6 +138,8 @@ pub struct Deployment {
     /// `path/to/file.py:function`.
     pub entrypoint: String,
     pub image: Option<ImageRef>,
+    /// The image is built from a folder (`build:`); then `image` is `None`.
+    pub build: Option<crate::build::Build>,
     pub parameters: Map<String, Value>,
     pub work_queue: PrefectName,
     pub tags: Vec<String>,

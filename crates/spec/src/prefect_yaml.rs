@@ -192,6 +192,7 @@ fn deployment(
     let schedules = list_of(r, f.get("schedules"), &f.child("schedules"));
     let pull_steps = list_of(r, f.get("pull").or(shared_pull), &f.child("pull"));
     Some(Deployment {
+        build: None,
         name: name?,
         flow: flow?,
         entrypoint: entrypoint?,

@@ -66,6 +66,7 @@ pub const DEPLOYMENT_KEYS: &[&str] = &[
     "job_variables",
     "pull_steps",
     "schedules",
+    "build",
 ];
 
 /// The roles the guide grants when a plan names none.
@@ -576,6 +577,18 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment>
         "{prefect.deployments.steps.set_working_directory: {directory: /opt/prefect}}",
     );
     let schedules = r.opt_json_maps(&f, "schedules", "{cron: \"0 * * * *\"}");
+    let build = build_of(r, &f, name.as_ref().map(|n| n.as_str()));
+    if let (Some(b), Some(i)) = (f.get("build"), f.get("image")) {
+        r.error(
+            b.pos,
+            format!("`{path}` has both `image` and `build`"),
+            Some(format!(
+                "keep one: `build` makes the image (remove `image` on line {}), `image` names one built elsewhere",
+                i.pos.line
+            )),
+        );
+        return None;
+    }
     if let Some(list) = &schedules {
         for (i, s) in list.iter().enumerate() {
             let known = ["cron", "interval", "rrule"];
@@ -601,7 +614,10 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment>
     if !description_ok {
         return None;
     }
+    let build = build?;
+    let pull_steps = pull_steps.map(|steps| with_build_pull_step(steps, build.as_ref()));
     Some(Deployment {
+        build,
         name: name?,
         flow: flow?,
         entrypoint: entrypoint?,
@@ -614,6 +630,52 @@ fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment>
         pull_steps: pull_steps?,
         schedules: schedules?,
     })
+}
+
+/// `build:` of a deployment (`Some(None)` when absent), its context relative to the file being
+/// read (the plan, or the prefect.yaml of `deployments_from`).
+pub(crate) fn build_of(
+    r: &mut Reader<'_>,
+    f: &Fields<'_>,
+    deployment: Option<&str>,
+) -> Option<Option<crate::build::Build>> {
+    let Some(n) = f.get("build") else {
+        return Some(None);
+    };
+    let dir = r.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let gcp = gcp_vars(r);
+    let path = f.child("build");
+    crate::build::read(
+        r,
+        n,
+        &path,
+        &dir,
+        deployment,
+        gcp.as_ref().map(|(p, g)| (p, g)),
+    )
+    .map(Some)
+}
+
+/// `gcp.project` and `gcp.region` once the `gcp` section was read.
+pub(crate) fn gcp_vars(r: &Reader<'_>) -> Option<(ProjectId, Region)> {
+    let g = r.vars.get("gcp")?;
+    let project = ProjectId::parse(g.get("project")?.as_str()?).ok()?;
+    let region = Region::parse(g.get("region")?.as_str()?).ok()?;
+    Some((project, region))
+}
+
+/// With `build:` and no pull steps of the plan's, the pull step Prefect's `dockerfile: auto`
+/// deployments get: run from where the image keeps the context.
+pub(crate) fn with_build_pull_step(
+    steps: Vec<serde_json::Value>,
+    build: Option<&crate::build::Build>,
+) -> Vec<serde_json::Value> {
+    match build {
+        Some(b) if steps.is_empty() => vec![serde_json::json!({
+            "prefect.deployments.steps.set_working_directory": { "directory": b.workdir }
+        })],
+        _ => steps,
+    }
 }
 
 /// A Prefect name: required unless `default` is given.

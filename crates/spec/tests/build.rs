@@ -1,0 +1,73 @@
+//! `build:` on a deployment: what a good one resolves to, and how it reaches the digest.
+
+use bootstrap_spec::build::DockerfileSpec;
+use bootstrap_spec::{context, load};
+
+const PLAN: &str = r#"version: 1
+gcp: {project: prefect-project, region: europe-west1}
+service_account: {name: prefect-service-account}
+prefect: {api_url: "http://127.0.0.1:4200/api"}
+work_pool: {name: pool, type: cloud-run-v2}
+deployments:
+  - name: Weather Deploy
+    entrypoint: flows/weather.py:fetch_weather
+    build: {context: weather}
+  - name: custom
+    entrypoint: flows/weather.py:fetch_weather
+    pull_steps: [{prefect.deployments.steps.set_working_directory: {directory: /app}}]
+    build:
+      context: ./weather/
+      dockerfile: docker/Dockerfile
+      repository: flows
+      platform: linux/amd64
+"#;
+
+#[test]
+fn a_build_resolves_image_name_workdir_and_pull_step() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("weather");
+    std::fs::create_dir_all(dir.join("flows")).unwrap();
+    std::fs::create_dir_all(dir.join("docker")).unwrap();
+    std::fs::write(dir.join("flows/weather.py"), "print('x')\n").unwrap();
+    std::fs::write(dir.join("docker/Dockerfile"), "FROM python:3.11\n").unwrap();
+    let plan = t.path().join("bootstrap.yaml");
+    std::fs::write(&plan, PLAN).unwrap();
+    let spec = load(&plan).unwrap_or_else(|d| panic!("{d}"));
+    let auto = spec.deployments[0].build.as_ref().unwrap();
+    assert!(spec.deployments[0].image.is_none());
+    assert_eq!(auto.dockerfile, DockerfileSpec::Auto);
+    assert_eq!(auto.repository, "prefect");
+    assert_eq!(
+        auto.image_name,
+        "europe-west1-docker.pkg.dev/prefect-project/prefect/weather-deploy"
+    );
+    assert_eq!(auto.workdir, "/opt/prefect/weather");
+    assert_eq!(auto.context, std::fs::canonicalize(&dir).unwrap());
+    // Prefect's `dockerfile: auto` deployments run from where the image keeps the code.
+    assert_eq!(
+        spec.deployments[0].pull_steps,
+        [
+            serde_json::json!({"prefect.deployments.steps.set_working_directory":
+                             {"directory": "/opt/prefect/weather"}})
+        ]
+    );
+    let custom = spec.deployments[1].build.as_ref().unwrap();
+    assert_eq!(
+        custom.dockerfile,
+        DockerfileSpec::Path("docker/Dockerfile".into())
+    );
+    assert_eq!(
+        custom.image_name,
+        "europe-west1-docker.pkg.dev/prefect-project/flows/custom"
+    );
+    // The plan's own pull steps are kept.
+    assert_eq!(
+        spec.deployments[1].pull_steps[0]["prefect.deployments.steps.set_working_directory"]["directory"],
+        "/app"
+    );
+    // The same folder with another Dockerfile is another source.
+    let a = context::read(auto).unwrap();
+    let b = context::read(custom).unwrap();
+    assert_ne!(a.digest, b.digest);
+    assert!(a.tag().starts_with("src-") && a.tag().len() == 20);
+}
