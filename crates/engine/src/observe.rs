@@ -18,12 +18,13 @@ use super::planner::prefect::deployment_key;
 /// Reads everything the planner compares, concurrently.
 pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     let project = &spec.gcp.project;
-    let (apis, gcp_sa, bindings, secret, service, prefect) = tokio::try_join!(
+    let (apis, gcp_sa, bindings, secret, service, worker_pool, prefect) = tokio::try_join!(
         apis(ctx, spec),
         service_account(ctx, spec),
         project_bindings(ctx, project),
         secret(ctx, spec),
         service(ctx, spec),
+        super::exec_pool::observe(ctx, spec),
         prefect_side(&ctx.prefect, spec),
     )?;
     let (service_account, keys, sa_bindings) = gcp_sa;
@@ -37,6 +38,7 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
         block,
         secret,
         service,
+        worker_pool,
         work_pool,
         default_template,
         deployments,
