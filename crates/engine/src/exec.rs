@@ -23,11 +23,11 @@ use super::plan::{Deferred, Op, Step};
 use super::planner::template;
 
 /// How long a Cloud Run or Service Usage operation may take before apply gives up on it.
-const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
+pub(crate) const OPERATION_DEADLINE: Duration = Duration::from_secs(600);
 /// How long to keep retrying a freshly granted permission that has not propagated yet:
 /// "typically 2 minutes, but could potentially take 7 minutes or longer"
 /// (cloud.google.com/iam/docs/access-change-propagation).
-const GRANT_PROPAGATION: Duration = Duration::from_secs(420);
+pub(crate) const GRANT_PROPAGATION: Duration = Duration::from_secs(420);
 /// How long a service account created in this run may read as "does not exist" to IAM (the
 /// same documented bound).
 const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(420);
@@ -37,7 +37,7 @@ const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(420);
 const API_PROPAGATION: Duration = Duration::from_secs(300);
 const GCP_CREDENTIALS: &str = "gcp-credentials";
 
-fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
+pub(crate) fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
     f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
 }
 
@@ -291,6 +291,22 @@ async fn run_once(
                 }
             }
         }
+        Op::UpsertWorkerPool {
+            name,
+            body,
+            count_only,
+            wait_online,
+        } => {
+            let granted = outputs.lock().await.granted;
+            let change = super::exec_pool::Change {
+                count_only: *count_only,
+                wait_online: *wait_online,
+                granted,
+            };
+            super::exec_pool::upsert(ctx, spec, name, body, change).await?;
+            Ok(true)
+        }
+        Op::DeleteWorkerPool { name } => super::exec_pool::delete(ctx, spec, name).await,
         Op::UpsertBlock {
             name,
             existing_id,
@@ -586,7 +602,7 @@ async fn upsert_service(
 /// A denial that this apply's own grants of a moment ago will lift: `actAs` on the service
 /// account, or the revision's account not yet able to read the API-key secret (the create
 /// operation then fails with "Permission denied on secret").
-fn not_yet_propagated(e: &GcpError) -> bool {
+pub(crate) fn not_yet_propagated(e: &GcpError) -> bool {
     e.is_act_as_denied()
         || e.message()
             .is_some_and(|m| m.contains("Permission denied on secret"))

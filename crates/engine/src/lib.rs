@@ -2,9 +2,11 @@
 
 pub mod apply;
 pub mod context;
+pub mod cost;
 pub mod diff;
 pub mod doctor;
 mod exec;
+mod exec_pool;
 pub mod observe;
 pub mod observed;
 pub mod plan;

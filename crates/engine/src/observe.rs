@@ -21,12 +21,13 @@ use super::planner::prefect::deployment_key;
 pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     let project = &spec.gcp.project;
     let spec_regions = job_regions(spec, None);
-    let (apis, gcp_sa, bindings, secret, service, prefect, mut worker_jobs) = tokio::try_join!(
+    let (apis, gcp_sa, bindings, secret, service, worker_pool, prefect, mut worker_jobs) = tokio::try_join!(
         apis(ctx, spec),
         service_account(ctx, spec),
         project_bindings(ctx, project),
         secret(ctx, spec),
         service(ctx, spec),
+        super::exec_pool::observe(ctx, spec),
         prefect_side(&ctx.prefect, spec),
         worker_jobs_in(ctx, spec, &spec_regions),
     )?;
@@ -49,6 +50,7 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
         block,
         secret,
         service,
+        worker_pool,
         work_pool,
         default_template,
         deployments,

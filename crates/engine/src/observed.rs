@@ -24,6 +24,8 @@ pub struct Observed {
     pub secret: Option<Secret>,
     /// The worker's Cloud Run service as the API returns it (v2 JSON).
     pub service: Option<Value>,
+    /// The worker's Cloud Run worker pool as the API returns it (v2 JSON).
+    pub worker_pool: Option<Value>,
     pub work_pool: Option<WorkPool>,
     /// The server's default base job template for the plan's pool type.
     pub default_template: Option<Value>,

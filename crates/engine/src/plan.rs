@@ -164,6 +164,19 @@ pub enum Op {
     DeleteService {
         name: String,
     },
+    /// Create or update the worker's Cloud Run worker pool (PATCH with allowMissing=true);
+    /// `count_only` sends `updateMask=scaling.manualInstanceCount` (an in-place resize);
+    /// `wait_online` waits until a new worker of the work pool is ONLINE in Prefect (the move
+    /// from the service, whose delete depends on this step).
+    UpsertWorkerPool {
+        name: String,
+        body: Value,
+        count_only: bool,
+        wait_online: bool,
+    },
+    DeleteWorkerPool {
+        name: String,
+    },
     UpsertBlock {
         name: String,
         existing_id: Option<String>,
@@ -264,6 +277,9 @@ pub struct Plan {
     /// Resources that exist and are the plan's but that the tool did not create (kept by destroy).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<Address>,
+    /// The worker's estimated monthly cost at list prices (apply plans with a worker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<super::cost::CostEstimate>,
 }
 
 impl Plan {

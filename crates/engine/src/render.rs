@@ -127,6 +127,7 @@ pub fn human(plan: &Plan, color: bool) -> String {
             plan.unchanged.len()
         );
         render_adopted(&mut out, plan, &p);
+        render_cost(&mut out, plan, &p);
         return out;
     }
     let what = match plan.mode {
@@ -149,7 +150,14 @@ pub fn human(plan: &Plan, color: bool) -> String {
         plan.count(Action::Delete),
         plan.unchanged.len()
     );
+    render_cost(&mut out, plan, &p);
     out
+}
+
+fn render_cost(out: &mut String, plan: &Plan, p: &Palette) {
+    if let Some(cost) = &plan.cost {
+        let _ = writeln!(out, "{}", p.dim.apply_to(super::cost::human(cost)));
+    }
 }
 
 fn render_adopted(out: &mut String, plan: &Plan, p: &Palette) {

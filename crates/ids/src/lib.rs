@@ -101,6 +101,12 @@ id_type!(
     check_run_job
 );
 id_type!(
+    /// A Cloud Run worker pool id: like a service id, under 50 chars (run.v2.json,
+    /// `workerPools.create.workerPoolId`).
+    RunWorkerPoolName,
+    check_run_worker_pool
+);
+id_type!(
     /// A Secret Manager secret id: 1-255 chars of letters, digits, `-` and `_`.
     SecretId,
     check_secret_id
@@ -243,6 +249,17 @@ fn check_run_service(s: &str) -> Result<(), String> {
 
 fn check_run_job(s: &str) -> Result<(), String> {
     check_dns_label(s, 1, 63, "a Cloud Run job name")
+}
+
+impl From<&RunServiceName> for RunWorkerPoolName {
+    /// A service id is a valid worker pool id: both are DNS labels under 50 characters.
+    fn from(service: &RunServiceName) -> Self {
+        RunWorkerPoolName(service.as_str().to_owned())
+    }
+}
+
+fn check_run_worker_pool(s: &str) -> Result<(), String> {
+    check_dns_label(s, 1, 49, "a Cloud Run worker pool name")
 }
 
 fn check_secret_id(s: &str) -> Result<(), String> {

@@ -366,6 +366,47 @@ const METHODS: &[(&str, &str, &str)] = &[
         "v2/projects/{projectsId}/locations/{locationsId}/services/{servicesId}:testIamPermissions",
         "run.projects.locations.services.testIamPermissions",
     ),
+    // Cloud Run v2 worker pools (run.v2.json `projects.locations.workerPools`).
+    (
+        "POST",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools",
+        "run.projects.locations.workerPools.create",
+    ),
+    (
+        "DELETE",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}",
+        "run.projects.locations.workerPools.delete",
+    ),
+    (
+        "GET",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}",
+        "run.projects.locations.workerPools.get",
+    ),
+    (
+        "GET",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}:getIamPolicy",
+        "run.projects.locations.workerPools.getIamPolicy",
+    ),
+    (
+        "GET",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools",
+        "run.projects.locations.workerPools.list",
+    ),
+    (
+        "PATCH",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}",
+        "run.projects.locations.workerPools.patch",
+    ),
+    (
+        "POST",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}:setIamPolicy",
+        "run.projects.locations.workerPools.setIamPolicy",
+    ),
+    (
+        "POST",
+        "v2/projects/{projectsId}/locations/{locationsId}/workerPools/{workerPoolsId}:testIamPermissions",
+        "run.projects.locations.workerPools.testIamPermissions",
+    ),
     (
         "POST",
         "apis/run.googleapis.com/v1/namespaces/{namespacesId}/executions/{executionsId}:cancel",

@@ -116,6 +116,26 @@ pub enum WorkerRuntime {
     Embedded,
 }
 
+/// What runs the worker on Cloud Run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkerKind {
+    /// An always-on Cloud Run service (`--min-instances 1 --no-cpu-throttling`), as the guide.
+    Service,
+    /// A Cloud Run worker pool: no URL, no port, `instances` always-on instances.
+    WorkerPool,
+}
+
+impl WorkerKind {
+    /// The plan-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerKind::Service => "service",
+            WorkerKind::WorkerPool => "worker-pool",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Worker {
     pub service: RunServiceName,
@@ -129,6 +149,18 @@ pub struct Worker {
     pub memory: String,
     /// The Secret Manager secret that holds the Prefect API key for the service.
     pub api_key_secret: SecretId,
+    /// Service (default) or worker pool; a pool is named `service` too.
+    pub kind: WorkerKind,
+    /// A worker pool's `scaling.manualInstanceCount` (default 1; 0 stops it).
+    pub instances: u32,
+}
+
+impl Worker {
+    /// The worker pool's id: `service`, whose rules (a DNS label under 50 characters) are a
+    /// worker pool id's too.
+    pub fn pool_name(&self) -> RunWorkerPoolName {
+        RunWorkerPoolName::from(&self.service)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -53,6 +53,8 @@ const WORKER_KEYS: &[&str] = &[
     "cpu",
     "memory",
     "api_key_secret",
+    "kind",
+    "instances",
 ];
 pub const DEPLOYMENT_KEYS: &[&str] = &[
     "name",
@@ -469,6 +471,51 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
     let allow_unauthenticated = r.opt_bool(&f, "allow_unauthenticated");
     let cpu = quantity(r, &f, "cpu", "1", Field::Cpu);
     let memory = quantity(r, &f, "memory", "512Mi", Field::Memory);
+    let kind = match r.opt_string(&f, "kind") {
+        None if f.get("kind").is_some() => None,
+        None => Some(WorkerKind::Service),
+        Some((v, pos)) => match v.as_str() {
+            "service" => Some(WorkerKind::Service),
+            "worker-pool" => Some(WorkerKind::WorkerPool),
+            _ => {
+                r.error(pos, format!("invalid `worker.kind` {}", show(&v)), Some("`service` (an always-on Cloud Run service, as the guide) or `worker-pool` (a Cloud Run worker pool)".into()));
+                None
+            }
+        },
+    };
+    let instances = r.opt_u32(&f, "instances", 1000);
+    // Keys of one kind are errors on the other, rather than silently ignored.
+    if let Some(kind) = kind {
+        let foreign: &[&str] = match kind {
+            WorkerKind::Service => &["instances"],
+            WorkerKind::WorkerPool => &[
+                "min_instances",
+                "max_instances",
+                "cpu_throttling",
+                "allow_unauthenticated",
+            ],
+        };
+        for key in foreign {
+            if let Some(n) = f.get(key) {
+                let hint = match kind {
+                    WorkerKind::Service => {
+                        "set `kind: worker-pool`, or use `min_instances` / `max_instances` for a service"
+                    }
+                    WorkerKind::WorkerPool => {
+                        "a worker pool has a fixed count: use `instances`; it serves no requests and its CPU is always allocated"
+                    }
+                };
+                r.error(
+                    n.pos,
+                    format!(
+                        "`worker.{key}` does not apply to `worker.kind: {}`",
+                        kind.as_str()
+                    ),
+                    Some(hint.into()),
+                );
+            }
+        }
+    }
     let api_key_secret = match r.opt_string(&f, "api_key_secret") {
         None if f.get("api_key_secret").is_some() => None,
         None => SecretId::parse("prefect-api-key").ok(),
@@ -488,6 +535,8 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
         cpu: cpu?,
         memory: memory?,
         api_key_secret: api_key_secret?,
+        kind: kind?,
+        instances: instances?.unwrap_or(1),
     }))
 }
 

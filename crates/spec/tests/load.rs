@@ -305,3 +305,30 @@ deployments:
     assert_eq!(names, ["a", "b"]);
     assert_eq!(spec.deployments[1].parameters["x"], 1);
 }
+
+#[test]
+fn worker_kind_and_instances() {
+    let service = load_str(
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker}}\n"),
+        "p.yaml",
+        &env,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let w = service.worker.unwrap();
+    assert_eq!(
+        (w.kind, w.instances),
+        (bootstrap_spec::WorkerKind::Service, 1)
+    );
+    let pool = load_str(
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, kind: worker-pool, instances: 0}}\n"),
+        "p.yaml",
+        &env,
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let w = pool.worker.unwrap();
+    assert_eq!(
+        (w.kind, w.instances),
+        (bootstrap_spec::WorkerKind::WorkerPool, 0)
+    );
+    assert_eq!(w.pool_name().as_str(), "prefect-worker");
+}

@@ -91,6 +91,20 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
         ] {
             out.push(need(p, RUN_ADMIN, "worker service"));
         }
+        if spec
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.kind == bootstrap_spec::WorkerKind::WorkerPool)
+        {
+            for p in [
+                "run.workerpools.create",
+                "run.workerpools.get",
+                "run.workerpools.update",
+                "run.workerpools.delete",
+            ] {
+                out.push(need(p, RUN_ADMIN, "worker pool"));
+            }
+        }
         // Deploying a service that runs as our account is acting as it.
         out.push(need("iam.serviceAccounts.actAs", SA_USER, "worker service"));
         if has_api_key {

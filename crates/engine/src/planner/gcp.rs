@@ -370,6 +370,9 @@ pub(super) fn secret(b: &mut Builder) {
 
 pub(super) fn worker_service(b: &mut Builder) {
     let Some(worker) = &b.spec.worker else { return };
+    if worker.kind == bootstrap_spec::WorkerKind::WorkerPool {
+        return; // planner::worker_pool plans the pool and the service's removal
+    }
     let address = addr::service(worker.service.as_str());
     let desired = service::desired(b.spec, worker, b.options);
     let depends_on = {
@@ -469,7 +472,10 @@ pub(super) fn destroy_secret(b: &mut Builder) {
         b.adopted.push(address);
         return;
     }
-    let depends_on = b.deps(&[addr::service(worker.service.as_str())]);
+    let depends_on = b.deps(&[
+        addr::service(worker.service.as_str()),
+        addr::worker_pool(worker.pool_name().as_str()),
+    ]);
     b.push(Step {
         address,
         action: Action::Delete,

@@ -6,6 +6,7 @@ pub mod prefect;
 pub mod service;
 pub mod template;
 mod worker_jobs;
+pub mod worker_pool;
 
 use bootstrap_spec::Spec;
 
@@ -78,6 +79,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             gcp::key(&mut b);
             gcp::secret(&mut b);
             gcp::worker_service(&mut b);
+            worker_pool::plan(&mut b);
             prefect::block(&mut b);
             gcp::orphan_keys(&mut b);
             prefect::work_pool(&mut b);
@@ -88,6 +90,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             prefect::destroy_deployments(&mut b);
             prefect::destroy_work_pool(&mut b);
             prefect::destroy_block(&mut b);
+            worker_pool::destroy(&mut b);
             gcp::destroy_worker_service(&mut b);
             worker_jobs::destroy_worker_jobs(&mut b);
             gcp::destroy_secret(&mut b);
@@ -103,6 +106,10 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
         steps: b.steps,
         unchanged: b.unchanged,
         adopted: b.adopted,
+        cost: match options.mode {
+            Mode::Apply => spec.worker.as_ref().and_then(super::cost::estimate),
+            Mode::Destroy => None,
+        },
     }
 }
 
@@ -146,6 +153,9 @@ pub mod addr {
     }
     pub fn service(name: &str) -> Address {
         Address::new("gcp.run_service", name)
+    }
+    pub fn worker_pool(name: &str) -> Address {
+        Address::new("gcp.run_worker_pool", name)
     }
     pub fn block(spec: &Spec) -> Address {
         Address::new("prefect.block", spec.credentials_block.name.as_str())

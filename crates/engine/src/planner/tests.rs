@@ -68,6 +68,8 @@ fn spec() -> Spec {
             cpu: "1".into(),
             memory: "512Mi".into(),
             api_key_secret: SecretId::parse("prefect-api-key").unwrap(),
+            kind: WorkerKind::Service,
+            instances: 1,
         }),
         deployments: vec![Deployment {
             name: PrefectName::parse("gcp-weather-deploy").unwrap(),
@@ -504,4 +506,194 @@ fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
             .iter()
             .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
     );
+}
+
+// ---- worker pool (`worker.kind: worker-pool`) ----
+
+fn pool_spec(instances: u32) -> Spec {
+    let mut s = spec();
+    let w = s.worker.as_mut().unwrap();
+    w.kind = WorkerKind::WorkerPool;
+    w.instances = instances;
+    s
+}
+
+/// The world after an apply of `pool_spec(n)`: the service gone, the pool live.
+fn converged_pool(s: &Spec) -> Observed {
+    let mut o = converged(s);
+    o.service = None;
+    let worker = s.worker.as_ref().unwrap();
+    let mut live = worker_pool::desired(s, worker, &options(Mode::Apply));
+    live["uid"] = json!("u-2");
+    live["generation"] = json!("1");
+    live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
+    live["latestCreatedRevision"] = json!(
+        "projects/p/locations/r/workerPools/prefect-worker/revisions/prefect-worker-00001-abc"
+    );
+    live["latestReadyRevision"] = live["latestCreatedRevision"].clone();
+    live["instanceSplitStatuses"] =
+        json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}]);
+    live["template"]["containers"][0]["resources"]["limits"]["cpu"] = json!("1");
+    o.worker_pool = Some(live);
+    o
+}
+
+#[test]
+fn a_worker_pool_runs_the_worker_without_its_health_listener() {
+    let s = pool_spec(1);
+    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
+    let args: Vec<&str> = body["template"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        args,
+        [
+            "prefect",
+            "worker",
+            "start",
+            "--install-policy",
+            "always",
+            "-p",
+            "my-cloud-run-pool",
+            "-t",
+            "cloud-run"
+        ]
+    );
+    assert!(body["template"]["containers"][0].get("ports").is_none());
+    assert!(
+        body["template"]["containers"][0]
+            .get("startupProbe")
+            .is_none()
+    );
+    assert_eq!(body["scaling"]["manualInstanceCount"], 1);
+    assert_eq!(body["labels"]["managed-by"], "bootstrap");
+    assert_eq!(
+        body["template"]["containers"][0]["env"][1]["valueSource"]["secretKeyRef"]["secret"],
+        "prefect-api-key"
+    );
+    let mut embedded = s.clone();
+    embedded.worker.as_mut().unwrap().runtime = WorkerRuntime::Embedded;
+    let (_, args) = worker_pool::command_and_args(&embedded, embedded.worker.as_ref().unwrap());
+    assert_eq!(args, ["worker", "--pool", "my-cloud-run-pool"]);
+}
+
+#[test]
+fn worker_pool_first_apply_and_cost() {
+    let s = pool_spec(1);
+    let p = plan(&s, &empty(), &options(Mode::Apply));
+    let step = p
+        .steps
+        .iter()
+        .find(|st| st.address.0.starts_with("gcp.run_worker_pool"))
+        .expect("a pool step");
+    assert!(matches!(
+        step.op,
+        Op::UpsertWorkerPool {
+            count_only: false,
+            wait_online: false,
+            ..
+        }
+    ));
+    assert!(
+        !p.steps
+            .iter()
+            .any(|st| st.address.0.starts_with("gcp.run_service"))
+    );
+    let cost = p.cost.as_ref().expect("a cost");
+    assert_eq!(
+        (cost.kind, cost.instances, cost.monthly_usd),
+        ("worker-pool", 1, 49.93)
+    );
+    insta::assert_snapshot!("plan_pool_create", render::human(&p, false));
+    let json: serde_json::Value = serde_json::from_str(&render::json(&p)).unwrap();
+    insta::assert_json_snapshot!("plan_pool_cost_json", json["cost"]);
+}
+
+#[test]
+fn a_converged_pool_is_quiet_and_a_count_change_is_in_place() {
+    let s = pool_spec(1);
+    let o = converged_pool(&s);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+    let three = pool_spec(3);
+    let p = plan(&three, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 1, "{}", render::human(&p, false));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool { count_only: true, body, .. } if body["scaling"]["manualInstanceCount"] == 3
+    ));
+    insta::assert_snapshot!("plan_pool_resize", render::human(&p, false));
+    let mut bigger = pool_spec(1);
+    bigger.worker.as_mut().unwrap().memory = "1Gi".into();
+    let p = plan(&bigger, &o, &options(Mode::Apply));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool {
+            count_only: false,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn moving_from_the_service_waits_for_the_pool_then_deletes_the_service() {
+    let service_spec = spec();
+    let mut o = converged(&service_spec);
+    let s = pool_spec(1);
+    o.worker_pool = None;
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 2, "{}", render::human(&p, false));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool {
+            wait_online: true,
+            ..
+        }
+    ));
+    assert!(matches!(&p.steps[1].op, Op::DeleteService { .. }));
+    assert_eq!(p.steps[1].depends_on, vec![p.steps[0].address.clone()]);
+    insta::assert_snapshot!("plan_pool_migration", render::human(&p, false));
+    // A pool at 0 instances has no worker to wait for.
+    let p = plan(&pool_spec(0), &o, &options(Mode::Apply));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool {
+            wait_online: false,
+            ..
+        }
+    ));
+    // A service made by hand is kept, not deleted.
+    o.service.as_mut().unwrap()["labels"] = json!({});
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(
+        !p.steps
+            .iter()
+            .any(|st| matches!(st.op, Op::DeleteService { .. }))
+    );
+    assert!(p.adopted.iter().any(|a| a.0.starts_with("gcp.run_service")));
+}
+
+#[test]
+fn destroy_deletes_the_pool_before_the_secret() {
+    let s = pool_spec(1);
+    let p = plan(&s, &converged_pool(&s), &options(Mode::Destroy));
+    let pos = |prefix: &str| {
+        p.steps
+            .iter()
+            .position(|st| st.address.0.starts_with(prefix))
+    };
+    let pool = pos("gcp.run_worker_pool").expect("pool deleted");
+    assert!(pool < pos("gcp.secret[").expect("secret deleted"));
+    assert!(p.cost.is_none());
+}
+
+#[test]
+fn the_guides_service_costs_about_49_dollars_a_month() {
+    let s = spec();
+    let p = plan(&s, &converged(&s), &options(Mode::Apply));
+    let cost = p.cost.as_ref().unwrap();
+    assert_eq!((cost.kind, cost.monthly_usd), ("service", 49.93));
 }

@@ -1,7 +1,8 @@
 //! Cloud Run Admin API v2 (`run.googleapis.com`, discovery document `run.v2.json`): services,
-//! jobs, executions and their long-running operations.
+//! jobs, executions, worker pools and their long-running operations.
 
 mod types;
+mod worker_pools;
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use types::*;
+pub use worker_pools::*;
 
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, resource_path, seg};

@@ -128,6 +128,20 @@ impl PrefectClient {
         .await
     }
 
+    /// The workers of a pool (`POST /work_pools/{name}/workers/filter`), each as the server
+    /// returns it (`name`, `status` `ONLINE`/`OFFLINE`, `last_heartbeat_time`, ...).
+    pub async fn workers(&self, pool: &str) -> Result<Vec<Value>, PrefectError> {
+        let body = json!({"limit": 200});
+        self.json(
+            Method::POST,
+            &format!("/work_pools/{}/workers/filter", seg(pool)),
+            &[],
+            Some(&body),
+            &format!("workers of work pool `{pool}`"),
+        )
+        .await
+    }
+
     /// Runs of a pool due before `scheduled_before` (all queues when `queues` is empty). Does
     /// not claim them: a worker claims a run by proposing PENDING.
     pub async fn get_scheduled_flow_runs(

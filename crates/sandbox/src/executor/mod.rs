@@ -223,6 +223,25 @@ impl Executor {
     ) -> std::io::Result<ServiceHandle> {
         service::start(self.config.clone(), launch, probe, startup_deadline, logs)
     }
+
+    /// Starts a worker-pool instance: kept running and restarted like a service container, in
+    /// its own namespace, but with no `PORT` and no probe (worker pools serve no requests;
+    /// <https://cloud.google.com/run/docs/container-contract>). Ready once the process runs;
+    /// [`ServiceHandle::port`] is 0.
+    pub fn start_instance(
+        &self,
+        launch: Launch,
+        logs: LogBuffer,
+    ) -> std::io::Result<ServiceHandle> {
+        service::start_with(
+            self.config.clone(),
+            launch,
+            Probe::None,
+            Duration::from_secs(1),
+            logs,
+            false,
+        )
+    }
 }
 
 fn exit_kind(status: &std::process::ExitStatus) -> TaskEnd {

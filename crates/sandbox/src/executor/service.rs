@@ -113,10 +113,23 @@ impl Drop for ServiceHandle {
 
 pub(crate) fn start(
     config: Arc<ExecutorConfig>,
+    launch: Launch,
+    probe: Probe,
+    startup_deadline: Duration,
+    logs: LogBuffer,
+) -> std::io::Result<ServiceHandle> {
+    start_with(config, launch, probe, startup_deadline, logs, true)
+}
+
+/// Starts a container kept running; `port_contract` says whether it gets `PORT` (services do;
+/// worker-pool instances do not: they serve no requests).
+pub(crate) fn start_with(
+    config: Arc<ExecutorConfig>,
     mut launch: Launch,
     probe: Probe,
     startup_deadline: Duration,
     logs: LogBuffer,
+    port_contract: bool,
 ) -> std::io::Result<ServiceHandle> {
     // With a namespace the container owns 8080 and the host reaches it through `port`; on
     // loopback `PORT` is a free host port.
@@ -124,16 +137,22 @@ pub(crate) fn start(
         config: config.clone(),
     };
     let mut attached = executor.attach(&launch).map_err(std::io::Error::other)?;
-    let (port, container_port) = match attached.as_mut() {
-        Some(a) => (a.expose()?, super::CONTAINER_PORT),
-        None => {
-            let p = free_port()?;
-            (p, p)
+    let (port, container_port) = if !port_contract {
+        (0, 0)
+    } else {
+        match attached.as_mut() {
+            Some(a) => (a.expose()?, super::CONTAINER_PORT),
+            None => {
+                let p = free_port()?;
+                (p, p)
+            }
         }
     };
-    launch
-        .env
-        .push(("PORT".to_string(), container_port.to_string()));
+    if port_contract {
+        launch
+            .env
+            .push(("PORT".to_string(), container_port.to_string()));
+    }
     let (tx, rx) = watch::channel(ServiceState::Starting { restarts: 0 });
     let stop = CancellationToken::new();
     let sup = Supervisor {

@@ -2,7 +2,9 @@
 //! - `GET /_sandbox/logs/{name}`: the logs of an execution or service (full resource name or
 //!   short id) as text; `?format=json` gives `{"lines":[{time,stream,text}], "dropped"}`;
 //! - `GET /_sandbox/run/services`: each service with its container's loopback port, pid,
-//!   readiness and restart count.
+//!   readiness and restart count;
+//! - `GET /_sandbox/run/workerPools`: each worker pool with its running instances (revision,
+//!   pid, state).
 
 use axum::Json;
 use axum::Router;
@@ -20,6 +22,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/_sandbox/logs/{*name}", get(logs))
         .route("/_sandbox/run/services", get(services))
+        .route("/_sandbox/run/workerPools", get(worker_pools))
 }
 
 async fn logs(
@@ -68,4 +71,29 @@ async fn services(State(state): State<AppState>) -> Json<Value> {
         })
         .collect();
     Json(json!({ "services": list }))
+}
+
+async fn worker_pools(State(state): State<AppState>) -> Json<Value> {
+    let names: Vec<String> = state.run.store().worker_pools.keys().cloned().collect();
+    let list: Vec<Value> = names
+        .into_iter()
+        .map(|n| {
+            let instances: Vec<Value> = state
+                .run
+                .pool_instances(&n)
+                .into_iter()
+                .map(|(revision, st)| match st {
+                    ServiceState::Ready { restarts, pid } => json!({
+                        "revision": revision, "state": "running", "pid": pid, "restarts": restarts,
+                    }),
+                    ServiceState::Starting { restarts } => {
+                        json!({"revision": revision, "state": "starting", "restarts": restarts})
+                    }
+                    other => json!({"revision": revision, "state": format!("{other:?}")}),
+                })
+                .collect();
+            json!({"name": n, "instances": instances})
+        })
+        .collect();
+    Json(json!({ "workerPools": list }))
 }

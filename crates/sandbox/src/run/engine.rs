@@ -87,7 +87,7 @@ fn strings(v: &Value) -> Vec<String> {
 
 /// Builds the launch of a container: env with secrets resolved as the runtime account, and
 /// its identity. Errors are condition messages in Google's words.
-async fn prepare(
+pub(super) async fn prepare(
     state: &AppState,
     project: &str,
     container: &Value,
@@ -147,7 +147,7 @@ async fn prepare(
 /// What the metadata server tells a container of `parent` running as `service_account`
 /// (Cloud Run's `instance/id` is a long opaque string; a hash of the container's resource
 /// name stands in for it).
-fn metadata_identity(
+pub(super) fn metadata_identity(
     state: &AppState,
     parent: &super::records::Parent,
     service_account: &str,

@@ -136,6 +136,9 @@ async fn handle(state: AppState, request: Request) -> ApiResult<Value> {
         "projects.locations.jobs.executions.cancel" => exec_cancel(&req),
         "projects.locations.jobs.executions.tasks.get" => task_get(&req),
         "projects.locations.jobs.executions.tasks.list" => task_list(&req),
+        m if m.starts_with("projects.locations.workerPools.") => {
+            super::worker_pools::handle(&req, &m["projects.locations.workerPools.".len()..]).await
+        }
         "projects.locations.operations.get" => op_get(&req),
         "projects.locations.operations.list" => op_list(&req),
         "projects.locations.operations.delete" => op_delete(&req),
@@ -159,7 +162,7 @@ pub(crate) fn project_number(state: &AppState, project: &str) -> String {
         .unwrap_or_else(|| project.to_owned())
 }
 
-fn etag() -> String {
+pub(super) fn etag() -> String {
     format!("\"{}\"", uuid::Uuid::new_v4().simple())
 }
 
@@ -185,7 +188,7 @@ fn op_delay(state: &AppState) -> chrono::Duration {
         .unwrap_or_else(|_| chrono::Duration::zero())
 }
 
-fn touch(meta: &mut Meta, req: &Req) {
+pub(super) fn touch(meta: &mut Meta, req: &Req) {
     let now = Utc::now();
     meta.generation += 1;
     meta.update_time = now;
@@ -194,11 +197,11 @@ fn touch(meta: &mut Meta, req: &Req) {
     meta.settle_at = now + op_delay(&req.state);
 }
 
-fn new_op_name(parent: &Parent) -> String {
+pub(super) fn new_op_name(parent: &Parent) -> String {
     format!("{}/operations/{}", parent.name(), uuid::Uuid::new_v4())
 }
 
-fn typed(kind: &str, view: Value) -> Value {
+pub(super) fn typed(kind: &str, view: Value) -> Value {
     let mut v = view;
     if let Some(map) = v.as_object_mut() {
         map.insert("@type".into(), json!(kind));
@@ -208,7 +211,7 @@ fn typed(kind: &str, view: Value) -> Value {
 
 /// Resource ids: lowercase letters, digits and hyphens, starting with a letter, not ending
 /// with a hyphen.
-fn validate_id(kind: &str, id: &str, max: usize) -> ApiResult<()> {
+pub(super) fn validate_id(kind: &str, id: &str, max: usize) -> ApiResult<()> {
     let ok = !id.is_empty()
         && id.len() <= max
         && id.starts_with(|c: char| c.is_ascii_lowercase())
@@ -226,7 +229,7 @@ fn validate_id(kind: &str, id: &str, max: usize) -> ApiResult<()> {
     }
 }
 
-fn containers(template: &Value) -> ApiResult<Vec<Value>> {
+pub(super) fn containers(template: &Value) -> ApiResult<Vec<Value>> {
     let list = template
         .get("containers")
         .and_then(Value::as_array)
@@ -250,7 +253,7 @@ fn containers(template: &Value) -> ApiResult<Vec<Value>> {
     Ok(list)
 }
 
-fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
+pub(super) fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     match template.get("serviceAccount").and_then(Value::as_str) {
         // The project's default compute identity exists on Google without being created (and
         // reads show it, so clients echo it back): `actAs` on it comes from the project policy.
@@ -263,7 +266,7 @@ fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
 }
 
 /// Drops output-only fields a client echoed back, so stored bodies hold only the spec.
-fn spec_only(body: &Value) -> Value {
+pub(super) fn spec_only(body: &Value) -> Value {
     let mut out = body.as_object().cloned().unwrap_or_default();
     for k in [
         "name",
@@ -294,7 +297,7 @@ fn spec_only(body: &Value) -> Value {
     Value::Object(out)
 }
 
-fn paginate(req: &Req, items: Vec<Value>) -> ApiResult<(Vec<Value>, Option<String>)> {
+pub(super) fn paginate(req: &Req, items: Vec<Value>) -> ApiResult<(Vec<Value>, Option<String>)> {
     let size = match req.param("pageSize") {
         Some(s) => s
             .parse::<usize>()
@@ -312,7 +315,7 @@ fn paginate(req: &Req, items: Vec<Value>) -> ApiResult<(Vec<Value>, Option<Strin
     Ok((items.into_iter().skip(start).take(size).collect(), next))
 }
 
-fn list_response(field: &str, items: Vec<Value>, next: Option<String>) -> Value {
+pub(super) fn list_response(field: &str, items: Vec<Value>, next: Option<String>) -> Value {
     let mut out = json!({});
     if !items.is_empty() {
         out[field] = Value::Array(items);
@@ -323,7 +326,7 @@ fn list_response(field: &str, items: Vec<Value>, next: Option<String>) -> Value 
     out
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("Resource '{name}' was not found"))
 }
 
@@ -388,7 +391,7 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     Ok(op)
 }
 
-fn revision_name(id: &str, seq: u32) -> String {
+pub(super) fn revision_name(id: &str, seq: u32) -> String {
     let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..3].to_owned();
     format!("{id}-{seq:05}-{suffix}")
 }

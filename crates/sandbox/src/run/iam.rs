@@ -22,6 +22,7 @@ use crate::policy::{self, Policy};
 enum Kind {
     Service,
     Job,
+    WorkerPool,
 }
 
 impl Kind {
@@ -29,6 +30,9 @@ impl Kind {
         match self {
             Kind::Service => "run.services",
             Kind::Job => "run.jobs",
+            // Google's permission names are lower case: `run.workerpools.get` (run.v2.json,
+            // `workerPools.patch.allowMissing`).
+            Kind::WorkerPool => "run.workerpools",
         }
     }
 }
@@ -38,6 +42,7 @@ pub(crate) fn handle(req: &Req, method: &str) -> ApiResult<Value> {
     let (kind, verb) = match method.split_once('.') {
         Some(("services", verb)) => (Kind::Service, verb),
         Some(("jobs", verb)) => (Kind::Job, verb),
+        Some(("workerPools", verb)) => (Kind::WorkerPool, verb),
         _ => return Err(ApiError::not_found(format!("Method {method} not found."))),
     };
     let (name, key) = resource(req, kind)?;
@@ -119,6 +124,11 @@ fn resource(req: &Req, kind: Kind) -> ApiResult<(String, String)> {
         Kind::Job => {
             let name = job_name(&parent, &id);
             let uid = store.jobs.get(&name).map(|j| j.meta.uid.clone());
+            (name, uid)
+        }
+        Kind::WorkerPool => {
+            let name = format!("{}/workerPools/{id}", parent.name());
+            let uid = store.worker_pools.get(&name).map(|w| w.meta.uid.clone());
             (name, uid)
         }
     };

@@ -15,6 +15,7 @@ mod knative;
 mod records;
 mod v1;
 mod views;
+mod worker_pools;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,8 @@ struct Inner {
     logs: Mutex<HashMap<String, LogBuffer>>,
     /// Key files for runtime identities, by service-account email (memory only).
     runtime_keys: Mutex<HashMap<String, SecretString>>,
+    /// Running worker-pool instances, by worker pool name (see [`worker_pools`]).
+    pools: worker_pools::Instances,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -72,6 +75,7 @@ impl RunState {
                 services: Mutex::new(HashMap::new()),
                 logs: Mutex::new(HashMap::new()),
                 runtime_keys: Mutex::new(HashMap::new()),
+                pools: worker_pools::Instances::default(),
             }),
         }
     }
@@ -174,6 +178,7 @@ impl RunState {
         for h in handles {
             h.stop().await;
         }
+        self.stop_all_pools().await;
     }
 }
 

@@ -185,6 +185,9 @@ pub struct Store {
     /// IAM policies of services and jobs, by `{full name}#{uid}` (see `run::iam`).
     #[serde(default)]
     pub policies: BTreeMap<String, crate::policy::Policy>,
+    /// Worker pools by full name (see `run::worker_pools`).
+    #[serde(default)]
+    pub worker_pools: BTreeMap<String, super::worker_pools::WorkerPoolRec>,
 }
 
 impl Store {
@@ -203,6 +206,14 @@ impl Store {
                 }
             }
             exec.completion_time = Some(now);
+        }
+        for pool in self.worker_pools.values_mut() {
+            if pool.settled == Settled::Pending {
+                pool.settled = Settled::Failed {
+                    reason: "REVISION_FAILED".into(),
+                    message: "The sandbox restarted before the revision became ready.".into(),
+                };
+            }
         }
         for svc in self.services.values_mut() {
             if svc.settled == Settled::Pending {

@@ -15,18 +15,18 @@ pub fn default_service_account(project_number: &str) -> String {
     format!("{project_number}-compute@developer.gserviceaccount.com")
 }
 
-fn obj(v: &Value) -> Map<String, Value> {
+pub(super) fn obj(v: &Value) -> Map<String, Value> {
     v.as_object().cloned().unwrap_or_default()
 }
 
-fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
+pub(super) fn set_default(map: &mut Map<String, Value>, key: &str, value: Value) {
     let missing = map.get(key).is_none_or(Value::is_null);
     if missing {
         map.insert(key.to_owned(), value);
     }
 }
 
-fn condition(kind: &str, state: &str, at: DateTime<Utc>) -> Map<String, Value> {
+pub(super) fn condition(kind: &str, state: &str, at: DateTime<Utc>) -> Map<String, Value> {
     let mut c = Map::new();
     c.insert("type".into(), json!(kind));
     c.insert("state".into(), json!(state));
@@ -35,7 +35,7 @@ fn condition(kind: &str, state: &str, at: DateTime<Utc>) -> Map<String, Value> {
 }
 
 /// The `Ready` terminal condition of a resource at `now`.
-fn terminal(meta: &Meta, settled: &Settled, now: DateTime<Utc>) -> (Value, bool) {
+pub(super) fn terminal(meta: &Meta, settled: &Settled, now: DateTime<Utc>) -> (Value, bool) {
     if now < meta.settle_at || *settled == Settled::Pending {
         return (
             Value::Object(condition(
@@ -60,7 +60,7 @@ fn terminal(meta: &Meta, settled: &Settled, now: DateTime<Utc>) -> (Value, bool)
     }
 }
 
-fn common(out: &mut Map<String, Value>, meta: &Meta) {
+pub(super) fn common(out: &mut Map<String, Value>, meta: &Meta) {
     out.insert("name".into(), json!(meta.name));
     out.insert("uid".into(), json!(meta.uid));
     out.insert("generation".into(), json!(meta.generation.to_string()));
@@ -73,7 +73,7 @@ fn common(out: &mut Map<String, Value>, meta: &Meta) {
 }
 
 /// Fills a container's defaults as Google does (resources, service ports).
-fn fill_containers(template: &mut Map<String, Value>, service: bool) {
+pub(super) fn fill_containers(template: &mut Map<String, Value>, service: bool) {
     let Some(containers) = template.get_mut("containers").and_then(Value::as_array_mut) else {
         return;
     };

@@ -1,0 +1,299 @@
+//! Cloud Run v2 worker pools (`projects.locations.workerPools` of `run.v2.json`): a pull
+//! workload with no URL and no port contract, whose size is `scaling.manualInstanceCount`.
+//! Create, get, patch and delete are long-running operations, as for services.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bootstrap_ids::{ProjectId, Region, RunWorkerPoolName};
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{Condition, Container, location, to_body};
+use crate::error::GcpError;
+use crate::http::{Api, Call, GcpHttp, OptionalExt, seg};
+use crate::operations::Operation;
+
+/// A worker pool (`GoogleCloudRunV2WorkerPool`). Fields the tool reads or writes are typed;
+/// the rest stay in `extra`, so a read-modify-write keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPool {
+    /// `projects/{p}/locations/{r}/workerPools/{w}`; ignored on create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<WorkerPoolScaling>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<WorkerPoolTemplate>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Output only (int64 as a string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<String>,
+    /// Output only (int64 as a string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<String>,
+    /// Output only: the overall readiness.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terminal_condition: Option<Condition>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_ready_revision: Option<String>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latest_created_revision: Option<String>,
+    /// Output only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconciling: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl WorkerPool {
+    /// `scaling.manualInstanceCount`, if set.
+    pub fn instance_count(&self) -> Option<i32> {
+        self.scaling.as_ref().and_then(|s| s.manual_instance_count)
+    }
+
+    /// Whether the pool's newest revision is ready and nothing is reconciling.
+    pub fn is_ready(&self) -> bool {
+        self.reconciling != Some(true)
+            && self
+                .terminal_condition
+                .as_ref()
+                .and_then(|c| c.state.as_deref())
+                == Some("CONDITION_SUCCEEDED")
+    }
+}
+
+/// `GoogleCloudRunV2WorkerPoolScaling`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolScaling {
+    /// The number of instances (int32 on the wire); 0 stops them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manual_instance_count: Option<i32>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `GoogleCloudRunV2WorkerPoolRevisionTemplate`: unlike a service's template it has no
+/// scaling, timeout or request concurrency.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerPoolTemplate {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn pool_path(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
+    format!(
+        "{}/workerPools/{}",
+        location(project, region),
+        seg(pool.as_str())
+    )
+}
+
+/// The full resource name of a worker pool, as the API writes it.
+pub fn worker_pool_name(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
+    format!("projects/{project}/locations/{region}/workerPools/{pool}")
+}
+
+/// Reads a worker pool; `None` if it does not exist.
+pub async fn get_worker_pool(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+) -> Result<Option<WorkerPool>, GcpError> {
+    let call = Call::new(
+        "run.projects.locations.workerPools.get",
+        Method::GET,
+        Api::RunV2,
+        pool_path(project, region, pool),
+    );
+    http.send(call).await.optional()
+}
+
+/// Starts creating a worker pool (`workerPoolId` = `pool`). An existing one gives
+/// [`GcpError::AlreadyExists`]; prefer [`patch_worker_pool`] with `allow_missing` to converge.
+pub async fn create_worker_pool(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+    spec: &WorkerPool,
+    validate_only: bool,
+) -> Result<Operation, GcpError> {
+    let mut body = spec.clone();
+    body.name = None;
+    let mut call = Call::new(
+        "run.projects.locations.workerPools.create",
+        Method::POST,
+        Api::RunV2,
+        format!("{}/workerPools", location(project, region)),
+    )
+    .query("workerPoolId", pool.as_str())
+    .body(to_body(&body)?);
+    if validate_only {
+        call = call.query("validateOnly", "true").idempotent();
+    }
+    http.send(call).await
+}
+
+/// What a patch changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolUpdate {
+    /// The whole spec (template changes make a new revision).
+    Whole,
+    /// Only `scaling.manualInstanceCount` (`updateMask`): an in-place resize, never a new
+    /// revision, and it cannot clobber a concurrent template change.
+    InstanceCount,
+}
+
+/// Starts updating a worker pool; with `allow_missing` it creates the pool if absent (the
+/// converging write after a half-failed create). Idempotent: it states the desired fields.
+pub async fn patch_worker_pool(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+    spec: &WorkerPool,
+    update: PoolUpdate,
+    allow_missing: bool,
+) -> Result<Operation, GcpError> {
+    let mut body = spec.clone();
+    body.name = Some(worker_pool_name(project, region, pool));
+    let mut call = Call::new(
+        "run.projects.locations.workerPools.patch",
+        Method::PATCH,
+        Api::RunV2,
+        pool_path(project, region, pool),
+    )
+    .body(to_body(&body)?)
+    .idempotent()
+    .retry_conflicts();
+    if update == PoolUpdate::InstanceCount {
+        call = call.query("updateMask", "scaling.manualInstanceCount");
+    }
+    if allow_missing {
+        call = call.query("allowMissing", "true");
+    }
+    http.send(call).await
+}
+
+/// Sets `scaling.manualInstanceCount` alone (`updateMask`), e.g. 0 to stop every instance.
+pub async fn set_instance_count(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+    count: i32,
+) -> Result<Operation, GcpError> {
+    let spec = WorkerPool {
+        scaling: Some(WorkerPoolScaling {
+            manual_instance_count: Some(count),
+            ..WorkerPoolScaling::default()
+        }),
+        ..WorkerPool::default()
+    };
+    patch_worker_pool(
+        http,
+        project,
+        region,
+        pool,
+        &spec,
+        PoolUpdate::InstanceCount,
+        false,
+    )
+    .await
+}
+
+/// Starts deleting a worker pool; `None` if it was already gone.
+pub async fn delete_worker_pool(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+) -> Result<Option<Operation>, GcpError> {
+    let call = Call::new(
+        "run.projects.locations.workerPools.delete",
+        Method::DELETE,
+        Api::RunV2,
+        pool_path(project, region, pool),
+    )
+    .retry_conflicts();
+    http.send(call).await.optional()
+}
+
+/// Waits for a worker-pool operation (bounded by `deadline`) and decodes the pool it returns.
+pub async fn wait_worker_pool(
+    http: &GcpHttp,
+    op: Operation,
+    deadline: Duration,
+) -> Result<WorkerPool, GcpError> {
+    super::wait_operation_as(http, op, deadline).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_round_trips_unknown_fields_and_paths() {
+        let wire = serde_json::json!({
+            "name": "projects/p/locations/us-central1/workerPools/prefect-worker",
+            "generation": "2",
+            "observedGeneration": "2",
+            "scaling": {"manualInstanceCount": 1},
+            "instanceSplits": [{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}],
+            "template": {
+                "serviceAccount": "sa@p.iam.gserviceaccount.com",
+                "containers": [{"image": "prefecthq/prefect:3-latest", "args": ["prefect"]}],
+                "vpcAccess": {"networkInterfaces": [{"network": "default"}]}
+            },
+            "terminalCondition": {"type": "Ready", "state": "CONDITION_SUCCEEDED"},
+            "reconciling": false
+        });
+        let pool: WorkerPool = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(pool.instance_count(), Some(1));
+        assert!(pool.is_ready());
+        assert!(
+            pool.template
+                .as_ref()
+                .unwrap()
+                .extra
+                .contains_key("vpcAccess")
+        );
+        assert_eq!(serde_json::to_value(&pool).unwrap(), wire);
+        let p = ProjectId::parse("my-project").unwrap();
+        let r = Region::parse("us-central1").unwrap();
+        let w = RunWorkerPoolName::parse("prefect-worker").unwrap();
+        assert_eq!(
+            pool_path(&p, &r, &w),
+            "v2/projects/my-project/locations/us-central1/workerPools/prefect-worker"
+        );
+    }
+}

@@ -1,0 +1,622 @@
+//! Cloud Run v2 worker pools (`projects.locations.workerPools`, run.v2.json): create, get, list,
+//! patch (`updateMask`, `allowMissing`, `validateOnly`, `forceNewRevision`), delete (`etag`),
+//! each a long-running operation as for services, and the IAM methods (in [`super::iam`]).
+//!
+//! `scaling.manualInstanceCount` is real: that many processes of the template's first
+//! container run, each in its own network namespace with the Cloud Run environment of a worker
+//! pool (`CLOUD_RUN_WORKER_POOL`, `CLOUD_RUN_WORKER_POOL_REVISION`; no `PORT` and no probe, since
+//! a worker pool serves no requests: <https://cloud.google.com/run/docs/container-contract>).
+//! A change of count alone starts or stops instances of the same revision (no new revision, as
+//! on Google: scaling is a worker-pool field, not a template field); a template change makes a
+//! new revision, whose instances are started before the old ones are stopped.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::engine;
+use super::handlers::{
+    Req, act_as, containers, list_response, new_meta, new_op_name, not_found, paginate,
+    project_number, revision_name, spec_only, touch, typed, validate_id,
+};
+use super::records::{Meta, Settled};
+use super::views;
+use super::{RunState, lock};
+use crate::error::{ApiError, ApiResult};
+use crate::executor::{ServiceHandle, ServiceState};
+use crate::operations::{self, Outcome};
+use crate::state::AppState;
+
+const POOL_TYPE: &str = "type.googleapis.com/google.cloud.run.v2.WorkerPool";
+
+/// A stored worker pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerPoolRec {
+    /// Common metadata.
+    pub meta: Meta,
+    /// The client's WorkerPool JSON (spec fields only).
+    pub body: Value,
+    /// Revisions created so far.
+    pub revision_seq: u32,
+    /// The newest revision's short name.
+    pub latest_created_revision: String,
+    /// The newest revision whose instances all started.
+    pub latest_ready_revision: Option<String>,
+    /// What the last reconcile settled to.
+    pub settled: Settled,
+}
+
+impl WorkerPoolRec {
+    /// The instance count asked for. An absent `manualInstanceCount` is taken as 1 (an
+    /// assumption of the sandbox, not checked against Google: our client always sends it).
+    pub fn desired(&self) -> usize {
+        self.body
+            .pointer("/scaling/manualInstanceCount")
+            .and_then(Value::as_i64)
+            .map_or(1, |n| n.max(0) as usize)
+    }
+}
+
+/// The running instances of one pool: their revision and handles.
+#[derive(Debug, Default)]
+struct Running {
+    revision: String,
+    handles: Vec<ServiceHandle>,
+}
+
+/// Running instances of every pool, and a lock that serialises reconciles.
+#[derive(Debug, Default)]
+pub(super) struct Instances {
+    running: Mutex<HashMap<String, Running>>,
+    reconcile: tokio::sync::Mutex<()>,
+}
+
+impl RunState {
+    fn take_pool(&self, name: &str) -> Running {
+        lock(&self.inner.pools.running)
+            .remove(name)
+            .unwrap_or_default()
+    }
+
+    fn put_pool(&self, name: &str, running: Running) {
+        lock(&self.inner.pools.running).insert(name.to_owned(), running);
+    }
+
+    /// Each instance of a pool: its revision, state and pid.
+    pub fn pool_instances(&self, name: &str) -> Vec<(String, ServiceState)> {
+        lock(&self.inner.pools.running)
+            .get(name)
+            .map(|r| {
+                r.handles
+                    .iter()
+                    .map(|h| (r.revision.clone(), h.state()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Stops every instance of every pool (sandbox shutdown).
+    pub(super) async fn stop_all_pools(&self) {
+        let all: Vec<Running> = lock(&self.inner.pools.running)
+            .drain()
+            .map(|(_, r)| r)
+            .collect();
+        for r in all {
+            for h in r.handles {
+                h.stop().await;
+            }
+        }
+    }
+}
+
+/// Serves `run.projects.locations.workerPools.{method}` (IAM methods go to `run::iam`).
+pub(crate) async fn handle(req: &Req, method: &str) -> ApiResult<Value> {
+    match method {
+        "create" => create(req),
+        "get" => get(req),
+        "list" => list(req),
+        "patch" => patch(req),
+        "delete" => delete(req),
+        other => Err(ApiError::new(
+            501,
+            "UNIMPLEMENTED",
+            format!(
+                "Method run.projects.locations.workerPools.{other} is not implemented by the sandbox."
+            ),
+        )),
+    }
+}
+
+fn pool_name(req: &Req, id: &str) -> String {
+    format!("{}/workerPools/{id}", req.parent().name())
+}
+
+fn id_param(req: &Req) -> String {
+    req.call.params.get(2).cloned().unwrap_or_default()
+}
+
+/// The v2 wire form: the client's fields plus what Google fills in.
+pub(super) fn view(state: &AppState, rec: &WorkerPoolRec) -> Value {
+    let now = Utc::now();
+    let number = project_number(state, &rec.meta.parent.project);
+    let mut out = views::obj(&rec.body);
+    views::common(&mut out, &rec.meta);
+    let mut tpl = out.get("template").map(views::obj).unwrap_or_default();
+    views::set_default(
+        &mut tpl,
+        "serviceAccount",
+        json!(views::default_service_account(&number)),
+    );
+    views::fill_containers(&mut tpl, false);
+    out.insert("template".into(), Value::Object(tpl));
+    let mut scaling = out.get("scaling").map(views::obj).unwrap_or_default();
+    views::set_default(&mut scaling, "manualInstanceCount", json!(rec.desired()));
+    out.insert("scaling".into(), Value::Object(scaling));
+    let split = json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}]);
+    views::set_default(&mut out, "instanceSplits", split);
+    let (cond, reconciling) = views::terminal(&rec.meta, &rec.settled, now);
+    out.insert("terminalCondition".into(), cond);
+    out.insert("reconciling".into(), json!(reconciling));
+    out.insert("conditions".into(), json!([]));
+    let observed = if reconciling {
+        rec.meta.generation - 1
+    } else {
+        rec.meta.generation
+    };
+    out.insert("observedGeneration".into(), json!(observed.to_string()));
+    out.insert(
+        "latestCreatedRevision".into(),
+        json!(format!(
+            "{}/revisions/{}",
+            rec.meta.name, rec.latest_created_revision
+        )),
+    );
+    if let Some(r) = &rec.latest_ready_revision {
+        out.insert(
+            "latestReadyRevision".into(),
+            json!(format!("{}/revisions/{r}", rec.meta.name)),
+        );
+        out.insert(
+            "instanceSplitStatuses".into(),
+            json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100,
+                    "revision": format!("{}/revisions/{r}", rec.meta.name)}]),
+        );
+    }
+    Value::Object(out)
+}
+
+fn validate_body(req: &Req, body: &Value) -> ApiResult<()> {
+    let template = body.get("template").cloned().unwrap_or(Value::Null);
+    containers(&template)?;
+    act_as(req, &template)?;
+    if let Some(n) = body.pointer("/scaling/manualInstanceCount")
+        && n.as_i64().is_none_or(|n| n < 0)
+    {
+        return Err(ApiError::invalid_argument(format!(
+            "scaling.manual_instance_count: must be a non-negative integer, got {n}."
+        )));
+    }
+    Ok(())
+}
+
+/// [`spec_only`] plus the output-only fields a WorkerPool has and a service does not.
+fn pool_spec(body: &Value) -> Value {
+    let mut out = spec_only(body);
+    if let Some(map) = out.as_object_mut() {
+        for k in ["instanceSplitStatuses", "threatDetectionEnabled"] {
+            map.remove(k);
+        }
+    }
+    out
+}
+
+fn dry_op(req: &Req, view: Value) -> Value {
+    json!({"name": new_op_name(&req.parent()), "done": true, "response": typed(POOL_TYPE, view)})
+}
+
+fn create(req: &Req) -> ApiResult<Value> {
+    req.require("run.workerpools.create")?;
+    let id = req.param("workerPoolId").unwrap_or_default().to_owned();
+    insert(req, &id)
+}
+
+fn insert(req: &Req, id: &str) -> ApiResult<Value> {
+    // Worker pool ids: fewer than 50 characters (run.v2.json, `workerPools.create.workerPoolId`).
+    validate_id("worker pool", id, 49)?;
+    let body = pool_spec(&req.body);
+    validate_body(req, &body)?;
+    let name = pool_name(req, id);
+    if req.state.run.store().worker_pools.contains_key(&name) {
+        return Err(ApiError::already_exists(format!(
+            "Resource '{id}' already exists."
+        )));
+    }
+    let rec = WorkerPoolRec {
+        meta: new_meta(req, name.clone(), id),
+        body,
+        revision_seq: 1,
+        latest_created_revision: revision_name(id, 1),
+        latest_ready_revision: None,
+        settled: Settled::Pending,
+    };
+    let v = view(&req.state, &rec);
+    if req.flag("validateOnly") {
+        return Ok(dry_op(req, v));
+    }
+    let generation = rec.meta.generation;
+    req.state.run.store().worker_pools.insert(name.clone(), rec);
+    req.state.mark_dirty();
+    let op_name = new_op_name(&req.parent());
+    let op = operations::create(&req.state, &op_name, Some(typed(POOL_TYPE, v)), None);
+    spawn_reconcile(req.state.clone(), name, op_name, generation);
+    Ok(op)
+}
+
+fn get(req: &Req) -> ApiResult<Value> {
+    req.require("run.workerpools.get")?;
+    let name = pool_name(req, &id_param(req));
+    let rec = req
+        .state
+        .run
+        .store()
+        .worker_pools
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found(&name))?;
+    Ok(view(&req.state, &rec))
+}
+
+fn list(req: &Req) -> ApiResult<Value> {
+    req.require("run.workerpools.list")?;
+    let prefix = format!("{}/workerPools/", req.parent().name());
+    let recs: Vec<WorkerPoolRec> = req
+        .state
+        .run
+        .store()
+        .worker_pools
+        .values()
+        .filter(|w| w.meta.name.starts_with(&prefix))
+        .cloned()
+        .collect();
+    let items = recs.iter().map(|r| view(&req.state, r)).collect();
+    let (page, next) = paginate(req, items)?;
+    Ok(list_response("workerPools", page, next))
+}
+
+/// Applies `updateMask` (AIP-134): each listed field path is copied from the request (or
+/// removed when the request lacks it); `*` or no mask replaces the whole spec.
+fn masked(current: &Value, incoming: &Value, mask: Option<&str>) -> ApiResult<Value> {
+    let Some(mask) = mask.filter(|m| !m.trim().is_empty() && m.trim() != "*") else {
+        return Ok(incoming.clone());
+    };
+    let mut out = current.clone();
+    for path in mask.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let parts: Vec<&str> = path.split('.').collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(ApiError::invalid_argument(format!(
+                "Invalid update mask path '{path}'."
+            )));
+        }
+        let source = parts.iter().try_fold(incoming, |v, p| v.get(*p));
+        set_path(&mut out, &parts, source.cloned());
+    }
+    Ok(out)
+}
+
+fn set_path(target: &mut Value, parts: &[&str], value: Option<Value>) {
+    let Some((last, init)) = parts.split_last() else {
+        return;
+    };
+    let mut cur = target;
+    for p in init {
+        if !cur.is_object() {
+            *cur = Value::Object(Map::new());
+        }
+        cur = cur
+            .as_object_mut()
+            .map(|m| m.entry(p.to_string()).or_insert_with(|| json!({})))
+            .expect("an object");
+    }
+    if !cur.is_object() {
+        *cur = Value::Object(Map::new());
+    }
+    if let Some(map) = cur.as_object_mut() {
+        match value {
+            Some(v) => {
+                map.insert(last.to_string(), v);
+            }
+            None => {
+                map.remove(*last);
+            }
+        }
+    }
+}
+
+fn check_etag(req: &Req, given: Option<&str>, current: &str) -> ApiResult<()> {
+    match given.filter(|e| !e.is_empty()) {
+        Some(e) if e.trim_matches('"') != current.trim_matches('"') => Err(ApiError::aborted(
+            "The etag does not match the current version of the resource: read it again and retry.",
+        )),
+        _ => Ok(()),
+    }
+    .inspect_err(|_| tracing::debug!(name = %req.call.id, "etag mismatch"))
+}
+
+fn patch(req: &Req) -> ApiResult<Value> {
+    let id = id_param(req);
+    let name = pool_name(req, &id);
+    let current = req.state.run.store().worker_pools.get(&name).cloned();
+    let Some(current) = current else {
+        if req.flag("allowMissing") {
+            req.require("run.workerpools.create")?;
+            return insert(req, &id);
+        }
+        req.require("run.workerpools.update")?;
+        return Err(not_found(&name));
+    };
+    req.require("run.workerpools.update")?;
+    check_etag(
+        req,
+        req.body.get("etag").and_then(Value::as_str),
+        &current.meta.etag,
+    )?;
+    let body = masked(
+        &current.body,
+        &pool_spec(&req.body),
+        req.param("updateMask"),
+    )?;
+    validate_body(req, &body)?;
+    let mut next = current.clone();
+    let template_changed = next.body.get("template") != body.get("template");
+    next.body = body;
+    touch(&mut next.meta, req);
+    if template_changed || req.flag("forceNewRevision") {
+        next.revision_seq += 1;
+        next.latest_created_revision = revision_name(&id, next.revision_seq);
+    }
+    next.settled = Settled::Pending;
+    let v = view(&req.state, &next);
+    if req.flag("validateOnly") {
+        return Ok(dry_op(req, v));
+    }
+    let generation = next.meta.generation;
+    if let Some(rec) = req.state.run.store().worker_pools.get_mut(&name) {
+        *rec = next;
+    }
+    req.state.mark_dirty();
+    let op_name = new_op_name(&req.parent());
+    let op = operations::create(&req.state, &op_name, Some(typed(POOL_TYPE, v)), None);
+    spawn_reconcile(req.state.clone(), name, op_name, generation);
+    Ok(op)
+}
+
+fn delete(req: &Req) -> ApiResult<Value> {
+    req.require("run.workerpools.delete")?;
+    let name = pool_name(req, &id_param(req));
+    let rec = req
+        .state
+        .run
+        .store()
+        .worker_pools
+        .get(&name)
+        .cloned()
+        .ok_or_else(|| not_found(&name))?;
+    check_etag(req, req.param("etag"), &rec.meta.etag)?;
+    let mut v = view(&req.state, &rec);
+    v["deleteTime"] = json!(views::ts(Utc::now()));
+    if req.flag("validateOnly") {
+        return Ok(dry_op(req, v));
+    }
+    req.state.run.store().worker_pools.remove(&name);
+    super::iam::forget(req, &name, &rec.meta.uid);
+    req.state.mark_dirty();
+    let op_name = new_op_name(&req.parent());
+    let typed_view = typed(POOL_TYPE, v);
+    let op = operations::create(&req.state, &op_name, Some(typed_view.clone()), None);
+    // The operation is done once the instances have stopped (SIGTERM, then SIGKILL after the
+    // grace), so a caller that waits for it knows no worker of the pool runs any more.
+    let state = req.state.clone();
+    tokio::spawn(async move {
+        let _serial = state.run.inner.pools.reconcile.lock().await;
+        let running = state.run.take_pool(&name);
+        for h in running.handles {
+            h.stop().await;
+        }
+        operations::finish(&state, &op_name, Outcome::Response(typed_view));
+    });
+    Ok(op)
+}
+
+/// Brings the running instances of `name` to its spec in the background and finishes `op_name`.
+fn spawn_reconcile(state: AppState, name: String, op_name: String, generation: i64) {
+    tokio::spawn(async move {
+        let outcome = {
+            let _serial = state.run.inner.pools.reconcile.lock().await;
+            reconcile(&state, &name).await
+        };
+        let v = {
+            let mut store = state.run.store();
+            let Some(rec) = store.worker_pools.get_mut(&name) else {
+                // Deleted meanwhile: the delete's operation reports.
+                operations::finish(
+                    &state,
+                    &op_name,
+                    Outcome::from_error(&ApiError::aborted("The worker pool was deleted.")),
+                );
+                return;
+            };
+            // A newer change superseded this one; it reports on its own operation.
+            if rec.meta.generation == generation {
+                match &outcome {
+                    Ok(()) => {
+                        rec.settled = Settled::Ready;
+                        rec.latest_ready_revision = Some(rec.latest_created_revision.clone());
+                    }
+                    Err(settled) => rec.settled = settled.clone(),
+                }
+            }
+            let rec = rec.clone();
+            drop(store);
+            view(&state, &rec)
+        };
+        state.mark_dirty();
+        let result = match outcome {
+            Ok(()) => Outcome::Response(typed(POOL_TYPE, v)),
+            Err(Settled::Failed { message, .. }) => {
+                Outcome::from_error(&ApiError::failed_precondition(message))
+            }
+            Err(_) => Outcome::from_error(&ApiError::internal("Revision failed.")),
+        };
+        operations::finish(&state, &op_name, result);
+    });
+}
+
+/// Starts or stops instances so that the newest revision runs `manualInstanceCount` of them.
+async fn reconcile(state: &AppState, name: &str) -> Result<(), Settled> {
+    let Some(rec) = state.run.store().worker_pools.get(name).cloned() else {
+        return Ok(());
+    };
+    let revision = rec.latest_created_revision.clone();
+    let fail = |reason: &str, message: String| Settled::Failed {
+        reason: reason.into(),
+        message,
+    };
+    let template = &rec.body["template"];
+    let container = template["containers"][0].clone();
+    let project = rec.meta.parent.project.clone();
+    let sa = template
+        .get("serviceAccount")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| views::default_service_account(&project_number(state, &project)));
+    let image = container["image"].as_str().unwrap_or_default().to_owned();
+    if state
+        .run
+        .executor()
+        .config()
+        .images
+        .rule_for(&image)
+        .is_none()
+    {
+        return Err(fail(
+            "CONTAINER_MISSING",
+            format!("Image '{image}' not found."),
+        ));
+    }
+    let mut running = state.run.take_pool(name);
+    let old_revision = running.revision.clone();
+    let old = if running.revision == revision {
+        Vec::new()
+    } else {
+        std::mem::take(&mut running.handles)
+    };
+    running.revision = revision.clone();
+    let desired = rec.desired();
+    while running.handles.len() > desired {
+        if let Some(h) = running.handles.pop() {
+            h.stop().await;
+        }
+    }
+    let logs = state.run.logs_for(name);
+    let mut error = None;
+    while running.handles.len() < desired {
+        let env = vec![
+            ("CLOUD_RUN_WORKER_POOL".to_owned(), rec.meta.id.clone()),
+            (
+                "CLOUD_RUN_WORKER_POOL_REVISION".to_owned(),
+                revision.clone(),
+            ),
+        ];
+        let mut launch = match engine::prepare(state, &project, &container, &sa, env).await {
+            Ok(l) => l,
+            Err(m) => {
+                error = Some(fail(
+                    "REVISION_FAILED",
+                    format!("Revision '{revision}' is not ready. {m}"),
+                ));
+                break;
+            }
+        };
+        let instance = format!("{name}/instances/{}", running.handles.len());
+        launch.metadata = Some(engine::metadata_identity(
+            state,
+            &rec.meta.parent,
+            &sa,
+            &instance,
+        ));
+        match state.run.executor().start_instance(launch, logs.clone()) {
+            Ok(h) => {
+                if let ServiceState::Failed { message } =
+                    h.settled(std::time::Duration::from_secs(5)).await
+                {
+                    error = Some(fail(
+                        "REVISION_FAILED",
+                        format!("Revision '{revision}' could not start an instance: {message}"),
+                    ));
+                    break;
+                }
+                running.handles.push(h);
+            }
+            Err(e) => {
+                error = Some(fail(
+                    "REVISION_FAILED",
+                    format!("Revision '{revision}' could not start an instance: {e}"),
+                ));
+                break;
+            }
+        }
+    }
+    match error {
+        // The old revision keeps running when the new one cannot start, as on Google (the
+        // last serving revision stays).
+        Some(err) => {
+            if old.is_empty() {
+                // The same revision: what already runs keeps running.
+                state.run.put_pool(name, running);
+            } else {
+                for h in running.handles {
+                    h.stop().await;
+                }
+                state.run.put_pool(
+                    name,
+                    Running {
+                        revision: old_revision,
+                        handles: old,
+                    },
+                );
+            }
+            Err(err)
+        }
+        None => {
+            state.run.put_pool(name, running);
+            for h in old {
+                h.stop().await;
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_mask_copies_only_listed_paths() {
+        let current = json!({"labels": {"a": "1"}, "scaling": {"manualInstanceCount": 1},
+                             "template": {"containers": [{"image": "x"}]}});
+        let incoming = json!({"scaling": {"manualInstanceCount": 3}, "labels": {"b": "2"}});
+        let out = masked(&current, &incoming, Some("scaling.manualInstanceCount")).unwrap();
+        assert_eq!(out["scaling"]["manualInstanceCount"], 3);
+        assert_eq!(out["labels"], json!({"a": "1"}));
+        assert_eq!(out["template"], current["template"]);
+        let out = masked(&current, &incoming, Some("labels,template")).unwrap();
+        assert_eq!(out["labels"], json!({"b": "2"}));
+        assert!(out.get("template").is_none());
+        assert_eq!(masked(&current, &incoming, None).unwrap(), incoming);
+        assert!(masked(&current, &incoming, Some("scaling..x")).is_err());
+    }
+}
