@@ -34,7 +34,7 @@ async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
     let path = w.plan_file("bootstrap.yaml", &plan);
     harness::apply(&w, path.to_str().expect("utf-8 path"));
     let client = common::prefect_client(&w.prefect_url);
-    let id = |flow: &str, name: String| {
+    let id = |flow: &'static str, name: String| {
         let client = client.clone();
         async move {
             client

@@ -658,7 +658,7 @@ pub fn list(state: &AppState, body: &Value) -> Result<Value, ApiError> {
         .filter(|e| filter.matches(e))
         .collect();
     // Stable: lines of one buffer keep their order at equal timestamps.
-    entries.sort_by(|a, b| a.timestamp.cmp(&b.timestamp));
+    entries.sort_by_key(|e| e.timestamp);
     if desc {
         entries.reverse();
     }
@@ -674,7 +674,9 @@ pub fn list(state: &AppState, body: &Value) -> Result<Value, ApiError> {
     }
     if page.is_empty() {
         // Google leaves out an empty list.
-        answer.as_object_mut().map(|o| o.remove("entries"));
+        if let Some(o) = answer.as_object_mut() {
+            o.remove("entries");
+        }
     }
     Ok(answer)
 }

@@ -136,8 +136,9 @@ mod tests {
             m.contains("key=<redacted> url=http://127.0.0.1:4200/api"),
             "{m}"
         );
-        assert!(m.lines().last().unwrap().ends_with('…'));
-        assert!(m.lines().last().unwrap().chars().count() == MAX_LINE + 1);
+        let last = m.lines().next_back().expect("a last line");
+        assert!(last.ends_with('…'));
+        assert_eq!(last.chars().count(), MAX_LINE + 1);
         assert!(message("j", "e", &[], &secrets).is_none());
     }
 }
