@@ -172,7 +172,15 @@ pub(crate) async fn handle(
     match outcome {
         Ok(End::Finished(done)) => {
             let code = report_finished(&shared, &run, job.as_ref(), &done).await;
-            if done.succeeded == Some(false)
+            // Prefect 3.9's `prefect flow-run execute` reports a flow that does not even load
+            // (a syntax error) as a FAILED/CRASHED run and exits 0: its execution succeeds, and
+            // the traceback is only in the container's output. Copy it then too.
+            let failed_inside = done.succeeded == Some(true)
+                && matches!(
+                    client.flow_run(id).await,
+                    Ok(Some(r)) if matches!(r.state_type(), StateType::Failed | StateType::Crashed)
+                );
+            if (done.succeeded == Some(false) || failed_inside)
                 && let Some((jobs, cfg)) = &created
             {
                 copy_container_tail(&shared, run.id, jobs, &cfg.job_name, &done.execution).await;
