@@ -252,6 +252,37 @@ pub struct WorkerArgs {
     /// Port of the health endpoint.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// Delete the pool's Cloud Run jobs whose latest execution finished longer ago than
+    /// --sweep-older-than (`keep_job` ones too) in the pool's default region, then exit.
+    #[arg(long)]
+    pub sweep: bool,
+    /// With --sweep: only jobs finished at least this long ago, e.g. `30m`, `24h`, `7d`.
+    #[arg(long, value_name = "AGE", default_value = "24h", value_parser = parse_age, requires = "sweep")]
+    pub sweep_older_than: std::time::Duration,
+}
+
+/// `<n>s`, `<n>m`, `<n>h` or `<n>d` (whole numbers).
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("`{text}` is not an age like 30m, 24h or 7d"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "`{text}`: the unit must be s, m, h or d (e.g. 24h)"
+            ));
+        }
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("`{text}` is too large"))
 }
 
 #[derive(Debug, Args)]

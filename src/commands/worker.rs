@@ -36,6 +36,9 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
         None => runtime.block_on(worker::identity::default_name()),
     };
     let mut opts = WorkerOptions::new(&args.pool, &name, endpoints);
+    if args.sweep {
+        return sweep(&runtime, client, opts, args.sweep_older_than);
+    }
     opts.queues = args.queues.clone();
     opts.limit = args.limit;
     opts.poll_interval = Duration::from_secs_f64(args.poll_interval);
@@ -45,6 +48,29 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     // Tasks still watching executions are abandoned on purpose: their jobs keep running.
     runtime.shutdown_timeout(Duration::from_millis(200));
     eprintln!("worker `{name}` stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--sweep`: deletes the pool's finished jobs, says what it did, exits.
+fn sweep(
+    runtime: &tokio::runtime::Runtime,
+    client: PrefectClient,
+    opts: WorkerOptions,
+    older_than: Duration,
+) -> Result<ExitCode> {
+    let pool = opts.pool.clone();
+    let swept = runtime.block_on(worker::sweep::sweep(client, opts, older_than))?;
+    println!(
+        "deleted {} finished Cloud Run job{} of pool `{pool}` in {} ({} kept: running or finished less than {}s ago)",
+        swept.deleted.len(),
+        if swept.deleted.len() == 1 { "" } else { "s" },
+        swept.region,
+        swept.kept,
+        older_than.as_secs()
+    );
+    if let Some(w) = worker::sweep::near_limit_warning(&swept.region, swept.region_jobs) {
+        eprintln!("warning: {w}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

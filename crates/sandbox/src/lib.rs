@@ -24,6 +24,7 @@ pub mod hosts;
 pub mod iam;
 pub mod iamcredentials;
 pub mod keys;
+pub mod logging;
 pub mod metadata;
 pub mod methods;
 pub mod netns;

@@ -302,6 +302,8 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::metadata::host_router(state.clone()))
         .merge(crate::builds::router())
         .merge(run::router())
+        // Cloud Logging v2 `logging.entries.list` (`crate::logging`).
+        .route("/v2/entries:list", post(crate::logging::list_handler))
         .fallback(google::dispatch)
         .layer(middleware::from_fn_with_state(state.clone(), api_guard))
         .with_state(state)

@@ -208,6 +208,8 @@ pub struct Shared {
     pub keys: KeyPool,
     /// The Cloud Run slice, owned by the `run` module.
     pub run: crate::run::RunState,
+    /// Log entries other modules write for Cloud Logging (`crate::logging`).
+    pub logging: crate::logging::Sink,
 }
 
 /// A cheap handle on the shared state, given to every handler.
@@ -256,6 +258,7 @@ impl AppState {
                 faults,
                 keys,
                 run,
+                logging: crate::logging::Sink::default(),
             }),
         }
     }

@@ -108,6 +108,26 @@ impl RunJobs {
         }
     }
 
+    /// The last `lines` lines an execution printed, from Cloud Logging (oldest first).
+    pub async fn log_tail(
+        &self,
+        job: &str,
+        execution: &str,
+        lines: u32,
+    ) -> Result<Vec<bootstrap_gcp::logging::LogLine>, GcpError> {
+        self.jobs.log_tail(job, execution, lines).await
+    }
+
+    /// The region.
+    pub fn region(&self) -> &str {
+        self.jobs.region().as_str()
+    }
+
+    /// Every job of the project and region, every page.
+    pub async fn all_jobs(&self) -> Result<Vec<JobView>, GcpError> {
+        self.jobs.all_jobs().await
+    }
+
     /// Jobs carrying `label = value`, every page.
     pub async fn jobs_labelled(&self, label: &str, value: &str) -> Result<Vec<JobView>, GcpError> {
         self.jobs.jobs_labelled(label, value).await

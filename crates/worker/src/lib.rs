@@ -22,6 +22,8 @@ pub mod refs;
 pub mod runtime;
 pub mod settings;
 mod submit;
+pub mod sweep;
+mod tail;
 pub mod template;
 
 pub use runtime::{WorkerOptions, run};

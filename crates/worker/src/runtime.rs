@@ -54,6 +54,10 @@ pub struct WorkerOptions {
     pub endpoints: Endpoints,
     /// Subscribe to the event stream for immediate pickup.
     pub use_events: bool,
+    /// How long a run's watch keeps trying while every read of its execution fails, before
+    /// it leaves the run's state to the execution and keeps the job (prefect-gcp's "Lost
+    /// connection to flow run infrastructure"); 30 minutes.
+    pub lost_contact_window: Duration,
 }
 
 impl WorkerOptions {
@@ -71,6 +75,7 @@ impl WorkerOptions {
             reconcile_interval: Duration::from_secs(30),
             endpoints,
             use_events: true,
+            lost_contact_window: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -530,8 +535,33 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     }
 }
 
-/// A jobs client from the pool's default credentials and region (startup cleanup of leftovers).
-async fn pool_jobs(
+/// A [`Shared`] for one-off work outside the loop (`worker --sweep`): nothing runs, worker
+/// log lines go nowhere.
+pub(crate) fn detached(client: PrefectClient, opts: WorkerOptions) -> Arc<Shared> {
+    let (log_tx, _) = mpsc::unbounded_channel();
+    let (stop_tx, _) = watch::channel(true);
+    Arc::new(Shared {
+        client,
+        permits: None,
+        opts,
+        worker_env: Vec::new(),
+        in_flight: Mutex::new(HashMap::new()),
+        finished: Mutex::new((HashSet::new(), VecDeque::new())),
+        last_poll_ok: Mutex::new(Instant::now()),
+        logs: log_tx,
+        ambient: OnceCell::new(),
+        poll_now: Notify::new(),
+        stopping: stop_tx,
+        reads: Reads::default(),
+        jobs: JobsCache::default(),
+        submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
+        waiting: AtomicUsize::new(0),
+    })
+}
+
+/// A jobs client from the pool's default credentials and region (startup cleanup of leftovers,
+/// `worker --sweep`).
+pub(crate) async fn pool_jobs(
     shared: &Arc<Shared>,
     kind: PoolKind,
     template: &serde_json::Value,
@@ -658,6 +688,7 @@ async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_
     let Ok(list) = jobs.jobs_labelled(POOL_LABEL, value).await else {
         return;
     };
+    tokio::spawn(job_limit_watch(jobs.clone()));
     for job in list {
         if job.labels.get(CLEANUP_LABEL).map(String::as_str) != Some("true") {
             continue;
@@ -675,6 +706,24 @@ async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_
                 tracing::warn!(job = job.name, error = %e, "could not delete");
             }
         }
+    }
+}
+
+/// How often the worker counts the jobs of its pool's default region.
+const JOB_LIMIT_CHECK: Duration = Duration::from_secs(15 * 60);
+
+/// Warns once (per process) when the pool's default region nears Cloud Run's job limit
+/// ([`super::sweep::near_limit_warning`]); counts the region's jobs at start and every
+/// [`JOB_LIMIT_CHECK`]. A failed count is tried again at the next check.
+async fn job_limit_watch(jobs: RunJobs) {
+    loop {
+        if let Ok(all) = jobs.all_jobs().await
+            && let Some(warning) = super::sweep::near_limit_warning(jobs.region(), all.len())
+        {
+            tracing::warn!("{warning}");
+            return;
+        }
+        tokio::time::sleep(jittered(JOB_LIMIT_CHECK)).await;
     }
 }
 

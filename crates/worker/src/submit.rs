@@ -172,6 +172,19 @@ pub(crate) async fn handle(
     match outcome {
         Ok(End::Finished(done)) => {
             let code = report_finished(&shared, &run, job.as_ref(), &done).await;
+            // Prefect 3.9's `prefect flow-run execute` reports a flow that does not even load
+            // (a syntax error) as a FAILED/CRASHED run and exits 0: its execution succeeds, and
+            // the traceback is only in the container's output. Copy it then too.
+            let failed_inside = done.succeeded == Some(true)
+                && matches!(
+                    client.flow_run(id).await,
+                    Ok(Some(r)) if matches!(r.state_type(), StateType::Failed | StateType::Crashed)
+                );
+            if (done.succeeded == Some(false) || failed_inside)
+                && let Some((jobs, cfg)) = &created
+            {
+                copy_container_tail(&shared, run.id, jobs, &cfg.job_name, &done.execution).await;
+            }
             if let Some((_, job)) = &job {
                 report_executed(&shared, &run, job, code, submitted);
             }
@@ -316,6 +329,8 @@ async fn crash_unless_final(client: &PrefectClient, id: Uuid, msg: &str) {
 
 /// An execution that ended, as watched.
 struct Done {
+    /// The execution's name.
+    execution: String,
     /// `None`: the execution was deleted while watched.
     succeeded: Option<bool>,
     message: Option<String>,
@@ -324,7 +339,8 @@ struct Done {
 
 enum End {
     Finished(Done),
-    /// The Cloud Run API did not answer for [`LOST_CONTACT_WINDOW`].
+    /// The Cloud Run API did not answer for the lost-contact window
+    /// ([`super::runtime::WorkerOptions::lost_contact_window`], 30 minutes by default).
     LostContact(String),
     Cancelled,
     Detached,
@@ -640,7 +656,8 @@ async fn submit_and_watch(
     );
     // Submitted: watching costs the Prefect server nothing; let the next run in.
     drop(slot);
-    watch_execution(&jobs, &job, &execution, &mut cancel).await
+    let window = shared.opts.lost_contact_window;
+    watch_execution(&jobs, &job, &execution, &mut cancel, window).await
 }
 
 /// Gives the run this worker's labels and emits `prefect.worker.submitted-flow-run`, as
@@ -780,6 +797,31 @@ async fn report_finished(
     code
 }
 
+/// Copies the last lines a failed execution printed from Cloud Logging into the run's logs
+/// (bounded and redacted, `tail`); a failed read says why in the run's logs instead.
+async fn copy_container_tail(
+    shared: &Shared,
+    id: Uuid,
+    jobs: &RunJobs,
+    job: &str,
+    execution: &str,
+) {
+    match super::tail::read(jobs, job, execution).await {
+        Ok(lines) => {
+            if let Some(m) = super::tail::message(job, execution, &lines, &shared.worker_env) {
+                shared.log(id, 40, m);
+            }
+        }
+        Err(e) => shared.log(
+            id,
+            30,
+            format!(
+                "Could not read the container output of execution {execution} from Cloud                  Logging (the worker's identity needs logging.logEntries.list, e.g.                  roles/logging.viewer): {e}"
+            ),
+        ),
+    }
+}
+
 /// The other flow run an existing job was made for (its `prefect-io-flow-run-id` label), if
 /// it is not `id`'s. Job names derived from the run id never meet this; a fixed v1 name can.
 async fn owned_by_other_run(jobs: &RunJobs, job: &str, id: Uuid) -> Option<String> {
@@ -809,15 +851,15 @@ async fn run_recording_pid(
 }
 
 /// How long the watch keeps trying while every read of the execution fails (each read is
-/// itself retried by GcpHttp). The execution may be running all along; after this the run is
-/// left to report its own state, and the job is kept.
-const LOST_CONTACT_WINDOW: Duration = Duration::from_secs(30 * 60);
-
+/// itself retried by GcpHttp): `window` ([`super::runtime::WorkerOptions::lost_contact_window`]).
+/// The execution may be running all along; after this the run is left to report its own
+/// state, and the job is kept.
 async fn watch_execution(
     jobs: &RunJobs,
     job: &str,
     execution: &str,
     cancel: &mut watch::Receiver<Signal>,
+    window: Duration,
 ) -> Result<End, Failure> {
     let mut delay = Duration::from_millis(500);
     let mut failing_since: Option<tokio::time::Instant> = None;
@@ -825,6 +867,7 @@ async fn watch_execution(
         match jobs.execution(execution).await {
             Ok(Some(e)) if e.done => {
                 return Ok(End::Finished(Done {
+                    execution: execution.to_string(),
                     succeeded: Some(e.succeeded),
                     message: e.message,
                     log_uri: e.log_uri,
@@ -833,6 +876,7 @@ async fn watch_execution(
             Ok(Some(_)) => failing_since = None,
             Ok(None) => {
                 return Ok(End::Finished(Done {
+                    execution: execution.to_string(),
                     succeeded: None,
                     message: None,
                     log_uri: None,
@@ -840,12 +884,12 @@ async fn watch_execution(
             }
             Err(e) => {
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= LOST_CONTACT_WINDOW {
+                if since.elapsed() >= window {
                     return Ok(End::LostContact(format!(
                         "Lost connection to flow run infrastructure: Cloud Run did not answer \
                          about execution {execution} of job {job} for {} minutes ({e}); the \
                          flow run's final state is left to the execution, and the job is kept",
-                        LOST_CONTACT_WINDOW.as_secs() / 60
+                        window.as_secs().div_ceil(60)
                     )));
                 }
                 tracing::warn!(job, error = %e, "cannot read the execution; still watching");
@@ -868,6 +912,53 @@ async fn watch_execution(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue #17 item 3: when every read of the execution fails (here: nothing listens), the
+    /// watch keeps going for the whole lost-contact window and then ends as lost contact, the
+    /// run's state left to the execution, never as a failure that CRASHES the run. A small
+    /// window stands in for the default 30 minutes.
+    #[tokio::test]
+    async fn prolonged_api_errors_end_as_lost_contact_after_the_window() {
+        let window = Duration::from_secs(3);
+        let tokens = std::sync::Arc::new(bootstrap_gcp::StaticTokenSource::new(
+            "t".to_string().into(),
+            None,
+        ));
+        let http = bootstrap_gcp::GcpHttp::new(
+            bootstrap_gcp::Endpoints::with_base("http://127.0.0.1:9").expect("endpoint"),
+            tokens,
+            bootstrap_gcp::RetryPolicy {
+                max_attempts: 1,
+                ..bootstrap_gcp::RetryPolicy::default()
+            },
+        )
+        .expect("http");
+        let jobs = RunJobs::new(http, PoolKind::V2, "my-project", "us-central1").expect("jobs");
+        let (_tx, mut rx) = watch::channel(Signal::None);
+        let started = tokio::time::Instant::now();
+        let end = watch_execution(
+            &jobs,
+            "job-1",
+            "projects/my-project/locations/us-central1/jobs/job-1/executions/job-1-abc",
+            &mut rx,
+            window,
+        )
+        .await;
+        let waited = started.elapsed();
+        match end {
+            Ok(End::LostContact(msg)) => {
+                assert!(
+                    msg.starts_with("Lost connection to flow run infrastructure"),
+                    "{msg}"
+                );
+                assert!(msg.contains("the job is kept"), "{msg}");
+            }
+            Ok(_) => panic!("the watch ended otherwise than lost contact"),
+            Err(_) => panic!("API errors failed the watch (a CRASHED run)"),
+        }
+        assert!(waited >= window, "gave up after {waited:?}");
+        assert!(waited < window * 5, "bounded: {waited:?}");
+    }
 
     /// Regression (tests/worker_e2e.rs `server_restart_loses_no_run`): a run being submitted
     /// while the Prefect server restarted was marked CRASHED ("cannot reach the Prefect API").

@@ -99,6 +99,14 @@ impl RunState {
         })
     }
 
+    /// Every log buffer with its execution or service name (for Cloud Logging, `crate::logging`).
+    pub fn all_logs(&self) -> Vec<(String, LogBuffer)> {
+        lock(&self.inner.logs)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     pub(crate) fn logs_for(&self, name: &str) -> LogBuffer {
         lock(&self.inner.logs)
             .entry(name.to_owned())
