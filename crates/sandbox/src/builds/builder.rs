@@ -237,10 +237,8 @@ fn in_root(rootfs: &Path, container: &str) -> PathBuf {
     for c in Path::new(container).components() {
         match c {
             Component::Normal(n) => p.push(n),
-            Component::ParentDir => {
-                if p != rootfs {
-                    p.pop();
-                }
+            Component::ParentDir if p != rootfs => {
+                p.pop();
             }
             _ => {}
         }
@@ -637,7 +635,7 @@ async fn install(
         &envs,
     )
     .await
-    .map_err(|tail| step_failure(tail))?;
+    .map_err(step_failure)?;
     let base_site = purelib(&base_python)
         .await
         .map_err(|e| step_failure(vec![e]))?;
