@@ -47,12 +47,21 @@ impl Api {
         v
     }
 
-    /// Polls an operation (Cloud Build's and Artifact Registry's share the path) until done.
+    /// Polls a Cloud Build or Artifact Registry operation (one path) until done.
     async fn wait(&self, name: &str, limit: Duration) -> Value {
+        self.wait_on("v1", name, limit).await
+    }
+
+    /// Polls a Cloud Run v2 operation until done.
+    async fn wait_run(&self, name: &str, limit: Duration) -> Value {
+        self.wait_on("v2", name, limit).await
+    }
+
+    async fn wait_on(&self, version: &str, name: &str, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;
         loop {
             let op = self
-                .ok(reqwest::Method::GET, &format!("v1/{name}"), None)
+                .ok(reqwest::Method::GET, &format!("{version}/{name}"), None)
                 .await;
             if op["done"] == true {
                 return op;
@@ -223,7 +232,12 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
     );
     let (_, build, log) = api.build(&ok_src, &format!("{registry}/hello:v1")).await;
     assert_eq!(build["status"], "FAILURE", "{log:?}");
-    assert_eq!(build["failureInfo"]["type"], "PUSH_FAILED");
+    assert_eq!(build["failureInfo"]["type"], "PUSH_FAILED", "{log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("Successfully installed art-6.5")),
+        "pip ran: {log:#?}"
+    );
 
     let op = api
         .ok(
@@ -247,7 +261,7 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         .await;
     assert_eq!(status, 200, "{job}");
     let job = api
-        .wait(job["name"].as_str().expect("op"), Duration::from_secs(10))
+        .wait_run(job["name"].as_str().expect("op"), Duration::from_secs(10))
         .await;
     assert!(
         job.to_string()
@@ -260,11 +274,8 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
     assert_eq!(build["status"], "FAILURE", "{log:#?}");
     assert_eq!(build["failureInfo"]["type"], "PUSH_NOT_AUTHORIZED");
     assert!(
-        log.iter().any(|l| l.contains("Successfully installed art-6.5")),
-        "pip ran: {log:#?}"
-    );
-    assert!(
-        log.join("\n").contains("artifactregistry.repositories.uploadArtifacts"),
+        log.join("\n")
+            .contains("artifactregistry.repositories.uploadArtifacts"),
         "{log:#?}"
     );
     grant_writer(&api).await;
@@ -276,7 +287,10 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         .as_str()
         .expect("digest")
         .to_owned();
-    assert!(log.iter().any(|l| l.contains("Using cache")), "pip's environment reused: {log:#?}");
+    assert!(
+        log.iter().any(|l| l.contains("Using cache")),
+        "pip's environment reused: {log:#?}"
+    );
 
     // The image runs: CMD from the Dockerfile, WORKDIR, ENV, the requirement installed.
     let image = format!("{registry}/hello@{digest}");
@@ -288,7 +302,7 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         )
         .await;
     let job = api
-        .wait(op["name"].as_str().expect("op"), Duration::from_secs(10))
+        .wait_run(op["name"].as_str().expect("op"), Duration::from_secs(10))
         .await;
     assert!(job.get("error").is_none(), "{job}");
     let run = api
@@ -299,9 +313,9 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         )
         .await;
     let done = api
-        .wait(run["name"].as_str().expect("op"), Duration::from_secs(180))
+        .wait_run(run["name"].as_str().expect("op"), Duration::from_secs(180))
         .await;
-    let execution = done["response"]["name"]
+    let execution = done["metadata"]["name"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -314,6 +328,7 @@ async fn source_upload_build_and_run_a_job_from_the_built_image() {
         .text()
         .await
         .expect("text");
+    assert!(done.get("error").is_none(), "{done}\n{logs}");
     assert_eq!(done["response"]["succeededCount"], 1, "{done}\n{logs}");
     assert!(
         logs.contains("built flow says hello from the built image"),
@@ -410,7 +425,8 @@ async fn gcloud_json(config: &Path, home: &Path, args: &[&str]) -> Value {
     all.push("--format=json");
     let (code, out, err) = gcloud(config, home, &all).await;
     assert_eq!(code, 0, "gcloud {}\n{out}\n{err}", args.join(" "));
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("gcloud {} printed no JSON ({e}): {out}", args.join(" ")))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("gcloud {} printed no JSON ({e}): {out}", args.join(" ")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,14 +452,46 @@ async fn gcloud_reads_repositories_images_and_builds() {
     let (code, out, err) = gcloud(
         c,
         h,
-        &["artifacts", "repositories", "create", REPO, "--repository-format=docker", "--location", REGION, "--description", "flows"],
+        &[
+            "artifacts",
+            "repositories",
+            "create",
+            REPO,
+            "--repository-format=docker",
+            "--location",
+            REGION,
+            "--description",
+            "flows",
+        ],
     )
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
-    let listed = gcloud_json(c, h, &["artifacts", "repositories", "list", "--location", REGION]).await;
+    let listed = gcloud_json(
+        c,
+        h,
+        &["artifacts", "repositories", "list", "--location", REGION],
+    )
+    .await;
     let name = format!("projects/{PROJECT}/locations/{REGION}/repositories/{REPO}");
-    assert!(listed.as_array().is_some_and(|a| a.iter().any(|r| r["name"] == name.as_str())), "{listed}");
-    let described = gcloud_json(c, h, &["artifacts", "repositories", "describe", REPO, "--location", REGION]).await;
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|a| a.iter().any(|r| r["name"] == name.as_str())),
+        "{listed}"
+    );
+    let described = gcloud_json(
+        c,
+        h,
+        &[
+            "artifacts",
+            "repositories",
+            "describe",
+            REPO,
+            "--location",
+            REGION,
+        ],
+    )
+    .await;
     assert_eq!(described["format"], "DOCKER");
     assert_eq!(described["description"], "flows");
 
@@ -451,7 +499,10 @@ async fn gcloud_reads_repositories_images_and_builds() {
         dir.path(),
         "src",
         &[
-            ("Dockerfile", "FROM prefecthq/prefect:3-python3.11\nCOPY . /app\nWORKDIR /app\nCMD [\"python\", \"main.py\"]\n"),
+            (
+                "Dockerfile",
+                "FROM prefecthq/prefect:3-python3.11\nCOPY . /app\nWORKDIR /app\nCMD [\"python\", \"main.py\"]\n",
+            ),
             ("main.py", "print('hi')\n"),
         ],
     );
@@ -459,9 +510,24 @@ async fn gcloud_reads_repositories_images_and_builds() {
     grant_writer(&api).await;
     let (_, build, log) = api.build(&src, &format!("{registry}/app:v1")).await;
     assert_eq!(build["status"], "SUCCESS", "{log:#?}");
-    let digest = build["results"]["images"][0]["digest"].as_str().expect("digest").to_owned();
+    let digest = build["results"]["images"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .to_owned();
 
-    let images = gcloud_json(c, h, &["artifacts", "docker", "images", "list", &registry, "--include-tags"]).await;
+    let images = gcloud_json(
+        c,
+        h,
+        &[
+            "artifacts",
+            "docker",
+            "images",
+            "list",
+            &registry,
+            "--include-tags",
+        ],
+    )
+    .await;
     let images = images.as_array().expect("a list");
     assert_eq!(images.len(), 1, "{images:?}");
     assert_eq!(images[0]["package"], format!("{registry}/app").as_str());
@@ -473,9 +539,34 @@ async fn gcloud_reads_repositories_images_and_builds() {
     assert_eq!(described["status"], "SUCCESS");
     assert_eq!(described["results"]["images"][0]["digest"], digest.as_str());
 
-    let (code, out, err) = gcloud(c, h, &["artifacts", "repositories", "delete", REPO, "--location", REGION, "--quiet"]).await;
+    let (code, out, err) = gcloud(
+        c,
+        h,
+        &[
+            "artifacts",
+            "repositories",
+            "delete",
+            REPO,
+            "--location",
+            REGION,
+            "--quiet",
+        ],
+    )
+    .await;
     assert_eq!(code, 0, "{out}\n{err}");
-    let (code, _, err) = gcloud(c, h, &["artifacts", "repositories", "describe", REPO, "--location", REGION]).await;
+    let (code, _, err) = gcloud(
+        c,
+        h,
+        &[
+            "artifacts",
+            "repositories",
+            "describe",
+            REPO,
+            "--location",
+            REGION,
+        ],
+    )
+    .await;
     assert_ne!(code, 0, "{err}");
     sandbox.shutdown().await.expect("shutdown");
 }

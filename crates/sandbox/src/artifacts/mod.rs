@@ -430,7 +430,12 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         return Ok(json!({"name": parent, "locationId": location}));
     }
     if method == "list" {
-        authz::require(&ctx.state, &ctx.caller, &project, "artifactregistry.locations.list")?;
+        authz::require(
+            &ctx.state,
+            &ctx.caller,
+            &project,
+            "artifactregistry.locations.list",
+        )?;
         let all: Vec<Value> = crate::hosts::REGIONS
             .iter()
             .chain(MULTI_REGIONS)

@@ -237,10 +237,8 @@ fn in_root(rootfs: &Path, container: &str) -> PathBuf {
     for c in Path::new(container).components() {
         match c {
             Component::Normal(n) => p.push(n),
-            Component::ParentDir => {
-                if p != rootfs {
-                    p.pop();
-                }
+            Component::ParentDir if p != rootfs => {
+                p.pop();
             }
             _ => {}
         }
@@ -637,7 +635,7 @@ async fn install(
         &envs,
     )
     .await
-    .map_err(|tail| step_failure(tail))?;
+    .map_err(step_failure)?;
     let base_site = purelib(&base_python)
         .await
         .map_err(|e| step_failure(vec![e]))?;
@@ -797,7 +795,7 @@ mod tests {
         std::fs::write(a.path().join("flows/f.py"), "print(1)\n").expect("write");
         let (d1, size) = context_digest(a.path()).expect("digest");
         assert_eq!(size, 16);
-        assert_eq!(d1, context_digest(a.path()).expect("digest"));
+        assert_eq!(d1, context_digest(a.path()).expect("digest").0);
         std::fs::write(a.path().join("flows/f.py"), "print(2)\n").expect("write");
         assert_ne!(d1, context_digest(a.path()).expect("digest").0);
         assert!(d1.starts_with("sha256:") && d1.len() == 71);

@@ -87,20 +87,20 @@ pub fn substitute(text: &str, vars: &BTreeMap<String, String>) -> String {
             i += 1;
             continue;
         }
-        if chars.get(i + 1) == Some(&'{') {
-            if let Some(end) = chars[i + 2..].iter().position(|&c| c == '}') {
-                let inner: String = chars[i + 2..i + 2 + end].iter().collect();
-                let (name, default) = match inner.split_once(":-") {
-                    Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
-                    None => (inner.clone(), None),
-                };
-                match vars.get(&name).filter(|v| !v.is_empty()) {
-                    Some(v) => out.push_str(v),
-                    None => out.push_str(&default.unwrap_or_default()),
-                }
-                i += end + 3;
-                continue;
+        if chars.get(i + 1) == Some(&'{')
+            && let Some(end) = chars[i + 2..].iter().position(|&c| c == '}')
+        {
+            let inner: String = chars[i + 2..i + 2 + end].iter().collect();
+            let (name, default) = match inner.split_once(":-") {
+                Some((n, d)) => (n.to_owned(), Some(d.to_owned())),
+                None => (inner.clone(), None),
+            };
+            match vars.get(&name).filter(|v| !v.is_empty()) {
+                Some(v) => out.push_str(v),
+                None => out.push_str(&default.unwrap_or_default()),
             }
+            i += end + 3;
+            continue;
         }
         let name: String = chars[i + 1..]
             .iter()

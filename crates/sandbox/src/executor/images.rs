@@ -746,6 +746,69 @@ mod tests {
     }
 
     #[test]
+    fn built_images_resolve_over_their_base_and_unknown_ones_are_not_found() {
+        let venv = tempfile::tempdir().expect("tempdir");
+        let env = tempfile::tempdir().expect("env");
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [venv.path().join("bin"), env.path().join("bin")] {
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            let python = dir.join("python");
+            std::fs::write(&python, "#!/bin/sh\n").expect("write");
+            std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755))
+                .expect("chmod");
+        }
+        let map = ImageMap::with_defaults(vars(venv.path()));
+        let repo = "us-central1-docker.pkg.dev/p/prefect";
+        // Not a sandbox repository: the table decides, as before (`*prefect*`).
+        assert!(map.built().lookup(&format!("{repo}/flows:1")).is_none());
+        assert!(map.knows(&format!("{repo}/flows:1")));
+        map.built().set_repository(repo, true);
+        assert!(!map.knows(&format!("{repo}/flows:1")));
+        let digest = format!("sha256:{}", "b".repeat(64));
+        let built = BuiltImage {
+            base: "prefecthq/prefect:3-python3.11".into(),
+            workdir: PathBuf::from("/tmp/root/opt/prefect/flows"),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            entrypoint: None,
+            cmd: Some(s(&["python", "flow.py"])),
+            bin: Some(env.path().join("bin")),
+        };
+        map.built().push(
+            &format!("{repo}/flows@{digest}"),
+            &[format!("{repo}/flows:1")],
+            built,
+        );
+        for image in [
+            format!("{repo}/flows:1"),
+            format!("{repo}/flows@{digest}"),
+            format!("{repo}/flows:1@{digest}"),
+        ] {
+            let cmd = map.resolve(&image, &[], &[]).expect("built image resolves");
+            assert_eq!(cmd.program, env.path().join("bin/python"), "{image}");
+            assert_eq!(cmd.args, s(&["flow.py"]));
+            assert_eq!(cmd.workdir, PathBuf::from("/tmp/root/opt/prefect/flows"));
+            assert_eq!(
+                cmd.image_env.get("GREETING").map(String::as_str),
+                Some("hi")
+            );
+            assert_eq!(
+                cmd.image_env.get("PIP_NO_INDEX").map(String::as_str),
+                Some("1")
+            );
+        }
+        assert!(map.knows(&format!("{repo}/flows:1")));
+        let err = map
+            .resolve(&format!("{repo}/flows:2"), &[], &[])
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("Image '{repo}/flows:2' not found.")
+        );
+        map.built().set_repository(repo, false);
+        assert!(map.built().lookup(&format!("{repo}/flows:1")).is_none());
+    }
+
+    #[test]
     fn bad_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("images.yaml");
