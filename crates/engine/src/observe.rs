@@ -18,14 +18,16 @@ use super::planner::prefect::deployment_key;
 /// Reads everything the planner compares, concurrently.
 pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     let project = &spec.gcp.project;
-    let (apis, gcp_sa, bindings, secret, service, prefect) = tokio::try_join!(
+    let (apis, gcp_sa, bindings, secret, service, prefect, builds) = tokio::try_join!(
         apis(ctx, spec),
         service_account(ctx, spec),
         project_bindings(ctx, project),
         secret(ctx, spec),
         service(ctx, spec),
         prefect_side(&ctx.prefect, spec),
+        super::builds::observe(ctx, spec),
     )?;
+    let (images, repositories) = builds;
     let (service_account, keys, sa_bindings) = gcp_sa;
     let (block, work_pool, default_template, deployments) = prefect;
     Ok(Observed {
@@ -40,6 +42,8 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
         work_pool,
         default_template,
         deployments,
+        images,
+        repositories,
     })
 }
 

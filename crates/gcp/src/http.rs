@@ -40,6 +40,10 @@ pub enum Api {
     RunV1(Region),
     /// IAM Credentials (`generateAccessToken`, for impersonation).
     IamCredentials,
+    /// Cloud Build v1 (build operations and builds, for remote image builds).
+    CloudBuild,
+    /// Artifact Registry v1 (the docker repository built images go to).
+    ArtifactRegistry,
 }
 
 /// Where each API is reached: Google's hosts, or one local base URL for all of them.
@@ -102,6 +106,8 @@ impl Endpoints {
             Api::RunV2 => "run.googleapis.com".to_owned(),
             Api::RunV1(region) => format!("{region}-run.googleapis.com"),
             Api::IamCredentials => "iamcredentials.googleapis.com".to_owned(),
+            Api::CloudBuild => "cloudbuild.googleapis.com".to_owned(),
+            Api::ArtifactRegistry => "artifactregistry.googleapis.com".to_owned(),
         };
         Url::parse(&format!("https://{host}/"))
             .map_err(|e| GcpError::Config(format!("cannot build a URL for host `{host}`: {e}")))
@@ -154,7 +160,16 @@ pub struct Call {
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Value>,
+    /// A raw body with its content type instead of JSON (media uploads); wins over `body`.
+    pub media: Option<Media>,
     pub retry: RetryOptions,
+}
+
+/// A raw request body (e.g. a `multipart/related` media upload). Cheap to clone for retries.
+#[derive(Clone)]
+pub struct Media {
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
 }
 
 impl std::fmt::Debug for Call {
@@ -183,6 +198,7 @@ impl Call {
             path,
             query: Vec::new(),
             body: None,
+            media: None,
             retry: RetryOptions {
                 idempotent,
                 conflicts: false,
@@ -197,6 +213,19 @@ impl Call {
 
     pub fn body(mut self, body: Value) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// Sends `bytes` as the body with `content_type` (a media upload).
+    pub fn media(
+        mut self,
+        content_type: impl Into<String>,
+        bytes: impl Into<bytes::Bytes>,
+    ) -> Self {
+        self.media = Some(Media {
+            content_type: content_type.into(),
+            bytes: bytes.into(),
+        });
         self
     }
 
@@ -371,11 +400,14 @@ impl GcpHttp {
         if !call.query.is_empty() {
             req = req.query(&call.query);
         }
-        req = match &call.body {
-            Some(body) => req.json(body),
+        req = match (&call.media, &call.body) {
+            (Some(media), _) => req
+                .header(reqwest::header::CONTENT_TYPE, media.content_type.as_str())
+                .body(media.bytes.clone()),
+            (None, Some(body)) => req.json(body),
             // Google answers 411 to a POST without Content-Length.
-            None if call.method == Method::POST => req.body(Vec::new()),
-            None => req,
+            (None, None) if call.method == Method::POST => req.body(Vec::new()),
+            (None, None) => req,
         };
         let resp = req.send().await.map_err(AttemptError::Transport)?;
         let status = resp.status();

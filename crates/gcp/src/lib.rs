@@ -31,6 +31,12 @@
 //!   create/get/list/delete/run; executions get/list/delete/cancel; operations get/wait.
 //! - [`run_v1`]: namespaces jobs create/get/replace/list/delete/run; executions
 //!   get/delete/cancel (regional host).
+//! - [`run_builds`]: Cloud Run v2 source builds: `:uploadSource` (multipart media upload of a
+//!   `.tar.gz`) and `builds:submit` (a Docker build pushed to Artifact Registry).
+//! - [`cloudbuild`]: the submitted build's operation get / wait (progress callback, deadline)
+//!   and builds get.
+//! - [`artifactregistry`]: docker repositories get/create/delete (operations), get/setIamPolicy,
+//!   docker images get/list.
 //! - [`run_jobs`]: one Cloud Run jobs facade over v1 and v2 for the embedded worker's flow-run
 //!   jobs ([`run_jobs::Jobs`], typed [`run_jobs::JobView`] / [`run_jobs::ExecutionView`]).
 //!
@@ -44,7 +50,9 @@
 //! # let _ = http; Ok(()) }
 //! ```
 
+pub mod artifactregistry;
 pub mod auth;
+pub mod cloudbuild;
 pub mod error;
 pub mod gcloud;
 pub mod http;
@@ -53,6 +61,7 @@ pub mod operations;
 pub mod policy;
 pub mod resourcemanager;
 pub mod retry;
+pub mod run_builds;
 pub mod run_jobs;
 pub mod run_v1;
 pub mod run_v2;

@@ -376,6 +376,7 @@ mod tests {
             repository: "prefect".into(),
             image_name: "us-central1-docker.pkg.dev/p/prefect/d".into(),
             workdir: format!("/opt/prefect/{name}"),
+            notes: Vec::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! The planner: pure and synchronous. From the checked spec and what is live, it produces the
 //! complete plan; it takes no client and makes no call.
 
+pub mod builds;
 pub mod gcp;
 pub mod prefect;
 pub mod service;
@@ -77,6 +78,8 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             gcp::key(&mut b);
             gcp::secret(&mut b);
             gcp::worker_service(&mut b);
+            builds::repositories(&mut b);
+            builds::images(&mut b);
             prefect::block(&mut b);
             gcp::orphan_keys(&mut b);
             prefect::work_pool(&mut b);
@@ -88,6 +91,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             prefect::destroy_work_pool(&mut b);
             prefect::destroy_block(&mut b);
             gcp::destroy_worker_service(&mut b);
+            builds::destroy_repositories(&mut b);
             gcp::destroy_secret(&mut b);
             gcp::destroy_keys(&mut b);
             gcp::destroy_bindings(&mut b);
@@ -153,6 +157,15 @@ pub mod addr {
     }
     pub fn deployment(key: &str) -> Address {
         Address::new("prefect.deployment", key)
+    }
+    pub fn repository(id: &str) -> Address {
+        Address::new("gcp.artifact_repository", id)
+    }
+    pub fn repository_iam(id: &str) -> Address {
+        Address::new("gcp.artifact_repository_iam", id)
+    }
+    pub fn image(name: &str) -> Address {
+        Address::new("gcp.image", name)
     }
 }
 
