@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_gcp::{GcpError, iam, run_v2, secretmanager, serviceusage};
+use bootstrap_gcp::{GcpError, artifactregistry, iam, run_v2, secretmanager, serviceusage};
 use bootstrap_prefect::{
     BlockDocumentCreate, DeploymentSpec, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
     pick_block_schema,
@@ -376,6 +376,53 @@ async fn run_once(
             Ok(true)
         }
         Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
+        Op::CreateRepository {
+            repository,
+            region,
+            labels,
+        } => {
+            let region = parse("region", region, Region::parse)?;
+            create_repository(http, project, &region, repository, labels).await
+        }
+        Op::EditRepositoryPolicy {
+            repository,
+            add,
+            remove,
+        } => {
+            let target = PolicyTarget::ArtifactRepository {
+                project: project.clone(),
+                region: spec.gcp.region.clone(),
+                repository: repository.clone(),
+            };
+            let opts = RmwOptions {
+                member_grace: Some(NEW_ACCOUNT_GRACE),
+                ..RmwOptions::default()
+            };
+            let out = policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove))
+                .await
+                .with_context(|| format!("editing the IAM policy of repository {repository}"))?;
+            Ok(out.changed)
+        }
+        Op::DeleteRepository { repository } => {
+            match artifactregistry::delete_repository(http, project, &spec.gcp.region, repository)
+                .await?
+            {
+                None => Ok(false),
+                Some(op) => {
+                    artifactregistry::wait(http, op, OPERATION_DEADLINE).await?;
+                    Ok(true)
+                }
+            }
+        }
+        Op::BuildImage {
+            image,
+            digest,
+            build,
+            ..
+        } => {
+            crate::builds::run(ctx, spec, build, image, digest).await?;
+            Ok(true)
+        }
         Op::UpsertDeployment { flow, name, body } => {
             let flow = ctx.prefect.upsert_flow(flow, &[]).await?;
             let spec = deployment_spec(body);
@@ -471,6 +518,46 @@ async fn create_key_safely(
         let delay = policy.delay(attempt - 1, None, &mut rand::rng());
         tokio::time::sleep(delay).await;
     }
+}
+
+/// Creates the repository unless it exists (a repeated create answers 409 ALREADY_EXISTS).
+async fn create_repository(
+    http: &bootstrap_gcp::GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    repository: &str,
+    labels: &serde_json::Map<String, Value>,
+) -> Result<bool> {
+    if artifactregistry::get_repository(http, project, region, repository)
+        .await?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let labels: BTreeMap<String, String> = labels
+        .iter()
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned())))
+        .collect();
+    let description = "Images built by bootstrap from plan-file build: sections";
+    let op = match artifactregistry::create_repository(
+        http,
+        project,
+        region,
+        repository,
+        description,
+        &labels,
+    )
+    .await
+    {
+        Err(e) if e.is_already_exists() => return Ok(false),
+        other => {
+            other.with_context(|| format!("creating Artifact Registry repository {repository}"))?
+        }
+    };
+    artifactregistry::wait(http, op, OPERATION_DEADLINE)
+        .await
+        .with_context(|| format!("waiting for repository {repository}"))?;
+    Ok(true)
 }
 
 /// Adds and removes exactly the given (role, member) pairs; other members are never touched.

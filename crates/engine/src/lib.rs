@@ -1,6 +1,7 @@
 //! The engine: validated spec -> observe (async) -> plan (pure) -> render -> apply.
 
 pub mod apply;
+pub mod builds;
 pub mod context;
 pub mod cost;
 pub mod diff;

@@ -44,6 +44,44 @@ pub struct WorkerJobs {
     pub api: String,
     /// Short job names, sorted.
     pub names: Vec<String>,
+    /// The images the plan builds (`build:`), one per distinct source.
+    pub images: Vec<BuiltImage>,
+    /// Artifact Registry repositories the builds push to; `None`: absent.
+    pub repositories: BTreeMap<String, Option<Repository>>,
+}
+
+/// One image built from a folder: its source digest (read from disk) and whether the
+/// repository already holds an image with that tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltImage {
+    pub build: bootstrap_spec::build::Build,
+    /// Keys (`flow/name`) of the deployments that run it.
+    pub deployments: Vec<String>,
+    pub digest: String,
+    /// `src-<digest prefix>`.
+    pub tag: String,
+    /// Files in the uploaded source (the Dockerfile included).
+    pub files: usize,
+    /// An image `build.image_name:tag` is in the repository.
+    pub present: bool,
+    /// The `src-` tag of the newest image of this name, if any (what runs now).
+    pub previous_tag: Option<String>,
+}
+
+impl BuiltImage {
+    /// `<image_name>:<tag>`.
+    pub fn image_ref(&self) -> String {
+        format!("{}:{}", self.build.image_name, self.tag)
+    }
+}
+
+/// An Artifact Registry repository.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Repository {
+    pub format: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    /// Members with `roles/artifactregistry.reader` on it (unconditional bindings).
+    pub readers: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

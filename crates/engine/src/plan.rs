@@ -230,6 +230,29 @@ pub enum Op {
 pub struct WorkerJob {
     pub region: String,
     pub name: String,
+    /// Create a docker repository in Artifact Registry (with the marker label).
+    CreateRepository {
+        repository: String,
+        region: String,
+        labels: serde_json::Map<String, Value>,
+    },
+    /// One read-modify-write of a repository's own IAM policy.
+    EditRepositoryPolicy {
+        repository: String,
+        add: Vec<(String, String)>,
+        remove: Vec<(String, String)>,
+    },
+    DeleteRepository {
+        repository: String,
+    },
+    /// Upload the source and build `image` remotely (Cloud Run `builds:submit`); `digest` is
+    /// the source the plan saw, checked again before the upload.
+    BuildImage {
+        image: String,
+        digest: String,
+        files: usize,
+        build: bootstrap_spec::build::Build,
+    },
 }
 
 impl Op {

@@ -42,6 +42,10 @@ pub enum Api {
     IamCredentials,
     /// Cloud Logging v2 (`entries:list`).
     Logging,
+    /// Cloud Build v1 (build operations and builds, for remote image builds).
+    CloudBuild,
+    /// Artifact Registry v1 (the docker repository built images go to).
+    ArtifactRegistry,
 }
 
 /// Where each API is reached: Google's hosts, or one local base URL for all of them.
@@ -105,6 +109,8 @@ impl Endpoints {
             Api::RunV1(region) => format!("{region}-run.googleapis.com"),
             Api::IamCredentials => "iamcredentials.googleapis.com".to_owned(),
             Api::Logging => "logging.googleapis.com".to_owned(),
+            Api::CloudBuild => "cloudbuild.googleapis.com".to_owned(),
+            Api::ArtifactRegistry => "artifactregistry.googleapis.com".to_owned(),
         };
         Url::parse(&format!("https://{host}/"))
             .map_err(|e| GcpError::Config(format!("cannot build a URL for host `{host}`: {e}")))
@@ -157,7 +163,16 @@ pub struct Call {
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Value>,
+    /// A raw body with its content type instead of JSON (media uploads); wins over `body`.
+    pub media: Option<Media>,
     pub retry: RetryOptions,
+}
+
+/// A raw request body (e.g. a `multipart/related` media upload). Cheap to clone for retries.
+#[derive(Clone)]
+pub struct Media {
+    pub content_type: String,
+    pub bytes: bytes::Bytes,
 }
 
 impl std::fmt::Debug for Call {
@@ -186,6 +201,7 @@ impl Call {
             path,
             query: Vec::new(),
             body: None,
+            media: None,
             retry: RetryOptions {
                 idempotent,
                 conflicts: false,
@@ -200,6 +216,19 @@ impl Call {
 
     pub fn body(mut self, body: Value) -> Self {
         self.body = Some(body);
+        self
+    }
+
+    /// Sends `bytes` as the body with `content_type` (a media upload).
+    pub fn media(
+        mut self,
+        content_type: impl Into<String>,
+        bytes: impl Into<bytes::Bytes>,
+    ) -> Self {
+        self.media = Some(Media {
+            content_type: content_type.into(),
+            bytes: bytes.into(),
+        });
         self
     }
 
@@ -374,11 +403,14 @@ impl GcpHttp {
         if !call.query.is_empty() {
             req = req.query(&call.query);
         }
-        req = match &call.body {
-            Some(body) => req.json(body),
+        req = match (&call.media, &call.body) {
+            (Some(media), _) => req
+                .header(reqwest::header::CONTENT_TYPE, media.content_type.as_str())
+                .body(media.bytes.clone()),
+            (None, Some(body)) => req.json(body),
             // Google answers 411 to a POST without Content-Length.
-            None if call.method == Method::POST => req.body(Vec::new()),
-            None => req,
+            (None, None) if call.method == Method::POST => req.body(Vec::new()),
+            (None, None) => req,
         };
         let resp = req.send().await.map_err(AttemptError::Transport)?;
         let status = resp.status();

@@ -33,6 +33,12 @@
 //!   get/delete/cancel (regional host).
 //! - [`logging`]: Cloud Logging `entries:list`; [`logging::execution_tail`], the last lines a
 //!   Cloud Run job execution printed.
+//! - [`run_builds`]: Cloud Run v2 source builds: `:uploadSource` (multipart media upload of a
+//!   `.tar.gz`) and `builds:submit` (a Docker build pushed to Artifact Registry).
+//! - [`cloudbuild`]: the submitted build's operation get / wait (progress callback, deadline)
+//!   and builds get.
+//! - [`artifactregistry`]: docker repositories get/create/delete (operations), get/setIamPolicy,
+//!   docker images get/list.
 //! - [`run_jobs`]: one Cloud Run jobs facade over v1 and v2 for the embedded worker's flow-run
 //!   jobs ([`run_jobs::Jobs`], typed [`run_jobs::JobView`] / [`run_jobs::ExecutionView`]).
 //!
@@ -46,7 +52,9 @@
 //! # let _ = http; Ok(()) }
 //! ```
 
+pub mod artifactregistry;
 pub mod auth;
+pub mod cloudbuild;
 pub mod error;
 pub mod gcloud;
 pub mod http;
@@ -56,6 +64,7 @@ pub mod operations;
 pub mod policy;
 pub mod resourcemanager;
 pub mod retry;
+pub mod run_builds;
 pub mod run_jobs;
 pub mod run_v1;
 pub mod run_v2;

@@ -128,6 +128,12 @@ pub enum PolicyTarget {
         project: ProjectId,
         secret: SecretId,
     },
+    /// An Artifact Registry repository's policy.
+    ArtifactRepository {
+        project: ProjectId,
+        region: bootstrap_ids::Region,
+        repository: String,
+    },
 }
 
 impl PolicyTarget {
@@ -141,6 +147,11 @@ impl PolicyTarget {
             Self::Secret { project, secret } => {
                 crate::secretmanager::get_iam_policy(http, project, secret).await
             }
+            Self::ArtifactRepository {
+                project,
+                region,
+                repository,
+            } => crate::artifactregistry::get_iam_policy(http, project, region, repository).await,
         }
     }
 
@@ -153,6 +164,14 @@ impl PolicyTarget {
             }
             Self::Secret { project, secret } => {
                 crate::secretmanager::set_iam_policy(http, project, secret, policy).await
+            }
+            Self::ArtifactRepository {
+                project,
+                region,
+                repository,
+            } => {
+                crate::artifactregistry::set_iam_policy(http, project, region, repository, policy)
+                    .await
             }
         }
     }

@@ -47,6 +47,8 @@ pub struct Build {
     pub image_name: String,
     /// Where the auto Dockerfile puts the context: `/opt/prefect/<context dir name>`.
     pub workdir: String,
+    /// Warnings for the user (e.g. a prefect.yaml that pushes to the shut-down gcr.io).
+    pub notes: Vec<String>,
 }
 
 impl Build {
@@ -57,7 +59,6 @@ impl Build {
 }
 
 /// Reads `build:` of the deployment at `path`; `plan_dir` is the plan file's directory.
-#[allow(clippy::too_many_arguments)]
 pub fn read(
     r: &mut Reader<'_>,
     node: &Node,
@@ -71,28 +72,69 @@ pub fn read(
         None => (".".to_owned(), f.pos),
         Some(n) => (r.string(n, &f.child("context"), Secret::No)?, n.pos),
     };
-    let context = check_context(r, plan_dir, &context_rel, context_pos, &f.child("context"));
-    let dockerfile = match f.get("dockerfile") {
-        None => Some(DockerfileSpec::Auto),
-        Some(n) => {
-            let v = r.string(n, &f.child("dockerfile"), Secret::No)?;
-            match &context {
-                Some(ctx) => {
-                    check_dockerfile(r, ctx, &context_rel, &v, n.pos, &f.child("dockerfile"))
-                }
-                None => None,
-            }
+    let mut value = |key: &str| -> Option<Option<(String, Pos)>> {
+        match f.get(key) {
+            None => Some(None),
+            Some(n) => Some(Some((r.string(n, &f.child(key), Secret::No)?, n.pos))),
         }
+    };
+    let dockerfile = value("dockerfile")?;
+    let repository = value("repository")?;
+    let platform = value("platform")?;
+    resolve(
+        r,
+        Parts {
+            path,
+            pos: f.pos,
+            context: (context_rel, context_pos),
+            dockerfile,
+            repository,
+            platform,
+        },
+        plan_dir,
+        deployment,
+        gcp,
+    )
+}
+
+/// The values of a `build:` (or of a prefect.yaml `build_docker_image` step), unchecked.
+pub struct Parts<'a> {
+    /// Dotted path for messages, e.g. `deployments[0].build`.
+    pub path: &'a str,
+    pub pos: Pos,
+    pub context: (String, Pos),
+    pub dockerfile: Option<(String, Pos)>,
+    pub repository: Option<(String, Pos)>,
+    pub platform: Option<(String, Pos)>,
+}
+
+/// Checks [`Parts`] and resolves them against the plan's directory, project and region.
+pub fn resolve(
+    r: &mut Reader<'_>,
+    parts: Parts<'_>,
+    plan_dir: &Path,
+    deployment: Option<&str>,
+    gcp: Option<(&ProjectId, &Region)>,
+) -> Option<Build> {
+    let child = |k: &str| format!("{}.{k}", parts.path);
+    let (context_rel, context_pos) = parts.context;
+    let context = check_context(r, plan_dir, &context_rel, context_pos, &child("context"));
+    let dockerfile = match &parts.dockerfile {
+        None => Some(DockerfileSpec::Auto),
+        Some((v, pos)) => match &context {
+            Some(ctx) => check_dockerfile(r, ctx, &context_rel, v, *pos, &child("dockerfile")),
+            None => None,
+        },
     };
     if let (Some(ctx), Some(DockerfileSpec::Auto)) = (&context, &dockerfile)
         && ctx.join("Dockerfile").exists()
     {
-        let pos = f.get("dockerfile").map_or(f.pos, |n| n.pos);
+        let pos = parts.dockerfile.as_ref().map_or(parts.pos, |(_, p)| *p);
         r.error(
             pos,
             format!(
                 "`{}` is `auto` but the context `{context_rel}` already has a Dockerfile",
-                f.child("dockerfile")
+                child("dockerfile")
             ),
             Some(
                 "set `dockerfile: Dockerfile` to build with yours (`prefect deploy` refuses \
@@ -102,38 +144,34 @@ pub fn read(
         );
         return None;
     }
-    let repository = match f.get("repository") {
+    let repository = match parts.repository {
         None => Some(DEFAULT_REPOSITORY.to_owned()),
-        Some(n) => {
-            let v = r.string(n, &f.child("repository"), Secret::No)?;
-            match check_repository(&v) {
-                Ok(()) => Some(v),
-                Err(why) => {
-                    r.error(
-                        n.pos,
-                        format!("invalid `{}` {}", f.child("repository"), show(&v)),
-                        Some(format!("an Artifact Registry repository id {why}")),
-                    );
-                    None
-                }
+        Some((v, pos)) => match check_repository(&v) {
+            Ok(()) => Some(v),
+            Err(why) => {
+                r.error(
+                    pos,
+                    format!("invalid `{}` {}", child("repository"), show(&v)),
+                    Some(format!("an Artifact Registry repository id {why}")),
+                );
+                None
             }
-        }
+        },
     };
-    if let Some(n) = f.get("platform") {
-        let v = r.string(n, &f.child("platform"), Secret::No)?;
-        if v != PLATFORM {
-            r.error(
-                n.pos,
-                format!("unsupported `{}` {}", f.child("platform"), show(&v)),
-                Some(format!(
-                    "Cloud Run runs `{PLATFORM}` images only; leave it out or write `{PLATFORM}`"
-                )),
-            );
-            return None;
-        }
+    if let Some((v, pos)) = &parts.platform
+        && v != PLATFORM
+    {
+        r.error(
+            *pos,
+            format!("unsupported `{}` {}", child("platform"), show(v)),
+            Some(format!(
+                "Cloud Run runs `{PLATFORM}` images only; leave it out or write `{PLATFORM}`"
+            )),
+        );
+        return None;
     }
     let context = context?;
-    let workdir = workdir_of(r, &context, context_pos, &f.child("context"))?;
+    let workdir = workdir_of(r, &context, context_pos, &child("context"))?;
     let (project, region) = gcp?;
     let repository = repository?;
     let image_name = format!(
@@ -148,6 +186,7 @@ pub fn read(
         repository,
         image_name,
         workdir,
+        notes: Vec::new(),
     })
 }
 

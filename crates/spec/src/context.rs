@@ -283,7 +283,9 @@ fn mode_of(_: &std::fs::Metadata) -> u32 {
 }
 
 /// sha256 and size of one entry's contents.
-fn hash_entry(e: &Entry) -> Result<([u8; 32], u64), ContextError> {
+type EntryHash = ([u8; 32], u64);
+
+fn hash_entry(e: &Entry) -> Result<EntryHash, ContextError> {
     let mut h = Sha256::new();
     let size = match &e.source {
         EntrySource::Text(t) | EntrySource::Link(t) => {
@@ -320,7 +322,7 @@ fn digest(entries: &[Entry]) -> Result<String, ContextError> {
         .unwrap_or(1)
         .min(8);
     let chunk = entries.len().div_ceil(threads).max(1);
-    let hashes: Vec<Result<Vec<([u8; 32], u64)>, ContextError>> = std::thread::scope(|s| {
+    let hashes: Vec<Result<Vec<EntryHash>, ContextError>> = std::thread::scope(|s| {
         let handles: Vec<_> = entries
             .chunks(chunk)
             .map(|part| s.spawn(move || part.iter().map(hash_entry).collect()))
@@ -376,6 +378,7 @@ mod tests {
             repository: "prefect".into(),
             image_name: "us-central1-docker.pkg.dev/p/prefect/d".into(),
             workdir: format!("/opt/prefect/{name}"),
+            notes: Vec::new(),
         }
     }
 

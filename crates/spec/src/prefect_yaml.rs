@@ -5,7 +5,16 @@
 //! `work_pool.work_queue_name`, and `work_pool.job_variables` (its `image` becomes the
 //! deployment's image; the rest stay job variables).
 //!
-//! Ignored: the file's `build` and `push` steps (bootstrap builds no images), `version`,
+//! Its `build` steps (the file's, or a deployment's own): a
+//! `prefect_docker.deployments.steps.build_docker_image` step becomes the deployment's
+//! `build:` - context the prefect.yaml's folder, its `dockerfile` (`auto` or a path; prefect-
+//! docker's default is `Dockerfile`) and `platform`; the repository is the one `image_name`
+//! names when it is an Artifact Registry path, else `prefect`. The image is then built
+//! remotely and tagged by its source digest, so `tag` and the `push` step are not needed (and
+//! `job_variables.image: "{{ build_image.image }}"` is what the build makes). An `image_name`
+//! on `gcr.io` or `*.gcr.io` gets a warning: Container Registry is shut down.
+//!
+//! Ignored: the `push` steps (the remote build pushes), `version`,
 //! `triggers`, `concurrency_limit`, `enforce_parameter_schema`, `paused`, the old singular
 //! `schedule`, and `work_pool.name` (deployments always go to the plan's work pool).
 //! Prefect's own `{{ ... }}` templates in this file are not rendered; where one would decide a
@@ -52,6 +61,8 @@ pub fn read(
         }
     };
     let mut sub = Reader::new(&shown_path, r.env);
+    // `gcp.project` / `gcp.region` for the image names of build steps.
+    sub.vars = r.vars.clone();
     let result = match crate::load::decode(&bytes) {
         Err((p, msg)) => {
             sub.error(p, msg, Some("save prefect.yaml as UTF-8".into()));
@@ -95,6 +106,7 @@ fn lenient<'n>(r: &mut Reader<'_>, node: &'n Node, path: &str) -> Option<Fields<
 fn deployments(r: &mut Reader<'_>, root: &Node, plan_dir: &Path) -> Option<Vec<(Deployment, Pos)>> {
     let top = lenient(r, root, "")?;
     let shared_pull = top.get("pull");
+    let shared_build = top.get("build");
     let Some(list) = top.get("deployments") else {
         return r.missing(&top, "deployments", "[{name: ..., entrypoint: ...}]");
     };
@@ -109,7 +121,13 @@ fn deployments(r: &mut Reader<'_>, root: &Node, plan_dir: &Path) -> Option<Vec<(
     let mut out = Vec::new();
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
-        match deployment(r, item, &format!("deployments[{i}]"), shared_pull, plan_dir) {
+        match deployment(
+            r,
+            item,
+            &format!("deployments[{i}]"),
+            (shared_pull, shared_build),
+            plan_dir,
+        ) {
             Some(d) => out.push((d, item.pos)),
             None => ok = false,
         }
@@ -143,10 +161,15 @@ fn deployment(
     r: &mut Reader<'_>,
     node: &Node,
     path: &str,
-    shared_pull: Option<&Node>,
+    (shared_pull, shared_build): (Option<&Node>, Option<&Node>),
     plan_dir: &Path,
 ) -> Option<Deployment> {
     let f = lenient(r, node, path)?;
+    let build_step = f
+        .get("build")
+        .map(|n| (n, f.child("build")))
+        .or_else(|| shared_build.map(|n| (n, "build".to_owned())))
+        .and_then(|(n, p)| docker_build_step(n, &p));
     let name = literal(r, &f, "name", "my-deployment").and_then(|(v, pos)| {
         r.checked(&v, pos, &f.child("name"), Field::PrefectName)
             .then(|| PrefectName::parse(v).ok())
@@ -165,7 +188,14 @@ fn deployment(
             Some(None),
             Some(serde_json::Map::new()),
         ),
-        Some(pool) => work_pool(r, pool, &f.child("work_pool")),
+        Some(pool) => work_pool(r, pool, &f.child("work_pool"), build_step.is_some()),
+    };
+    let build = match &build_step {
+        None => Some(None),
+        Some(step) => {
+            let name = name.as_ref().map(|n| n.as_str());
+            build_of_step(r, step, name).map(Some)
+        }
     };
     let tags = match f.get("tags").map(|n| (n, &n.value)) {
         None => Some(Vec::new()),
@@ -191,8 +221,11 @@ fn deployment(
     };
     let schedules = list_of(r, f.get("schedules"), &f.child("schedules"));
     let pull_steps = list_of(r, f.get("pull").or(shared_pull), &f.child("pull"));
+    let build = build?;
+    let pull_steps =
+        pull_steps.map(|steps| crate::sections::with_build_pull_step(steps, build.as_ref()));
     Some(Deployment {
-        build: None,
+        build,
         name: name?,
         flow: flow?,
         entrypoint: entrypoint?,
@@ -213,7 +246,105 @@ type PoolParts = (
     Option<serde_json::Map<String, Json>>,
 );
 
-fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str) -> PoolParts {
+/// The step Prefect's own deploy looks for (`prefect/cli/deploy/_actions.py`
+/// `_check_for_build_docker_image_step`).
+const BUILD_DOCKER_IMAGE: &str = "prefect_docker.deployments.steps.build_docker_image";
+
+/// A `build_docker_image` step of a `build:` list, with where it is.
+struct DockerStep<'n> {
+    node: &'n Node,
+    path: String,
+}
+
+fn docker_build_step<'n>(list: &'n Node, path: &str) -> Option<DockerStep<'n>> {
+    let Value::Seq(items) = &list.value else {
+        return None;
+    };
+    items
+        .iter()
+        .enumerate()
+        .find_map(|(i, item)| match &item.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.name == BUILD_DOCKER_IMAGE)
+                .map(|(_, v)| DockerStep {
+                    node: v,
+                    path: format!("{path}[{i}].{BUILD_DOCKER_IMAGE}"),
+                }),
+            _ => None,
+        })
+}
+
+/// The deployment's `build:` from a `build_docker_image` step.
+fn build_of_step(
+    r: &mut Reader<'_>,
+    step: &DockerStep<'_>,
+    deployment: Option<&str>,
+) -> Option<crate::build::Build> {
+    let f = lenient(r, step.node, &step.path)?;
+    // A value Prefect templates (`{{ dockerfile }}`) cannot be known here; its default is used.
+    let mut value = |key: &str| -> Option<Option<(String, Pos)>> {
+        match f.get(key) {
+            None => Some(None),
+            Some(n) => match &n.value {
+                Value::Str(s) if is_template(s) => Some(None),
+                _ => Some(Some((r.string(n, &f.child(key), Secret::No)?, n.pos))),
+            },
+        }
+    };
+    let image_name = value("image_name")?;
+    // prefect-docker's `build_docker_image(dockerfile="Dockerfile")`.
+    let dockerfile = value("dockerfile")?.or(Some(("Dockerfile".to_owned(), f.pos)));
+    let platform = value("platform")?;
+    let gcp = crate::sections::gcp_vars(r);
+    let repository = image_name
+        .as_ref()
+        .and_then(|(n, pos)| artifact_repository(n).map(|repo| (repo, *pos)));
+    let dir = r.file.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut build = crate::build::resolve(
+        r,
+        crate::build::Parts {
+            path: &step.path,
+            pos: f.pos,
+            context: (".".to_owned(), f.pos),
+            dockerfile,
+            repository,
+            platform,
+        },
+        &dir,
+        deployment,
+        gcp.as_ref().map(|(p, g)| (p, g)),
+    )?;
+    if let Some((name, _)) = &image_name
+        && is_container_registry(name)
+    {
+        build.notes.push(format!(
+            "{}: `image_name` {name} is in Container Registry (gcr.io), which is shut down              (writes stopped in 2025); bootstrap builds {} in Artifact Registry instead",
+            r.file.display(),
+            build.image_name
+        ));
+    }
+    Some(build)
+}
+
+/// `gcr.io/...`, `us.gcr.io/...`, `eu.gcr.io/...`: Container Registry hosts.
+pub fn is_container_registry(image: &str) -> bool {
+    let host = image.split('/').next().unwrap_or_default();
+    host == "gcr.io" || host.ends_with(".gcr.io")
+}
+
+/// The repository of an Artifact Registry docker path `<loc>-docker.pkg.dev/<p>/<repo>/<img>`.
+fn artifact_repository(image: &str) -> Option<String> {
+    let mut parts = image.split('/');
+    let host = parts.next()?;
+    let _project = parts.next()?;
+    let repo = parts.next()?;
+    parts.next()?;
+    (host.ends_with("-docker.pkg.dev") && crate::build::check_repository(repo).is_ok())
+        .then(|| repo.to_owned())
+}
+
+fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str, built: bool) -> PoolParts {
     let Some(f) = lenient(r, node, path) else {
         return (None, None, None);
     };
@@ -229,6 +360,8 @@ fn work_pool(r: &mut Reader<'_>, node: &Node, path: &str) -> PoolParts {
     let mut vars = map_of(r, &f, "job_variables");
     let image = match vars.as_mut().and_then(|m| m.remove("image")) {
         None => Some(None),
+        // The build step makes the image (`{{ build_image.image }}` in Prefect's recipe).
+        Some(_) if built => Some(None),
         Some(Json::String(s)) if is_template(&s) => {
             r.error(f.pos, format!("`{path}.job_variables.image` {} is a prefect.yaml step output, which bootstrap does not run", show(&s)), Some("build and push the image first and write its reference here".into()));
             None
@@ -329,6 +462,19 @@ pub fn declared_flow_name(source: &str, func: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_registry_hosts() {
+        assert!(is_container_registry("gcr.io/p/img"));
+        assert!(is_container_registry("eu.gcr.io/p/img"));
+        assert!(!is_container_registry("us-central1-docker.pkg.dev/p/r/img"));
+        assert!(!is_container_registry("notgcr.io/p/img"));
+        assert_eq!(
+            artifact_repository("us-central1-docker.pkg.dev/p/flows/img").as_deref(),
+            Some("flows")
+        );
+        assert_eq!(artifact_repository("gcr.io/p/img"), None);
+    }
 
     #[test]
     fn decorator_names() {

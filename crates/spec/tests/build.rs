@@ -71,3 +71,52 @@ fn a_build_resolves_image_name_workdir_and_pull_step() {
     assert_ne!(a.digest, b.digest);
     assert!(a.tag().starts_with("src-") && a.tag().len() == 20);
 }
+
+#[test]
+fn the_guides_prefect_yaml_build_step_becomes_a_build() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guide_build");
+    let plan = format!(
+        "version: 1\ngcp: {{project: prefect-project, region: us-central1}}\n\
+         service_account: {{name: prefect-service-account}}\n\
+         prefect: {{api_url: \"http://127.0.0.1:4200/api\"}}\n\
+         work_pool: {{name: my-cloud-run-pool, type: cloud-run}}\n\
+         deployments_from: {}/prefect.yaml\n",
+        dir.display()
+    );
+    let spec = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let d = &spec.deployments[0];
+    assert!(
+        d.image.is_none(),
+        "the build makes the image: {:?}",
+        d.image
+    );
+    let b = d.build.as_ref().unwrap();
+    assert_eq!(b.dockerfile, DockerfileSpec::Auto);
+    assert_eq!(
+        b.image_name,
+        "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy"
+    );
+    assert_eq!(b.context, std::fs::canonicalize(&dir).unwrap());
+    assert_eq!(b.notes.len(), 1, "{:?}", b.notes);
+    assert!(b.notes[0].contains("Container Registry (gcr.io), which is shut down"));
+    assert!(b.notes[0].contains(&b.image_name));
+    assert_eq!(
+        d.pull_steps,
+        [
+            serde_json::json!({"prefect.deployments.steps.set_working_directory":
+                             {"directory": "/opt/prefect/guide_build"}})
+        ]
+    );
+    let c = context::read(b).unwrap();
+    let paths: Vec<&str> = c.entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "Dockerfile",
+            "flows/weather_flow.py",
+            "prefect.yaml",
+            "requirements.txt"
+        ]
+    );
+}

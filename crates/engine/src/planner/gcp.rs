@@ -24,6 +24,9 @@ pub fn required_apis(spec: &bootstrap_spec::Spec, has_api_key: bool) -> Vec<Stri
     if spec.worker.is_some() && has_api_key {
         apis.push("secretmanager.googleapis.com".into());
     }
+    if crate::builds::any(spec) {
+        apis.extend(crate::builds::BUILD_APIS.iter().map(|a| a.to_string()));
+    }
     apis.sort();
     apis.dedup();
     apis

@@ -1,6 +1,7 @@
 //! The planner: pure and synchronous. From the checked spec and what is live, it produces the
 //! complete plan; it takes no client and makes no call.
 
+pub mod builds;
 pub mod gcp;
 pub mod prefect;
 pub mod service;
@@ -80,6 +81,8 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             gcp::secret(&mut b);
             gcp::worker_service(&mut b);
             worker_pool::plan(&mut b);
+            builds::repositories(&mut b);
+            builds::images(&mut b);
             prefect::block(&mut b);
             gcp::orphan_keys(&mut b);
             prefect::work_pool(&mut b);
@@ -93,6 +96,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             worker_pool::destroy(&mut b);
             gcp::destroy_worker_service(&mut b);
             worker_jobs::destroy_worker_jobs(&mut b);
+            builds::destroy_repositories(&mut b);
             gcp::destroy_secret(&mut b);
             gcp::destroy_keys(&mut b);
             gcp::destroy_bindings(&mut b);
@@ -169,6 +173,14 @@ pub mod addr {
     /// The flow-run jobs the worker made for the plan's pool (one address for all of them).
     pub fn worker_jobs(spec: &Spec) -> Address {
         Address::new("gcp.worker_jobs", spec.work_pool.name.as_str())
+    pub fn repository(id: &str) -> Address {
+        Address::new("gcp.artifact_repository", id)
+    }
+    pub fn repository_iam(id: &str) -> Address {
+        Address::new("gcp.artifact_repository_iam", id)
+    }
+    pub fn image(name: &str) -> Address {
+        Address::new("gcp.image", name)
     }
 }
 

@@ -270,8 +270,23 @@ pub(super) fn deployments(b: &mut Builder) {
     for d in &spec.deployments {
         let key = deployment_key(d);
         let address = addr::deployment(&key);
-        let wanted = Value::Object(deployment_fields(spec, d));
-        let depends_on = b.deps(&[addr::work_pool(spec)]);
+        let mut fields = deployment_fields(spec, d);
+        let mut needs = vec![addr::work_pool(spec)];
+        if let Some(img) = b
+            .observed
+            .images
+            .iter()
+            .find(|i| i.deployments.contains(&key))
+        {
+            // The built image, tagged with its source digest; the deployment moves to it only
+            // after the build succeeded (it depends on the build step).
+            if let Some(Value::Object(jv)) = fields.get_mut("job_variables") {
+                jv.insert("image".into(), json!(img.image_ref()));
+            }
+            needs.push(addr::image(&img.build.image_name));
+        }
+        let wanted = Value::Object(fields);
+        let depends_on = b.deps(&needs);
         let (action, changes) = match b.observed.deployments.get(&key) {
             None => (Action::Create, diff::changes(&Value::Null, &wanted)),
             Some(live) => (

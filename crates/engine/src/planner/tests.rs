@@ -72,6 +72,7 @@ fn spec() -> Spec {
             instances: 1,
         }),
         deployments: vec![Deployment {
+            build: None,
             name: PrefectName::parse("gcp-weather-deploy").unwrap(),
             flow: PrefectName::parse("fetch-weather").unwrap(),
             entrypoint: "flows/weather_flow.py:fetch_weather".into(),
@@ -535,6 +536,55 @@ fn converged_pool(s: &Spec) -> Observed {
         json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}]);
     live["template"]["containers"][0]["resources"]["limits"]["cpu"] = json!("1");
     o.worker_pool = Some(live);
+/// `spec()` with its deployment built from a folder instead of a named image.
+fn built_spec() -> Spec {
+    let mut s = spec();
+    let d = &mut s.deployments[0];
+    d.image = None;
+    d.build = Some(build::Build {
+        context: "/work/flows".into(),
+        context_shown: ".".into(),
+        dockerfile: build::DockerfileSpec::Auto,
+        repository: "prefect".into(),
+        image_name: "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy".into(),
+        workdir: "/opt/prefect/flows".into(),
+        notes: Vec::new(),
+    });
+    s
+}
+
+fn built_image(s: &Spec, present: bool, previous_tag: Option<&str>) -> observed::BuiltImage {
+    let d = &s.deployments[0];
+    observed::BuiltImage {
+        build: d.build.clone().unwrap(),
+        deployments: vec![prefect::deployment_key(d)],
+        digest: "ab".repeat(32),
+        tag: "src-abababababababab".into(),
+        files: 3,
+        present,
+        previous_tag: previous_tag.map(str::to_owned),
+    }
+}
+
+/// `converged` for the built spec, the repository and grant in place and the image built.
+fn converged_built(s: &Spec) -> Observed {
+    let mut o = converged(s);
+    for a in crate::builds::BUILD_APIS {
+        o.apis.insert((*a).into(), true);
+    }
+    let img = built_image(s, true, Some("src-abababababababab"));
+    for d in o.deployments.values_mut() {
+        d.fields["job_variables"]["image"] = json!(img.image_ref());
+    }
+    o.images = vec![img];
+    o.repositories.insert(
+        "prefect".into(),
+        Some(observed::Repository {
+            format: Some("DOCKER".into()),
+            labels: [("managed-by".to_string(), "bootstrap".to_string())].into(),
+            readers: [s.service_account.email.member()].into(),
+        }),
+    );
     o
 }
 
@@ -696,4 +746,118 @@ fn the_guides_service_costs_about_49_dollars_a_month() {
     let p = plan(&s, &converged(&s), &options(Mode::Apply));
     let cost = p.cost.as_ref().unwrap();
     assert_eq!((cost.kind, cost.monthly_usd), ("service", 49.93));
+fn a_first_build_makes_the_repository_grants_read_and_builds_before_the_deployment() {
+    let s = built_spec();
+    let mut o = converged(&s);
+    o.images = vec![built_image(&s, false, None)];
+    o.repositories.insert("prefect".into(), None);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let addrs: Vec<String> = p.steps.iter().map(|s| s.address.to_string()).collect();
+    let pos = |a: &str| addrs.iter().position(|x| x.starts_with(a)).unwrap();
+    assert!(pos("gcp.apis") < pos("gcp.artifact_repository["));
+    assert!(pos("gcp.artifact_repository[") < pos("gcp.image["));
+    assert!(pos("gcp.image[") < pos("prefect.deployment["));
+    let dep = p
+        .steps
+        .iter()
+        .find(|s| s.address.0.starts_with("prefect.deployment"))
+        .unwrap();
+    assert!(
+        dep.depends_on.iter().any(|a| a.0.starts_with("gcp.image[")),
+        "{:?}",
+        dep.depends_on
+    );
+    let iam = p
+        .steps
+        .iter()
+        .find(|s| s.address.0.starts_with("gcp.artifact_repository_iam"))
+        .unwrap();
+    assert!(matches!(&iam.op, Op::EditRepositoryPolicy { add, .. }
+        if add == &[("roles/artifactregistry.reader".to_string(), s.service_account.email.member())]));
+    let Some(Op::BuildImage { image, .. }) = p
+        .steps
+        .iter()
+        .map(|s| &s.op)
+        .find(|o| matches!(o, Op::BuildImage { .. }))
+    else {
+        panic!("no build step")
+    };
+    assert_eq!(
+        image,
+        "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy:src-abababababababab"
+    );
+    insta::assert_snapshot!("plan_build_first", render::human(&p, false));
+}
+
+#[test]
+fn an_unchanged_source_is_a_quiet_plan() {
+    let s = built_spec();
+    let p = plan(&s, &converged_built(&s), &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+}
+
+#[test]
+fn a_changed_source_rebuilds_and_moves_the_deployment() {
+    let s = built_spec();
+    let mut o = converged_built(&s);
+    // The live deployment runs the previous build; the new source's tag is not there.
+    let old = "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy:src-0000000000000000";
+    for d in o.deployments.values_mut() {
+        d.fields["job_variables"]["image"] = json!(old);
+    }
+    o.images = vec![built_image(&s, false, Some("src-0000000000000000"))];
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let addrs: Vec<String> = p.steps.iter().map(|s| s.address.to_string()).collect();
+    assert_eq!(addrs.len(), 2, "{addrs:?}");
+    assert_eq!(p.steps[0].action, Action::Update);
+    assert!(
+        p.steps[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("source changed (3 files")
+    );
+    insta::assert_snapshot!("plan_build_changed", render::human(&p, false));
+}
+
+#[test]
+fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
+    let s = built_spec();
+    let o = converged_built(&s);
+    let p = plan(&s, &o, &options(Mode::Destroy));
+    let del = p
+        .steps
+        .iter()
+        .find(|s| s.address.0 == "gcp.artifact_repository[\"prefect\"]")
+        .unwrap();
+    assert!(matches!(del.op, Op::DeleteRepository { .. }));
+
+    let mut adopted = o.clone();
+    adopted
+        .repositories
+        .get_mut("prefect")
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .labels
+        .clear();
+    let p = plan(&s, &adopted, &options(Mode::Destroy));
+    assert!(
+        !p.steps
+            .iter()
+            .any(|s| matches!(s.op, Op::DeleteRepository { .. }))
+    );
+    assert!(
+        p.adopted
+            .iter()
+            .any(|a| a.0 == "gcp.artifact_repository[\"prefect\"]")
+    );
+    let iam = p
+        .steps
+        .iter()
+        .find(|s| s.address.0.starts_with("gcp.artifact_repository_iam"))
+        .unwrap();
+    assert!(
+        matches!(&iam.op, Op::EditRepositoryPolicy { remove, add, .. } if add.is_empty() && remove.len() == 1)
+    );
 }

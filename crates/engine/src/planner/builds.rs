@@ -1,0 +1,182 @@
+//! Images built from folders: the Artifact Registry repository (created, adopted, destroyed
+//! only when the tool made it), the job's read access to it, and one build per stale source.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use super::super::builds::READER_ROLE;
+use super::super::observed::MARKER_LABEL;
+use super::super::plan::{Action, FieldChange, Op, Step};
+use super::{Builder, addr};
+
+fn repositories_of(b: &Builder) -> BTreeSet<String> {
+    b.observed
+        .images
+        .iter()
+        .map(|i| i.build.repository.clone())
+        .collect()
+}
+
+fn marked(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(MARKER_LABEL.0).map(String::as_str) == Some(MARKER_LABEL.1)
+}
+
+/// The repositories and, on each, `roles/artifactregistry.reader` for the job's service
+/// account (on the repository only: least privilege, not project-wide).
+pub(super) fn repositories(b: &mut Builder) {
+    let member = b.spec.service_account.email.member();
+    let region = b.spec.gcp.region.to_string();
+    for repo in repositories_of(b) {
+        let address = addr::repository(&repo);
+        let live = b.observed.repositories.get(&repo).cloned().flatten();
+        match &live {
+            None => {
+                let mut labels = serde_json::Map::new();
+                labels.insert(MARKER_LABEL.0.into(), json!(MARKER_LABEL.1));
+                let depends_on = b.deps(&[addr::apis()]);
+                b.push(Step {
+                    address: address.clone(),
+                    action: Action::Create,
+                    adopted: false,
+                    reason: None,
+                    changes: vec![
+                        FieldChange::set("format", None, Some(json!("DOCKER"))),
+                        FieldChange::set("location", None, Some(json!(region))),
+                    ],
+                    depends_on,
+                    op: Op::CreateRepository {
+                        repository: repo.clone(),
+                        region: region.clone(),
+                        labels,
+                    },
+                });
+            }
+            Some(r) => {
+                if !marked(&r.labels) {
+                    b.adopted.push(address.clone());
+                }
+                b.unchanged(address.clone());
+            }
+        }
+        let iam = addr::repository_iam(&repo);
+        if live.as_ref().is_some_and(|r| r.readers.contains(&member)) {
+            b.unchanged(iam);
+            continue;
+        }
+        let depends_on = b.deps(&[address, addr::service_account(b.spec)]);
+        b.push(Step {
+            address: iam,
+            action: if live.is_some() {
+                Action::Update
+            } else {
+                Action::Create
+            },
+            adopted: false,
+            reason: None,
+            changes: vec![FieldChange::set(
+                READER_ROLE,
+                None,
+                Some(json!(member.clone())),
+            )],
+            depends_on,
+            op: Op::EditRepositoryPolicy {
+                repository: repo,
+                add: vec![(READER_ROLE.to_owned(), member.clone())],
+                remove: Vec::new(),
+            },
+        });
+    }
+}
+
+/// One build step per source whose tag is not in the repository yet.
+pub(super) fn images(b: &mut Builder) {
+    for img in b.observed.images.clone() {
+        let address = addr::image(&img.build.image_name);
+        if img.present {
+            b.unchanged(address);
+            continue;
+        }
+        let old = img
+            .previous_tag
+            .as_ref()
+            .map(|t| Value::String(format!("{}:{t}", img.build.image_name)));
+        let (action, reason) = match &old {
+            None => (
+                Action::Create,
+                format!(
+                    "first build of {} ({} files)",
+                    img.build.context_shown, img.files
+                ),
+            ),
+            // The registry keeps no file list of the last build, so which files changed is
+            // not known without state; that the source differs is.
+            Some(_) => (
+                Action::Update,
+                format!(
+                    "source changed ({} files in {}; no image tagged {} yet)",
+                    img.files, img.build.context_shown, img.tag
+                ),
+            ),
+        };
+        let depends_on = b.deps(&[addr::apis(), addr::repository(&img.build.repository)]);
+        b.push(Step {
+            address,
+            action,
+            adopted: false,
+            reason: Some(reason),
+            changes: vec![FieldChange::set("image", old, Some(json!(img.image_ref())))],
+            depends_on,
+            op: Op::BuildImage {
+                image: img.image_ref(),
+                digest: img.digest.clone(),
+                files: img.files,
+                build: img.build.clone(),
+            },
+        });
+    }
+}
+
+/// Destroy: a repository the tool made goes (with its images and policy); one it adopted
+/// stays, with only the reader grant of the plan removed.
+pub(super) fn destroy_repositories(b: &mut Builder) {
+    let member = b.spec.service_account.email.member();
+    for repo in repositories_of(b) {
+        let Some(Some(live)) = b.observed.repositories.get(&repo).cloned() else {
+            continue;
+        };
+        let address = addr::repository(&repo);
+        if marked(&live.labels) {
+            b.push(Step {
+                address,
+                action: Action::Delete,
+                adopted: false,
+                reason: Some("made by bootstrap; its images go with it".into()),
+                changes: Vec::new(),
+                depends_on: Vec::new(),
+                op: Op::DeleteRepository { repository: repo },
+            });
+        } else {
+            b.adopted.push(address);
+            if live.readers.contains(&member) {
+                b.push(Step {
+                    address: addr::repository_iam(&repo),
+                    action: Action::Delete,
+                    adopted: false,
+                    reason: Some("the repository was not made by bootstrap and stays".into()),
+                    changes: vec![FieldChange::set(
+                        READER_ROLE,
+                        Some(json!(member.clone())),
+                        None,
+                    )],
+                    depends_on: Vec::new(),
+                    op: Op::EditRepositoryPolicy {
+                        repository: repo,
+                        add: Vec::new(),
+                        remove: vec![(READER_ROLE.to_owned(), member.clone())],
+                    },
+                });
+            }
+        }
+    }
+}
