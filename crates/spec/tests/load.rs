@@ -309,7 +309,7 @@ deployments:
 #[test]
 fn worker_kind_and_instances() {
     let service = load_str(
-        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker}}\n"),
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, image: prefecthq/prefect:3-latest}}\n"),
         "p.yaml",
         &env,
     )
@@ -320,7 +320,7 @@ fn worker_kind_and_instances() {
         (bootstrap_spec::WorkerKind::Service, 1)
     );
     let pool = load_str(
-        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, kind: worker-pool, instances: 0}}\n"),
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, image: prefecthq/prefect:3-latest, kind: worker-pool, instances: 0}}\n"),
         "p.yaml",
         &env,
     )
