@@ -54,6 +54,8 @@ pub struct WorkerOptions {
     pub endpoints: Endpoints,
     /// Subscribe to the event stream for immediate pickup.
     pub use_events: bool,
+    /// Scale the worker's own Cloud Run worker pool to 0 when idle (`worker.scale_to_zero`).
+    pub scale_down: Option<super::idle::ScaleDown>,
 }
 
 impl WorkerOptions {
@@ -71,6 +73,7 @@ impl WorkerOptions {
             reconcile_interval: Duration::from_secs(30),
             endpoints,
             use_events: true,
+            scale_down: None,
         }
     }
 }
@@ -312,6 +315,16 @@ pub async fn run(
         kind,
         pool.base_job_template.clone(),
     ));
+    if let Some(down) = shared.opts.scale_down.clone() {
+        let work = Arc::new(super::idle::PrefectWork {
+            client: client.clone(),
+            pool: pool.name.clone(),
+        });
+        let mine = shared.clone();
+        tasks.spawn(super::idle::watch(down, work, move || {
+            mine.in_flight_count() + mine.waiting.load(Ordering::SeqCst)
+        }));
+    }
     if let Some(port) = health_port {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
             .await
