@@ -88,6 +88,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Run a Prefect worker that launches flow runs as Cloud Run jobs.
     Worker(WorkerArgs),
+    /// Serve the scale-to-zero waker: wakes a Cloud Run worker pool when its Prefect work pool has runs due.
+    Waker(WakerArgs),
     /// Start a flow run of a deployment and follow it to its result.
     Run(RunArgs),
     /// Serve a local stand-in for the Google Cloud APIs that runs containers as processes.
@@ -259,6 +261,20 @@ pub struct WorkerArgs {
     /// With --sweep: only jobs finished at least this long ago, e.g. `30m`, `24h`, `7d`.
     #[arg(long, value_name = "AGE", default_value = "24h", value_parser = parse_age, requires = "sweep")]
     pub sweep_older_than: std::time::Duration,
+    /// Scale to zero: the worker's own Cloud Run worker pool, `projects/P/locations/R/workerPools/N`.
+    #[arg(
+        long,
+        env = "BOOTSTRAP_SCALE_TO_ZERO_POOL",
+        requires = "scale_to_zero_idle"
+    )]
+    pub scale_to_zero_pool: Option<String>,
+    /// Scale to zero: seconds with nothing to do in the work pool before the count goes to 0.
+    #[arg(
+        long,
+        env = "BOOTSTRAP_SCALE_TO_ZERO_IDLE",
+        requires = "scale_to_zero_pool"
+    )]
+    pub scale_to_zero_idle: Option<u64>,
 }
 
 /// `<n>s`, `<n>m`, `<n>h` or `<n>d` (whole numbers).
@@ -283,6 +299,22 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(secs)
         .map(std::time::Duration::from_secs)
         .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[derive(Debug, Args)]
+pub struct WakerArgs {
+    /// The Prefect work pool whose scheduled runs wake the worker pool.
+    #[arg(long, env = "BOOTSTRAP_WAKER_WORK_POOL")]
+    pub work_pool: String,
+    /// The Cloud Run worker pool to wake, `projects/P/locations/R/workerPools/N`.
+    #[arg(long, env = "BOOTSTRAP_WAKER_WORKER_POOL")]
+    pub worker_pool: String,
+    /// The instance count to set when waking.
+    #[arg(long, default_value_t = 1)]
+    pub instances: u32,
+    /// Port to listen on (the shared secret is read from BOOTSTRAP_WAKER_SECRET).
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
 }
 
 #[derive(Debug, Args)]

@@ -15,6 +15,7 @@ mod run;
 mod sandbox;
 
 mod validate;
+pub mod waker;
 mod worker;
 
 /// Runs the chosen subcommand.
@@ -49,6 +50,7 @@ pub fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Destroy(args) => lifecycle::destroy(&args, &cli.global),
         Command::Doctor(args) => doctor::run(&args, &cli.global),
         Command::Worker(args) => worker::run(&args, &cli.global),
+        Command::Waker(args) => waker::run(&args, &cli.global),
         Command::Run(args) => run::run(args),
         Command::Sandbox(args) => sandbox::run(&args, &cli.global),
     }

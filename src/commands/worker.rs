@@ -42,6 +42,15 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     opts.queues = args.queues.clone();
     opts.limit = args.limit;
     opts.poll_interval = Duration::from_secs_f64(args.poll_interval);
+    if let (Some(pool), Some(idle)) = (&args.scale_to_zero_pool, args.scale_to_zero_idle) {
+        if idle == 0 {
+            return Err(anyhow!("--scale-to-zero-idle must be at least 1 second"));
+        }
+        opts.scale_down = Some(worker::idle::ScaleDown {
+            idle: Duration::from_secs(idle),
+            scaler: worker::idle::cloud_run_scaler(pool, &opts.endpoints)?,
+        });
+    }
     let health = args.healthcheck.then_some(args.port);
     eprintln!("worker `{name}` taking flow runs from pool `{}`", args.pool);
     runtime.block_on(worker::run(client, opts, health, shutdown_signal()))?;
@@ -75,7 +84,7 @@ fn sweep(
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

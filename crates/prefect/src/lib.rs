@@ -12,8 +12,9 @@ mod client;
 pub mod config;
 mod error;
 pub mod models;
+pub mod wake;
 
-pub use api::{EventFilter, EventStream, pick_block_schema};
+pub use api::{Automation, AutomationSpec, EventFilter, EventStream, pick_block_schema};
 pub use client::{PrefectClient, RetryPolicy};
 pub use config::{
     ActiveProfile, ClientRetrySettings, CloudWorkspace, ConfigOverrides, PrefectConfig, Source,

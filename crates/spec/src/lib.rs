@@ -19,6 +19,7 @@ pub mod model;
 mod node;
 pub mod prefect_yaml;
 mod reader;
+mod scale_to_zero;
 mod sections;
 mod template;
 

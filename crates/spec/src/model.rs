@@ -153,6 +153,8 @@ pub struct Worker {
     pub kind: WorkerKind,
     /// A worker pool's `scaling.manualInstanceCount` (default 1; 0 stops it).
     pub instances: u32,
+    /// `worker.scale_to_zero`: the pool sits at 0 instances while idle (worker pools only).
+    pub scale_to_zero: Option<ScaleToZero>,
 }
 
 impl Worker {
@@ -161,6 +163,19 @@ impl Worker {
     pub fn pool_name(&self) -> RunWorkerPoolName {
         RunWorkerPoolName::from(&self.service)
     }
+}
+
+/// `worker.scale_to_zero`: the worker sets its pool's instance count to 0 after `idle` with no
+/// scheduled, pending or running runs; the waker sets it back to 1 when a run arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ScaleToZero {
+    /// How long the work pool must have nothing to do before the worker scales down.
+    #[serde(rename = "idle_seconds", serialize_with = "as_seconds")]
+    pub idle: std::time::Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
 }
 
 #[derive(Debug, Clone, Serialize)]

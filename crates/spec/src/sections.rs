@@ -55,6 +55,7 @@ const WORKER_KEYS: &[&str] = &[
     "api_key_secret",
     "kind",
     "instances",
+    "scale_to_zero",
 ];
 pub const DEPLOYMENT_KEYS: &[&str] = &[
     "name",
@@ -524,6 +525,9 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
             .then(|| SecretId::parse(v).ok())
             .flatten(),
     };
+    // An invalid `kind` is reported once, where it is written.
+    let scale_to_zero =
+        crate::scale_to_zero::read(r, &f, kind != Some(WorkerKind::Service), runtime);
     Some(Some(Worker {
         service: service?,
         image: image?,
@@ -537,6 +541,7 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
         api_key_secret: api_key_secret?,
         kind: kind?,
         instances: instances?.unwrap_or(1),
+        scale_to_zero: scale_to_zero?,
     }))
 }
 

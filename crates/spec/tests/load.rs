@@ -309,7 +309,7 @@ deployments:
 #[test]
 fn worker_kind_and_instances() {
     let service = load_str(
-        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker}}\n"),
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, image: prefecthq/prefect:3-latest}}\n"),
         "p.yaml",
         &env,
     )
@@ -320,7 +320,7 @@ fn worker_kind_and_instances() {
         (bootstrap_spec::WorkerKind::Service, 1)
     );
     let pool = load_str(
-        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, kind: worker-pool, instances: 0}}\n"),
+        &format!("{MINIMAL}prefect: {{api_url: 'http://127.0.0.1:4200/api'}}\nworker: {{service: prefect-worker, image: prefecthq/prefect:3-latest, kind: worker-pool, instances: 0}}\n"),
         "p.yaml",
         &env,
     )
@@ -331,4 +331,73 @@ fn worker_kind_and_instances() {
         (bootstrap_spec::WorkerKind::WorkerPool, 0)
     );
     assert_eq!(w.pool_name().as_str(), "prefect-worker");
+}
+
+#[test]
+fn scale_to_zero_on_a_service_is_refused_where_it_is_written() {
+    let plan = format!(
+        "{MINIMAL}prefect: {{api_url: http://127.0.0.1:4200/api}}\n\
+         worker:\n  service: w\n  image: i\n  scale_to_zero:\n    idle: 10m\n"
+    );
+    let d = load_str(&plan, "p.yaml", &env).expect_err("a service cannot scale to zero");
+    let d: Vec<_> = d.into_iter().collect();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!((d[0].line, d[0].column), (10, 5), "{}", d[0]);
+    assert!(
+        d[0].message
+            .contains("`worker.scale_to_zero` needs `worker.kind: worker-pool`"),
+        "{}",
+        d[0]
+    );
+}
+
+#[test]
+fn scale_to_zero_idle_must_be_a_duration_in_range() {
+    for (idle, ok) in [
+        ("0s", false),
+        ("25h", false),
+        ("-3", false),
+        ("soon", false),
+    ] {
+        let plan = format!(
+            "{MINIMAL}prefect: {{api_url: http://127.0.0.1:4200/api}}\n\
+             worker:\n  service: w\n  scale_to_zero: {{idle: \"{idle}\"}}\n"
+        );
+        let d: Vec<_> = load_str(&plan, "p.yaml", &env)
+            .expect_err("rejected")
+            .into_iter()
+            .collect();
+        let bad_idle = d
+            .iter()
+            .any(|x| x.message.contains("invalid `worker.scale_to_zero.idle`"));
+        assert_eq!(bad_idle, !ok, "{idle}: {d:?}");
+    }
+}
+
+#[test]
+fn scale_to_zero_on_an_embedded_worker_pool() {
+    let plan = |runtime: &str, idle: &str| {
+        format!(
+            "{MINIMAL}prefect: {{api_url: http://127.0.0.1:4200/api}}\n\
+             worker: {{service: w, image: i, kind: worker-pool, runtime: {runtime}, scale_to_zero: {{idle: {idle}}}}}\n"
+        )
+    };
+    let spec = load_str(&plan("embedded", "90s"), "p.yaml", &env).unwrap_or_else(|d| panic!("{d}"));
+    let stz = spec.worker.unwrap().scale_to_zero.expect("scale_to_zero");
+    assert_eq!(stz.idle, std::time::Duration::from_secs(90));
+    let spec = load_str(&plan("embedded", "600"), "p.yaml", &env).unwrap_or_else(|d| panic!("{d}"));
+    assert_eq!(
+        spec.worker.unwrap().scale_to_zero.unwrap().idle,
+        std::time::Duration::from_secs(600)
+    );
+    let d: Vec<_> = load_str(&plan("python", "10m"), "p.yaml", &env)
+        .expect_err("the Python worker cannot scale itself down")
+        .into_iter()
+        .collect();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(
+        d[0].message.contains("needs `worker.runtime: embedded`"),
+        "{}",
+        d[0]
+    );
 }

@@ -16,6 +16,7 @@ pub mod cloudrun;
 pub mod config;
 mod health;
 pub mod identity;
+pub mod idle;
 pub mod naming;
 pub mod outcome;
 pub mod refs;

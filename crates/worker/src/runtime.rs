@@ -58,6 +58,8 @@ pub struct WorkerOptions {
     /// it leaves the run's state to the execution and keeps the job (prefect-gcp's "Lost
     /// connection to flow run infrastructure"); 30 minutes.
     pub lost_contact_window: Duration,
+    /// Scale the worker's own Cloud Run worker pool to 0 when idle (`worker.scale_to_zero`).
+    pub scale_down: Option<super::idle::ScaleDown>,
 }
 
 impl WorkerOptions {
@@ -76,6 +78,7 @@ impl WorkerOptions {
             endpoints,
             use_events: true,
             lost_contact_window: Duration::from_secs(30 * 60),
+            scale_down: None,
         }
     }
 }
@@ -317,6 +320,16 @@ pub async fn run(
         kind,
         pool.base_job_template.clone(),
     ));
+    if let Some(down) = shared.opts.scale_down.clone() {
+        let work = Arc::new(super::idle::PrefectWork {
+            client: client.clone(),
+            pool: pool.name.clone(),
+        });
+        let mine = shared.clone();
+        tasks.spawn(super::idle::watch(down, work, move || {
+            mine.in_flight_count() + mine.waiting.load(Ordering::SeqCst)
+        }));
+    }
     if let Some(port) = health_port {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
             .await

@@ -70,6 +70,7 @@ fn spec() -> Spec {
             api_key_secret: SecretId::parse("prefect-api-key").unwrap(),
             kind: WorkerKind::Service,
             instances: 1,
+            scale_to_zero: None,
         }),
         deployments: vec![Deployment {
             build: None,
@@ -860,4 +861,46 @@ fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
     assert!(
         matches!(&iam.op, Op::EditRepositoryPolicy { remove, add, .. } if add.is_empty() && remove.len() == 1)
     );
+}
+
+// ---- scale to zero (`worker.scale_to_zero`) ----
+
+#[test]
+fn a_scale_to_zero_pool_starts_at_zero_and_its_live_count_is_not_drift() {
+    let mut s = pool_spec(1);
+    {
+        let w = s.worker.as_mut().unwrap();
+        w.runtime = WorkerRuntime::Embedded;
+        w.scale_to_zero = Some(ScaleToZero {
+            idle: std::time::Duration::from_secs(30),
+        });
+    }
+    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
+    assert_eq!(body["scaling"]["manualInstanceCount"], 0);
+    let env = body["template"]["containers"][0]["env"].as_array().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        value("BOOTSTRAP_SCALE_TO_ZERO_POOL"),
+        Some(json!(format!(
+            "projects/{}/locations/{}/workerPools/prefect-worker",
+            s.gcp.project, s.gcp.region
+        )))
+    );
+    assert_eq!(value("BOOTSTRAP_SCALE_TO_ZERO_IDLE"), Some(json!("30")));
+    // Woken by the waker (count 1): plan stays quiet, and a template change keeps the count.
+    let mut o = converged_pool(&s);
+    o.worker_pool.as_mut().unwrap()["scaling"]["manualInstanceCount"] = json!(1);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+    let mut bigger = s.clone();
+    bigger.worker.as_mut().unwrap().memory = "1Gi".into();
+    let p = plan(&bigger, &o, &options(Mode::Apply));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool { body, .. } if body["scaling"]["manualInstanceCount"] == 1
+    ));
 }

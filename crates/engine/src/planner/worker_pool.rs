@@ -32,6 +32,15 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
             "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
         }));
     }
+    // Scale to zero: the embedded worker sets its own pool's count to 0 when idle
+    // (`bootstrap worker --scale-to-zero-pool/--scale-to-zero-idle`, crates/worker/src/idle.rs).
+    if let Some(stz) = &worker.scale_to_zero {
+        env.push(json!({
+            "name": "BOOTSTRAP_SCALE_TO_ZERO_POOL",
+            "value": format!("projects/{}/locations/{}/workerPools/{}", spec.gcp.project, spec.gcp.region, worker.pool_name()),
+        }));
+        env.push(json!({"name": "BOOTSTRAP_SCALE_TO_ZERO_IDLE", "value": stz.idle.as_secs().to_string()}));
+    }
     let mut container = json!({
         "image": worker.image.as_str(),
         "args": args,
@@ -43,7 +52,8 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
     }
     json!({
         "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
-        "scaling": {"manualInstanceCount": worker.instances},
+        // With scale_to_zero the pool starts at 0; the waker and the worker own the count.
+        "scaling": {"manualInstanceCount": if worker.scale_to_zero.is_some() { 0 } else { worker.instances }},
         "template": {
             "serviceAccount": spec.service_account.email.as_str(),
             "containers": [container],
@@ -135,7 +145,15 @@ pub(super) fn plan(b: &mut Builder) {
             });
         }
         Some(live) => {
-            let changes = diff::changes(&owned_view(live), &owned_view(&desired));
+            let mut desired = desired;
+            let mut changes = diff::changes(&owned_view(live), &owned_view(&desired));
+            if worker.scale_to_zero.is_some() {
+                // The live count is the waker's and the worker's, never drift.
+                changes.retain(|c| c.path != "instances");
+                if let Some(s) = live.get("scaling") {
+                    desired["scaling"] = s.clone();
+                }
+            }
             let not_ready = not_ready(live);
             if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address.clone());

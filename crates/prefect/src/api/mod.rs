@@ -1,5 +1,6 @@
 //! The API calls, one file per kind of object.
 
+mod automations;
 mod batch;
 mod blocks;
 mod events;
@@ -8,6 +9,7 @@ mod flows;
 mod logs;
 mod work_pools;
 
+pub use automations::{Automation, AutomationSpec};
 pub use batch::DeploymentKey;
 pub use blocks::pick_block_schema;
 pub use events::{EventFilter, EventStream};
