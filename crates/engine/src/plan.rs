@@ -223,13 +223,6 @@ pub enum Op {
         api: String,
         jobs: Vec<WorkerJob>,
     },
-}
-
-/// One flow-run job of [`Op::DeleteWorkerJobs`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct WorkerJob {
-    pub region: String,
-    pub name: String,
     /// Create a docker repository in Artifact Registry (with the marker label).
     CreateRepository {
         repository: String,
@@ -253,6 +246,13 @@ pub struct WorkerJob {
         files: usize,
         build: bootstrap_spec::build::Build,
     },
+}
+
+/// One flow-run job of [`Op::DeleteWorkerJobs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerJob {
+    pub region: String,
+    pub name: String,
 }
 
 impl Op {

@@ -173,6 +173,7 @@ pub mod addr {
     /// The flow-run jobs the worker made for the plan's pool (one address for all of them).
     pub fn worker_jobs(spec: &Spec) -> Address {
         Address::new("gcp.worker_jobs", spec.work_pool.name.as_str())
+    }
     pub fn repository(id: &str) -> Address {
         Address::new("gcp.artifact_repository", id)
     }
