@@ -34,6 +34,10 @@ pub struct Observed {
     /// Cloud Run jobs the worker made for the plan's pool (found by their pool label), in
     /// every region the plan and the pool's template name; regions without any are left out.
     pub worker_jobs: Vec<WorkerJobs>,
+    /// The images the plan builds (`build:`), one per distinct source.
+    pub images: Vec<BuiltImage>,
+    /// Artifact Registry repositories the builds push to; `None`: absent.
+    pub repositories: BTreeMap<String, Option<Repository>>,
 }
 
 /// The flow-run jobs of the plan's work pool in one region.
@@ -44,10 +48,6 @@ pub struct WorkerJobs {
     pub api: String,
     /// Short job names, sorted.
     pub names: Vec<String>,
-    /// The images the plan builds (`build:`), one per distinct source.
-    pub images: Vec<BuiltImage>,
-    /// Artifact Registry repositories the builds push to; `None`: absent.
-    pub repositories: BTreeMap<String, Option<Repository>>,
 }
 
 /// One image built from a folder: its source digest (read from disk) and whether the

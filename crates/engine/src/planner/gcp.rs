@@ -387,6 +387,7 @@ pub(super) fn worker_service(b: &mut Builder) {
         ];
         c.push(addr::secret(worker.api_key_secret.as_str()));
         c.push(addr::secret_iam(worker.api_key_secret.as_str()));
+        c.push(addr::work_pool(b.spec));
         b.deps(&c)
     };
     match &b.observed.service {

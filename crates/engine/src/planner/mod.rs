@@ -79,13 +79,15 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             gcp::bindings(&mut b);
             gcp::key(&mut b);
             gcp::secret(&mut b);
-            gcp::worker_service(&mut b);
-            worker_pool::plan(&mut b);
             builds::repositories(&mut b);
             builds::images(&mut b);
             prefect::block(&mut b);
             gcp::orphan_keys(&mut b);
             prefect::work_pool(&mut b);
+            // The worker after its work pool: the embedded worker exits when the pool it is
+            // given does not exist yet, which failed a service's first revision.
+            gcp::worker_service(&mut b);
+            worker_pool::plan(&mut b);
             prefect::deployments(&mut b);
         }
         Mode::Destroy => {

@@ -120,6 +120,7 @@ pub(super) fn plan(b: &mut Builder) {
         addr::sa_iam(b.spec),
         addr::secret(worker.api_key_secret.as_str()),
         addr::secret_iam(worker.api_key_secret.as_str()),
+        addr::work_pool(b.spec),
     ]);
     // Moving from the service: the pool's worker must be ONLINE before the service goes.
     let migrating = b.observed.service.as_ref().is_some_and(service::is_marked);
