@@ -452,64 +452,6 @@ fn unmarked_service_is_adopted_and_kept_by_destroy() {
     );
 }
 
-#[test]
-fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
-    let s = spec();
-    let mut o = converged(&s);
-    o.worker_jobs = vec![observed::WorkerJobs {
-        region: "us-central1".into(),
-        api: "v1".into(),
-        names: (1..=5).map(|i| format!("run-{i}")).collect(),
-    }];
-    let p = plan(&s, &o, &options(Mode::Destroy));
-    let step = p
-        .steps
-        .iter()
-        .find(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
-        .expect("a worker-jobs step");
-    match &step.op {
-        crate::plan::Op::DeleteWorkerJobs {
-            label, api, jobs, ..
-        } => {
-            assert_eq!(label, "prefect-io-work-pool-name=my-cloud-run-pool");
-            assert_eq!(api, "v1");
-            assert_eq!(jobs.len(), 5);
-        }
-        other => panic!("unexpected {other:?}"),
-    }
-    // After the worker service (it would make new jobs) and the pool.
-    assert!(
-        step.depends_on
-            .iter()
-            .any(|a| a.to_string().contains("run_service"))
-    );
-    assert!(
-        step.depends_on
-            .iter()
-            .any(|a| a.to_string().contains("work_pool"))
-    );
-    let line = render::human(&p, false)
-        .lines()
-        .find(|l| l.contains("gcp.worker_jobs"))
-        .map(str::to_string)
-        .expect("one line");
-    insta::assert_snapshot!("plan_destroy_worker_jobs", line);
-    // Apply mode never deletes them, and a world without them plans nothing for them.
-    assert!(
-        !plan(&s, &o, &options(Mode::Apply))
-            .steps
-            .iter()
-            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
-    );
-    let none = plan(&s, &converged(&s), &options(Mode::Destroy));
-    assert!(
-        !none
-            .steps
-            .iter()
-            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
-    );
-}
-
 // ---- worker pool (`worker.kind: worker-pool`) ----
 
 fn pool_spec(instances: u32) -> Spec {
@@ -537,55 +479,6 @@ fn converged_pool(s: &Spec) -> Observed {
         json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}]);
     live["template"]["containers"][0]["resources"]["limits"]["cpu"] = json!("1");
     o.worker_pool = Some(live);
-/// `spec()` with its deployment built from a folder instead of a named image.
-fn built_spec() -> Spec {
-    let mut s = spec();
-    let d = &mut s.deployments[0];
-    d.image = None;
-    d.build = Some(build::Build {
-        context: "/work/flows".into(),
-        context_shown: ".".into(),
-        dockerfile: build::DockerfileSpec::Auto,
-        repository: "prefect".into(),
-        image_name: "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy".into(),
-        workdir: "/opt/prefect/flows".into(),
-        notes: Vec::new(),
-    });
-    s
-}
-
-fn built_image(s: &Spec, present: bool, previous_tag: Option<&str>) -> observed::BuiltImage {
-    let d = &s.deployments[0];
-    observed::BuiltImage {
-        build: d.build.clone().unwrap(),
-        deployments: vec![prefect::deployment_key(d)],
-        digest: "ab".repeat(32),
-        tag: "src-abababababababab".into(),
-        files: 3,
-        present,
-        previous_tag: previous_tag.map(str::to_owned),
-    }
-}
-
-/// `converged` for the built spec, the repository and grant in place and the image built.
-fn converged_built(s: &Spec) -> Observed {
-    let mut o = converged(s);
-    for a in crate::builds::BUILD_APIS {
-        o.apis.insert((*a).into(), true);
-    }
-    let img = built_image(s, true, Some("src-abababababababab"));
-    for d in o.deployments.values_mut() {
-        d.fields["job_variables"]["image"] = json!(img.image_ref());
-    }
-    o.images = vec![img];
-    o.repositories.insert(
-        "prefect".into(),
-        Some(observed::Repository {
-            format: Some("DOCKER".into()),
-            labels: [("managed-by".to_string(), "bootstrap".to_string())].into(),
-            readers: [s.service_account.email.member()].into(),
-        }),
-    );
     o
 }
 
@@ -747,6 +640,161 @@ fn the_guides_service_costs_about_49_dollars_a_month() {
     let p = plan(&s, &converged(&s), &options(Mode::Apply));
     let cost = p.cost.as_ref().unwrap();
     assert_eq!((cost.kind, cost.monthly_usd), ("service", 49.93));
+}
+
+// ---- scale to zero (`worker.scale_to_zero`) ----
+
+#[test]
+fn a_scale_to_zero_pool_starts_at_zero_and_its_live_count_is_not_drift() {
+    let mut s = pool_spec(1);
+    {
+        let w = s.worker.as_mut().unwrap();
+        w.runtime = WorkerRuntime::Embedded;
+        w.scale_to_zero = Some(ScaleToZero {
+            idle: std::time::Duration::from_secs(30),
+        });
+    }
+    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
+    assert_eq!(body["scaling"]["manualInstanceCount"], 0);
+    let env = body["template"]["containers"][0]["env"].as_array().unwrap();
+    let value = |name: &str| {
+        env.iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        value("BOOTSTRAP_SCALE_TO_ZERO_POOL"),
+        Some(json!(format!(
+            "projects/{}/locations/{}/workerPools/prefect-worker",
+            s.gcp.project, s.gcp.region
+        )))
+    );
+    assert_eq!(value("BOOTSTRAP_SCALE_TO_ZERO_IDLE"), Some(json!("30")));
+    // Woken by the waker (count 1): plan stays quiet, and a template change keeps the count.
+    let mut o = converged_pool(&s);
+    o.worker_pool.as_mut().unwrap()["scaling"]["manualInstanceCount"] = json!(1);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert!(!p.has_changes(), "{}", render::human(&p, false));
+    let mut bigger = s.clone();
+    bigger.worker.as_mut().unwrap().memory = "1Gi".into();
+    let p = plan(&bigger, &o, &options(Mode::Apply));
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertWorkerPool { body, .. } if body["scaling"]["manualInstanceCount"] == 1
+    ));
+}
+
+#[test]
+fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
+    let s = spec();
+    let mut o = converged(&s);
+    o.worker_jobs = vec![observed::WorkerJobs {
+        region: "us-central1".into(),
+        api: "v1".into(),
+        names: (1..=5).map(|i| format!("run-{i}")).collect(),
+    }];
+    let p = plan(&s, &o, &options(Mode::Destroy));
+    let step = p
+        .steps
+        .iter()
+        .find(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+        .expect("a worker-jobs step");
+    match &step.op {
+        crate::plan::Op::DeleteWorkerJobs {
+            label, api, jobs, ..
+        } => {
+            assert_eq!(label, "prefect-io-work-pool-name=my-cloud-run-pool");
+            assert_eq!(api, "v1");
+            assert_eq!(jobs.len(), 5);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // After the worker service (it would make new jobs) and the pool.
+    assert!(
+        step.depends_on
+            .iter()
+            .any(|a| a.to_string().contains("run_service"))
+    );
+    assert!(
+        step.depends_on
+            .iter()
+            .any(|a| a.to_string().contains("work_pool"))
+    );
+    let line = render::human(&p, false)
+        .lines()
+        .find(|l| l.contains("gcp.worker_jobs"))
+        .map(str::to_string)
+        .expect("one line");
+    insta::assert_snapshot!("plan_destroy_worker_jobs", line);
+    // Apply mode never deletes them, and a world without them plans nothing for them.
+    assert!(
+        !plan(&s, &o, &options(Mode::Apply))
+            .steps
+            .iter()
+            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+    );
+    let none = plan(&s, &converged(&s), &options(Mode::Destroy));
+    assert!(
+        !none
+            .steps
+            .iter()
+            .any(|st| st.address.to_string().starts_with("gcp.worker_jobs"))
+    );
+}
+
+/// `spec()` with its deployment built from a folder instead of a named image.
+fn built_spec() -> Spec {
+    let mut s = spec();
+    let d = &mut s.deployments[0];
+    d.image = None;
+    d.build = Some(build::Build {
+        context: "/work/flows".into(),
+        context_shown: ".".into(),
+        dockerfile: build::DockerfileSpec::Auto,
+        repository: "prefect".into(),
+        image_name: "us-central1-docker.pkg.dev/prefect-project/prefect/gcp-weather-deploy".into(),
+        workdir: "/opt/prefect/flows".into(),
+        notes: Vec::new(),
+    });
+    s
+}
+
+fn built_image(s: &Spec, present: bool, previous_tag: Option<&str>) -> observed::BuiltImage {
+    let d = &s.deployments[0];
+    observed::BuiltImage {
+        build: d.build.clone().unwrap(),
+        deployments: vec![prefect::deployment_key(d)],
+        digest: "ab".repeat(32),
+        tag: "src-abababababababab".into(),
+        files: 3,
+        present,
+        previous_tag: previous_tag.map(str::to_owned),
+    }
+}
+
+/// `converged` for the built spec, the repository and grant in place and the image built.
+fn converged_built(s: &Spec) -> Observed {
+    let mut o = converged(s);
+    for a in crate::builds::BUILD_APIS {
+        o.apis.insert((*a).into(), true);
+    }
+    let img = built_image(s, true, Some("src-abababababababab"));
+    for d in o.deployments.values_mut() {
+        d.fields["job_variables"]["image"] = json!(img.image_ref());
+    }
+    o.images = vec![img];
+    o.repositories.insert(
+        "prefect".into(),
+        Some(observed::Repository {
+            format: Some("DOCKER".into()),
+            labels: [("managed-by".to_string(), "bootstrap".to_string())].into(),
+            readers: [s.service_account.email.member()].into(),
+        }),
+    );
+    o
+}
+
+#[test]
 fn a_first_build_makes_the_repository_grants_read_and_builds_before_the_deployment() {
     let s = built_spec();
     let mut o = converged(&s);
@@ -861,46 +909,4 @@ fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
     assert!(
         matches!(&iam.op, Op::EditRepositoryPolicy { remove, add, .. } if add.is_empty() && remove.len() == 1)
     );
-}
-
-// ---- scale to zero (`worker.scale_to_zero`) ----
-
-#[test]
-fn a_scale_to_zero_pool_starts_at_zero_and_its_live_count_is_not_drift() {
-    let mut s = pool_spec(1);
-    {
-        let w = s.worker.as_mut().unwrap();
-        w.runtime = WorkerRuntime::Embedded;
-        w.scale_to_zero = Some(ScaleToZero {
-            idle: std::time::Duration::from_secs(30),
-        });
-    }
-    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
-    assert_eq!(body["scaling"]["manualInstanceCount"], 0);
-    let env = body["template"]["containers"][0]["env"].as_array().unwrap();
-    let value = |name: &str| {
-        env.iter()
-            .find(|e| e["name"] == name)
-            .map(|e| e["value"].clone())
-    };
-    assert_eq!(
-        value("BOOTSTRAP_SCALE_TO_ZERO_POOL"),
-        Some(json!(format!(
-            "projects/{}/locations/{}/workerPools/prefect-worker",
-            s.gcp.project, s.gcp.region
-        )))
-    );
-    assert_eq!(value("BOOTSTRAP_SCALE_TO_ZERO_IDLE"), Some(json!("30")));
-    // Woken by the waker (count 1): plan stays quiet, and a template change keeps the count.
-    let mut o = converged_pool(&s);
-    o.worker_pool.as_mut().unwrap()["scaling"]["manualInstanceCount"] = json!(1);
-    let p = plan(&s, &o, &options(Mode::Apply));
-    assert!(!p.has_changes(), "{}", render::human(&p, false));
-    let mut bigger = s.clone();
-    bigger.worker.as_mut().unwrap().memory = "1Gi".into();
-    let p = plan(&bigger, &o, &options(Mode::Apply));
-    assert!(matches!(
-        &p.steps[0].op,
-        Op::UpsertWorkerPool { body, .. } if body["scaling"]["manualInstanceCount"] == 1
-    ));
 }
