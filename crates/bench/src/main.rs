@@ -87,6 +87,9 @@ struct Args {
     /// full mode only).
     #[arg(long)]
     v1: bool,
+    /// The longest one worker's burst may take, seconds (default: 120 quick, 600 full).
+    #[arg(long)]
+    burst_deadline_s: Option<u64>,
 }
 
 struct Plan {
@@ -141,7 +144,11 @@ async fn run(args: Args) -> Result<bool> {
         } else {
             5000
         })),
-        burst_deadline: Duration::from_secs(if args.quick { 120 } else { 600 }),
+        burst_deadline: Duration::from_secs(args.burst_deadline_s.unwrap_or(if args.quick {
+            120
+        } else {
+            600
+        })),
         ceiling_runs: if args.quick { 20 } else { 100 },
         v1: args.v1 || !args.quick,
     };
