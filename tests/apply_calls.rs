@@ -19,7 +19,11 @@ fn plan(suffix: &str, n: usize, flows: usize, changed: Option<usize>) -> String 
     let mut p = common::light_plan(PROJECT, suffix);
     p.push_str("deployments:\n");
     for i in 0..n {
-        let city = if changed == Some(i) { "Ogdenville" } else { "Springfield" };
+        let city = if changed == Some(i) {
+            "Ogdenville"
+        } else {
+            "Springfield"
+        };
         p.push_str(&format!(
             "  - name: d{i}-{suffix}\n    flow: flow{}-{suffix}\n    entrypoint: flows/x.py:x\n    \
              image: prefecthq/prefect:3-latest\n    parameters: {{city: {city}}}\n    work_queue: default\n",
@@ -112,9 +116,5 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
         .expect("deployment exists");
     assert_eq!(d.parameters["city"], "Ogdenville");
     // Only the plan's own objects remain ours to clean: destroy them.
-    common::run_in(
-        &w,
-        &["destroy", "-f", changed, "--auto-approve"],
-        0,
-    );
+    common::run_in(&w, &["destroy", "-f", changed, "--auto-approve"], 0);
 }

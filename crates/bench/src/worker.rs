@@ -465,6 +465,7 @@ pub async fn wait_started(
 
 /// Queues `n` runs (the worker must be stopped), starts a worker, and measures until all `n`
 /// executions started or `deadline`.
+#[allow(clippy::too_many_arguments)]
 pub async fn burst(
     env: &Env,
     kind: Kind,
