@@ -303,8 +303,8 @@ fn one_changed_deployment_of_many_carries_its_flow_id() {
     let first = s.deployments[0].clone();
     for i in 1..100 {
         let mut d = first.clone();
-        d.name = PrefectName::parse(&format!("deploy-{i}")).unwrap();
-        d.flow = PrefectName::parse(&format!("flow-{}", i % 10)).unwrap();
+        d.name = PrefectName::parse(format!("deploy-{i}")).unwrap();
+        d.flow = PrefectName::parse(format!("flow-{}", i % 10)).unwrap();
         s.deployments.push(d);
     }
     let mut o = converged(&s);
