@@ -176,6 +176,17 @@ impl Env {
             .await
     }
 
+    /// A call to the sandbox's own API (`path` from `/_sandbox/`).
+    pub async fn sandbox(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        self.send(method, &format!("{}{path}", self.sandbox_url), body)
+            .await
+    }
+
     /// Sets the sandbox's fault spec (latency, operation time).
     pub async fn set_faults(&self, spec: &str) -> Result<()> {
         let url = format!("{}/_sandbox/faults", self.sandbox_url);

@@ -6,6 +6,7 @@
 mod critical;
 mod env;
 mod lifecycle;
+mod peer;
 mod plot;
 mod procs;
 mod report;
@@ -74,21 +75,33 @@ struct Args {
     /// Run only these sections (start-up, plan-apply, scale, workers), comma-separated.
     #[arg(long, value_delimiter = ',')]
     only: Option<Vec<String>>,
-    /// Runs queued for the throughput burst (default: 30 quick, 500 full).
+    /// Runs queued for each worker's throughput burst, ours and prefect-gcp's alike (default:
+    /// 30 quick, 500 full).
     #[arg(long)]
     runs: Option<usize>,
-    /// Runs queued for the Python worker's burst (default: 30 quick, 200 full).
+    /// Runs queued for Prefect's process worker, the second reference (default: 200; full
+    /// mode only unless given).
     #[arg(long)]
     python_runs: Option<usize>,
+    /// Also compare on a `cloud-run` (v1) pool with prefect-gcp's `cloud-run` worker (default:
+    /// full mode only).
+    #[arg(long)]
+    v1: bool,
+    /// The longest one worker's burst may take, seconds (default: 120 quick, 600 full).
+    #[arg(long)]
+    burst_deadline_s: Option<u64>,
 }
 
 struct Plan {
     startup_runs: usize,
     pickups: usize,
     runs: usize,
-    python_runs: usize,
+    /// `None`: the process worker is not measured (quick mode).
+    python_runs: Option<usize>,
     op_delay: Duration,
     burst_deadline: Duration,
+    ceiling_runs: usize,
+    v1: bool,
 }
 
 fn main() -> ExitCode {
@@ -125,13 +138,19 @@ async fn run(args: Args) -> Result<bool> {
         runs: args.runs.unwrap_or(if args.quick { 30 } else { 500 }),
         python_runs: args
             .python_runs
-            .unwrap_or(if args.quick { 30 } else { 200 }),
+            .or(if args.quick { None } else { Some(200) }),
         op_delay: Duration::from_millis(args.op_delay_ms.unwrap_or(if args.quick {
             2000
         } else {
             5000
         })),
-        burst_deadline: Duration::from_secs(if args.quick { 90 } else { 600 }),
+        burst_deadline: Duration::from_secs(args.burst_deadline_s.unwrap_or(if args.quick {
+            120
+        } else {
+            600
+        })),
+        ceiling_runs: if args.quick { 20 } else { 100 },
+        v1: args.v1 || !args.quick,
     };
     let env = Env::new(
         args.bootstrap.clone(),
@@ -151,6 +170,7 @@ async fn run(args: Args) -> Result<bool> {
         lifecycle: None,
         scale: None,
         workers: Vec::new(),
+        pairs: Vec::new(),
         targets: Vec::new(),
         sections: Vec::new(),
         errors: Vec::new(),
@@ -178,8 +198,7 @@ async fn run(args: Args) -> Result<bool> {
     }
 
     let suffix = format!("{:08x}", rand::random::<u32>());
-    // The workers run on the pool and deployment the guide's apply creates.
-    if wanted("plan-apply") || wanted("workers") {
+    if wanted("plan-apply") {
         eprintln!(
             "==> plan / apply / no-op plan of the guide (latency {} ms, operations {} ms)",
             args.latency_ms,
@@ -237,34 +256,51 @@ async fn run(args: Args) -> Result<bool> {
         return finish(&args, results);
     }
 
-    if results.lifecycle.is_some() {
+    let counts = peer::Counts {
+        pickups: plan.pickups,
+        runs: plan.runs,
+        deadline: plan.burst_deadline,
+        ceiling_runs: plan.ceiling_runs,
+    };
+    let mut types = vec![peer::PoolType::V2];
+    if plan.v1 {
+        types.push(peer::PoolType::V1);
+    }
+    for t in types {
         eprintln!(
-            "==> bootstrap worker (pickup x{}, burst of {})",
-            plan.pickups, plan.runs
+            "==> {} pool: server ceiling (x{} per level), then bootstrap worker and prefect-gcp's \
+             worker (pickup x{}, burst of {} each)",
+            t.name(),
+            plan.ceiling_runs,
+            plan.pickups,
+            plan.runs
         );
-        let w = ours(&env, &suffix, &plan).await;
-        if let Some(w) = results.section("bootstrap worker", w) {
+        let mut figures = Vec::new();
+        let p = peer::pair(&env, t, &suffix, &counts, &mut figures).await;
+        if let Some(p) = results.section(&format!("{} pool", t.name()), p) {
+            results.pairs.push(p);
+        }
+        for (name, w) in figures {
+            if let Some(w) = results.section(&name, w) {
+                results.workers.push(w);
+            }
+        }
+    }
+    if let Some(n) = plan.python_runs {
+        eprintln!(
+            "==> prefect worker (process) (pickup x{}, burst of {n})",
+            plan.pickups
+        );
+        let w = python_process(&env, &suffix, &plan, n, &args.fake_flow).await;
+        if let Some(w) = results.section("prefect worker (process)", w) {
             results.workers.push(w);
         }
     } else {
-        results.skipped(
-            "bootstrap worker",
-            "needs the pool and deployment apply creates",
-        );
-    }
-
-    eprintln!("==> prefect worker (cloud-run-v2), idle");
-    let w = python_cloud_run(&env, &suffix).await;
-    if let Some(w) = results.section("prefect worker (cloud-run-v2)", w) {
-        results.workers.push(w);
-    }
-    eprintln!(
-        "==> prefect worker (process) (pickup x{}, burst of {})",
-        plan.pickups, plan.python_runs
-    );
-    let w = python_process(&env, &suffix, &plan, &args.fake_flow).await;
-    if let Some(w) = results.section("prefect worker (process)", w) {
-        results.workers.push(w);
+        results.sections.push(report::Section {
+            name: "prefect worker (process)".into(),
+            status: "skipped".into(),
+            error: Some("quick mode: the second reference runs in full mode only".into()),
+        });
     }
 
     finish(&args, results)
@@ -302,96 +338,12 @@ fn finish(args: &Args, mut results: Results) -> Result<bool> {
     Ok(results.errors.is_empty())
 }
 
-/// `bootstrap worker` on the pool and deployment the apply created.
-async fn ours(env: &Env, suffix: &str, plan: &Plan) -> Result<WorkerFigures> {
-    // No added latency: the worker's own cost is what is measured; Cloud Run job creation is
-    // quick on Google too (the sandbox's default operation time stands in for it).
-    env.set_faults("op_delay=500ms").await?;
-    let pool = format!("bench-pool-{suffix}");
-    let deployment = worker::deployment_id(
-        env,
-        "fetch-weather",
-        &format!("gcp-weather-deploy-{suffix}"),
-    )
-    .await?;
-    let name = format!("bench-rs-{suffix}");
-    let (mut p, online, idle) =
-        worker::start_idle(env, Kind::Bootstrap, &pool, &name, Duration::from_secs(5)).await?;
-    let (pickup, runs) = worker::pickup(
-        env,
-        deployment,
-        plan.pickups,
-        Duration::from_millis(800),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let mut notes = Vec::new();
-    let started = worker::wait_started(env, &runs, Duration::from_secs(60)).await?;
-    if started.len() < runs.len() {
-        notes.push(format!(
-            "only {}/{} picked-up runs reached a running execution within 60 s",
-            started.len(),
-            runs.len()
-        ));
-    }
-    p.stop(Duration::from_secs(10));
-    let burst = worker::burst(
-        env,
-        Kind::Bootstrap,
-        &pool,
-        &format!("{name}-burst"),
-        deployment,
-        plan.runs,
-        plan.burst_deadline,
-    )
-    .await?;
-    Ok(WorkerFigures {
-        name: "bootstrap worker".into(),
-        idle: Some(idle),
-        online_seconds: Some(online),
-        pickup: Some(pickup),
-        throughput: Some(burst),
-        notes,
-    })
-}
-
-/// Prefect's cloud-run-v2 worker: it starts and polls, but submits only to Google's endpoint.
-async fn python_cloud_run(env: &Env, suffix: &str) -> Result<WorkerFigures> {
-    let pool = format!("bench-py-crv2-{suffix}");
-    worker::create_pool_cli(env, &pool, "cloud-run-v2").await?;
-    let name = format!("bench-py-crv2-{suffix}");
-    let (mut p, online, idle) = worker::start_idle(
-        env,
-        Kind::PythonCloudRunV2,
-        &pool,
-        &name,
-        Duration::from_secs(8),
-    )
-    .await?;
-    p.stop(Duration::from_secs(3));
-    Ok(WorkerFigures {
-        name: "prefect worker (cloud-run-v2)".into(),
-        idle: Some(idle),
-        online_seconds: Some(online),
-        pickup: None,
-        throughput: None,
-        notes: vec![
-            "runs here as a host process, outside the sandbox's network namespaces, so its \
-             calls to https://run.googleapis.com (hard-coded in prefect_gcp/workers/\
-             cloud_run_v2.py) do not reach the sandbox; the sandbox can run it \
-             (tests/prefect_gcp_workers.rs), this bench does not yet (issue #14, item 6); \
-             pickup and throughput are compared with the process worker, which shares the \
-             polling and claiming code"
-                .into(),
-        ],
-    })
-}
-
 /// Prefect's process worker running the same fake flow as local processes.
 async fn python_process(
     env: &Env,
     suffix: &str,
     plan: &Plan,
+    burst_runs: usize,
     fake_flow: &std::path::Path,
 ) -> Result<WorkerFigures> {
     let pool = format!("bench-py-proc-{suffix}");
@@ -404,6 +356,7 @@ async fn python_process(
         &pool,
         &name,
         Duration::from_secs(8),
+        None,
     )
     .await?;
     // It polls every 10 s: give each pickup up to two polls.
@@ -433,8 +386,9 @@ async fn python_process(
         &pool,
         &format!("{name}-burst"),
         deployment,
-        plan.python_runs,
+        burst_runs,
         plan.burst_deadline,
+        None,
     )
     .await?;
     Ok(WorkerFigures {

@@ -96,6 +96,8 @@ pub struct Results {
     pub scale: Option<crate::scale::Scale>,
     /// The workers, side by side.
     pub workers: Vec<WorkerFigures>,
+    /// Per pool type: the Prefect server's ceiling for the calls one run needs.
+    pub pairs: Vec<crate::peer::Pair>,
     /// The targets.
     pub targets: Vec<Target>,
     /// Every section, measured or not.
@@ -127,16 +129,6 @@ impl Results {
                 None
             }
         }
-    }
-
-    /// Records a section not run because one it needs failed.
-    pub fn skipped(&mut self, name: &str, why: &str) {
-        self.errors.push(format!("{name}: not measured ({why})"));
-        self.sections.push(Section {
-            name: name.into(),
-            status: "skipped".into(),
-            error: Some(why.into()),
-        });
     }
 }
 
@@ -185,42 +177,65 @@ pub fn evaluate(r: &mut Results) {
     if let Some(s) = &r.scale {
         scale_targets(s, &mut t);
     }
-    let ours = r.workers.iter().find(|w| w.name == "bootstrap worker");
+    let find = |name: &str| r.workers.iter().find(|w| w.name == name);
+    let ours = find("bootstrap worker (cloud-run-v2)");
+    let peer = find("prefect-gcp worker (cloud-run-v2)");
     let idle = ours.and_then(|w| w.idle).map(|u| u.rss_mb);
     t.push(Target {
         name: "worker idle RSS".into(),
         goal: "< 15 MB".into(),
-        value: fmt_opt(idle, "MB", 1),
+        value: match (idle, peer.and_then(|w| w.idle).map(|u| u.rss_mb)) {
+            (Some(a), Some(b)) => format!("{a:.1} MB ({:.1}x less than {b:.1} MB)", b / a),
+            (a, _) => fmt_opt(a, "MB", 1),
+        },
         met: idle.map(|m| m < 15.0),
     });
-    let p50 = ours.and_then(|w| w.pickup.as_ref()).map(|s| s.p50);
+    let p50 = |w: Option<&WorkerFigures>| w.and_then(|w| w.pickup.as_ref()).map(|s| s.p50);
     t.push(Target {
         name: "worker pickup p50".into(),
-        goal: "< 0.5 s".into(),
-        value: fmt_opt(p50, "s", 3),
-        met: p50.map(|p| p < 0.5),
+        goal: "< 0.1 s".into(),
+        value: match (p50(ours), p50(peer)) {
+            (Some(a), Some(b)) => format!("{a:.3} s (prefect-gcp {b:.3} s)"),
+            (a, _) => fmt_opt(a, "s", 3),
+        },
+        met: p50(ours).map(|p| p < 0.1),
     });
-    let py = r
-        .workers
-        .iter()
-        .find(|w| w.name.starts_with("prefect worker (process)"));
     let rate = |w: Option<&WorkerFigures>| {
         w.and_then(|w| w.throughput.as_ref())
             .map(|t| t.runs_per_second)
     };
-    let ratio = match (rate(ours), rate(py)) {
-        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-        _ => None,
+    let ratio_target = |name: &str, other: Option<&WorkerFigures>, t: &mut Vec<Target>| {
+        let ratio = match (rate(ours), rate(other)) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        t.push(Target {
+            name: name.into(),
+            goal: ">= 10x".into(),
+            value: match (rate(ours), rate(other), ratio) {
+                (Some(a), Some(b), Some(x)) => format!("{x:.1}x ({a:.2} vs {b:.2} runs/s)"),
+                _ => "n/a".into(),
+            },
+            met: ratio.map(|x| x >= 10.0),
+        });
     };
-    t.push(Target {
-        name: "worker throughput vs Python".into(),
-        goal: ">= 10x".into(),
-        value: match (rate(ours), rate(py), ratio) {
-            (Some(a), Some(b), Some(x)) => format!("{x:.1}x ({a:.2} vs {b:.2} runs/s)"),
-            _ => "n/a".into(),
-        },
-        met: ratio.map(|x| x >= 10.0),
-    });
+    ratio_target("runs/s vs prefect-gcp cloud-run-v2", peer, &mut t);
+    let (v1_ours, v1_theirs) = (
+        rate(find("bootstrap worker (cloud-run)")),
+        rate(find("prefect-gcp worker (cloud-run)")),
+    );
+    if let (Some(x), Some(y)) = (v1_ours, v1_theirs) {
+        t.push(Target {
+            name: "runs/s vs prefect-gcp cloud-run (v1)".into(),
+            goal: ">= 10x".into(),
+            value: if y > 0.0 {
+                format!("{:.1}x ({x:.2} vs {y:.2} runs/s)", x / y)
+            } else {
+                "n/a".into()
+            },
+            met: (y > 0.0).then(|| x / y >= 10.0),
+        });
+    }
     r.targets = t;
 }
 
@@ -269,6 +284,78 @@ fn scale_targets(s: &crate::scale::Scale, t: &mut Vec<Target>) {
         value: format!("beyond the reads: {}", extra.join(", ")),
         met: Some(last.change_one_only_that),
     });
+}
+
+/// Per pool type: ours against prefect-gcp's as ratios, and both against the server's ceiling.
+fn side_by_side(r: &Results) -> String {
+    let mut o = String::new();
+    for p in &r.pairs {
+        let t = &p.pool_type;
+        let find = |n: String| r.workers.iter().find(|w| w.name == n);
+        let (ours, theirs) = (
+            find(format!("bootstrap worker ({t})")),
+            find(format!("prefect-gcp worker ({t})")),
+        );
+        o.push_str(&format!(
+            "{t} pool, bootstrap worker vs prefect-gcp's (same run)\n"
+        ));
+        match &p.ceiling {
+            Some(c) => {
+                let levels: Vec<String> = c
+                    .levels
+                    .iter()
+                    .map(|l| format!("{} in flight {:.1}", l.in_flight, l.runs_per_second))
+                    .collect();
+                o.push_str(&format!(
+                    "  Prefect server ceiling (poll + PENDING claim + infrastructure id per run): {:.1} runs/s ({})\n",
+                    c.runs_per_second,
+                    levels.join(", ")
+                ));
+            }
+            None => o.push_str(&format!(
+                "  Prefect server ceiling: not measured ({})\n",
+                p.ceiling_error.as_deref().unwrap_or("?")
+            )),
+        }
+        let (Some(a), Some(b)) = (ours, theirs) else {
+            o.push_str("  (one of the two workers was not measured)\n\n");
+            continue;
+        };
+        let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.1}x", x / y),
+            _ => "n/a".into(),
+        };
+        let rate = |w: &WorkerFigures| w.throughput.as_ref().map(|t| t.runs_per_second);
+        let frac = |w: &WorkerFigures| match (&p.ceiling, rate(w)) {
+            (Some(c), Some(x)) if c.runs_per_second > 0.0 => {
+                format!("{:.0} %", 100.0 * x / c.runs_per_second)
+            }
+            _ => "n/a".into(),
+        };
+        o.push_str(&format!(
+            "  runs/s {} ours / theirs (of the ceiling: ours {}, theirs {})\n",
+            ratio(rate(a), rate(b)),
+            frac(a),
+            frac(b)
+        ));
+        let p50 = |w: &WorkerFigures| w.pickup.as_ref().map(|s| s.p50);
+        let p95 = |w: &WorkerFigures| w.pickup.as_ref().map(|s| s.p95);
+        o.push_str(&format!(
+            "  pickup p50 {} and p95 {} faster; idle RSS {} less; peak RSS {} less; CPU per run {} less\n\n",
+            ratio(p50(b), p50(a)),
+            ratio(p95(b), p95(a)),
+            ratio(b.idle.map(|u| u.rss_mb), a.idle.map(|u| u.rss_mb)),
+            ratio(
+                b.throughput.as_ref().map(|t| t.peak_rss_mb),
+                a.throughput.as_ref().map(|t| t.peak_rss_mb)
+            ),
+            ratio(
+                b.throughput.as_ref().map(|t| t.cpu_seconds_per_run),
+                a.throughput.as_ref().map(|t| t.cpu_seconds_per_run)
+            ),
+        ));
+    }
+    o
 }
 
 /// The human table.
@@ -329,7 +416,7 @@ pub fn table(r: &Results) -> String {
     }
     if !r.workers.is_empty() {
         o.push_str(&format!(
-            "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9}\n",
+            "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9} {:>9}\n",
             "worker",
             "idle MB",
             "idle CPU",
@@ -337,12 +424,13 @@ pub fn table(r: &Results) -> String {
             "pickup95",
             "runs/s (n)",
             "peak MB",
-            "burst CPU"
+            "burst CPU",
+            "CPU/run"
         ));
         for w in &r.workers {
             let t = w.throughput.as_ref();
             o.push_str(&format!(
-                "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9}\n",
+                "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9} {:>9}\n",
                 w.name,
                 fmt_opt(w.idle.map(|u| u.rss_mb), "", 1).trim(),
                 fmt_opt(w.idle.map(|u| u.cpu_seconds), "", 2).trim(),
@@ -352,12 +440,14 @@ pub fn table(r: &Results) -> String {
                     .unwrap_or_else(|| "n/a".into()),
                 fmt_opt(t.map(|t| t.peak_rss_mb), "", 1).trim(),
                 fmt_opt(t.map(|t| t.cpu_seconds), "", 2).trim(),
+                fmt_opt(t.map(|t| t.cpu_seconds_per_run), "", 4).trim(),
             ));
             for n in &w.notes {
                 o.push_str(&format!("      note: {n}\n"));
             }
         }
         o.push('\n');
+        o.push_str(&side_by_side(r));
     }
     o.push_str("targets\n");
     for t in &r.targets {

@@ -24,8 +24,61 @@ pub enum Kind {
     Bootstrap,
     /// `prefect worker start -t process`.
     PythonProcess,
-    /// `prefect worker start -t cloud-run-v2` (idle only: it cannot reach the sandbox).
-    PythonCloudRunV2,
+    /// prefect-gcp's `prefect worker start -t cloud-run-v2`, inside a sandbox namespace.
+    PrefectGcpV2,
+    /// prefect-gcp's `prefect worker start -t cloud-run` (Cloud Run Admin v1), the same way.
+    PrefectGcpV1,
+}
+
+/// A network namespace the sandbox made for a host program (`POST /_sandbox/netns`,
+/// crates/sandbox/src/netns_control.rs): Google's host names resolve to the sandbox, which
+/// serves them over TLS with a certificate of its own CA, trusted through the variables in
+/// `env`; the Prefect server's loopback port is forwarded. Nothing in the client is patched.
+pub struct Netns {
+    /// `ip netns exec` takes it.
+    pub name: String,
+    /// The trust variables (`SSL_CERT_FILE`, `REQUESTS_CA_BUNDLE`, ...).
+    pub env: Vec<(String, String)>,
+}
+
+impl Netns {
+    /// Asks the sandbox for a namespace with these host ports forwarded.
+    pub async fn new(env: &Env, forward: &[u16]) -> Result<Netns> {
+        let v = env
+            .sandbox(
+                Method::POST,
+                "/_sandbox/netns",
+                Some(&json!({ "forward": forward })),
+            )
+            .await
+            .context("asking the sandbox for a network namespace (it needs root and `ip netns`)")?;
+        let name = v
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("the sandbox made no namespace: {v}"))?
+            .to_string();
+        let env = v
+            .get("env")
+            .and_then(Value::as_object)
+            .map(|o| {
+                o.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Netns { name, env })
+    }
+
+    /// Removes it (the sandbox also removes its namespaces when it stops).
+    pub async fn remove(&self, env: &Env) {
+        let _ = env
+            .sandbox(
+                Method::DELETE,
+                &format!("/_sandbox/netns/{}", self.name),
+                None,
+            )
+            .await;
+    }
 }
 
 /// Throughput of one burst.
@@ -47,6 +100,29 @@ pub struct Throughput {
     pub peak_rss_mb: f64,
     /// CPU seconds the worker spent on the burst.
     pub cpu_seconds: f64,
+    /// `cpu_seconds` / started.
+    pub cpu_seconds_per_run: f64,
+}
+
+/// Deletes flow runs (those a burst's deadline left), 4 at a time; failures are only noted,
+/// since a leftover run costs the next worker's figures, not this one's.
+pub async fn delete_runs(env: &Env, runs: &[Uuid]) {
+    use futures::stream::StreamExt as _;
+    let n = futures::stream::iter(runs.iter().map(|r| async move {
+        env.prefect(Method::DELETE, &format!("/flow_runs/{r}"), None)
+            .await
+            .is_err()
+    }))
+    .buffer_unordered(4)
+    .filter(|failed| std::future::ready(*failed))
+    .count()
+    .await;
+    if n > 0 {
+        eprintln!(
+            "    ({n} of {} leftover runs could not be deleted)",
+            runs.len()
+        );
+    }
 }
 
 /// The figures of one worker.
@@ -191,7 +267,23 @@ pub async fn create_pool_cli(env: &Env, name: &str, pool_type: &str) -> Result<(
 
 /// A command from the venv with the Prefect settings of this run.
 fn python_cmd(env: &Env, program: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env.venv.join("bin").join(program));
+    python_cmd_in(env, None, program, args)
+}
+
+/// The same, run inside `netns` (`ip netns exec` execs the program: same pid, so its memory
+/// and CPU are the worker's) with the namespace's trust variables.
+fn python_cmd_in(env: &Env, netns: Option<&Netns>, program: &str, args: &[&str]) -> Command {
+    let program = env.venv.join("bin").join(program);
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns.name])
+                .arg(&program)
+                .envs(ns.env.iter().map(|(k, v)| (k, v)));
+            c
+        }
+        None => Command::new(&program),
+    };
     cmd.args(args)
         .current_dir(&env.work)
         .env("PREFECT_API_URL", &env.prefect_url)
@@ -234,8 +326,8 @@ pub async fn process_deployment(env: &Env, pool: &str, fake_flow: &str) -> Resul
         .ok_or_else(|| anyhow!("deployment without id"))
 }
 
-/// Starts a worker of `kind` on `pool` under `name`.
-pub fn start(env: &Env, kind: Kind, pool: &str, name: &str) -> Result<Proc> {
+/// Starts a worker of `kind` on `pool` under `name` (prefect-gcp's inside `netns`).
+pub fn start(env: &Env, kind: Kind, pool: &str, name: &str, netns: Option<&Netns>) -> Result<Proc> {
     let log = env.work.join(format!("{name}.log"));
     let cmd = match kind {
         Kind::Bootstrap => {
@@ -248,20 +340,22 @@ pub fn start(env: &Env, kind: Kind, pool: &str, name: &str) -> Result<Proc> {
             "prefect",
             &["worker", "start", "-p", pool, "-t", "process", "-n", name],
         ),
-        Kind::PythonCloudRunV2 => python_cmd(
-            env,
-            "prefect",
-            &[
-                "worker",
-                "start",
-                "-p",
-                pool,
-                "-t",
-                "cloud-run-v2",
-                "-n",
-                name,
-            ],
-        ),
+        Kind::PrefectGcpV2 | Kind::PrefectGcpV1 => {
+            let ns = netns.ok_or_else(|| {
+                anyhow!("prefect-gcp's worker calls Google's hosts: it needs a sandbox namespace")
+            })?;
+            let t = if kind == Kind::PrefectGcpV2 {
+                "cloud-run-v2"
+            } else {
+                "cloud-run"
+            };
+            python_cmd_in(
+                env,
+                Some(ns),
+                "prefect",
+                &["worker", "start", "-p", pool, "-t", t, "-n", name],
+            )
+        }
     };
     Proc::spawn(name, cmd, &log)
 }
@@ -299,9 +393,10 @@ pub async fn start_idle(
     pool: &str,
     name: &str,
     settle: Duration,
+    netns: Option<&Netns>,
 ) -> Result<(Proc, f64, Usage)> {
     let t = Instant::now();
-    let mut p = start(env, kind, pool, name)?;
+    let mut p = start(env, kind, pool, name, netns)?;
     wait_online(env, pool, name, &mut p).await?;
     let online = t.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
@@ -370,6 +465,7 @@ pub async fn wait_started(
 
 /// Queues `n` runs (the worker must be stopped), starts a worker, and measures until all `n`
 /// executions started or `deadline`.
+#[allow(clippy::too_many_arguments)]
 pub async fn burst(
     env: &Env,
     kind: Kind,
@@ -378,6 +474,7 @@ pub async fn burst(
     deployment: Uuid,
     n: usize,
     deadline: Duration,
+    netns: Option<&Netns>,
 ) -> Result<Throughput> {
     // Queue one at a time: a few in flight already made the SQLite-backed server answer 503
     // and reset connections on 2 cores.
@@ -387,7 +484,7 @@ pub async fn burst(
     }
     let t0 = unix_now();
     let start_at = Instant::now();
-    let mut p = start(env, kind, pool, name)?;
+    let mut p = start(env, kind, pool, name, netns)?;
     let cpu0 = procs::usage(p.pid()).map(|u| u.cpu_seconds).unwrap_or(0.0);
     let want: BTreeSet<Uuid> = runs.iter().copied().collect();
     let mut peak = 0.0f64;
@@ -414,6 +511,13 @@ pub async fn burst(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     p.stop(Duration::from_secs(5));
+    // Runs the deadline left unstarted would be taken by the next worker on the pool.
+    let left: Vec<Uuid> = runs
+        .iter()
+        .filter(|r| !seen.contains_key(r))
+        .copied()
+        .collect();
+    delete_runs(env, &left).await;
     let times: Vec<f64> = seen.values().map(|t| t - t0).collect();
     let first = times.iter().copied().reduce(f64::min);
     let lastt = times.iter().copied().reduce(f64::max);
@@ -425,6 +529,11 @@ pub async fn burst(
         runs_per_second: match lastt {
             Some(l) if l > 0.0 => seen.len() as f64 / l,
             _ => 0.0,
+        },
+        cpu_seconds_per_run: if seen.is_empty() {
+            0.0
+        } else {
+            (last.cpu_seconds - cpu0).max(0.0) / seen.len() as f64
         },
         timed_out,
         peak_rss_mb: peak,

@@ -25,6 +25,9 @@ pub struct Outputs {
     pub ids: BTreeMap<Address, String>,
     /// Whether this apply granted a role (later steps then wait out IAM propagation).
     pub granted: bool,
+    /// The flows this apply upserted, by name: the deployment steps of one new flow run at
+    /// once and share one `POST /flows/` instead of sending one each.
+    pub flows: BTreeMap<String, std::sync::Arc<tokio::sync::OnceCell<uuid::Uuid>>>,
 }
 
 /// What one step did.

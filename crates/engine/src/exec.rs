@@ -423,10 +423,32 @@ async fn run_once(
             crate::builds::run(ctx, spec, build, image, digest).await?;
             Ok(true)
         }
-        Op::UpsertDeployment { flow, name, body } => {
-            let flow = ctx.prefect.upsert_flow(flow, &[]).await?;
+        Op::UpsertDeployment {
+            flow,
+            name,
+            body,
+            flow_id,
+        } => {
             let spec = deployment_spec(body);
-            ctx.prefect.upsert_deployment(flow.id, name, &spec).await?;
+            let observed = flow_id
+                .as_deref()
+                .map(|id| {
+                    uuid::Uuid::parse_str(id)
+                        .with_context(|| format!("flow {flow} has an invalid id `{id}`"))
+                })
+                .transpose()?;
+            if let Some(id) = observed {
+                match ctx.prefect.upsert_deployment(id, name, &spec).await {
+                    Ok(_) => return Ok(true),
+                    // The flow was deleted since observe read it: upsert it as below.
+                    Err(e) if e.is_not_found() => {
+                        tracing::warn!("flow {flow} ({id}) is gone; creating it again");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let id = shared_flow(ctx, outputs, flow, observed.is_some()).await?;
+            ctx.prefect.upsert_deployment(id, name, &spec).await?;
             Ok(true)
         }
         Op::DeleteDeployment { id, flow, name } => {
@@ -472,6 +494,31 @@ async fn delete_worker_jobs(
         .try_collect::<Vec<()>>()
         .await?;
     Ok(!jobs.is_empty())
+}
+
+/// The id of flow `name`, upserted once per apply however many deployment steps of it run
+/// (they run concurrently; the others wait for the first one's answer). `again`: the id this
+/// apply was given is stale, so the flow is upserted even if another step already did.
+async fn shared_flow(
+    ctx: &Context,
+    outputs: &Mutex<Outputs>,
+    name: &str,
+    again: bool,
+) -> Result<uuid::Uuid> {
+    if again {
+        return Ok(ctx.prefect.upsert_flow(name, &[]).await?.id);
+    }
+    let cell = outputs
+        .lock()
+        .await
+        .flows
+        .entry(name.to_string())
+        .or_default()
+        .clone();
+    let id = cell
+        .get_or_try_init(|| async { ctx.prefect.upsert_flow(name, &[]).await.map(|f| f.id) })
+        .await?;
+    Ok(*id)
 }
 
 /// Whether a failed write may still have been carried out by the server: the answer was lost

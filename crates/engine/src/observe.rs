@@ -415,6 +415,7 @@ fn observed_deployment(
     observed::Deployment {
         id: live.id.to_string(),
         flow: d.flow.to_string(),
+        flow_id: live.flow_id.to_string(),
         name: d.name.to_string(),
         fields,
     }

@@ -132,6 +132,8 @@ pub struct WorkPool {
 pub struct Deployment {
     pub id: String,
     pub flow: String,
+    /// The id of its flow (`flow`), as the batch read returned it.
+    pub flow_id: String,
     pub name: String,
     /// The fields the plan owns, as the server returns them.
     pub fields: serde_json::Map<String, Value>,

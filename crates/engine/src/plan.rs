@@ -208,6 +208,10 @@ pub enum Op {
         flow: String,
         name: String,
         body: Value,
+        /// The flow's id when observe saw it (on a live deployment of the same flow): the
+        /// flow upsert is then left out, so a change to one deployment sends one write.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        flow_id: Option<String>,
     },
     DeleteDeployment {
         id: String,

@@ -265,6 +265,16 @@ pub fn deployment_key(d: &Deployment) -> String {
     format!("{}/{}", d.flow, d.name)
 }
 
+/// The id of flow `flow` when any live deployment of the plan belongs to it (the batch read
+/// returns each deployment's `flow_id`), so apply need not upsert the flow again.
+fn observed_flow_id(observed: &crate::observed::Observed, flow: &str) -> Option<String> {
+    observed
+        .deployments
+        .values()
+        .find(|d| d.flow == flow && !d.flow_id.is_empty())
+        .map(|d| d.flow_id.clone())
+}
+
 pub(super) fn deployments(b: &mut Builder) {
     let spec = b.spec;
     for d in &spec.deployments {
@@ -299,6 +309,7 @@ pub(super) fn deployments(b: &mut Builder) {
             b.unchanged(address);
             continue;
         }
+        let flow_id = observed_flow_id(b.observed, d.flow.as_str());
         b.push(Step {
             address,
             action,
@@ -310,6 +321,7 @@ pub(super) fn deployments(b: &mut Builder) {
                 flow: d.flow.to_string(),
                 name: d.name.to_string(),
                 body: wanted,
+                flow_id,
             },
         });
     }

@@ -193,6 +193,7 @@ fn converged(s: &Spec) -> Observed {
             observed::Deployment {
                 id: "d-1".into(),
                 flow: d.flow.to_string(),
+                flow_id: "f-1".into(),
                 name: d.name.to_string(),
                 fields: prefect::deployment_fields(s, d),
             },
@@ -295,6 +296,51 @@ fn a_changed_field_is_one_in_place_update() {
     assert_eq!(p.steps[0].action, Action::Update);
     assert_eq!(p.steps[0].changes.len(), 1);
     insta::assert_snapshot!("plan_update", render::human(&p, false));
+}
+
+/// A change to one of many deployments is one step, and it carries its flow's id from observe
+/// so that apply sends only that deployment's upsert (no `POST /flows/`); a new deployment of
+/// a flow no live deployment names has no id (apply upserts the flow once). Issue #20 item 2.
+#[test]
+fn one_changed_deployment_of_many_carries_its_flow_id() {
+    let mut s = spec();
+    let first = s.deployments[0].clone();
+    for i in 1..100 {
+        let mut d = first.clone();
+        d.name = PrefectName::parse(format!("deploy-{i}")).unwrap();
+        d.flow = PrefectName::parse(format!("flow-{}", i % 10)).unwrap();
+        s.deployments.push(d);
+    }
+    let mut o = converged(&s);
+    for d in o.deployments.values_mut() {
+        d.flow_id = format!("id-of-{}", d.flow);
+    }
+    s.deployments[42]
+        .parameters
+        .insert("lat".into(), json!(1.5));
+    let p = plan(&s, &o, &options(Mode::Apply));
+    assert_eq!(p.steps.len(), 1, "{}", render::human(&p, false));
+    let Op::UpsertDeployment { name, flow_id, .. } = &p.steps[0].op else {
+        panic!("expected a deployment upsert: {:?}", p.steps[0].op)
+    };
+    assert_eq!(name, "deploy-42");
+    assert_eq!(flow_id.as_deref(), Some("id-of-flow-2"));
+
+    // A new deployment of a flow that only it names: no id to reuse.
+    let mut d = first.clone();
+    d.name = PrefectName::parse("fresh").unwrap();
+    d.flow = PrefectName::parse("brand-new-flow").unwrap();
+    s.deployments.push(d);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let fresh = p
+        .steps
+        .iter()
+        .find_map(|st| match &st.op {
+            Op::UpsertDeployment { name, flow_id, .. } if name == "fresh" => Some(flow_id),
+            _ => None,
+        })
+        .expect("a step for the new deployment");
+    assert_eq!(*fresh, None);
 }
 
 #[test]
