@@ -21,17 +21,18 @@ use super::planner::prefect::deployment_key;
 pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     let project = &spec.gcp.project;
     let spec_regions = job_regions(spec, None);
-    let (apis, gcp_sa, bindings, secret, service, worker_pool, prefect, mut worker_jobs, builds) = tokio::try_join!(
-        apis(ctx, spec),
-        service_account(ctx, spec),
-        project_bindings(ctx, project),
-        secret(ctx, spec),
-        service(ctx, spec),
-        super::exec_pool::observe(ctx, spec),
-        prefect_side(&ctx.prefect, spec),
-        worker_jobs_in(ctx, spec, &spec_regions),
-        super::builds::observe(ctx, spec),
-    )?;
+    let (apis, gcp_sa, bindings, secret, service, worker_pool, prefect, mut worker_jobs, builds) =
+        tokio::try_join!(
+            apis(ctx, spec),
+            service_account(ctx, spec),
+            project_bindings(ctx, project),
+            secret(ctx, spec),
+            service(ctx, spec),
+            super::exec_pool::observe(ctx, spec),
+            prefect_side(&ctx.prefect, spec),
+            worker_jobs_in(ctx, spec, &spec_regions),
+            super::builds::observe(ctx, spec),
+        )?;
     let (images, repositories) = builds;
     let (service_account, keys, sa_bindings) = gcp_sa;
     let (block, work_pool, default_template, deployments) = prefect;
