@@ -403,12 +403,7 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, ApiError> {
                 let start = i;
                 // A bare word: a name, a value (timestamps, severities, ids), up to the next
                 // space or operator. `.` splits field names but not values (handled by the parser).
-                while i < chars.len()
-                    && !chars[i].is_whitespace()
-                    && !matches!(chars[i], '"' | '=' | '!' | '<' | '>' | '(' | ')')
-                    && !(chars[i] == ':' && out_is_field_side(&out))
-                    && !(chars[i] == '.' && out_is_field_side(&out))
-                {
+                while i < chars.len() && !ends_word(chars[i], out_is_field_side(&out)) {
                     i += 1;
                 }
                 out.push(Tok::Word(chars[start..i].iter().collect()));
@@ -420,6 +415,13 @@ fn tokenize(src: &str) -> Result<Vec<Tok>, ApiError> {
 
 /// Whether the token being read is on the field side of a comparison (no operator since the
 /// last complete term), where `.` and `:` are separators rather than part of a value.
+/// Whether `c` ends a bare word: space, an operator, or (on the field side) `:` / `.`.
+fn ends_word(c: char, field_side: bool) -> bool {
+    c.is_whitespace()
+        || matches!(c, '"' | '=' | '!' | '<' | '>' | '(' | ')')
+        || (field_side && matches!(c, ':' | '.'))
+}
+
 fn out_is_field_side(out: &[Tok]) -> bool {
     !matches!(out.last(), Some(Tok::Op(_)))
 }
