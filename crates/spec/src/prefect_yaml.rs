@@ -169,7 +169,11 @@ fn deployment(
         .get("build")
         .map(|n| (n, f.child("build")))
         .or_else(|| shared_build.map(|n| (n, "build".to_owned())))
-        .and_then(|(n, p)| docker_build_step(n, &p));
+        .and_then(|(n, p)| docker_build_step(n, &p))
+        // A deployment that names its own image does not run what the build step makes:
+        // Prefect hands the build's output to a deployment only through a template such as
+        // `{{ build_image.image }}`, so building it here would make an image nobody runs.
+        .filter(|_| !names_literal_image(f.get("work_pool")));
     let name = literal(r, &f, "name", "my-deployment").and_then(|(v, pos)| {
         r.checked(&v, pos, &f.child("name"), Field::PrefectName)
             .then(|| PrefectName::parse(v).ok())
@@ -238,6 +242,21 @@ fn deployment(
         pull_steps: pull_steps?,
         schedules: schedules?,
     })
+}
+
+/// Whether `work_pool.job_variables.image` is a literal reference (not a step output).
+fn names_literal_image(work_pool: Option<&Node>) -> bool {
+    let child = |n: &Node, key: &str| match &n.value {
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.name == key)
+            .map(|(_, v)| v.clone()),
+        _ => None,
+    };
+    work_pool
+        .and_then(|w| child(w, "job_variables"))
+        .and_then(|j| child(&j, "image"))
+        .is_some_and(|i| matches!(&i.value, Value::Str(s) if !is_template(s)))
 }
 
 type PoolParts = (

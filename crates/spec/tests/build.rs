@@ -120,3 +120,60 @@ fn the_guides_prefect_yaml_build_step_becomes_a_build() {
         ]
     );
 }
+
+#[test]
+fn a_deployment_naming_its_own_image_does_not_take_the_build_step() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    std::fs::write(dir.path().join("flows/f.py"), "from prefect import flow\n").unwrap();
+    std::fs::write(
+        dir.path().join("prefect.yaml"),
+        "name: r\nbuild:\n  - prefect_docker.deployments.steps.build_docker_image:\n      image_name: ignored\n\
+         deployments:\n  - name: fixed\n    entrypoint: flows/f.py:f\n    work_pool:\n      name: p\n\
+         \x20     job_variables:\n        image: europe-west1-docker.pkg.dev/p/flows/reports:1\n\
+         \x20 - name: built\n    entrypoint: flows/f.py:f\n    work_pool:\n      name: p\n\
+         \x20     job_variables:\n        image: \"{{ build_image.image }}\"\n",
+    )
+    .unwrap();
+    let plan = format!(
+        "version: 1\ngcp: {{project: prefect-project, region: us-central1}}\n\
+         service_account: {{name: prefect-service-account}}\n\
+         prefect: {{api_url: \"http://127.0.0.1:4200/api\"}}\n\
+         work_pool: {{name: my-cloud-run-pool, type: cloud-run}}\n\
+         deployments_from: {}/prefect.yaml\n",
+        dir.path().display()
+    );
+    // No Dockerfile in the folder: only the deployment that uses the build may need one
+    // (`dockerfile` defaults to prefect-docker's `Dockerfile`), and it is reported for it alone.
+    let err = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
+        .expect_err("the built deployment needs a Dockerfile");
+    let text = err.to_string();
+    assert!(text.contains("no file `Dockerfile`"), "{text}");
+    assert!(
+        text.contains("(1 problem)") || text.matches("no file").count() == 1,
+        "{text}"
+    );
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM prefecthq/prefect:3.9.1-python3.11\n",
+    )
+    .unwrap();
+    let spec = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
+        .unwrap_or_else(|d| panic!("{d}"));
+    let fixed = spec
+        .deployments
+        .iter()
+        .find(|d| d.name.as_str() == "fixed")
+        .unwrap();
+    assert!(fixed.build.is_none(), "{:?}", fixed.build);
+    assert_eq!(
+        fixed.image.as_ref().map(|i| i.to_string()).as_deref(),
+        Some("europe-west1-docker.pkg.dev/p/flows/reports:1")
+    );
+    let built = spec
+        .deployments
+        .iter()
+        .find(|d| d.name.as_str() == "built")
+        .unwrap();
+    assert!(built.build.is_some() && built.image.is_none());
+}
