@@ -25,6 +25,9 @@ def failed_execution(sandbox, run_v2):
     script = (
         f'echo "start {marker}"; '
         f'for i in $(seq 1 7); do echo "line $i {marker}"; done; '
+        # stdout and stderr are two pipes read apart (on Cloud Run too): without a pause the
+        # last stdout line and the first stderr line may be stamped in either order.
+        f'sleep 0.3; '
         f'echo "Traceback (most recent call last):" >&2; '
         f'echo "SyntaxError: {marker} was never closed" >&2; exit 1'
     )
