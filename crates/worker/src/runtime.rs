@@ -288,23 +288,15 @@ pub async fn run(
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let (stop_tx, _) = watch::channel(false);
-    let shared = Arc::new(Shared {
-        client: client.clone(),
-        permits: opts.limit.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+    let permits = opts.limit.map(|n| Arc::new(Semaphore::new(n.max(1))));
+    let shared = Arc::new(Shared::new(
+        client.clone(),
+        permits,
         opts,
         worker_env,
-        in_flight: Mutex::new(HashMap::new()),
-        finished: Mutex::new((HashSet::new(), VecDeque::new())),
-        last_poll_ok: Mutex::new(Instant::now()),
-        logs: log_tx,
-        ambient: OnceCell::new(),
-        poll_now: Notify::new(),
-        stopping: stop_tx,
-        reads: Reads::default(),
-        jobs: JobsCache::default(),
-        submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
-        waiting: AtomicUsize::new(0),
-    });
+        log_tx,
+        stop_tx,
+    ));
     tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
     let started = submit::worker_event(&shared, kind, &pool, "prefect.worker.started", None).await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -548,28 +540,42 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     }
 }
 
+impl Shared {
+    /// The state of one worker before anything runs (the loop and `worker --sweep` share it).
+    fn new(
+        client: PrefectClient,
+        permits: Option<Arc<Semaphore>>,
+        opts: WorkerOptions,
+        worker_env: Vec<(String, SecretString)>,
+        log_tx: mpsc::UnboundedSender<LogCreate>,
+        stop_tx: watch::Sender<bool>,
+    ) -> Self {
+        Shared {
+            client,
+            permits,
+            opts,
+            worker_env,
+            in_flight: Mutex::new(HashMap::new()),
+            finished: Mutex::new((HashSet::new(), VecDeque::new())),
+            last_poll_ok: Mutex::new(Instant::now()),
+            logs: log_tx,
+            ambient: OnceCell::new(),
+            poll_now: Notify::new(),
+            stopping: stop_tx,
+            reads: Reads::default(),
+            jobs: JobsCache::default(),
+            submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
+            waiting: AtomicUsize::new(0),
+        }
+    }
+}
+
 /// A [`Shared`] for one-off work outside the loop (`worker --sweep`): nothing runs, worker
 /// log lines go nowhere.
 pub(crate) fn detached(client: PrefectClient, opts: WorkerOptions) -> Arc<Shared> {
     let (log_tx, _) = mpsc::unbounded_channel();
     let (stop_tx, _) = watch::channel(true);
-    Arc::new(Shared {
-        client,
-        permits: None,
-        opts,
-        worker_env: Vec::new(),
-        in_flight: Mutex::new(HashMap::new()),
-        finished: Mutex::new((HashSet::new(), VecDeque::new())),
-        last_poll_ok: Mutex::new(Instant::now()),
-        logs: log_tx,
-        ambient: OnceCell::new(),
-        poll_now: Notify::new(),
-        stopping: stop_tx,
-        reads: Reads::default(),
-        jobs: JobsCache::default(),
-        submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
-        waiting: AtomicUsize::new(0),
-    })
+    Arc::new(Shared::new(client, None, opts, Vec::new(), log_tx, stop_tx))
 }
 
 /// A jobs client from the pool's default credentials and region (startup cleanup of leftovers,
