@@ -1,0 +1,4 @@
+//! The demo scripts under `demo/`.
+
+mod python_worker;
+mod script;

@@ -1,0 +1,264 @@
+//! The GCP half and the Prefect half of the guide, end to end: `plans/guide.yaml` against the
+//! GCP sandbox (default consistency delays on) and the real Prefect server.
+
+use crate::common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
+use bootstrap_gcp::{iam, resourcemanager};
+use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
+use common::World;
+use gcp_sandbox::executor::{ImageRule, Patterns};
+
+const PROJECT: &str = "prefect-project";
+
+/// In the sandbox the worker image serves its health endpoint on `$PORT` (a stand-in for the
+/// Python worker, whose own run is covered by the worker tests).
+fn healthy_worker_image() -> ImageRule {
+    ImageRule {
+        patterns: Patterns::Many(vec!["prefecthq/prefect:*".into()]),
+        programs: Default::default(),
+        path: vec![],
+        host_path: true,
+        entrypoint: vec![
+            "sh".into(),
+            "-c".into(),
+            "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"".into(),
+            "worker".into(),
+        ],
+        cmd: vec![],
+        workdir: None,
+        env: Default::default(),
+    }
+}
+
+fn guide_plan(suffix: &str) -> String {
+    let guide = std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).unwrap();
+    let plan = common::set_line(&guide, "name", "prefect-service-account");
+    // Prefect names are unique per test: the server is shared.
+    plan.replace(
+        "name: gcp-credentials",
+        &format!("name: gcp-credentials-{suffix}"),
+    )
+    .replace(
+        "name: my-cloud-run-pool",
+        &format!("name: my-cloud-run-pool-{suffix}"),
+    )
+    .replace(
+        "name: gcp-weather-deploy",
+        &format!("name: gcp-weather-deploy-{suffix}"),
+    )
+}
+
+fn members(policy: &policy::Policy) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for b in &policy.bindings {
+        out.entry(b.role.clone())
+            .or_default()
+            .extend(b.members.iter().cloned());
+    }
+    out.retain(|_, m| !m.is_empty());
+    out
+}
+
+fn run(w: &World, args: &[&str], code: i32) -> common::Run {
+    tokio::task::block_in_place(|| w.expect(args, code))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guide_applies_converges_repairs_and_destroys() {
+    let mut w = World::start_with(PROJECT, |c| {
+        let dir = c.dir.clone();
+        c.images.prepend(vec![healthy_worker_image()], &dir);
+    })
+    .await;
+    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
+    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let suffix = testkit::unique_name("g").replace('_', "-");
+    let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
+    let plan = plan_path.to_str().unwrap();
+    let project = ProjectId::parse(PROJECT).unwrap();
+    let email = ServiceAccountEmail::parse(format!(
+        "prefect-service-account@{PROJECT}.iam.gserviceaccount.com"
+    ))
+    .unwrap();
+    let http = w.operator_http().await;
+    let before = members(
+        &resourcemanager::get_iam_policy(&http, &project)
+            .await
+            .unwrap(),
+    );
+
+    // 1. A plan of a fresh project shows everything to create, and exits 2.
+    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    assert!(
+        p.stdout
+            .contains("gcp.service_account[\"prefect-service-account\"] will be created"),
+        "{}",
+        p.stdout
+    );
+    assert!(p.stdout.contains("(sensitive)"));
+
+    // 2. The first apply converges, while a foreign writer edits the project policy.
+    let foreign = {
+        let http = http.clone();
+        let project = project.clone();
+        tokio::spawn(async move {
+            let mut added = Vec::new();
+            for i in 0..6 {
+                let member = format!("user:foreign-{i}@example.com");
+                let m = member.clone();
+                policy::read_modify_write(
+                    &http,
+                    &PolicyTarget::Project(project.clone()),
+                    RmwOptions::default(),
+                    |p| policy::add_member(p, "roles/viewer", &m),
+                )
+                .await
+                .expect("foreign write");
+                added.push(member);
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            }
+            added
+        })
+    };
+    let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
+    assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
+    let foreign_members = foreign.await.unwrap();
+
+    // 3. A second plan is quiet.
+    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+    assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
+    let now = members(
+        &resourcemanager::get_iam_policy(&http, &project)
+            .await
+            .unwrap(),
+    );
+    for m in &foreign_members {
+        assert!(
+            now["roles/viewer"].contains(m),
+            "foreign member {m} was lost"
+        );
+    }
+    assert!(now["roles/run.admin"].contains(&email.member()));
+
+    // The key went to the block, and nowhere else.
+    let prefect = bootstrap_prefect::PrefectClient::new(
+        bootstrap_prefect::PrefectConfig::for_url(&w.prefect_url).unwrap(),
+    )
+    .unwrap();
+    let block = prefect
+        .block_document_by_name_with_secrets(
+            "gcp-credentials",
+            &format!("gcp-credentials-{suffix}"),
+        )
+        .await
+        .unwrap()
+        .expect("block exists");
+    let private_key = block.data.expose()["service_account_info"]["private_key"]
+        .as_str()
+        .expect("block holds the key")
+        .to_string();
+    assert!(private_key.contains("PRIVATE KEY"));
+    assert_eq!(block.data.expose()["project"], PROJECT);
+    let keys = iam::list_keys(&http, &project, &email, true).await.unwrap();
+    assert_eq!(keys.len(), 1, "exactly one user-managed key");
+
+    // 4. A change in the plan is one in-place update with old -> new.
+    let changed = std::fs::read_to_string(&plan_path)
+        .unwrap()
+        .replace("min_instances: 1", "min_instances: 2");
+    std::fs::write(&plan_path, changed).unwrap();
+    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    assert!(
+        p.stdout.contains("~ min_instances = 1 -> 2"),
+        "{}",
+        p.stdout
+    );
+    assert!(
+        p.stdout
+            .contains("0 to create, 1 to update, 0 to replace, 0 to delete"),
+        "{}",
+        p.stdout
+    );
+    run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
+    run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+
+    // 5. Drift behind the tool's back is shown and repaired: a role removed, a field edited.
+    let m = email.member();
+    policy::read_modify_write(
+        &http,
+        &PolicyTarget::Project(project.clone()),
+        RmwOptions::default(),
+        |p| policy::remove_member(p, "roles/run.admin", &m),
+    )
+    .await
+    .unwrap();
+    iam::patch_service_account(&http, &project, &email, Some("renamed by hand"), None)
+        .await
+        .unwrap();
+    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    assert!(p.stdout.contains("+ roles/run.admin"), "{}", p.stdout);
+    assert!(
+        p.stdout
+            .contains("~ display_name = \"renamed by hand\" -> \"prefect-service-account\""),
+        "{}",
+        p.stdout
+    );
+    run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
+    run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+
+    // 6. Destroy leaves the project as it was (plus the foreign writer's members), twice.
+    let d = run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+    assert!(d.stdout.contains("Destroy complete"), "{}", d.stdout);
+    let d = run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+    assert!(d.stdout.starts_with("No changes."), "{}", d.stdout);
+    let mut expected = before.clone();
+    expected
+        .entry("roles/viewer".into())
+        .or_default()
+        .extend(foreign_members);
+    assert_eq!(
+        members(
+            &resourcemanager::get_iam_policy(&http, &project)
+                .await
+                .unwrap()
+        ),
+        expected
+    );
+    assert!(
+        iam::get_service_account(&http, &project, &email)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        prefect
+            .work_pool(&format!("my-cloud-run-pool-{suffix}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // 7. No private key and no API key in anything the tool printed or wrote.
+    let transcript = w.transcript.lock().unwrap().clone();
+    testkit::assert_no_secret(
+        &[&private_key, &api_key],
+        &[("bootstrap output", &transcript)],
+    );
+    for entry in std::fs::read_dir(w.path()).unwrap().flatten() {
+        if entry.file_name() != "sandbox" {
+            let p = entry.path();
+            if p.is_dir() {
+                testkit::assert_no_secret_in_dir(&[&private_key, &api_key], &p);
+            } else {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                testkit::assert_no_secret(
+                    &[&private_key, &api_key],
+                    &[(&p.display().to_string(), &text)],
+                );
+            }
+        }
+    }
+}

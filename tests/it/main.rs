@@ -1,0 +1,25 @@
+//! The single integration test of the workspace's `bootstrap` package (uv's layout): one test
+//! binary, one link of the CLI, one compile of the shared helpers, with a module per area.
+//!
+//! Adding tests: put them in the module of their area, or add a file `tests/it/<area>.rs` (or
+//! `tests/it/<area>/<name>.rs` plus a `mod <name>;` line in that folder's `mod.rs`) and a `mod`
+//! line below. A former `tests/<name>.rs` file ports by moving it here and replacing its
+//! `mod common;` with `use crate::common;`. Test names in nextest are module paths
+//! (`cargo nextest run -E 'test(/^worker::/)'`), and insta names snapshots after the module
+//! path (`it__<module>__<name>.snap`, in `snapshots/` beside the file).
+
+mod common;
+
+mod apply_calls;
+mod builds;
+mod cli;
+mod credentials;
+mod demo;
+mod doctor;
+mod gcloud;
+mod guide;
+mod prefect_half;
+mod reliability;
+mod rotate_key;
+mod waker;
+mod worker;

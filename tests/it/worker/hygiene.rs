@@ -1,0 +1,276 @@
+//! Issue #17 items 5 and 6, end to end against a real Prefect server and the GCP sandbox:
+//! - job hygiene: the jobs the embedded worker keeps (`keep_job: true`) are shown by `destroy`'s
+//!   plan as one counted line and deleted by it; `bootstrap worker --sweep` deletes finished
+//!   ones older than its bound and leaves younger ones;
+//! - container output in Prefect: a flow whose module does not import fails its execution, and
+//!   the worker copies the container's traceback from Cloud Logging into the flow run's logs.
+
+use crate::common;
+use super::{harness, observe};
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bootstrap_prefect::StateType;
+use harness::{INSTANT_IMAGE, SLEEPY_IMAGE, Setup};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The harness's plan plus a deployment of `flows/broken.py` (a syntax error) and one whose
+/// job variables move its runs to europe-west4 (`regional-*`, the fake engine sleeping 120 s).
+async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
+    let w = harness::world(None).await;
+    let suffix = common::suffix("wh");
+    let plan = format!(
+        "{}  - name: broken-{suffix}\n    flow: broken\n    entrypoint: flows/broken.py:broken\n    image: {SLEEPY_IMAGE}\n    work_queue: default\n\
+         \x20 - name: regional-{suffix}\n    flow: offline-report\n    entrypoint: flows/offline_report.py:offline_report\n    image: {INSTANT_IMAGE}\n    work_queue: default\n    job_variables:\n      region: europe-west4\n      keep_job: true\n      env: {{FAKE_SLEEP: \"120\"}}\n",
+        harness::plan(pool_type, &suffix)
+    );
+    let path = w.plan_file("bootstrap.yaml", &plan);
+    harness::apply(&w, path.to_str().expect("utf-8 path"));
+    let client = common::prefect_client(&w.prefect_url);
+    let id = |flow: &'static str, name: String| {
+        let client = client.clone();
+        async move {
+            client
+                .deployment_by_name(flow, &name)
+                .await
+                .expect("read deployment")
+                .expect("deployment applied")
+                .id
+        }
+    };
+    let report = id("offline-report", format!("report-{suffix}")).await;
+    let sleepy = id("sleepy", format!("sleepy-{suffix}")).await;
+    let broken = id("broken", format!("broken-{suffix}")).await;
+    (
+        Setup {
+            w,
+            client,
+            pool: format!("pool-{suffix}"),
+            report,
+            sleepy,
+            logs: Mutex::new(Vec::new()),
+        },
+        broken,
+    )
+}
+
+/// Sandbox jobs labelled with the pool (what the worker made for it), by full name.
+fn pool_jobs(s: &Setup) -> Vec<String> {
+    let label = bootstrap_gcp::run_jobs::pool_label_value(&s.pool);
+    let snap = s.w.sandbox.state.run.snapshot();
+    snap.get("jobs")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        // The label value is unique to this test's pool (a random suffix).
+        .filter(|(_, j)| j.to_string().contains(&format!("\"{label}\"")))
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+async fn keep_job_runs(s: &Setup, n: usize) -> Vec<Uuid> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let vars = json!({"image": INSTANT_IMAGE, "keep_job": true});
+        ids.push(s.quick_run(s.report, json!({}), vars).await);
+    }
+    for r in s.all_final(&ids, Duration::from_secs(120)).await {
+        assert_eq!(r.state_type(), StateType::Completed, "{:?}", r.state);
+    }
+    ids
+}
+
+/// 5 runs with `keep_job: true` leave 5 jobs; `destroy`'s plan counts them on one line;
+/// `destroy` deletes them, and the region holds none of the pool's jobs afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_removes_the_jobs_the_worker_kept() {
+    let (s, _) = setup_with_broken("cloud-run-v2").await;
+    let mut worker = s.worker("w-hygiene", &[]);
+    let ids = keep_job_runs(&s, 5).await;
+    worker.stop();
+    for id in &ids {
+        assert_eq!(s.jobs_of(*id).len(), 1, "keep_job kept the job of {id}");
+    }
+    assert_eq!(pool_jobs(&s).len(), 5, "{}", s.diag());
+    let plan = s.w.path().join("bootstrap.yaml");
+    let plan = plan.to_str().expect("utf-8");
+    // Without a terminal destroy shows its plan and refuses to go on.
+    let shown = tokio::task::block_in_place(|| s.w.run(&["destroy", "-f", plan]));
+    assert_eq!(shown.code, 1, "{}", shown.stderr);
+    let line = shown
+        .stdout
+        .lines()
+        .find(|l| l.contains("gcp.worker_jobs"))
+        .unwrap_or_else(|| panic!("no worker-jobs line in\n{}", shown.stdout));
+    let label = bootstrap_gcp::run_jobs::pool_label_value(&s.pool);
+    assert_eq!(
+        line.trim(),
+        format!(
+            "- gcp.worker_jobs[\"{}\"]: 5 Cloud Run jobs made by the worker (label prefect-io-work-pool-name={label}, in us-central1) will be deleted",
+            s.pool
+        )
+    );
+    let done = tokio::task::block_in_place(|| s.w.run(&["destroy", "-f", plan, "--auto-approve"]));
+    assert_eq!(done.code, 0, "{}\n{}", done.stdout, done.stderr);
+    assert!(pool_jobs(&s).is_empty(), "{}", s.diag());
+    let executions: usize = ids.iter().map(|id| s.executions_of(*id).len()).sum();
+    assert_eq!(executions, 0, "executions are deleted with their jobs");
+    // Through the Cloud Run API too (the one jobs client, every page).
+    let again = tokio::task::block_in_place(|| s.w.run(&["destroy", "-f", plan, "--auto-approve"]));
+    assert!(
+        !again.stdout.contains("gcp.worker_jobs"),
+        "{}",
+        again.stdout
+    );
+}
+
+/// `worker --sweep` deletes finished jobs older than its bound, `keep_job` ones included, and
+/// leaves them when they are younger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweep_deletes_finished_jobs_older_than_the_bound() {
+    let (s, _) = setup_with_broken("cloud-run-v2").await;
+    let mut worker = s.worker("w-sweep", &[]);
+    let ids = keep_job_runs(&s, 2).await;
+    worker.stop();
+    assert_eq!(pool_jobs(&s).len(), 2);
+    let sweep = |age: &str| {
+        let args = [
+            "worker",
+            "--pool",
+            &s.pool,
+            "--sweep",
+            "--sweep-older-than",
+            age,
+        ];
+        tokio::task::block_in_place(|| s.w.run(&args))
+    };
+    let young = sweep("1d");
+    assert_eq!(young.code, 0, "{}", young.stderr);
+    assert!(
+        young
+            .stdout
+            .starts_with("deleted 0 finished Cloud Run jobs"),
+        "{}",
+        young.stdout
+    );
+    assert_eq!(pool_jobs(&s).len(), 2);
+    let old = sweep("0s");
+    assert_eq!(old.code, 0, "{}", old.stderr);
+    assert!(
+        old.stdout.starts_with("deleted 2 finished Cloud Run jobs"),
+        "{}",
+        old.stdout
+    );
+    assert!(pool_jobs(&s).is_empty(), "{}", s.diag());
+    for id in ids {
+        assert!(s.executions_of(id).is_empty());
+    }
+    let bad = sweep("soon");
+    assert_eq!(bad.code, 2, "clap refuses a bad age: {}", bad.stderr);
+    assert!(
+        bad.stderr.contains("not an age like 30m, 24h or 7d"),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// A flow whose module has a syntax error: the execution fails, the run ends CRASHED as with
+/// prefect-gcp, and its Prefect logs hold the container's Python traceback, copied by the
+/// worker from Cloud Logging, next to the console link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_that_does_not_import_shows_its_traceback_in_prefect() {
+    let (s, broken) = setup_with_broken("cloud-run-v2").await;
+    let _worker = s.worker("w-tail", &[]);
+    let id = s.quick_run(broken, json!({}), json!({})).await;
+    let run = s.final_run(id, Duration::from_secs(120)).await;
+    assert!(
+        matches!(run.state_type(), StateType::Crashed | StateType::Failed),
+        "{:?}",
+        run.state
+    );
+    let t0 = std::time::Instant::now();
+    let tail = loop {
+        let logs = s.worker_logs(id).await;
+        if let Some(t) = logs
+            .iter()
+            .find(|l| l.starts_with("Last ") && l.contains("of the container output"))
+        {
+            break t.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no container output in {logs:?}\n{}",
+            s.diag()
+        );
+    };
+    assert!(tail.contains("Traceback (most recent call last)"), "{tail}");
+    assert!(tail.contains("SyntaxError"), "{tail}");
+    assert!(tail.lines().count() <= 51, "bounded: {tail}");
+    let logs = s.worker_logs(id).await;
+    assert!(
+        logs.iter()
+            .any(|l| l.starts_with("Job run logs can be found on GCP at: ")),
+        "{logs:?}"
+    );
+}
+
+/// Issue #17 (untested case): cancelling a run that a dead worker started, whose *deployment*
+/// moves it to another region than the pool's default. The surviving worker finds the job in
+/// the run's own region and cancels its execution before marking the run CANCELLED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_whose_deployment_overrides_the_region_stops_it() {
+    let (s, _) = setup_with_broken("cloud-run-v2").await;
+    let regional = s
+        .client
+        .deployment_by_name(
+            "offline-report",
+            &format!("regional-{}", s.pool.trim_start_matches("pool-")),
+        )
+        .await
+        .expect("read")
+        .expect("deployment")
+        .id;
+    let mut first = s.worker("w-dep-region-1", &[]);
+    let id = s.quick_run(regional, json!({}), json!({})).await;
+    s.reach(id, StateType::Running, Duration::from_secs(90))
+        .await;
+    let job = s.jobs_of(id).into_keys().next().expect("the run's job");
+    assert!(job.contains("/locations/europe-west4/"), "{job}");
+    first.kill();
+    let _second = s.worker("w-dep-region-2", &[]);
+    assert!(
+        !observe::processes_of(id).is_empty(),
+        "the flow's process runs"
+    );
+    s.client
+        .set_flow_run_state(
+            id,
+            &bootstrap_prefect::StateCreate {
+                state_type: StateType::Cancelling,
+                name: None,
+                message: Some("cancelled by the test".into()),
+            },
+            true,
+        )
+        .await
+        .expect("set CANCELLING");
+    let run = s.final_run(id, Duration::from_secs(60)).await;
+    assert_eq!(run.state_type(), StateType::Cancelled, "{:?}", run.state);
+    let t0 = std::time::Instant::now();
+    loop {
+        let execs = s.executions_of(id);
+        assert_eq!(execs.len(), 1, "{execs:?}");
+        let exec = execs.values().next().expect("one execution");
+        if exec["cancelled"] == json!(true) && observe::processes_of(id).is_empty() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the execution in europe-west4 was not cancelled: {exec}\n{}",
+            s.diag()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
