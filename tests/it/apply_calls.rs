@@ -5,18 +5,16 @@
 //! (a change to one of a hundred deployments: a flow upsert and a deployment upsert; a first
 //! apply of N deployments of F flows: N flow upserts).
 
-use crate::common;
-
 use std::collections::BTreeMap;
 
-use common::World;
+use testkit::World;
 
 const PROJECT: &str = "prefect-project";
 
-/// [`common::light_plan`] with `n` deployments over `flows` flows; deployment `changed` gets
+/// [`testkit::light_plan`] with `n` deployments over `flows` flows; deployment `changed` gets
 /// other parameters.
 fn plan(suffix: &str, n: usize, flows: usize, changed: Option<usize>) -> String {
-    let mut p = common::light_plan(PROJECT, suffix);
+    let mut p = testkit::light_plan(PROJECT, suffix);
     p.push_str("deployments:\n");
     for i in 0..n {
         let city = if changed == Some(i) {
@@ -66,11 +64,11 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
     let mut w = World::start(PROJECT).await;
     w.env
         .push(("RUST_LOG".into(), "warn,bootstrap_prefect=debug".into()));
-    let suffix = common::suffix("calls");
+    let suffix = testkit::suffix("calls");
     let (n, flows) = (24, 3);
     let first = w.plan_file("first.yaml", &plan(&suffix, n, flows, None));
     let first = first.to_str().unwrap();
-    let r = common::run_in(&w, &["apply", "-f", first, "--auto-approve"], 0);
+    let r = testkit::run_in(&w, &["apply", "-f", first, "--auto-approve"], 0);
     let calls = prefect_calls(&r.stderr);
     // One flow upsert per flow, shared by its deployments' steps (before: one per deployment).
     // A retried request logs a line per attempt, so a loaded server may add one.
@@ -84,7 +82,7 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
     let changed = w.plan_file("changed.yaml", &plan(&suffix, n, flows, Some(17)));
     let changed = changed.to_str().unwrap();
     w.sandbox.state.faults.reset_calls();
-    let r = common::run_in(&w, &["apply", "-f", changed, "--auto-approve"], 0);
+    let r = testkit::run_in(&w, &["apply", "-f", changed, "--auto-approve"], 0);
     let calls = prefect_calls(&r.stderr);
     // Beyond the reads every plan makes, exactly that deployment's upsert: the flow's id came
     // from the batch read, so no `POST /flows/`.
@@ -108,7 +106,7 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
         .collect();
     assert!(google_writes.is_empty(), "{google_writes:?}");
     // And the change landed.
-    let client = common::prefect_client(&w.prefect_url);
+    let client = testkit::prefect_client(&w.prefect_url);
     let d = client
         .deployment_by_name(&format!("flow2-{suffix}"), &format!("d17-{suffix}"))
         .await
@@ -116,5 +114,5 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
         .expect("deployment exists");
     assert_eq!(d.parameters["city"], "Ogdenville");
     // Only the plan's own objects remain ours to clean: destroy them.
-    common::run_in(&w, &["destroy", "-f", changed, "--auto-approve"], 0);
+    testkit::run_in(&w, &["destroy", "-f", changed, "--auto-approve"], 0);
 }

@@ -6,13 +6,11 @@
 //! with the permission named. Every run logs at trace level, and no refresh token, subject
 //! token or access token may appear in what the tool prints.
 
-use crate::common;
-
 use bootstrap_gcp::iam;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
-use common::World;
 use serde_json::{Value, json};
+use testkit::World;
 
 const PROJECT: &str = "creds-project";
 const DEPLOYER: &str = "ci-deployer";
@@ -44,8 +42,8 @@ async fn world_with(tweak: impl FnOnce(&mut gcp_sandbox::Config)) -> World {
 }
 
 fn plan_file(w: &World) -> String {
-    let suffix = common::suffix("cred");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("cred");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     path.display().to_string()
 }
 

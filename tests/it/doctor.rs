@@ -2,14 +2,13 @@
 //! service account holding only `roles/viewer` (denials with the roles to grant), and with
 //! the Prefect API unreachable (a clear ✗ line, exit 1).
 
-use crate::common;
-
 use bootstrap_gcp::iam;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
-use common::World;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
+use testkit::World;
+use testkit::run_in as doctor;
 
 const PROJECT: &str = "doctor-project";
 
@@ -39,10 +38,6 @@ worker:
     );
     w.plan_file("bootstrap.yaml", &text);
     text
-}
-
-fn doctor(w: &World, args: &[&str], code: i32) -> common::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
 }
 
 /// Ports and the test's temporary directory vary from run to run.

@@ -5,15 +5,14 @@
 //!
 //! gcloud is required: without it these tests fail with a message (they never skip).
 
-use crate::common;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::World;
 use gcp_sandbox::executor::{ImageRule, Patterns};
 use serde_json::Value;
+use testkit::World;
+use testkit::run_in as run;
 
 const PROJECT: &str = "prefect-project";
 const SA: &str = "prefect-service-account";
@@ -199,10 +198,6 @@ fn guide_plan(suffix: &str) -> String {
             "name: gcp-weather-deploy",
             &format!("name: gcp-weather-deploy-{suffix}"),
         )
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
 }
 
 fn gc<T>(f: impl FnOnce() -> T) -> T {

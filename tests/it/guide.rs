@@ -1,55 +1,15 @@
 //! The GCP half and the Prefect half of the guide, end to end: `plans/guide.yaml` against the
 //! GCP sandbox (default consistency delays on) and the real Prefect server.
 
-use crate::common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{iam, resourcemanager};
 use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
-use common::World;
-use gcp_sandbox::executor::{ImageRule, Patterns};
+use testkit::run_in as run;
+use testkit::{World, guide_plan, healthy_worker_image};
 
 const PROJECT: &str = "prefect-project";
-
-/// In the sandbox the worker image serves its health endpoint on `$PORT` (a stand-in for the
-/// Python worker, whose own run is covered by the worker tests).
-fn healthy_worker_image() -> ImageRule {
-    ImageRule {
-        patterns: Patterns::Many(vec!["prefecthq/prefect:*".into()]),
-        programs: Default::default(),
-        path: vec![],
-        host_path: true,
-        entrypoint: vec![
-            "sh".into(),
-            "-c".into(),
-            "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"".into(),
-            "worker".into(),
-        ],
-        cmd: vec![],
-        workdir: None,
-        env: Default::default(),
-    }
-}
-
-fn guide_plan(suffix: &str) -> String {
-    let guide = std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).unwrap();
-    let plan = common::set_line(&guide, "name", "prefect-service-account");
-    // Prefect names are unique per test: the server is shared.
-    plan.replace(
-        "name: gcp-credentials",
-        &format!("name: gcp-credentials-{suffix}"),
-    )
-    .replace(
-        "name: my-cloud-run-pool",
-        &format!("name: my-cloud-run-pool-{suffix}"),
-    )
-    .replace(
-        "name: gcp-weather-deploy",
-        &format!("name: gcp-weather-deploy-{suffix}"),
-    )
-}
 
 fn members(policy: &policy::Policy) -> BTreeMap<String, BTreeSet<String>> {
     let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -60,10 +20,6 @@ fn members(policy: &policy::Policy) -> BTreeMap<String, BTreeSet<String>> {
     }
     out.retain(|_, m| !m.is_empty());
     out
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

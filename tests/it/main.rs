@@ -3,12 +3,13 @@
 //!
 //! Adding tests: put them in the module of their area, or add a file `tests/it/<area>.rs` (or
 //! `tests/it/<area>/<name>.rs` plus a `mod <name>;` line in that folder's `mod.rs`) and a `mod`
-//! line below. A former `tests/<name>.rs` file ports by moving it here and replacing its
-//! `mod common;` with `use crate::common;`. Test names in nextest are module paths
+//! line below. A former `tests/<name>.rs` file ports by moving it here, dropping its
+//! `mod common;` (and the `#[path]` mods of the worker harness) and writing `testkit::` for
+//! `common::`: the shared world is in `crates/testkit` under the same names (`World`, `Run`,
+//! `bin()`, `plan_file`, `light_plan`, `run_in`, ...), the worker harness is
+//! `testkit::{harness, observe}`. Test names in nextest are module paths
 //! (`cargo nextest run -E 'test(/^worker::/)'`), and insta names snapshots after the module
 //! path (`it__<module>__<name>.snap`, in `snapshots/` beside the file).
-
-mod common;
 
 mod apply_calls;
 mod builds;

@@ -6,16 +6,16 @@
 //! the GCP half, covered by `tests/guide_e2e.rs`), with Prefect names unique per test since the
 //! server is shared.
 
-use crate::common;
 mod proxy;
 
 use std::path::Path;
 use std::process::Command;
 
-use bootstrap_prefect::{PrefectClient, PrefectConfig, WorkPoolUpdate};
-use common::World;
+use bootstrap_prefect::WorkPoolUpdate;
 use proxy::{AUTH_STRING, Rule, start_proxy};
 use serde_json::{Value, json};
+use testkit::run_in as run;
+use testkit::{World, prefect_client};
 
 const PROJECT: &str = "prefect-project";
 const REGION: &str = "us-central1";
@@ -61,22 +61,14 @@ fn guide_plan(names: &Names, pool_type: &str, key: &str) -> String {
     let guide = std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml"))
         .expect("plans/guide.yaml");
     let plan = drop_section(&guide, "worker");
-    let plan = common::set_line(&plan, "type", pool_type);
-    let plan = common::set_line(&plan, "key", key);
+    let plan = testkit::set_line(&plan, "type", pool_type);
+    let plan = testkit::set_line(&plan, "key", key);
     plan.replace("name: gcp-credentials", &format!("name: {}", names.block))
         .replace("name: my-cloud-run-pool", &format!("name: {}", names.pool))
         .replace(
             "name: gcp-weather-deploy",
             &format!("name: {}", names.deployment),
         )
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
-}
-
-fn prefect_client(url: &str) -> PrefectClient {
-    PrefectClient::new(PrefectConfig::for_url(url).expect("url")).expect("client")
 }
 
 /// Output of a program from `.venv`, run against the test's Prefect server.
@@ -467,7 +459,7 @@ async fn deployments_from_prefect_yaml_end_to_end() {
 
 /// The error a failed command printed: exit 1, a single `error:` line (its causes, if any,
 /// below it), no panic, no backtrace, no server dump.
-fn one_error(r: &common::Run) -> String {
+fn one_error(r: &testkit::Run) -> String {
     assert_eq!(r.code, 1, "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
     let lines: Vec<&str> = r.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     let errors = lines.iter().filter(|l| l.starts_with("error:")).count();
@@ -485,7 +477,7 @@ fn run_against(
     url: &str,
     env: &[(&str, &str)],
     args: &[&str],
-) -> (common::Run, std::time::Duration) {
+) -> (testkit::Run, std::time::Duration) {
     w.prefect_url = url.to_string();
     w.env = env
         .iter()

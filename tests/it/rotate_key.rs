@@ -1,9 +1,7 @@
 //! `apply --rotate-key`: a new key is created, the block moves to it, then the old key is
 //! deleted; and a user-managed key that nothing uses is shown as an orphan and removed.
 
-use crate::common;
-
-use common::{World, assert_converged, footprint, light_plan, run_in, suffix};
+use testkit::{World, assert_converged, footprint, light_plan, run_in, suffix};
 
 const PROJECT: &str = "rotate-project";
 
@@ -41,7 +39,7 @@ async fn rotate_key_moves_the_block_then_deletes_the_old_key() {
     // A key made by hand (unused) is an orphan: shown, then removed by the next apply.
     let http = w.operator_http().await;
     let email =
-        bootstrap_spec::ids::ServiceAccountEmail::parse(common::light_email(PROJECT)).unwrap();
+        bootstrap_spec::ids::ServiceAccountEmail::parse(testkit::light_email(PROJECT)).unwrap();
     let project = bootstrap_spec::ids::ProjectId::parse(PROJECT).unwrap();
     let stray = bootstrap_gcp::iam::create_key(&http, &project, &email)
         .await

@@ -3,6 +3,20 @@
 //! The test command (`./test`) starts one real Prefect server for the whole run and hands its
 //! URL to the tests in `BOOTSTRAP_TEST_PREFECT_API_URL`; tests share it and give the objects
 //! they create their own names (see [`unique_name`]).
+//!
+//! With the `world` feature (the integration tests, `tests/it`): the [`World`] of an end-to-end
+//! test (an in-process GCP sandbox, the shared Prefect server, the `bootstrap` binary run as a
+//! user would), the reliability suite's plan and footprint, the guide's plan, and the worker
+//! tests' [`harness`] and [`observe`].
+
+#[cfg(feature = "world")]
+pub mod harness;
+#[cfg(feature = "world")]
+pub mod observe;
+#[cfg(feature = "world")]
+mod world;
+#[cfg(feature = "world")]
+pub use world::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -4,15 +4,13 @@
 //! clear error within a bound (the tool's own deadlines: 120 s per Google call, 60 s per Prefect
 //! call), never a panic.
 
-use crate::common;
-
 use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::World;
 use serde_json::json;
+use testkit::World;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, Clone, Copy)]
@@ -136,10 +134,10 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_answers_end_in_a_clear_error_in_bounded_time() {
     let w = World::start("answers-project").await;
-    let suffix = common::suffix("ans");
+    let suffix = testkit::suffix("ans");
     let path = w.plan_file(
         "bootstrap.yaml",
-        &common::light_plan("answers-project", &suffix),
+        &testkit::light_plan("answers-project", &suffix),
     );
     let plan = path.to_str().expect("utf-8 path");
     let mut cases = Vec::new();
@@ -205,5 +203,5 @@ async fn bad_answers_end_in_a_clear_error_in_bounded_time() {
         results.push(json!({ "case": what, "secs": started.elapsed().as_secs(),
                              "error": stderr.lines().find(|l| l.starts_with("error: ")) }));
     }
-    common::record("bad_answers", json!({ "cases": results }));
+    testkit::record("bad_answers", json!({ "cases": results }));
 }

@@ -4,8 +4,6 @@
 //! the Google endpoint and the Prefect URL point at a loopback listener that must see zero
 //! connections.
 
-use crate::common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -115,7 +113,7 @@ async fn bad_plans_fail_clearly_without_network() {
         for args in commands {
             let started = Instant::now();
             let out = tokio::task::block_in_place(|| {
-                Command::new(common::bin())
+                Command::new(testkit::bin())
                     .args(*args)
                     .arg("-f")
                     .arg(plan)
@@ -160,7 +158,7 @@ async fn bad_plans_fail_clearly_without_network() {
         0,
         "a bad plan led to a network call"
     );
-    common::record(
+    testkit::record(
         "bad_plans",
         json!({ "plans": plans.len(), "runs": runs, "network_connections": 0 }),
     );

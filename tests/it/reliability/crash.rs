@@ -3,28 +3,26 @@
 //! (an orphan of the killed run is shown and removed), and at no point does the credentials
 //! block point at a deleted key. `BOOTSTRAP_RELIABILITY_FULL=1` runs 20 seeds.
 
-use crate::common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{World, assert_block_key_live, assert_converged, footprint, run_in};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
+use testkit::{World, assert_block_key_live, assert_converged, footprint, run_in};
 
 const PROJECT: &str = "crash-project";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_applies_are_repaired_by_the_next_apply() {
-    let seeds = common::count(20, 4) as u64;
+    let seeds = testkit::count(20, 4) as u64;
     // Latency on every call widens the window between steps, so kills land all over it.
     let w = World::start_with(PROJECT, |c| {
         c.faults = "latency=40ms".parse().expect("fault spec");
     })
     .await;
-    let suffix = common::suffix("crash");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("crash");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     let plan = path.to_str().expect("utf-8 path");
     let (mut killed, mut finished_first, mut orphans_removed) = (0, 0, 0);
     // How long each kind of apply takes here, to spread the kill points over it.
@@ -98,7 +96,7 @@ async fn killed_applies_are_repaired_by_the_next_apply() {
         killed * 2 >= seeds,
         "only {killed} of {seeds} applies were killed"
     );
-    common::record(
+    testkit::record(
         "crash",
         json!({ "seeds": seeds, "killed": killed, "finished_before_kill": finished_first,
                 "next_apply_removed_orphans": orphans_removed }),

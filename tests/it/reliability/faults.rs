@@ -3,16 +3,14 @@
 //! apply / plan / destroy cycles all converge: exit 0, a quiet plan after apply, exactly one of
 //! each resource, nothing left after destroy. `BOOTSTRAP_RELIABILITY_FULL=1` runs 20 cycles.
 
-use crate::common;
-
-use common::{World, assert_converged, footprint, run_in};
 use serde_json::json;
+use testkit::{World, assert_converged, footprint, run_in};
 
 const PROJECT: &str = "faults-project";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cycles_converge_under_transient_faults() {
-    let cycles = common::count(20, 3);
+    let cycles = testkit::count(20, 3);
     let seed: u64 = std::env::var("BOOTSTRAP_RELIABILITY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -24,8 +22,8 @@ async fn cycles_converge_under_transient_faults() {
         c.op_delay = std::time::Duration::from_millis(1500);
     })
     .await;
-    let suffix = common::suffix("flt");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("flt");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     let plan = path.to_str().expect("utf-8 path");
 
     for cycle in 1..=cycles {
@@ -63,7 +61,7 @@ async fn cycles_converge_under_transient_faults() {
     let injected = w.sandbox.state.faults.injected();
     // A run where no fault fired proves nothing.
     assert!(injected > 0, "no fault was injected");
-    common::record(
+    testkit::record(
         "faults",
         json!({ "cycles": cycles, "seed": seed, "spec": spec, "faults_injected": injected }),
     );

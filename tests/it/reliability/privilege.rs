@@ -5,18 +5,15 @@
 //! is not asserted here: the worker image in the sandbox is a stand-in health server that makes
 //! no Google calls (see RELIABILITY.md).
 
-use crate::common;
-
 use std::path::Path;
 use std::process::Output;
 
 use bootstrap_gcp::iam;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
-use common::World;
-use gcp_sandbox::executor::{ImageRule, Patterns};
 use secrecy::ExposeSecret;
 use serde_json::json;
+use testkit::{World, guide_plan, healthy_worker_image};
 
 const PROJECT: &str = "prefect-project";
 
@@ -36,43 +33,6 @@ fn readme_roles() -> Vec<String> {
     roles.sort();
     roles.dedup();
     roles
-}
-
-fn healthy_worker_image() -> ImageRule {
-    ImageRule {
-        patterns: Patterns::Many(vec!["prefecthq/prefect:*".into()]),
-        programs: Default::default(),
-        path: vec![],
-        host_path: true,
-        entrypoint: vec![
-            "sh".into(),
-            "-c".into(),
-            // Serves /health, where the worker service's startup probe looks.
-            "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"".into(),
-            "worker".into(),
-        ],
-        cmd: vec![],
-        workdir: None,
-        env: Default::default(),
-    }
-}
-
-fn guide_plan(suffix: &str) -> String {
-    let guide =
-        std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).expect("guide plan");
-    guide
-        .replace(
-            "name: gcp-credentials",
-            &format!("name: gcp-credentials-{suffix}"),
-        )
-        .replace(
-            "name: my-cloud-run-pool",
-            &format!("name: my-cloud-run-pool-{suffix}"),
-        )
-        .replace(
-            "name: gcp-weather-deploy",
-            &format!("name: gcp-weather-deploy-{suffix}"),
-        )
 }
 
 async fn set_role(w: &World, member: &str, role: &str, present: bool) {
@@ -132,7 +92,7 @@ async fn readme_operator_roles_are_exactly_enough() {
         "PREFECT_API_KEY".into(),
         format!("pnu_{}", uuid::Uuid::new_v4().simple()),
     ));
-    let suffix = common::suffix("lp");
+    let suffix = testkit::suffix("lp");
     let path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
     let plan = path.to_str().expect("utf-8 path");
     let roles = readme_roles();
@@ -186,7 +146,7 @@ async fn readme_operator_roles_are_exactly_enough() {
     );
 
     // One role fewer: apply fails and names what is missing. Full: each role in turn.
-    let fewer: Vec<String> = if common::reliability_full() {
+    let fewer: Vec<String> = if testkit::reliability_full() {
         roles.clone()
     } else {
         vec!["roles/resourcemanager.projectIamAdmin".into()]
@@ -211,9 +171,9 @@ async fn readme_operator_roles_are_exactly_enough() {
         failed_clearly.push(role.clone());
         set_role(&w, &member, role, true).await;
         // Clean up as the project owner for the next round.
-        common::run_in(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+        testkit::run_in(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
     }
-    common::record(
+    testkit::record(
         "privilege",
         json!({ "readme_roles": roles, "denied_with_readme_roles": 0,
                 "one_fewer_failed_clearly": failed_clearly }),

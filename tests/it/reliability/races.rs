@@ -4,25 +4,23 @@
 //! apply runs loses none of its bindings. (Two workers never running a flow run twice is the
 //! worker's test: see RELIABILITY.md.) `BOOTSTRAP_RELIABILITY_FULL=1` runs 10 rounds.
 
-use crate::common;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::ProjectId;
-use common::{World, assert_converged, footprint, run_in};
 use serde_json::json;
+use testkit::{World, assert_converged, footprint, run_in};
 
 const PROJECT: &str = "races-project";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_applies_and_a_foreign_policy_writer_converge() {
-    let rounds = common::count(10, 2);
+    let rounds = testkit::count(10, 2);
     let w = World::start(PROJECT).await;
-    let suffix = common::suffix("race");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("race");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     let plan = path.to_str().expect("utf-8 path");
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).expect("project id");
@@ -118,7 +116,7 @@ async fn concurrent_applies_and_a_foreign_policy_writer_converge() {
     }
     drop(data);
     assert!(foreign_writes > 0);
-    common::record(
+    testkit::record(
         "races",
         json!({ "rounds": rounds, "both_applies_exit_0": both_ok,
                 "one_apply_failed_retryably": one_retryable,

@@ -3,10 +3,8 @@
 //! key (checked whole and line by line, as logs may escape newlines), the Prefect API key, or
 //! any access token the sandbox issued (so Authorization headers are redacted).
 
-use crate::common;
-
-use common::{World, block_private_key, run_in};
 use serde_json::json;
+use testkit::{World, block_private_key, run_in};
 
 const PROJECT: &str = "secrets-project";
 
@@ -16,8 +14,8 @@ async fn debug_logging_and_json_leak_no_secret() {
     let api_key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
     w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
     w.env.push(("RUST_LOG".into(), "trace".into()));
-    let suffix = common::suffix("sec");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("sec");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     let plan = path.to_str().expect("utf-8 path");
 
     let mut keys = Vec::new();
@@ -80,7 +78,7 @@ async fn debug_logging_and_json_leak_no_secret() {
             testkit::assert_no_secret(&refs, &[(&p.display().to_string(), &text)]);
         }
     }
-    common::record(
+    testkit::record(
         "secrets",
         json!({ "commands": 7, "private_keys_checked": keys.len(),
                 "pem_lines_checked": secrets.len() - 1 - tokens.len(),
@@ -114,8 +112,8 @@ async fn refresh_subject_and_impersonated_tokens_never_leak() {
     })
     .await;
     w.env.push(("RUST_LOG".into(), "trace".into()));
-    let suffix = common::suffix("tok");
-    let path = w.plan_file("bootstrap.yaml", &common::light_plan(PROJECT, &suffix));
+    let suffix = testkit::suffix("tok");
+    let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
     let plan = path.to_str().expect("utf-8 path").to_owned();
     let operator = ServiceAccountEmail::parse(w.sandbox.operator_email.clone()).unwrap();
 

@@ -8,7 +8,7 @@
 //! is `tests/fixtures/worker_e2e/fake_prefect.py`: it records each start in a marks file (to
 //! count executions per flow run) and moves the run RUNNING -> COMPLETED over the REST API.
 
-use super::{harness, observe};
+use testkit::{harness, observe};
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

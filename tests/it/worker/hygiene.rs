@@ -5,8 +5,7 @@
 //! - container output in Prefect: a flow whose module does not import fails its execution, and
 //!   the worker copies the container's traceback from Cloud Logging into the flow run's logs.
 
-use crate::common;
-use super::{harness, observe};
+use testkit::{harness, observe};
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -20,7 +19,7 @@ use uuid::Uuid;
 /// job variables move its runs to europe-west4 (`regional-*`, the fake engine sleeping 120 s).
 async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
     let w = harness::world(None).await;
-    let suffix = common::suffix("wh");
+    let suffix = testkit::suffix("wh");
     let plan = format!(
         "{}  - name: broken-{suffix}\n    flow: broken\n    entrypoint: flows/broken.py:broken\n    image: {SLEEPY_IMAGE}\n    work_queue: default\n\
          \x20 - name: regional-{suffix}\n    flow: offline-report\n    entrypoint: flows/offline_report.py:offline_report\n    image: {INSTANT_IMAGE}\n    work_queue: default\n    job_variables:\n      region: europe-west4\n      keep_job: true\n      env: {{FAKE_SLEEP: \"120\"}}\n",
@@ -28,7 +27,7 @@ async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
     );
     let path = w.plan_file("bootstrap.yaml", &plan);
     harness::apply(&w, path.to_str().expect("utf-8 path"));
-    let client = common::prefect_client(&w.prefect_url);
+    let client = testkit::prefect_client(&w.prefect_url);
     let id = |flow: &'static str, name: String| {
         let client = client.clone();
         async move {

@@ -1,9 +1,6 @@
 //! The embedded worker: end to end against the sandbox and the Prefect server, its protocol,
 //! job hygiene, the worker pool, and prefect-gcp's own workers on the same sandbox.
 
-mod harness;
-mod observe;
-
 mod e2e;
 mod hygiene;
 mod pool;

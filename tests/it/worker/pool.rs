@@ -4,8 +4,6 @@
 //! completes through it, the next plan is quiet, destroy removes it; and the move from the
 //! worker service keeps a worker ONLINE at every moment of the apply.
 
-use crate::common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use bootstrap_gcp::run_v2;
 use bootstrap_spec::ids::{ProjectId, Region, RunServiceName, RunWorkerPoolName};
-use common::World;
 use gcp_sandbox::executor::ServiceState;
+use testkit::World;
+use testkit::run_in as run;
 
 const PROJECT: &str = "sandbox-project";
 
@@ -60,10 +59,6 @@ async fn world() -> World {
     .await
 }
 
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
-}
-
 fn pool_full_name(suffix: &str) -> String {
     format!("projects/{PROJECT}/locations/us-central1/workerPools/worker-{suffix}")
 }
@@ -104,11 +99,11 @@ async fn wait_online(prefect: &bootstrap_prefect::PrefectClient, pool: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_pool_applies_runs_a_flow_and_is_destroyed() {
     let w = world().await;
-    let suffix = common::suffix("wp");
+    let suffix = testkit::suffix("wp");
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix, true));
     let plan = plan_path.to_str().unwrap();
     let http = w.operator_http().await;
-    let prefect = common::prefect_client(&w.prefect_url);
+    let prefect = testkit::prefect_client(&w.prefect_url);
     let (project, region) = (
         ProjectId::parse(PROJECT).unwrap(),
         Region::parse("us-central1").unwrap(),
@@ -182,10 +177,10 @@ async fn a_worker_pool_applies_runs_a_flow_and_is_destroyed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moving_the_service_to_a_worker_pool_keeps_a_worker_online_throughout() {
     let w = Arc::new(world().await);
-    let suffix = common::suffix("mv");
+    let suffix = testkit::suffix("mv");
     let service_plan = w.plan_file("service.yaml", &plan_text(&suffix, false));
     let pool_plan = w.plan_file("pool.yaml", &plan_text(&suffix, true));
-    let prefect = common::prefect_client(&w.prefect_url);
+    let prefect = testkit::prefect_client(&w.prefect_url);
     let work_pool = format!("offline-pool-{suffix}");
     let service_name = format!("projects/{PROJECT}/locations/us-central1/services/worker-{suffix}");
 

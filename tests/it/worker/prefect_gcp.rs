@@ -9,8 +9,7 @@
 //! `REQUESTS_CA_BUNDLE`, `HTTPLIB2_CA_CERTS`), `metadata.google.internal` is its metadata
 //! server, and the Prefect server's loopback port is forwarded.
 
-use crate::common;
-use super::harness;
+use testkit::harness;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -97,7 +96,7 @@ fn prefect_port(url: &str) -> u16 {
 /// `BOOTSTRAP_GCP_ENDPOINT`: every call goes to `https://*.googleapis.com` as on Google.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_plan_runs_on_googles_real_host_names() {
-    let w = common::World::start("prefect-project").await;
+    let w = testkit::World::start("prefect-project").await;
     let ns = Ns::new(
         &w.sandbox.url,
         json!({"forward": [prefect_port(&w.prefect_url)]}),
@@ -109,7 +108,7 @@ async fn bootstrap_plan_runs_on_googles_real_host_names() {
     std::fs::create_dir_all(&home).unwrap();
     let out = ns
         .command(
-            &common::bin(),
+            &testkit::bin(),
             &[
                 (
                     "GOOGLE_APPLICATION_CREDENTIALS",
@@ -306,7 +305,7 @@ async fn pool_workers(prefect_url: &str, pool: &str) -> Vec<(String, String)> {
 /// Completed in a Cloud Run job the worker created.
 async fn guide_worker_completes_a_quick_run(key: &str) {
     let w = harness::world(None).await;
-    let suffix = common::suffix("gw");
+    let suffix = testkit::suffix("gw");
     let plan = w.plan_file("bootstrap.yaml", &guide_with_offline_flow(&suffix, key));
     harness::apply(&w, plan.to_str().unwrap());
     let pool = format!("pool-{suffix}");
@@ -341,7 +340,7 @@ async fn guide_worker_completes_a_quick_run(key: &str) {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let client = common::prefect_client(&w.prefect_url);
+    let client = testkit::prefect_client(&w.prefect_url);
     let deployment = client
         .deployment_by_name("offline-report", &format!("report-{suffix}"))
         .await

@@ -42,9 +42,10 @@ async fn pool_with_broken_credentials(c: &PrefectClient, name: &str) -> Uuid {
         })
         .await
         .expect("block");
-    let mut template: serde_json::Value =
-        serde_json::from_str(include_str!("../../fixtures/worker/template_cloud_run_v2.json"))
-            .expect("template");
+    let mut template: serde_json::Value = serde_json::from_str(include_str!(
+        "../../fixtures/worker/template_cloud_run_v2.json"
+    ))
+    .expect("template");
     template["variables"]["properties"]["credentials"]["default"] =
         json!({"$ref": {"block_document_id": block.id}});
     let create = WorkPoolCreate {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::common::World;
+use crate::World;
 
 pub fn jobs_in(snapshot: &Value, id: Uuid) -> BTreeMap<String, Value> {
     let hex = id.simple().to_string();
@@ -137,8 +137,7 @@ pub struct OwnServer {
 
 impl OwnServer {
     pub fn start(dir: &Path, port: Option<u16>) -> OwnServer {
-        let mut cmd =
-            std::process::Command::new(testkit::repo_root().join("scripts/prefect-server"));
+        let mut cmd = std::process::Command::new(crate::repo_root().join("scripts/prefect-server"));
         cmd.args(["start", &dir.display().to_string()]);
         if let Some(p) = port {
             cmd.env("PREFECT_SERVER_PORT", p.to_string());
@@ -170,7 +169,7 @@ impl OwnServer {
     }
 
     pub fn stop(&self) {
-        let _ = std::process::Command::new(testkit::repo_root().join("scripts/prefect-server"))
+        let _ = std::process::Command::new(crate::repo_root().join("scripts/prefect-server"))
             .args(["stop", &self.dir.display().to_string()])
             .status();
     }

@@ -12,8 +12,8 @@ use gcp_sandbox::executor::{ImageRule, Patterns};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::common::{self, World};
-use super::observe::jobs_in;
+use crate::World;
+use crate::observe::jobs_in;
 
 pub const PROJECT: &str = "sandbox-project";
 /// The flow image whose container is `fake_prefect.py` (cheap runs).
@@ -24,7 +24,7 @@ pub const SLEEPY_IMAGE: &str = "example.com/flows/sleepy:1";
 pub const MISSING_IMAGE: &str = "example.com/flows/missing:1";
 
 pub fn fixtures() -> PathBuf {
-    testkit::repo_root().join("tests/fixtures/worker_e2e")
+    crate::repo_root().join("tests/fixtures/worker_e2e")
 }
 
 pub fn rule(pattern: &str) -> ImageRule {
@@ -46,7 +46,7 @@ pub async fn world(prefect_url: Option<&str>) -> World {
         c.consistency = gcp_sandbox::Consistency::immediate();
         c.op_delay = Duration::from_millis(200);
         c.images
-            .extend_from_file(&testkit::repo_root().join("examples/offline/sandbox-images.yaml"))
+            .extend_from_file(&crate::repo_root().join("examples/offline/sandbox-images.yaml"))
             .expect("the offline example's image table loads");
         let mut instant = rule(INSTANT_IMAGE);
         instant.programs.insert(
@@ -182,11 +182,11 @@ impl Setup {
     /// Applies [`plan`] for `pool_type` (against `prefect_url`, else the shared server).
     pub async fn new(pool_type: &str, prefect_url: Option<&str>) -> Setup {
         let w = world(prefect_url).await;
-        let suffix = common::suffix("we");
+        let suffix = crate::suffix("we");
         let path = w.plan_file("bootstrap.yaml", &plan(pool_type, &suffix));
         let path = path.to_str().expect("utf-8 path");
         apply(&w, path);
-        let client = common::prefect_client(&w.prefect_url);
+        let client = crate::prefect_client(&w.prefect_url);
         let id = |d: Option<bootstrap_prefect::Deployment>| d.expect("deployment applied").id;
         let report = id(client
             .deployment_by_name("offline-report", &format!("report-{suffix}"))

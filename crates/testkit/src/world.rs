@@ -2,8 +2,6 @@
 //! test command started, and the `bootstrap` binary run as a user would, with every byte it
 //! prints kept for the secret scan.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Mutex;
@@ -26,8 +24,31 @@ pub struct Run {
     pub stderr: String,
 }
 
+/// The `bootstrap` binary under test.
+///
+/// `CARGO_BIN_EXE_bootstrap` when the test runner sets it at run time (nextest does), else the
+/// binary beside the test's own executable (`target/debug/deps/it-*` -> `target/debug/bootstrap`):
+/// cargo builds the package's binaries before its integration tests.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_bootstrap"))
+    if let Some(path) = std::env::var_os("CARGO_BIN_EXE_bootstrap") {
+        return PathBuf::from(path);
+    }
+    let path = profile_dir().join(format!("bootstrap{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.is_file(),
+        "no bootstrap binary at {} (run the tests with cargo test or cargo nextest, which build it)",
+        path.display()
+    );
+    path
+}
+
+/// `target/<profile>`, from the test executable's path (`target/<profile>/deps/<test>-<hash>`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("the test runs from target/<profile>/deps")
 }
 
 impl World {
@@ -41,15 +62,15 @@ impl World {
         let mut config = gcp_sandbox::Config::new(dir.path().join("sandbox"));
         config.projects = vec![project.to_string()];
         config.images = ImageMap::with_defaults(Placeholders {
-            venv: testkit::venv(),
+            venv: crate::venv(),
             bootstrap: bin(),
-            cwd: testkit::repo_root(),
+            cwd: crate::repo_root(),
         });
         tweak(&mut config);
         let sandbox = gcp_sandbox::start(config).await.expect("sandbox starts");
         World {
             dir,
-            prefect_url: testkit::prefect_api_url(),
+            prefect_url: crate::prefect_api_url(),
             sandbox,
             transcript: Mutex::new(String::new()),
             env: Vec::new(),
@@ -64,35 +85,13 @@ impl World {
     }
 
     /// Runs `bootstrap <args>` against this world (blocking; call from spawn_blocking or a
-    /// plain test).
+    /// plain test), and keeps what it printed in the transcript.
     pub fn run(&self, args: &[&str]) -> Run {
-        let home = self.dir.path().join("home");
-        std::fs::create_dir_all(&home).ok();
-        let mut cmd = Command::new(bin());
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", &home)
-            .env("NO_COLOR", "1")
-            .env("BOOTSTRAP_GCP_ENDPOINT", &self.sandbox.url)
-            .env(
-                "GOOGLE_APPLICATION_CREDENTIALS",
-                &self.sandbox.operator_key_path,
-            )
-            .env("PREFECT_API_URL", &self.prefect_url);
-        // Debugging a failing test: `BOOTSTRAP_TEST_RUST_LOG=debug` reaches the binary.
-        if let Ok(filter) = std::env::var("BOOTSTRAP_TEST_RUST_LOG") {
-            cmd.env("RUST_LOG", filter);
-        }
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
         let Output {
             status,
             stdout,
             stderr,
-        } = cmd.output().expect("run bootstrap");
+        } = self.command(args).output().expect("run bootstrap");
         let run = Run {
             code: status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&stdout).into_owned(),
@@ -200,7 +199,7 @@ pub fn light_email(project: &str) -> String {
 
 /// A suffix for Prefect names that is unique and valid in every name the plan builds.
 pub fn suffix(prefix: &str) -> String {
-    testkit::unique_name(prefix).replace('_', "-")
+    crate::unique_name(prefix).replace('_', "-")
 }
 
 /// Whether the heavy variant runs (`BOOTSTRAP_RELIABILITY_FULL=1`).
@@ -338,7 +337,11 @@ pub fn assert_converged(f: &Footprint, context: &str) {
 /// Records a scenario's counts in `target/tmp/reliability/<name>.json` (for RELIABILITY.md)
 /// and prints them.
 pub fn record(name: &str, counts: serde_json::Value) {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
+    // CARGO_TARGET_TMPDIR of an integration test: target/tmp.
+    let dir = profile_dir()
+        .parent()
+        .map_or_else(|| PathBuf::from("target"), Path::to_path_buf)
+        .join("tmp/reliability");
     let _ = std::fs::create_dir_all(&dir);
     let text = serde_json::to_string_pretty(&counts).unwrap_or_default();
     eprintln!("reliability {name}: {text}");
@@ -393,4 +396,47 @@ pub fn assert_block_key_live(f: &Footprint, context: &str) {
             "{context}: the block points at deleted key {id}: {f:?}"
         );
     }
+}
+
+// ---- The guide's plan (guide, reliability::privilege) ----
+
+/// In the sandbox the worker image serves its health endpoint on `$PORT` (a stand-in for the
+/// Python worker, whose own run is covered by the worker tests): `/health`, where the worker
+/// service's startup probe looks.
+pub fn healthy_worker_image() -> gcp_sandbox::executor::ImageRule {
+    use gcp_sandbox::executor::{ImageRule, Patterns};
+    ImageRule {
+        patterns: Patterns::Many(vec!["prefecthq/prefect:*".into()]),
+        programs: Default::default(),
+        path: vec![],
+        host_path: true,
+        entrypoint: vec![
+            "sh".into(),
+            "-c".into(),
+            "d=$(mktemp -d) && echo ok > \"$d/health\" && exec python3 -m http.server --bind 127.0.0.1 --directory \"$d\" \"$PORT\"".into(),
+            "worker".into(),
+        ],
+        cmd: vec![],
+        workdir: None,
+        env: Default::default(),
+    }
+}
+
+/// `plans/guide.yaml` with its Prefect names made unique by `suffix` (the server is shared).
+pub fn guide_plan(suffix: &str) -> String {
+    let guide =
+        std::fs::read_to_string(crate::repo_root().join("plans/guide.yaml")).expect("guide plan");
+    let plan = set_line(&guide, "name", "prefect-service-account");
+    plan.replace(
+        "name: gcp-credentials",
+        &format!("name: gcp-credentials-{suffix}"),
+    )
+    .replace(
+        "name: my-cloud-run-pool",
+        &format!("name: my-cloud-run-pool-{suffix}"),
+    )
+    .replace(
+        "name: gcp-weather-deploy",
+        &format!("name: gcp-weather-deploy-{suffix}"),
+    )
 }
