@@ -32,6 +32,7 @@ async fn guide_applies_converges_repairs_and_destroys() {
     let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
     w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
     let suffix = testkit::unique_name("g").replace('_', "-");
+    w.redact(&suffix, "[SUFFIX]");
     let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
     let plan = plan_path.to_str().unwrap();
     let project = ProjectId::parse(PROJECT).unwrap();
@@ -47,14 +48,12 @@ async fn guide_applies_converges_repairs_and_destroys() {
     );
 
     // 1. A plan of a fresh project shows everything to create, and exits 2.
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout
-            .contains("gcp.service_account[\"prefect-service-account\"] will be created"),
-        "{}",
-        p.stdout
+    bootstrap_snapshot!(
+        "plan_fresh",
+        w,
+        &["plan", "-f", plan, "--detailed-exitcode"],
+        2
     );
-    assert!(p.stdout.contains("(sensitive)"));
 
     // 2. The first apply converges, while a foreign writer edits the project policy.
     let foreign = {
@@ -79,13 +78,18 @@ async fn guide_applies_converges_repairs_and_destroys() {
             added
         })
     };
-    let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
-    assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
+    bootstrap_snapshot!("apply", w, &["apply", "-f", plan, "--auto-approve"], 0);
     let foreign_members = foreign.await.unwrap();
 
-    // 3. A second plan is quiet.
+    // 3. A second plan is quiet, and a second apply changes nothing.
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
+    bootstrap_snapshot!(
+        "apply_again",
+        w,
+        &["apply", "-f", plan, "--auto-approve"],
+        0
+    );
     let now = members(
         &resourcemanager::get_iam_policy(&http, &project)
             .await

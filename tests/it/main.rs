@@ -11,6 +11,26 @@
 //! (`cargo nextest run -E 'test(/^worker::/)'`), and insta names snapshots after the module
 //! path (`it__<module>__<name>.snap`, in `snapshots/` beside the file).
 
+/// `bootstrap_snapshot!(name, world, args, code)`: runs `bootstrap <args>` in a
+/// [`testkit::World`] (from a multi-threaded tokio test), requires exit code `code`, snapshots
+/// what the user reads (the exit code and stdout) under `name` with the world's filters
+/// ([`testkit::World::filters`]: the per-test suffix and temporary directory the test
+/// registered, ports, uuids, durations), and returns the run (uv's `uv_snapshot!`).
+macro_rules! bootstrap_snapshot {
+    ($name:expr, $world:expr, $args:expr, $code:expr) => {{
+        let world: &testkit::World = &$world;
+        let run = testkit::run_in(world, $args, $code);
+        let mut settings = insta::Settings::clone_current();
+        for (regex, placeholder) in world.filters() {
+            settings.add_filter(&regex, placeholder);
+        }
+        settings.bind(|| {
+            insta::assert_snapshot!($name, testkit::shown(&run, false), stringify!($args))
+        });
+        run
+    }};
+}
+
 mod apply_calls;
 mod builds;
 mod cli;

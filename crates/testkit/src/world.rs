@@ -16,6 +16,8 @@ pub struct World {
     pub transcript: Mutex<String>,
     /// Extra environment for every command.
     pub env: Vec<(String, String)>,
+    /// Literal text that snapshots show as a placeholder (see [`World::redact`]).
+    pub redactions: Mutex<Vec<(String, String)>>,
 }
 
 pub struct Run {
@@ -74,6 +76,7 @@ impl World {
             sandbox,
             transcript: Mutex::new(String::new()),
             env: Vec::new(),
+            redactions: Mutex::new(Vec::new()),
         }
     }
 
@@ -139,6 +142,73 @@ impl World {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Shows `literal` as `placeholder` in this world's snapshots (the per-test name suffix).
+    pub fn redact(&self, literal: &str, placeholder: &str) {
+        self.redactions
+            .lock()
+            .unwrap()
+            .push((literal.to_string(), placeholder.to_string()));
+    }
+
+    /// The insta filters of this world's snapshots: its literal redactions, its temporary
+    /// directory, then [`FILTERS`].
+    pub fn filters(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .redactions
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(literal, placeholder)| (escape_regex(literal), placeholder.clone()))
+            .collect();
+        out.push((
+            escape_regex(&self.path().display().to_string()),
+            "[TMP]".into(),
+        ));
+        out.extend(
+            FILTERS
+                .iter()
+                .map(|(re, placeholder)| (re.to_string(), placeholder.to_string())),
+        );
+        out
+    }
+}
+
+/// What varies from run to run in what users read, as insta filters (regex, placeholder):
+/// loopback ports, uuids, and durations. Names and values the test is about are left alone.
+pub const FILTERS: &[(&str, &str)] = &[
+    (r"127\.0\.0\.1:\d+", "127.0.0.1:[PORT]"),
+    (r"localhost:\d+", "localhost:[PORT]"),
+    (
+        r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+        "[UUID]",
+    ),
+    (r"\b\d+(\.\d+)?(ms|s)\b", "[TIME]"),
+];
+
+/// `text` as a regex that matches it literally.
+pub fn escape_regex(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What a user reads of a run, for a snapshot: the exit code and stdout, and stderr when
+/// `with_stderr`.
+pub fn shown(run: &Run, with_stderr: bool) -> String {
+    let mut out = format!(
+        "exit code: {}\n----- stdout -----\n{}",
+        run.code, run.stdout
+    );
+    if with_stderr {
+        out.push_str(&format!("\n----- stderr -----\n{}", run.stderr));
+    }
+    out
 }
 
 /// Replaces `key: value` lines of a YAML plan (first match, by indentation-free key).
