@@ -1,9 +1,9 @@
 //! The Prefect half of the guide, end to end (issue 5, "Done when"): `bootstrap apply` against
 //! the GCP sandbox and the real Prefect server, then Prefect's own Python SDK and CLI (from
-//! `.venv`) judge what was created. `bootstrap run` is covered by `tests/run_cli.rs`.
+//! `.venv`) judge what was created. `bootstrap run` is covered by `cli::run`.
 //!
 //! The plans here are `plans/guide.yaml` without its `worker:` section (the worker service is
-//! the GCP half, covered by `tests/guide_e2e.rs`), with Prefect names unique per test since the
+//! the GCP half, covered by `guide`), with Prefect names unique per test since the
 //! server is shared.
 
 mod proxy;

@@ -2,7 +2,7 @@
 //! key is unusable), so every submission fails after the claim. This checks the Prefect side
 //! of the protocol: claims settle on `status` (two workers, each run claimed once), submission
 //! failures end CRASHED with the reason, event-driven pickup, and SIGTERM exits promptly.
-//! The Cloud Run side is covered by `worker_e2e.rs` against the sandbox.
+//! The Cloud Run side is covered by `worker::e2e` against the sandbox.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
