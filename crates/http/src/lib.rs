@@ -272,11 +272,21 @@ mod tests {
         assert_eq!(p.next_delay(3, Duration::ZERO, None, &mut rng), None);
         // A wait that would end past the deadline is not taken.
         assert_eq!(
-            p.next_delay(1, Duration::from_secs(5), Some(Duration::from_secs(6)), &mut rng),
+            p.next_delay(
+                1,
+                Duration::from_secs(5),
+                Some(Duration::from_secs(6)),
+                &mut rng
+            ),
             None
         );
         assert_eq!(
-            p.next_delay(1, Duration::from_secs(5), Some(Duration::from_secs(4)), &mut rng),
+            p.next_delay(
+                1,
+                Duration::from_secs(5),
+                Some(Duration::from_secs(4)),
+                &mut rng
+            ),
             Some(Duration::from_secs(4))
         );
         assert_eq!(
@@ -291,10 +301,19 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_767);
         let ten = Some(Duration::from_secs(10));
         assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 120 ", now), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now), ten);
-        assert_eq!(parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now), ten);
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            ten
+        );
         assert_eq!(parse_retry_after("Sun Nov  6 08:49:37 1994", now), ten);
         // A date already past is no wait at all.
         assert_eq!(
@@ -306,7 +325,16 @@ mod tests {
     #[test]
     fn retry_after_never_panics_on_bad_values() {
         let now = SystemTime::now();
-        for bad in ["", "soon", "-1", "NaN", "inf", "1e400", "Sun, 99 Nov 1994", "0x10"] {
+        for bad in [
+            "",
+            "soon",
+            "-1",
+            "NaN",
+            "inf",
+            "1e400",
+            "Sun, 99 Nov 1994",
+            "0x10",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad}");
         }
         // Absurdly large numbers are clamped, not an overflow.
