@@ -48,8 +48,7 @@ impl Default for RetryPolicy {
     /// jitter. An apply makes hundreds of calls (operation and consistency polls included): at
     /// the reliability suite's 20% transient error rate, six attempts left some call failing
     /// every few runs (0.2^6 per call); ten make it negligible, and the deadline still bounds
-    /// the wait. The Prefect client has its own numbers (`bootstrap_prefect::RetryPolicy`'s
-    /// `prefect_default`).
+    /// the wait. The Prefect client has its own numbers (`bootstrap_prefect::prefect_default`).
     fn default() -> Self {
         Self {
             max_attempts: 10,

@@ -212,7 +212,11 @@ pub(crate) async fn drive<E: RunEnv>(
             }
         };
         if let Err(e) = step {
-            next = Some(requeue(error_policy(&e, &run, Instant::now())));
+            let policy = error_policy(&e, &run, Instant::now());
+            if policy == Requeue::Detach {
+                tracing::warn!(flow_run = %run.id, error = ?e, "the Prefect API is still unavailable; leaving the run PENDING for a later pass");
+            }
+            next = Some(requeue(policy));
         }
     }
 }

@@ -412,6 +412,15 @@ mod tests {
         Decision::Finish(End::SubmitFailed(msg.into()))
     }
 
+    /// What the case says, the run, the job and execution read, and the decision wanted.
+    type Case = (
+        &'static str,
+        RunView,
+        Option<JobView>,
+        Option<ExecutionView>,
+        Decision,
+    );
+
     #[test]
     fn decide_table() {
         let now = Instant::now();
@@ -429,13 +438,7 @@ mod tests {
             },
             ..claimed()
         };
-        let cases: Vec<(
-            &str,
-            RunView,
-            Option<JobView>,
-            Option<ExecutionView>,
-            Decision,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "a new run is claimed first",
                 unclaimed.clone(),
