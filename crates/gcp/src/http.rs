@@ -124,19 +124,9 @@ impl Endpoints {
     }
 }
 
-/// Encodes one path segment: unreserved characters and `@` stay, everything else is
-/// percent-encoded (so an id can never add a segment or a query).
-pub fn seg(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// One path segment, percent-encoded (the HTTP layer's, shared with the Prefect client: an id
+/// can never add a segment or a query).
+pub use bootstrap_http::seg;
 
 /// Checks and encodes a full resource name returned by an API (an operation or execution
 /// name such as `projects/p/locations/r/operations/o`).
@@ -261,13 +251,12 @@ impl GcpHttp {
         tokens: Arc<dyn TokenSource>,
         retry: RetryPolicy,
     ) -> Result<Self, GcpError> {
-        crate::init_crypto();
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("bootstrap/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| GcpError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let client = bootstrap_http::client(
+            concat!("bootstrap/", env!("CARGO_PKG_VERSION")),
+            CONNECT_TIMEOUT,
+            REQUEST_TIMEOUT,
+        )
+        .map_err(|e| GcpError::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             client,
             endpoints,
@@ -371,10 +360,11 @@ impl GcpHttp {
             let Decision::Retry { retry_after } = decision else {
                 return Err(err);
             };
-            let delay = policy.delay(attempt - 1, retry_after, &mut rand::rng());
-            if attempt >= policy.max_attempts || started.elapsed() + delay > policy.deadline {
+            let Some(delay) =
+                policy.next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
+            else {
                 return Err(exhausted(err));
-            }
+            };
             tracing::debug!(
                 method = call.name,
                 attempt,

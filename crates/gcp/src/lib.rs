@@ -85,9 +85,6 @@ pub use retry::RetryPolicy;
 /// Installs ring as rustls' process-wide crypto provider (reqwest is built without one).
 /// Idempotent; safe to call from several places and threads.
 pub fn init_crypto() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another provider is already installed, which serves just as well.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+    // One provider install for the Google and Prefect clients alike (the HTTP layer's).
+    bootstrap_http::init_crypto();
 }

@@ -195,6 +195,7 @@ impl Default for RmwOptions {
                 base_delay: Duration::from_millis(500),
                 max_delay: Duration::from_secs(10),
                 deadline: Duration::from_secs(120),
+                ..RetryPolicy::default()
             },
             member_grace: None,
         }

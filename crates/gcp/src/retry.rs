@@ -4,71 +4,14 @@
 //! that many clients backing off together spread out; a server's `Retry-After` is honoured as
 //! a lower bound. Every retry loop is bounded by attempts and by a total deadline.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rand::Rng;
 use reqwest::StatusCode;
 
-/// How a failed call is retried. Cheap to copy; a [`crate::GcpHttp`] holds one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in total, the first included (1 = no retry).
-    pub max_attempts: u32,
-    /// The backoff cap before jitter for the first retry; doubles each retry.
-    pub base_delay: Duration,
-    /// The largest backoff cap.
-    pub max_delay: Duration,
-    /// Total time allowed for all attempts and waits of one call.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Ten attempts within two minutes. An apply makes hundreds of calls (operation and
-    /// consistency polls included): at the reliability suite's 20% transient error rate, six
-    /// attempts left some call failing every few runs (0.2^6 per call); ten make it negligible,
-    /// and the deadline still bounds the wait.
-    fn default() -> Self {
-        Self {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(30),
-            deadline: Duration::from_secs(120),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries at all (one attempt), for callers that run their own loop.
-    pub fn none() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-
-    /// The backoff cap before retry number `retry` (0 for the first retry).
-    pub fn cap(&self, retry: u32) -> Duration {
-        let factor = 2u32.saturating_pow(retry.min(20));
-        self.base_delay.saturating_mul(factor).min(self.max_delay)
-    }
-
-    /// The wait before retry number `retry`: full jitter over [`Self::cap`], raised to the
-    /// server's `Retry-After` when that is longer.
-    pub fn delay(&self, retry: u32, retry_after: Option<Duration>, rng: &mut impl Rng) -> Duration {
-        let cap = self.cap(retry);
-        let jittered = if cap.is_zero() {
-            Duration::ZERO
-        } else {
-            Duration::from_nanos(
-                rng.random_range(0..=u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX)),
-            )
-        };
-        match retry_after {
-            Some(ra) => jittered.max(ra),
-            None => jittered,
-        }
-    }
-}
+/// The policy shape and the `Retry-After` parser are the HTTP layer's, shared with the Prefect
+/// client; [`RetryPolicy::default`] holds this client's numbers (ten attempts within two
+/// minutes, full jitter).
+pub use bootstrap_http::{Jitter, RetryPolicy, parse_retry_after};
 
 /// What the caller of one request allows to be retried beyond the always-safe cases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -123,17 +66,6 @@ fn is_conflict_body(body: &[u8]) -> bool {
     text.contains("\"ABORTED\"") || text.contains("operationInProgress")
 }
 
-/// Parses `Retry-After`: delta seconds or an HTTP date.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let at = SystemTime::from(at.with_timezone(&chrono::Utc));
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
 /// Repeats `op` while its error satisfies `retryable` and `policy` allows (attempts, total
 /// deadline, jittered backoff). For eventual consistency after this run's own writes, e.g.
 /// 403 `actAs` right after a grant ([`crate::GcpError::is_act_as_denied`]).
@@ -154,13 +86,13 @@ where
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
-        let delay = policy.delay(attempt - 1, None, &mut rand::rng());
-        if !retryable(&err)
-            || attempt >= policy.max_attempts
-            || started.elapsed() + delay > policy.deadline
-        {
+        if !retryable(&err) {
             return Err(err);
         }
+        let Some(delay) = policy.next_delay(attempt, started.elapsed(), None, &mut rand::rng())
+        else {
+            return Err(err);
+        };
         tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, error = %err, "retrying until consistent");
         tokio::time::sleep(delay).await;
     }
@@ -170,63 +102,6 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn caps_double_and_saturate() {
-        let p = RetryPolicy {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-            deadline: Duration::from_secs(60),
-        };
-        assert_eq!(p.cap(0), Duration::from_millis(100));
-        assert_eq!(p.cap(1), Duration::from_millis(200));
-        assert_eq!(p.cap(3), Duration::from_millis(800));
-        assert_eq!(p.cap(4), Duration::from_secs(1));
-        assert_eq!(p.cap(400), Duration::from_secs(1));
-    }
-
-    #[test]
-    fn jitter_stays_within_bounds_and_varies() {
-        let p = RetryPolicy::default();
-        let mut rng = rand::rng();
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..200 {
-            let d = p.delay(2, None, &mut rng);
-            assert!(d <= p.cap(2), "{d:?}");
-            seen.insert(d.as_millis());
-        }
-        assert!(
-            seen.len() > 10,
-            "jitter produced too few distinct waits: {seen:?}"
-        );
-    }
-
-    #[test]
-    fn retry_after_is_a_lower_bound() {
-        let p = RetryPolicy::default();
-        let mut rng = rand::rng();
-        for _ in 0..50 {
-            let d = p.delay(0, Some(Duration::from_secs(7)), &mut rng);
-            assert!(d >= Duration::from_secs(7));
-            assert!(d <= Duration::from_secs(7).max(p.cap(0)));
-        }
-    }
-
-    #[test]
-    fn parses_retry_after_forms() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 07:27:50 GMT
-        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
-            Some(Duration::from_secs(10))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
-    }
-
     #[tokio::test]
     async fn retry_while_stops_on_success_other_errors_and_budget() {
         let fast = RetryPolicy {
@@ -234,6 +109,7 @@ mod tests {
             base_delay: Duration::from_millis(1),
             max_delay: Duration::from_millis(2),
             deadline: Duration::from_secs(5),
+            ..RetryPolicy::default()
         };
         let denied = || crate::GcpError::PermissionDenied {
             method: "m".into(),

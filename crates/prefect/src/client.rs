@@ -3,10 +3,9 @@
 //! The API calls themselves live in `api/`, one file per kind of object, as `impl PrefectClient`
 //! blocks on top of the helpers here.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
-use rand::Rng as _;
 use reqwest::header::{AUTHORIZATION, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret as _;
@@ -16,59 +15,36 @@ use serde_json::Value;
 use crate::config::PrefectConfig;
 use crate::error::{PrefectError, one_line, summarise_detail};
 
-/// How failed requests are retried: exponential backoff with "equal" jitter (each wait is at
-/// least half its ceiling), bounded both in attempts and in total time.
+/// How failed requests are retried: the HTTP layer's policy shape, shared with the Google
+/// clients. This client's numbers are [`prefect_default`].
+pub use bootstrap_http::{Jitter, RetryPolicy};
+
+/// The Prefect client's retry numbers: exponential backoff with "equal" jitter (each wait is at
+/// least half its cap), about 8-15 s over six attempts, within 60 s.
 ///
-/// The default spans about 8-15 s over six attempts. Prefect's own client makes six attempts
-/// too (`PREFECT_CLIENT_MAX_RETRIES` = 5) but waits 2, 4, 8, 16, 32 s; a CLI waits less, yet a
-/// SQLite-backed server answering 503 "database is locked" under a burst of writes needs
-/// several seconds to clear, which a full-jitter draw from a 4 s budget often did not give.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Attempts in all (1 = no retry).
-    pub max_attempts: u32,
-    /// First backoff ceiling.
-    pub base_delay: Duration,
-    /// Largest single wait.
-    pub max_delay: Duration,
-    /// No retry starts after this much time since the first attempt.
-    pub max_total: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 6,
-            base_delay: Duration::from_millis(500),
-            max_delay: Duration::from_secs(16),
-            max_total: Duration::from_secs(60),
-        }
+/// Prefect's own client makes six attempts too (`PREFECT_CLIENT_MAX_RETRIES` = 5) but waits 2,
+/// 4, 8, 16, 32 s; a CLI waits less, yet a SQLite-backed server answering 503 "database is
+/// locked" under a burst of writes needs several seconds to clear, which a full-jitter draw
+/// from a 4 s budget often did not give.
+pub fn prefect_default() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 6,
+        base_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(16),
+        deadline: Duration::from_secs(60),
+        jitter: Jitter::Equal,
     }
 }
 
-impl RetryPolicy {
-    /// The policy with Prefect's `PREFECT_CLIENT_MAX_RETRIES` applied (attempts = retries + 1).
-    pub fn with_settings(mut self, settings: &crate::config::ClientRetrySettings) -> Self {
-        if let Some(retries) = settings.max_retries {
-            self.max_attempts = retries.saturating_add(1);
-        }
-        self
+/// The policy with Prefect's `PREFECT_CLIENT_MAX_RETRIES` applied (attempts = retries + 1).
+pub(crate) fn with_settings(
+    mut policy: RetryPolicy,
+    settings: &crate::config::ClientRetrySettings,
+) -> RetryPolicy {
+    if let Some(retries) = settings.max_retries {
+        policy.max_attempts = retries.saturating_add(1);
     }
-
-    /// The wait before retry number `attempt` (1-based): a uniform draw from
-    /// `[c/2, c]` with `c = min(max_delay, base * 2^(attempt-1))`, or the server's
-    /// `Retry-After` when given.
-    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra.min(self.max_delay.max(Duration::from_secs(1)) * 4);
-        }
-        let exp = self
-            .base_delay
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
-        let ceiling = exp.min(self.max_delay);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
-    }
+    policy
 }
 
 /// Connect timeout of every request.
@@ -103,19 +79,16 @@ pub(crate) struct RawResponse {
 impl PrefectClient {
     /// A client for `config`, with the default retry policy.
     pub fn new(config: PrefectConfig) -> Result<Self, PrefectError> {
-        // reqwest is built without a default TLS crypto provider; make sure one is installed
-        // (a no-op when the binary already did it).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("bootstrap-prefect/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| PrefectError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let http = bootstrap_http::client(
+            concat!("bootstrap-prefect/", env!("CARGO_PKG_VERSION")),
+            CONNECT_TIMEOUT,
+            REQUEST_TIMEOUT,
+        )
+        .map_err(|e| PrefectError::Config(format!("cannot build the HTTP client: {e}")))?;
         let auth = auth_header(&config)?;
         Ok(PrefectClient {
             http,
-            retry: RetryPolicy::default().with_settings(&config.retries),
+            retry: with_settings(prefect_default(), &config.retries),
             config,
             auth,
         })
@@ -124,7 +97,7 @@ impl PrefectClient {
     /// Replaces the retry policy (`PREFECT_CLIENT_MAX_RETRIES`, when set, still decides the
     /// number of attempts: the user's setting wins over the caller's default).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry.with_settings(&self.config.retries);
+        self.retry = with_settings(retry, &self.config.retries);
         self
     }
 
@@ -169,7 +142,11 @@ impl PrefectClient {
                 Ok(resp) => {
                     let status = resp.status();
                     tracing::debug!(%method, path, %status, elapsed_ms = t0.elapsed().as_millis() as u64, attempt, "prefect api");
-                    let retry_after = parse_retry_after(resp.headers().get(RETRY_AFTER));
+                    let retry_after = resp
+                        .headers()
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| bootstrap_http::parse_retry_after(v, SystemTime::now()));
                     let bytes = resp.bytes().await.map_err(|e| PrefectError::Decode {
                         what: what.to_string(),
                         detail: format!("the body was cut off ({})", root_cause(&e)),
@@ -192,13 +169,15 @@ impl PrefectClient {
                     (self.unreachable(&e), None, retryable)
                 }
             };
-            if !retryable || attempt >= self.retry.max_attempts {
+            if !retryable {
                 return Err(err);
             }
-            let wait = self.retry.delay(attempt, retry_after);
-            if started.elapsed() + wait > self.retry.max_total {
+            let Some(wait) =
+                self.retry
+                    .next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
+            else {
                 return Err(err);
-            }
+            };
             tokio::time::sleep(wait).await;
         }
     }
@@ -382,12 +361,6 @@ fn auth_header(config: &PrefectConfig) -> Result<Option<HeaderValue>, PrefectErr
     Ok(Some(header))
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare for APIs and is ignored).
-fn parse_retry_after(value: Option<&HeaderValue>) -> Option<Duration> {
-    let secs: f64 = value?.to_str().ok()?.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
-}
-
 /// The statuses Prefect's own client retries (429, 502, 503, 408; `prefect/client/base.py`), 504
 /// (a proxy in front of a server that is still working), and `PREFECT_CLIENT_RETRY_EXTRA_CODES`.
 fn retryable_status(status: StatusCode, extra: &[u16]) -> bool {
@@ -421,19 +394,22 @@ mod tests {
 
     #[test]
     fn backoff_is_bounded_and_jittered() {
-        let p = RetryPolicy::default();
-        for attempt in 1..20 {
-            assert!(p.delay(attempt, None) <= p.max_delay);
+        let p = prefect_default();
+        let mut rng = rand::rng();
+        for retry in 0..20 {
+            assert!(p.delay(retry, None, &mut rng) <= p.max_delay);
         }
-        let waits: std::collections::HashSet<_> = (0..20).map(|_| p.delay(6, None)).collect();
+        let waits: std::collections::HashSet<_> =
+            (0..20).map(|_| p.delay(5, None, &mut rng)).collect();
         assert!(waits.len() > 1, "jitter draws different waits");
-        for attempt in 1..6 {
-            let ceiling = p.base_delay * (1 << (attempt - 1));
-            let d = p.delay(attempt, None);
-            assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+        // Equal jitter: every wait is at least half its cap (the SQLite server needs a pause).
+        for retry in 0..5 {
+            let ceiling = p.base_delay * (1 << retry);
+            let d = p.delay(retry, None, &mut rng);
+            assert!(d >= ceiling / 2 && d <= ceiling, "retry {retry}: {d:?}");
         }
         assert_eq!(
-            p.delay(1, Some(Duration::from_secs(2))),
+            p.delay(0, Some(Duration::from_secs(2)), &mut rng),
             Duration::from_secs(2)
         );
     }
@@ -445,9 +421,9 @@ mod tests {
             max_retries: Some(2),
             extra_codes: vec![500],
         };
-        assert_eq!(RetryPolicy::default().with_settings(&set).max_attempts, 3);
+        assert_eq!(with_settings(prefect_default(), &set).max_attempts, 3);
         let unset = ClientRetrySettings::default();
-        assert_eq!(RetryPolicy::default().with_settings(&unset).max_attempts, 6);
+        assert_eq!(with_settings(prefect_default(), &unset).max_attempts, 6);
         assert!(retryable_status(StatusCode::REQUEST_TIMEOUT, &[]));
         assert!(!retryable_status(StatusCode::INTERNAL_SERVER_ERROR, &[]));
         assert!(retryable_status(StatusCode::INTERNAL_SERVER_ERROR, &[500]));
@@ -464,21 +440,6 @@ mod tests {
         assert!(!repeatable(&Method::POST, "/deployments/x/create_flow_run"));
         assert!(!repeatable(&Method::PATCH, "/deployments/x"));
         assert!(!repeatable(&Method::DELETE, "/deployments/x"));
-    }
-
-    #[test]
-    fn retry_after_parses_seconds_only() {
-        assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static("3"))),
-            Some(Duration::from_secs(3))
-        );
-        assert_eq!(
-            parse_retry_after(Some(&HeaderValue::from_static(
-                "Wed, 21 Oct 2015 07:28:00 GMT"
-            ))),
-            None
-        );
-        assert_eq!(parse_retry_after(None), None);
     }
 
     #[test]

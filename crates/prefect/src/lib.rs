@@ -15,7 +15,7 @@ pub mod models;
 pub mod wake;
 
 pub use api::{Automation, AutomationSpec, EventFilter, EventStream, pick_block_schema};
-pub use client::{PrefectClient, RetryPolicy};
+pub use client::{Jitter, PrefectClient, RetryPolicy, prefect_default};
 pub use config::{
     ActiveProfile, ClientRetrySettings, CloudWorkspace, ConfigOverrides, PrefectConfig, Source,
     active_profile,

@@ -470,7 +470,8 @@ async fn errors_are_one_clear_line() {
             max_attempts: 2,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(20),
-            max_total: Duration::from_secs(2),
+            deadline: Duration::from_secs(2),
+            jitter: bootstrap_prefect::Jitter::Equal,
         });
     let e = dead.health().await.expect_err("unreachable");
     assert!(matches!(e, PrefectError::Unreachable { .. }), "{e}");

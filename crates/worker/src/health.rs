@@ -17,7 +17,7 @@ pub(crate) fn stale_after(poll_interval: Duration) -> Duration {
 }
 
 async fn health(State(shared): State<Arc<Shared>>) -> (StatusCode, &'static str) {
-    if shared.since_last_poll() <= stale_after(shared.opts.poll_interval) {
+    if shared.since_last_poll() <= stale_after(shared.ctx.opts.poll_interval) {
         (StatusCode::OK, "ok\n")
     } else {
         (

@@ -7,18 +7,21 @@
 //! - [`config`]: the Cloud Run job body, job name and labels for one run (pure);
 //! - [`cloudrun`]: the Cloud Run API of a pool type, over `bootstrap_gcp::run_jobs` (the one
 //!   Cloud Run jobs client);
-//! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup; `cache`: reads
-//!   shared by the runs of a poll cycle; [`claim`]: the claim marker; `health`.
+//! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup, as a pure
+//!   `reconcile::decide` carried out by `driver::drive`; `cache`: reads shared by the runs of a
+//!   poll cycle; [`claim`]: the claim marker; `health`.
 
 mod cache;
 pub mod claim;
 pub mod cloudrun;
 pub mod config;
+mod driver;
 mod health;
 pub mod identity;
 pub mod idle;
 pub mod naming;
 pub mod outcome;
+mod reconcile;
 pub mod refs;
 pub mod runtime;
 pub mod settings;

@@ -83,31 +83,43 @@ impl WorkerOptions {
     }
 }
 
-/// State shared by the loops and the run tasks.
+/// The worker's state, in two parts: what a run needs to be carried out ([`Ctx`]) and which
+/// runs are being carried out ([`Scheduler`]).
 pub(crate) struct Shared {
+    pub(crate) ctx: Arc<Ctx>,
+    pub(crate) sched: Scheduler,
+}
+
+/// What runs are carried out with: clients, caches and options. Run tasks hold only this.
+pub(crate) struct Ctx {
     pub(crate) client: PrefectClient,
     pub(crate) opts: WorkerOptions,
     /// The worker's own Prefect settings handed to every container.
     pub(crate) worker_env: Vec<(String, SecretString)>,
+    logs: mpsc::UnboundedSender<LogCreate>,
+    ambient: OnceCell<Arc<dyn TokenSource>>,
+    /// Prefect reads shared by the runs of a poll cycle.
+    pub(crate) reads: Reads,
+    /// Cloud Run clients (and their tokens) by credentials.
+    pub(crate) jobs: JobsCache,
+}
+
+/// Which runs are being handled, which were seen to an end, and how many more may start.
+pub(crate) struct Scheduler {
     in_flight: Mutex<HashMap<Uuid, watch::Sender<Signal>>>,
     /// Runs this process saw to an end, newest last: never adopted again, even when their flow
     /// never reported a state (a run left PENDING after its execution ended would otherwise be
     /// run again by every reconcile pass).
     finished: Mutex<(HashSet<Uuid>, VecDeque<Uuid>)>,
+    /// `--limit`: runs at once.
     permits: Option<Arc<Semaphore>>,
-    last_poll_ok: Mutex<Instant>,
-    logs: mpsc::UnboundedSender<LogCreate>,
-    ambient: OnceCell<Arc<dyn TokenSource>>,
-    poll_now: Notify,
-    stopping: watch::Sender<bool>,
-    /// Prefect reads shared by the runs of a poll cycle.
-    pub(crate) reads: Reads,
-    /// Cloud Run clients (and their tokens) by credentials.
-    pub(crate) jobs: JobsCache,
     /// Runs between claim and a started execution (see [`SUBMIT_SLOTS`]).
     pub(crate) submit_slots: Arc<Semaphore>,
     /// Runs taken from a poll that wait for a submission slot, not yet claimed.
     waiting: AtomicUsize,
+    last_poll_ok: Mutex<Instant>,
+    poll_now: Notify,
+    stopping: watch::Sender<bool>,
 }
 
 /// At most this many runs are being submitted (claim, job configuration, job creation, up to
@@ -128,11 +140,11 @@ pub(crate) struct Waiting(Arc<Shared>);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
+        self.0.sched.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
-impl Shared {
+impl Ctx {
     /// Ships a worker log line for a flow run (batched) and logs it locally.
     pub(crate) fn log(&self, flow_run: Uuid, level: i64, message: String) {
         if level >= 40 {
@@ -160,17 +172,20 @@ impl Shared {
             .await?;
         Ok(t.clone())
     }
+}
 
+impl Shared {
     /// Seconds since the last successful poll.
     pub(crate) fn since_last_poll(&self) -> Duration {
-        self.last_poll_ok
+        self.sched
+            .last_poll_ok
             .lock()
             .map(|t| t.elapsed())
             .unwrap_or(Duration::MAX)
     }
 
     fn stopping(&self) -> bool {
-        *self.stopping.borrow()
+        *self.sched.stopping.borrow()
     }
 
     /// Starts a task for `run` unless one is running or the limit is reached.
@@ -178,7 +193,7 @@ impl Shared {
         if self.stopping() {
             return;
         }
-        let permit = match &self.permits {
+        let permit = match &self.sched.permits {
             Some(p) => match p.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 // At the limit: the run stays SCHEDULED for a later poll or another worker.
@@ -187,7 +202,7 @@ impl Shared {
             None => None,
         };
         let rx = {
-            let Ok(mut map) = self.in_flight.lock() else {
+            let Ok(mut map) = self.sched.in_flight.lock() else {
                 return;
             };
             if map.contains_key(&run.id) {
@@ -197,16 +212,24 @@ impl Shared {
             map.insert(run.id, tx);
             rx
         };
-        self.waiting.fetch_add(1, Ordering::SeqCst);
+        self.sched.waiting.fetch_add(1, Ordering::SeqCst);
         let waiting = Waiting(self.clone());
         let shared = self.clone();
         tokio::spawn(async move {
             let id = run.id;
-            let finished = submit::handle(shared.clone(), run, claim, rx, waiting).await;
+            let finished = submit::handle(
+                shared.ctx.clone(),
+                shared.sched.submit_slots.clone(),
+                run,
+                claim,
+                rx,
+                waiting,
+            )
+            .await;
             if finished {
                 shared.remember_finished(id);
             }
-            if let Ok(mut map) = shared.in_flight.lock() {
+            if let Ok(mut map) = shared.sched.in_flight.lock() {
                 map.remove(&id);
             }
             drop(permit);
@@ -214,7 +237,7 @@ impl Shared {
     }
 
     fn remember_finished(&self, id: Uuid) {
-        if let Ok(mut f) = self.finished.lock() {
+        if let Ok(mut f) = self.sched.finished.lock() {
             let (set, order) = &mut *f;
             if set.insert(id) {
                 order.push_back(id);
@@ -228,21 +251,22 @@ impl Shared {
     }
 
     fn finished_here(&self, id: Uuid) -> bool {
-        self.finished
+        self.sched
+            .finished
             .lock()
             .map(|f| f.0.contains(&id))
             .unwrap_or(false)
     }
 
     fn signal(&self, id: Uuid, s: Signal) -> bool {
-        match self.in_flight.lock() {
+        match self.sched.in_flight.lock() {
             Ok(map) => map.get(&id).map(|tx| tx.send(s).is_ok()).unwrap_or(false),
             Err(_) => false,
         }
     }
 
     fn in_flight_count(&self) -> usize {
-        self.in_flight.lock().map(|m| m.len()).unwrap_or(0)
+        self.sched.in_flight.lock().map(|m| m.len()).unwrap_or(0)
     }
 }
 
@@ -288,23 +312,19 @@ pub async fn run(
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
     let (stop_tx, _) = watch::channel(false);
-    let permits = opts.limit.map(|n| Arc::new(Semaphore::new(n.max(1))));
-    let shared = Arc::new(Shared::new(
-        client.clone(),
-        permits,
-        opts,
-        worker_env,
-        log_tx,
-        stop_tx,
-    ));
-    tracing::info!(worker = shared.opts.name, pool = pool.name, kind = ?kind, "worker started");
-    let started = submit::worker_event(&shared, kind, &pool, "prefect.worker.started", None).await;
+    let shared = Arc::new(Shared {
+        sched: Scheduler::new(opts.limit, stop_tx),
+        ctx: Arc::new(Ctx::new(client.clone(), opts, worker_env, log_tx)),
+    });
+    tracing::info!(worker = shared.ctx.opts.name, pool = pool.name, kind = ?kind, "worker started");
+    let started =
+        submit::worker_event(&shared.ctx, kind, &pool, "prefect.worker.started", None).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ship_logs(client.clone(), log_rx));
     tasks.spawn(heartbeat_loop(shared.clone()));
     tasks.spawn(poll_loop(shared.clone()));
     tasks.spawn(reconcile_loop(shared.clone()));
-    if shared.opts.use_events {
+    if shared.ctx.opts.use_events {
         tasks.spawn(event_loop(shared.clone(), pool.id));
     }
     tasks.spawn(cleanup_leftovers(
@@ -312,14 +332,14 @@ pub async fn run(
         kind,
         pool.base_job_template.clone(),
     ));
-    if let Some(down) = shared.opts.scale_down.clone() {
+    if let Some(down) = shared.ctx.opts.scale_down.clone() {
         let work = Arc::new(super::idle::PrefectWork {
             client: client.clone(),
             pool: pool.name.clone(),
         });
         let mine = shared.clone();
         tasks.spawn(super::idle::watch(down, work, move || {
-            mine.in_flight_count() + mine.waiting.load(Ordering::SeqCst)
+            mine.in_flight_count() + mine.sched.waiting.load(Ordering::SeqCst)
         }));
     }
     if let Some(port) = health_port {
@@ -330,8 +350,8 @@ pub async fn run(
     }
     shutdown.await;
     tracing::info!("stopping: no new runs; running jobs are left to finish");
-    let _ = shared.stopping.send(true);
-    if let Ok(map) = shared.in_flight.lock() {
+    let _ = shared.sched.stopping.send(true);
+    if let Ok(map) = shared.sched.in_flight.lock() {
         for tx in map.values() {
             let _ = tx.send(Signal::Shutdown);
         }
@@ -342,7 +362,7 @@ pub async fn run(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     submit::worker_event(
-        &shared,
+        &shared.ctx,
         kind,
         &pool,
         "prefect.worker.stopped",
@@ -355,16 +375,17 @@ pub async fn run(
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>) {
-    let secs = shared.opts.heartbeat_interval.as_secs().max(1);
+    let secs = shared.ctx.opts.heartbeat_interval.as_secs().max(1);
     loop {
         if let Err(e) = shared
+            .ctx
             .client
-            .worker_heartbeat(&shared.opts.pool, &shared.opts.name, secs)
+            .worker_heartbeat(&shared.ctx.opts.pool, &shared.ctx.opts.name, secs)
             .await
         {
             tracing::warn!(error = %e, "heartbeat failed");
         }
-        tokio::time::sleep(shared.opts.heartbeat_interval).await;
+        tokio::time::sleep(shared.ctx.opts.heartbeat_interval).await;
     }
 }
 
@@ -372,15 +393,21 @@ async fn poll_loop(shared: Arc<Shared>) {
     let mut failures = 0u32;
     loop {
         let before =
-            Utc::now() + chrono::Duration::from_std(shared.opts.prefetch).unwrap_or_default();
+            Utc::now() + chrono::Duration::from_std(shared.ctx.opts.prefetch).unwrap_or_default();
         match shared
+            .ctx
             .client
-            .get_scheduled_flow_runs(&shared.opts.pool, &shared.opts.queues, before, Some(PAGE))
+            .get_scheduled_flow_runs(
+                &shared.ctx.opts.pool,
+                &shared.ctx.opts.queues,
+                before,
+                Some(PAGE),
+            )
             .await
         {
             Ok(runs) => {
                 failures = 0;
-                if let Ok(mut t) = shared.last_poll_ok.lock() {
+                if let Ok(mut t) = shared.sched.last_poll_ok.lock() {
                     *t = Instant::now();
                 }
                 let full = runs.len() >= PAGE as usize;
@@ -399,10 +426,10 @@ async fn poll_loop(shared: Arc<Shared>) {
             }
         }
         // After errors wait longer (x2 per failure, up to 4x), as Prefect's worker does.
-        let wait = jittered(shared.opts.poll_interval * 2u32.pow(failures.min(2)));
+        let wait = jittered(shared.ctx.opts.poll_interval * 2u32.pow(failures.min(2)));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = shared.poll_now.notified() => {}
+            _ = shared.sched.poll_now.notified() => {}
         }
     }
 }
@@ -411,19 +438,20 @@ async fn poll_loop(shared: Arc<Shared>) {
 /// slots, so the next page keeps the pipeline full. False when the worker is at its `--limit`
 /// or stopping (then the regular poll interval applies).
 async fn wait_for_room(shared: &Arc<Shared>) -> bool {
-    let deadline = Instant::now() + shared.opts.poll_interval;
+    let deadline = Instant::now() + shared.ctx.opts.poll_interval;
     loop {
         if shared.stopping() {
             return false;
         }
         let at_limit = shared
+            .sched
             .permits
             .as_ref()
             .is_some_and(|p| p.available_permits() == 0);
         if at_limit {
             return false;
         }
-        if shared.waiting.load(Ordering::SeqCst) < SUBMIT_SLOTS {
+        if shared.sched.waiting.load(Ordering::SeqCst) < SUBMIT_SLOTS {
             return true;
         }
         if Instant::now() >= deadline {
@@ -444,6 +472,7 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
         ];
         filter.related_ids = vec![format!("prefect.work-pool.{pool_id}")];
         match shared
+            .ctx
             .client
             .subscribe_events(&filter, false, Duration::from_secs(10))
             .await
@@ -451,11 +480,11 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(500);
                 // The stream may have missed events while down: poll once now.
-                shared.poll_now.notify_one();
+                shared.sched.poll_now.notify_one();
                 loop {
                     match stream.next().await {
                         Ok(Some(ev)) => match ev.event.as_str() {
-                            "prefect.flow-run.Scheduled" => shared.poll_now.notify_one(),
+                            "prefect.flow-run.Scheduled" => shared.sched.poll_now.notify_one(),
                             "prefect.flow-run.Cancelling" => {
                                 if let Some(id) = ev.flow_run_id() {
                                     cancel_run(&shared, id).await;
@@ -484,7 +513,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     if shared.signal(id, Signal::Cancel) {
         return;
     }
-    let Ok(Some(run)) = shared.client.flow_run(id).await else {
+    let Ok(Some(run)) = shared.ctx.client.flow_run(id).await else {
         return;
     };
     if run.state_type() != StateType::Cancelling {
@@ -494,7 +523,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
         // Never submitted: nothing to stop.
         None | Some("") => {
             submit::propose(
-                &shared.client,
+                &shared.ctx.client,
                 id,
                 StateType::Cancelled,
                 "Cancelled before it started.",
@@ -507,7 +536,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
             // The job lives where the run's own configuration put it (a deployment may override
             // region or credentials). CANCELLED only once its execution is cancelled or the job
             // is gone: a failed lookup leaves the run CANCELLING for the next pass.
-            match submit::jobs_of_run(shared, &run).await {
+            match submit::jobs_of_run(&shared.ctx, &run).await {
                 Ok(jobs) => {
                     let view = match jobs.job(job).await {
                         Ok(v) => v,
@@ -524,7 +553,7 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
                         return;
                     }
                     submit::propose(
-                        &shared.client,
+                        &shared.ctx.client,
                         id,
                         StateType::Cancelled,
                         "Cancelled: the Cloud Run execution was cancelled by the worker.",
@@ -540,48 +569,53 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     }
 }
 
-impl Shared {
-    /// The state of one worker before anything runs (the loop and `worker --sweep` share it).
+impl Ctx {
+    /// What runs are carried out with (the loop and `worker --sweep` share it).
     fn new(
         client: PrefectClient,
-        permits: Option<Arc<Semaphore>>,
         opts: WorkerOptions,
         worker_env: Vec<(String, SecretString)>,
         log_tx: mpsc::UnboundedSender<LogCreate>,
-        stop_tx: watch::Sender<bool>,
     ) -> Self {
-        Shared {
+        Ctx {
             client,
-            permits,
             opts,
             worker_env,
-            in_flight: Mutex::new(HashMap::new()),
-            finished: Mutex::new((HashSet::new(), VecDeque::new())),
-            last_poll_ok: Mutex::new(Instant::now()),
             logs: log_tx,
             ambient: OnceCell::new(),
-            poll_now: Notify::new(),
-            stopping: stop_tx,
             reads: Reads::default(),
             jobs: JobsCache::default(),
-            submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
-            waiting: AtomicUsize::new(0),
         }
     }
 }
 
-/// A [`Shared`] for one-off work outside the loop (`worker --sweep`): nothing runs, worker
+impl Scheduler {
+    /// Nothing in flight; at most `limit` runs at once.
+    fn new(limit: Option<usize>, stop_tx: watch::Sender<bool>) -> Self {
+        Scheduler {
+            in_flight: Mutex::new(HashMap::new()),
+            finished: Mutex::new((HashSet::new(), VecDeque::new())),
+            permits: limit.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
+            waiting: AtomicUsize::new(0),
+            last_poll_ok: Mutex::new(Instant::now()),
+            poll_now: Notify::new(),
+            stopping: stop_tx,
+        }
+    }
+}
+
+/// A [`Ctx`] for one-off work outside the loop (`worker --sweep`): nothing is scheduled, worker
 /// log lines go nowhere.
-pub(crate) fn detached(client: PrefectClient, opts: WorkerOptions) -> Arc<Shared> {
+pub(crate) fn detached(client: PrefectClient, opts: WorkerOptions) -> Arc<Ctx> {
     let (log_tx, _) = mpsc::unbounded_channel();
-    let (stop_tx, _) = watch::channel(true);
-    Arc::new(Shared::new(client, None, opts, Vec::new(), log_tx, stop_tx))
+    Arc::new(Ctx::new(client, opts, Vec::new(), log_tx))
 }
 
 /// A jobs client from the pool's default credentials and region (startup cleanup of leftovers,
 /// `worker --sweep`).
 pub(crate) async fn pool_jobs(
-    shared: &Arc<Shared>,
+    shared: &Ctx,
     kind: PoolKind,
     template: &serde_json::Value,
 ) -> anyhow::Result<RunJobs> {
@@ -619,7 +653,7 @@ pub(crate) async fn pool_jobs(
 }
 
 /// Only `$ref`s: a pool's default credentials name their block by id.
-struct LookupById<'a>(&'a Shared);
+struct LookupById<'a>(&'a Ctx);
 
 impl super::refs::Lookup for LookupById<'_> {
     async fn block_by_id(&self, id: &str) -> Result<Option<serde_json::Value>, String> {
@@ -646,25 +680,26 @@ async fn reconcile_loop(shared: Arc<Shared>) {
     let mut first = true;
     loop {
         if !first {
-            tokio::time::sleep(jittered(shared.opts.reconcile_interval)).await;
+            tokio::time::sleep(jittered(shared.ctx.opts.reconcile_interval)).await;
         }
         first = false;
         let query = FlowRunQuery {
             states: vec![StateType::Cancelling, StateType::Pending],
-            work_pool_names: vec![shared.opts.pool.clone()],
+            work_pool_names: vec![shared.ctx.opts.pool.clone()],
             limit: Some(200),
             ..Default::default()
         };
-        let Ok(runs) = shared.client.filter_flow_runs(&query).await else {
+        let Ok(runs) = shared.ctx.client.filter_flow_runs(&query).await else {
             continue;
         };
-        let mine = ClaimMarker::for_worker(&shared.opts.name);
+        let mine = ClaimMarker::for_worker(&shared.ctx.opts.name);
         for run in runs {
             match run.state_type() {
                 StateType::Cancelling => cancel_run(&shared, run.id).await,
                 StateType::Pending => {
                     let state = run.state.as_ref();
                     let in_flight = shared
+                        .sched
                         .in_flight
                         .lock()
                         .map(|m| m.contains_key(&run.id))
@@ -672,7 +707,8 @@ async fn reconcile_loop(shared: Arc<Shared>) {
                     if !in_flight
                         && !shared.finished_here(run.id)
                         && mine.marks(state.and_then(|s| s.message.as_deref()))
-                        && submit::adoptable(&shared.client, run.id, state.and_then(|s| s.id)).await
+                        && submit::adoptable(&shared.ctx.client, run.id, state.and_then(|s| s.id))
+                            .await
                     {
                         let since = state.and_then(|s| s.timestamp).unwrap_or_else(Utc::now);
                         shared.start(run, Claim::Adopted(since));
@@ -687,7 +723,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
 /// Deletes finished jobs of this pool that a crashed worker left behind (only jobs marked for
 /// cleanup: `keep_job` ones are not).
 async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_json::Value) {
-    let jobs = match pool_jobs(&shared, kind, &template).await {
+    let jobs = match pool_jobs(&shared.ctx, kind, &template).await {
         Ok(j) => j,
         Err(e) => {
             tracing::debug!(error = %e, "no cleanup of leftover jobs");
@@ -696,7 +732,7 @@ async fn cleanup_leftovers(shared: Arc<Shared>, kind: PoolKind, template: serde_
     };
     let pool_label = sanitize_labels(&serde_json::Map::from_iter([(
         "prefect.io/work-pool-name".to_string(),
-        serde_json::Value::String(shared.opts.pool.clone()),
+        serde_json::Value::String(shared.ctx.opts.pool.clone()),
     )]));
     let Some(value) = pool_label
         .get(POOL_LABEL)

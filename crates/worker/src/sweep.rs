@@ -72,8 +72,8 @@ pub async fn sweep(
         )
     })?;
     let pool_name = opts.pool.clone();
-    let shared = runtime::detached(client, opts);
-    let jobs = runtime::pool_jobs(&shared, kind, &pool.base_job_template)
+    let ctx = runtime::detached(client, opts);
+    let jobs = runtime::pool_jobs(&ctx, kind, &pool.base_job_template)
         .await
         .context("connecting to Cloud Run with the pool's default credentials and region")?;
     let cutoff = Utc::now()

@@ -22,6 +22,7 @@ fn retry_policy(deadline: Duration) -> RetryPolicy {
         base_delay: Duration::from_millis(250),
         max_delay: Duration::from_secs(2),
         deadline,
+        ..RetryPolicy::default()
     }
 }
 

@@ -23,7 +23,8 @@ pub(super) fn setup(spec: &Spec) -> Result<PrefectClient, String> {
         max_attempts: 3,
         base_delay: Duration::from_millis(200),
         max_delay: Duration::from_secs(1),
-        max_total: Duration::from_secs(5),
+        deadline: Duration::from_secs(5),
+        jitter: bootstrap_prefect::Jitter::Equal,
     };
     Ok(PrefectClient::new(config)
         .map_err(|e| e.to_string())?

@@ -137,6 +137,7 @@ pub fn fast_retry() -> RetryPolicy {
         base_delay: Duration::from_millis(1),
         max_delay: Duration::from_millis(5),
         deadline: Duration::from_secs(20),
+        ..RetryPolicy::default()
     }
 }
 

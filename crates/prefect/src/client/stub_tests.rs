@@ -48,7 +48,8 @@ fn fast_client(url: &str) -> PrefectClient {
             max_attempts: 4,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(50),
-            max_total: Duration::from_secs(10),
+            deadline: Duration::from_secs(10),
+            jitter: crate::client::Jitter::Equal,
         })
 }
 
@@ -88,6 +89,32 @@ async fn honours_retry_after_on_429() {
     assert!(
         t0.elapsed() >= Duration::from_millis(950),
         "waited {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+/// Regression: the Prefect client read only the delay-seconds form of `Retry-After` and
+/// ignored an HTTP-date (RFC 9110 allows both; a proxy in front of the server may send a
+/// date), so it came back after a few milliseconds instead of when the server said.
+#[tokio::test]
+async fn honours_retry_after_given_as_an_http_date() {
+    // Three seconds ahead at one-second resolution: the wait is more than two seconds.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        at.format("%a, %d %b %Y %H:%M:%S GMT")
+    );
+    let busy: &'static str = Box::leak(busy.into_boxed_str());
+    let (url, count) = stub(vec![busy, OK_TRUE]).await;
+    let t0 = Instant::now();
+    fast_client(&url)
+        .health()
+        .await
+        .expect("second attempt succeeds");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1900),
+        "waited only {:?}",
         t0.elapsed()
     );
     assert_eq!(count.load(Ordering::SeqCst), 2);
@@ -189,7 +216,8 @@ async fn prefect_retry_settings_decide_attempts_and_extra_codes() {
                 max_attempts: 4,
                 base_delay: Duration::from_millis(10),
                 max_delay: Duration::from_millis(50),
-                max_total: Duration::from_secs(10),
+                deadline: Duration::from_secs(10),
+                jitter: crate::client::Jitter::Equal,
             })
     };
     client(config.clone())
