@@ -249,6 +249,9 @@ pub enum Op {
         digest: String,
         files: usize,
         build: bootstrap_spec::build::Build,
+        /// The account the build runs as (named in the request; granted push rights first).
+        #[serde(default)]
+        service_account: Option<String>,
     },
 }
 
