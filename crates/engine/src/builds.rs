@@ -170,13 +170,13 @@ pub async fn observe(
 }
 
 /// The account the builds run as: Cloud Build's default account of the project, read as
-/// gcloud reads it before a source deploy (`cloudbuild::get_default_service_account`). The
-/// build is then submitted naming it, so it runs as exactly the account the plan granted push
-/// rights to. While Cloud Build is not enabled yet (a first plan; apply enables it before
+/// gcloud reads it before a source deploy (`cloudbuild::get_default_service_account`); apply
+/// checks it again before submitting (see [`check_build_account`]). While Cloud Build is not enabled yet (a first plan; apply enables it before
 /// building) the default cannot be read: it is then the Compute Engine default account, Cloud
 /// Build's default for projects made since 2024 ("Cloud Build service account",
-/// cloud.google.com/build/docs/cloud-build-service-account-updates); a project on the legacy
-/// `N@cloudbuild.gserviceaccount.com` still builds as that planned account.
+/// cloud.google.com/build/docs/cloud-build-service-account-updates); a project still on the
+/// legacy `N@cloudbuild.gserviceaccount.com` is told so by that check, and the next plan
+/// grants the right account.
 async fn build_account(ctx: &Context, spec: &Spec) -> Result<String> {
     let (project, region) = (&spec.gcp.project, &spec.gcp.region);
     match cloudbuild::get_default_service_account(&ctx.gcp, project, region).await {
@@ -305,6 +305,9 @@ pub async fn run(
             build.context.display()
         );
     }
+    if let Some(planned) = service_account {
+        check_build_account(ctx, spec, planned).await?;
+    }
     let started = Instant::now();
     let size = bytes.len();
     let src = run_builds::upload_source(&ctx.gcp, project, region, bytes)
@@ -315,14 +318,82 @@ pub async fn run(
                 build.context_shown
             )
         })?;
+    let mut attempt = 1;
+    loop {
+        let end = submit_and_follow(ctx, spec, &src, image, started).await?;
+        match end {
+            BuildEnd::Finished(b) if b.succeeded() => return Ok(()),
+            // Push rights granted moments ago (this apply's own grant step) take a while to
+            // reach Artifact Registry: IAM changes "typically" apply within 2 minutes, up to
+            // 7 (cloud.google.com/iam/docs/access-change-propagation). The build is cheap to
+            // repeat from the uploaded source; a lasting denial still ends as the error.
+            BuildEnd::Finished(b) if push_denied(&b) && attempt < PUSH_ATTEMPTS => {
+                let wait = push_retry_delay(attempt);
+                eprintln!(
+                    "  building {image}: the push was not yet authorized (a new grant propagates); \
+                     building again in {}s (attempt {} of {PUSH_ATTEMPTS})",
+                    wait.as_secs(),
+                    attempt + 1
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            BuildEnd::Finished(b) => {
+                let tail = log_tail(ctx, spec, &b).await;
+                return Err(failure(image, &b, &tail));
+            }
+            BuildEnd::TimedOut { last, waited } => {
+                let link = last
+                    .as_ref()
+                    .and_then(|b| b.log_url.clone())
+                    .unwrap_or_else(|| "(no link)".into());
+                bail!(
+                    "the build of {image} did not finish within {}s; it may still finish on its own \
+                     (logs: {link}); run `bootstrap apply` again, which does not build twice once the image exists",
+                    waited.as_secs()
+                )
+            }
+        }
+    }
+}
+
+/// How many times a build denied its push is submitted in all.
+const PUSH_ATTEMPTS: u32 = 4;
+
+/// Whether the build failed only because its account may not push (yet).
+fn push_denied(b: &cloudbuild::Build) -> bool {
+    b.failure_info.as_ref().and_then(|f| f.kind.as_deref()) == Some("PUSH_NOT_AUTHORIZED")
+}
+
+/// 10 s, 20 s, 40 s (so about 70 s in all, within IAM's usual 2 minutes), each with up to
+/// 25 % jitter so that parallel applies do not resubmit in step.
+fn push_retry_delay(attempt: u32) -> Duration {
+    use rand::Rng as _;
+    let base = 10u64 << (attempt - 1).min(4);
+    let jitter = rand::rng().random_range(0..=base * 250);
+    Duration::from_millis(base * 1000 + jitter)
+}
+
+/// One `builds:submit` of the uploaded source, followed to its end with a progress line.
+async fn submit_and_follow(
+    ctx: &Context,
+    spec: &Spec,
+    src: &run_builds::StorageSource,
+    image: &str,
+    started: Instant,
+) -> Result<BuildEnd> {
+    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
     let submitted = run_builds::submit_docker_build(
         &ctx.gcp,
         project,
         region,
-        &src,
+        src,
         image,
         &["bootstrap".to_owned()],
-        service_account,
+        // The build runs as Cloud Build's default account, checked before to be the planned
+        // one. Naming it would also do, but would need `iam.serviceAccounts.actAs` on it
+        // for the caller, which the guide's operator need not hold.
+        None,
     )
     .await
     .with_context(|| format!("submitting the build of {image}"))?;
@@ -331,7 +402,7 @@ pub async fn run(
     }
     let mut last_status = String::new();
     let mut last_line = Instant::now();
-    let end = cloudbuild::wait_build(
+    cloudbuild::wait_build(
         &ctx.gcp,
         &submitted.build_operation,
         BUILD_DEADLINE,
@@ -359,24 +430,27 @@ pub async fn run(
         },
     )
     .await
-    .with_context(|| format!("following the build of {image}"))?;
-    match end {
-        BuildEnd::Finished(b) if b.succeeded() => Ok(()),
-        BuildEnd::Finished(b) => {
-            let tail = log_tail(ctx, spec, &b).await;
-            Err(failure(image, &b, &tail))
-        }
-        BuildEnd::TimedOut { last, waited } => {
-            let link = last
-                .as_ref()
-                .and_then(|b| b.log_url.clone())
-                .unwrap_or_else(|| "(no link)".into());
-            bail!(
-                "the build of {image} did not finish within {}s; it may still finish on its own \
-                 (logs: {link}); run `bootstrap apply` again, which does not build twice once the image exists",
-                waited.as_secs()
-            )
-        }
+    .with_context(|| format!("following the build of {image}"))
+}
+
+/// That Cloud Build's default account is still the one the plan granted push rights to (the
+/// plan may have had to assume it while Cloud Build was not enabled, see [`build_account`]).
+async fn check_build_account(ctx: &Context, spec: &Spec, planned: &str) -> Result<()> {
+    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
+    let now = cloudbuild::get_default_service_account(&ctx.gcp, project, region)
+        .await
+        .context("reading the Cloud Build default service account (the build's identity)")?;
+    match now.as_deref() {
+        Some(a) if a == planned => Ok(()),
+        Some(a) => bail!(
+            "builds in project {project} run as {a}, but the plan granted push rights to \
+             {planned} (Cloud Build was not enabled when it was made); run `bootstrap apply` \
+             again, whose plan grants {a}"
+        ),
+        None => bail!(
+            "Cloud Build has no default service account in project {project} ({region}); \
+             give the project one (gcloud builds set-default-service-account) and apply again"
+        ),
     }
 }
 
@@ -475,6 +549,25 @@ mod tests {
         assert_eq!(seen[0].0, "Dockerfile");
         assert!(seen[0].1.contains("WORKDIR /opt/prefect/proj/"));
         assert_eq!(seen[1], ("flows/a.py".into(), "print('hi')\n".into()));
+    }
+
+    #[test]
+    fn push_retries_are_bounded_and_jittered() {
+        for attempt in 1..PUSH_ATTEMPTS {
+            let d = push_retry_delay(attempt).as_millis() as u64;
+            let base = 10_000u64 << (attempt - 1);
+            assert!((base..=base * 5 / 4).contains(&d), "{attempt}: {d}");
+        }
+        let denied: cloudbuild::Build = serde_json::from_value(serde_json::json!({
+            "id": "b", "status": "FAILURE", "failureInfo": {"type": "PUSH_NOT_AUTHORIZED"}
+        }))
+        .unwrap();
+        assert!(push_denied(&denied));
+        let step: cloudbuild::Build = serde_json::from_value(serde_json::json!({
+            "id": "b", "status": "FAILURE", "failureInfo": {"type": "USER_BUILD_STEP"}
+        }))
+        .unwrap();
+        assert!(!push_denied(&step));
     }
 
     #[test]

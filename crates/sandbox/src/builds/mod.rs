@@ -419,10 +419,11 @@ pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         .map(str::to_owned)
         .collect();
     let id = uuid::Uuid::new_v4().to_string();
-    let op_name = format!(
-        "projects/{number}/locations/{location}/operations/{}",
-        uuid::Uuid::new_v4()
-    );
+    // The operation's id is the build's: gcloud follows a submitted build by deriving
+    // `projects/{build.projectId}/locations/{region}/operations/{build.id}` from the build in
+    // the answer's metadata (`command_lib/run/sourcedeploys/deployer.py` `_SubmitBuild`), not
+    // by the operation's own name.
+    let op_name = format!("projects/{number}/locations/{location}/operations/{id}");
     let mut storage = json!({"bucket": bucket, "object": object});
     if let Some(g) = source.get("generation").and_then(Value::as_str) {
         storage["generation"] = json!(g);
