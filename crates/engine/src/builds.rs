@@ -587,6 +587,8 @@ mod tests {
             e.contains("last lines of the build log:\n    ERROR: No matching distribution"),
             "{e}"
         );
+        // What `apply` prints for it, whole.
+        insta::assert_snapshot!("build_failure", e);
         assert!(
             e.contains("ended FAILURE: step 1: RUN uv pip install exited 1"),
             "{e}"
