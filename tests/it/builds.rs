@@ -114,11 +114,18 @@ impl Api {
                 Some(json!({"storageSource": source, "imageUri": image, "dockerBuild": {}})),
             )
             .await;
-        let name = resp["buildOperation"]["name"]
-            .as_str()
-            .expect("op name")
-            .to_owned();
-        let op = self.wait(&name, Duration::from_secs(300)).await;
+        assert!(resp["buildOperation"]["name"].is_string(), "{resp}");
+        // gcloud does not poll that name: it derives
+        // `projects/{build.projectId}/locations/{region}/operations/{build.id}` from the build
+        // in the metadata (deployer.py `_SubmitBuild`); that operation must be this build's.
+        // (Regression: the sandbox named its operations with an id of their own.)
+        let submitted = &resp["buildOperation"]["metadata"]["build"];
+        let derived = format!(
+            "projects/{}/locations/{REGION}/operations/{}",
+            submitted["projectId"].as_str().expect("projectId"),
+            submitted["id"].as_str().expect("build id")
+        );
+        let op = self.wait(&derived, Duration::from_secs(300)).await;
         let build = op["metadata"]["build"].clone();
         let id = build["id"].as_str().expect("id");
         let record = self

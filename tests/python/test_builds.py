@@ -192,6 +192,51 @@ def test_unsupported_run_fails_the_build_naming_the_line(sandbox, apis):
     assert "dockerImages" not in apis["ar"].projects().locations().repositories().dockerImages().list(parent=repo).execute()
 
 
+def test_a_builds_log_is_in_cloud_logging_and_gcloud_follows_it_by_build_id(sandbox, apis, serviceusage):
+    """The log lines of a failed build are entries of resource type `build` (label
+    `build_id`), as Cloud Build writes them; and the operation gcloud derives from the build
+    (deployer.py `_SubmitBuild`: `projects/{projectId}/locations/{region}/operations/{id}`)
+    is the build's."""
+    op = serviceusage.services().enable(
+        name=f"projects/{sandbox.project}/services/logging.googleapis.com").execute()
+    deadline = time.monotonic() + 30
+    while not op.get("done"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        op = serviceusage.operations().get(name=op["name"]).execute()
+    repo = make_repo(sandbox, apis["ar"], unique("r"))
+    registry = f"{REGION}-docker.pkg.dev/{sandbox.project}/{repo.rsplit('/', 1)[1]}"
+    source = upload(sandbox, apis["run"], {
+        "Dockerfile": "FROM prefecthq/prefect:3-python3.11\nRUN apt-get install -y curl\n",
+    })
+    _, build = submit(sandbox, apis, source["cloudStorageSource"], f"{registry}/x:1")
+    derived = f"projects/{build['projectId']}/locations/{REGION}/operations/{build['id']}"
+    again = apis["cb"].projects().locations().operations().get(name=derived).execute()
+    assert again["done"] and again["metadata"]["build"]["id"] == build["id"]
+
+    logging_v2 = sandbox.client("logging", "v2")
+    got = check("logging", "v2", "logging.entries.list", logging_v2.entries().list(body={
+        "resourceNames": [f"projects/{sandbox.project}"],
+        "filter": f'resource.type="build" AND resource.labels.build_id="{build["id"]}"',
+        "orderBy": "timestamp desc", "pageSize": 5,
+    }).execute())
+    entries = got["entries"]
+    assert entries and all(e["resource"]["type"] == "build" for e in entries)
+    assert entries[0]["logName"] == f"projects/{sandbox.project}/logs/cloudbuild"
+    assert entries[0]["textPayload"].startswith("ERROR: Build step failure")
+    assert any("Dockerfile line 2: RUN apt-get install -y curl" in e["textPayload"] for e in entries)
+
+
+def test_the_default_build_account(sandbox, apis):
+    """What gcloud reads before a source deploy (build_util.py `_GetDefaultBuildServiceAccount`)."""
+    name = f"projects/{sandbox.project}/locations/{REGION}/defaultServiceAccount"
+    got = check("cloudbuild", "v1", "cloudbuild.projects.locations.getDefaultServiceAccount",
+                apis["cb"].projects().locations().getDefaultServiceAccount(name=name).execute())
+    assert got["name"] == name
+    assert got["serviceAccountEmail"].startswith(f"projects/{sandbox.project}/serviceAccounts/")
+    assert got["serviceAccountEmail"].endswith("-compute@developer.gserviceaccount.com")
+
+
 def test_push_to_a_missing_repository_fails(sandbox, apis):
     source = upload(sandbox, apis["run"], {"Dockerfile": "FROM prefecthq/prefect:3-python3.11\n"})
     _, build = submit(sandbox, apis, source["cloudStorageSource"],

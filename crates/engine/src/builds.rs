@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use bootstrap_gcp::cloudbuild::{self, BuildEnd};
 use bootstrap_gcp::operations::PollBackoff;
-use bootstrap_gcp::{GcpError, artifactregistry, run_builds};
+use bootstrap_gcp::{GcpError, artifactregistry, logging, resourcemanager, run_builds};
 use bootstrap_spec::build::Build;
 use bootstrap_spec::context::{self, EntrySource};
 use bootstrap_spec::{Deployment, Spec};
@@ -30,10 +30,17 @@ use super::planner::prefect::deployment_key;
 /// The role the job's service account gets on the repository (pull images; nothing else).
 pub const READER_ROLE: &str = "roles/artifactregistry.reader";
 
+/// The role the build's account gets on the repository: push the built image (Cloud Build
+/// pushes as the account the build runs as; without it the build ends PUSH_NOT_AUTHORIZED),
+/// on the repository only.
+pub const WRITER_ROLE: &str = "roles/artifactregistry.writer";
+
 /// APIs a plan with `build:` needs on top of the others.
 pub const BUILD_APIS: &[&str] = &[
     "artifactregistry.googleapis.com",
     "cloudbuild.googleapis.com",
+    // A failed build's log is read from Cloud Logging (on by default in new projects).
+    "logging.googleapis.com",
 ];
 
 /// How long one build may take before `apply` gives up on it (Cloud Build's default build
@@ -115,9 +122,10 @@ pub async fn observe(
                 })
         }
     });
-    let (repos, hashes) = tokio::try_join!(
+    let (repos, hashes, account) = tokio::try_join!(
         futures::future::try_join_all(reads),
-        futures::future::try_join_all(hashes)
+        futures::future::try_join_all(hashes),
+        build_account(ctx, spec),
     )?;
     let mut images_by_repo = BTreeMap::new();
     let mut repositories = BTreeMap::new();
@@ -154,10 +162,43 @@ pub async fn observe(
                 files: c.file_count(),
                 present,
                 previous_tag,
+                build_account: account.clone(),
             }
         })
         .collect();
     Ok((built, repositories))
+}
+
+/// The account the builds run as: Cloud Build's default account of the project, read as
+/// gcloud reads it before a source deploy (`cloudbuild::get_default_service_account`); apply
+/// checks it again before submitting (see [`check_build_account`]). While Cloud Build is not enabled yet (a first plan; apply enables it before
+/// building) the default cannot be read: it is then the Compute Engine default account, Cloud
+/// Build's default for projects made since 2024 ("Cloud Build service account",
+/// cloud.google.com/build/docs/cloud-build-service-account-updates); a project still on the
+/// legacy `N@cloudbuild.gserviceaccount.com` is told so by that check, and the next plan
+/// grants the right account.
+async fn build_account(ctx: &Context, spec: &Spec) -> Result<String> {
+    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
+    match cloudbuild::get_default_service_account(&ctx.gcp, project, region).await {
+        Ok(Some(email)) => Ok(email),
+        Ok(None) => bail!(
+            "Cloud Build has no default service account in project {project} ({region}), so \
+             a build cannot push its image; give the project one (gcloud builds \
+             set-default-service-account) and plan again"
+        ),
+        Err(GcpError::ServiceDisabled { .. }) => {
+            let number = resourcemanager::get_project(&ctx.gcp, project)
+                .await
+                .with_context(|| {
+                    format!("reading project {project} (its number names the build account)")
+                })?
+                .and_then(|p| p.project_number)
+                .with_context(|| format!("project {project} has no project number"))?;
+            Ok(format!("{number}-compute@developer.gserviceaccount.com"))
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("reading the Cloud Build default service account (the build's identity)")),
+    }
 }
 
 type RepoRead = Option<(observed::Repository, Vec<artifactregistry::DockerImage>)>;
@@ -181,17 +222,20 @@ async fn read_repository(ctx: &Context, spec: &Spec, name: &str) -> Result<RepoR
                 .with_context(|| format!("listing the images of repository {name}"))
         },
     )?;
-    let readers = policy
-        .bindings
-        .iter()
-        .filter(|b| b.condition.is_none() && b.role == READER_ROLE)
-        .flat_map(|b| b.members.iter().cloned())
-        .collect();
+    let members = |role: &str| {
+        policy
+            .bindings
+            .iter()
+            .filter(|b| b.condition.is_none() && b.role == role)
+            .flat_map(|b| b.members.iter().cloned())
+            .collect()
+    };
     Ok(Some((
         observed::Repository {
             format: repo.format.clone(),
             labels: repo.labels.clone(),
-            readers,
+            readers: members(READER_ROLE),
+            writers: members(WRITER_ROLE),
         },
         images,
     )))
@@ -242,6 +286,7 @@ pub async fn run(
     build: &Build,
     image: &str,
     digest: &str,
+    service_account: Option<&str>,
 ) -> Result<()> {
     let (project, region) = (&spec.gcp.project, &spec.gcp.region);
     let b = build.clone();
@@ -260,6 +305,9 @@ pub async fn run(
             build.context.display()
         );
     }
+    if let Some(planned) = service_account {
+        check_build_account(ctx, spec, planned).await?;
+    }
     let started = Instant::now();
     let size = bytes.len();
     let src = run_builds::upload_source(&ctx.gcp, project, region, bytes)
@@ -270,13 +318,82 @@ pub async fn run(
                 build.context_shown
             )
         })?;
+    let mut attempt = 1;
+    loop {
+        let end = submit_and_follow(ctx, spec, &src, image, started).await?;
+        match end {
+            BuildEnd::Finished(b) if b.succeeded() => return Ok(()),
+            // Push rights granted moments ago (this apply's own grant step) take a while to
+            // reach Artifact Registry: IAM changes "typically" apply within 2 minutes, up to
+            // 7 (cloud.google.com/iam/docs/access-change-propagation). The build is cheap to
+            // repeat from the uploaded source; a lasting denial still ends as the error.
+            BuildEnd::Finished(b) if push_denied(&b) && attempt < PUSH_ATTEMPTS => {
+                let wait = push_retry_delay(attempt);
+                eprintln!(
+                    "  building {image}: the push was not yet authorized (a new grant propagates); \
+                     building again in {}s (attempt {} of {PUSH_ATTEMPTS})",
+                    wait.as_secs(),
+                    attempt + 1
+                );
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            BuildEnd::Finished(b) => {
+                let tail = log_tail(ctx, spec, &b).await;
+                return Err(failure(image, &b, &tail));
+            }
+            BuildEnd::TimedOut { last, waited } => {
+                let link = last
+                    .as_ref()
+                    .and_then(|b| b.log_url.clone())
+                    .unwrap_or_else(|| "(no link)".into());
+                bail!(
+                    "the build of {image} did not finish within {}s; it may still finish on its own \
+                     (logs: {link}); run `bootstrap apply` again, which does not build twice once the image exists",
+                    waited.as_secs()
+                )
+            }
+        }
+    }
+}
+
+/// How many times a build denied its push is submitted in all.
+const PUSH_ATTEMPTS: u32 = 4;
+
+/// Whether the build failed only because its account may not push (yet).
+fn push_denied(b: &cloudbuild::Build) -> bool {
+    b.failure_info.as_ref().and_then(|f| f.kind.as_deref()) == Some("PUSH_NOT_AUTHORIZED")
+}
+
+/// 10 s, 20 s, 40 s (so about 70 s in all, within IAM's usual 2 minutes), each with up to
+/// 25 % jitter so that parallel applies do not resubmit in step.
+fn push_retry_delay(attempt: u32) -> Duration {
+    use rand::Rng as _;
+    let base = 10u64 << (attempt - 1).min(4);
+    let jitter = rand::rng().random_range(0..=base * 250);
+    Duration::from_millis(base * 1000 + jitter)
+}
+
+/// One `builds:submit` of the uploaded source, followed to its end with a progress line.
+async fn submit_and_follow(
+    ctx: &Context,
+    spec: &Spec,
+    src: &run_builds::StorageSource,
+    image: &str,
+    started: Instant,
+) -> Result<BuildEnd> {
+    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
     let submitted = run_builds::submit_docker_build(
         &ctx.gcp,
         project,
         region,
-        &src,
+        src,
         image,
         &["bootstrap".to_owned()],
+        // The build runs as Cloud Build's default account, checked before to be the planned
+        // one. Naming it would also do, but would need `iam.serviceAccounts.actAs` on it
+        // for the caller, which the guide's operator need not hold.
+        None,
     )
     .await
     .with_context(|| format!("submitting the build of {image}"))?;
@@ -285,7 +402,7 @@ pub async fn run(
     }
     let mut last_status = String::new();
     let mut last_line = Instant::now();
-    let end = cloudbuild::wait_build(
+    cloudbuild::wait_build(
         &ctx.gcp,
         &submitted.build_operation,
         BUILD_DEADLINE,
@@ -313,26 +430,61 @@ pub async fn run(
         },
     )
     .await
-    .with_context(|| format!("following the build of {image}"))?;
-    match end {
-        BuildEnd::Finished(b) if b.succeeded() => Ok(()),
-        BuildEnd::Finished(b) => Err(failure(image, &b)),
-        BuildEnd::TimedOut { last, waited } => {
-            let link = last
-                .as_ref()
-                .and_then(|b| b.log_url.clone())
-                .unwrap_or_else(|| "(no link)".into());
-            bail!(
-                "the build of {image} did not finish within {}s; it may still finish on its own \
-                 (logs: {link}); run `bootstrap apply` again, which does not build twice once the image exists",
-                waited.as_secs()
-            )
-        }
+    .with_context(|| format!("following the build of {image}"))
+}
+
+/// That Cloud Build's default account is still the one the plan granted push rights to (the
+/// plan may have had to assume it while Cloud Build was not enabled, see [`build_account`]).
+async fn check_build_account(ctx: &Context, spec: &Spec, planned: &str) -> Result<()> {
+    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
+    let now = cloudbuild::get_default_service_account(&ctx.gcp, project, region)
+        .await
+        .context("reading the Cloud Build default service account (the build's identity)")?;
+    match now.as_deref() {
+        Some(a) if a == planned => Ok(()),
+        Some(a) => bail!(
+            "builds in project {project} run as {a}, but the plan granted push rights to \
+             {planned} (Cloud Build was not enabled when it was made); run `bootstrap apply` \
+             again, whose plan grants {a}"
+        ),
+        None => bail!(
+            "Cloud Build has no default service account in project {project} ({region}); \
+             give the project one (gcloud builds set-default-service-account) and apply again"
+        ),
     }
 }
 
-/// The error of a failed build: its status, Google's detail, and where its logs are.
-fn failure(image: &str, b: &cloudbuild::Build) -> anyhow::Error {
+/// How many of a failed build's last log lines `apply` shows.
+const TAIL_LINES: u32 = 20;
+
+/// The last lines of a build's log, from Cloud Logging (where Cloud Build writes it, see
+/// `cloudbuild::log_filter`); reading them needs `logging.logEntries.list` on the project. A
+/// read that fails says why in place of the lines: the build's failure is the error, not this.
+async fn log_tail(ctx: &Context, spec: &Spec, b: &cloudbuild::Build) -> Vec<String> {
+    if b.id.is_empty() {
+        return Vec::new();
+    }
+    let filter = cloudbuild::log_filter(&b.id);
+    let read = tokio::time::timeout(
+        Duration::from_secs(30),
+        logging::list_entries(&ctx.gcp, &spec.gcp.project, &filter, true, TAIL_LINES, None),
+    )
+    .await;
+    match read {
+        Ok(Ok((mut lines, _))) => {
+            lines.reverse();
+            lines.into_iter().map(|l| l.text).collect()
+        }
+        Ok(Err(e)) => vec![format!(
+            "(the build log could not be read from Cloud Logging: {e})"
+        )],
+        Err(_) => vec!["(the build log could not be read from Cloud Logging within 30 s)".into()],
+    }
+}
+
+/// The error of a failed build: its status, Google's detail, the log's last lines, and where
+/// the whole log is.
+fn failure(image: &str, b: &cloudbuild::Build, tail: &[String]) -> anyhow::Error {
     let detail = b
         .failure_info
         .as_ref()
@@ -340,10 +492,19 @@ fn failure(image: &str, b: &cloudbuild::Build) -> anyhow::Error {
         .or_else(|| b.status_detail.clone())
         .unwrap_or_default();
     let link = b.log_url.as_deref().unwrap_or("(no link)");
-    // The log tail comes from Cloud Logging (resource.type="build"), whose client is not in
-    // this crate yet: until then the console link is where the log is.
+    let tail = if tail.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\n  last lines of the build log:\n{}",
+            tail.iter()
+                .map(|l| format!("    {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    };
     anyhow::anyhow!(
-        "the build of {image} ended {}{}\n  logs: {link}\n  the deployments keep the image they had",
+        "the build of {image} ended {}{}{tail}\n  logs: {link}\n  the deployments keep the image they had",
         b.status,
         if detail.is_empty() {
             String::new()
@@ -391,13 +552,43 @@ mod tests {
     }
 
     #[test]
+    fn push_retries_are_bounded_and_jittered() {
+        for attempt in 1..PUSH_ATTEMPTS {
+            let d = push_retry_delay(attempt).as_millis() as u64;
+            let base = 10_000u64 << (attempt - 1);
+            assert!((base..=base * 5 / 4).contains(&d), "{attempt}: {d}");
+        }
+        let denied: cloudbuild::Build = serde_json::from_value(serde_json::json!({
+            "id": "b", "status": "FAILURE", "failureInfo": {"type": "PUSH_NOT_AUTHORIZED"}
+        }))
+        .unwrap();
+        assert!(push_denied(&denied));
+        let step: cloudbuild::Build = serde_json::from_value(serde_json::json!({
+            "id": "b", "status": "FAILURE", "failureInfo": {"type": "USER_BUILD_STEP"}
+        }))
+        .unwrap();
+        assert!(!push_denied(&step));
+    }
+
+    #[test]
     fn failure_names_status_detail_and_link() {
         let b: cloudbuild::Build = serde_json::from_value(serde_json::json!({
             "id": "b", "status": "FAILURE", "logUrl": "https://console.cloud.google.com/cloud-build/builds/b",
             "failureInfo": {"type": "USER_BUILD_STEP", "detail": "step 1: RUN uv pip install exited 1"}
         }))
         .unwrap();
-        let e = failure("img:src-1", &b).to_string();
+        let e = failure(
+            "img:src-1",
+            &b,
+            &["ERROR: No matching distribution found for nope==9".into()],
+        )
+        .to_string();
+        assert!(
+            e.contains("last lines of the build log:\n    ERROR: No matching distribution"),
+            "{e}"
+        );
+        // What `apply` prints for it, whole.
+        insta::assert_snapshot!("build_failure", e);
         assert!(
             e.contains("ended FAILURE: step 1: RUN uv pip install exited 1"),
             "{e}"

@@ -418,9 +418,10 @@ async fn run_once(
             image,
             digest,
             build,
+            service_account,
             ..
         } => {
-            crate::builds::run(ctx, spec, build, image, digest).await?;
+            crate::builds::run(ctx, spec, build, image, digest, service_account.as_deref()).await?;
             Ok(true)
         }
         Op::UpsertDeployment {

@@ -66,6 +66,8 @@ pub struct BuiltImage {
     pub present: bool,
     /// The `src-` tag of the newest image of this name, if any (what runs now).
     pub previous_tag: Option<String>,
+    /// The email of the account the build runs as (it needs push rights on the repository).
+    pub build_account: String,
 }
 
 impl BuiltImage {
@@ -82,6 +84,8 @@ pub struct Repository {
     pub labels: BTreeMap<String, String>,
     /// Members with `roles/artifactregistry.reader` on it (unconditional bindings).
     pub readers: BTreeSet<String>,
+    /// Members with `roles/artifactregistry.writer` on it (unconditional bindings).
+    pub writers: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

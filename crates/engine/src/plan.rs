@@ -249,6 +249,10 @@ pub enum Op {
         digest: String,
         files: usize,
         build: bootstrap_spec::build::Build,
+        /// The account the build runs as (Cloud Build's default, granted push rights first and
+        /// checked again before the build).
+        #[serde(default)]
+        service_account: Option<String>,
     },
 }
 

@@ -159,6 +159,60 @@ pub async fn get_build(
     .optional()
 }
 
+/// `cloudbuild.projects.locations.getDefaultServiceAccount`
+/// (`GET v1/projects/{p}/locations/{l}/defaultServiceAccount`): the email of the account builds
+/// run as when the request names none, as gcloud reads it before a source deploy
+/// (`googlecloudsdk/command_lib/run/build_util.py` `_GetDefaultBuildServiceAccount`). It is the
+/// legacy `N@cloudbuild.gserviceaccount.com` or, for projects made since 2024, the Compute
+/// Engine default account `N-compute@developer.gserviceaccount.com`; `None` when the project
+/// has none (then builds must name one).
+pub async fn get_default_service_account(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+) -> Result<Option<String>, GcpError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        #[serde(default)]
+        service_account_email: Option<String>,
+    }
+    let path = format!(
+        "v1/projects/{}/locations/{}/defaultServiceAccount",
+        seg(project.as_str()),
+        seg(region.as_str())
+    );
+    let answer: Answer = http
+        .send(Call::new(
+            "cloudbuild.projects.locations.getDefaultServiceAccount",
+            Method::GET,
+            Api::CloudBuild,
+            path,
+        ))
+        .await?;
+    Ok(answer
+        .service_account_email
+        .as_deref()
+        .and_then(account_email)
+        .map(str::to_owned))
+}
+
+/// The email of `projects/{p}/serviceAccounts/{email}` (gcloud's `_ExtractServiceAccountEmail`).
+pub fn account_email(resource: &str) -> Option<&str> {
+    let (_, email) = resource.rsplit_once("/serviceAccounts/")?;
+    (!email.is_empty() && !email.contains('/')).then_some(email)
+}
+
+/// The Cloud Logging filter of one build's log: Cloud Build writes it to the log `cloudbuild`
+/// with resource type `build` and the label `build_id` ("View build results",
+/// cloud.google.com/build/docs/view-build-results).
+pub fn log_filter(build_id: &str) -> String {
+    format!(
+        "resource.type=\"build\" AND resource.labels.build_id={}",
+        crate::logging::quote(build_id)
+    )
+}
+
 /// How a wait for a build ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BuildEnd {
@@ -249,6 +303,20 @@ mod tests {
             Some("projects/p/locations/us-central1/operations/b-1")
         );
         assert!(!b.is_done());
+    }
+
+    #[test]
+    fn account_emails_and_the_log_filter() {
+        assert_eq!(
+            account_email("projects/p/serviceAccounts/123-compute@developer.gserviceaccount.com"),
+            Some("123-compute@developer.gserviceaccount.com")
+        );
+        assert_eq!(account_email("projects/p/serviceAccounts/"), None);
+        assert_eq!(account_email("nonsense"), None);
+        assert_eq!(
+            log_filter("b-1"),
+            "resource.type=\"build\" AND resource.labels.build_id=\"b-1\""
+        );
     }
 
     #[test]

@@ -131,7 +131,8 @@ pub async fn upload_source(
 }
 
 /// `run.projects.locations.builds.submit`: a Docker build of the archive's root `Dockerfile`,
-/// pushed to `image_uri`. Not retried once sent: a repeat would start a second build.
+/// pushed to `image_uri`, run as `service_account` (an email) when given, else as Cloud Build's
+/// default account. Not retried once sent: a repeat would start a second build.
 pub async fn submit_docker_build(
     http: &GcpHttp,
     project: &ProjectId,
@@ -139,6 +140,7 @@ pub async fn submit_docker_build(
     source: &StorageSource,
     image_uri: &str,
     tags: &[String],
+    service_account: Option<&str>,
 ) -> Result<SubmitBuildResponse, GcpError> {
     let path = format!("v2/{}/builds:submit", parent(project, region));
     let mut body = json!({
@@ -146,6 +148,14 @@ pub async fn submit_docker_build(
         "imageUri": image_uri,
         "dockerBuild": {},
     });
+    if let Some(sa) = service_account {
+        // The form gcloud's `--build-service-account` takes and sends
+        // (`command_lib/run/flags.py` `ServiceAccount`: projects/<projectId>/serviceAccounts/<sa>).
+        body["serviceAccount"] = json!(format!(
+            "projects/{}/serviceAccounts/{sa}",
+            project.as_str()
+        ));
+    }
     if !tags.is_empty() {
         body["tags"] = json!(tags);
     }

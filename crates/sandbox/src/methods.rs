@@ -586,6 +586,11 @@ const METHODS: &[(&str, &str, &str)] = &[
     ),
     (
         "GET",
+        "v1/projects/{projectsId}/locations/{locationsId}/defaultServiceAccount",
+        "cloudbuild.projects.locations.getDefaultServiceAccount",
+    ),
+    (
+        "GET",
         "v1/projects/{projectsId}/locations/{locationsId}",
         "artifactregistry.projects.locations.get",
     ),

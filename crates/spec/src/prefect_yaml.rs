@@ -338,7 +338,7 @@ fn build_of_step(
         && is_container_registry(name)
     {
         build.notes.push(format!(
-            "{}: `image_name` {name} is in Container Registry (gcr.io), which is shut down              (writes stopped in 2025); bootstrap builds {} in Artifact Registry instead",
+            "{}: `image_name` {name} is in Container Registry (gcr.io), which is shut down (writes stopped in 2025); bootstrap builds {} in Artifact Registry instead",
             r.file.display(),
             build.image_name
         ));

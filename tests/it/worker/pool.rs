@@ -38,6 +38,14 @@ fn plan_text(suffix: &str, pool: bool) -> String {
         .replace(
             "service: prefect-worker",
             &format!("service: worker-{suffix}"),
+        )
+        // The plan is written elsewhere: its `build.context: .` must stay the example's folder.
+        .replace(
+            "      context: .\n",
+            &format!(
+                "      context: {}\n",
+                testkit::repo_root().join("examples/offline").display()
+            ),
         );
     if !pool {
         return text;

@@ -1,11 +1,12 @@
 //! Images built from folders: the Artifact Registry repository (created, adopted, destroyed
-//! only when the tool made it), the job's read access to it, and one build per stale source.
+//! only when the tool made it), the job's read access and the build's push access to it, and
+//! one build per stale source.
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::super::builds::READER_ROLE;
+use super::super::builds::{READER_ROLE, WRITER_ROLE};
 use super::super::observed::MARKER_LABEL;
 use super::super::plan::{Action, FieldChange, Op, Step};
 use super::{Builder, addr};
@@ -60,7 +61,25 @@ pub(super) fn repositories(b: &mut Builder) {
             }
         }
         let iam = addr::repository_iam(&repo);
-        if live.as_ref().is_some_and(|r| r.readers.contains(&member)) {
+        // The job's account pulls; the builds' account pushes. Each gets its role on this
+        // repository only.
+        let writers: BTreeSet<String> = b
+            .observed
+            .images
+            .iter()
+            .filter(|i| i.build.repository == repo)
+            .map(|i| format!("serviceAccount:{}", i.build_account))
+            .collect();
+        let mut add: Vec<(String, String)> = Vec::new();
+        if !live.as_ref().is_some_and(|r| r.readers.contains(&member)) {
+            add.push((READER_ROLE.to_owned(), member.clone()));
+        }
+        for w in writers {
+            if !live.as_ref().is_some_and(|r| r.writers.contains(&w)) {
+                add.push((WRITER_ROLE.to_owned(), w));
+            }
+        }
+        if add.is_empty() {
             b.unchanged(iam);
             continue;
         }
@@ -74,15 +93,14 @@ pub(super) fn repositories(b: &mut Builder) {
             },
             adopted: false,
             reason: None,
-            changes: vec![FieldChange::set(
-                READER_ROLE,
-                None,
-                Some(json!(member.clone())),
-            )],
+            changes: add
+                .iter()
+                .map(|(role, m)| FieldChange::set(role, None, Some(json!(m))))
+                .collect(),
             depends_on,
             op: Op::EditRepositoryPolicy {
                 repository: repo,
-                add: vec![(READER_ROLE.to_owned(), member.clone())],
+                add,
                 remove: Vec::new(),
             },
         });
@@ -119,7 +137,12 @@ pub(super) fn images(b: &mut Builder) {
                 ),
             ),
         };
-        let depends_on = b.deps(&[addr::apis(), addr::repository(&img.build.repository)]);
+        // After the grant: the build pushes as `build_account`.
+        let depends_on = b.deps(&[
+            addr::apis(),
+            addr::repository(&img.build.repository),
+            addr::repository_iam(&img.build.repository),
+        ]);
         b.push(Step {
             address,
             action,
@@ -132,6 +155,7 @@ pub(super) fn images(b: &mut Builder) {
                 digest: img.digest.clone(),
                 files: img.files,
                 build: img.build.clone(),
+                service_account: Some(img.build_account.clone()),
             },
         });
     }
@@ -158,22 +182,34 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
             });
         } else {
             b.adopted.push(address);
+            let mut remove: Vec<(String, String)> = Vec::new();
             if live.readers.contains(&member) {
+                remove.push((READER_ROLE.to_owned(), member.clone()));
+            }
+            let writers: BTreeSet<String> = b
+                .observed
+                .images
+                .iter()
+                .filter(|i| i.build.repository == repo)
+                .map(|i| format!("serviceAccount:{}", i.build_account))
+                .filter(|w| live.writers.contains(w))
+                .collect();
+            remove.extend(writers.into_iter().map(|w| (WRITER_ROLE.to_owned(), w)));
+            if !remove.is_empty() {
                 b.push(Step {
                     address: addr::repository_iam(&repo),
                     action: Action::Delete,
                     adopted: false,
                     reason: Some("the repository was not made by bootstrap and stays".into()),
-                    changes: vec![FieldChange::set(
-                        READER_ROLE,
-                        Some(json!(member.clone())),
-                        None,
-                    )],
+                    changes: remove
+                        .iter()
+                        .map(|(role, m)| FieldChange::set(role, Some(json!(m)), None))
+                        .collect(),
                     depends_on: Vec::new(),
                     op: Op::EditRepositoryPolicy {
                         repository: repo,
                         add: Vec::new(),
-                        remove: vec![(READER_ROLE.to_owned(), member.clone())],
+                        remove,
                     },
                 });
             }

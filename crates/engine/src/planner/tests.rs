@@ -805,6 +805,9 @@ fn built_spec() -> Spec {
     s
 }
 
+/// Cloud Build's default account in the built spec's project.
+const BUILD_ACCOUNT: &str = "123456789-compute@developer.gserviceaccount.com";
+
 fn built_image(s: &Spec, present: bool, previous_tag: Option<&str>) -> observed::BuiltImage {
     let d = &s.deployments[0];
     observed::BuiltImage {
@@ -815,6 +818,7 @@ fn built_image(s: &Spec, present: bool, previous_tag: Option<&str>) -> observed:
         files: 3,
         present,
         previous_tag: previous_tag.map(str::to_owned),
+        build_account: BUILD_ACCOUNT.into(),
     }
 }
 
@@ -835,6 +839,7 @@ fn converged_built(s: &Spec) -> Observed {
             format: Some("DOCKER".into()),
             labels: [("managed-by".to_string(), "bootstrap".to_string())].into(),
             readers: [s.service_account.email.member()].into(),
+            writers: [format!("serviceAccount:{BUILD_ACCOUNT}")].into(),
         }),
     );
     o
@@ -867,8 +872,25 @@ fn a_first_build_makes_the_repository_grants_read_and_builds_before_the_deployme
         .iter()
         .find(|s| s.address.0.starts_with("gcp.artifact_repository_iam"))
         .unwrap();
+    // The job's account reads, the build's account pushes: each on the repository only.
     assert!(matches!(&iam.op, Op::EditRepositoryPolicy { add, .. }
-        if add == &[("roles/artifactregistry.reader".to_string(), s.service_account.email.member())]));
+    if add == &[
+        ("roles/artifactregistry.reader".to_string(), s.service_account.email.member()),
+        ("roles/artifactregistry.writer".to_string(), format!("serviceAccount:{BUILD_ACCOUNT}")),
+    ]));
+    let build = p
+        .steps
+        .iter()
+        .find(|s| s.address.0.starts_with("gcp.image["))
+        .unwrap();
+    assert!(
+        build
+            .depends_on
+            .iter()
+            .any(|a| a.0.starts_with("gcp.artifact_repository_iam")),
+        "the build pushes only after the grant: {:?}",
+        build.depends_on
+    );
     let Some(Op::BuildImage { image, .. }) = p
         .steps
         .iter()
@@ -953,6 +975,6 @@ fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
         .find(|s| s.address.0.starts_with("gcp.artifact_repository_iam"))
         .unwrap();
     assert!(
-        matches!(&iam.op, Op::EditRepositoryPolicy { remove, add, .. } if add.is_empty() && remove.len() == 1)
+        matches!(&iam.op, Op::EditRepositoryPolicy { remove, add, .. } if add.is_empty() && remove.len() == 2)
     );
 }

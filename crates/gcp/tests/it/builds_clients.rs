@@ -216,6 +216,7 @@ async fn upload_submit_and_follow_a_build() {
         &src,
         image,
         &["deployment_flow".to_owned()],
+        Some("123-compute@developer.gserviceaccount.com"),
     )
     .await
     .unwrap();
@@ -266,7 +267,8 @@ async fn upload_submit_and_follow_a_build() {
         seen[1].json(),
         json!({"storageSource": {"bucket": "run-sources-demo-project-us-central1",
                                  "object": "services/x/src.tar.gz", "generation": "7"},
-               "imageUri": image, "dockerBuild": {}, "tags": ["deployment_flow"]})
+               "imageUri": image, "dockerBuild": {}, "tags": ["deployment_flow"],
+               "serviceAccount": "projects/demo-project/serviceAccounts/123-compute@developer.gserviceaccount.com"})
     );
     // The poll: the operation gcloud derives from the build, on Cloud Build.
     check(
@@ -275,6 +277,36 @@ async fn upload_submit_and_follow_a_build() {
         &seen[2],
     );
     assert_eq!(seen[2].uri, format!("/v1/{op_name}"));
+}
+
+/// Which account builds run as when they name none: the method gcloud reads before a source
+/// deploy (`command_lib/run/build_util.py`), answered as a resource name.
+#[tokio::test]
+async fn the_default_build_account_is_read_as_gcloud_reads_it() {
+    let fake = Fake::start(vec![Canned::json(
+        200,
+        json!({"name": "projects/demo-project/locations/us-central1/defaultServiceAccount",
+               "serviceAccountEmail": "projects/demo-project/serviceAccounts/123-compute@developer.gserviceaccount.com"}),
+    )])
+    .await;
+    let http = fake.client(fast_retry());
+    let email = cloudbuild::get_default_service_account(&http, &project(), &region())
+        .await
+        .unwrap();
+    assert_eq!(
+        email.as_deref(),
+        Some("123-compute@developer.gserviceaccount.com")
+    );
+    let seen = fake.seen();
+    check(
+        "cloudbuild.v1.json",
+        "cloudbuild.projects.locations.getDefaultServiceAccount",
+        &seen[0],
+    );
+    assert_eq!(
+        seen[0].uri,
+        "/v1/projects/demo-project/locations/us-central1/defaultServiceAccount"
+    );
 }
 
 #[tokio::test]

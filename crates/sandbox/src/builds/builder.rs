@@ -74,40 +74,87 @@ fn update(state: &AppState, id: &str, change: impl FnOnce(&mut BuildRec)) {
     operations::set_metadata(state, &op, metadata);
 }
 
+/// One line of the build's log: kept in the record (`/_sandbox/builds/{id}`) and written to
+/// Cloud Logging as Cloud Build writes it: log `cloudbuild`, resource type `build` with labels
+/// `build_id`, `build_trigger_id` and `project_id` ("Viewing build results",
+/// cloud.google.com/build/docs/view-build-results; the `build` type in the monitored resource
+/// list), so `resource.type="build" AND resource.labels.build_id="ID"` finds it.
 fn log(state: &AppState, id: &str, line: impl Into<String>) {
     let line = line.into();
-    if let Some(b) = state.write().builds.builds.get_mut(id) {
-        b.log.push(line);
-    }
+    let project = {
+        let mut data = state.write();
+        let Some(b) = data.builds.builds.get_mut(id) else {
+            return;
+        };
+        b.log.push(line.clone());
+        b.project.clone()
+    };
+    let severity = if line.starts_with("ERROR") {
+        crate::logging::Severity::Error
+    } else {
+        crate::logging::Severity::Info
+    };
+    state.logging.append(crate::logging::LogEntry::text(
+        &project,
+        "cloudbuild",
+        crate::logging::Resource::new(
+            "build",
+            [
+                ("build_id", id),
+                ("build_trigger_id", ""),
+                ("project_id", project.as_str()),
+            ],
+        ),
+        severity,
+        line,
+    ));
 }
 
 fn finish(state: &AppState, id: &str, result: Result<String, Failure>) {
+    let kind = state
+        .read()
+        .builds
+        .builds
+        .get(id)
+        .map(|b| b.kind.clone())
+        .unwrap_or_default();
+    // The log lines first (record and Cloud Logging alike), then the status.
+    let failure = match &result {
+        Ok(_) => {
+            log(state, id, "DONE");
+            None
+        }
+        Err(f) => {
+            for line in &f.lines {
+                log(state, id, line.clone());
+            }
+            let detail = match f.kind {
+                "USER_BUILD_STEP" => format!(
+                    "Build step failure: build step 0 \"{}\" failed: step exited with non-zero status: 1",
+                    if kind == "docker" {
+                        "gcr.io/cloud-builders/docker"
+                    } else {
+                        "gcr.io/k8s-skaffold/pack"
+                    }
+                ),
+                _ => f.lines.last().cloned().unwrap_or_default(),
+            };
+            log(state, id, format!("ERROR: {detail}"));
+            Some((f.kind.to_owned(), detail))
+        }
+    };
     let mut op = String::new();
     let mut build = Value::Null;
     update(state, id, |b| {
         b.finish_time = Some(Utc::now());
-        match &result {
-            Ok(digest) => {
+        match (&result, failure) {
+            (Ok(digest), _) => {
                 b.status = "SUCCESS".into();
                 b.digest = Some(digest.clone());
-                b.log.push("DONE".into());
             }
-            Err(f) => {
+            (Err(_), failure) => {
                 b.status = "FAILURE".into();
-                b.log.extend(f.lines.iter().cloned());
-                let detail = match f.kind {
-                    "USER_BUILD_STEP" => format!(
-                        "Build step failure: build step 0 \"{}\" failed: step exited with non-zero status: 1",
-                        if b.kind == "docker" {
-                            "gcr.io/cloud-builders/docker"
-                        } else {
-                            "gcr.io/k8s-skaffold/pack"
-                        }
-                    ),
-                    _ => f.lines.last().cloned().unwrap_or_default(),
-                };
-                b.log.push(format!("ERROR: {detail}"));
-                b.failure = Some((f.kind.to_owned(), detail));
+                b.failure = failure;
             }
         }
         op = b.operation.clone();
@@ -284,7 +331,7 @@ fn unsupported(ins: &Instruction, why: &str) -> Failure {
     step_failure(vec![
         format!("Step: {}", ins.text),
         format!(
-            "ERROR: Dockerfile line {}: {} ({why}). The sandbox builder follows FROM, WORKDIR, COPY, ADD of context files, ENV, ARG, LABEL, EXPOSE, USER, RUN pip install and CMD/ENTRYPOINT only.",
+            "ERROR: Dockerfile line {}: {} ({why}). The sandbox builder follows FROM, WORKDIR, COPY, ADD of context files, ENV, ARG, LABEL, EXPOSE, USER, RUN pip install / uv pip install and CMD/ENTRYPOINT only.",
             ins.line, ins.text
         ),
     ])
@@ -383,7 +430,12 @@ async fn follow(
             "RUN" => {
                 let pip = dockerfile::pip_install(&value)
                     .map_err(|why| unsupported(ins, &why))?
-                    .ok_or_else(|| unsupported(ins, "only RUN pip install can be followed"))?;
+                    .ok_or_else(|| {
+                        unsupported(
+                            ins,
+                            "only RUN pip install (or uv pip install) can be followed",
+                        )
+                    })?;
                 let cwd = in_root(&rootfs, &workdir);
                 let mut pip_args = Vec::new();
                 let mut fingerprint = String::new();
@@ -442,6 +494,7 @@ async fn follow(
     let built = BuiltImage {
         base,
         workdir: in_root(&image_dir.join("rootfs"), &workdir),
+        container_workdir: Some(workdir.clone()),
         env,
         entrypoint,
         cmd,

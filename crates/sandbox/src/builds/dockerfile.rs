@@ -193,13 +193,23 @@ const IGNORED_PIP_FLAGS: &[&str] = &[
     "--root-user-action=ignore",
     "--progress-bar=off",
     "--break-system-packages",
+    // uv's: install into the interpreter rather than a virtualenv (the image's environment is
+    // where the sandbox installs anyway).
+    "--system",
 ];
 
 /// Options passed on to pip as they are.
 const KEPT_PIP_FLAGS: &[&str] = &["-U", "--upgrade", "--pre", "--no-deps"];
 
-/// Recognises `RUN [python[3] -m] pip[3] install ...` in shell or exec form. `Err` explains
-/// why a RUN that looks like pip is not one the builder can follow; `Ok(None)` is not pip.
+/// Recognises `RUN [python[3] -m] pip[3] install ...` and `RUN uv pip install ...` in shell or
+/// exec form. `Err` explains why a RUN that looks like pip is not one the builder can follow;
+/// `Ok(None)` is not pip.
+///
+/// `uv pip install` is what Prefect's own `dockerfile: auto` writes
+/// (`prefect/utilities/dockerutils.py` `generate_default_dockerfile`: `RUN uv pip install -r
+/// /opt/prefect/<dir>/requirements.txt`); Prefect's base images carry uv, and that line installs
+/// into the image's Python on Google's builder. The sandbox follows it as the same install
+/// into the image's environment (pip does the installing).
 pub fn pip_install(args: &str) -> Result<Option<PipInstall>, String> {
     let words = match exec_form(args) {
         Some(w) => w,
@@ -216,6 +226,14 @@ pub fn pip_install(args: &str) -> Result<Option<PipInstall>, String> {
             .unwrap_or_default()
     };
     if let Some((first, tail)) = rest.split_first()
+        && program(first) == "uv"
+    {
+        match tail {
+            [p, more @ ..] if p == "pip" => rest = more,
+            // `uv add`, `uv sync`, `uv run`: not a pip install, so not followed.
+            _ => return Ok(None),
+        }
+    } else if let Some((first, tail)) = rest.split_first()
         && matches!(program(first).as_str(), "python" | "python3")
     {
         match tail {
@@ -307,5 +325,19 @@ mod tests {
         );
         assert!(pip_install("pip uninstall six").is_err());
         assert!(pip_install("pip install --index-url http://x six").is_err());
+        // Prefect's generate_default_dockerfile line, and uv's --system.
+        let p = pip_install("uv pip install -r /opt/prefect/proj/requirements.txt")
+            .expect("ok")
+            .expect("uv pip");
+        assert_eq!(
+            p.requirement_files,
+            vec!["/opt/prefect/proj/requirements.txt"]
+        );
+        let p = pip_install("uv pip install --system six")
+            .expect("ok")
+            .expect("uv pip");
+        assert_eq!(p.args, vec!["six"]);
+        assert_eq!(pip_install("uv sync --frozen").expect("ok"), None);
+        assert!(pip_install("uv pip uninstall six").is_err());
     }
 }

@@ -359,6 +359,15 @@ fn project_number(state: &AppState, p: &str) -> String {
         .unwrap_or_else(|| p.to_owned())
 }
 
+/// The account a build runs as when the request names none: Cloud Build's default, which for
+/// projects made since 2024 is the Compute Engine default account
+/// (cloudbuild.v1.json `DefaultServiceAccount.serviceAccountEmail`: "the legacy Cloud Build SA
+/// ... or the Compute SA, in the format [PROJECT_NUMBER]-compute@developer.gserviceaccount.com").
+/// The sandbox's projects are new ones.
+fn default_build_account(number: &str) -> String {
+    format!("{number}-compute@developer.gserviceaccount.com")
+}
+
 /// `POST v2/{parent}/builds:submit`.
 pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
     let project = project_id(&ctx.state, &call.params[0]);
@@ -399,8 +408,7 @@ pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             authz::require_act_as(&ctx.state, &ctx.caller, &project, &email)?;
             email
         }
-        // Cloud Build's default for new projects: the Compute Engine default account.
-        _ => format!("{number}-compute@developer.gserviceaccount.com"),
+        _ => default_build_account(&number),
     };
     let tags: Vec<String> = body
         .get("tags")
@@ -411,10 +419,11 @@ pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         .map(str::to_owned)
         .collect();
     let id = uuid::Uuid::new_v4().to_string();
-    let op_name = format!(
-        "projects/{number}/locations/{location}/operations/{}",
-        uuid::Uuid::new_v4()
-    );
+    // The operation's id is the build's: gcloud follows a submitted build by deriving
+    // `projects/{build.projectId}/locations/{region}/operations/{build.id}` from the build in
+    // the answer's metadata (`command_lib/run/sourcedeploys/deployer.py` `_SubmitBuild`), not
+    // by the operation's own name.
+    let op_name = format!("projects/{number}/locations/{location}/operations/{id}");
     let mut storage = json!({"bucket": bucket, "object": object});
     if let Some(g) = source.get("generation").and_then(Value::as_str) {
         storage["generation"] = json!(g);
@@ -445,7 +454,7 @@ pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
     Ok(json!({"buildOperation": op}))
 }
 
-/// `cloudbuild.*`: operations and builds get.
+/// `cloudbuild.*`: operations and builds get, and the default build account.
 pub fn handle_cloudbuild(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
     let p = |i: usize| call.params.get(i).cloned().unwrap_or_default();
     match call.id {
@@ -496,6 +505,20 @@ pub fn handle_cloudbuild(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             crate::server::check_service(&ctx.state, service, &project)?;
             authz::require(&ctx.state, &ctx.caller, &project, permission)?;
             operations::get(&ctx.state, &name)
+        }
+        // `GET v1/projects/{p}/locations/{l}/defaultServiceAccount`: which account builds that
+        // name none run as (what a plan must grant push rights to).
+        "cloudbuild.projects.locations.getDefaultServiceAccount" => {
+            let project = project_id(&ctx.state, &p(0));
+            authz::require(&ctx.state, &ctx.caller, &project, "cloudbuild.builds.get")?;
+            let number = project_number(&ctx.state, &project);
+            Ok(json!({
+                "name": format!("projects/{}/locations/{}/defaultServiceAccount", p(0), p(1)),
+                "serviceAccountEmail": format!(
+                    "projects/{project}/serviceAccounts/{}",
+                    default_build_account(&number)
+                ),
+            }))
         }
         "cloudbuild.projects.locations.builds.get" | "cloudbuild.projects.builds.get" => {
             let project = project_id(&ctx.state, &p(0));

@@ -176,6 +176,10 @@ pub struct LocalCommand {
     pub host_path: bool,
     /// Environment from the image (the container's own env is applied after it).
     pub image_env: BTreeMap<String, String>,
+    /// Host folders to show at container paths (a built image's `WORKDIR`), and so the
+    /// directory to start in: the process then runs in a private mount namespace where each
+    /// `(host, container)` is bind-mounted, and starts in the last container path.
+    pub binds: Vec<(PathBuf, PathBuf)>,
 }
 
 impl ImageMap {
@@ -331,6 +335,13 @@ impl ImageMap {
             built.bin.as_deref(),
         )?;
         local.workdir = built.workdir.clone();
+        // The image's files are where its Dockerfile put them (Prefect's pull step
+        // `set_working_directory: /opt/prefect/<name>` changes into that path by name).
+        if let Some(container) = built.container_workdir.as_deref().filter(|c| *c != "/") {
+            local
+                .binds
+                .push((built.workdir.clone(), PathBuf::from(container)));
+        }
         local.image_env.extend(built.env.clone());
         if let Some(bin) = &built.bin
             && let Some(venv) = bin.parent()
@@ -409,6 +420,7 @@ impl ImageMap {
                 .iter()
                 .map(|(k, v)| (k.clone(), expand(v)))
                 .collect(),
+            binds: Vec::new(),
         })
     }
 }
@@ -422,6 +434,10 @@ pub struct BuiltImage {
     pub base: String,
     /// The host directory standing for the final `WORKDIR`.
     pub workdir: PathBuf,
+    /// The final `WORKDIR` as the container sees it (e.g. `/opt/prefect/flows`); the executor
+    /// bind-mounts `workdir` there. Absent in records of older sandboxes.
+    #[serde(default)]
+    pub container_workdir: Option<String>,
     /// `ENV` of the Dockerfile.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -768,6 +784,7 @@ mod tests {
         let built = BuiltImage {
             base: "prefecthq/prefect:3-python3.11".into(),
             workdir: PathBuf::from("/tmp/root/opt/prefect/flows"),
+            container_workdir: Some("/opt/prefect/flows".into()),
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             entrypoint: None,
             cmd: Some(s(&["python", "flow.py"])),
@@ -787,6 +804,14 @@ mod tests {
             assert_eq!(cmd.program, env.path().join("bin/python"), "{image}");
             assert_eq!(cmd.args, s(&["flow.py"]));
             assert_eq!(cmd.workdir, PathBuf::from("/tmp/root/opt/prefect/flows"));
+            // The image's WORKDIR is shown at its container path.
+            assert_eq!(
+                cmd.binds,
+                vec![(
+                    PathBuf::from("/tmp/root/opt/prefect/flows"),
+                    PathBuf::from("/opt/prefect/flows")
+                )]
+            );
             assert_eq!(
                 cmd.image_env.get("GREETING").map(String::as_str),
                 Some("hi")

@@ -5,6 +5,7 @@
 //! restarted ([`Executor::start_service`]). Every process gets its own process group so that
 //! a timeout or a cancel stops everything the container started.
 
+mod binds;
 mod images;
 mod logs;
 mod network;

@@ -117,7 +117,13 @@ pub(crate) fn spawn(
         // `/etc/hosts` in a private mount namespace, then execs the program (same pid, so the
         // process group below is still the container's).
         Some(a) => {
-            let mut c = Command::new("ip");
+            let mut c = match super::binds::wrapper(&local.binds) {
+                Some(mut w) => {
+                    w.arg("ip");
+                    w
+                }
+                None => Command::new("ip"),
+            };
             c.args(["netns", "exec", a.netns().name()])
                 .arg(&local.program);
             c
