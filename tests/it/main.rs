@@ -33,6 +33,7 @@ macro_rules! bootstrap_snapshot {
 
 mod apply_calls;
 mod builds;
+mod builds_e2e;
 mod cli;
 mod credentials;
 mod demo;

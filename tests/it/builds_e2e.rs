@@ -7,11 +7,10 @@
 //! and its console link, and the deployment keeps the image it had; the guide's own
 //! prefect.yaml (its gcr.io image name) warns and builds.
 
-mod common;
 
 use std::path::Path;
 
-use common::World;
+use testkit::World;
 use serde_json::Value;
 
 const PROJECT: &str = "sandbox-project";
@@ -55,7 +54,7 @@ fn write_flow(dir: &Path, flow: &str, text: &str) {
     .unwrap();
 }
 
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
+fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
     tokio::task::block_in_place(|| w.expect(args, code))
 }
 
@@ -83,7 +82,7 @@ fn quick_run(w: &World, plan: &str, flow: &str, deployment: &str) -> Value {
 /// The run's log messages on the Prefect server.
 async fn run_logs(w: &World, run: &Value) -> Vec<String> {
     let id = uuid::Uuid::parse_str(run["flow_run_id"].as_str().unwrap()).unwrap();
-    common::prefect_client(&w.prefect_url)
+    testkit::prefect_client(&w.prefect_url)
         .all_flow_run_logs(id, None, 5)
         .await
         .expect("read logs")
@@ -94,7 +93,7 @@ async fn run_logs(w: &World, run: &Value) -> Vec<String> {
 
 /// The image the deployment runs (its `job_variables.image`).
 async fn deployment_image(w: &World, flow: &str, deployment: &str) -> String {
-    common::prefect_client(&w.prefect_url)
+    testkit::prefect_client(&w.prefect_url)
         .deployment_by_name(flow, deployment)
         .await
         .expect("read deployment")
@@ -121,7 +120,7 @@ const UPLOAD: &str = "run.projects.locations.sourceUploads.upload";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_old_image() {
     let w = World::start(PROJECT).await;
-    let suffix = common::suffix("bld");
+    let suffix = testkit::suffix("bld");
     let flow = format!("hello-{suffix}");
     let deployment = format!("hello-{suffix}");
     let proj = w.path().join("proj");
@@ -268,7 +267,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_prefect_yaml_warns_about_gcr_and_builds() {
     let w = World::start(PROJECT).await;
-    let suffix = common::suffix("gd");
+    let suffix = testkit::suffix("gd");
     let fixture = testkit::repo_root().join("crates/spec/tests/fixtures/guide_build");
     let proj = w.path().join("guide_build");
     std::fs::create_dir_all(proj.join("flows")).unwrap();
