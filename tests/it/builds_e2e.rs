@@ -7,11 +7,10 @@
 //! and its console link, and the deployment keeps the image it had; the guide's own
 //! prefect.yaml (its gcr.io image name) warns and builds.
 
-
 use std::path::Path;
 
-use testkit::World;
 use serde_json::Value;
+use testkit::World;
 
 const PROJECT: &str = "sandbox-project";
 
