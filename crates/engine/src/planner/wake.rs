@@ -16,6 +16,9 @@ use super::super::plan::{Action, Address, Deferred, FieldChange, Op, Step};
 use super::super::wake::{self, AutomationKind, Names, POOL_ROLE, WAKER_PORT};
 use super::{Builder, Options, addr, service};
 
+/// Service Account User: `iam.serviceAccounts.actAs` on one account.
+const SA_USER: &str = "roles/iam.serviceAccountUser";
+
 /// Addresses of the wake path's resources.
 pub mod address {
     use super::super::super::plan::Address;
@@ -35,6 +38,13 @@ pub mod address {
         Address::new(
             "gcp.secret_iam",
             &format!("{api_key_secret}/{}", n.account_id),
+        )
+    }
+    /// The waker's `actAs` on the worker's runtime account (that account's own policy).
+    pub fn act_as(n: &Names, runtime_account: &str) -> Address {
+        Address::new(
+            "gcp.service_account_iam",
+            &format!("{runtime_account}/{}", n.account_id),
         )
     }
     pub fn pool_iam(n: &Names) -> Address {
@@ -228,6 +238,38 @@ pub(super) fn plan(b: &mut Builder) {
             },
         });
     }
+    // Google documents both roles for changing a worker pool's instance count: Cloud Run
+    // Developer on the pool and Service Account User on its service identity
+    // (cloud.google.com/run/docs/configuring/workerpools/manual-scaling, "Required roles");
+    // the sandbox checks `iam.serviceAccounts.actAs` on every worker-pool write, as Google does.
+    let act_as = address::act_as(&n, spec.service_account.account_id.as_str());
+    let holds_act_as = b
+        .observed
+        .sa_bindings
+        .get(SA_USER)
+        .is_some_and(|m| m.contains(&member));
+    if holds_act_as {
+        b.unchanged(act_as);
+    } else {
+        let mut deps = account.clone();
+        deps.extend(b.deps(&[addr::service_account(spec), addr::sa_iam(spec)]));
+        b.push(Step {
+            address: act_as,
+            action: Action::Update,
+            adopted: false,
+            reason: Some(format!(
+                "the waker may act as {} (to change the pool's count)",
+                spec.service_account.email
+            )),
+            changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
+            depends_on: deps,
+            op: Op::EditServiceAccountPolicy {
+                email: spec.service_account.email.to_string(),
+                add: vec![(SA_USER.to_string(), member.clone())],
+                remove: vec![],
+            },
+        });
+    }
     if o.pool_role_members.contains(&member) {
         b.unchanged(address::pool_iam(&n));
     } else {
@@ -257,6 +299,7 @@ pub(super) fn plan(b: &mut Builder) {
         address::secret_iam(&n),
         address::api_key_iam(&n, worker.api_key_secret.as_str()),
         address::pool_iam(&n),
+        address::act_as(&n, spec.service_account.account_id.as_str()),
         addr::secret(worker.api_key_secret.as_str()),
     ]);
     match &o.service {

@@ -26,6 +26,10 @@ fn converged_stz(s: &Spec) -> Observed {
     let n = wake::names(s).unwrap();
     let member = n.member();
     o.secret.as_mut().unwrap().accessors.insert(member.clone());
+    o.sa_bindings
+        .entry("roles/iam.serviceAccountUser".into())
+        .or_default()
+        .insert(member.clone());
     let mut service = super::wake::desired_service(s, &n, &options(Mode::Apply));
     service["uid"] = json!("u-3");
     service["uri"] = json!("https://w-abc-uc.a.run.app");
