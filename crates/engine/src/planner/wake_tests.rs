@@ -146,6 +146,9 @@ fn a_first_scale_to_zero_apply_makes_the_wake_path_in_order() {
         Op::UpsertAutomation { kind: AutomationKind::Wake, block: Deferred::Step { address }, .. }
             if address.0 == "prefect.block[\"my-cloud-run-pool-waker\"]"
     ));
+    // `--json` carries the scale-to-zero cost: the waker's floor plus the price of an hour awake.
+    let value = serde_json::to_value(&p).unwrap();
+    insta::assert_json_snapshot!("plan_stz_cost_json", value["cost"]);
     // The secret's value is never part of the plan.
     let json = serde_json::to_string(&p).unwrap();
     assert!(!json.contains("Bearer"), "{json}");
