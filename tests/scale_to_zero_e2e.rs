@@ -432,3 +432,72 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
         }
     }
 }
+
+/// API latency added to every Google call (and to the waker's URL) for the measurement.
+const REALISTIC_LATENCY: &str = "80ms";
+/// How long a Cloud Run long-running operation (the count change) takes in the measurement.
+const REALISTIC_OP_DELAY: Duration = Duration::from_secs(3);
+
+/// Time from a Quick Run to PENDING with the pool at zero, on the sandbox with realistic
+/// operation times ([`REALISTIC_LATENCY`] per Google call, [`REALISTIC_OP_DELAY`] per
+/// operation), against a warm pool for comparison (BENCHMARKS.md, "Scale to zero").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
+    let w = world().await;
+    let suffix = common::suffix("stzc");
+    let n = names(&suffix);
+    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    let plan = plan_path.to_str().unwrap();
+    let prefect = common::prefect_client(&w.prefect_url);
+    run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
+    assert_eq!(live_count(&w, &n).await, Some(0));
+    set_faults(&w, &format!("latency={REALISTIC_LATENCY}"));
+    w.sandbox
+        .state
+        .update_settings(|s| s.op_delay = REALISTIC_OP_DELAY);
+    let dep = prefect
+        .deployment_by_name("offline-report", &format!("offline-report-{suffix}"))
+        .await
+        .unwrap()
+        .expect("deployment")
+        .id;
+    let quick_run = || async {
+        prefect
+            .create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
+            .await
+            .unwrap()
+            .id
+    };
+    let mut cold = vec![];
+    let mut warm = vec![];
+    for _ in 0..3 {
+        wait_for_zero(&w, &n, Duration::from_secs(180)).await;
+        let id = quick_run().await;
+        let (_, t) = wait_picked_up(&prefect, id, Duration::from_secs(120)).await;
+        cold.push(t.as_secs_f64());
+        // A second run while the worker is up (within `idle` of the first).
+        let id = quick_run().await;
+        let (_, t) = wait_picked_up(&prefect, id, Duration::from_secs(60)).await;
+        warm.push(t.as_secs_f64());
+    }
+    wait_for_zero(&w, &n, Duration::from_secs(180)).await;
+    set_faults(&w, "");
+    w.sandbox
+        .state
+        .update_settings(|s| s.op_delay = Duration::ZERO);
+    run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+    common::record(
+        "scale_to_zero_cold_start",
+        serde_json::json!({
+            "latency": REALISTIC_LATENCY,
+            "op_delay_s": REALISTIC_OP_DELAY.as_secs(),
+            "idle": IDLE,
+            "cold_to_pending_s": cold,
+            "warm_to_pending_s": warm,
+        }),
+    );
+    // Cold is the wake path plus the pool's start; it stays well inside the sweep's bound.
+    for t in &cold {
+        assert!(*t < (SWEEP_WITHIN_SECONDS + 5) as f64, "{cold:?}");
+    }
+}
