@@ -90,7 +90,10 @@ fn names(suffix: &str) -> Names {
         waker_full: format!("projects/{PROJECT}/locations/us-central1/services/{waker}"),
         account: ServiceAccountEmail::parse(format!(
             "{}-waker@{PROJECT}.iam.gserviceaccount.com",
-            pool.chars().take(24).collect::<String>().trim_end_matches('-')
+            pool.chars()
+                .take(24)
+                .collect::<String>()
+                .trim_end_matches('-')
         ))
         .unwrap(),
         secret: SecretId::parse(format!("{pool}-waker-secret")).unwrap(),
@@ -196,11 +199,20 @@ async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
 
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
     for line in [
-        format!("gcp.run_worker_pool_iam[\"{}\"] will be updated in place", n.pool),
+        format!(
+            "gcp.run_worker_pool_iam[\"{}\"] will be updated in place",
+            n.pool
+        ),
         format!("gcp.run_service[\"{}\"] will be created", n.waker),
         format!("prefect.block[\"{}\"] will be created", n.block),
-        format!("prefect.automation[\"{}-wake\"] will be created", n.work_pool),
-        format!("prefect.automation[\"{}-sweep\"] will be created", n.work_pool),
+        format!(
+            "prefect.automation[\"{}-wake\"] will be created",
+            n.work_pool
+        ),
+        format!(
+            "prefect.automation[\"{}-sweep\"] will be created",
+            n.work_pool
+        ),
     ] {
         assert!(p.stdout.contains(&line), "{line}\n{}", p.stdout);
     }
@@ -244,7 +256,10 @@ async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
         0,
     );
     assert!(r.stdout.contains("Completed"), "{}\n{}", r.stdout, r.stderr);
-    eprintln!("quick run from a cold pool completed in {:?}", started.elapsed());
+    eprintln!(
+        "quick run from a cold pool completed in {:?}",
+        started.elapsed()
+    );
     assert!(invoke_calls(&w) >= 1, "the waker was never called");
     // Back at 0 after `idle` (plus the worker's poll and the pool's operation).
     let slept = wait_for_zero(&w, &n, Duration::from_secs(90)).await;
@@ -272,7 +287,11 @@ async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
         invoke_calls(&w) > calls_before,
         "no wake call reached the waker's URL while it was down"
     );
-    assert_eq!(live_count(&w, &n).await, Some(0), "woken while the waker was down");
+    assert_eq!(
+        live_count(&w, &n).await,
+        Some(0),
+        "woken while the waker was down"
+    );
     set_faults(&w, "");
     let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 60);
     let (state, after) = wait_picked_up(&prefect, flow_run, bound).await;
@@ -334,7 +353,11 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
     let project = ProjectId::parse(PROJECT).unwrap();
 
     run(&w, &["plan", "-f", plan, "--json", "-vv"], 0);
-    run(&w, &["apply", "-f", plan, "--auto-approve", "--json", "-vv"], 0);
+    run(
+        &w,
+        &["apply", "-f", plan, "--auto-approve", "--json", "-vv"],
+        0,
+    );
     let secret = secretmanager::access_latest(&http, &project, &n.secret)
         .await
         .unwrap()
@@ -402,7 +425,11 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
     assert_eq!(refused.status().as_u16(), 401);
 
     run(&w, &["plan", "-f", plan, "--json", "-vv"], 0);
-    run(&w, &["destroy", "-f", plan, "--auto-approve", "--json", "-vv"], 0);
+    run(
+        &w,
+        &["destroy", "-f", plan, "--auto-approve", "--json", "-vv"],
+        0,
+    );
 
     let transcript = w.transcript.lock().expect("transcript").clone();
     assert!(transcript.contains("TRACE") || transcript.contains("DEBUG"));
@@ -413,7 +440,10 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
             logs.push_str(&buffer.text());
         }
     }
-    assert!(logs.contains("waker for work pool"), "the waker's logs were not read");
+    assert!(
+        logs.contains("waker for work pool"),
+        "the waker's logs were not read"
+    );
     testkit::assert_no_secret(
         &[&secret],
         &[("bootstrap output", &transcript), ("container logs", &logs)],

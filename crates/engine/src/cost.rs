@@ -139,8 +139,8 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
         WorkerKind::WorkerPool if worker.scale_to_zero.is_some() => {
             let within = bootstrap_prefect::wake::SWEEP_WITHIN_SECONDS;
             let per_second = vcpu * WORKER_POOL.vcpu_second + memory_gib * WORKER_POOL.gib_second;
-            let per_hour = (per_second * 3600.0 * f64::from(worker.instances) * 10_000.0).round()
-                / 10_000.0;
+            let per_hour =
+                (per_second * 3600.0 * f64::from(worker.instances) * 10_000.0).round() / 10_000.0;
             return Some(CostEstimate {
                 kind: "worker-pool",
                 billing: "worker-pool (instance-based rates) + request-based waker",
@@ -152,7 +152,10 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
                     "awake while runs are due or running and for idle ({}s) after; the waker's \
                      {} sweep calls a month billed {BILLED_SECONDS_PER_CALL}s each; Tier 1 region \
                      list prices in USD, before the free tier and discounts",
-                    worker.scale_to_zero.as_ref().map_or(0, |s| s.idle.as_secs()),
+                    worker
+                        .scale_to_zero
+                        .as_ref()
+                        .map_or(0, |s| s.idle.as_secs()),
                     sweep_calls_per_month(within),
                 ),
                 prices_as_of: PRICES_AS_OF,

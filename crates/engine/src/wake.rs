@@ -209,11 +209,14 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
         if !pool_exists {
             return Ok(BTreeSet::new());
         }
-        let pool = parse("worker pool", &n.pool, bootstrap_spec::ids::RunWorkerPoolName::parse)?;
-        let policy =
-            run_v2::get_worker_pool_iam_policy(&ctx.gcp, project, &spec.gcp.region, &pool)
-                .await
-                .with_context(|| format!("reading the IAM policy of worker pool {}", n.pool))?;
+        let pool = parse(
+            "worker pool",
+            &n.pool,
+            bootstrap_spec::ids::RunWorkerPoolName::parse,
+        )?;
+        let policy = run_v2::get_worker_pool_iam_policy(&ctx.gcp, project, &spec.gcp.region, &pool)
+            .await
+            .with_context(|| format!("reading the IAM policy of worker pool {}", n.pool))?;
         Ok::<_, anyhow::Error>(
             policy
                 .bindings
@@ -302,9 +305,7 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
     });
     Ok(Some(Observed {
         account: account.is_some(),
-        account_description: account
-            .and_then(|a| a.description)
-            .unwrap_or_default(),
+        account_description: account.and_then(|a| a.description).unwrap_or_default(),
         pool_role_members,
         secret,
         service,

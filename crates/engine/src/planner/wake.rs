@@ -194,7 +194,11 @@ pub(super) fn plan(b: &mut Builder) {
 
     // Grants: the waker reads its secret (and the API key), and updates its one pool.
     let grants = [
-        (address::secret_iam(&n), n.secret.clone(), address::secret(&n)),
+        (
+            address::secret_iam(&n),
+            n.secret.clone(),
+            address::secret(&n),
+        ),
         (
             address::api_key_iam(&n, worker.api_key_secret.as_str()),
             worker.api_key_secret.to_string(),
@@ -355,7 +359,11 @@ pub(super) fn plan(b: &mut Builder) {
             .and_then(Value::as_str)
             .filter(|_| !service_created)
             .map(|uri| format!("{uri}/wake"));
-        let old_url = o.block.as_ref().and_then(|bl| bl.url.clone()).map(Value::from);
+        let old_url = o
+            .block
+            .as_ref()
+            .and_then(|bl| bl.url.clone())
+            .map(Value::from);
         let mut changes = vec![];
         match url {
             Some(u) if o.block.as_ref().and_then(|bl| bl.url.as_deref()) == Some(u.as_str()) => {}
@@ -448,7 +456,11 @@ fn created_view(n: &Names, kind: AutomationKind, block: &Deferred<String>) -> Ve
         .into_iter()
         .map(|k| FieldChange::set(format!("trigger.{k}"), None, spec.trigger.get(k).cloned()))
         .collect();
-    out.push(FieldChange::set("action", None, Some(json!("call-webhook"))));
+    out.push(FieldChange::set(
+        "action",
+        None,
+        Some(json!("call-webhook")),
+    ));
     out.push(match block {
         Deferred::Known { value } => {
             FieldChange::set("action.block_document_id", None, Some(json!(value)))
@@ -494,7 +506,9 @@ fn automation_changes(
     }
     let pick = |a: &[Value]| -> Vec<Value> {
         a.iter()
-            .map(|x| json!({"type": x.get("type"), "block_document_id": x.get("block_document_id")}))
+            .map(
+                |x| json!({"type": x.get("type"), "block_document_id": x.get("block_document_id")}),
+            )
             .collect()
     };
     let (l, w) = (pick(&live.actions), pick(&want.actions));

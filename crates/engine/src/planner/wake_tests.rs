@@ -12,8 +12,8 @@ fn stz_spec() -> Spec {
     let mut s = pool_spec(1);
     let w = s.worker.as_mut().unwrap();
     w.runtime = WorkerRuntime::Embedded;
-    w.image = ImageRef::parse("us-central1-docker.pkg.dev/prefect-project/prefect/bootstrap:1")
-        .unwrap();
+    w.image =
+        ImageRef::parse("us-central1-docker.pkg.dev/prefect-project/prefect/bootstrap:1").unwrap();
     w.scale_to_zero = Some(ScaleToZero {
         idle: std::time::Duration::from_secs(600),
     });
@@ -92,8 +92,16 @@ fn names_fit_googles_limits() {
     s.worker.as_mut().unwrap().service =
         RunServiceName::parse("a-very-long-worker-pool-name-that-goes-on-and-onx").unwrap();
     let n = wake::names(&s).unwrap();
-    assert!(AccountId::parse(n.account_id.clone()).is_ok(), "{}", n.account_id);
-    assert!(RunServiceName::parse(n.service.clone()).is_ok(), "{}", n.service);
+    assert!(
+        AccountId::parse(n.account_id.clone()).is_ok(),
+        "{}",
+        n.account_id
+    );
+    assert!(
+        RunServiceName::parse(n.service.clone()).is_ok(),
+        "{}",
+        n.service
+    );
     assert!(SecretId::parse(n.secret.clone()).is_ok(), "{}", n.secret);
     assert_eq!(n.account_id, "a-very-long-worker-pool-waker");
     // Without scale_to_zero there is no wake path.
@@ -129,7 +137,10 @@ fn a_first_scale_to_zero_apply_makes_the_wake_path_in_order() {
         "prefect-worker-waker@prefect-project.iam.gserviceaccount.com"
     );
     assert_eq!(body["template"]["scaling"]["minInstanceCount"], 0);
-    assert_eq!(body["template"]["containers"][0]["resources"]["cpuIdle"], true);
+    assert_eq!(
+        body["template"]["containers"][0]["resources"]["cpuIdle"],
+        true
+    );
     assert_eq!(
         body["template"]["containers"][0]["env"][2]["valueSource"]["secretKeyRef"]["secret"],
         "prefect-worker-waker-secret"
@@ -170,7 +181,13 @@ fn a_converged_wake_path_is_quiet_whatever_the_live_count() {
 fn a_block_without_the_latest_secret_gets_a_new_secret_and_nothing_else_changes() {
     let s = stz_spec();
     let mut o = converged_stz(&s);
-    o.wake.as_mut().unwrap().block.as_mut().unwrap().secret_matches = false;
+    o.wake
+        .as_mut()
+        .unwrap()
+        .block
+        .as_mut()
+        .unwrap()
+        .secret_matches = false;
     let p = plan(&s, &o, &options(Mode::Apply));
     insta::assert_snapshot!("plan_stz_rotate", render::human(&p, false));
     let addresses: Vec<&str> = p.steps.iter().map(|s| s.address.0.as_str()).collect();
@@ -193,7 +210,13 @@ fn an_edited_automation_is_put_back() {
     let s = stz_spec();
     let mut o = converged_stz(&s);
     let n = wake::names(&s).unwrap();
-    let a = &mut o.wake.as_mut().unwrap().automations.get_mut(&n.wake).unwrap()[0];
+    let a = &mut o
+        .wake
+        .as_mut()
+        .unwrap()
+        .automations
+        .get_mut(&n.wake)
+        .unwrap()[0];
     a.enabled = false;
     a.trigger["expect"] = json!(["prefect.flow-run.Scheduled"]);
     let p = plan(&s, &o, &options(Mode::Apply));
