@@ -248,3 +248,18 @@ fn destroy_removes_the_wake_path_before_the_pool() {
         .expect("the waker's account is deleted");
     assert!(automation < block && block < service && service < secret && secret < account);
 }
+
+/// Regression: a `scale_to_zero` plan without a Prefect API key (a local server) did not enable
+/// Secret Manager, and the waker's secret failed with SERVICE_DISABLED on a fresh project.
+#[test]
+fn the_wakers_secret_needs_secret_manager_even_without_an_api_key() {
+    // Plans that name no API of their own.
+    let mut s = stz_spec();
+    s.gcp.apis.clear();
+    let mut plain = pool_spec(1);
+    plain.gcp.apis.clear();
+    assert!(gcp::required_apis(&s, false).contains(&"secretmanager.googleapis.com".to_string()));
+    assert!(
+        !gcp::required_apis(&plain, false).contains(&"secretmanager.googleapis.com".to_string())
+    );
+}
