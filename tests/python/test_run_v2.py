@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -261,7 +262,16 @@ def test_service_runs_is_restarted_patched_and_deleted(sandbox, run_v2):
     svc = check("run", "v2", "run.projects.locations.services.get", services.get(name=name).execute())
     assert svc["terminalCondition"]["state"] == "CONDITION_SUCCEEDED"
     assert svc["latestReadyRevision"] == svc["latestCreatedRevision"]
-    assert svc["uri"].startswith(f"https://{service_id}-")
+    # Google's is `https://<service>-<hash>-<region code>.a.run.app`, which resolves nowhere
+    # here; the sandbox's URL forwards to the container (crates/sandbox/src/run/invoke.rs), and
+    # refuses a service that requires IAM for invocation (the sandbox verifies no ID token).
+    project, location = parent(sandbox).split("/")[1::2]
+    assert svc["uri"].endswith(f"/_sandbox/run/invoke/{project}/{location}/{service_id}"), svc["uri"]
+    try:
+        urllib.request.urlopen(svc["uri"] + "/health", timeout=10)
+        raise AssertionError("an IAM-checked service answered without a token")
+    except urllib.error.HTTPError as e:
+        assert e.code == 403, e.code
     assert svc["template"]["scaling"]["minInstanceCount"] == 1
     assert svc["traffic"][0]["percent"] == 100 and svc["reconciling"] is False
 

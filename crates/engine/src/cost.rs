@@ -78,6 +78,27 @@ pub struct CostEstimate {
     pub assumes: String,
     pub prices_as_of: &'static str,
     pub source: &'static str,
+    /// Scale to zero: USD per hour the pool's instances are up (on top of `monthly_usd`, which
+    /// is then the floor: the waker alone, the pool at 0 all month).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_awake_hour_usd: Option<f64>,
+}
+
+/// The waker's calls in a month while the pool is idle: one sweep per window plus the triggers
+/// service's 5 s evaluation period (`bootstrap_prefect::wake::SWEEP_WITHIN_SECONDS`).
+pub fn sweep_calls_per_month(within_seconds: u64) -> f64 {
+    (MONTH_SECONDS / (within_seconds as f64 + 5.0)).round()
+}
+
+/// Request-based billing rounds each request's processing time up to the next 100 ms
+/// (cloud.google.com/run/pricing, "billable time").
+pub const BILLED_SECONDS_PER_CALL: f64 = 0.1;
+
+/// The waker's month while the pool sleeps: request-billed, one 1 vCPU / 512 MiB instance,
+/// every sweep call billed [`BILLED_SECONDS_PER_CALL`].
+pub fn waker_monthly(within_seconds: u64) -> f64 {
+    let calls = sweep_calls_per_month(within_seconds);
+    request_billed(1.0, 0.5, calls * BILLED_SECONDS_PER_CALL, calls)
 }
 
 /// Cost of `instances` always-on instances of `vcpu` / `memory_gib` for a month at `prices`.
@@ -115,6 +136,33 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
             };
             ("service", INSTANCE_BASED, worker.min_instances, note)
         }
+        WorkerKind::WorkerPool if worker.scale_to_zero.is_some() => {
+            let within = bootstrap_prefect::wake::SWEEP_WITHIN_SECONDS;
+            let per_second = vcpu * WORKER_POOL.vcpu_second + memory_gib * WORKER_POOL.gib_second;
+            let per_hour =
+                (per_second * 3600.0 * f64::from(worker.instances) * 10_000.0).round() / 10_000.0;
+            return Some(CostEstimate {
+                kind: "worker-pool",
+                billing: "worker-pool (instance-based rates) + request-based waker",
+                instances: worker.instances,
+                vcpu,
+                memory_gib,
+                monthly_usd: waker_monthly(within),
+                assumes: format!(
+                    "awake while runs are due or running and for idle ({}s) after; the waker's \
+                     {} sweep calls a month billed {BILLED_SECONDS_PER_CALL}s each; Tier 1 region \
+                     list prices in USD, before the free tier and discounts",
+                    worker
+                        .scale_to_zero
+                        .as_ref()
+                        .map_or(0, |s| s.idle.as_secs()),
+                    sweep_calls_per_month(within),
+                ),
+                prices_as_of: PRICES_AS_OF,
+                source: PRICES_SOURCE,
+                per_awake_hour_usd: Some(per_hour),
+            });
+        }
         WorkerKind::WorkerPool => (
             "worker-pool",
             WORKER_POOL,
@@ -134,6 +182,7 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
         ),
         prices_as_of: PRICES_AS_OF,
         source: PRICES_SOURCE,
+        per_awake_hour_usd: None,
     })
 }
 
@@ -169,6 +218,22 @@ pub fn parse_memory_gib(text: &str) -> Option<f64> {
 
 /// One line for people: `Estimated worker cost: $49.93/month (...)`.
 pub fn human(e: &CostEstimate) -> String {
+    if let Some(per_hour) = e.per_awake_hour_usd {
+        let plural = if e.instances == 1 { "" } else { "s" };
+        return format!(
+            "Estimated worker cost: ${:.2}/month + ${per_hour:.4} per hour awake (worker pool \
+             scaled to zero, {} instance{plural} of {} vCPU / {} GiB when awake, {} billing; {}; \
+             list prices of {}, {})",
+            e.monthly_usd,
+            e.instances,
+            trim(e.vcpu),
+            trim(e.memory_gib),
+            e.billing,
+            e.assumes,
+            e.prices_as_of,
+            e.source
+        );
+    }
     let plural = if e.instances == 1 { "" } else { "s" };
     format!(
         "Estimated worker cost: ${:.2}/month ({}, {} instance{plural} of {} vCPU / {} GiB, {} \
@@ -212,6 +277,21 @@ mod tests {
         // An hour of processing and 10 000 requests in a month.
         let usd = request_billed(1.0, 0.5, 3600.0, 10_000.0);
         assert_eq!(usd, cents(3600.0 * (0.000024 + 0.5 * 0.0000025) + 0.004));
+    }
+
+    #[test]
+    fn scale_to_zero_costs_the_waker_plus_the_hours_awake() {
+        // 2026 months of 730 h: 40 431 sweeps of 65 s, each billed 0.1 s of 1 vCPU / 0.5 GiB.
+        assert_eq!(sweep_calls_per_month(60), 40_431.0);
+        let waker = waker_monthly(60);
+        assert_eq!(
+            waker,
+            cents(4043.1 * (0.000024 + 0.5 * 0.0000025) + 40_431.0 / 1e6 * 0.40)
+        );
+        assert!(waker < 0.2, "{waker}");
+        // An hour awake of the guide's size: 1/730 of the always-on month.
+        let hour: f64 = (0.000018 + 0.5 * 0.000002) * 3600.0;
+        assert!((hour * 730.0 - 49.93).abs() < 0.01);
     }
 
     #[test]

@@ -307,6 +307,89 @@ async fn run_once(
             Ok(true)
         }
         Op::DeleteWorkerPool { name } => super::exec_pool::delete(ctx, spec, name).await,
+        Op::PutWakerSecret {
+            secret_id,
+            create,
+            labels,
+        } => {
+            let secret = super::wake::put_secret(ctx, spec, secret_id, *create, labels).await?;
+            // Kept in memory for the block step of this apply only.
+            outputs
+                .lock()
+                .await
+                .keys
+                .insert(step.address.clone(), secret);
+            Ok(true)
+        }
+        Op::EditWorkerPoolPolicy { pool, add, remove } => {
+            let target = PolicyTarget::WorkerPool {
+                project: project.clone(),
+                region: spec.gcp.region.clone(),
+                pool: parse("worker pool", pool, RunWorkerPoolName::parse)?,
+            };
+            let opts = RmwOptions {
+                member_grace: Some(NEW_ACCOUNT_GRACE),
+                ..RmwOptions::default()
+            };
+            let out =
+                policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove)).await?;
+            if out.changed {
+                outputs.lock().await.granted = true;
+            }
+            Ok(out.changed)
+        }
+        Op::UpsertWakerBlock {
+            name,
+            existing_id,
+            service,
+            secret_from,
+        } => {
+            let secret = outputs
+                .lock()
+                .await
+                .keys
+                .get(secret_from)
+                .cloned()
+                .ok_or_else(|| anyhow!("the shared secret from {secret_from} is not available"))?;
+            let id = super::wake::upsert_block(
+                ctx,
+                spec,
+                name,
+                existing_id.as_deref(),
+                service,
+                &secret,
+            )
+            .await?;
+            outputs.lock().await.ids.insert(step.address.clone(), id);
+            Ok(true)
+        }
+        Op::UpsertAutomation {
+            kind,
+            existing_id,
+            block,
+            ..
+        } => {
+            let names = super::wake::names(spec)
+                .ok_or_else(|| anyhow!("the plan has no worker.scale_to_zero"))?;
+            let block_id = match block {
+                Deferred::Known { value } => value.clone(),
+                Deferred::Step { address } => outputs
+                    .lock()
+                    .await
+                    .ids
+                    .get(address)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("the id of {address} is not available"))?,
+            };
+            super::wake::upsert_automation(ctx, &names, *kind, existing_id.as_deref(), &block_id)
+                .await?;
+            Ok(true)
+        }
+        Op::DeleteAutomation { id, name } => {
+            let id = uuid::Uuid::parse_str(id)
+                .with_context(|| format!("automation {name} has an invalid id"))?;
+            Ok(ctx.prefect.delete_automation(id).await?)
+        }
         Op::UpsertBlock {
             name,
             existing_id,

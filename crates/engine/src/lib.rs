@@ -13,6 +13,7 @@ pub mod observed;
 pub mod plan;
 pub mod planner;
 pub mod render;
+pub mod wake;
 
 pub use context::{Connections, Context};
 pub use observed::Observed;

@@ -44,6 +44,8 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     if !more.is_empty() {
         worker_jobs.extend(worker_jobs_in(ctx, spec, &more).await?);
     }
+    // The worker pool's own policy is read once the pool is known to exist.
+    let wake = super::wake::observe(ctx, spec, worker_pool.is_some()).await?;
     Ok(Observed {
         apis,
         service_account,
@@ -60,6 +62,7 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
         worker_jobs,
         images,
         repositories,
+        wake,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Observed {
     pub images: Vec<BuiltImage>,
     /// Artifact Registry repositories the builds push to; `None`: absent.
     pub repositories: BTreeMap<String, Option<Repository>>,
+    /// The wake path of `worker.scale_to_zero` (`None` for plans without it).
+    pub wake: Option<crate::wake::Observed>,
 }
 
 /// The flow-run jobs of the plan's work pool in one region.

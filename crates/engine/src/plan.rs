@@ -254,6 +254,38 @@ pub enum Op {
         #[serde(default)]
         service_account: Option<String>,
     },
+    /// Scale to zero: create the waker's secret (if `create`) and add a version holding a new
+    /// shared secret, made in memory and kept for the block step (`crate::wake`).
+    PutWakerSecret {
+        secret_id: String,
+        create: bool,
+        labels: serde_json::Map<String, Value>,
+    },
+    /// One read-modify-write of a Cloud Run worker pool's own IAM policy.
+    EditWorkerPoolPolicy {
+        pool: String,
+        add: Vec<(String, String)>,
+        remove: Vec<(String, String)>,
+    },
+    /// The Webhook block calling the waker service `service` at its URL, with the shared
+    /// secret of the step at `secret_from`.
+    UpsertWakerBlock {
+        name: String,
+        existing_id: Option<String>,
+        service: String,
+        secret_from: Address,
+    },
+    /// The wake or the sweep automation, calling the Webhook block `block`.
+    UpsertAutomation {
+        name: String,
+        kind: super::wake::AutomationKind,
+        existing_id: Option<String>,
+        block: Deferred<String>,
+    },
+    DeleteAutomation {
+        id: String,
+        name: String,
+    },
 }
 
 /// One flow-run job of [`Op::DeleteWorkerJobs`].
@@ -274,6 +306,9 @@ impl Op {
                 | Op::DeleteWorkPool { .. }
                 | Op::UpsertDeployment { .. }
                 | Op::DeleteDeployment { .. }
+                | Op::UpsertWakerBlock { .. }
+                | Op::UpsertAutomation { .. }
+                | Op::DeleteAutomation { .. }
         )
     }
 }

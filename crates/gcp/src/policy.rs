@@ -134,6 +134,12 @@ pub enum PolicyTarget {
         region: bootstrap_ids::Region,
         repository: String,
     },
+    /// A Cloud Run worker pool's policy (v2 `workerPools.{get,set}IamPolicy`).
+    WorkerPool {
+        project: ProjectId,
+        region: bootstrap_ids::Region,
+        pool: bootstrap_ids::RunWorkerPoolName,
+    },
 }
 
 impl PolicyTarget {
@@ -152,6 +158,11 @@ impl PolicyTarget {
                 region,
                 repository,
             } => crate::artifactregistry::get_iam_policy(http, project, region, repository).await,
+            Self::WorkerPool {
+                project,
+                region,
+                pool,
+            } => crate::run_v2::get_worker_pool_iam_policy(http, project, region, pool).await,
         }
     }
 
@@ -172,6 +183,13 @@ impl PolicyTarget {
             } => {
                 crate::artifactregistry::set_iam_policy(http, project, region, repository, policy)
                     .await
+            }
+            Self::WorkerPool {
+                project,
+                region,
+                pool,
+            } => {
+                crate::run_v2::set_worker_pool_iam_policy(http, project, region, pool, policy).await
             }
         }
     }

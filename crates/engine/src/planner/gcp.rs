@@ -21,7 +21,8 @@ pub fn required_apis(spec: &bootstrap_spec::Spec, has_api_key: bool) -> Vec<Stri
     if spec.worker.is_some() || !spec.deployments.is_empty() {
         apis.push("run.googleapis.com".into());
     }
-    if spec.worker.is_some() && has_api_key {
+    // The waker of `scale_to_zero` reads its shared secret from Secret Manager.
+    if spec.worker.is_some() && (has_api_key || crate::wake::names(spec).is_some()) {
         apis.push("secretmanager.googleapis.com".into());
     }
     if crate::builds::any(spec) {

@@ -6,6 +6,7 @@ pub mod gcp;
 pub mod prefect;
 pub mod service;
 pub mod template;
+pub mod wake;
 mod worker_jobs;
 pub mod worker_pool;
 
@@ -88,10 +89,12 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             // given does not exist yet, which failed a service's first revision.
             gcp::worker_service(&mut b);
             worker_pool::plan(&mut b);
+            wake::plan(&mut b);
             prefect::deployments(&mut b);
         }
         Mode::Destroy => {
             // Reverse dependency order: what uses a thing goes before the thing.
+            wake::destroy(&mut b);
             prefect::destroy_deployments(&mut b);
             prefect::destroy_work_pool(&mut b);
             prefect::destroy_block(&mut b);

@@ -116,6 +116,44 @@ fn pool_path(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> 
     )
 }
 
+/// `run.projects.locations.workerPools.getIamPolicy`: the pool's own policy (inherited
+/// bindings not included, run.v2.json).
+pub async fn get_worker_pool_iam_policy(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+) -> Result<crate::policy::Policy, GcpError> {
+    let call = Call::new(
+        "run.projects.locations.workerPools.getIamPolicy",
+        Method::GET,
+        Api::RunV2,
+        format!("{}:getIamPolicy", pool_path(project, region, pool)),
+    )
+    .query("options.requestedPolicyVersion", "3");
+    http.send(call).await
+}
+
+/// `run.projects.locations.workerPools.setIamPolicy`; the etag in `policy` guards against
+/// lost updates.
+pub async fn set_worker_pool_iam_policy(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    pool: &RunWorkerPoolName,
+    policy: &crate::policy::Policy,
+) -> Result<crate::policy::Policy, GcpError> {
+    let call = Call::new(
+        "run.projects.locations.workerPools.setIamPolicy",
+        Method::POST,
+        Api::RunV2,
+        format!("{}:setIamPolicy", pool_path(project, region, pool)),
+    )
+    .body(serde_json::json!({ "policy": policy }))
+    .idempotent();
+    http.send(call).await
+}
+
 /// The full resource name of a worker pool, as the API writes it.
 pub fn worker_pool_name(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
     format!("projects/{project}/locations/{region}/workerPools/{pool}")

@@ -369,7 +369,6 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
             "Resource '{id}' already exists."
         )));
     }
-    let hash: String = uuid::Uuid::new_v4().simple().to_string()[..10].to_owned();
     let rec = ServiceRec {
         meta: new_meta(req, name.clone(), id),
         body,
@@ -377,7 +376,9 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
         latest_created_revision: revision_name(id, 1),
         latest_ready_revision: None,
         settled: Settled::Pending,
-        uri: format!("https://{id}-{hash}-{}.a.run.app", region_code(req.p(1))),
+        // Google's is `https://{id}-{hash}-{region code}.a.run.app`, which no host here
+        // resolves; the sandbox's URL reaches the container (`run::invoke`).
+        uri: super::invoke::service_uri(&req.state.url, &req.parent().project, req.p(1), id),
     };
     let view = service_view(req, &rec);
     let op_name = new_op_name(&req.parent());
@@ -394,14 +395,6 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
 pub(super) fn revision_name(id: &str, seq: u32) -> String {
     let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..3].to_owned();
     format!("{id}-{seq:05}-{suffix}")
-}
-
-fn region_code(region: &str) -> String {
-    // Google's URL uses a short code per region; a stable two letters is enough here.
-    region
-        .split('-')
-        .filter_map(|p| p.chars().next())
-        .collect::<String>()
 }
 
 fn service_get(req: &Req) -> ApiResult<Value> {

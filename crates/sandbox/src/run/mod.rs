@@ -11,6 +11,7 @@ mod control;
 mod engine;
 mod handlers;
 mod iam;
+pub mod invoke;
 mod knative;
 mod records;
 mod v1;
@@ -194,6 +195,14 @@ impl RunState {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v2/{*rest}", any(handlers::dispatch))
+        .route(
+            "/_sandbox/run/invoke/{project}/{region}/{service}",
+            any(invoke::invoke_root),
+        )
+        .route(
+            "/_sandbox/run/invoke/{project}/{region}/{service}/{*path}",
+            any(invoke::invoke),
+        )
         .route("/apis/run.googleapis.com/{*rest}", any(handlers::dispatch))
         .route("/apis/serving.knative.dev/{*rest}", any(handlers::dispatch))
         // Run v1's project-level reads: locations, and the IAM and Knative-shaped service

@@ -255,9 +255,43 @@ fn insert(req: &Req, id: &str) -> ApiResult<Value> {
     Ok(op)
 }
 
+/// Checks `permission` on the pool `name` through the project's policy or the pool's own: a
+/// role granted on one worker pool (`workerPools.setIamPolicy`) holds on that pool only, as on
+/// Google (a resource's policy is inherited from the project and added to). A pool that does
+/// not exist has no policy of its own.
+fn require_on_pool(req: &Req, name: &str, permission: &str) -> ApiResult<()> {
+    let own = {
+        let store = req.state.run.store();
+        store.worker_pools.get(name).and_then(|p| {
+            store
+                .policies
+                .get(&super::iam::policy_key(name, &p.meta.uid))
+                .cloned()
+        })
+    };
+    let Some(own) = own else {
+        return req.require(permission);
+    };
+    // `parent()` reads the state itself: resolve it before taking the (non-reentrant) lock.
+    let project = req.parent().project;
+    let project_policy = {
+        let data = req.state.read();
+        data.project(&project)
+            .map(|p| p.policy.clone())
+            .unwrap_or_default()
+    };
+    crate::authz::check(
+        &req.state,
+        &req.caller,
+        permission,
+        name,
+        &[&project_policy, &own],
+    )
+}
+
 fn get(req: &Req) -> ApiResult<Value> {
-    req.require("run.workerpools.get")?;
     let name = pool_name(req, &id_param(req));
+    require_on_pool(req, &name, "run.workerpools.get")?;
     let rec = req
         .state
         .run
@@ -357,7 +391,7 @@ fn patch(req: &Req) -> ApiResult<Value> {
         req.require("run.workerpools.update")?;
         return Err(not_found(&name));
     };
-    req.require("run.workerpools.update")?;
+    require_on_pool(req, &name, "run.workerpools.update")?;
     check_etag(
         req,
         req.body.get("etag").and_then(Value::as_str),
