@@ -43,5 +43,6 @@ mod guide;
 mod prefect_half;
 mod reliability;
 mod rotate_key;
+mod scale_to_zero;
 mod waker;
 mod worker;

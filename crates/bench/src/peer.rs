@@ -8,7 +8,7 @@
 //! prefect-gcp calls `https://run.googleapis.com` (hard-coded in
 //! `prefect_gcp/workers/cloud_run_v2.py`, `_get_client`) and Google's OAuth endpoint; it runs
 //! inside a network namespace the sandbox made (`POST /_sandbox/netns`, as
-//! tests/prefect_gcp_workers.rs does), where Google's host names are the sandbox over TLS with
+//! tests/it/worker/prefect_gcp.rs does), where Google's host names are the sandbox over TLS with
 //! its CA trusted. `bootstrap worker` reaches the same sandbox through `BOOTSTRAP_GCP_ENDPOINT`.
 //! Each worker runs with its own defaults (prefect-gcp polls every 10 s and prefetches 10 s
 //! ahead, PREFECT_WORKER_QUERY_SECONDS / PREFECT_WORKER_PREFETCH_SECONDS); nothing is tuned.

@@ -312,7 +312,7 @@ const CLAIM_SETTLE: Duration = Duration::from_millis(300);
 /// After an ACCEPTed claim: true when no other worker's state follows the last SCHEDULED.
 ///
 /// A SQLite-backed server can ACCEPT two concurrent PENDING proposals (measured by
-/// `tests/worker_protocol.rs`: the slower request read SCHEDULED before the faster one
+/// `tests/it/worker/protocol.rs`: the slower request read SCHEDULED before the faster one
 /// committed, and its PENDING landed last, even after the winner's CRASHED). So a claim stands
 /// only if, once settled, the history since SCHEDULED holds nothing but ours; the late writer
 /// always sees the early one. If both step back, the worker whose PENDING is current adopts the
@@ -676,7 +676,7 @@ async fn record_pid(ctx: &Ctx, id: Uuid, job: &str) {
 mod tests {
     use super::*;
 
-    /// Regression (tests/worker_e2e.rs `server_restart_loses_no_run`): a run being submitted
+    /// Regression (tests/it/worker/e2e.rs `server_restart_loses_no_run`): a run being submitted
     /// while the Prefect server restarted was marked CRASHED ("cannot reach the Prefect API").
     #[test]
     fn outages_are_told_apart_from_bad_configurations() {

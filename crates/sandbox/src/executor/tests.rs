@@ -148,7 +148,7 @@ async fn cancel_kills_the_group_even_when_sigterm_is_ignored() {
     assert!(dies_soon(pid).await, "shell {pid} survived the cancel");
 }
 
-/// Regression (tests/worker_e2e.rs): Prefect's `flow-run execute` runs its engine in a new
+/// Regression (tests/it/worker/e2e.rs): Prefect's `flow-run execute` runs its engine in a new
 /// session; cancelling the container must stop it too, as Cloud Run stops the whole container.
 #[tokio::test]
 async fn cancel_kills_descendants_that_left_the_group() {

@@ -9,8 +9,6 @@
 //! automation within its bound. `destroy` removes every resource of the wake path. And the
 //! waker's shared secret never reaches disk, stdout, logs or `--json`.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use bootstrap_gcp::{iam, run_v2, secretmanager};
@@ -19,9 +17,9 @@ use bootstrap_prefect::{FlowRunFromDeployment, StateType};
 use bootstrap_spec::ids::{
     ProjectId, Region, RunServiceName, RunWorkerPoolName, SecretId, ServiceAccountEmail,
 };
-use common::World;
 use gcp_sandbox::executor::ServiceState;
 use secrecy::ExposeSecret as _;
+use testkit::World;
 
 const PROJECT: &str = "sandbox-project";
 /// The worker's `idle` in these tests: short, so the pool goes back to 0 quickly.
@@ -66,7 +64,7 @@ async fn world() -> World {
     .await
 }
 
-fn run(w: &World, args: &[&str], code: i32) -> common::Run {
+fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
     tokio::task::block_in_place(|| w.expect(args, code))
 }
 
@@ -188,11 +186,11 @@ fn invoke_calls(w: &World) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
     let w = world().await;
-    let suffix = common::suffix("stz");
+    let suffix = testkit::suffix("stz");
     let n = names(&suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
-    let prefect = common::prefect_client(&w.prefect_url);
+    let prefect = testkit::prefect_client(&w.prefect_url);
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
     let region = Region::parse("us-central1").unwrap();
@@ -345,7 +343,7 @@ async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
     let w = world().await;
-    let suffix = common::suffix("stzs");
+    let suffix = testkit::suffix("stzs");
     let n = names(&suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
@@ -365,7 +363,7 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
     let secret = secret.expose_secret().to_owned();
     assert!(secret.len() >= 32, "a short secret");
     // The block holds it (so the scan below looks for the right value).
-    let prefect = common::prefect_client(&w.prefect_url);
+    let prefect = testkit::prefect_client(&w.prefect_url);
     let block = prefect
         .block_document_by_name_with_secrets(WEBHOOK_BLOCK_TYPE, &n.block)
         .await
@@ -474,11 +472,11 @@ const REALISTIC_OP_DELAY: Duration = Duration::from_secs(3);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
     let w = world().await;
-    let suffix = common::suffix("stzc");
+    let suffix = testkit::suffix("stzc");
     let n = names(&suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
-    let prefect = common::prefect_client(&w.prefect_url);
+    let prefect = testkit::prefect_client(&w.prefect_url);
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert_eq!(live_count(&w, &n).await, Some(0));
     set_faults(&w, &format!("latency={REALISTIC_LATENCY}"));
@@ -516,7 +514,7 @@ async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
         .state
         .update_settings(|s| s.op_delay = Duration::ZERO);
     run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
-    common::record(
+    testkit::record(
         "scale_to_zero_cold_start",
         serde_json::json!({
             "latency": REALISTIC_LATENCY,
