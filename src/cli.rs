@@ -278,27 +278,36 @@ pub struct WorkerArgs {
 }
 
 /// `<n>s`, `<n>m`, `<n>h` or `<n>d` (whole numbers).
+/// `--sweep-older-than`: humantime's durations (`30m`, `24h`, `7d`, `1h 30m`), as the plan
+/// file's `worker.scale_to_zero.idle` reads them, so the tool has one duration syntax.
 fn parse_age(text: &str) -> Result<std::time::Duration, String> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{text}` is not an age like 30m, 24h or 7d"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "`{text}`: the unit must be s, m, h or d (e.g. 24h)"
-            ));
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not an age like 30m, 24h or 7d ({e})"))
+}
+
+#[cfg(test)]
+mod age_tests {
+    use super::parse_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_read_like_the_plan_files_durations() {
+        assert_eq!(parse_age("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_age(" 1h 30m "), Ok(Duration::from_secs(5_400)));
+    }
+
+    #[test]
+    fn a_bad_age_says_what_is_expected() {
+        for bad in ["", "24", "soon", "-1h", "99999999999999999999d"] {
+            let err = parse_age(bad).unwrap_err();
+            assert!(
+                err.contains("is not an age like 30m, 24h or 7d"),
+                "{bad}: {err}"
+            );
         }
-    };
-    n.checked_mul(secs)
-        .map(std::time::Duration::from_secs)
-        .ok_or_else(|| format!("`{text}` is too large"))
+    }
 }
 
 #[derive(Debug, Args)]
