@@ -36,7 +36,7 @@ async fn make_plan(
     keep_sa: bool,
 ) -> Result<Planned> {
     let ctx = engine::Context::connect(spec, global.gcp_endpoint.as_deref()).await?;
-    let observed = engine::observe::observe(&ctx, spec).await?;
+    let observed = engine::observe::observe(&ctx, spec, mode).await?;
     let options = planner::Options {
         mode,
         rotate_key,

@@ -105,6 +105,17 @@ async fn a_change_to_one_of_many_deployments_sends_only_its_upsert() {
         })
         .collect();
     assert!(google_writes.is_empty(), "{google_writes:?}");
+    // Regression: every plan listed the worker's Cloud Run jobs in each region, though only a
+    // destroy uses them.
+    let job_lists: Vec<(String, u64)> = w
+        .sandbox
+        .state
+        .faults
+        .calls()
+        .into_iter()
+        .filter(|(m, _)| m.ends_with("jobs.list"))
+        .collect();
+    assert!(job_lists.is_empty(), "{job_lists:?}");
     // And the change landed.
     let client = testkit::prefect_client(&w.prefect_url);
     let d = client

@@ -15,12 +15,20 @@ use serde_json::{Value, json};
 
 use super::context::Context;
 use super::observed::{self, Observed};
+use super::plan::Mode;
 use super::planner::prefect::deployment_key;
 
-/// Reads everything the planner compares, concurrently.
-pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
+/// Reads everything the planner compares, concurrently. The Cloud Run jobs the worker made are
+/// listed only for a destroy, the one plan that uses them (a list per region would otherwise be
+/// added to every `plan` and `apply`).
+pub async fn observe(ctx: &Context, spec: &Spec, mode: Mode) -> Result<Observed> {
     let project = &spec.gcp.project;
-    let spec_regions = job_regions(spec, None);
+    let destroy = mode == Mode::Destroy;
+    let spec_regions = if destroy {
+        job_regions(spec, None)
+    } else {
+        Vec::new()
+    };
     let (apis, gcp_sa, bindings, secret, service, worker_pool, prefect, mut worker_jobs, builds) =
         tokio::try_join!(
             apis(ctx, spec),
@@ -39,7 +47,7 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Observed> {
     // A region only the live pool's template names (a UI edit) is read once the pool is known.
     let more: Vec<String> = job_regions(spec, work_pool.as_ref())
         .into_iter()
-        .filter(|r| !spec_regions.contains(r))
+        .filter(|r| destroy && !spec_regions.contains(r))
         .collect();
     if !more.is_empty() {
         worker_jobs.extend(worker_jobs_in(ctx, spec, &more).await?);
