@@ -53,6 +53,15 @@ fn plan_text(suffix: &str) -> String {
         )
         .replace("  cpu_throttling: false\n", "")
         .replace("  allow_unauthenticated: false\n", "")
+        // The plan is written into the test's folder, which the sandbox writes to: its
+        // `build.context: .` must stay the example's folder, or every plan sees a new source.
+        .replace(
+            "      context: .\n",
+            &format!(
+                "      context: {}\n",
+                testkit::repo_root().join("examples/offline").display()
+            ),
+        )
 }
 
 async fn world() -> World {
