@@ -11,6 +11,7 @@
 //! loop is tested with a paused tokio clock.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -215,11 +216,23 @@ pub async fn watch(
     down: ScaleDown,
     work: Arc<dyn WorkSource>,
     in_flight: impl Fn() -> usize + Send + Sync,
+    dormant: Arc<AtomicBool>,
 ) {
     let every = check_interval(down.idle);
     let mut idle_since = Instant::now();
     loop {
         tokio::time::sleep(every).await;
+        if dormant.load(Ordering::SeqCst) {
+            // This worker set the count to 0 and claims nothing until Cloud Run stops its
+            // instance. Should the pool be woken before that (the count is above 0 again),
+            // Cloud Run may keep this instance: claim again, or no worker would serve the pool.
+            if matches!(down.scaler.instance_count().await, Ok(n) if n > 0) {
+                dormant.store(false, Ordering::SeqCst);
+                idle_since = Instant::now();
+                tracing::info!("the worker pool was woken again: claiming runs");
+            }
+            continue;
+        }
         if is_busy(&*work, &in_flight, down.idle).await {
             idle_since = Instant::now();
             continue;
@@ -227,7 +240,7 @@ pub async fn watch(
         if idle_since.elapsed() < down.idle {
             continue;
         }
-        match scale_to_zero(&down, &*work, &in_flight).await {
+        match scale_to_zero(&down, &*work, &in_flight, &dormant).await {
             Ok(true) => tracing::info!(
                 idle_s = down.idle.as_secs(),
                 "nothing to do in the work pool: worker pool scaled to 0 instances"
@@ -261,24 +274,36 @@ async fn is_busy(
 
 /// Sets the count to 0 unless work arrived meanwhile or it is 0 already. `Ok(true)` when it
 /// wrote.
+///
+/// The worker goes dormant (claims no new run) *before* its last look and stays so after the
+/// write: a run claimed by an instance that Cloud Run is about to stop would be left PENDING
+/// with no worker, and the sweep, which waits for a Pending event, would not see it as
+/// stranded (regression: `scale_to_zero::a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again`
+/// had a run created right after the scale-down claimed by the stopping instance).
 async fn scale_to_zero(
     down: &ScaleDown,
     work: &dyn WorkSource,
     in_flight: &(impl Fn() -> usize + Send + Sync),
+    dormant: &AtomicBool,
 ) -> anyhow::Result<bool> {
     if down.scaler.instance_count().await? == 0 {
         return Ok(false);
     }
+    dormant.store(true, Ordering::SeqCst);
     // The last look right before the write narrows the race with a run arriving now; a run
-    // that still slips through is woken by the waker's sweep.
+    // that still slips through stays SCHEDULED and is woken by the waker's sweep.
     if is_busy(work, in_flight, down.idle).await {
+        dormant.store(false, Ordering::SeqCst);
         return Ok(false);
     }
     let mut attempt = 1;
     loop {
         match down.scaler.set_instance_count(0).await {
             Ok(()) => return Ok(true),
-            Err(e) if attempt >= WRITE_ATTEMPTS => return Err(e),
+            Err(e) if attempt >= WRITE_ATTEMPTS => {
+                dormant.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
             Err(e) => {
                 let base = Duration::from_millis(500) * 2u32.pow(attempt - 1);
                 let wait = base.mul_f64(rand::rng().random_range(0.8..1.2));
@@ -345,13 +370,51 @@ mod tests {
         }
     }
 
-    fn spawn(fake: &Arc<Fake>, idle: Duration, local: Arc<AtomicUsize>) {
+    fn spawn(fake: &Arc<Fake>, idle: Duration, local: Arc<AtomicUsize>) -> Arc<AtomicBool> {
         let down = ScaleDown {
             idle,
             scaler: fake.clone(),
         };
         let work: Arc<dyn WorkSource> = fake.clone();
-        tokio::spawn(watch(down, work, move || local.load(Ordering::SeqCst)));
+        let dormant = Arc::new(AtomicBool::new(false));
+        tokio::spawn(watch(
+            down,
+            work,
+            move || local.load(Ordering::SeqCst),
+            dormant.clone(),
+        ));
+        dormant
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_scaling_to_zero_the_worker_claims_nothing_until_woken_again() {
+        let fake = Fake::new(1);
+        let dormant = spawn(&fake, Duration::from_secs(4), Arc::default());
+        assert!(!dormant.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(*fake.count.lock().unwrap(), 0);
+        assert!(
+            dormant.load(Ordering::SeqCst),
+            "a stopping instance must not claim"
+        );
+        // Still dormant while the count stays 0, whatever arrives in Prefect.
+        fake.busy.store(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(dormant.load(Ordering::SeqCst));
+        // The waker sets 1 and Cloud Run keeps this instance: it claims again.
+        *fake.count.lock().unwrap() = 1;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!dormant.load(Ordering::SeqCst));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_that_cannot_read_prefect_never_goes_dormant() {
+        let fake = Fake::new(1);
+        fake.read_fails.store(true, Ordering::SeqCst);
+        let dormant = spawn(&fake, Duration::from_secs(4), Arc::default());
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!dormant.load(Ordering::SeqCst));
+        assert_eq!(*fake.count.lock().unwrap(), 1);
     }
 
     #[tokio::test(start_paused = true)]

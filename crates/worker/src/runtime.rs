@@ -10,7 +10,7 @@
 //! - on shutdown: no new runs, running jobs are left to finish, exit within a few seconds.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,6 +120,9 @@ pub(crate) struct Scheduler {
     last_poll_ok: Mutex<Instant>,
     poll_now: Notify,
     stopping: watch::Sender<bool>,
+    /// Scale to zero: this worker set its pool's count to 0 and claims no new run (see
+    /// [`super::idle::watch`]).
+    dormant: Arc<AtomicBool>,
 }
 
 /// At most this many runs are being submitted (claim, job configuration, job creation, up to
@@ -185,7 +188,7 @@ impl Shared {
     }
 
     fn stopping(&self) -> bool {
-        *self.sched.stopping.borrow()
+        *self.sched.stopping.borrow() || self.sched.dormant.load(Ordering::SeqCst)
     }
 
     /// Starts a task for `run` unless one is running or the limit is reached.
@@ -338,9 +341,13 @@ pub async fn run(
             pool: pool.name.clone(),
         });
         let mine = shared.clone();
-        tasks.spawn(super::idle::watch(down, work, move || {
-            mine.in_flight_count() + mine.sched.waiting.load(Ordering::SeqCst)
-        }));
+        let dormant = shared.sched.dormant.clone();
+        tasks.spawn(super::idle::watch(
+            down,
+            work,
+            move || mine.in_flight_count() + mine.sched.waiting.load(Ordering::SeqCst),
+            dormant,
+        ));
     }
     if let Some(port) = health_port {
         let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
@@ -601,6 +608,7 @@ impl Scheduler {
             last_poll_ok: Mutex::new(Instant::now()),
             poll_now: Notify::new(),
             stopping: stop_tx,
+            dormant: Arc::new(AtomicBool::new(false)),
         }
     }
 }
