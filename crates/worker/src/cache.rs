@@ -26,6 +26,12 @@ use super::config::PoolKind;
 /// runs picked up a few seconds later, as with Prefect's own worker (which reads per poll).
 pub(crate) const PREFECT_TTL: Duration = Duration::from_secs(5);
 
+/// Deployments are read afresh for every run, as Prefect's own worker does: a deployment
+/// changed by `apply` (a rebuilt image) must apply to a Quick Run made a second later
+/// (regression: `builds_e2e` ran the old image when its rebuild and run took under
+/// [`PREFECT_TTL`]).
+pub(crate) const DEPLOYMENT_TTL: Duration = Duration::ZERO;
+
 /// Beyond this many entries, expired ones are dropped on the next insert (bounds memory).
 const PRUNE_AT: usize = 64;
 
@@ -95,7 +101,7 @@ impl Default for Reads {
     fn default() -> Self {
         Self {
             pool: TtlMap::new(PREFECT_TTL),
-            deployments: TtlMap::new(PREFECT_TTL),
+            deployments: TtlMap::new(DEPLOYMENT_TTL),
             flows: TtlMap::new(PREFECT_TTL),
             blocks_by_id: TtlMap::new(PREFECT_TTL),
             blocks_by_name: TtlMap::new(PREFECT_TTL),
@@ -286,6 +292,23 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(map.get_or_fetch(&1, fetch).await.as_deref(), Ok("v"));
         assert_eq!(calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn deployments_are_read_for_every_run() {
+        let reads = Reads::default();
+        let calls = AtomicUsize::new(0);
+        for _ in 0..3 {
+            let got = reads
+                .deployments
+                .get_or_fetch(&Uuid::nil(), || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, String>(None)
+                })
+                .await;
+            assert!(matches!(got, Ok(None)));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]
