@@ -495,7 +495,12 @@ fn automation_changes(
     if let Some(keys) = want.trigger.as_object() {
         for (k, v) in keys {
             let l = live.trigger.get(k).cloned().unwrap_or(Value::Null);
-            if !same(&l, v) {
+            let equal = if matches!(k.as_str(), "expect" | "after") {
+                as_set(&l) == as_set(v)
+            } else {
+                same(&l, v)
+            };
+            if !equal {
                 out.push(FieldChange::set(
                     format!("trigger.{k}"),
                     Some(l),
@@ -523,6 +528,17 @@ fn automation_changes(
 }
 
 /// Equal, with numbers compared by value (the server may answer `60.0` for `60`).
+/// A trigger's `expect` and `after` are sets in Prefect's schema (`Set[str]` in
+/// `prefect/server/events/schemas/automations.py`): the server returns them in its own order,
+/// which changes from one server process to the next (Python's string hashing).
+fn as_set(v: &Value) -> Option<std::collections::BTreeSet<String>> {
+    v.as_array().map(|a| {
+        a.iter()
+            .map(|x| x.as_str().map_or_else(|| x.to_string(), str::to_owned))
+            .collect()
+    })
+}
+
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
@@ -631,5 +647,22 @@ pub(super) fn destroy(b: &mut Builder) {
         } else {
             b.adopted.push(address::account(&n));
         }
+    }
+}
+
+#[cfg(test)]
+mod set_tests {
+    use super::as_set;
+    use serde_json::json;
+
+    /// Regression: the merged tree's e2e saw `expect` come back from the server in the other
+    /// order, and a converged plan showed the wake automation as drift.
+    #[test]
+    fn expect_and_after_compare_as_sets() {
+        let a = json!(["prefect.flow-run.Late", "prefect.flow-run.Scheduled"]);
+        let b = json!(["prefect.flow-run.Scheduled", "prefect.flow-run.Late"]);
+        assert_eq!(as_set(&a), as_set(&b));
+        assert_ne!(as_set(&a), as_set(&json!(["prefect.flow-run.Late"])));
+        assert_ne!(as_set(&json!(null)), as_set(&json!([])));
     }
 }
