@@ -51,27 +51,10 @@ fn metadata_host() -> Option<String> {
         .then(|| "metadata.google.internal".to_string())
 }
 
-/// `instance/id` from the metadata server at `host`, `None` on any failure or after the timeout.
-pub async fn instance_id(host: &str) -> Option<String> {
-    bootstrap_gcp::init_crypto(); // reqwest is built without a default TLS provider
-    let client = reqwest::Client::builder()
-        .timeout(METADATA_TIMEOUT)
-        .connect_timeout(METADATA_TIMEOUT)
-        .build()
-        .ok()?;
-    let url = format!("http://{host}/computeMetadata/v1/instance/id");
-    let resp = client
-        .get(url)
-        .header("Metadata-Flavor", "Google")
-        .send()
-        .await
-        .ok()?;
-    if !resp.status().is_success() {
-        return None;
-    }
-    let text = resp.text().await.ok()?;
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_string())
+/// `instance/id` from the metadata server at `host` (the request is built by `bootstrap_gcp`,
+/// which owns every Google request), `None` on any failure or after the timeout.
+async fn instance_id(host: &str) -> Option<String> {
+    bootstrap_gcp::auth::metadata::instance_id(host, METADATA_TIMEOUT).await
 }
 
 fn hostname() -> String {
@@ -123,36 +106,5 @@ mod tests {
         assert_ne!(h1, h2);
         assert!(h1.starts_with("bootstrap-web-"), "{h1}");
         assert_eq!(h1, name_from(None, "web", Some("machine-1\n")));
-    }
-
-    #[tokio::test]
-    async fn instance_id_comes_from_the_metadata_server_with_its_header() {
-        use axum::http::HeaderMap;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = axum::Router::new().route(
-            "/computeMetadata/v1/instance/id",
-            axum::routing::get(|h: HeaderMap| async move {
-                if h.get("metadata-flavor").and_then(|v| v.to_str().ok()) == Some("Google") {
-                    (axum::http::StatusCode::OK, "1234567890abcdef\n")
-                } else {
-                    (axum::http::StatusCode::FORBIDDEN, "")
-                }
-            }),
-        );
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        assert_eq!(
-            instance_id(&addr.to_string()).await.as_deref(),
-            Some("1234567890abcdef")
-        );
-        // Nothing listens: None, within the bound.
-        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let gone = free.local_addr().expect("addr").to_string();
-        drop(free);
-        let t0 = std::time::Instant::now();
-        assert_eq!(instance_id(&gone).await, None);
-        assert!(t0.elapsed() < METADATA_TIMEOUT * 2);
     }
 }

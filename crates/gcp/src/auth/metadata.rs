@@ -74,6 +74,28 @@ impl MetadataServerSource {
     }
 }
 
+/// The running instance's id (`instance/id`), as Cloud Run's container contract offers it
+/// (<https://cloud.google.com/run/docs/container-contract#metadata-server>): unique per
+/// instance, where every instance of a service may share one hostname. `None` on any failure
+/// or after `timeout`: callers fall back to another name rather than fail.
+pub async fn instance_id(host: &str, timeout: Duration) -> Option<String> {
+    let url = format!(
+        "http://{}/computeMetadata/v1/instance/id",
+        host.trim().trim_end_matches('/')
+    );
+    exchange::check_url("GCE_METADATA_HOST", &url).ok()?;
+    let request = exchange::client()
+        .ok()?
+        .get(&url)
+        .header("Metadata-Flavor", "Google")
+        .timeout(timeout);
+    let body = exchange::send("metadata server", &url, request)
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&body).trim().to_owned();
+    (!text.is_empty()).then_some(text)
+}
+
 #[async_trait]
 impl TokenSource for MetadataServerSource {
     async fn token(&self) -> Result<SecretString, GcpError> {
@@ -91,5 +113,42 @@ impl TokenSource for MetadataServerSource {
         self.email
             .as_deref()
             .and_then(|e| bootstrap_ids::ServiceAccountEmail::parse(e).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn instance_id_comes_from_the_metadata_server_with_its_header() {
+        use axum::http::HeaderMap;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/computeMetadata/v1/instance/id",
+            axum::routing::get(|h: HeaderMap| async move {
+                if h.get("metadata-flavor").and_then(|v| v.to_str().ok()) == Some("Google") {
+                    (axum::http::StatusCode::OK, "1234567890abcdef\n")
+                } else {
+                    (axum::http::StatusCode::FORBIDDEN, "")
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let timeout = Duration::from_secs(2);
+        assert_eq!(
+            instance_id(&addr.to_string(), timeout).await.as_deref(),
+            Some("1234567890abcdef")
+        );
+        // Nothing listens: None, within the bound.
+        let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let gone = free.local_addr().expect("addr").to_string();
+        drop(free);
+        let t0 = std::time::Instant::now();
+        assert_eq!(instance_id(&gone, timeout).await, None);
+        assert!(t0.elapsed() < timeout * 2);
     }
 }
