@@ -54,10 +54,11 @@ pub struct Condition {
     pub extra: Map<String, Value>,
 }
 
-/// A v1 job (`Job`). `spec` is kept as JSON: it is built from Prefect's job template.
+/// A v1 resource as the Knative-style API sends it: `apiVersion`, `kind`, `metadata`, a `spec`
+/// kept as JSON (a job's is built from Prefect's job template) and a typed `status`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Job {
+pub struct Resource<S> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,10 +68,13 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<JobStatus>,
+    pub status: Option<S>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+/// A v1 job (`Job`).
+pub type Job = Resource<JobStatus>;
 
 /// `JobStatus`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -102,22 +106,7 @@ impl Job {
 }
 
 /// A v1 execution (`Execution`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Execution {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    #[serde(default)]
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<ExecutionStatus>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
-}
+pub type Execution = Resource<ExecutionStatus>;
 
 /// `ExecutionStatus`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -173,6 +162,64 @@ fn namespace(project: &ProjectId) -> String {
     )
 }
 
+/// The two collections of a namespace the tool reads and deletes by name; the method ids are
+/// run.v1.json's (`run.namespaces.jobs.get`, ...), as the call log and errors name them.
+#[derive(Clone, Copy)]
+enum Collection {
+    Jobs,
+    Executions,
+}
+
+impl Collection {
+    fn path(self, project: &ProjectId, name: &str) -> String {
+        let collection = match self {
+            Self::Jobs => "jobs",
+            Self::Executions => "executions",
+        };
+        format!("{}/{collection}/{}", namespace(project), seg(name))
+    }
+
+    /// `None` if it does not exist.
+    async fn get<T: serde::de::DeserializeOwned>(
+        self,
+        http: &GcpHttp,
+        region: &Region,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<Option<T>, GcpError> {
+        let method = match self {
+            Self::Jobs => "run.namespaces.jobs.get",
+            Self::Executions => "run.namespaces.executions.get",
+        };
+        let path = self.path(project, name);
+        http.send(Call::new(
+            method,
+            Method::GET,
+            Api::RunV1(region.clone()),
+            path,
+        ))
+        .await
+        .optional()
+    }
+
+    /// `false` if it was already gone.
+    async fn delete(
+        self,
+        http: &GcpHttp,
+        region: &Region,
+        project: &ProjectId,
+        name: &str,
+    ) -> Result<bool, GcpError> {
+        let method = match self {
+            Self::Jobs => "run.namespaces.jobs.delete",
+            Self::Executions => "run.namespaces.executions.delete",
+        };
+        let path = self.path(project, name);
+        let call = Call::new(method, Method::DELETE, Api::RunV1(region.clone()), path);
+        Ok(http.send::<Value>(call).await.optional()?.is_some())
+    }
+}
+
 /// Creates a job (`metadata.name` names it). An existing one gives
 /// [`GcpError::AlreadyExists`].
 pub async fn create_job(
@@ -200,15 +247,9 @@ pub async fn get_job(
     project: &ProjectId,
     name: &RunJobName,
 ) -> Result<Option<Job>, GcpError> {
-    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
-    http.send(Call::new(
-        "run.namespaces.jobs.get",
-        Method::GET,
-        Api::RunV1(region.clone()),
-        path,
-    ))
-    .await
-    .optional()
+    Collection::Jobs
+        .get(http, region, project, name.as_str())
+        .await
 }
 
 /// Replaces a job's definition.
@@ -219,7 +260,7 @@ pub async fn replace_job(
     name: &RunJobName,
     job: &Job,
 ) -> Result<Job, GcpError> {
-    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
+    let path = Collection::Jobs.path(project, name.as_str());
     let call = Call::new(
         "run.namespaces.jobs.replaceJob",
         Method::PUT,
@@ -271,14 +312,9 @@ pub async fn delete_job(
     project: &ProjectId,
     name: &RunJobName,
 ) -> Result<bool, GcpError> {
-    let path = format!("{}/jobs/{}", namespace(project), seg(name.as_str()));
-    let call = Call::new(
-        "run.namespaces.jobs.delete",
-        Method::DELETE,
-        Api::RunV1(region.clone()),
-        path,
-    );
-    Ok(http.send::<Value>(call).await.optional()?.is_some())
+    Collection::Jobs
+        .delete(http, region, project, name.as_str())
+        .await
 }
 
 /// Starts an execution of the job and returns it. `overrides` is a `RunJobRequest.overrides`
@@ -290,7 +326,7 @@ pub async fn run_job(
     name: &RunJobName,
     overrides: Option<Value>,
 ) -> Result<Execution, GcpError> {
-    let path = format!("{}/jobs/{}:run", namespace(project), seg(name.as_str()));
+    let path = format!("{}:run", Collection::Jobs.path(project, name.as_str()));
     let body = match overrides {
         Some(o) => json!({ "overrides": o }),
         None => json!({}),
@@ -314,15 +350,9 @@ pub async fn get_execution(
     project: &ProjectId,
     name: &str,
 ) -> Result<Option<Execution>, GcpError> {
-    let path = format!("{}/executions/{}", namespace(project), seg(name));
-    http.send(Call::new(
-        "run.namespaces.executions.get",
-        Method::GET,
-        Api::RunV1(region.clone()),
-        path,
-    ))
-    .await
-    .optional()
+    Collection::Executions
+        .get(http, region, project, name)
+        .await
 }
 
 /// Deletes an execution; `false` if it was already gone.
@@ -332,14 +362,9 @@ pub async fn delete_execution(
     project: &ProjectId,
     name: &str,
 ) -> Result<bool, GcpError> {
-    let path = format!("{}/executions/{}", namespace(project), seg(name));
-    let call = Call::new(
-        "run.namespaces.executions.delete",
-        Method::DELETE,
-        Api::RunV1(region.clone()),
-        path,
-    );
-    Ok(http.send::<Value>(call).await.optional()?.is_some())
+    Collection::Executions
+        .delete(http, region, project, name)
+        .await
 }
 
 /// Cancels a running execution (repeating a cancel is harmless).
@@ -349,7 +374,7 @@ pub async fn cancel_execution(
     project: &ProjectId,
     name: &str,
 ) -> Result<Execution, GcpError> {
-    let path = format!("{}/executions/{}:cancel", namespace(project), seg(name));
+    let path = format!("{}:cancel", Collection::Executions.path(project, name));
     let call = Call::new(
         "run.namespaces.executions.cancel",
         Method::POST,

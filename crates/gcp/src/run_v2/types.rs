@@ -7,59 +7,83 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// A Cloud Run service (`GoogleCloudRunV2Service`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Service {
-    /// `projects/{p}/locations/{r}/services/{s}`; ignored on create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    /// `INGRESS_TRAFFIC_ALL`, `INGRESS_TRAFFIC_INTERNAL_ONLY`, ...
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ingress: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub invoker_iam_disabled: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaling: Option<ServiceScaling>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<RevisionTemplate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Output only (int64 as a string).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<String>,
-    /// Output only (int64 as a string).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<String>,
-    /// Output only: the overall readiness.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal_condition: Option<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest_ready_revision: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest_created_revision: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconciling: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+/// Declares a top-level Cloud Run v2 resource (`Service`, `WorkerPool`, `Job`): the fields
+/// run.v2.json gives every one of them (name, labels, annotations, etag, uid, generation,
+/// observedGeneration, createTime, terminalCondition, conditions, reconciling), then its own,
+/// then `extra` for the rest, so that one declaration of the shared metadata serves all three.
+macro_rules! run_v2_resource {
+    (
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $( $(#[$fattr:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$attr])*
+        #[derive(Debug, Clone, Default, PartialEq, ::serde::Serialize, ::serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $name {
+            /// `projects/{p}/locations/{r}/<collection>/{id}`; ignored on create.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub name: Option<String>,
+            #[serde(default, skip_serializing_if = "::std::collections::BTreeMap::is_empty")]
+            pub labels: ::std::collections::BTreeMap<String, String>,
+            #[serde(default, skip_serializing_if = "::std::collections::BTreeMap::is_empty")]
+            pub annotations: ::std::collections::BTreeMap<String, String>,
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub etag: Option<String>,
+            /// Output only.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub uid: Option<String>,
+            /// Output only (int64 as a string).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub generation: Option<String>,
+            /// Output only (int64 as a string).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub observed_generation: Option<String>,
+            /// Output only.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub create_time: Option<String>,
+            /// Output only: the overall readiness.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub terminal_condition: Option<$crate::run_v2::Condition>,
+            /// Output only.
+            #[serde(default, skip_serializing_if = "Vec::is_empty")]
+            pub conditions: Vec<$crate::run_v2::Condition>,
+            /// Output only.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub reconciling: Option<bool>,
+            $( $(#[$fattr])* pub $field: $ty, )*
+            #[serde(flatten)]
+            pub extra: ::serde_json::Map<String, ::serde_json::Value>,
+        }
+    };
+}
+pub(crate) use run_v2_resource;
+
+run_v2_resource! {
+    /// A Cloud Run service (`GoogleCloudRunV2Service`).
+    pub struct Service {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+        /// `INGRESS_TRAFFIC_ALL`, `INGRESS_TRAFFIC_INTERNAL_ONLY`, ...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub ingress: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub invoker_iam_disabled: Option<bool>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scaling: Option<ServiceScaling>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub template: Option<RevisionTemplate>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub latest_ready_revision: Option<String>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub latest_created_revision: Option<String>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub uri: Option<String>,
+    }
 }
 
 /// Service-level scaling (`GoogleCloudRunV2ServiceScaling`).
@@ -242,44 +266,18 @@ pub struct Condition {
     pub extra: Map<String, Value>,
 }
 
-/// A Cloud Run job (`GoogleCloudRunV2Job`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Job {
-    /// `projects/{p}/locations/{r}/jobs/{j}`; ignored on create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<ExecutionTemplate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub create_time: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal_condition: Option<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub execution_count: Option<i32>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest_created_execution: Option<ExecutionReference>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconciling: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+run_v2_resource! {
+    /// A Cloud Run job (`GoogleCloudRunV2Job`).
+    pub struct Job {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub template: Option<ExecutionTemplate>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub execution_count: Option<i32>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub latest_created_execution: Option<ExecutionReference>,
+    }
 }
 
 /// `GoogleCloudRunV2ExecutionReference`.

@@ -10,57 +10,29 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Condition, Container, location, to_body};
+use super::types::run_v2_resource;
+use super::{Container, location, to_body};
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, seg};
 use crate::operations::Operation;
 
-/// A worker pool (`GoogleCloudRunV2WorkerPool`). Fields the tool reads or writes are typed;
-/// the rest stay in `extra`, so a read-modify-write keeps them.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerPool {
-    /// `projects/{p}/locations/{r}/workerPools/{w}`; ignored on create.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub labels: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub annotations: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scaling: Option<WorkerPoolScaling>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub template: Option<WorkerPoolTemplate>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// Output only (int64 as a string).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub generation: Option<String>,
-    /// Output only (int64 as a string).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<String>,
-    /// Output only: the overall readiness.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub terminal_condition: Option<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<Condition>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest_ready_revision: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latest_created_revision: Option<String>,
-    /// Output only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reconciling: Option<bool>,
-    #[serde(flatten)]
-    pub extra: Map<String, Value>,
+run_v2_resource! {
+    /// A worker pool (`GoogleCloudRunV2WorkerPool`). Fields the tool reads or writes are typed;
+    /// the rest stay in `extra`, so a read-modify-write keeps them.
+    pub struct WorkerPool {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub description: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub scaling: Option<WorkerPoolScaling>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub template: Option<WorkerPoolTemplate>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub latest_ready_revision: Option<String>,
+        /// Output only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub latest_created_revision: Option<String>,
+    }
 }
 
 impl WorkerPool {
