@@ -1,5 +1,7 @@
 //! Request parsing, authorization and the Cloud Run v2 methods.
 
+use std::collections::BTreeMap;
+
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
@@ -330,6 +332,38 @@ pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("Resource '{name}' was not found"))
 }
 
+/// A stored record by its full name, or Google's NOT_FOUND naming it.
+pub(super) fn found<R: Clone>(records: &BTreeMap<String, R>, name: &str) -> ApiResult<R> {
+    records.get(name).cloned().ok_or_else(|| not_found(name))
+}
+
+/// The records whose full name starts with `prefix` (one parent's collection, such as
+/// `projects/p/locations/r/jobs/`), in name order.
+pub(super) fn under<R: Clone + Named>(records: &BTreeMap<String, R>, prefix: &str) -> Vec<R> {
+    records
+        .values()
+        .filter(|r| r.full_name().starts_with(prefix))
+        .cloned()
+        .collect()
+}
+
+/// A record stored by its full resource name.
+pub(super) trait Named {
+    fn full_name(&self) -> &str;
+}
+
+impl Named for JobRec {
+    fn full_name(&self) -> &str {
+        &self.meta.name
+    }
+}
+
+impl Named for super::worker_pools::WorkerPoolRec {
+    fn full_name(&self) -> &str {
+        &self.meta.name
+    }
+}
+
 // ---------- services ----------
 
 pub(crate) fn service_name(req: &Req, id: &str) -> String {
@@ -600,29 +634,14 @@ fn job_create(req: &Req) -> ApiResult<Value> {
 fn job_get(req: &Req) -> ApiResult<Value> {
     req.require("run.jobs.get")?;
     let name = job_name(&req.parent(), req.p(2));
-    let rec = req
-        .state
-        .run
-        .store()
-        .jobs
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
+    let rec = found(&req.state.run.store().jobs, &name)?;
     Ok(job_view(&req.state, &rec))
 }
 
 fn job_list(req: &Req) -> ApiResult<Value> {
     req.require("run.jobs.list")?;
     let prefix = format!("{}/jobs/", req.parent().name());
-    let recs: Vec<JobRec> = req
-        .state
-        .run
-        .store()
-        .jobs
-        .values()
-        .filter(|j| j.meta.name.starts_with(&prefix))
-        .cloned()
-        .collect();
+    let recs: Vec<JobRec> = under(&req.state.run.store().jobs, &prefix);
     let items = recs.iter().map(|r| job_view(&req.state, r)).collect();
     let (page, next) = paginate(req, items)?;
     Ok(list_response("jobs", page, next))
@@ -680,14 +699,7 @@ fn job_patch(req: &Req) -> ApiResult<Value> {
 /// Removes a job and its executions, cancelling running ones; returns the last view.
 pub(crate) fn remove_job(req: &Req, id: &str) -> ApiResult<Value> {
     let name = job_name(&req.parent(), id);
-    let rec = req
-        .state
-        .run
-        .store()
-        .jobs
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
+    let rec = found(&req.state.run.store().jobs, &name)?;
     let view = job_view(&req.state, &rec);
     let prefix = format!("{name}/executions/");
     let mut store = req.state.run.store();
@@ -711,14 +723,7 @@ fn job_delete(req: &Req) -> ApiResult<Value> {
     let op_name = new_op_name(&req.parent());
     if req.flag("validateOnly") {
         let name = job_name(&req.parent(), req.p(2));
-        let rec = req
-            .state
-            .run
-            .store()
-            .jobs
-            .get(&name)
-            .cloned()
-            .ok_or_else(|| not_found(&name))?;
+        let rec = found(&req.state.run.store().jobs, &name)?;
         let view = job_view(&req.state, &rec);
         return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
     }
@@ -741,14 +746,7 @@ pub(crate) fn job_run(req: &Req) -> ApiResult<(Value, String)> {
     })?;
     let id = req.p(2).to_owned();
     let name = job_name(&req.parent(), &id);
-    let job = req
-        .state
-        .run
-        .store()
-        .jobs
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
+    let job = found(&req.state.run.store().jobs, &name)?;
     if Utc::now() < job.meta.settle_at || job.settled != Settled::Ready {
         return Err(ApiError::failed_precondition(format!(
             "Resource '{id}' is not ready and cannot be run."

@@ -19,8 +19,8 @@ use serde_json::{Map, Value, json};
 
 use super::engine;
 use super::handlers::{
-    Req, act_as, containers, list_response, new_meta, new_op_name, not_found, paginate,
-    project_number, revision_name, spec_only, touch, typed, validate_id,
+    Req, act_as, containers, found, list_response, new_meta, new_op_name, not_found, paginate,
+    project_number, revision_name, spec_only, touch, typed, under, validate_id,
 };
 use super::records::{Meta, Settled};
 use super::views;
@@ -292,29 +292,14 @@ fn require_on_pool(req: &Req, name: &str, permission: &str) -> ApiResult<()> {
 fn get(req: &Req) -> ApiResult<Value> {
     let name = pool_name(req, &id_param(req));
     require_on_pool(req, &name, "run.workerpools.get")?;
-    let rec = req
-        .state
-        .run
-        .store()
-        .worker_pools
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
+    let rec = found(&req.state.run.store().worker_pools, &name)?;
     Ok(view(&req.state, &rec))
 }
 
 fn list(req: &Req) -> ApiResult<Value> {
     req.require("run.workerpools.list")?;
     let prefix = format!("{}/workerPools/", req.parent().name());
-    let recs: Vec<WorkerPoolRec> = req
-        .state
-        .run
-        .store()
-        .worker_pools
-        .values()
-        .filter(|w| w.meta.name.starts_with(&prefix))
-        .cloned()
-        .collect();
+    let recs: Vec<WorkerPoolRec> = under(&req.state.run.store().worker_pools, &prefix);
     let items = recs.iter().map(|r| view(&req.state, r)).collect();
     let (page, next) = paginate(req, items)?;
     Ok(list_response("workerPools", page, next))
@@ -430,14 +415,7 @@ fn patch(req: &Req) -> ApiResult<Value> {
 fn delete(req: &Req) -> ApiResult<Value> {
     req.require("run.workerpools.delete")?;
     let name = pool_name(req, &id_param(req));
-    let rec = req
-        .state
-        .run
-        .store()
-        .worker_pools
-        .get(&name)
-        .cloned()
-        .ok_or_else(|| not_found(&name))?;
+    let rec = found(&req.state.run.store().worker_pools, &name)?;
     check_etag(req, req.param("etag"), &rec.meta.etag)?;
     let mut v = view(&req.state, &rec);
     v["deleteTime"] = json!(views::ts(Utc::now()));
