@@ -12,14 +12,16 @@
 use std::time::{Duration, Instant};
 
 use bootstrap_gcp::{iam, run_v2, secretmanager};
-use bootstrap_prefect::wake::{SWEEP_WITHIN_SECONDS, WEBHOOK_BLOCK_TYPE};
+use bootstrap_prefect::wake::{
+    SWEEP_WITHIN_SECONDS, WEBHOOK_BLOCK_TYPE, sweep_automation, webhook_block_data,
+};
 use bootstrap_prefect::{FlowRunFromDeployment, StateType};
 use bootstrap_spec::ids::{
     ProjectId, Region, RunServiceName, RunWorkerPoolName, SecretId, ServiceAccountEmail,
 };
 use gcp_sandbox::executor::ServiceState;
 use secrecy::ExposeSecret as _;
-use testkit::World;
+use testkit::{OfflineWorker, World};
 
 const PROJECT: &str = "sandbox-project";
 /// The worker's `idle` in these tests: short, so the pool goes back to 0 quickly.
@@ -27,41 +29,7 @@ const IDLE: &str = "5s";
 
 /// The offline example with unique names, on a worker pool with `scale_to_zero`.
 fn plan_text(suffix: &str) -> String {
-    let example =
-        std::fs::read_to_string(testkit::repo_root().join("examples/offline/bootstrap.yaml"))
-            .unwrap();
-    example
-        .replace(
-            "name: gcp-credentials",
-            &format!("name: gcp-credentials-{suffix}"),
-        )
-        .replace(
-            "name: offline-pool",
-            &format!("name: offline-pool-{suffix}"),
-        )
-        .replace(
-            "- name: offline-report",
-            &format!("- name: offline-report-{suffix}"),
-        )
-        .replace(
-            "service: prefect-worker",
-            &format!("service: worker-{suffix}"),
-        )
-        .replace(
-            "  min_instances: 1\n",
-            &format!("  kind: worker-pool\n  instances: 1\n  scale_to_zero:\n    idle: {IDLE}\n"),
-        )
-        .replace("  cpu_throttling: false\n", "")
-        .replace("  allow_unauthenticated: false\n", "")
-        // The plan is written into the test's folder, which the sandbox writes to: its
-        // `build.context: .` must stay the example's folder, or every plan sees a new source.
-        .replace(
-            "      context: .\n",
-            &format!(
-                "      context: {}\n",
-                testkit::repo_root().join("examples/offline").display()
-            ),
-        )
+    testkit::offline_plan(suffix, OfflineWorker::PoolScaleToZero { idle: IDLE })
 }
 
 async fn world() -> World {
@@ -197,20 +165,82 @@ async fn a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again() {
     whole_loop(false).await;
 }
 
-/// The sweep half of the loop: a run whose wake calls all failed is picked up by the sweep
-/// automation once the waker's URL answers again. It passed on its own branch (85 s) but not
-/// on the merged tree of 2026-12-05, where Prefect's proactive sweep automation never called
-/// the waker in 150 s (fresh server too); the cause is not found yet (issue #19 stays open).
+/// The sweep half of the loop: a run whose wake calls (its Scheduled and its Late event) all
+/// failed is woken for by the sweep automation within one window (+ 5 s) of the waker's URL
+/// answering again. Regression (issue #19): the sweep expected `prefect.flow-run.Pending` and
+/// stayed silent for up to three windows after the previous run went Pending, past this test's
+/// bound (`bootstrap_prefect::wake::sweep_automation` has Prefect's code path).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue #19: the sweep automation does not fire on the merged tree; cause not found"]
 async fn a_run_the_waker_missed_is_picked_up_by_the_sweep() {
     whole_loop(true).await;
+}
+
+/// Deletes the Prefect objects of `suffix`'s plan when the test ends, passed or panicked:
+/// an automation left behind would keep calling a waker that is gone.
+fn cleanup(w: &World, n: &Names, suffix: &str) -> testkit::PrefectCleanup {
+    testkit::PrefectCleanup::new(&w.prefect_url)
+        .automation(format!("{}-wake", n.work_pool))
+        .automation(format!("{}-sweep", n.work_pool))
+        .block(WEBHOOK_BLOCK_TYPE, &n.block)
+        .block("gcp-credentials", format!("gcp-credentials-{suffix}"))
+}
+
+/// The cleanup guard deletes the automations and blocks it names when the test panics (a
+/// failed scale-to-zero test used to leave its sweep calling a waker that was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleanup_guard_deletes_a_panicking_tests_automations_and_blocks() {
+    let url = testkit::prefect_api_url();
+    let prefect = testkit::prefect_client(&url);
+    let name = testkit::unique_name("stz-guard");
+    let block_type = prefect
+        .block_type_by_slug(WEBHOOK_BLOCK_TYPE)
+        .await
+        .unwrap()
+        .expect("webhook block type");
+    let schema = prefect.block_schemas_for_type(block_type.id).await.unwrap()[0].id;
+    let secret = secrecy::SecretString::from("guard-test-secret-0123456789");
+    let block = prefect
+        .create_block_document(&bootstrap_prefect::BlockDocumentCreate {
+            name: name.clone(),
+            block_type_id: block_type.id,
+            block_schema_id: schema,
+            data: webhook_block_data("http://127.0.0.1:9/wake", &secret),
+        })
+        .await
+        .unwrap();
+    // Disabled: the point is what is left on the server, not what it calls.
+    let mut spec = sweep_automation(&name, &name, block.id, SWEEP_WITHIN_SECONDS);
+    spec.enabled = false;
+    prefect.create_automation(&spec).await.unwrap();
+    assert_eq!(prefect.automations_by_name(&name).await.unwrap().len(), 1);
+
+    let guarded = name.clone();
+    let panicked = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(move || {
+            let _cleanup = testkit::PrefectCleanup::new(&url)
+                .automation(guarded.clone())
+                .block(WEBHOOK_BLOCK_TYPE, guarded);
+            panic!("a failing test");
+        })
+    })
+    .await
+    .unwrap();
+    assert!(panicked.is_err());
+    assert!(prefect.automations_by_name(&name).await.unwrap().is_empty());
+    assert!(
+        prefect
+            .block_document_by_name(WEBHOOK_BLOCK_TYPE, &name)
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn whole_loop(sweep: bool) {
     let w = world().await;
     let suffix = testkit::suffix("stz");
     let n = names(&suffix);
+    let _cleanup = cleanup(&w, &n, &suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
     let prefect = testkit::prefect_client(&w.prefect_url);
@@ -289,9 +319,31 @@ async fn whole_loop(sweep: bool) {
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
 
     if sweep {
+        // The sweep is a timer: within one window it calls the waker, which finds nothing due
+        // and leaves the pool at 0 (an idle pool stays asleep however often it is swept).
+        let calls = invoke_calls(&w);
+        let since = Instant::now();
+        let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 15);
+        while invoke_calls(&w) == calls {
+            assert!(
+                since.elapsed() < bound,
+                "the sweep did not call the waker within {bound:?}"
+            );
+            assert_eq!(live_count(&w, &n).await, Some(0), "woken with nothing due");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "the sweep called the idle waker after {:?}",
+            since.elapsed()
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(live_count(&w, &n).await, Some(0), "woken with nothing due");
+        assert_eq!(running_instances(&w, &n), 0);
+
         // The waker's URL down (503, as Cloud Run answers with no instance able to serve): the
-        // wake call for a new run fails, and so does the one for its Late event (15 s after its
-        // time); the sweep calls again within its window once the URL is back.
+        // wake call for a new run fails, and so does the one for its Late event (Prefect's
+        // late-runs service marks it 15-20 s after its time); only then does the URL come back,
+        // so nothing but the sweep can wake the pool.
         set_faults(&w, "method:run.routes.invoke=1,kinds=503");
         let calls_before = invoke_calls(&w);
         let dep = prefect
@@ -304,20 +356,52 @@ async fn whole_loop(sweep: bool) {
             .await
             .unwrap()
             .id;
-        tokio::time::sleep(Duration::from_secs(25)).await;
-        assert!(
-            invoke_calls(&w) > calls_before,
-            "no wake call reached the waker's URL while it was down"
-        );
+        let created = Instant::now();
+        loop {
+            let run = prefect.flow_run(flow_run).await.unwrap().expect("run");
+            let name = run.state.as_ref().and_then(|s| s.name.clone());
+            if name.as_deref() == Some("Late") && invoke_calls(&w) >= calls_before + 2 {
+                break;
+            }
+            assert!(
+                created.elapsed() < Duration::from_secs(90),
+                "run {flow_run} not Late with its two wake calls failed after 90 s \
+                 (state {name:?}, {} calls)",
+                invoke_calls(&w) - calls_before
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // The Late event's own call goes through the actions service: let it fail too.
+        tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
             live_count(&w, &n).await,
             Some(0),
             "woken while the waker was down"
         );
         set_faults(&w, "");
-        let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 60);
-        let (state, after) = wait_picked_up(&prefect, flow_run, bound).await;
-        eprintln!("picked up by the sweep {after:?} after the waker came back ({state:?})");
+        let back = Instant::now();
+        // The sweep's bound: one window plus the triggers service's 5 s period; 15 s of slack
+        // for the webhook call, the waker's start and a loaded machine.
+        let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 15);
+        loop {
+            if live_count(&w, &n).await.unwrap_or(0) >= 1 {
+                break;
+            }
+            assert!(
+                back.elapsed() < bound,
+                "the sweep did not wake the pool within {bound:?} of the waker answering again"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        eprintln!(
+            "woken by the sweep {:?} after the waker came back",
+            back.elapsed()
+        );
+        let (state, _) = wait_picked_up(&prefect, flow_run, Duration::from_secs(90)).await;
+        eprintln!(
+            "picked up {:?} after the waker came back ({state:?})",
+            back.elapsed()
+        );
         wait_for_zero(&w, &n, Duration::from_secs(300)).await;
     }
 
@@ -370,6 +454,7 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
     let w = world().await;
     let suffix = testkit::suffix("stzs");
     let n = names(&suffix);
+    let _cleanup = cleanup(&w, &n, &suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
     let http = w.operator_http().await;
@@ -499,6 +584,7 @@ async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
     let w = world().await;
     let suffix = testkit::suffix("stzc");
     let n = names(&suffix);
+    let _cleanup = cleanup(&w, &n, &suffix);
     let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
     let plan = plan_path.to_str().unwrap();
     let prefect = testkit::prefect_client(&w.prefect_url);

@@ -84,8 +84,9 @@ pub struct CostEstimate {
     pub per_awake_hour_usd: Option<f64>,
 }
 
-/// The waker's calls in a month while the pool is idle: one sweep per window plus the triggers
-/// service's 5 s evaluation period (`bootstrap_prefect::wake::SWEEP_WITHIN_SECONDS`).
+/// The waker's sweep calls in a month: the sweep is a timer (it calls whatever the pool is
+/// doing), one call per window plus up to the triggers service's 5 s evaluation period
+/// (`bootstrap_prefect::wake::SWEEP_WITHIN_SECONDS`).
 pub fn sweep_calls_per_month(within_seconds: u64) -> f64 {
     (MONTH_SECONDS / (within_seconds as f64 + 5.0)).round()
 }

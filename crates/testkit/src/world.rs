@@ -510,3 +510,155 @@ pub fn guide_plan(suffix: &str) -> String {
         &format!("name: gcp-weather-deploy-{suffix}"),
     )
 }
+
+/// How the worker of [`offline_plan`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OfflineWorker<'a> {
+    /// The example as written: an always-on Cloud Run service.
+    Service,
+    /// A Cloud Run worker pool with one instance.
+    Pool,
+    /// A worker pool that scales to zero after `idle` (e.g. `"5s"`).
+    PoolScaleToZero { idle: &'a str },
+}
+
+/// `examples/offline/bootstrap.yaml` with its names made unique by `suffix` (the Prefect server
+/// is shared) and its worker run as `worker` says. The plan is written into the test's folder,
+/// which the sandbox writes to, so `build.context: .` is kept pointing at the example's folder:
+/// otherwise every plan would see a new build source.
+pub fn offline_plan(suffix: &str, worker: OfflineWorker<'_>) -> String {
+    let example =
+        std::fs::read_to_string(crate::repo_root().join("examples/offline/bootstrap.yaml"))
+            .expect("examples/offline/bootstrap.yaml");
+    let text = example
+        .replace(
+            "name: gcp-credentials",
+            &format!("name: gcp-credentials-{suffix}"),
+        )
+        .replace(
+            "name: offline-pool",
+            &format!("name: offline-pool-{suffix}"),
+        )
+        .replace(
+            "- name: offline-report",
+            &format!("- name: offline-report-{suffix}"),
+        )
+        .replace(
+            "service: prefect-worker",
+            &format!("service: worker-{suffix}"),
+        )
+        .replace(
+            "      context: .\n",
+            &format!(
+                "      context: {}\n",
+                crate::repo_root().join("examples/offline").display()
+            ),
+        );
+    let kind = match worker {
+        OfflineWorker::Service => return text,
+        OfflineWorker::Pool => "  kind: worker-pool\n  instances: 1\n".to_owned(),
+        OfflineWorker::PoolScaleToZero { idle } => {
+            format!("  kind: worker-pool\n  instances: 1\n  scale_to_zero:\n    idle: {idle}\n")
+        }
+    };
+    assert!(
+        text.contains("  min_instances: 1\n"),
+        "the offline example no longer has the worker keys this helper rewrites"
+    );
+    text.replace("  min_instances: 1\n", &kind)
+        .replace("  cpu_throttling: false\n", "")
+        .replace("  allow_unauthenticated: false\n", "")
+}
+
+/// Deletes, when dropped, the Prefect automations and blocks a test made on the shared server,
+/// by name, whether the test passed or panicked. An automation left behind keeps running for
+/// every later test (a scale-to-zero sweep calls its waker every minute, long after the
+/// sandbox that served it is gone). Deleting what `destroy` already removed is a no-op.
+pub struct PrefectCleanup {
+    url: String,
+    automations: Vec<String>,
+    /// `(block type slug, block name)`.
+    blocks: Vec<(String, String)>,
+}
+
+impl PrefectCleanup {
+    pub fn new(url: &str) -> PrefectCleanup {
+        PrefectCleanup {
+            url: url.to_owned(),
+            automations: vec![],
+            blocks: vec![],
+        }
+    }
+
+    pub fn automation(mut self, name: impl Into<String>) -> Self {
+        self.automations.push(name.into());
+        self
+    }
+
+    pub fn block(mut self, type_slug: impl Into<String>, name: impl Into<String>) -> Self {
+        self.blocks.push((type_slug.into(), name.into()));
+        self
+    }
+
+    /// Deletes them now; returns what could not be deleted (`what: error`).
+    async fn run(&self) -> Vec<String> {
+        let prefect = prefect_client(&self.url);
+        let mut failed = vec![];
+        for name in &self.automations {
+            match prefect.automations_by_name(name).await {
+                Ok(found) => {
+                    for a in found {
+                        if let Err(e) = prefect.delete_automation(a.id).await {
+                            failed.push(format!("automation {name}: {e}"));
+                        }
+                    }
+                }
+                Err(e) => failed.push(format!("automation {name}: {e}")),
+            }
+        }
+        for (slug, name) in &self.blocks {
+            match prefect.block_document_by_name(slug, name).await {
+                Ok(Some(b)) => {
+                    if let Err(e) = prefect.delete_block_document(b.id).await {
+                        failed.push(format!("block {slug}/{name}: {e}"));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => failed.push(format!("block {slug}/{name}: {e}")),
+            }
+        }
+        failed
+    }
+}
+
+impl Drop for PrefectCleanup {
+    fn drop(&mut self) {
+        // Drop cannot await, and it may run while the test's runtime unwinds a panic: the
+        // deletes run on a runtime of their own, on a thread of their own, bounded in time.
+        let this = PrefectCleanup {
+            url: std::mem::take(&mut self.url),
+            automations: std::mem::take(&mut self.automations),
+            blocks: std::mem::take(&mut self.blocks),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let failed = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(async {
+                    tokio::time::timeout(std::time::Duration::from_secs(60), this.run())
+                        .await
+                        .unwrap_or_else(|_| vec!["timed out after 60 s".to_owned()])
+                }),
+                Err(e) => vec![format!("no runtime: {e}")],
+            };
+            let _ = tx.send(failed);
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(70)) {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => eprintln!("test cleanup left on the Prefect server: {failed:?}"),
+            Err(_) => eprintln!("test cleanup of the Prefect server did not finish in 70 s"),
+        }
+    }
+}

@@ -277,8 +277,8 @@ async fn is_busy(
 ///
 /// The worker goes dormant (claims no new run) *before* its last look and stays so after the
 /// write: a run claimed by an instance that Cloud Run is about to stop would be left PENDING
-/// with no worker, and the sweep, which waits for a Pending event, would not see it as
-/// stranded (regression: `scale_to_zero::a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again`
+/// with no worker, and the waker, which wakes the pool only for SCHEDULED runs (whoever calls
+/// it: the wake automation or the sweep), would not see it as stranded (regression: `scale_to_zero::a_quick_run_wakes_the_pool_from_zero_and_it_sleeps_again`
 /// had a run created right after the scale-down claimed by the stopping instance).
 async fn scale_to_zero(
     down: &ScaleDown,

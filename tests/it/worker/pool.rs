@@ -12,50 +12,19 @@ use std::time::{Duration, Instant};
 use bootstrap_gcp::run_v2;
 use bootstrap_spec::ids::{ProjectId, Region, RunServiceName, RunWorkerPoolName};
 use gcp_sandbox::executor::ServiceState;
-use testkit::World;
 use testkit::run_in as run;
+use testkit::{OfflineWorker, World};
 
 const PROJECT: &str = "sandbox-project";
 
 /// The offline example with unique Prefect names; `pool` switches it to a worker pool.
 fn plan_text(suffix: &str, pool: bool) -> String {
-    let example =
-        std::fs::read_to_string(testkit::repo_root().join("examples/offline/bootstrap.yaml"))
-            .unwrap();
-    let text = example
-        .replace(
-            "name: gcp-credentials",
-            &format!("name: gcp-credentials-{suffix}"),
-        )
-        .replace(
-            "name: offline-pool",
-            &format!("name: offline-pool-{suffix}"),
-        )
-        .replace(
-            "- name: offline-report",
-            &format!("- name: offline-report-{suffix}"),
-        )
-        .replace(
-            "service: prefect-worker",
-            &format!("service: worker-{suffix}"),
-        )
-        // The plan is written elsewhere: its `build.context: .` must stay the example's folder.
-        .replace(
-            "      context: .\n",
-            &format!(
-                "      context: {}\n",
-                testkit::repo_root().join("examples/offline").display()
-            ),
-        );
-    if !pool {
-        return text;
-    }
-    text.replace(
-        "  min_instances: 1\n",
-        "  kind: worker-pool\n  instances: 1\n",
-    )
-    .replace("  cpu_throttling: false\n", "")
-    .replace("  allow_unauthenticated: false\n", "")
+    let worker = if pool {
+        OfflineWorker::Pool
+    } else {
+        OfflineWorker::Service
+    };
+    testkit::offline_plan(suffix, worker)
 }
 
 async fn world() -> World {

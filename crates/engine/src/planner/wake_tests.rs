@@ -229,6 +229,41 @@ fn an_edited_automation_is_put_back() {
     ));
 }
 
+/// Regression (issue #19): a sweep applied by the first design (silenced for up to three
+/// windows by any run going Pending, see `bootstrap_prefect::wake::sweep_automation`) is put
+/// back as the timer by the next apply, in place.
+#[test]
+fn a_sweep_of_the_pending_design_is_updated_to_the_timer() {
+    let s = stz_spec();
+    let mut o = converged_stz(&s);
+    let n = wake::names(&s).unwrap();
+    let a = &mut o
+        .wake
+        .as_mut()
+        .unwrap()
+        .automations
+        .get_mut(&n.sweep)
+        .unwrap()[0];
+    a.trigger["expect"] = json!(["prefect.flow-run.Pending"]);
+    a.description = "Sweep: calls the waker of work pool `my-cloud-run-pool` every 60 s while no \
+                     run goes Pending (made by bootstrap)"
+        .into();
+    let p = plan(&s, &o, &options(Mode::Apply));
+    insta::assert_snapshot!("plan_stz_sweep_upgrade", render::human(&p, false));
+    assert_eq!(p.steps.len(), 1);
+    assert!(matches!(
+        &p.steps[0].op,
+        Op::UpsertAutomation {
+            existing_id: Some(_),
+            ..
+        }
+    ));
+    assert_eq!(
+        p.steps[0].address.0,
+        format!("prefect.automation[\"{}\"]", n.sweep)
+    );
+}
+
 #[test]
 fn destroy_removes_the_wake_path_before_the_pool() {
     let s = stz_spec();
