@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bootstrap_prefect::{ConfigOverrides, FlowRunQuery, PrefectClient, PrefectConfig, StateType};
+use bootstrap_prefect::{FlowRunQuery, PrefectClient, StateType};
 use bootstrap_worker::idle::PoolScaler;
 use chrono::Utc;
 use rand::Rng as _;
@@ -213,13 +213,12 @@ pub fn run(args: &WakerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if args.instances == 0 {
         return Err(anyhow!("--instances must be at least 1"));
     }
-    let config =
-        PrefectConfig::resolve(ConfigOverrides::default()).context("Prefect API settings")?;
+    // The same resolution as every command (no plan here: Prefect's env and profile).
+    let bootstrap_engine::Connections {
+        prefect: config,
+        gcp_endpoints: endpoints,
+    } = bootstrap_engine::Connections::resolve(None, global.gcp_endpoint.as_deref())?;
     let client = PrefectClient::new(config)?;
-    let endpoints = match &global.gcp_endpoint {
-        Some(url) => bootstrap_gcp::Endpoints::with_base(url)?,
-        None => bootstrap_gcp::Endpoints::from_env()?,
-    };
     let scaler = bootstrap_worker::idle::cloud_run_scaler(&args.worker_pool, &endpoints)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -4,8 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
-use bootstrap_gcp::Endpoints;
-use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig};
+use bootstrap_prefect::PrefectClient;
 
 use crate::cli::{GlobalArgs, WorkerArgs};
 use bootstrap_worker::{self as worker, WorkerOptions};
@@ -19,12 +18,11 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     if args.limit == Some(0) {
         return Err(anyhow!("--limit must be at least 1"));
     }
-    let endpoints = match &global.gcp_endpoint {
-        Some(url) => Endpoints::with_base(url)?,
-        None => Endpoints::from_env()?,
-    };
-    let config =
-        PrefectConfig::resolve(ConfigOverrides::default()).context("Prefect API settings")?;
+    // The same resolution as every command (no plan here: Prefect's env and profile).
+    let bootstrap_engine::Connections {
+        prefect: config,
+        gcp_endpoints: endpoints,
+    } = bootstrap_engine::Connections::resolve(None, global.gcp_endpoint.as_deref())?;
     let client = PrefectClient::new(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

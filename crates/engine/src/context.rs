@@ -39,22 +39,31 @@ pub struct Connections {
 impl Connections {
     /// Resolves the settings of `spec` (if any) and `gcp_endpoint` (the global flag).
     pub fn resolve(spec: Option<&Spec>, gcp_endpoint: Option<&str>) -> Result<Self> {
-        let gcp_endpoints = match gcp_endpoint {
+        Ok(Self {
+            prefect: Self::resolve_prefect(spec)?,
+            gcp_endpoints: Self::resolve_gcp_endpoints(gcp_endpoint)?,
+        })
+    }
+
+    /// Google's endpoints alone: `--gcp-endpoint` (or `BOOTSTRAP_GCP_ENDPOINT`, which the flag
+    /// reads), else Google's hosts.
+    pub fn resolve_gcp_endpoints(gcp_endpoint: Option<&str>) -> Result<Endpoints> {
+        Ok(match gcp_endpoint {
             Some(base) => {
                 Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?
             }
             None => Endpoints::google(),
-        };
+        })
+    }
+
+    /// The Prefect API alone: the plan's values, then Prefect's env and active profile.
+    pub fn resolve_prefect(spec: Option<&Spec>) -> Result<PrefectConfig> {
         let overrides = spec.map_or_else(ConfigOverrides::default, |spec| ConfigOverrides {
             api_url: spec.prefect.api_url.clone(),
             api_key: spec.prefect.api_key.clone(),
             auth_string: spec.prefect.auth_string.clone(),
         });
-        let prefect = PrefectConfig::resolve(overrides).context("finding the Prefect API")?;
-        Ok(Self {
-            prefect,
-            gcp_endpoints,
-        })
+        PrefectConfig::resolve(overrides).context("finding the Prefect API")
     }
 }
 

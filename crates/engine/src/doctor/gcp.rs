@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bootstrap_gcp::{
     AmbientTokenSource, CredentialInfo, Endpoints, GcpError, GcpHttp, RetryPolicy,
     TokenSource as _, resourcemanager, serviceusage,
@@ -33,12 +33,7 @@ pub(super) async fn run(
     has_api_key: bool,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<[Check; 4]> {
-    let endpoints = match options.gcp_endpoint.as_deref() {
-        Some(base) => {
-            Endpoints::with_base(base).with_context(|| format!("--gcp-endpoint {base}"))?
-        }
-        None => Endpoints::google(),
-    };
+    let endpoints = crate::Connections::resolve_gcp_endpoints(options.gcp_endpoint.as_deref())?;
     let (creds, http) = connect(spec, endpoints, options.deadline, env).await;
     let Some((found, http)) = http else {
         let why = "no usable Google credentials";

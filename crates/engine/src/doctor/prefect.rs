@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bootstrap_prefect::{ConfigOverrides, PrefectClient, PrefectConfig, PrefectError, RetryPolicy};
+use bootstrap_prefect::{PrefectClient, PrefectError, RetryPolicy};
 use bootstrap_spec::Spec;
 
 use super::{Check, within};
@@ -13,12 +13,8 @@ const BLOCK_TYPE: &str = "gcp-credentials";
 
 /// A client for the configured API, or why there is none (a settings problem, no network).
 pub(super) fn setup(spec: &Spec) -> Result<PrefectClient, String> {
-    let config = PrefectConfig::resolve(ConfigOverrides {
-        api_url: spec.prefect.api_url.clone(),
-        api_key: spec.prefect.api_key.clone(),
-        auth_string: spec.prefect.auth_string.clone(),
-    })
-    .map_err(|e| e.to_string())?;
+    let config =
+        crate::Connections::resolve_prefect(Some(spec)).map_err(|e| e.root_cause().to_string())?;
     let retry = RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_millis(200),
