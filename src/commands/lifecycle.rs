@@ -124,7 +124,7 @@ fn run_apply(
             }
         }
         let progress = engine::apply::Progress::new(!json && std::io::stderr().is_terminal());
-        let result = engine::apply::apply(&planned.ctx, spec, &planned.plan, &progress).await;
+        let result = engine::apply::apply(&planned.ctx, &planned.plan, &progress).await;
         match result {
             Ok(log) => {
                 if json {

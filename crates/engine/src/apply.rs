@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use bootstrap_spec::Spec;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -171,12 +170,7 @@ pub const PREFECT_WRITE_CONCURRENCY: usize = 4;
 
 /// Runs the plan's steps in dependency order, in parallel where independent. Stops starting
 /// new steps after the first failure, lets the running ones finish, and reports all.
-pub async fn apply(
-    ctx: &Context,
-    spec: &Spec,
-    plan: &Plan,
-    progress: &Progress,
-) -> Result<Changelog, Failure> {
+pub async fn apply(ctx: &Context, plan: &Plan, progress: &Progress) -> Result<Changelog, Failure> {
     let outputs = Mutex::new(Outputs::default());
     let mut log = Changelog::default();
     let mut done: BTreeSet<Address> = BTreeSet::new();
@@ -210,7 +204,7 @@ pub async fn apply(
                         None
                     };
                     let t = Instant::now();
-                    let r = exec::run(ctx, spec, step, outputs).await;
+                    let r = exec::run(ctx, plan, step, outputs).await;
                     (step, r, t.elapsed())
                 });
             }

@@ -1,6 +1,7 @@
 //! The plan: a complete, serializable value. `apply` carries it out step by step and makes no
 //! decisions of its own (the planner left none).
 
+use bootstrap_spec::ids::{ProjectId, Region};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -140,6 +141,8 @@ pub enum Op {
     },
     DeleteKey {
         name: String,
+        /// The account the key belongs to.
+        email: String,
         key_id: String,
     },
     /// Create the secret (if `create`) and add a version holding the Prefect API key.
@@ -173,6 +176,8 @@ pub enum Op {
         body: Value,
         count_only: bool,
         wait_online: bool,
+        /// The Prefect work pool whose workers `wait_online` watches.
+        work_pool: String,
     },
     DeleteWorkerPool {
         name: String,
@@ -279,6 +284,8 @@ pub enum Op {
     UpsertAutomation {
         name: String,
         kind: super::wake::AutomationKind,
+        /// The Prefect work pool the automation watches.
+        work_pool: String,
         existing_id: Option<String>,
         block: Deferred<String>,
     },
@@ -336,7 +343,10 @@ pub struct Step {
 pub struct Plan {
     pub format_version: u32,
     pub mode: Mode,
-    pub project: String,
+    /// The project and region of every Google resource of the plan: the executor reads them
+    /// here, never from the plan file.
+    pub project: ProjectId,
+    pub region: Region,
     pub steps: Vec<Step>,
     /// Resources that already match the plan.
     pub unchanged: Vec<Address>,
