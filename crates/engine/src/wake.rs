@@ -24,7 +24,7 @@ use bootstrap_spec::ids::{
 };
 use bootstrap_spec::{Spec, WorkerKind};
 use secrecy::{ExposeSecret as _, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::context::Context;
@@ -121,7 +121,7 @@ impl Names {
 }
 
 /// Which of the two automations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutomationKind {
     Wake,

@@ -109,7 +109,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
         }
     }
     Plan {
-        format_version: 1,
+        format_version: super::plan::FORMAT_VERSION,
         mode: options.mode,
         project: spec.gcp.project.clone(),
         region: spec.gcp.region.clone(),
