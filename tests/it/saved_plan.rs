@@ -127,3 +127,38 @@ async fn a_stale_saved_plan_is_refused_and_changes_nothing() {
     let r = run_in(&w, &["apply", "-f", f, out], 1);
     assert!(r.stderr.contains("format_version 7"), "{}", r.stderr);
 }
+
+/// A work pool whose type changes is replaced (the op the planner chose: delete, then create),
+/// from a saved plan too, and the credentials block ref is in the new pool's template.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_type_change_is_a_replace_carried_out_from_a_saved_plan() {
+    let w = World::start(PROJECT).await;
+    let s = testkit::suffix("replace");
+    let v2 = testkit::light_plan(PROJECT, &s);
+    let f = w.plan_file("bootstrap.yaml", &v2);
+    let f = f.to_str().unwrap();
+    run_in(&w, &["apply", "-f", f, "--auto-approve"], 0);
+    std::fs::write(f, v2.replace("type: cloud-run-v2", "type: cloud-run")).unwrap();
+    let out = w.dir.path().join("plan.json");
+    let out = out.to_str().unwrap();
+    run_in(&w, &["plan", "-f", f, "--out", out], 0);
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+    let step = saved["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["op"]["op"] == "replace_work_pool")
+        .unwrap_or_else(|| panic!("no replace step in {saved:#}"));
+    assert_eq!(step["action"], "replace");
+    let r = run_in(&w, &["apply", "-f", f, out, "--json"], 0);
+    assert!(
+        outcomes(&r.stdout, &s).contains(&(
+            "prefect.work_pool[\"pool-S\"]".into(),
+            "replace".into(),
+            "replaced".into()
+        )),
+        "{}",
+        r.stdout
+    );
+    run_in(&w, &["plan", "-f", f, "--detailed-exitcode"], 0);
+}

@@ -437,37 +437,27 @@ async fn run_once(
                 .with_context(|| format!("block {name} has an invalid id"))?;
             Ok(ctx.prefect.delete_block_document(id).await?)
         }
-        Op::UpsertWorkPool {
+        Op::CreateWorkPool { pool, credentials } => {
+            let mut pool = pool.clone();
+            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
+            create_pool(ctx, &pool).await
+        }
+        Op::UpdateWorkPool {
             name,
-            pool_type,
-            exists,
-            description,
-            base_job_template,
+            update,
             credentials,
-            concurrency_limit,
         } => {
-            let mut t = base_job_template.clone();
-            if let Some(Deferred::Step { address }) = credentials {
-                let id = outputs
-                    .lock()
-                    .await
-                    .ids
-                    .get(address)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
-                template::set_credentials(&mut t, &id);
-            }
-            upsert_pool(
-                ctx,
-                name,
-                pool_type,
-                *exists,
-                description.clone(),
-                t,
-                *concurrency_limit,
-            )
-            .await?;
-            Ok(true)
+            let mut update = update.clone();
+            fill_credentials(&mut update.base_job_template, credentials, outputs).await?;
+            update_pool(ctx, name, &update).await
+        }
+        Op::ReplaceWorkPool { pool, credentials } => {
+            let mut pool = pool.clone();
+            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
+            // The type cannot change in place (the planner saw another one): delete, then
+            // create; a pool already deleted by an interrupted run is fine.
+            ctx.prefect.delete_work_pool(&pool.name).await?;
+            create_pool(ctx, &pool).await
         }
         Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
         Op::CreateRepository {
@@ -912,42 +902,54 @@ async fn upsert_block(
     }
 }
 
-async fn upsert_pool(
-    ctx: &Context,
-    name: &str,
-    pool_type: &str,
-    exists: bool,
-    description: Option<String>,
-    base_job_template: Value,
-    concurrency_limit: Option<u32>,
+/// Fills the credentials block ref into a pool's template when the block was created earlier
+/// in this apply: the one place a deferred block id is resolved.
+async fn fill_credentials(
+    template: &mut Option<Value>,
+    credentials: &Option<Deferred<String>>,
+    outputs: &Mutex<Outputs>,
 ) -> Result<()> {
-    let client = &ctx.prefect;
-    if let Some(live) = client.work_pool(name).await? {
-        if live.pool_type != pool_type {
-            // A pool's type cannot change: replace it.
-            client.delete_work_pool(name).await?;
-        } else {
-            let update = WorkPoolUpdate {
-                description,
-                base_job_template: Some(base_job_template),
-                concurrency_limit: concurrency_limit.map(u64::from),
-                ..Default::default()
-            };
-            client.update_work_pool(name, &update).await?;
-            return Ok(());
-        }
+    if let (Some(t), Some(Deferred::Step { address })) = (template.as_mut(), credentials) {
+        let id = outputs
+            .lock()
+            .await
+            .ids
+            .get(address)
+            .cloned()
+            .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
+        template::set_credentials(t, &id);
     }
-    let _ = exists;
-    let create = WorkPoolCreate {
-        name: name.to_string(),
-        pool_type: pool_type.to_string(),
-        description,
-        base_job_template: Some(base_job_template),
-        is_paused: None,
-        concurrency_limit: concurrency_limit.map(u64::from),
-    };
-    client.create_work_pool(&create).await?;
     Ok(())
+}
+
+/// Creates the pool; one made meanwhile (a concurrent apply, or an earlier one that died after
+/// its create) is updated to the same fields instead.
+async fn create_pool(ctx: &Context, pool: &WorkPoolCreate) -> Result<bool> {
+    match ctx.prefect.create_work_pool(pool).await {
+        Ok(_) => Ok(true),
+        Err(PrefectError::Conflict { .. }) => {
+            let update = WorkPoolUpdate {
+                description: pool.description.clone(),
+                base_job_template: pool.base_job_template.clone(),
+                is_paused: None,
+                concurrency_limit: pool.concurrency_limit,
+            };
+            update_pool(ctx, &pool.name, &update).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Updates the pool in place. One deleted since the plan was made is an error: the plan no
+/// longer fits, and the executor does not decide again (a new plan creates it).
+async fn update_pool(ctx: &Context, name: &str, update: &WorkPoolUpdate) -> Result<bool> {
+    match ctx.prefect.update_work_pool(name, update).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Err(anyhow!(e)).with_context(|| {
+            format!("work pool {name} was deleted since the plan was made; run apply again")
+        }),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The deployment request from the planner's body (the server's field names).

@@ -1,6 +1,7 @@
 //! The plan: a complete, serializable value. `apply` carries it out step by step and makes no
 //! decisions of its own (the planner left none).
 
+use bootstrap_prefect::{WorkPoolCreate, WorkPoolUpdate};
 use bootstrap_spec::ids::{ProjectId, Region};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -209,16 +210,23 @@ pub enum Op {
         id: String,
         name: String,
     },
-    UpsertWorkPool {
-        name: String,
-        pool_type: String,
-        exists: bool,
-        description: Option<String>,
-        /// The whole template to send; `credentials.default` holds the block ref, deferred when
-        /// the block is created in the same apply.
-        base_job_template: Value,
+    /// Create the work pool. The template's `credentials.default` holds the block ref,
+    /// deferred when the block is created in the same apply (filled in by
+    /// `template::set_credentials`).
+    CreateWorkPool {
+        pool: WorkPoolCreate,
         credentials: Option<Deferred<String>>,
-        concurrency_limit: Option<u32>,
+    },
+    /// Update the work pool in place (the whole template, description, limit).
+    UpdateWorkPool {
+        name: String,
+        update: WorkPoolUpdate,
+        credentials: Option<Deferred<String>>,
+    },
+    /// Delete the work pool and create it again: a pool's type cannot change.
+    ReplaceWorkPool {
+        pool: WorkPoolCreate,
+        credentials: Option<Deferred<String>>,
     },
     DeleteWorkPool {
         name: String,
@@ -323,7 +331,9 @@ impl Op {
             self,
             Op::UpsertBlock { .. }
                 | Op::DeleteBlock { .. }
-                | Op::UpsertWorkPool { .. }
+                | Op::CreateWorkPool { .. }
+                | Op::UpdateWorkPool { .. }
+                | Op::ReplaceWorkPool { .. }
                 | Op::DeleteWorkPool { .. }
                 | Op::UpsertDeployment { .. }
                 | Op::DeleteDeployment { .. }

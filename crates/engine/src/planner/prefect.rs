@@ -1,5 +1,6 @@
 //! Planning the Prefect half: the credentials block, the work pool and the deployments.
 
+use bootstrap_prefect::{WorkPoolCreate, WorkPoolUpdate};
 use bootstrap_spec::{Deployment, KeyMode, Spec};
 use serde_json::{Value, json};
 
@@ -144,14 +145,16 @@ pub(super) fn work_pool(b: &mut Builder) {
                 reason: None,
                 changes: all,
                 depends_on,
-                op: Op::UpsertWorkPool {
-                    name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: false,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: wanted,
+                op: Op::CreateWorkPool {
+                    pool: WorkPoolCreate {
+                        name: spec.work_pool.name.to_string(),
+                        pool_type,
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(wanted),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }
@@ -170,23 +173,25 @@ pub(super) fn work_pool(b: &mut Builder) {
                     Some(json!(pool_type)),
                 )],
                 depends_on,
-                op: Op::UpsertWorkPool {
-                    name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: true,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: template::apply_defaults(
-                        spec,
-                        &spec
-                            .work_pool
-                            .base_job_template
-                            .clone()
-                            .or_else(|| b.observed.default_template.clone())
-                            .unwrap_or(Value::Null),
-                        cred_value.as_ref(),
-                    ),
+                op: Op::ReplaceWorkPool {
+                    pool: WorkPoolCreate {
+                        name: spec.work_pool.name.to_string(),
+                        pool_type,
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(template::apply_defaults(
+                            spec,
+                            &spec
+                                .work_pool
+                                .base_job_template
+                                .clone()
+                                .or_else(|| b.observed.default_template.clone())
+                                .unwrap_or(Value::Null),
+                            cred_value.as_ref(),
+                        )),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }
@@ -220,14 +225,15 @@ pub(super) fn work_pool(b: &mut Builder) {
                 reason: None,
                 changes,
                 depends_on,
-                op: Op::UpsertWorkPool {
+                op: Op::UpdateWorkPool {
                     name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: true,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: wanted,
+                    update: WorkPoolUpdate {
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(wanted),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }

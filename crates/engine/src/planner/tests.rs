@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::observed::{self, Observed};
-use crate::plan::{Action, Op};
+use crate::plan::{Action, Deferred, Op};
 use crate::render;
 
 fn spec() -> Spec {
@@ -448,9 +448,8 @@ fn ui_edits_to_unowned_template_fields_are_kept() {
         .find(|s| s.address.to_string().starts_with("prefect.work_pool"))
         .unwrap();
     match &pool_step.op {
-        Op::UpsertWorkPool {
-            base_job_template, ..
-        } => {
+        Op::UpdateWorkPool { update, .. } => {
+            let base_job_template = update.base_job_template.as_ref().expect("a template");
             assert_eq!(
                 base_job_template["variables"]["properties"]["cpu"]["default"],
                 json!("2000m")
@@ -1045,4 +1044,55 @@ fn a_plan_made_against_another_world_differs() {
     let e = read_saved(r#"{"format_version": 9}"#).unwrap_err();
     assert!(e.contains("format_version 9"), "{e}");
     assert!(read_saved("not json").unwrap_err().contains("not JSON"));
+}
+
+/// The planner chooses create, update or replace of the work pool; the op says which, so
+/// apply does not read the pool again to choose.
+#[test]
+fn the_work_pool_op_is_create_update_or_replace() {
+    let s = spec();
+    let pool_op = |o: &Observed| {
+        plan(&s, o, &options(Mode::Apply))
+            .steps
+            .into_iter()
+            .find(|s| s.address.to_string().starts_with("prefect.work_pool"))
+            .map(|s| (s.action, s.op))
+    };
+    let mut o = empty();
+    o.block = converged(&s).block;
+    assert!(matches!(
+        pool_op(&o),
+        Some((Action::Create, Op::CreateWorkPool { pool, credentials: Some(Deferred::Known { .. }) }))
+            if pool.pool_type == "cloud-run" && pool.base_job_template.is_some()
+    ));
+    // No block yet: its id is deferred to the block step.
+    assert!(matches!(
+        pool_op(&empty()),
+        Some((
+            _,
+            Op::CreateWorkPool {
+                credentials: Some(Deferred::Step { .. }),
+                ..
+            }
+        ))
+    ));
+    let mut o = converged(&s);
+    o.work_pool.as_mut().unwrap().description = Some("old".into());
+    let mut s2 = s.clone();
+    s2.work_pool.description = Some("new".into());
+    let p = plan(&s2, &o, &options(Mode::Apply));
+    let step = p
+        .steps
+        .iter()
+        .find(|s| s.address.to_string().starts_with("prefect.work_pool"));
+    assert!(matches!(
+        step.map(|s| (s.action, &s.op)),
+        Some((Action::Update, Op::UpdateWorkPool { update, .. })) if update.description.as_deref() == Some("new")
+    ));
+    let mut o = converged(&s);
+    o.work_pool.as_mut().unwrap().pool_type = "cloud-run-v2".into();
+    assert!(matches!(
+        pool_op(&o),
+        Some((Action::Replace, Op::ReplaceWorkPool { pool, .. })) if pool.pool_type == "cloud-run"
+    ));
 }
