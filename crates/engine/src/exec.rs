@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{GcpError, artifactregistry, iam, run_v2, secretmanager, serviceusage};
 use bootstrap_prefect::{
-    BlockDocumentCreate, DeploymentSpec, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
+    BlockDocumentCreate, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
     pick_block_schema,
 };
 use bootstrap_spec::ids::*;
@@ -520,7 +520,7 @@ async fn run_once(
             body,
             flow_id,
         } => {
-            let spec = deployment_spec(body);
+            let spec = body;
             let observed = flow_id
                 .as_deref()
                 .map(|id| {
@@ -529,7 +529,7 @@ async fn run_once(
                 })
                 .transpose()?;
             if let Some(id) = observed {
-                match ctx.prefect.upsert_deployment(id, name, &spec).await {
+                match ctx.prefect.upsert_deployment(id, name, spec).await {
                     Ok(_) => return Ok(true),
                     // The flow was deleted since observe read it: upsert it as below.
                     Err(e) if e.is_not_found() => {
@@ -539,7 +539,7 @@ async fn run_once(
                 }
             }
             let id = shared_flow(ctx, outputs, flow, observed.is_some()).await?;
-            ctx.prefect.upsert_deployment(id, name, &spec).await?;
+            ctx.prefect.upsert_deployment(id, name, spec).await?;
             Ok(true)
         }
         Op::DeleteDeployment { id, flow, name } => {
@@ -949,28 +949,5 @@ async fn update_pool(ctx: &Context, name: &str, update: &WorkPoolUpdate) -> Resu
             format!("work pool {name} was deleted since the plan was made; run apply again")
         }),
         Err(e) => Err(e.into()),
-    }
-}
-
-/// The deployment request from the planner's body (the server's field names).
-fn deployment_spec(body: &Value) -> DeploymentSpec {
-    let text = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
-    let object = |k: &str| body.get(k).and_then(Value::as_object).cloned();
-    let array = |k: &str| body.get(k).and_then(Value::as_array).cloned();
-    DeploymentSpec {
-        entrypoint: text("entrypoint"),
-        parameters: object("parameters"),
-        work_pool_name: text("work_pool_name"),
-        work_queue_name: text("work_queue_name"),
-        job_variables: object("job_variables"),
-        pull_steps: array("pull_steps"),
-        tags: array("tags").map(|t| {
-            t.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        }),
-        description: text("description"),
-        schedules: array("schedules"),
-        ..Default::default()
     }
 }

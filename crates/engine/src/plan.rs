@@ -1,7 +1,7 @@
 //! The plan: a complete, serializable value. `apply` carries it out step by step and makes no
 //! decisions of its own (the planner left none).
 
-use bootstrap_prefect::{WorkPoolCreate, WorkPoolUpdate};
+use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
 use bootstrap_spec::ids::{ProjectId, Region};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -234,7 +234,8 @@ pub enum Op {
     UpsertDeployment {
         flow: String,
         name: String,
-        body: Value,
+        /// The request, in the server's field names.
+        body: Box<DeploymentSpec>,
         /// The flow's id when observe saw it (on a live deployment of the same flow): the
         /// flow upsert is then left out, so a change to one deployment sends one write.
         #[serde(default, skip_serializing_if = "Option::is_none")]

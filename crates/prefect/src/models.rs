@@ -297,7 +297,7 @@ pub struct Deployment {
 }
 
 /// The fields a deployment is created (upserted) or updated with; unset fields are not sent.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     /// `path/to/file.py:function`.
     #[serde(skip_serializing_if = "Option::is_none")]

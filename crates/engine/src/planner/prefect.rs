@@ -1,6 +1,6 @@
 //! Planning the Prefect half: the credentials block, the work pool and the deployments.
 
-use bootstrap_prefect::{WorkPoolCreate, WorkPoolUpdate};
+use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
 use bootstrap_spec::{Deployment, KeyMode, Spec};
 use serde_json::{Value, json};
 
@@ -326,7 +326,7 @@ pub(super) fn deployments(b: &mut Builder) {
             op: Op::UpsertDeployment {
                 flow: d.flow.to_string(),
                 name: d.name.to_string(),
-                body: wanted,
+                body: Box::new(deployment_spec(&wanted)),
                 flow_id,
             },
         });
@@ -395,4 +395,27 @@ pub(super) fn destroy_block(b: &mut Builder) {
             name: b.spec.credentials_block.name.to_string(),
         },
     });
+}
+
+/// The deployment request from the fields the plan owns (the server's names).
+fn deployment_spec(body: &Value) -> DeploymentSpec {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
+    let object = |k: &str| body.get(k).and_then(Value::as_object).cloned();
+    let array = |k: &str| body.get(k).and_then(Value::as_array).cloned();
+    DeploymentSpec {
+        entrypoint: text("entrypoint"),
+        parameters: object("parameters"),
+        work_pool_name: text("work_pool_name"),
+        work_queue_name: text("work_queue_name"),
+        job_variables: object("job_variables"),
+        pull_steps: array("pull_steps"),
+        tags: array("tags").map(|t| {
+            t.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        }),
+        description: text("description"),
+        schedules: array("schedules"),
+        ..Default::default()
+    }
 }
