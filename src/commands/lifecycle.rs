@@ -145,7 +145,7 @@ fn run_apply(
 
 /// Carries out `plan` and prints the changelog (JSON) or its summary.
 async fn execute(ctx: &engine::Context, plan: &Plan, json: bool) -> Result<ExitCode> {
-    let progress = engine::apply::Progress::new(!json && std::io::stderr().is_terminal());
+    let progress = crate::progress::Progress::new(!json && std::io::stderr().is_terminal());
     match engine::apply::apply(ctx, plan, &progress).await {
         Ok(log) => {
             if json {
