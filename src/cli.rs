@@ -190,12 +190,19 @@ pub struct PlanArgs {
     /// Exit 0 when there are no changes, 1 on error, 2 when there are changes.
     #[arg(long)]
     pub detailed_exitcode: bool,
+    /// Also save the plan (JSON, no secrets) to PATH; `bootstrap apply PATH` carries out exactly it.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct ApplyArgs {
     #[command(flatten)]
     pub file: FileArg,
+    /// A plan saved by `bootstrap plan --out`: carry out exactly it, without asking; refused
+    /// (exit 1) when GCP, Prefect or the plan file changed since it was made.
+    #[arg(value_name = "SAVED_PLAN", conflicts_with = "rotate_key")]
+    pub saved_plan: Option<PathBuf>,
     /// Apply without asking for confirmation.
     #[arg(long)]
     pub auto_approve: bool,

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod commands;
 pub mod logging;
 pub mod plan_env;
+pub mod progress;
 
 use std::process::ExitCode;
 

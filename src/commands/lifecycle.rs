@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_spec::Spec;
 
 use crate::cli::{ApplyArgs, DestroyArgs, GlobalArgs, PlanArgs};
@@ -55,6 +55,9 @@ fn color() -> bool {
 pub fn plan(args: &PlanArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.file.file)?;
     let planned = runtime()?.block_on(make_plan(&spec, global, Mode::Apply, false, false))?;
+    if let Some(out) = &args.out {
+        save(&planned.plan, out)?;
+    }
     if args.json {
         println!("{}", render::json(&planned.plan));
     } else {
@@ -65,6 +68,19 @@ pub fn plan(args: &PlanArgs, global: &GlobalArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Writes the plan for `apply SAVED_PLAN`: the `--json` text, which carries no secret (a key or
+/// an API key is never part of a plan, only the fact that one is made or stored).
+fn save(plan: &Plan, path: &Path) -> Result<()> {
+    std::fs::write(path, render::json(plan) + "\n")
+        .with_context(|| format!("saving the plan to {}", path.display()))?;
+    eprintln!(
+        "Saved the plan to {}; `bootstrap apply {}` carries out exactly it.",
+        path.display(),
+        path.display()
+    );
+    Ok(())
 }
 
 /// Asks before changing anything, unless `--auto-approve`. Without a terminal, refuses.
@@ -123,29 +139,79 @@ fn run_apply(
                 return Ok(ExitCode::from(1));
             }
         }
-        let progress = engine::apply::Progress::new(!json && std::io::stderr().is_terminal());
-        let result = engine::apply::apply(&planned.ctx, spec, &planned.plan, &progress).await;
-        match result {
-            Ok(log) => {
-                if json {
-                    println!("{}", log.to_json());
-                } else {
-                    println!("{}", log.summary(mode));
-                }
-                Ok(ExitCode::SUCCESS)
+        execute(&planned.ctx, &planned.plan, json).await
+    })
+}
+
+/// Carries out `plan` and prints the changelog (JSON) or its summary.
+async fn execute(ctx: &engine::Context, plan: &Plan, json: bool) -> Result<ExitCode> {
+    let progress = crate::progress::Progress::new(!json && std::io::stderr().is_terminal());
+    match engine::apply::apply(ctx, plan, &progress).await {
+        Ok(log) => {
+            if json {
+                println!("{}", log.to_json());
+            } else {
+                println!("{}", log.summary(plan.mode));
             }
-            Err(failure) => {
-                if json {
-                    println!("{}", failure.log.to_json());
-                }
-                Err(failure.error)
-            }
+            Ok(ExitCode::SUCCESS)
         }
+        Err(failure) => {
+            if json {
+                println!("{}", failure.log.to_json());
+            }
+            Err(failure.error)
+        }
+    }
+}
+
+/// `apply SAVED_PLAN`: observes and plans again, and carries out the saved plan only when the
+/// plan made now is the same value (see `engine::plan::read_saved`); no question is asked, the
+/// saved plan was the one reviewed.
+fn apply_saved(spec: &Spec, global: &GlobalArgs, path: &Path, json: bool) -> Result<ExitCode> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the saved plan {}", path.display()))?;
+    let saved = engine::plan::read_saved(&text).map_err(|e| {
+        anyhow!(
+            "{} is not a plan `bootstrap plan --out` saved: {e}",
+            path.display()
+        )
+    })?;
+    if saved.mode != Mode::Apply {
+        bail!(
+            "{} is a destroy plan; `apply` carries out apply plans only",
+            path.display()
+        );
+    }
+    runtime()?.block_on(async {
+        let now = make_plan(spec, global, Mode::Apply, false, false).await?;
+        let differences = engine::plan::differences(&saved, &now.plan);
+        if !differences.is_empty() {
+            bail!(
+                "the saved plan {} is stale: GCP, Prefect or the plan file changed since it was \
+                 made, and the plan made now differs:\n  {}\nnothing was changed; run \
+                 `bootstrap plan --out {}` again, review it, and apply that",
+                path.display(),
+                differences.join("\n  "),
+                path.display()
+            );
+        }
+        if !saved.has_changes() {
+            if json {
+                println!("{}", engine::apply::Changelog::default().to_json());
+            } else {
+                print!("{}", render::human(&saved, color()));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        execute(&now.ctx, &saved, json).await
     })
 }
 
 pub fn apply(args: &ApplyArgs, global: &GlobalArgs) -> Result<ExitCode> {
     let spec = load_spec(&args.file.file)?;
+    if let Some(saved) = &args.saved_plan {
+        return apply_saved(&spec, global, saved, args.json);
+    }
     run_apply(
         &spec,
         global,

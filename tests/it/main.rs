@@ -43,6 +43,7 @@ mod guide;
 mod prefect_half;
 mod reliability;
 mod rotate_key;
+mod saved_plan;
 mod scale_to_zero;
 mod waker;
 mod worker;

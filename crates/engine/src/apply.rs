@@ -3,10 +3,9 @@
 //! block's id) pass in memory through [`Outputs`]; a new private key never leaves it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
-use bootstrap_spec::Spec;
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -91,67 +90,15 @@ pub struct Failure {
     pub error: anyhow::Error,
 }
 
-/// Progress on stderr: one line per finished step; a spinner for the steps in flight.
-pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-}
-
-impl Progress {
-    pub fn new(interactive: bool) -> Self {
-        let bar = interactive.then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        });
-        Progress {
-            bar,
-            started: Instant::now(),
-        }
-    }
-
-    fn running(&self, in_flight: &BTreeSet<Address>) {
-        if let Some(bar) = &self.bar {
-            let names: Vec<String> = in_flight.iter().map(|a| a.to_string()).collect();
-            bar.set_message(names.join(", "));
-        }
-    }
-
-    fn done(&self, entry: &Entry) {
-        let line = match entry.outcome {
-            Outcome::Failed => format!(
-                "{}: failed after {:.1}s: {}",
-                entry.address,
-                entry.seconds,
-                entry.error.as_deref().unwrap_or("")
-            ),
-            Outcome::Skipped => format!("{}: skipped (a step it depends on failed)", entry.address),
-            o => format!(
-                "{}: {} in {:.1}s",
-                entry.address,
-                serde_json::to_value(o)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_default(),
-                entry.seconds
-            ),
-        };
-        match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-        tracing::debug!(elapsed = ?self.started.elapsed(), "apply finished");
-    }
+/// What apply tells its caller as it goes (uv's reporters: the engine says what happened, the
+/// CLI decides how it looks). Called from the apply's own task, never concurrently.
+pub trait Reporter {
+    /// The steps running now.
+    fn running(&self, in_flight: &BTreeSet<Address>);
+    /// A step ended (or was skipped).
+    fn done(&self, entry: &Entry);
+    /// The apply ended.
+    fn finish(&self);
 }
 
 fn outcome_for(action: Action, did_something: bool) -> Outcome {
@@ -173,9 +120,8 @@ pub const PREFECT_WRITE_CONCURRENCY: usize = 4;
 /// new steps after the first failure, lets the running ones finish, and reports all.
 pub async fn apply(
     ctx: &Context,
-    spec: &Spec,
     plan: &Plan,
-    progress: &Progress,
+    progress: &dyn Reporter,
 ) -> Result<Changelog, Failure> {
     let outputs = Mutex::new(Outputs::default());
     let mut log = Changelog::default();
@@ -210,7 +156,7 @@ pub async fn apply(
                         None
                     };
                     let t = Instant::now();
-                    let r = exec::run(ctx, spec, step, outputs).await;
+                    let r = exec::run(ctx, plan, step, outputs).await;
                     (step, r, t.elapsed())
                 });
             }

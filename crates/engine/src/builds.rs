@@ -21,6 +21,7 @@ use bootstrap_gcp::operations::PollBackoff;
 use bootstrap_gcp::{GcpError, artifactregistry, logging, resourcemanager, run_builds};
 use bootstrap_spec::build::Build;
 use bootstrap_spec::context::{self, EntrySource};
+use bootstrap_spec::ids::{ProjectId, Region};
 use bootstrap_spec::{Deployment, Spec};
 
 use super::context::Context;
@@ -282,13 +283,13 @@ pub fn archive(entries: &[context::Entry]) -> Result<Vec<u8>> {
 /// one planned (`digest`): a plan is carried out as shown, or not at all.
 pub async fn run(
     ctx: &Context,
-    spec: &Spec,
+    at: (&ProjectId, &Region),
     build: &Build,
     image: &str,
     digest: &str,
     service_account: Option<&str>,
 ) -> Result<()> {
-    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
+    let (project, region) = at;
     let b = build.clone();
     let source = tokio::task::spawn_blocking(move || -> Result<(String, usize, Vec<u8>)> {
         let c = context::read(&b)?;
@@ -306,7 +307,7 @@ pub async fn run(
         );
     }
     if let Some(planned) = service_account {
-        check_build_account(ctx, spec, planned).await?;
+        check_build_account(ctx, at, planned).await?;
     }
     let started = Instant::now();
     let size = bytes.len();
@@ -320,7 +321,7 @@ pub async fn run(
         })?;
     let mut attempt = 1;
     loop {
-        let end = submit_and_follow(ctx, spec, &src, image, started).await?;
+        let end = submit_and_follow(ctx, at, &src, image, started).await?;
         match end {
             BuildEnd::Finished(b) if b.succeeded() => return Ok(()),
             // Push rights granted moments ago (this apply's own grant step) take a while to
@@ -339,7 +340,7 @@ pub async fn run(
                 attempt += 1;
             }
             BuildEnd::Finished(b) => {
-                let tail = log_tail(ctx, spec, &b).await;
+                let tail = log_tail(ctx, project, &b).await;
                 return Err(failure(image, &b, &tail));
             }
             BuildEnd::TimedOut { last, waited } => {
@@ -377,12 +378,11 @@ fn push_retry_delay(attempt: u32) -> Duration {
 /// One `builds:submit` of the uploaded source, followed to its end with a progress line.
 async fn submit_and_follow(
     ctx: &Context,
-    spec: &Spec,
+    (project, region): (&ProjectId, &Region),
     src: &run_builds::StorageSource,
     image: &str,
     started: Instant,
 ) -> Result<BuildEnd> {
-    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
     let submitted = run_builds::submit_docker_build(
         &ctx.gcp,
         project,
@@ -435,8 +435,11 @@ async fn submit_and_follow(
 
 /// That Cloud Build's default account is still the one the plan granted push rights to (the
 /// plan may have had to assume it while Cloud Build was not enabled, see [`build_account`]).
-async fn check_build_account(ctx: &Context, spec: &Spec, planned: &str) -> Result<()> {
-    let (project, region) = (&spec.gcp.project, &spec.gcp.region);
+async fn check_build_account(
+    ctx: &Context,
+    (project, region): (&ProjectId, &Region),
+    planned: &str,
+) -> Result<()> {
     let now = cloudbuild::get_default_service_account(&ctx.gcp, project, region)
         .await
         .context("reading the Cloud Build default service account (the build's identity)")?;
@@ -460,14 +463,14 @@ const TAIL_LINES: u32 = 20;
 /// The last lines of a build's log, from Cloud Logging (where Cloud Build writes it, see
 /// `cloudbuild::log_filter`); reading them needs `logging.logEntries.list` on the project. A
 /// read that fails says why in place of the lines: the build's failure is the error, not this.
-async fn log_tail(ctx: &Context, spec: &Spec, b: &cloudbuild::Build) -> Vec<String> {
+async fn log_tail(ctx: &Context, project: &ProjectId, b: &cloudbuild::Build) -> Vec<String> {
     if b.id.is_empty() {
         return Vec::new();
     }
     let filter = cloudbuild::log_filter(&b.id);
     let read = tokio::time::timeout(
         Duration::from_secs(30),
-        logging::list_entries(&ctx.gcp, &spec.gcp.project, &filter, true, TAIL_LINES, None),
+        logging::list_entries(&ctx.gcp, project, &filter, true, TAIL_LINES, None),
     )
     .await;
     match read {

@@ -7,7 +7,9 @@
 //! Google's pricing page changes; the snapshot tests then show the new figures.
 
 use bootstrap_spec::{Worker, WorkerKind};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 
 /// Where the prices come from.
 pub const PRICES_SOURCE: &str = "https://cloud.google.com/run/pricing";
@@ -60,12 +62,13 @@ pub const WORKER_POOL: UnitPrices = UnitPrices {
 pub const PRICES: &[UnitPrices] = &[INSTANCE_BASED, REQUEST_BASED, WORKER_POOL];
 
 /// The worker's estimated monthly cost, as `plan` prints it and `--json` carries it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// (`Cow`: a saved plan read back owns its text.)
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CostEstimate {
     /// `service` or `worker-pool`.
-    pub kind: &'static str,
+    pub kind: Cow<'static, str>,
     /// The billing model the figure uses.
-    pub billing: &'static str,
+    pub billing: Cow<'static, str>,
     /// Instances billed all month.
     pub instances: u32,
     /// vCPUs per instance.
@@ -76,8 +79,8 @@ pub struct CostEstimate {
     pub monthly_usd: f64,
     /// What the figure leaves out, in a few words.
     pub assumes: String,
-    pub prices_as_of: &'static str,
-    pub source: &'static str,
+    pub prices_as_of: Cow<'static, str>,
+    pub source: Cow<'static, str>,
     /// Scale to zero: USD per hour the pool's instances are up (on top of `monthly_usd`, which
     /// is then the floor: the waker alone, the pool at 0 all month).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -143,8 +146,8 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
             let per_hour =
                 (per_second * 3600.0 * f64::from(worker.instances) * 10_000.0).round() / 10_000.0;
             return Some(CostEstimate {
-                kind: "worker-pool",
-                billing: "worker-pool (instance-based rates) + request-based waker",
+                kind: "worker-pool".into(),
+                billing: "worker-pool (instance-based rates) + request-based waker".into(),
                 instances: worker.instances,
                 vcpu,
                 memory_gib,
@@ -159,8 +162,8 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
                         .map_or(0, |s| s.idle.as_secs()),
                     sweep_calls_per_month(within),
                 ),
-                prices_as_of: PRICES_AS_OF,
-                source: PRICES_SOURCE,
+                prices_as_of: PRICES_AS_OF.into(),
+                source: PRICES_SOURCE.into(),
                 per_awake_hour_usd: Some(per_hour),
             });
         }
@@ -172,8 +175,8 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
         ),
     };
     Some(CostEstimate {
-        kind,
-        billing: prices.model,
+        kind: kind.into(),
+        billing: prices.model.into(),
         instances,
         vcpu,
         memory_gib,
@@ -181,8 +184,8 @@ pub fn estimate(worker: &Worker) -> Option<CostEstimate> {
         assumes: format!(
             "{assumes}; Tier 1 region list prices in USD, before the free tier and discounts"
         ),
-        prices_as_of: PRICES_AS_OF,
-        source: PRICES_SOURCE,
+        prices_as_of: PRICES_AS_OF.into(),
+        source: PRICES_SOURCE.into(),
         per_awake_hour_usd: None,
     })
 }

@@ -9,17 +9,17 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{GcpError, artifactregistry, iam, run_v2, secretmanager, serviceusage};
 use bootstrap_prefect::{
-    BlockDocumentCreate, DeploymentSpec, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
+    BlockDocumentCreate, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
     pick_block_schema,
 };
-use bootstrap_spec::{Spec, ids::*};
+use bootstrap_spec::ids::*;
 use secrecy::ExposeSecret as _;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::apply::Outputs;
 use super::context::Context;
-use super::plan::{Deferred, Op, Step};
+use super::plan::{Deferred, Op, Plan, Step};
 use super::planner::template;
 
 /// How long a Cloud Run or Service Usage operation may take before apply gives up on it.
@@ -65,14 +65,14 @@ fn disabled_service(e: &anyhow::Error) -> Option<String> {
 /// moment ago is redone (steps are idempotent) with backoff until [`API_PROPAGATION`].
 pub async fn run(
     ctx: &Context,
-    spec: &Spec,
+    plan: &Plan,
     step: &Step,
     outputs: &Mutex<Outputs>,
 ) -> Result<bool> {
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_secs(2);
     loop {
-        match run_once(ctx, spec, step, outputs).await {
+        match run_once(ctx, plan, step, outputs).await {
             Err(e)
                 if disabled_service(&e).is_some_and(|s| just_enabled(&s))
                     && started.elapsed() + delay < API_PROPAGATION =>
@@ -92,13 +92,14 @@ pub async fn run(
     }
 }
 
+/// Everything a step needs is in the plan: the header's project and region, and the step's op.
 async fn run_once(
     ctx: &Context,
-    spec: &Spec,
+    plan: &Plan,
     step: &Step,
     outputs: &Mutex<Outputs>,
 ) -> Result<bool> {
-    let project = &spec.gcp.project;
+    let (project, region) = (&plan.project, &plan.region);
     let http = &ctx.gcp;
     match &step.op {
         Op::EnableApis { services } => {
@@ -224,8 +225,9 @@ async fn run_once(
                 .insert(step.address.clone(), created.json);
             Ok(true)
         }
-        Op::DeleteKey { key_id, .. } => {
-            Ok(iam::delete_key(http, project, &spec.service_account.email, key_id).await?)
+        Op::DeleteKey { email, key_id, .. } => {
+            let email = parse("email", email, ServiceAccountEmail::parse)?;
+            Ok(iam::delete_key(http, project, &email, key_id).await?)
         }
         Op::PutSecret {
             secret_id,
@@ -278,12 +280,12 @@ async fn run_once(
         }
         Op::UpsertService { name, body } => {
             let granted = outputs.lock().await.granted;
-            upsert_service(ctx, spec, name, body, granted).await?;
+            upsert_service(ctx, project, region, name, body, granted).await?;
             Ok(true)
         }
         Op::DeleteService { name } => {
             let service = parse("service", name, RunServiceName::parse)?;
-            match run_v2::delete_service(http, project, &spec.gcp.region, &service).await? {
+            match run_v2::delete_service(http, project, region, &service).await? {
                 None => Ok(false),
                 Some(op) => {
                     run_v2::wait_operation(http, op, OPERATION_DEADLINE).await?;
@@ -296,6 +298,7 @@ async fn run_once(
             body,
             count_only,
             wait_online,
+            work_pool,
         } => {
             let granted = outputs.lock().await.granted;
             let change = super::exec_pool::Change {
@@ -303,16 +306,18 @@ async fn run_once(
                 wait_online: *wait_online,
                 granted,
             };
-            super::exec_pool::upsert(ctx, spec, name, body, change).await?;
+            super::exec_pool::upsert(ctx, (project, region), work_pool, name, body, change).await?;
             Ok(true)
         }
-        Op::DeleteWorkerPool { name } => super::exec_pool::delete(ctx, spec, name).await,
+        Op::DeleteWorkerPool { name } => {
+            super::exec_pool::delete(ctx, (project, region), name).await
+        }
         Op::PutWakerSecret {
             secret_id,
             create,
             labels,
         } => {
-            let secret = super::wake::put_secret(ctx, spec, secret_id, *create, labels).await?;
+            let secret = super::wake::put_secret(ctx, project, secret_id, *create, labels).await?;
             // Kept in memory for the block step of this apply only.
             outputs
                 .lock()
@@ -324,7 +329,7 @@ async fn run_once(
         Op::EditWorkerPoolPolicy { pool, add, remove } => {
             let target = PolicyTarget::WorkerPool {
                 project: project.clone(),
-                region: spec.gcp.region.clone(),
+                region: region.clone(),
                 pool: parse("worker pool", pool, RunWorkerPoolName::parse)?,
             };
             let opts = RmwOptions {
@@ -353,7 +358,7 @@ async fn run_once(
                 .ok_or_else(|| anyhow!("the shared secret from {secret_from} is not available"))?;
             let id = super::wake::upsert_block(
                 ctx,
-                spec,
+                (project, region),
                 name,
                 existing_id.as_deref(),
                 service,
@@ -364,13 +369,12 @@ async fn run_once(
             Ok(true)
         }
         Op::UpsertAutomation {
+            name,
             kind,
+            work_pool,
             existing_id,
             block,
-            ..
         } => {
-            let names = super::wake::names(spec)
-                .ok_or_else(|| anyhow!("the plan has no worker.scale_to_zero"))?;
             let block_id = match block {
                 Deferred::Known { value } => value.clone(),
                 Deferred::Step { address } => outputs
@@ -381,8 +385,15 @@ async fn run_once(
                     .cloned()
                     .ok_or_else(|| anyhow!("the id of {address} is not available"))?,
             };
-            super::wake::upsert_automation(ctx, &names, *kind, existing_id.as_deref(), &block_id)
-                .await?;
+            super::wake::upsert_automation(
+                ctx,
+                name,
+                work_pool,
+                *kind,
+                existing_id.as_deref(),
+                &block_id,
+            )
+            .await?;
             Ok(true)
         }
         Op::DeleteAutomation { id, name } => {
@@ -426,37 +437,27 @@ async fn run_once(
                 .with_context(|| format!("block {name} has an invalid id"))?;
             Ok(ctx.prefect.delete_block_document(id).await?)
         }
-        Op::UpsertWorkPool {
+        Op::CreateWorkPool { pool, credentials } => {
+            let mut pool = pool.clone();
+            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
+            create_pool(ctx, &pool).await
+        }
+        Op::UpdateWorkPool {
             name,
-            pool_type,
-            exists,
-            description,
-            base_job_template,
+            update,
             credentials,
-            concurrency_limit,
         } => {
-            let mut t = base_job_template.clone();
-            if let Some(Deferred::Step { address }) = credentials {
-                let id = outputs
-                    .lock()
-                    .await
-                    .ids
-                    .get(address)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
-                t = template::apply_defaults(spec, &t, Some(&template::block_ref(&id)));
-            }
-            upsert_pool(
-                ctx,
-                name,
-                pool_type,
-                *exists,
-                description.clone(),
-                t,
-                *concurrency_limit,
-            )
-            .await?;
-            Ok(true)
+            let mut update = update.clone();
+            fill_credentials(&mut update.base_job_template, credentials, outputs).await?;
+            update_pool(ctx, name, &update).await
+        }
+        Op::ReplaceWorkPool { pool, credentials } => {
+            let mut pool = pool.clone();
+            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
+            // The type cannot change in place (the planner saw another one): delete, then
+            // create; a pool already deleted by an interrupted run is fine.
+            ctx.prefect.delete_work_pool(&pool.name).await?;
+            create_pool(ctx, &pool).await
         }
         Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
         Op::CreateRepository {
@@ -474,7 +475,7 @@ async fn run_once(
         } => {
             let target = PolicyTarget::ArtifactRepository {
                 project: project.clone(),
-                region: spec.gcp.region.clone(),
+                region: region.clone(),
                 repository: repository.clone(),
             };
             let opts = RmwOptions {
@@ -487,9 +488,7 @@ async fn run_once(
             Ok(out.changed)
         }
         Op::DeleteRepository { repository } => {
-            match artifactregistry::delete_repository(http, project, &spec.gcp.region, repository)
-                .await?
-            {
+            match artifactregistry::delete_repository(http, project, region, repository).await? {
                 None => Ok(false),
                 Some(op) => {
                     artifactregistry::wait(http, op, OPERATION_DEADLINE).await?;
@@ -504,7 +503,15 @@ async fn run_once(
             service_account,
             ..
         } => {
-            crate::builds::run(ctx, spec, build, image, digest, service_account.as_deref()).await?;
+            crate::builds::run(
+                ctx,
+                (project, region),
+                build,
+                image,
+                digest,
+                service_account.as_deref(),
+            )
+            .await?;
             Ok(true)
         }
         Op::UpsertDeployment {
@@ -513,7 +520,7 @@ async fn run_once(
             body,
             flow_id,
         } => {
-            let spec = deployment_spec(body);
+            let spec = body;
             let observed = flow_id
                 .as_deref()
                 .map(|id| {
@@ -522,7 +529,7 @@ async fn run_once(
                 })
                 .transpose()?;
             if let Some(id) = observed {
-                match ctx.prefect.upsert_deployment(id, name, &spec).await {
+                match ctx.prefect.upsert_deployment(id, name, spec).await {
                     Ok(_) => return Ok(true),
                     // The flow was deleted since observe read it: upsert it as below.
                     Err(e) if e.is_not_found() => {
@@ -532,7 +539,7 @@ async fn run_once(
                 }
             }
             let id = shared_flow(ctx, outputs, flow, observed.is_some()).await?;
-            ctx.prefect.upsert_deployment(id, name, &spec).await?;
+            ctx.prefect.upsert_deployment(id, name, spec).await?;
             Ok(true)
         }
         Op::DeleteDeployment { id, flow, name } => {
@@ -766,7 +773,8 @@ async fn wait_until_visible(
 
 async fn upsert_service(
     ctx: &Context,
-    spec: &Spec,
+    project: &ProjectId,
+    region: &Region,
     name: &str,
     body: &Value,
     granted: bool,
@@ -779,16 +787,9 @@ async fn upsert_service(
     loop {
         // PATCH with allowMissing converges both a missing and a half-created service.
         let result = async {
-            let op = run_v2::patch_service(
-                &ctx.gcp,
-                &spec.gcp.project,
-                &spec.gcp.region,
-                &service,
-                &wanted,
-                true,
-                false,
-            )
-            .await?;
+            let op =
+                run_v2::patch_service(&ctx.gcp, project, region, &service, &wanted, true, false)
+                    .await?;
             run_v2::wait_operation(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
         .await;
@@ -809,9 +810,8 @@ async fn upsert_service(
                 delay = (delay * 2).min(Duration::from_secs(20));
             }
             Err(e) => {
-                return Err(anyhow!(e)).with_context(|| {
-                    format!("deploying Cloud Run service {name} in {}", spec.gcp.region)
-                });
+                return Err(anyhow!(e))
+                    .with_context(|| format!("deploying Cloud Run service {name} in {region}"));
             }
         }
     }
@@ -902,63 +902,52 @@ async fn upsert_block(
     }
 }
 
-async fn upsert_pool(
-    ctx: &Context,
-    name: &str,
-    pool_type: &str,
-    exists: bool,
-    description: Option<String>,
-    base_job_template: Value,
-    concurrency_limit: Option<u32>,
+/// Fills the credentials block ref into a pool's template when the block was created earlier
+/// in this apply: the one place a deferred block id is resolved.
+async fn fill_credentials(
+    template: &mut Option<Value>,
+    credentials: &Option<Deferred<String>>,
+    outputs: &Mutex<Outputs>,
 ) -> Result<()> {
-    let client = &ctx.prefect;
-    if let Some(live) = client.work_pool(name).await? {
-        if live.pool_type != pool_type {
-            // A pool's type cannot change: replace it.
-            client.delete_work_pool(name).await?;
-        } else {
-            let update = WorkPoolUpdate {
-                description,
-                base_job_template: Some(base_job_template),
-                concurrency_limit: concurrency_limit.map(u64::from),
-                ..Default::default()
-            };
-            client.update_work_pool(name, &update).await?;
-            return Ok(());
-        }
+    if let (Some(t), Some(Deferred::Step { address })) = (template.as_mut(), credentials) {
+        let id = outputs
+            .lock()
+            .await
+            .ids
+            .get(address)
+            .cloned()
+            .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
+        template::set_credentials(t, &id);
     }
-    let _ = exists;
-    let create = WorkPoolCreate {
-        name: name.to_string(),
-        pool_type: pool_type.to_string(),
-        description,
-        base_job_template: Some(base_job_template),
-        is_paused: None,
-        concurrency_limit: concurrency_limit.map(u64::from),
-    };
-    client.create_work_pool(&create).await?;
     Ok(())
 }
 
-/// The deployment request from the planner's body (the server's field names).
-fn deployment_spec(body: &Value) -> DeploymentSpec {
-    let text = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
-    let object = |k: &str| body.get(k).and_then(Value::as_object).cloned();
-    let array = |k: &str| body.get(k).and_then(Value::as_array).cloned();
-    DeploymentSpec {
-        entrypoint: text("entrypoint"),
-        parameters: object("parameters"),
-        work_pool_name: text("work_pool_name"),
-        work_queue_name: text("work_queue_name"),
-        job_variables: object("job_variables"),
-        pull_steps: array("pull_steps"),
-        tags: array("tags").map(|t| {
-            t.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
+/// Creates the pool; one made meanwhile (a concurrent apply, or an earlier one that died after
+/// its create) is updated to the same fields instead.
+async fn create_pool(ctx: &Context, pool: &WorkPoolCreate) -> Result<bool> {
+    match ctx.prefect.create_work_pool(pool).await {
+        Ok(_) => Ok(true),
+        Err(PrefectError::Conflict { .. }) => {
+            let update = WorkPoolUpdate {
+                description: pool.description.clone(),
+                base_job_template: pool.base_job_template.clone(),
+                is_paused: None,
+                concurrency_limit: pool.concurrency_limit,
+            };
+            update_pool(ctx, &pool.name, &update).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Updates the pool in place. One deleted since the plan was made is an error: the plan no
+/// longer fits, and the executor does not decide again (a new plan creates it).
+async fn update_pool(ctx: &Context, name: &str, update: &WorkPoolUpdate) -> Result<bool> {
+    match ctx.prefect.update_work_pool(name, update).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() => Err(anyhow!(e)).with_context(|| {
+            format!("work pool {name} was deleted since the plan was made; run apply again")
         }),
-        description: text("description"),
-        schedules: array("schedules"),
-        ..Default::default()
+        Err(e) => Err(e.into()),
     }
 }

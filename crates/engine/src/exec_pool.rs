@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::{GcpError, run_v2};
-use bootstrap_spec::{Spec, WorkerKind, ids::RunWorkerPoolName};
+use bootstrap_spec::ids::{ProjectId, Region, RunWorkerPoolName};
+use bootstrap_spec::{Spec, WorkerKind};
 use rand::Rng as _;
 use serde_json::Value;
 
@@ -54,7 +55,8 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Option<Value>> {
 /// `wait_online` for a new worker of the work pool to be ONLINE.
 pub async fn upsert(
     ctx: &Context,
-    spec: &Spec,
+    (project, region): (&ProjectId, &Region),
+    work_pool: &str,
     name: &str,
     body: &Value,
     change: Change,
@@ -62,7 +64,6 @@ pub async fn upsert(
     let pool = parse("worker pool", name, RunWorkerPoolName::parse)?;
     let wanted: run_v2::WorkerPool =
         serde_json::from_value(body.clone()).context("building the worker pool request")?;
-    let work_pool = spec.work_pool.name.as_str();
     let before = if change.wait_online {
         online_workers(ctx, work_pool)
             .await
@@ -79,16 +80,9 @@ pub async fn upsert(
     let mut delay = Duration::from_secs(2);
     loop {
         let result = async {
-            let op = run_v2::patch_worker_pool(
-                &ctx.gcp,
-                &spec.gcp.project,
-                &spec.gcp.region,
-                &pool,
-                &wanted,
-                update,
-                true,
-            )
-            .await?;
+            let op =
+                run_v2::patch_worker_pool(&ctx.gcp, project, region, &pool, &wanted, update, true)
+                    .await?;
             run_v2::wait_worker_pool(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
         .await;
@@ -110,10 +104,7 @@ pub async fn upsert(
             }
             Err(e) => {
                 return Err(anyhow!(e)).with_context(|| {
-                    format!(
-                        "deploying Cloud Run worker pool {name} in {}",
-                        spec.gcp.region
-                    )
+                    format!("deploying Cloud Run worker pool {name} in {region}")
                 });
             }
         }
@@ -132,9 +123,13 @@ pub async fn upsert(
 }
 
 /// Deletes the pool and waits until its instances are gone; `false` if it was already gone.
-pub async fn delete(ctx: &Context, spec: &Spec, name: &str) -> Result<bool> {
+pub async fn delete(
+    ctx: &Context,
+    (project, region): (&ProjectId, &Region),
+    name: &str,
+) -> Result<bool> {
     let pool = parse("worker pool", name, RunWorkerPoolName::parse)?;
-    match run_v2::delete_worker_pool(&ctx.gcp, &spec.gcp.project, &spec.gcp.region, &pool)
+    match run_v2::delete_worker_pool(&ctx.gcp, project, region, &pool)
         .await
         .with_context(|| format!("deleting Cloud Run worker pool {name}"))?
     {

@@ -1,11 +1,13 @@
 //! The plan: a complete, serializable value. `apply` carries it out step by step and makes no
 //! decisions of its own (the planner left none).
 
-use serde::Serialize;
+use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
+use bootstrap_spec::ids::{ProjectId, Region};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 /// Where a resource lives, printed as e.g. `gcp.service_account["prefect-service-account"]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Address(pub String);
 
@@ -22,7 +24,7 @@ impl std::fmt::Display for Address {
 }
 
 /// What a step does to its resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Create,
@@ -32,7 +34,7 @@ pub enum Action {
 }
 
 /// Whether `plan` is converging on the plan file or tearing it down.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     Apply,
@@ -40,19 +42,33 @@ pub enum Mode {
 }
 
 /// One field that changes. Values of sensitive fields are never carried: only the fact of change.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FieldChange {
     pub path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub old: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     pub new: Option<Value>,
     /// The value is a secret (shown as `(sensitive)`).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sensitive: bool,
     /// The new value is known only during apply (e.g. the id of a block created earlier in it).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub known_after_apply: bool,
+}
+
+/// A field that is there is `Some`, even when it is `null` (an old value that was null): a
+/// plan read back from JSON equals the plan that was written.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 impl FieldChange {
@@ -88,7 +104,7 @@ impl FieldChange {
 }
 
 /// A value an operation needs that exists only once an earlier step of the same apply ran.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "from")]
 pub enum Deferred<T> {
     Known {
@@ -101,7 +117,7 @@ pub enum Deferred<T> {
 }
 
 /// What a step does, with everything needed to do it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum Op {
     EnableApis {
@@ -140,6 +156,8 @@ pub enum Op {
     },
     DeleteKey {
         name: String,
+        /// The account the key belongs to.
+        email: String,
         key_id: String,
     },
     /// Create the secret (if `create`) and add a version holding the Prefect API key.
@@ -173,6 +191,8 @@ pub enum Op {
         body: Value,
         count_only: bool,
         wait_online: bool,
+        /// The Prefect work pool whose workers `wait_online` watches.
+        work_pool: String,
     },
     DeleteWorkerPool {
         name: String,
@@ -190,16 +210,23 @@ pub enum Op {
         id: String,
         name: String,
     },
-    UpsertWorkPool {
-        name: String,
-        pool_type: String,
-        exists: bool,
-        description: Option<String>,
-        /// The whole template to send; `credentials.default` holds the block ref, deferred when
-        /// the block is created in the same apply.
-        base_job_template: Value,
+    /// Create the work pool. The template's `credentials.default` holds the block ref,
+    /// deferred when the block is created in the same apply (filled in by
+    /// `template::set_credentials`).
+    CreateWorkPool {
+        pool: WorkPoolCreate,
         credentials: Option<Deferred<String>>,
-        concurrency_limit: Option<u32>,
+    },
+    /// Update the work pool in place (the whole template, description, limit).
+    UpdateWorkPool {
+        name: String,
+        update: WorkPoolUpdate,
+        credentials: Option<Deferred<String>>,
+    },
+    /// Delete the work pool and create it again: a pool's type cannot change.
+    ReplaceWorkPool {
+        pool: WorkPoolCreate,
+        credentials: Option<Deferred<String>>,
     },
     DeleteWorkPool {
         name: String,
@@ -207,10 +234,11 @@ pub enum Op {
     UpsertDeployment {
         flow: String,
         name: String,
-        body: Value,
+        /// The request, in the server's field names.
+        body: Box<DeploymentSpec>,
         /// The flow's id when observe saw it (on a live deployment of the same flow): the
         /// flow upsert is then left out, so a change to one deployment sends one write.
-        #[serde(skip_serializing_if = "Option::is_none")]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         flow_id: Option<String>,
     },
     DeleteDeployment {
@@ -279,6 +307,8 @@ pub enum Op {
     UpsertAutomation {
         name: String,
         kind: super::wake::AutomationKind,
+        /// The Prefect work pool the automation watches.
+        work_pool: String,
         existing_id: Option<String>,
         block: Deferred<String>,
     },
@@ -289,7 +319,7 @@ pub enum Op {
 }
 
 /// One flow-run job of [`Op::DeleteWorkerJobs`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerJob {
     pub region: String,
     pub name: String,
@@ -302,7 +332,9 @@ impl Op {
             self,
             Op::UpsertBlock { .. }
                 | Op::DeleteBlock { .. }
-                | Op::UpsertWorkPool { .. }
+                | Op::CreateWorkPool { .. }
+                | Op::UpdateWorkPool { .. }
+                | Op::ReplaceWorkPool { .. }
                 | Op::DeleteWorkPool { .. }
                 | Op::UpsertDeployment { .. }
                 | Op::DeleteDeployment { .. }
@@ -314,37 +346,40 @@ impl Op {
 }
 
 /// One change to one resource.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Step {
     pub address: Address,
     pub action: Action,
     /// A pre-existing resource the tool did not create (no marker) that the plan takes over.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
     /// Why, in a few words, when it is not obvious from the changes (drift, orphan, rotation).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub changes: Vec<FieldChange>,
     /// Steps that must finish first.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     pub op: Op,
 }
 
 /// The whole plan: the steps in an order that respects `depends_on`, and what is already right.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub format_version: u32,
     pub mode: Mode,
-    pub project: String,
+    /// The project and region of every Google resource of the plan: the executor reads them
+    /// here, never from the plan file.
+    pub project: ProjectId,
+    pub region: Region,
     pub steps: Vec<Step>,
     /// Resources that already match the plan.
     pub unchanged: Vec<Address>,
     /// Resources that exist and are the plan's but that the tool did not create (kept by destroy).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub adopted: Vec<Address>,
     /// The worker's estimated monthly cost at list prices (apply plans with a worker).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<super::cost::CostEstimate>,
 }
 
@@ -356,4 +391,82 @@ impl Plan {
     pub fn count(&self, action: Action) -> usize {
         self.steps.iter().filter(|s| s.action == action).count()
     }
+}
+
+/// The plan format `plan --out` writes and `apply SAVED_PLAN` reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A plan saved by `plan --out`, read back for `apply SAVED_PLAN`.
+///
+/// There is no state file, so a saved plan cannot be checked against a serial the way
+/// Terraform's is. It is checked against the world instead: apply observes again and plans
+/// again, and carries the saved plan out only when the new plan is the very same value (the
+/// same steps, ops, ids and bodies, and the same resources unchanged). Anything that changed in
+/// GCP, in Prefect or in the plan file since the plan was made, and that matters to it, makes
+/// the two differ and the saved plan is refused as stale.
+pub fn read_saved(text: &str) -> Result<Plan, String> {
+    let raw: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let version = raw.get("format_version").and_then(Value::as_u64);
+    if version != Some(u64::from(FORMAT_VERSION)) {
+        return Err(format!(
+            "format_version {} is not {FORMAT_VERSION}, the one this bootstrap reads",
+            version.map_or_else(|| "(none)".to_owned(), |v| v.to_string())
+        ));
+    }
+    serde_json::from_value(raw)
+        .map_err(|e| format!("not a plan saved by `bootstrap plan --out`: {e}"))
+}
+
+/// How the plan made now differs from a saved one, one line per difference (empty: the same).
+pub fn differences(saved: &Plan, now: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    if saved.mode != now.mode {
+        out.push(format!("mode: saved {:?}, now {:?}", saved.mode, now.mode));
+    }
+    if saved.project != now.project || saved.region != now.region {
+        out.push(format!(
+            "target: saved {}/{}, now {}/{}",
+            saved.project, saved.region, now.project, now.region
+        ));
+    }
+    let json = |s: &Step| serde_json::to_value(s).unwrap_or(Value::Null);
+    let saved_steps: std::collections::BTreeMap<&Address, Value> =
+        saved.steps.iter().map(|s| (&s.address, json(s))).collect();
+    let now_steps: std::collections::BTreeMap<&Address, Value> =
+        now.steps.iter().map(|s| (&s.address, json(s))).collect();
+    for (address, step) in &saved_steps {
+        match now_steps.get(address) {
+            None => out.push(format!("{address}: planned, but no longer needed")),
+            Some(n) if n != step => {
+                out.push(format!("{address}: would now be planned differently"))
+            }
+            Some(_) => {}
+        }
+    }
+    for address in now_steps.keys().filter(|a| !saved_steps.contains_key(*a)) {
+        out.push(format!(
+            "{address}: now needs a change the saved plan does not have"
+        ));
+    }
+    let set = |v: &[Address]| v.iter().cloned().collect::<std::collections::BTreeSet<_>>();
+    let (su, nu) = (set(&saved.unchanged), set(&now.unchanged));
+    for a in su.symmetric_difference(&nu) {
+        if !saved_steps.contains_key(a) && !now_steps.contains_key(a) {
+            out.push(format!(
+                "{a}: was {}",
+                if su.contains(a) {
+                    "unchanged, now gone"
+                } else {
+                    "absent, now unchanged"
+                }
+            ));
+        }
+    }
+    if set(&saved.adopted) != set(&now.adopted) {
+        out.push("the resources taken over (adopted) changed".to_owned());
+    }
+    if saved.cost != now.cost {
+        out.push("the cost estimate changed".to_owned());
+    }
+    out
 }

@@ -19,10 +19,12 @@ use bootstrap_prefect::wake::{WEBHOOK_BLOCK_TYPE, webhook_block_data};
 use bootstrap_prefect::{
     Automation, AutomationSpec, BlockDocumentCreate, PrefectError, pick_block_schema,
 };
-use bootstrap_spec::ids::{AccountId, RunServiceName, SecretId, ServiceAccountEmail};
+use bootstrap_spec::ids::{
+    AccountId, ProjectId, Region, RunServiceName, SecretId, ServiceAccountEmail,
+};
 use bootstrap_spec::{Spec, WorkerKind};
 use secrecy::{ExposeSecret as _, SecretString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::context::Context;
@@ -119,7 +121,7 @@ impl Names {
 }
 
 /// Which of the two automations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AutomationKind {
     Wake,
@@ -132,15 +134,24 @@ pub fn automation_spec(
     kind: AutomationKind,
     block_id: uuid::Uuid,
 ) -> AutomationSpec {
+    let name = match kind {
+        AutomationKind::Wake => &names.wake,
+        AutomationKind::Sweep => &names.sweep,
+    };
+    automation_body(name, &names.work_pool, kind, block_id)
+}
+
+/// The same from the automation's own name and work pool (what apply's op carries).
+pub fn automation_body(
+    name: &str,
+    work_pool: &str,
+    kind: AutomationKind,
+    block_id: uuid::Uuid,
+) -> AutomationSpec {
     use bootstrap_prefect::wake::{SWEEP_WITHIN_SECONDS, sweep_automation, wake_automation};
     match kind {
-        AutomationKind::Wake => wake_automation(&names.wake, &names.work_pool, block_id),
-        AutomationKind::Sweep => sweep_automation(
-            &names.sweep,
-            &names.work_pool,
-            block_id,
-            SWEEP_WITHIN_SECONDS,
-        ),
+        AutomationKind::Wake => wake_automation(name, work_pool, block_id),
+        AutomationKind::Sweep => sweep_automation(name, work_pool, block_id, SWEEP_WITHIN_SECONDS),
     }
 }
 
@@ -325,13 +336,12 @@ pub fn new_secret() -> SecretString {
 /// the value for the block step.
 pub async fn put_secret(
     ctx: &Context,
-    spec: &Spec,
+    project: &ProjectId,
     secret_id: &str,
     create: bool,
     labels: &serde_json::Map<String, Value>,
 ) -> Result<SecretString> {
     let id = parse("secret id", secret_id, SecretId::parse)?;
-    let project = &spec.gcp.project;
     if create {
         let labels: BTreeMap<String, String> = labels
             .iter()
@@ -356,14 +366,14 @@ pub async fn put_secret(
 /// The URL is read from the waker service now (it exists: this step depends on it).
 pub async fn upsert_block(
     ctx: &Context,
-    spec: &Spec,
+    (project, region): (&ProjectId, &Region),
     name: &str,
     existing_id: Option<&str>,
     service: &str,
     secret: &SecretString,
 ) -> Result<String> {
     let svc = parse("service", service, RunServiceName::parse)?;
-    let live = run_v2::get_service(&ctx.gcp, &spec.gcp.project, &spec.gcp.region, &svc)
+    let live = run_v2::get_service(&ctx.gcp, project, region, &svc)
         .await
         .with_context(|| format!("reading Cloud Run service {service}"))?
         .ok_or_else(|| anyhow!("Cloud Run service {service} is gone; run apply again"))?;
@@ -420,13 +430,14 @@ pub async fn upsert_block(
 /// Creates or replaces one automation.
 pub async fn upsert_automation(
     ctx: &Context,
-    names: &Names,
+    name: &str,
+    work_pool: &str,
     kind: AutomationKind,
     existing_id: Option<&str>,
     block_id: &str,
 ) -> Result<()> {
     let block = uuid::Uuid::parse_str(block_id).context("invalid block id")?;
-    let body = automation_spec(names, kind, block);
+    let body = automation_body(name, work_pool, kind, block);
     match existing_id {
         Some(id) => {
             let id = uuid::Uuid::parse_str(id).context("invalid automation id")?;

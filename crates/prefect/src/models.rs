@@ -148,8 +148,8 @@ pub struct WorkPool {
     pub status: Option<String>,
 }
 
-/// A new work pool.
-#[derive(Debug, Clone, Serialize)]
+/// A new work pool (also a step of a saved plan, hence `Deserialize`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkPoolCreate {
     /// Name.
     pub name: String,
@@ -172,7 +172,7 @@ pub struct WorkPoolCreate {
 
 /// Changes to a work pool; unset fields are left as they are. A template given here replaces
 /// the whole template (the server does not merge).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkPoolUpdate {
     /// Description.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,7 +297,7 @@ pub struct Deployment {
 }
 
 /// The fields a deployment is created (upserted) or updated with; unset fields are not sent.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     /// `path/to/file.py:function`.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -8,7 +8,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::diag::Pos;
 use crate::ids::{ProjectId, Region};
@@ -24,7 +24,7 @@ pub const DEFAULT_REPOSITORY: &str = "prefect";
 pub const PLATFORM: &str = "linux/amd64";
 
 /// Which Dockerfile builds the image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DockerfileSpec {
     /// What `prefect deploy`'s `dockerfile: auto` generates (see [`crate::context::auto_dockerfile`]).
@@ -33,8 +33,8 @@ pub enum DockerfileSpec {
     Path(String),
 }
 
-/// A checked `build:`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A checked `build:` (read back from a saved plan too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Build {
     /// The context directory, canonical (symlinks and `..` resolved).
     pub context: PathBuf,

@@ -296,6 +296,7 @@ pub(super) fn orphan_keys(b: &mut Builder) {
             depends_on,
             op: Op::DeleteKey {
                 name: k.name.clone(),
+                email: b.spec.service_account.email.to_string(),
                 key_id: k.key_id.clone(),
             },
         });
@@ -507,6 +508,7 @@ pub(super) fn destroy_keys(b: &mut Builder) {
             depends_on,
             op: Op::DeleteKey {
                 name: k.name,
+                email: b.spec.service_account.email.to_string(),
                 key_id: k.key_id,
             },
         });

@@ -109,9 +109,10 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
         }
     }
     Plan {
-        format_version: 1,
+        format_version: super::plan::FORMAT_VERSION,
         mode: options.mode,
-        project: spec.gcp.project.to_string(),
+        project: spec.gcp.project.clone(),
+        region: spec.gcp.region.clone(),
         steps: b.steps,
         unchanged: b.unchanged,
         adopted: b.adopted,

@@ -1,5 +1,6 @@
 //! Planning the Prefect half: the credentials block, the work pool and the deployments.
 
+use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
 use bootstrap_spec::{Deployment, KeyMode, Spec};
 use serde_json::{Value, json};
 
@@ -144,14 +145,16 @@ pub(super) fn work_pool(b: &mut Builder) {
                 reason: None,
                 changes: all,
                 depends_on,
-                op: Op::UpsertWorkPool {
-                    name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: false,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: wanted,
+                op: Op::CreateWorkPool {
+                    pool: WorkPoolCreate {
+                        name: spec.work_pool.name.to_string(),
+                        pool_type,
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(wanted),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }
@@ -170,23 +173,25 @@ pub(super) fn work_pool(b: &mut Builder) {
                     Some(json!(pool_type)),
                 )],
                 depends_on,
-                op: Op::UpsertWorkPool {
-                    name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: true,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: template::apply_defaults(
-                        spec,
-                        &spec
-                            .work_pool
-                            .base_job_template
-                            .clone()
-                            .or_else(|| b.observed.default_template.clone())
-                            .unwrap_or(Value::Null),
-                        cred_value.as_ref(),
-                    ),
+                op: Op::ReplaceWorkPool {
+                    pool: WorkPoolCreate {
+                        name: spec.work_pool.name.to_string(),
+                        pool_type,
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(template::apply_defaults(
+                            spec,
+                            &spec
+                                .work_pool
+                                .base_job_template
+                                .clone()
+                                .or_else(|| b.observed.default_template.clone())
+                                .unwrap_or(Value::Null),
+                            cred_value.as_ref(),
+                        )),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }
@@ -220,14 +225,15 @@ pub(super) fn work_pool(b: &mut Builder) {
                 reason: None,
                 changes,
                 depends_on,
-                op: Op::UpsertWorkPool {
+                op: Op::UpdateWorkPool {
                     name: spec.work_pool.name.to_string(),
-                    pool_type,
-                    exists: true,
-                    description: spec.work_pool.description.clone(),
-                    base_job_template: wanted,
+                    update: WorkPoolUpdate {
+                        description: spec.work_pool.description.clone(),
+                        base_job_template: Some(wanted),
+                        is_paused: None,
+                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                    },
                     credentials,
-                    concurrency_limit: spec.work_pool.concurrency_limit,
                 },
             });
         }
@@ -320,7 +326,7 @@ pub(super) fn deployments(b: &mut Builder) {
             op: Op::UpsertDeployment {
                 flow: d.flow.to_string(),
                 name: d.name.to_string(),
-                body: wanted,
+                body: Box::new(deployment_spec(&wanted)),
                 flow_id,
             },
         });
@@ -389,4 +395,27 @@ pub(super) fn destroy_block(b: &mut Builder) {
             name: b.spec.credentials_block.name.to_string(),
         },
     });
+}
+
+/// The deployment request from the fields the plan owns (the server's names).
+fn deployment_spec(body: &Value) -> DeploymentSpec {
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(String::from);
+    let object = |k: &str| body.get(k).and_then(Value::as_object).cloned();
+    let array = |k: &str| body.get(k).and_then(Value::as_array).cloned();
+    DeploymentSpec {
+        entrypoint: text("entrypoint"),
+        parameters: object("parameters"),
+        work_pool_name: text("work_pool_name"),
+        work_queue_name: text("work_queue_name"),
+        job_variables: object("job_variables"),
+        pull_steps: array("pull_steps"),
+        tags: array("tags").map(|t| {
+            t.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        }),
+        description: text("description"),
+        schedules: array("schedules"),
+        ..Default::default()
+    }
 }

@@ -27,6 +27,16 @@ fn default_path(var: &str) -> String {
     format!("variables.properties.{var}.default")
 }
 
+/// Where the credentials block's ref goes in a pool's base job template: the one place a
+/// deferred block id (a block created in the same apply) is filled in.
+pub const CREDENTIALS_DEFAULT: &str = "variables.properties.credentials.default";
+
+/// Fills the `credentials` default of `template` with a ref to block `block_id`: what
+/// [`apply_defaults`] does for a known block (`key: json`; keyless plans defer no block).
+pub fn set_credentials(template: &mut Value, block_id: &str) {
+    diff::set_path(template, CREDENTIALS_DEFAULT, block_ref(block_id));
+}
+
 /// The block ref value stored as the `credentials` default.
 pub fn block_ref(block_id: &str) -> Value {
     json!({"$ref": {"block_document_id": block_id}})

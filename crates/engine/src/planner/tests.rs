@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::*;
 use crate::observed::{self, Observed};
-use crate::plan::{Action, Op};
+use crate::plan::{Action, Deferred, Op};
 use crate::render;
 
 fn spec() -> Spec {
@@ -448,9 +448,8 @@ fn ui_edits_to_unowned_template_fields_are_kept() {
         .find(|s| s.address.to_string().starts_with("prefect.work_pool"))
         .unwrap();
     match &pool_step.op {
-        Op::UpsertWorkPool {
-            base_job_template, ..
-        } => {
+        Op::UpdateWorkPool { update, .. } => {
+            let base_job_template = update.base_job_template.as_ref().expect("a template");
             assert_eq!(
                 base_job_template["variables"]["properties"]["cpu"]["default"],
                 json!("2000m")
@@ -594,7 +593,7 @@ fn worker_pool_first_apply_and_cost() {
     );
     let cost = p.cost.as_ref().expect("a cost");
     assert_eq!(
-        (cost.kind, cost.instances, cost.monthly_usd),
+        (&*cost.kind, cost.instances, cost.monthly_usd),
         ("worker-pool", 1, 49.93)
     );
     insta::assert_snapshot!("plan_pool_create", render::human(&p, false));
@@ -685,7 +684,7 @@ fn the_guides_service_costs_about_49_dollars_a_month() {
     let s = spec();
     let p = plan(&s, &converged(&s), &options(Mode::Apply));
     let cost = p.cost.as_ref().unwrap();
-    assert_eq!((cost.kind, cost.monthly_usd), ("service", 49.93));
+    assert_eq!((&*cost.kind, cost.monthly_usd), ("service", 49.93));
 }
 
 // ---- scale to zero (`worker.scale_to_zero`) ----
@@ -988,3 +987,112 @@ fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
 
 #[path = "wake_tests.rs"]
 mod wake_tests;
+
+/// Every kind of plan reads back from its `--json` text as the same value (what `apply
+/// SAVED_PLAN` relies on), and the plan made again against the same world shows no difference.
+#[test]
+fn plans_round_trip_through_json() {
+    use crate::plan::{differences, read_saved};
+    let s = spec();
+    let mut orphan = converged(&s);
+    orphan.keys = vec![observed::Key {
+        name: "n/keys/k9".into(),
+        key_id: "k9".into(),
+        disabled: false,
+    }];
+    let pool = pool_spec(2);
+    let mut moving = converged(&pool);
+    moving.worker_pool = None;
+    let cases = [
+        plan(&s, &empty(), &options(Mode::Apply)),
+        plan(&s, &orphan, &options(Mode::Apply)),
+        plan(&s, &converged(&s), &options(Mode::Destroy)),
+        plan(&pool, &empty(), &options(Mode::Apply)),
+        plan(&pool, &moving, &options(Mode::Apply)),
+    ];
+    for p in cases {
+        let text = render::json(&p);
+        let back = read_saved(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, p, "{text}");
+        assert_eq!(render::json(&back), text);
+        assert!(differences(&back, &p).is_empty());
+    }
+}
+
+/// A saved plan made against another world is stale: each difference is named.
+#[test]
+fn a_plan_made_against_another_world_differs() {
+    use crate::plan::{differences, read_saved};
+    let s = spec();
+    let saved = read_saved(&render::json(&plan(&s, &empty(), &options(Mode::Apply)))).unwrap();
+    // Meanwhile someone applied it: nothing is left to do.
+    let now = plan(&s, &converged(&s), &options(Mode::Apply));
+    let d = differences(&saved, &now);
+    assert!(
+        d.iter()
+            .any(|l| l.contains("gcp.service_account[") && l.contains("no longer needed")),
+        "{d:#?}"
+    );
+    // Only the key is gone: the key and block steps differ, nothing else.
+    let mut o = converged(&s);
+    let saved = plan(&s, &o, &options(Mode::Apply));
+    assert!(differences(&saved, &saved.clone()).is_empty());
+    o.keys.clear();
+    let now = plan(&s, &o, &options(Mode::Apply));
+    assert!(!differences(&saved, &now).is_empty());
+    // A saved plan of another format is refused with the reason.
+    let e = read_saved(r#"{"format_version": 9}"#).unwrap_err();
+    assert!(e.contains("format_version 9"), "{e}");
+    assert!(read_saved("not json").unwrap_err().contains("not JSON"));
+}
+
+/// The planner chooses create, update or replace of the work pool; the op says which, so
+/// apply does not read the pool again to choose.
+#[test]
+fn the_work_pool_op_is_create_update_or_replace() {
+    let s = spec();
+    let pool_op = |o: &Observed| {
+        plan(&s, o, &options(Mode::Apply))
+            .steps
+            .into_iter()
+            .find(|s| s.address.to_string().starts_with("prefect.work_pool"))
+            .map(|s| (s.action, s.op))
+    };
+    let mut o = empty();
+    o.block = converged(&s).block;
+    assert!(matches!(
+        pool_op(&o),
+        Some((Action::Create, Op::CreateWorkPool { pool, credentials: Some(Deferred::Known { .. }) }))
+            if pool.pool_type == "cloud-run" && pool.base_job_template.is_some()
+    ));
+    // No block yet: its id is deferred to the block step.
+    assert!(matches!(
+        pool_op(&empty()),
+        Some((
+            _,
+            Op::CreateWorkPool {
+                credentials: Some(Deferred::Step { .. }),
+                ..
+            }
+        ))
+    ));
+    let mut o = converged(&s);
+    o.work_pool.as_mut().unwrap().description = Some("old".into());
+    let mut s2 = s.clone();
+    s2.work_pool.description = Some("new".into());
+    let p = plan(&s2, &o, &options(Mode::Apply));
+    let step = p
+        .steps
+        .iter()
+        .find(|s| s.address.to_string().starts_with("prefect.work_pool"));
+    assert!(matches!(
+        step.map(|s| (s.action, &s.op)),
+        Some((Action::Update, Op::UpdateWorkPool { update, .. })) if update.description.as_deref() == Some("new")
+    ));
+    let mut o = converged(&s);
+    o.work_pool.as_mut().unwrap().pool_type = "cloud-run-v2".into();
+    assert!(matches!(
+        pool_op(&o),
+        Some((Action::Replace, Op::ReplaceWorkPool { pool, .. })) if pool.pool_type == "cloud-run"
+    ));
+}

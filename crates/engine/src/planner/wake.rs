@@ -442,6 +442,7 @@ pub(super) fn plan(b: &mut Builder) {
             op: Op::UpsertAutomation {
                 name,
                 kind,
+                work_pool: n.work_pool.clone(),
                 existing_id: live.map(|l| l.id.to_string()),
                 block: block_id.clone(),
             },

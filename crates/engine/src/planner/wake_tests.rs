@@ -298,3 +298,18 @@ fn the_wakers_secret_needs_secret_manager_even_without_an_api_key() {
         !gcp::required_apis(&plain, false).contains(&"secretmanager.googleapis.com".to_string())
     );
 }
+
+/// The wake path's ops (automation kinds, deferred block ids) read back from `--json` too.
+#[test]
+fn a_wake_plan_round_trips_through_json() {
+    let s = stz_spec();
+    let mut o = empty();
+    o.wake = Some(wake::Observed::default());
+    for p in [
+        plan(&s, &o, &options(Mode::Apply)),
+        plan(&s, &converged_stz(&s), &options(Mode::Destroy)),
+    ] {
+        let text = render::json(&p);
+        assert_eq!(crate::plan::read_saved(&text).unwrap(), p, "{text}");
+    }
+}

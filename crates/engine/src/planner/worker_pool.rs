@@ -142,6 +142,7 @@ pub(super) fn plan(b: &mut Builder) {
                     body: desired,
                     count_only: false,
                     wait_online,
+                    work_pool: b.spec.work_pool.name.to_string(),
                 },
             });
         }
@@ -188,6 +189,7 @@ pub(super) fn plan(b: &mut Builder) {
                         body,
                         count_only,
                         wait_online: wait_online && starts_instances,
+                        work_pool: b.spec.work_pool.name.to_string(),
                     },
                 });
             }
