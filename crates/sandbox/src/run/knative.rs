@@ -13,11 +13,11 @@
 //! region from the `cloud.googleapis.com/location` label, else `us-central1`; reads find a
 //! service in any region of the namespace.
 
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
 use super::handlers::{self, Req};
 use super::records::ServiceRec;
+use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::MethodCall;
 
@@ -357,32 +357,6 @@ fn ingress_to_v1(value: &str) -> &'static str {
     }
 }
 
-fn env_to_v2(env: &[Value]) -> Vec<Value> {
-    env.iter()
-        .map(|e| match e.pointer("/valueFrom/secretKeyRef") {
-            Some(r) => json!({"name": e["name"], "valueSource": {"secretKeyRef": {
-                "secret": r["name"],
-                "version": r.get("key").cloned().unwrap_or(json!("latest"))}}}),
-            None => {
-                json!({"name": e["name"], "value": e.get("value").cloned().unwrap_or(json!(""))})
-            }
-        })
-        .collect()
-}
-
-fn env_to_v1(env: &[Value]) -> Vec<Value> {
-    env.iter()
-        .map(|e| match e.pointer("/valueSource/secretKeyRef") {
-            Some(r) => json!({"name": e["name"], "valueFrom": {"secretKeyRef": {
-                "name": r["secret"],
-                "key": r.get("version").cloned().unwrap_or(json!("latest"))}}}),
-            None => {
-                json!({"name": e["name"], "value": e.get("value").cloned().unwrap_or(json!(""))})
-            }
-        })
-        .collect()
-}
-
 /// The container fields v1 and v2 name alike.
 const SHARED_CONTAINER_FIELDS: &[&str] = &[
     "name",
@@ -593,42 +567,9 @@ fn as_int(v: &Value) -> Option<i64> {
 
 // ---------- v2 → v1 ----------
 
-fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn status_of(state: &Value) -> &'static str {
-    match state.as_str() {
-        Some("CONDITION_SUCCEEDED") => "True",
-        Some("CONDITION_FAILED") => "False",
-        _ => "Unknown",
-    }
-}
-
-/// `REVISION_FAILED` → `RevisionFailed`, as v1 writes reasons.
-fn camel_reason(reason: &str) -> String {
-    reason
-        .split('_')
-        .map(|w| {
-            let lower = w.to_ascii_lowercase();
-            let mut c = lower.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
+/// The v1 condition of type `kind` for the v2 condition `c`.
 fn condition_v1(kind: &str, c: &Value) -> Value {
-    let mut out = json!({"type": kind, "status": status_of(&c["state"]),
-                         "lastTransitionTime": c["lastTransitionTime"]});
-    if let Some(r) = c.get("reason").and_then(Value::as_str) {
-        out["reason"] = json!(camel_reason(r));
-    }
-    if let Some(m) = c.get("message") {
-        out["message"] = m.clone();
-    }
-    out
+    v1_shapes::condition_v1(json!(kind), c, c.get("reason").and_then(Value::as_str))
 }
 
 fn container_to_v1(c: &Value) -> Value {
@@ -1010,14 +951,5 @@ mod tests {
         let mut body = gcloud_body();
         body["spec"]["template"]["metadata"]["annotations"][CPU_THROTTLING] = json!("maybe");
         assert!(to_v2(&body, "1-compute@developer.gserviceaccount.com").is_err());
-    }
-
-    #[test]
-    fn reasons_are_camel_case() {
-        assert_eq!(camel_reason("REVISION_FAILED"), "RevisionFailed");
-        assert_eq!(
-            camel_reason("HEALTH_CHECK_CONTAINER_ERROR"),
-            "HealthCheckContainerError"
-        );
     }
 }

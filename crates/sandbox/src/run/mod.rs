@@ -15,6 +15,7 @@ pub mod invoke;
 mod knative;
 mod records;
 mod v1;
+mod v1_shapes;
 mod views;
 mod worker_pools;
 

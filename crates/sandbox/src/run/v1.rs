@@ -4,7 +4,6 @@
 //! such host, so a job's location comes from its `cloud.googleapis.com/location` label, else
 //! `us-central1`, and reads find a job in any location of the project.
 
-use chrono::Utc;
 use serde_json::{Map, Value, json};
 
 use super::handlers::{
@@ -12,6 +11,7 @@ use super::handlers::{
     replace_job,
 };
 use super::records::{JobRec, Parent};
+use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
 use crate::error::{ApiError, ApiResult};
 use crate::methods::MethodCall;
 
@@ -209,15 +209,7 @@ fn list_execs(req: &Req) -> ApiResult<Value> {
 fn container_to_v2(c: &Value) -> Value {
     let mut out = c.as_object().cloned().unwrap_or_default();
     if let Some(env) = c.get("env").and_then(Value::as_array) {
-        let env: Vec<Value> = env
-            .iter()
-            .map(|e| match e.pointer("/valueFrom/secretKeyRef") {
-                Some(r) => json!({"name": e["name"], "valueSource": {"secretKeyRef": {
-                    "secret": r["name"], "version": r.get("key").cloned().unwrap_or(json!("latest"))}}}),
-                None => json!({"name": e["name"], "value": e.get("value").cloned().unwrap_or(json!(""))}),
-            })
-            .collect();
-        out.insert("env".into(), Value::Array(env));
+        out.insert("env".into(), Value::Array(env_to_v2(env)));
     }
     if let Some(res) = c.get("resources") {
         out.insert(
@@ -231,15 +223,7 @@ fn container_to_v2(c: &Value) -> Value {
 fn container_to_v1(c: &Value) -> Value {
     let mut out = c.as_object().cloned().unwrap_or_default();
     if let Some(env) = c.get("env").and_then(Value::as_array) {
-        let env: Vec<Value> = env
-            .iter()
-            .map(|e| match e.pointer("/valueSource/secretKeyRef") {
-                Some(r) => json!({"name": e["name"], "valueFrom": {"secretKeyRef": {
-                    "name": r["secret"], "key": r.get("version").cloned().unwrap_or(json!("latest"))}}}),
-                None => json!({"name": e["name"], "value": e.get("value").cloned().unwrap_or(json!(""))}),
-            })
-            .collect();
-        out.insert("env".into(), Value::Array(env));
+        out.insert("env".into(), Value::Array(env_to_v1(env)));
     }
     for k in [
         "startupProbe",
@@ -307,41 +291,13 @@ fn to_v2(body: &Value) -> Value {
     out
 }
 
-fn status_of(state: &Value) -> &'static str {
-    match state.as_str() {
-        Some("CONDITION_SUCCEEDED") => "True",
-        Some("CONDITION_FAILED") => "False",
-        _ => "Unknown",
-    }
-}
-
-fn camel_reason(reason: &str) -> String {
-    reason
-        .split('_')
-        .map(|w| {
-            let lower = w.to_ascii_lowercase();
-            let mut c = lower.chars();
-            c.next()
-                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
-}
-
+/// The v1 condition for the v2 condition `c`; an execution's reason may be `executionReason`.
 fn condition_v1(c: &Value) -> Value {
-    let mut out = json!({"type": c["type"], "status": status_of(&c["state"]),
-                         "lastTransitionTime": c["lastTransitionTime"]});
     let reason = c
         .get("reason")
         .or_else(|| c.get("executionReason"))
         .and_then(Value::as_str);
-    if let Some(r) = reason {
-        out["reason"] = json!(camel_reason(r));
-    }
-    if let Some(m) = c.get("message") {
-        out["message"] = m.clone();
-    }
-    out
+    v1_shapes::condition_v1(c["type"].clone(), c, reason)
 }
 
 fn ns_of(req: &Req, parent: &Parent) -> String {
@@ -403,7 +359,7 @@ fn job(req: &Req, rec: &JobRec) -> Value {
             "namespace": ns,
             "uid": rec.meta.uid,
             "generation": rec.meta.generation,
-            "creationTimestamp": views_ts(rec.meta.create_time),
+            "creationTimestamp": ts(rec.meta.create_time),
             "resourceVersion": rec.meta.etag.trim_matches('"'),
             "selfLink": format!("/apis/run.googleapis.com/v1/namespaces/{ns}/jobs/{}", rec.meta.id),
             "labels": labels,
@@ -427,10 +383,6 @@ fn job(req: &Req, rec: &JobRec) -> Value {
         }},
         "status": status,
     })
-}
-
-fn views_ts(t: chrono::DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The v1 view of an execution.
@@ -494,7 +446,7 @@ fn exec_v1(req: &Req, name: &str) -> ApiResult<Value> {
             "namespace": ns,
             "uid": uid,
             "generation": 1,
-            "creationTimestamp": views_ts(created),
+            "creationTimestamp": ts(created),
             "selfLink": format!("/apis/run.googleapis.com/v1/namespaces/{ns}/executions/{id}"),
             "labels": labels,
             "annotations": v2["annotations"],
@@ -540,6 +492,5 @@ mod tests {
         );
         let back = container_to_v1(&task["containers"][0]);
         assert_eq!(back["env"][0]["valueFrom"]["secretKeyRef"]["name"], "s");
-        assert_eq!(camel_reason("CONTAINER_MISSING"), "ContainerMissing");
     }
 }
