@@ -203,6 +203,17 @@ pub(super) fn new_op_name(parent: &Parent) -> String {
     format!("{}/operations/{}", parent.name(), uuid::Uuid::new_v4())
 }
 
+/// The Operation of a call that is over once answered (deletes, cancels): Google's carries the
+/// resource both as metadata and as response.
+fn resource_op(req: &Req, op_name: &str, v: Value) -> Value {
+    operations::create(
+        &req.state,
+        op_name,
+        Some(v.clone()),
+        Some(Outcome::Response(v)),
+    )
+}
+
 pub(super) fn typed(kind: &str, view: Value) -> Value {
     let mut v = view;
     if let Some(map) = v.as_object_mut() {
@@ -528,12 +539,7 @@ pub(crate) fn service_delete(req: &Req) -> ApiResult<Value> {
         tokio::spawn(handle.stop());
     }
     let v = typed(SERVICE_TYPE, view);
-    Ok(operations::create(
-        &req.state,
-        &op_name,
-        Some(v.clone()),
-        Some(Outcome::Response(v)),
-    ))
+    Ok(resource_op(req, &op_name, v))
 }
 
 // ---------- jobs ----------
@@ -728,12 +734,7 @@ fn job_delete(req: &Req) -> ApiResult<Value> {
         return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
     }
     let v = typed(JOB_TYPE, remove_job(req, req.p(2))?);
-    Ok(operations::create(
-        &req.state,
-        &op_name,
-        Some(v.clone()),
-        Some(Outcome::Response(v)),
-    ))
+    Ok(resource_op(req, &op_name, v))
 }
 
 /// Starts an execution of job `p(2)` (v1 and v2); returns the Operation and the execution name.
@@ -950,12 +951,7 @@ fn exec_delete(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.delete")?;
     let v = typed(EXECUTION_TYPE, remove_exec(&req.state, &exec_name(req))?);
     let op_name = new_op_name(&req.parent());
-    Ok(operations::create(
-        &req.state,
-        &op_name,
-        Some(v.clone()),
-        Some(Outcome::Response(v)),
-    ))
+    Ok(resource_op(req, &op_name, v))
 }
 
 /// Cancels a running execution; returns its view.
@@ -985,12 +981,7 @@ fn exec_cancel(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.cancel")?;
     let v = typed(EXECUTION_TYPE, cancel_exec(&req.state, &exec_name(req))?);
     let op_name = new_op_name(&req.parent());
-    Ok(operations::create(
-        &req.state,
-        &op_name,
-        Some(v.clone()),
-        Some(Outcome::Response(v)),
-    ))
+    Ok(resource_op(req, &op_name, v))
 }
 
 fn task_get(req: &Req) -> ApiResult<Value> {

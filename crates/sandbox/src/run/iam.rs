@@ -46,14 +46,7 @@ pub(crate) fn handle(req: &Req, method: &str) -> ApiResult<Value> {
         _ => return Err(ApiError::not_found(format!("Method {method} not found."))),
     };
     let (name, key) = resource(req, kind)?;
-    // `parent()` reads the state itself: resolve it before taking the (non-reentrant) lock.
-    let project = req.parent().project;
-    let project_policy = {
-        let data = req.state.read();
-        data.project(&project)
-            .map(|p| p.policy.clone())
-            .unwrap_or_default()
-    };
+    let project_policy = project_policy(req);
     let own = req
         .state
         .run
@@ -64,8 +57,9 @@ pub(crate) fn handle(req: &Req, method: &str) -> ApiResult<Value> {
         .unwrap_or_else(empty_policy);
     let prefix = kind.permission_prefix();
     match verb {
-        "getIamPolicy" => {
-            let permission = format!("{prefix}.getIamPolicy");
+        // Reading and writing a policy each take the permission named after the method.
+        "getIamPolicy" | "setIamPolicy" => {
+            let permission = format!("{prefix}.{verb}");
             authz::check(
                 &req.state,
                 &req.caller,
@@ -73,18 +67,11 @@ pub(crate) fn handle(req: &Req, method: &str) -> ApiResult<Value> {
                 &name,
                 &[&project_policy, &own],
             )?;
-            Ok(own.to_json())
-        }
-        "setIamPolicy" => {
-            let permission = format!("{prefix}.setIamPolicy");
-            authz::check(
-                &req.state,
-                &req.caller,
-                &permission,
-                &name,
-                &[&project_policy, &own],
-            )?;
-            set(req, &key, own)
+            if verb == "getIamPolicy" {
+                Ok(own.to_json())
+            } else {
+                set(req, &key, own)
+            }
         }
         "testIamPermissions" => {
             let held: Vec<String> = crate::google::requested_permissions(&req.body)
@@ -99,6 +86,17 @@ pub(crate) fn handle(req: &Req, method: &str) -> ApiResult<Value> {
         }
         other => Err(ApiError::not_found(format!("Method {other} not found."))),
     }
+}
+
+/// The policy of the request's project (empty if the project has none), the one every Run
+/// resource's own policy adds to.
+pub(super) fn project_policy(req: &Req) -> Policy {
+    // `parent()` reads the state itself: resolve it before taking the (non-reentrant) lock.
+    let project = req.parent().project;
+    let data = req.state.read();
+    data.project(&project)
+        .map(|p| p.policy.clone())
+        .unwrap_or_default()
 }
 
 /// A policy never written: no bindings, Google's etag of an empty policy (`ACAB`).

@@ -401,24 +401,14 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
         "conditions".into(),
         json!([Value::Object(routes), Value::Object(configs)]),
     );
-    let observed = if reconciling {
-        rec.meta.generation - 1
-    } else {
-        rec.meta.generation
-    };
-    out.insert("observedGeneration".into(), json!(observed.to_string()));
-    out.insert(
-        "latestCreatedRevision".into(),
-        json!(format!(
-            "{}/revisions/{}",
-            rec.meta.name, rec.latest_created_revision
-        )),
+    let ready = revision_status(
+        &mut out,
+        &rec.meta,
+        reconciling,
+        &rec.latest_created_revision,
+        rec.latest_ready_revision.as_deref(),
     );
-    if let Some(r) = &rec.latest_ready_revision {
-        out.insert(
-            "latestReadyRevision".into(),
-            json!(format!("{}/revisions/{r}", rec.meta.name)),
-        );
+    if let Some(r) = ready {
         out.insert(
             "trafficStatuses".into(),
             json!([{"type": "TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST", "percent": 100, "revision": r}]),
@@ -427,4 +417,34 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
     out.insert("uri".into(), json!(rec.uri));
     out.insert("urls".into(), json!([rec.uri]));
     Value::Object(out)
+}
+
+/// The revision fields a service and a worker pool both report: `observedGeneration` (one
+/// behind while the newest generation reconciles), `latestCreatedRevision` and, once a revision
+/// is ready, `latestReadyRevision`, as full names. Returns the ready revision's short name, for
+/// the caller's traffic or instance-split status.
+pub(super) fn revision_status<'a>(
+    out: &mut Map<String, Value>,
+    meta: &Meta,
+    reconciling: bool,
+    latest_created: &str,
+    latest_ready: Option<&'a str>,
+) -> Option<&'a str> {
+    let observed = if reconciling {
+        meta.generation - 1
+    } else {
+        meta.generation
+    };
+    out.insert("observedGeneration".into(), json!(observed.to_string()));
+    out.insert(
+        "latestCreatedRevision".into(),
+        json!(format!("{}/revisions/{latest_created}", meta.name)),
+    );
+    if let Some(r) = latest_ready {
+        out.insert(
+            "latestReadyRevision".into(),
+            json!(format!("{}/revisions/{r}", meta.name)),
+        );
+    }
+    latest_ready
 }

@@ -161,24 +161,14 @@ pub(super) fn view(state: &AppState, rec: &WorkerPoolRec) -> Value {
     out.insert("terminalCondition".into(), cond);
     out.insert("reconciling".into(), json!(reconciling));
     out.insert("conditions".into(), json!([]));
-    let observed = if reconciling {
-        rec.meta.generation - 1
-    } else {
-        rec.meta.generation
-    };
-    out.insert("observedGeneration".into(), json!(observed.to_string()));
-    out.insert(
-        "latestCreatedRevision".into(),
-        json!(format!(
-            "{}/revisions/{}",
-            rec.meta.name, rec.latest_created_revision
-        )),
+    let ready = views::revision_status(
+        &mut out,
+        &rec.meta,
+        reconciling,
+        &rec.latest_created_revision,
+        rec.latest_ready_revision.as_deref(),
     );
-    if let Some(r) = &rec.latest_ready_revision {
-        out.insert(
-            "latestReadyRevision".into(),
-            json!(format!("{}/revisions/{r}", rec.meta.name)),
-        );
+    if let Some(r) = ready {
         out.insert(
             "instanceSplitStatuses".into(),
             json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100,
@@ -272,14 +262,7 @@ fn require_on_pool(req: &Req, name: &str, permission: &str) -> ApiResult<()> {
     let Some(own) = own else {
         return req.require(permission);
     };
-    // `parent()` reads the state itself: resolve it before taking the (non-reentrant) lock.
-    let project = req.parent().project;
-    let project_policy = {
-        let data = req.state.read();
-        data.project(&project)
-            .map(|p| p.policy.clone())
-            .unwrap_or_default()
-    };
+    let project_policy = super::iam::project_policy(req);
     crate::authz::check(
         &req.state,
         &req.caller,
