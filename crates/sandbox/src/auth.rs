@@ -151,17 +151,7 @@ pub async fn token(
     };
     match verify_assertion(&state, assertion) {
         Ok(email) => {
-            let token = format!("ya29.sandbox-{}", uuid::Uuid::new_v4().simple());
-            let now = Utc::now();
-            let mut data = state.write();
-            data.tokens.retain(|_, grant| grant.expires_at > now);
-            data.tokens.insert(
-                token.clone(),
-                TokenGrant {
-                    email,
-                    expires_at: now + Duration::seconds(TOKEN_LIFETIME_SECS),
-                },
-            );
+            let token = issue_token(&state, "", email);
             axum::Json(json!({
                 "access_token": token,
                 "expires_in": TOKEN_LIFETIME_SECS - 1,
@@ -171,6 +161,23 @@ pub async fn token(
         }
         Err(description) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", description),
     }
+}
+
+/// Issues a bearer token (`ya29.sandbox-{tag}…`) for `email`, valid for an hour as Google's
+/// are; expired grants are dropped on the way, so the table does not grow without bound.
+fn issue_token(state: &AppState, tag: &str, email: String) -> String {
+    let token = format!("ya29.sandbox-{tag}{}", uuid::Uuid::new_v4().simple());
+    let now = Utc::now();
+    let mut data = state.write();
+    data.tokens.retain(|_, grant| grant.expires_at > now);
+    data.tokens.insert(
+        token.clone(),
+        TokenGrant {
+            email,
+            expires_at: now + Duration::seconds(TOKEN_LIFETIME_SECS),
+        },
+    );
+    token
 }
 
 /// The refresh-token grant (RFC 6749 §6) for sandbox-issued user credentials: the client
@@ -196,19 +203,7 @@ fn refresh_grant(state: &AppState, form: &HashMap<String, String>) -> Response {
     let Some(email) = email else {
         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "Bad Request");
     };
-    let token = format!("ya29.sandbox-user-{}", uuid::Uuid::new_v4().simple());
-    let now = Utc::now();
-    {
-        let mut data = state.write();
-        data.tokens.retain(|_, grant| grant.expires_at > now);
-        data.tokens.insert(
-            token.clone(),
-            TokenGrant {
-                email,
-                expires_at: now + Duration::seconds(TOKEN_LIFETIME_SECS),
-            },
-        );
-    }
+    let token = issue_token(state, "user-", email);
     axum::Json(json!({
         "access_token": token,
         "expires_in": TOKEN_LIFETIME_SECS - 1,

@@ -698,6 +698,19 @@ pub fn service_of(id: &str) -> &'static str {
     }
 }
 
+/// Google's common id rule (Run services, jobs and worker pools, Artifact Registry
+/// repositories): 1 to `max` lowercase letters, digits and hyphens, starting with a letter and
+/// not ending with a hyphen. Callers word their own error, as each API does.
+pub fn is_kebab_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id.starts_with(|c: char| c.is_ascii_lowercase())
+        && !id.ends_with('-')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
 /// The project id in a service-account email `name@PROJECT.iam.gserviceaccount.com`.
 pub fn project_of_email(email: &str) -> Option<String> {
     let (_, domain) = email.split_once('@')?;

@@ -319,13 +319,7 @@ fn valid_location(location: &str) -> bool {
 /// Repository ids: lower-case letters, digits and hyphens, starting with a letter, ending
 /// with a letter or digit, at most 63 characters (Google's `repository_id` rule).
 fn validate_repository_id(id: &str) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && !id.ends_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok = crate::methods::is_kebab_id(id, 63);
     if ok {
         Ok(())
     } else {

@@ -266,11 +266,7 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
     };
     let template = &body["template"];
     let container = template["containers"][0].clone();
-    let sa = template
-        .get("serviceAccount")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| views::default_service_account(&project_number(state, &project)));
+    let sa = super::handlers::revision_service_account(state, &project, template);
     let image = container["image"].as_str().unwrap_or_default().to_owned();
     if !state.run.executor().knows(&image) {
         return Err(fail(

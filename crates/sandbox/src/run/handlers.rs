@@ -164,6 +164,20 @@ pub(crate) fn project_number(state: &AppState, project: &str) -> String {
         .unwrap_or_else(|| project.to_owned())
 }
 
+/// The service account a revision template runs as: its own `serviceAccount`, else the
+/// project's default compute account (as on Google).
+pub(super) fn revision_service_account(
+    state: &AppState,
+    project: &str,
+    template: &Value,
+) -> String {
+    template
+        .get("serviceAccount")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| views::default_service_account(&project_number(state, project)))
+}
+
 pub(super) fn etag() -> String {
     format!("\"{}\"", uuid::Uuid::new_v4().simple())
 }
@@ -225,13 +239,7 @@ pub(super) fn typed(kind: &str, view: Value) -> Value {
 /// Resource ids: lowercase letters, digits and hyphens, starting with a letter, not ending
 /// with a hyphen.
 pub(super) fn validate_id(kind: &str, id: &str, max: usize) -> ApiResult<()> {
-    let ok = !id.is_empty()
-        && id.len() <= max
-        && id.starts_with(|c: char| c.is_ascii_lowercase())
-        && !id.ends_with('-')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok = crate::methods::is_kebab_id(id, max);
     if ok {
         Ok(())
     } else {
@@ -619,22 +627,28 @@ fn job_outcome(view: &Value, settled: &Settled) -> Outcome {
     }
 }
 
-fn job_create(req: &Req) -> ApiResult<Value> {
-    req.require("run.jobs.create")?;
-    let id = req.param("jobId").unwrap_or_default().to_owned();
-    let rec = insert_job(req, &id, spec_only(&req.body), req.flag("validateOnly"))?;
-    let view = job_view(&req.state, &rec);
+/// The Operation of a job create or patch: with `validateOnly` (`dry`) a done one for a job
+/// that was not stored; else one answering the job, or failing with its settle error.
+fn job_write_op(req: &Req, rec: &JobRec, dry: bool) -> Value {
+    let view = job_view(&req.state, rec);
     let op_name = new_op_name(&req.parent());
-    if req.flag("validateOnly") {
-        return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
+    if dry {
+        return json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)});
     }
     let outcome = job_outcome(&view, &rec.settled);
-    Ok(operations::create(
+    operations::create(
         &req.state,
         &op_name,
         Some(typed(JOB_TYPE, view)),
         Some(outcome),
-    ))
+    )
+}
+
+fn job_create(req: &Req) -> ApiResult<Value> {
+    req.require("run.jobs.create")?;
+    let id = req.param("jobId").unwrap_or_default().to_owned();
+    let rec = insert_job(req, &id, spec_only(&req.body), req.flag("validateOnly"))?;
+    Ok(job_write_op(req, &rec, req.flag("validateOnly")))
 }
 
 fn job_get(req: &Req) -> ApiResult<Value> {
@@ -688,18 +702,7 @@ fn job_patch(req: &Req) -> ApiResult<Value> {
         req.require("run.jobs.update")?;
         return Err(not_found(&name));
     };
-    let view = job_view(&req.state, &rec);
-    let op_name = new_op_name(&req.parent());
-    if dry {
-        return Ok(json!({"name": op_name, "done": true, "response": typed(JOB_TYPE, view)}));
-    }
-    let outcome = job_outcome(&view, &rec.settled);
-    Ok(operations::create(
-        &req.state,
-        &op_name,
-        Some(typed(JOB_TYPE, view)),
-        Some(outcome),
-    ))
+    Ok(job_write_op(req, &rec, dry))
 }
 
 /// Removes a job and its executions, cancelling running ones; returns the last view.
@@ -902,12 +905,8 @@ pub(crate) fn exec_view(state: &AppState, exec: &ExecRec) -> Value {
 fn exec_get(req: &Req) -> ApiResult<Value> {
     req.require("run.executions.get")?;
     let name = exec_name(req);
-    let store = req.state.run.store();
-    let e = store
-        .executions
-        .get(&name)
-        .ok_or_else(|| not_found(&name))?;
-    Ok(exec_view(&req.state, e))
+    let e = found(&req.state.run.store().executions, &name)?;
+    Ok(exec_view(&req.state, &e))
 }
 
 fn exec_list(req: &Req) -> ApiResult<Value> {
@@ -987,18 +986,14 @@ fn exec_cancel(req: &Req) -> ApiResult<Value> {
 fn task_get(req: &Req) -> ApiResult<Value> {
     req.require("run.tasks.get")?;
     let name = exec_name(req);
-    let store = req.state.run.store();
-    let e = store
-        .executions
-        .get(&name)
-        .ok_or_else(|| not_found(&name))?;
+    let e = found(&req.state.run.store().executions, &name)?;
     let wanted = req.p(4);
     let t = e
         .tasks
         .iter()
         .find(|t| format!("{}-task{}", e.meta.id, t.index) == wanted)
         .ok_or_else(|| not_found(&format!("{name}/tasks/{wanted}")))?;
-    Ok(views::task(e, t, &engine::log_uri(&req.state, &name)))
+    Ok(views::task(&e, t, &engine::log_uri(&req.state, &name)))
 }
 
 fn task_list(req: &Req) -> ApiResult<Value> {

@@ -20,7 +20,8 @@ use serde_json::{Map, Value, json};
 use super::engine;
 use super::handlers::{
     Req, act_as, containers, found, list_response, new_meta, new_op_name, not_found, paginate,
-    project_number, revision_name, spec_only, touch, typed, under, validate_id,
+    project_number, revision_name, revision_service_account, spec_only, touch, typed, under,
+    validate_id,
 };
 use super::records::{Meta, Settled};
 use super::views;
@@ -482,11 +483,7 @@ async fn reconcile(state: &AppState, name: &str) -> Result<(), Settled> {
     let template = &rec.body["template"];
     let container = template["containers"][0].clone();
     let project = rec.meta.parent.project.clone();
-    let sa = template
-        .get("serviceAccount")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .unwrap_or_else(|| views::default_service_account(&project_number(state, &project)));
+    let sa = revision_service_account(state, &project, template);
     let image = container["image"].as_str().unwrap_or_default().to_owned();
     if state
         .run
