@@ -70,6 +70,8 @@ pub mod run_v1;
 pub mod run_v2;
 pub mod secretmanager;
 pub mod serviceusage;
+#[cfg(test)]
+mod test_support;
 
 pub use auth::{
     AmbientTokenSource, CredentialInfo, CredentialKind, DiscoverOptions, ServiceAccountKeySource,

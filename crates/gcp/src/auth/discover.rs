@@ -581,16 +581,20 @@ impl TokenSource for WithQuota {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
+    use crate::test_support::env_of;
 
-    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).into(), (*v).into()))
-            .collect();
-        move |k| map.get(k).cloned()
+    /// Discovery with default options against Google, in the environment `env` (no home).
+    async fn discover_default(
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Discovered, GcpError> {
+        discover_with(&DiscoverOptions::default(), &Endpoints::google(), env, None).await
+    }
+
+    /// Writes [`USER`] as the application-default credentials of the gcloud config folder `dir`.
+    fn write_user_adc(dir: &Path) {
+        std::fs::write(dir.join("application_default_credentials.json"), USER).unwrap();
     }
 
     const USER: &str = r#"{"type":"authorized_user","client_id":"c","client_secret":"CSECRET","refresh_token":"RSECRET","quota_project_id":"billing-proj"}"#;
@@ -598,20 +602,9 @@ mod tests {
     #[tokio::test]
     async fn adc_file_user_with_quota_project() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("application_default_credentials.json"),
-            USER,
-        )
-        .unwrap();
+        write_user_adc(dir.path());
         let env = env_of(&[("CLOUDSDK_CONFIG", dir.path().to_str().unwrap())]);
-        let d = discover_with(
-            &DiscoverOptions::default(),
-            &Endpoints::google(),
-            &env,
-            None,
-        )
-        .await
-        .unwrap();
+        let d = discover_default(&env).await.unwrap();
         assert_eq!(d.info.kind, CredentialKind::AuthorizedUser);
         assert!(matches!(d.info.origin, Origin::GcloudAdc(_)));
         assert!(d.info.user);
@@ -655,11 +648,7 @@ mod tests {
     #[tokio::test]
     async fn impersonation_flag_builds_the_chain() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("application_default_credentials.json"),
-            USER,
-        )
-        .unwrap();
+        write_user_adc(dir.path());
         let env = env_of(&[("CLOUDSDK_CONFIG", dir.path().to_str().unwrap())]);
         let options = DiscoverOptions {
             impersonate: Some(
@@ -705,14 +694,7 @@ mod tests {
         let path = dir.path().join("imp.json");
         std::fs::write(&path, file).unwrap();
         let env = env_of(&[("GOOGLE_APPLICATION_CREDENTIALS", path.to_str().unwrap())]);
-        let d = discover_with(
-            &DiscoverOptions::default(),
-            &Endpoints::google(),
-            &env,
-            None,
-        )
-        .await
-        .unwrap();
+        let d = discover_default(&env).await.unwrap();
         assert_eq!(d.info.kind, CredentialKind::ImpersonatedServiceAccount);
         assert_eq!(d.info.chain.len(), 2);
         assert_eq!(d.info.quota_project.unwrap().value, "billing-proj");
@@ -723,20 +705,9 @@ mod tests {
             "[auth]\nimpersonate_service_account = ci@p-123456.iam.gserviceaccount.com\n",
         )
         .unwrap();
-        std::fs::write(
-            dir.path().join("application_default_credentials.json"),
-            USER,
-        )
-        .unwrap();
+        write_user_adc(dir.path());
         let env = env_of(&[("CLOUDSDK_CONFIG", dir.path().to_str().unwrap())]);
-        let d = discover_with(
-            &DiscoverOptions::default(),
-            &Endpoints::google(),
-            &env,
-            None,
-        )
-        .await
-        .unwrap();
+        let d = discover_default(&env).await.unwrap();
         assert_eq!(
             d.info.chain,
             vec!["ci@p-123456.iam.gserviceaccount.com".to_owned()]
@@ -753,16 +724,7 @@ mod tests {
         )
         .unwrap();
         let env = env_of(&[("GOOGLE_APPLICATION_CREDENTIALS", path.to_str().unwrap())]);
-        let err = discover_with(
-            &DiscoverOptions::default(),
-            &Endpoints::google(),
-            &env,
-            None,
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+        let err = discover_default(&env).await.err().unwrap().to_string();
         assert!(
             err.contains("not supported") && !err.contains("SECRET"),
             "{err}"
@@ -772,16 +734,7 @@ mod tests {
             ("CLOUDSDK_CONFIG", dir.path().to_str().unwrap()),
             ("GCE_METADATA_HOST", "127.0.0.1:9"),
         ]);
-        let err = discover_with(
-            &DiscoverOptions::default(),
-            &Endpoints::google(),
-            &env,
-            None,
-        )
-        .await
-        .err()
-        .unwrap()
-        .to_string();
+        let err = discover_default(&env).await.err().unwrap().to_string();
         assert!(err.contains("no Google credentials found"), "{err}");
         assert!(err.contains("metadata server"), "{err}");
     }

@@ -6,7 +6,7 @@ use crate::support;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bootstrap_gcp::{GcpError, RetryPolicy, iam};
+use bootstrap_gcp::{GcpError, GcpHttp, RetryPolicy, iam};
 use bootstrap_ids::{AccountId, ProjectId, ServiceAccountEmail};
 use serde_json::json;
 use support::{Canned, Fake, Misbehave, client_for, fast_retry, raw_server, refused_base};
@@ -23,6 +23,13 @@ fn sa_body() -> serde_json::Value {
     json!({"name": "projects/demo-project/serviceAccounts/robot-one@demo-project.iam.gserviceaccount.com",
            "email": "robot-one@demo-project.iam.gserviceaccount.com", "displayName": "Robot",
            "etag": "MDEwMjE5MjA=", "someNewField": {"kept": true}})
+}
+
+/// A service-account GET against a server that answers it badly: its error.
+async fn failing_get(http: &GcpHttp) -> GcpError {
+    iam::get_service_account(http, &project(), &email())
+        .await
+        .unwrap_err()
 }
 
 #[tokio::test]
@@ -97,9 +104,7 @@ async fn retry_after_beyond_the_deadline_gives_up_at_once() {
         ..fast_retry()
     });
     let started = Instant::now();
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(
         matches!(err, GcpError::Transient { code: 429, .. }),
         "{err:?}"
@@ -112,9 +117,7 @@ async fn retry_after_beyond_the_deadline_gives_up_at_once() {
 async fn exhausted_retries_report_transient() {
     let fake = Fake::start(vec![Canned::error(500, "INTERNAL", "boom"); 5]).await;
     let http = fake.client(fast_retry());
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(
         matches!(err, GcpError::Transient { code: 500, .. }),
         "{err:?}"
@@ -184,9 +187,7 @@ async fn html_error_body_is_reported_with_status_and_excerpt() {
     )])
     .await;
     let http = fake.client(fast_retry());
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     match &err {
         GcpError::NonJson {
             code,
@@ -209,9 +210,7 @@ async fn malformed_success_body_is_a_decode_error_naming_the_method() {
     )])
     .await;
     let http = fake.client(fast_retry());
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(
         matches!(&err, GcpError::Decode { method, .. } if method == "iam.projects.serviceAccounts.get"),
         "{err:?}"
@@ -229,9 +228,7 @@ async fn slow_answers_hit_the_deadline() {
         ..fast_retry()
     });
     let started = Instant::now();
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(matches!(err, GcpError::Timeout { .. }), "{err:?}");
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -244,9 +241,7 @@ async fn slow_answers_hit_the_deadline() {
 async fn dropped_connections_are_retried_for_gets() {
     let (base, count) = raw_server(Misbehave::Drop).await;
     let http = client_for(&base, fast_retry());
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(matches!(err, GcpError::Network { .. }), "{err:?}");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }
@@ -270,9 +265,7 @@ async fn dropped_connection_is_not_retried_for_a_key_create() {
 async fn truncated_bodies_are_errors() {
     let (base, count) = raw_server(Misbehave::Truncate).await;
     let http = client_for(&base, fast_retry());
-    let err = iam::get_service_account(&http, &project(), &email())
-        .await
-        .unwrap_err();
+    let err = failing_get(&http).await;
     assert!(matches!(err, GcpError::Network { .. }), "{err:?}");
     assert_eq!(count.load(Ordering::SeqCst), 3);
 }

@@ -42,7 +42,13 @@ async fn stub(responses: Vec<&'static str>) -> (String, Arc<AtomicUsize>) {
 }
 
 fn fast_client(url: &str) -> PrefectClient {
-    PrefectClient::new(PrefectConfig::for_url(url).expect("url"))
+    fast_client_for(PrefectConfig::for_url(url).expect("url"))
+}
+
+/// A client of `config` whose own retries are quick (four attempts, 10-50 ms apart), so the
+/// tests measure the server's waits and the config's retry settings, not the default backoff.
+fn fast_client_for(config: PrefectConfig) -> PrefectClient {
+    PrefectClient::new(config)
         .expect("client")
         .with_retry(RetryPolicy {
             max_attempts: 4,
@@ -74,24 +80,26 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
     assert!(e.to_string().contains("database is locked"), "{e}");
 }
 
-#[tokio::test]
-async fn honours_retry_after_on_429() {
-    let (url, count) = stub(vec![
-        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        OK_TRUE,
-    ])
-    .await;
+/// A health check answered `busy` then OK: the second attempt succeeds, and not before
+/// `at_least` (what `busy`'s `Retry-After` asks for, less a little clock slack).
+async fn retries_after(busy: &'static str, at_least: Duration) {
+    let (url, count) = stub(vec![busy, OK_TRUE]).await;
     let t0 = Instant::now();
     fast_client(&url)
         .health()
         .await
         .expect("second attempt succeeds");
-    assert!(
-        t0.elapsed() >= Duration::from_millis(950),
-        "waited {:?}",
-        t0.elapsed()
-    );
+    assert!(t0.elapsed() >= at_least, "waited only {:?}", t0.elapsed());
     assert_eq!(count.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn honours_retry_after_on_429() {
+    retries_after(
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(950),
+    )
+    .await;
 }
 
 /// Regression: the Prefect client read only the delay-seconds form of `Retry-After` and
@@ -106,18 +114,7 @@ async fn honours_retry_after_given_as_an_http_date() {
         at.format("%a, %d %b %Y %H:%M:%S GMT")
     );
     let busy: &'static str = Box::leak(busy.into_boxed_str());
-    let (url, count) = stub(vec![busy, OK_TRUE]).await;
-    let t0 = Instant::now();
-    fast_client(&url)
-        .health()
-        .await
-        .expect("second attempt succeeds");
-    assert!(
-        t0.elapsed() >= Duration::from_millis(1900),
-        "waited only {:?}",
-        t0.elapsed()
-    );
-    assert_eq!(count.load(Ordering::SeqCst), 2);
+    retries_after(busy, Duration::from_millis(1900)).await;
 }
 
 #[tokio::test]
@@ -209,18 +206,7 @@ async fn prefect_retry_settings_decide_attempts_and_extra_codes() {
     let mut config = PrefectConfig::for_url(&url).expect("url");
     config.retries.extra_codes = vec![500];
     config.retries.max_retries = Some(1);
-    let client = |config: PrefectConfig| {
-        PrefectClient::new(config)
-            .expect("client")
-            .with_retry(RetryPolicy {
-                max_attempts: 4,
-                base_delay: Duration::from_millis(10),
-                max_delay: Duration::from_millis(50),
-                deadline: Duration::from_secs(10),
-                jitter: crate::client::Jitter::Equal,
-            })
-    };
-    client(config.clone())
+    fast_client_for(config.clone())
         .health()
         .await
         .expect("500 is retried when PREFECT_CLIENT_RETRY_EXTRA_CODES names it");
@@ -230,6 +216,9 @@ async fn prefect_retry_settings_decide_attempts_and_extra_codes() {
     let (url, count) = stub(vec![LOCKED]).await;
     let mut config = PrefectConfig::for_url(&url).expect("url");
     config.retries.max_retries = Some(1);
-    client(config).health().await.expect_err("always 503");
+    fast_client_for(config)
+        .health()
+        .await
+        .expect_err("always 503");
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
