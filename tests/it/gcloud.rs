@@ -183,25 +183,23 @@ fn shell_image(script: &str) -> ImageRule {
     }
 }
 
-fn guide_plan(suffix: &str) -> String {
-    let guide = std::fs::read_to_string(testkit::repo_root().join("plans/guide.yaml")).unwrap();
-    guide
-        .replace(
-            "name: gcp-credentials",
-            &format!("name: gcp-credentials-{suffix}"),
-        )
-        .replace(
-            "name: my-cloud-run-pool",
-            &format!("name: my-cloud-run-pool-{suffix}"),
-        )
-        .replace(
-            "name: gcp-weather-deploy",
-            &format!("name: gcp-weather-deploy-{suffix}"),
-        )
-}
-
 fn gc<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
+}
+
+/// `gcloud run services {verb} prefect-worker --region {REGION}` as JSON (`describe`,
+/// `get-iam-policy`): how a user reads back the guide's worker service.
+fn worker_service(g: &Gcloud, verb: &str) -> Value {
+    gc(|| {
+        g.json(&[
+            "run",
+            "services",
+            verb,
+            "prefect-worker",
+            "--region",
+            REGION,
+        ])
+    })
 }
 
 /// The guide's Step 1 (service account, two roles), Step 2 (a key) and the worker's secret, by
@@ -406,16 +404,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
         "gcloud run deploy\n--- stdout\n{}\n--- stderr\n{}",
         deployed.stdout, deployed.stderr
     );
-    let described = gc(|| {
-        g.json(&[
-            "run",
-            "services",
-            "describe",
-            "prefect-worker",
-            "--region",
-            REGION,
-        ])
-    });
+    let described = worker_service(&g, "describe");
     assert_eq!(
         template_annotations(&described)["autoscaling.knative.dev/minScale"],
         "1"
@@ -435,22 +424,13 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
     // The guide's worker itself is up: Prefect lists it ONLINE in the pool it created.
     let online = wait_for_online_worker(&w.prefect_url, &pool).await;
     assert!(online, "no ONLINE worker in {pool} within 120 s");
-    let policy = gc(|| {
-        g.json(&[
-            "run",
-            "services",
-            "get-iam-policy",
-            "prefect-worker",
-            "--region",
-            REGION,
-        ])
-    });
+    let policy = worker_service(&g, "get-iam-policy");
     assert!(!has_all_users(&policy), "{policy}");
     let listed = gc(|| g.json(&["run", "services", "list"]));
     assert!(listed.to_string().contains("prefect-worker"), "{listed}");
 
     // The same plan by bootstrap: adoption, never re-creation.
-    let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
+    let plan_path = w.plan_file("bootstrap.yaml", &testkit::guide_plan(&suffix));
     let plan = plan_path.to_str().unwrap();
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
     for created in [
@@ -485,16 +465,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
 
     // gcloud reads back what bootstrap did: the same service (updated in place), still the
     // guide's scaling and CPU, no public invoker.
-    let described = gc(|| {
-        g.json(&[
-            "run",
-            "services",
-            "describe",
-            "prefect-worker",
-            "--region",
-            REGION,
-        ])
-    });
+    let described = worker_service(&g, "describe");
     assert_eq!(described["metadata"]["uid"], uid_before, "never recreated");
     assert_eq!(
         template_annotations(&described)["autoscaling.knative.dev/minScale"],
@@ -513,16 +484,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
         container.to_string().contains("prefect-api-key"),
         "the API key is a secret reference: {container}"
     );
-    let policy = gc(|| {
-        g.json(&[
-            "run",
-            "services",
-            "get-iam-policy",
-            "prefect-worker",
-            "--region",
-            REGION,
-        ])
-    });
+    let policy = worker_service(&g, "get-iam-policy");
     assert!(!has_all_users(&policy), "{policy}");
 
     let d = run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
@@ -602,7 +564,7 @@ async fn a_revision_that_is_not_ready_is_drift() {
     let deployed = gc(|| deploy_worker(&g, &pool, &w.prefect_url, &[]));
     assert_ne!(deployed.code, 0, "the revision fails: {}", deployed.stderr);
 
-    let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
+    let plan_path = w.plan_file("bootstrap.yaml", &testkit::guide_plan(&suffix));
     let plan = plan_path.to_str().unwrap();
     // First converge everything else (the service still fails), then look at the service alone.
     let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 1);
@@ -632,16 +594,7 @@ async fn a_revision_that_is_not_ready_is_drift() {
     std::fs::write(&healthy_flag, "").unwrap();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
-    let described = gc(|| {
-        g.json(&[
-            "run",
-            "services",
-            "describe",
-            "prefect-worker",
-            "--region",
-            REGION,
-        ])
-    });
+    let described = worker_service(&g, "describe");
     let status = &described["status"];
     assert_eq!(
         status["latestReadyRevisionName"], status["latestCreatedRevisionName"],
