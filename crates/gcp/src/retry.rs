@@ -152,38 +152,19 @@ mod tests {
             ..RetryOptions::default()
         };
         let retry = Decision::Retry { retry_after: None };
-        assert_eq!(
-            decide_status(StatusCode::TOO_MANY_REQUESTS, b"", None, post),
-            retry
-        );
-        assert_eq!(
-            decide_status(StatusCode::SERVICE_UNAVAILABLE, b"", None, post),
-            retry
-        );
-        assert_eq!(
-            decide_status(StatusCode::INTERNAL_SERVER_ERROR, b"", None, post),
-            Decision::Stop
-        );
-        assert_eq!(
-            decide_status(StatusCode::INTERNAL_SERVER_ERROR, b"", None, get),
-            retry
-        );
-        assert_eq!(
-            decide_status(StatusCode::BAD_GATEWAY, b"", None, get),
-            retry
-        );
-        assert_eq!(
-            decide_status(StatusCode::GATEWAY_TIMEOUT, b"", None, get),
-            retry
-        );
-        assert_eq!(
-            decide_status(StatusCode::NOT_FOUND, b"", None, get),
-            Decision::Stop
-        );
-        assert_eq!(
-            decide_status(StatusCode::BAD_REQUEST, b"", None, get),
-            Decision::Stop
-        );
+        // An empty body: the status alone decides, and only a GET (idempotent) retries 5xx.
+        for (status, options, want) in [
+            (StatusCode::TOO_MANY_REQUESTS, post, retry),
+            (StatusCode::SERVICE_UNAVAILABLE, post, retry),
+            (StatusCode::INTERNAL_SERVER_ERROR, post, Decision::Stop),
+            (StatusCode::INTERNAL_SERVER_ERROR, get, retry),
+            (StatusCode::BAD_GATEWAY, get, retry),
+            (StatusCode::GATEWAY_TIMEOUT, get, retry),
+            (StatusCode::NOT_FOUND, get, Decision::Stop),
+            (StatusCode::BAD_REQUEST, get, Decision::Stop),
+        ] {
+            assert_eq!(decide_status(status, b"", None, options), want, "{status}");
+        }
         let aborted = br#"{"error":{"code":409,"status":"ABORTED","message":"x"}}"#;
         let exists = br#"{"error":{"code":409,"status":"ALREADY_EXISTS","message":"x"}}"#;
         assert_eq!(

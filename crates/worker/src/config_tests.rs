@@ -128,6 +128,25 @@ fn normalise(mut body: Value, ours: &JobConfig) -> Value {
     body
 }
 
+/// `ours` (with its job body as `body`, normalised by the caller) is what prefect-gcp computed
+/// in `exp`: the body (compared pretty-printed, for a readable diff), region, keep_job, timeout
+/// and project.
+fn assert_same_job(name: &str, ours: &JobConfig, body: &Value, expected: &Value, exp: &Value) {
+    assert_eq!(
+        serde_json::to_string_pretty(body).unwrap_or_default(),
+        serde_json::to_string_pretty(expected).unwrap_or_default(),
+        "{name}: job body differs"
+    );
+    assert_eq!(json!(ours.region), exp["region"], "{name}: region");
+    assert_eq!(json!(ours.keep_job), exp["keep_job"], "{name}: keep_job");
+    assert_eq!(json!(ours.timeout), exp["timeout"], "{name}: timeout");
+    assert_eq!(
+        json!(ours.credentials.project),
+        exp["project"],
+        "{name}: project"
+    );
+}
+
 #[tokio::test]
 async fn renders_what_prefect_gcp_renders() {
     let cases: Vec<Value> = serde_json::from_str(CASES).expect("fixture parses");
@@ -139,19 +158,7 @@ async fn renders_what_prefect_gcp_renders() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let exp = &case["expected"];
         let expected_body = normalise(exp["job_body"].clone(), &ours);
-        assert_eq!(
-            serde_json::to_string_pretty(&ours.body).unwrap_or_default(),
-            serde_json::to_string_pretty(&expected_body).unwrap_or_default(),
-            "{name}: job body differs"
-        );
-        assert_eq!(json!(ours.region), exp["region"], "{name}: region");
-        assert_eq!(json!(ours.keep_job), exp["keep_job"], "{name}: keep_job");
-        assert_eq!(json!(ours.timeout), exp["timeout"], "{name}: timeout");
-        assert_eq!(
-            json!(ours.credentials.project),
-            exp["project"],
-            "{name}: project"
-        );
+        assert_same_job(name, &ours, &ours.body, &expected_body, exp);
     }
 }
 
@@ -406,19 +413,7 @@ async fn renders_every_variable_like_prefect_gcp_now() {
             "{name}: {} labels",
             ours_labels.len()
         );
-        assert_eq!(
-            serde_json::to_string_pretty(&body).unwrap_or_default(),
-            serde_json::to_string_pretty(&expected).unwrap_or_default(),
-            "{name}: job body differs"
-        );
-        assert_eq!(json!(ours.region), exp["region"], "{name}: region");
-        assert_eq!(json!(ours.keep_job), exp["keep_job"], "{name}: keep_job");
-        assert_eq!(json!(ours.timeout), exp["timeout"], "{name}: timeout");
-        assert_eq!(
-            json!(ours.credentials.project),
-            exp["project"],
-            "{name}: project"
-        );
+        assert_same_job(name, &ours, &body, &expected, exp);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
