@@ -46,3 +46,4 @@ mod rotate_key;
 mod scale_to_zero;
 mod waker;
 mod worker;
+mod worker_image_e2e;

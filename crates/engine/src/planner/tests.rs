@@ -60,6 +60,7 @@ fn spec() -> Spec {
         worker: Some(Worker {
             service: RunServiceName::parse("prefect-worker").unwrap(),
             image: ImageRef::parse("prefecthq/prefect:3-latest").unwrap(),
+            build: None,
             runtime: WorkerRuntime::Python,
             min_instances: 1,
             max_instances: None,
@@ -988,3 +989,6 @@ fn destroy_deletes_a_made_repository_and_keeps_an_adopted_one() {
 
 #[path = "wake_tests.rs"]
 mod wake_tests;
+
+#[path = "worker_image_tests.rs"]
+mod worker_image_tests;
