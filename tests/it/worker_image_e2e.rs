@@ -153,3 +153,12 @@ async fn an_embedded_worker_without_an_image_runs_from_an_image_built_of_this_bi
         "destroy removes the repository it made"
     );
 }
+
+/// The tag's version is the binary's: the spec crate's version is the `bootstrap` package's.
+#[test]
+fn the_worker_image_is_tagged_with_this_binarys_version() {
+    assert_eq!(
+        bootstrap_spec::worker_image::VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
+}
