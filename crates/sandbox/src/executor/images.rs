@@ -897,7 +897,7 @@ mod tests {
         let image = format!("{repo}/bootstrap-worker:v1");
         map.built().push(
             &format!("{repo}/bootstrap-worker@{digest}"),
-            &[image.clone()],
+            std::slice::from_ref(&image),
             built,
         );
         // Not in the image root yet: the host has no /usr/local/bin/bootstrap either.
