@@ -575,19 +575,7 @@ fn push(
 /// is a failed step with the line, never a silent success.
 fn apt(state: &AppState, id: &str, ins: &Instruction, packages: &[String]) -> Result<(), Failure> {
     for name in packages {
-        let Some((_, file)) = dockerfile::HOST_PACKAGES.iter().find(|(p, _)| p == name) else {
-            return Err(unsupported(
-                ins,
-                &format!(
-                    "apt-get install {name}: the sandbox installs no Debian packages; it follows                      only {}, whose files its processes take from the host",
-                    dockerfile::HOST_PACKAGES
-                        .iter()
-                        .map(|(p, _)| *p)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        };
+        let file = dockerfile::host_package(name).map_err(|why| unsupported(ins, &why))?;
         if !Path::new(file).exists() {
             return Err(step_failure(vec![
                 format!("Step: {}", ins.text),

@@ -287,6 +287,25 @@ pub fn pip_install(args: &str) -> Result<Option<PipInstall>, String> {
 pub const HOST_PACKAGES: &[(&str, &str)] =
     &[("ca-certificates", "/etc/ssl/certs/ca-certificates.crt")];
 
+/// The host file that stands for Debian package `name`, or why the sandbox cannot follow
+/// installing it.
+pub fn host_package(name: &str) -> Result<&'static str, String> {
+    HOST_PACKAGES
+        .iter()
+        .find(|(p, _)| *p == name)
+        .map(|(_, file)| *file)
+        .ok_or_else(|| {
+            format!(
+                "apt-get install {name}: the sandbox installs no Debian packages; it follows only {}, whose files its processes take from the host",
+                HOST_PACKAGES
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
 /// Options of `apt-get` that change nothing the sandbox models.
 const IGNORED_APT_FLAGS: &[&str] = &[
     "-y",
@@ -377,6 +396,16 @@ mod tests {
                 .contains("`useradd w` next to apt-get")
         );
         assert!(apt_install("apt-get remove -y perl").is_err());
+        // Only packages the host stands in for; anything else fails the build.
+        assert_eq!(
+            host_package("ca-certificates"),
+            Ok("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert!(
+            host_package("curl")
+                .unwrap_err()
+                .contains("apt-get install curl: the sandbox installs no Debian packages")
+        );
         assert!(apt_install("apt-get install -t bookworm-backports x").is_err());
     }
 
