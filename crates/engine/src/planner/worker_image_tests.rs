@@ -142,3 +142,35 @@ fn destroy_deletes_the_repository_the_worker_image_made() {
     let repo = step(&p, "gcp.artifact_repository[");
     assert_eq!(repo.action, Action::Delete);
 }
+
+#[test]
+fn a_worker_pool_waits_for_the_worker_image_too() {
+    let mut s = pool_spec(1);
+    let b = bootstrap_spec::worker_image::build(
+        &s.gcp.project,
+        &s.gcp.region,
+        None,
+        "/usr/local/bin/bootstrap".into(),
+        "0.1.0",
+    );
+    let w = s.worker.as_mut().unwrap();
+    w.runtime = WorkerRuntime::Embedded;
+    w.image = ImageRef::parse(b.image_name.clone()).unwrap();
+    w.build = Some(b);
+    let mut o = empty();
+    o.images = vec![worker_image(&s, false, None)];
+    o.repositories.insert("prefect".into(), None);
+    let p = plan(&s, &o, &options(Mode::Apply));
+    let build = step(&p, "gcp.image[");
+    let pool = step(&p, "gcp.run_worker_pool[");
+    assert!(
+        pool.depends_on.contains(&build.address),
+        "{:?}",
+        pool.depends_on
+    );
+    let body = serde_json::to_string(&pool.op).unwrap();
+    assert!(
+        body.contains("bootstrap-worker:v0.1.0-cdcdcdcdcdcdcdcd"),
+        "{body}"
+    );
+}
