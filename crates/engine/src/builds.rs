@@ -70,6 +70,12 @@ pub fn units(spec: &Spec) -> Vec<Unit> {
             }),
         }
     }
+    if let Some(b) = super::worker_image::build(spec) {
+        out.push(Unit {
+            build: b.clone(),
+            deployments: Vec::new(),
+        });
+    }
     out
 }
 
@@ -82,6 +88,7 @@ pub fn any(spec: &Spec) -> bool {
     spec.deployments
         .iter()
         .any(|d: &Deployment| d.build.is_some())
+        || super::worker_image::build(spec).is_some()
 }
 
 /// Reads the sources (hashing on blocking threads) and, per repository, the repository, its
@@ -154,7 +161,12 @@ pub async fn observe(
                 .iter()
                 .filter(|i| i.image_name() == u.build.image_name)
                 .max_by(|a, b| a.upload_time.cmp(&b.upload_time))
-                .and_then(|i| i.tags.iter().find(|t| t.starts_with("src-")).cloned());
+                .and_then(|i| {
+                    i.tags
+                        .iter()
+                        .find(|t| super::worker_image::is_source_tag(&u.build, t))
+                        .cloned()
+                });
             observed::BuiltImage {
                 build: u.build,
                 deployments: u.deployments,
