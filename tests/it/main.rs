@@ -47,3 +47,4 @@ mod saved_plan;
 mod scale_to_zero;
 mod waker;
 mod worker;
+mod worker_image_e2e;

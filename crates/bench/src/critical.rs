@@ -70,8 +70,9 @@ pub fn calls_for(op: &Value) -> Result<StepCalls> {
         "upsert_service" | "delete_service" => c(2, 1, 0),
         // block type by slug, its schemas, create (or update).
         "upsert_block" => c(0, 0, 3),
-        // read the pool, create or update it.
-        "upsert_work_pool" => c(0, 0, 2),
+        // The plan says which (no read of the pool first): one write, or delete then create.
+        "create_work_pool" | "update_work_pool" => c(0, 0, 1),
+        "replace_work_pool" => c(0, 0, 2),
         // upsert the flow, upsert the deployment.
         "upsert_deployment" => c(0, 0, 2),
         "delete_block" | "delete_work_pool" | "delete_deployment" => c(0, 0, 1),

@@ -49,6 +49,8 @@ pub struct Counts {
     pub pickups: usize,
     /// Runs queued for each worker's burst.
     pub runs: usize,
+    /// Requests in flight tried for the server's ceiling.
+    pub ceiling_levels: Vec<usize>,
     /// The longest a burst may run.
     pub deadline: Duration,
     /// Runs per concurrency level of the server ceiling.
@@ -171,10 +173,16 @@ fn port_of(url: &str) -> Result<u16> {
 }
 
 /// Measures the server's ceiling on `pool` (no worker may be polling it).
-pub async fn ceiling(env: &Env, pool: &str, deployment: Uuid, per_level: usize) -> Result<Ceiling> {
+pub async fn ceiling(
+    env: &Env,
+    pool: &str,
+    deployment: Uuid,
+    per_level: usize,
+    in_flight_levels: &[usize],
+) -> Result<Ceiling> {
     use futures::stream::{StreamExt as _, TryStreamExt as _};
     let mut levels = Vec::new();
-    for in_flight in [1usize, 4, 16] {
+    for &in_flight in in_flight_levels {
         let mut runs = Vec::with_capacity(per_level);
         let measured = async {
             for _ in 0..per_level {
@@ -301,7 +309,7 @@ pub async fn pair(
     pool_type: PoolType,
     suffix: &str,
     counts: &Counts,
-    out: &mut Vec<(String, Result<WorkerFigures>)>,
+    out: &mut Vec<(String, f64, Result<WorkerFigures>)>,
 ) -> Result<Pair> {
     // No added latency: the workers' own cost is measured; Cloud Run job creation is quick on
     // Google too (the sandbox's operation time stands in for it). Consistency delays off.
@@ -319,13 +327,21 @@ pub async fn pair(
     let deployment =
         worker::deployment_id(env, "fetch-weather", &format!("bench-{t}-deploy-{suffix}")).await?;
 
-    let (ceiling, ceiling_error) = match ceiling(env, &pool, deployment, counts.ceiling_runs).await
+    let (ceiling, ceiling_error) = match ceiling(
+        env,
+        &pool,
+        deployment,
+        counts.ceiling_runs,
+        &counts.ceiling_levels,
+    )
+    .await
     {
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
 
     eprintln!("    bootstrap worker on the {t} pool");
+    let started = Instant::now();
     let ours = one(
         env,
         Kind::Bootstrap,
@@ -337,9 +353,14 @@ pub async fn pair(
         None,
     )
     .await;
-    out.push((format!("bootstrap worker ({t})"), ours));
+    out.push((
+        format!("bootstrap worker ({t})"),
+        started.elapsed().as_secs_f64(),
+        ours,
+    ));
 
     eprintln!("    prefect-gcp worker -t {t} in a sandbox namespace");
+    let started = Instant::now();
     let theirs = async {
         let ns = Netns::new(env, &[port_of(&env.prefect_url)?]).await?;
         let kind = match pool_type {
@@ -361,7 +382,11 @@ pub async fn pair(
         r
     }
     .await;
-    out.push((format!("prefect-gcp worker ({t})"), theirs));
+    out.push((
+        format!("prefect-gcp worker ({t})"),
+        started.elapsed().as_secs_f64(),
+        theirs,
+    ));
     Ok(Pair {
         pool_type: t.into(),
         ceiling,

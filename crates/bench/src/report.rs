@@ -77,6 +77,8 @@ pub struct Section {
     /// Why it failed or was skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Its wall time, seconds (what a run's length is made of; issue #20 bounds the quick run).
+    pub seconds: f64,
 }
 
 /// Everything one run measured.
@@ -94,6 +96,8 @@ pub struct Results {
     pub lifecycle: Option<Lifecycle>,
     /// How plan/apply grow with the number of deployments.
     pub scale: Option<crate::scale::Scale>,
+    /// `build:` on a 1,000-file context.
+    pub build: Option<crate::build::BuildFigures>,
     /// The workers, side by side.
     pub workers: Vec<WorkerFigures>,
     /// Per pool type: the Prefect server's ceiling for the calls one run needs.
@@ -107,14 +111,15 @@ pub struct Results {
 }
 
 impl Results {
-    /// Records how a section went; its figures when it was measured.
-    pub fn section<T>(&mut self, name: &str, r: anyhow::Result<T>) -> Option<T> {
+    /// Records how a section that took `seconds` went; its figures when it was measured.
+    pub fn section<T>(&mut self, name: &str, seconds: f64, r: anyhow::Result<T>) -> Option<T> {
         match r {
             Ok(v) => {
                 self.sections.push(Section {
                     name: name.into(),
                     status: "measured".into(),
                     error: None,
+                    seconds,
                 });
                 Some(v)
             }
@@ -125,6 +130,7 @@ impl Results {
                     name: name.into(),
                     status: "failed".into(),
                     error: Some(msg),
+                    seconds,
                 });
                 None
             }
@@ -176,6 +182,20 @@ pub fn evaluate(r: &mut Results) {
     });
     if let Some(s) = &r.scale {
         scale_targets(s, &mut t);
+    }
+    if let Some(b) = &r.build {
+        let ms = b.noop_plan.hash_ms;
+        t.push(Target {
+            name: format!("build: hashing {} files", b.files),
+            goal: "well under 1 s (< 0.5 s)".into(),
+            value: format!(
+                "{} (no-change plan {:.3} s)",
+                ms.map(|m| format!("{m} ms"))
+                    .unwrap_or_else(|| "not logged".into()),
+                b.noop_plan.command.seconds
+            ),
+            met: ms.map(|m| m < 500),
+        });
     }
     let find = |name: &str| r.workers.iter().find(|w| w.name == name);
     let ours = find("bootstrap worker (cloud-run-v2)");
@@ -414,6 +434,10 @@ pub fn table(r: &Results) -> String {
         o.push_str(&crate::scale::table(s));
         o.push('\n');
     }
+    if let Some(b) = &r.build {
+        o.push_str(&crate::build::table(b));
+        o.push('\n');
+    }
     if !r.workers.is_empty() {
         o.push_str(&format!(
             "  {:<34}{:>9} {:>9} {:>9} {:>9} {:>14} {:>9} {:>9} {:>9}\n",
@@ -461,6 +485,18 @@ pub fn table(r: &Results) -> String {
             t.name, t.goal, t.value
         ));
     }
+    o.push_str("sections (wall time)\n");
+    for s in &r.sections {
+        o.push_str(&format!(
+            "  {:<34}{:>8.1} s  {}\n",
+            s.name, s.seconds, s.status
+        ));
+    }
+    o.push_str(&format!(
+        "  {:<34}{:>8.1} s\n",
+        "harness in all",
+        r.sections.iter().map(|s| s.seconds).sum::<f64>()
+    ));
     for e in &r.errors {
         o.push_str(&format!("error: {e}\n"));
     }

@@ -83,6 +83,8 @@ pub struct Scale {
 /// Deployments and schedules of a plan with `n` deployments: deployment `i` belongs to flow
 /// `i % flows` (one flow per ten deployments); the even ones carry two schedules each (a yearly
 /// cron, so the server schedules few runs), so that `n` schedules are spread across them.
+/// Every name carries `n`: the plans of different N share no deployment or flow (before, the
+/// N = 30 plan "updated" the N = 10 plan's deployments, so its first apply was not one).
 pub fn generated_plan(template: &str, n: usize, suffix: &str, changed: bool) -> String {
     let flows = n.div_ceil(10).max(1);
     let tag = format!("{n}-{suffix}");
@@ -119,7 +121,7 @@ pub fn generated_plan(template: &str, n: usize, suffix: &str, changed: bool) -> 
         let version = if changed && i == 0 { 2 } else { 1 };
         let _ = writeln!(
             text,
-            "  - name: d{i:03}-{suffix}\n    flow: scale-flow-{f}-{suffix}\n    \
+            "  - name: d{i:03}-{tag}\n    flow: scale-flow-{f}-{tag}\n    \
              entrypoint: flows/weather_flow.py:fetch_weather\n    \
              image: gcr.io/prefect-project/gcp-weather-image:latest\n    \
              parameters: {{i: {i}, version: {version}}}\n    work_queue: default",
@@ -191,10 +193,29 @@ async fn measured(
     api_key: &str,
     codes: &[i32],
 ) -> Result<(Measured, String)> {
+    let (m, stdout, _) = measured_with(
+        env,
+        args,
+        api_key,
+        codes,
+        "warn,gcp_auth=error,bootstrap_prefect=debug",
+    )
+    .await?;
+    Ok((m, stdout))
+}
+
+/// [`measured`] with this `RUST_LOG` (it must keep `bootstrap_prefect=debug`); also its stderr.
+pub async fn measured_with(
+    env: &Env,
+    args: &[&str],
+    api_key: &str,
+    codes: &[i32],
+    rust_log: &str,
+) -> Result<(Measured, String, String)> {
     env.reset_calls().await?;
     let mut cmd = env.bootstrap_cmd(args);
     cmd.env("PREFECT_API_KEY", api_key)
-        .env("RUST_LOG", "warn,gcp_auth=error,bootstrap_prefect=debug");
+        .env("RUST_LOG", rust_log);
     let mut cmd = tokio::process::Command::from(cmd);
     let t = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
@@ -237,7 +258,11 @@ async fn measured(
         google_by_method,
         prefect_by_call,
     };
-    Ok((m, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((
+        m,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr.into_owned(),
+    ))
 }
 
 /// The calls in `after` beyond those in `before` (Prefect `METHOD path` and Google methods).
@@ -461,6 +486,14 @@ mod tests {
         assert_eq!(schedules_of(10), 10);
         assert_eq!(schedules_of(100), 100);
         assert!(text.contains("name: bs10-abcd"));
+        // No name is shared between two N (each N's first apply creates everything).
+        let other = generated_plan(GUIDE, 30, "abcd", false);
+        for line in text
+            .lines()
+            .filter(|l| l.contains("name: ") || l.contains("flow: "))
+        {
+            assert!(!other.contains(line.trim()), "{line} is in both plans");
+        }
         assert!(text.contains("api_key_secret: scale-key-10-abcd"));
         assert!(!text.contains("gcp-weather-deploy"));
         let changed = generated_plan(GUIDE, 10, "abcd", true);

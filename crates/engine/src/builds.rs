@@ -70,6 +70,12 @@ pub fn units(spec: &Spec) -> Vec<Unit> {
             }),
         }
     }
+    if let Some(b) = super::worker_image::build(spec) {
+        out.push(Unit {
+            build: b.clone(),
+            deployments: Vec::new(),
+        });
+    }
     out
 }
 
@@ -82,6 +88,7 @@ pub fn any(spec: &Spec) -> bool {
     spec.deployments
         .iter()
         .any(|d: &Deployment| d.build.is_some())
+        || super::worker_image::build(spec).is_some()
 }
 
 /// Reads the sources (hashing on blocking threads) and, per repository, the repository, its
@@ -114,13 +121,25 @@ pub async fn observe(
     let hashes = units.iter().map(|u| {
         let b = u.build.clone();
         async move {
-            tokio::task::spawn_blocking(move || context::read(&b))
-                .await
-                .context("hashing a build context")?
-                .map_err(|e| {
-                    let hint = e.hint();
-                    anyhow::Error::new(e).context(hint)
-                })
+            tokio::task::spawn_blocking(move || {
+                // Timed for the benchmark (issue #18: hashing must stay well under a second).
+                let t = std::time::Instant::now();
+                let c = context::read(&b);
+                if let Ok(c) = &c {
+                    tracing::debug!(
+                        files = c.file_count(),
+                        elapsed_ms = t.elapsed().as_millis() as u64,
+                        "build context hashed"
+                    );
+                }
+                c
+            })
+            .await
+            .context("hashing a build context")?
+            .map_err(|e| {
+                let hint = e.hint();
+                anyhow::Error::new(e).context(hint)
+            })
         }
     });
     let (repos, hashes, account) = tokio::try_join!(
@@ -154,7 +173,12 @@ pub async fn observe(
                 .iter()
                 .filter(|i| i.image_name() == u.build.image_name)
                 .max_by(|a, b| a.upload_time.cmp(&b.upload_time))
-                .and_then(|i| i.tags.iter().find(|t| t.starts_with("src-")).cloned());
+                .and_then(|i| {
+                    i.tags
+                        .iter()
+                        .find(|t| super::worker_image::is_source_tag(&u.build, t))
+                        .cloned()
+                });
             observed::BuiltImage {
                 build: u.build,
                 deployments: u.deployments,

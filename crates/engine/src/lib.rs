@@ -14,6 +14,7 @@ pub mod plan;
 pub mod planner;
 pub mod render;
 pub mod wake;
+pub mod worker_image;
 
 pub use context::{Connections, Context};
 pub use observed::Observed;

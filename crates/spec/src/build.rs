@@ -31,6 +31,9 @@ pub enum DockerfileSpec {
     Auto,
     /// A file inside the context, `/`-separated and relative to it.
     Path(String),
+    /// The embedded worker's image: a generated Dockerfile around the `bootstrap` binary of
+    /// this version at `Build::context` (see [`crate::worker_image`]).
+    Worker { version: String },
 }
 
 /// A checked `build:` (read back from a saved plan too).

@@ -59,12 +59,26 @@ pub struct Context {
     pub entries: Vec<Entry>,
     /// Hex sha256 over the entries.
     pub digest: String,
+    /// The image tag (see [`Context::tag`]).
+    tag: String,
 }
 
 impl Context {
-    /// The image tag: a prefix of the digest (64 bits; Docker tags are at most 128 characters).
+    /// A context of these entries (sorted by path), hashed.
+    pub fn new(entries: Vec<Entry>) -> Result<Self, ContextError> {
+        let digest = digest(&entries)?;
+        let tag = format!("src-{}", &digest[..16]);
+        Ok(Context {
+            entries,
+            digest,
+            tag,
+        })
+    }
+
+    /// The image tag: a prefix of the digest (64 bits; Docker tags are at most 128
+    /// characters), `src-<hex>` for a folder, `v<version>-<hex>` for the worker's image.
     pub fn tag(&self) -> String {
-        format!("src-{}", &self.digest[..16])
+        self.tag.clone()
     }
 
     /// Number of files in the archive (the Dockerfile included).
@@ -118,6 +132,11 @@ pub fn auto_dockerfile(dir_name: &str, has_requirements: bool) -> String {
 
 /// Walks `build.context` and hashes it.
 pub fn read(build: &Build) -> Result<Context, ContextError> {
+    if let DockerfileSpec::Worker { version } = &build.dockerfile {
+        let mut c = crate::worker_image::context(build, version)?;
+        c.tag = crate::worker_image::tag(version, &c.digest);
+        return Ok(c);
+    }
     let root = &build.context;
     let mut entries = walk(root)?;
     // Cloud Run's `dockerBuild {}` builds the `Dockerfile` at the archive root (it has no
@@ -128,7 +147,9 @@ pub fn read(build: &Build) -> Result<Context, ContextError> {
             let reqs = entries.iter().any(|e| e.path == "requirements.txt");
             Some(auto_dockerfile(dir, reqs))
         }
+        // (The worker's image returned above.)
         DockerfileSpec::Path(p) if p == "Dockerfile" => None,
+        DockerfileSpec::Worker { .. } => None,
         DockerfileSpec::Path(p) => {
             let path = root.join(p);
             let text = std::fs::read_to_string(&path).map_err(|e| ContextError::Read {
@@ -147,8 +168,7 @@ pub fn read(build: &Build) -> Result<Context, ContextError> {
         });
         entries.sort_by(|a, b| a.path.cmp(&b.path));
     }
-    let digest = digest(&entries)?;
-    Ok(Context { entries, digest })
+    Context::new(entries)
 }
 
 fn ignore_file(root: &Path, name: &str, docker: bool) -> Result<Option<Gitignore>, ContextError> {

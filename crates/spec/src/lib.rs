@@ -22,10 +22,11 @@ mod reader;
 mod scale_to_zero;
 mod sections;
 mod template;
+pub mod worker_image;
 
 pub use checks::{Field, check_field};
 pub use diag::{Diagnostic, Diagnostics, Pos};
-pub use load::{load, load_bytes, load_str, load_with};
+pub use load::{load, load_bytes, load_str, load_str_on, load_with};
 pub use model::*;
 pub use node::MAX_PLAN_BYTES;
 pub use sections::{DEFAULT_ROLES, GCLOUD_PROJECT, GCLOUD_REGION, VERSION};

@@ -69,6 +69,16 @@ pub fn load_str(
     load_path_str(source, Path::new(file_name), env)
 }
 
+/// [`load_str`] as read by another process than this one (tests of a macOS or arm64 host).
+pub fn load_str_on(
+    source: &str,
+    file_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    running: crate::worker_image::Running,
+) -> Result<Spec, Diagnostics> {
+    load_path_str_on(source, Path::new(file_name), env, running)
+}
+
 /// UTF-8 text of `bytes`, or the position of the first byte that is not.
 pub(crate) fn decode(bytes: &[u8]) -> Result<&str, (Pos, String)> {
     let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
@@ -95,12 +105,22 @@ fn load_path_str(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Spec, Diagnostics> {
+    load_path_str_on(source, file, env, crate::worker_image::Running::current())
+}
+
+fn load_path_str_on(
+    source: &str,
+    file: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+    running: crate::worker_image::Running,
+) -> Result<Spec, Diagnostics> {
     let root = node::parse(source).map_err(|e| {
         Diagnostics(vec![
             Diagnostic::new(file, e.pos, e.message).with_hint_opt(e.hint),
         ])
     })?;
     let mut r = Reader::new(file, env);
+    r.running = running;
     let spec = build(&mut r, &root, file);
     match spec {
         Some(spec) if r.diags.is_empty() => Ok(spec),
@@ -162,6 +182,26 @@ fn build(r: &mut Reader<'_>, root: &node::Node, file: &Path) -> Option<Spec> {
         },
     );
 
+    let mut worker = worker;
+    // The worker's image goes where the deployments' images go, one repository in all.
+    if let (Some(Some(w)), Some(repo)) = (
+        worker.as_mut(),
+        deployments
+            .iter()
+            .find_map(|(d, _, _)| d.build.as_ref().map(|b| b.repository.clone())),
+    ) && let Some(b) = w.build.as_mut()
+        && b.repository != repo
+    {
+        let name = b.image_name.replace(
+            &format!("/{}/{}", b.repository, crate::worker_image::IMAGE),
+            &format!("/{repo}/{}", crate::worker_image::IMAGE),
+        );
+        b.repository = repo;
+        b.image_name = name;
+        if let Ok(image) = crate::ids::ImageRef::parse(b.image_name.clone()) {
+            w.image = image;
+        }
+    }
     let (project, region, apis, quota_project) = gcp?;
     let prefect = prefect?;
     let apis =

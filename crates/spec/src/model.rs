@@ -139,7 +139,12 @@ impl WorkerKind {
 #[derive(Debug, Clone, Serialize)]
 pub struct Worker {
     pub service: RunServiceName,
+    /// The image; when `build` is set, its name without the tag (the tag is the binary's
+    /// digest, known after observe; the planner puts the tagged reference in).
     pub image: ImageRef,
+    /// `worker.image` left out with `runtime: embedded`: the image is built from the running
+    /// `bootstrap` binary (see [`crate::worker_image`]).
+    pub build: Option<crate::build::Build>,
     pub runtime: WorkerRuntime,
     pub min_instances: u32,
     pub max_instances: Option<u32>,

@@ -53,6 +53,8 @@ pub struct Reader<'e> {
     pub env: &'e dyn Fn(&str) -> Option<String>,
     /// Values of earlier sections that templates may refer to, e.g. `gcp.project`.
     pub vars: Map<String, Json>,
+    /// The process reading the plan (the worker's image may be built from its binary).
+    pub running: crate::worker_image::Running,
 }
 
 impl<'e> Reader<'e> {
@@ -62,6 +64,7 @@ impl<'e> Reader<'e> {
             diags: Diagnostics::default(),
             env,
             vars: Map::new(),
+            running: crate::worker_image::Running::current(),
         }
     }
 

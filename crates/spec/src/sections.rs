@@ -437,13 +437,6 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
     if let Some(s) = &service {
         r.set_var("worker", "service", s.as_str());
     }
-    let image = r
-        .req_string(&f, "image", "prefecthq/prefect:3-latest")
-        .and_then(|(v, pos)| {
-            r.checked(&v, pos, "worker.image", Field::Image)
-                .then(|| ImageRef::parse(v).ok())
-                .flatten()
-        });
     let runtime = match r.opt_string(&f, "runtime") {
         None if f.get("runtime").is_some() => None,
         None => Some(WorkerRuntime::Python),
@@ -455,6 +448,23 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
                 None
             }
         },
+    };
+    // No image with the embedded worker: it is built from this binary.
+    let (image, build) = match (runtime, f.get("image")) {
+        (Some(WorkerRuntime::Embedded), None) => match worker_build(r, f.pos) {
+            Some(b) => (ImageRef::parse(b.image_name.clone()).ok(), Some(Some(b))),
+            None => (None, None),
+        },
+        _ => {
+            let image = r
+                .req_string(&f, "image", "prefecthq/prefect:3-latest")
+                .and_then(|(v, pos)| {
+                    r.checked(&v, pos, "worker.image", Field::Image)
+                        .then(|| ImageRef::parse(v).ok())
+                        .flatten()
+                });
+            (image, Some(None))
+        }
     };
     let min_instances = r.opt_u32(&f, "min_instances", 1000);
     let max_instances = r.opt_u32(&f, "max_instances", 1000);
@@ -531,6 +541,7 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
     Some(Some(Worker {
         service: service?,
         image: image?,
+        build: build?,
         runtime: runtime?,
         min_instances: min_instances?.unwrap_or(1),
         max_instances: max_instances?,
@@ -543,6 +554,34 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
         instances: instances?.unwrap_or(1),
         scale_to_zero: scale_to_zero?,
     }))
+}
+
+/// The worker image's build from the running binary, in the default repository (the load
+/// moves it to the deployments' repository when they build too). `None` with an error when
+/// this binary cannot be the image; `None` alone when `gcp` failed (it said why).
+fn worker_build(r: &mut Reader<'_>, pos: Pos) -> Option<crate::build::Build> {
+    if let Some((message, hint)) = r.running.unfit() {
+        r.error(pos, message, Some(hint));
+        return None;
+    }
+    let exe = match r.running.exe.clone() {
+        Ok(exe) => exe,
+        Err(e) => {
+            r.error(
+                pos,
+                format!("`worker.image` is not set, and the running `bootstrap` binary, from which the worker's image would be built, cannot be found: {e}"),
+                Some("set `worker.image` to an image of the embedded worker".into()),
+            );
+            return None;
+        }
+    };
+    let gcp = r.vars.get("gcp")?;
+    let project = crate::ids::ProjectId::parse(gcp.get("project")?.as_str()?).ok()?;
+    let region = crate::ids::Region::parse(gcp.get("region")?.as_str()?).ok()?;
+    let version = r.running.version.clone();
+    Some(crate::worker_image::build(
+        &project, &region, None, exe, &version,
+    ))
 }
 
 /// cpu and memory: a string, or a bare number for cpu (`cpu: 1`).

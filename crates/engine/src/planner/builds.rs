@@ -119,7 +119,16 @@ pub(super) fn images(b: &mut Builder) {
             .previous_tag
             .as_ref()
             .map(|t| Value::String(format!("{}:{t}", img.build.image_name)));
+        let worker = crate::worker_image::is_worker(&img.build);
         let (action, reason) = match &old {
+            _ if worker => (
+                if old.is_some() {
+                    Action::Update
+                } else {
+                    Action::Create
+                },
+                crate::worker_image::reason(&img),
+            ),
             None => (
                 Action::Create,
                 format!(

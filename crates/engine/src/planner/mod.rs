@@ -65,6 +65,8 @@ impl Builder<'_> {
 
 /// Plans `spec` against `observed`.
 pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
+    // A worker image built from this binary runs under its tagged name.
+    let spec = &*super::worker_image::with_tagged_image(spec, observed);
     let mut b = Builder {
         spec,
         observed,
@@ -108,6 +110,7 @@ pub fn plan(spec: &Spec, observed: &Observed, options: &Options) -> Plan {
             gcp::destroy_service_account(&mut b);
         }
     }
+    super::worker_image::wait_for_build(spec, observed, &mut b.steps);
     Plan {
         format_version: super::plan::FORMAT_VERSION,
         mode: options.mode,

@@ -60,6 +60,7 @@ fn spec() -> Spec {
         worker: Some(Worker {
             service: RunServiceName::parse("prefect-worker").unwrap(),
             image: ImageRef::parse("prefecthq/prefect:3-latest").unwrap(),
+            build: None,
             runtime: WorkerRuntime::Python,
             min_instances: 1,
             max_instances: None,
@@ -1096,3 +1097,6 @@ fn the_work_pool_op_is_create_update_or_replace() {
         Some((Action::Replace, Op::ReplaceWorkPool { pool, .. })) if pool.pool_type == "cloud-run"
     ));
 }
+
+#[path = "worker_image_tests.rs"]
+mod worker_image_tests;

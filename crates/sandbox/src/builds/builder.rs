@@ -331,7 +331,7 @@ fn unsupported(ins: &Instruction, why: &str) -> Failure {
     step_failure(vec![
         format!("Step: {}", ins.text),
         format!(
-            "ERROR: Dockerfile line {}: {} ({why}). The sandbox builder follows FROM, WORKDIR, COPY, ADD of context files, ENV, ARG, LABEL, EXPOSE, USER, RUN pip install / uv pip install and CMD/ENTRYPOINT only.",
+            "ERROR: Dockerfile line {}: {} ({why}). The sandbox builder follows FROM, WORKDIR, COPY, ADD of context files, ENV, ARG, LABEL, EXPOSE, USER, RUN pip install / uv pip install, RUN apt-get install ca-certificates and CMD/ENTRYPOINT only.",
             ins.line, ins.text
         ),
     ])
@@ -427,6 +427,16 @@ async fn follow(
                     .map_err(|e| step_failure(vec![e.to_string()]))?;
             }
             "COPY" | "ADD" => copy(ins, &value, context, &rootfs, &workdir)?,
+            "RUN"
+                if dockerfile::apt_install(&value)
+                    .map_err(|why| unsupported(ins, &why))?
+                    .is_some() =>
+            {
+                let packages = dockerfile::apt_install(&value)
+                    .map_err(|why| unsupported(ins, &why))?
+                    .unwrap_or_default();
+                apt(state, id, ins, &packages)?;
+            }
             "RUN" => {
                 let pip = dockerfile::pip_install(&value)
                     .map_err(|why| unsupported(ins, &why))?
@@ -499,6 +509,7 @@ async fn follow(
         entrypoint,
         cmd,
         bin,
+        rootfs: Some(image_dir.join("rootfs")),
     };
     log(state, id, format!("Successfully built {}", &hex[..12]));
     push(state, id, rec, uri, &digest, size, built)
@@ -557,6 +568,26 @@ fn push(
         ),
     );
     Ok(digest.to_owned())
+}
+
+/// Follows `RUN apt-get install PACKAGES`: each package must be one whose files the
+/// sandbox's processes already get from the host (see `dockerfile::HOST_PACKAGES`); any other
+/// is a failed step with the line, never a silent success.
+fn apt(state: &AppState, id: &str, ins: &Instruction, packages: &[String]) -> Result<(), Failure> {
+    for name in packages {
+        let file = dockerfile::host_package(name).map_err(|why| unsupported(ins, &why))?;
+        if !Path::new(file).exists() {
+            return Err(step_failure(vec![
+                format!("Step: {}", ins.text),
+                format!(
+                    "ERROR: Dockerfile line {}: apt-get install {name}: the host has no {file} for the sandbox's processes to use (install {name} on the host)",
+                    ins.line
+                ),
+            ]));
+        }
+        log(state, id, format!(" ---> {name}: the host's {file}"));
+    }
+    Ok(())
 }
 
 fn env_pairs(value: &str) -> Result<Vec<(String, String)>, String> {

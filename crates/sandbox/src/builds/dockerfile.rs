@@ -281,9 +281,133 @@ pub fn pip_install(args: &str) -> Result<Option<PipInstall>, String> {
     Ok(Some(out))
 }
 
+/// Packages an `apt-get install` may name: the ones whose files the sandbox's processes get
+/// from the host instead (a container here runs the host's programs and sees its
+/// `/etc/ssl/certs`), with the host file that must exist for that to hold.
+pub const HOST_PACKAGES: &[(&str, &str)] =
+    &[("ca-certificates", "/etc/ssl/certs/ca-certificates.crt")];
+
+/// The host file that stands for Debian package `name`, or why the sandbox cannot follow
+/// installing it.
+pub fn host_package(name: &str) -> Result<&'static str, String> {
+    HOST_PACKAGES
+        .iter()
+        .find(|(p, _)| *p == name)
+        .map(|(_, file)| *file)
+        .ok_or_else(|| {
+            format!(
+                "apt-get install {name}: the sandbox installs no Debian packages; it follows only {}, whose files its processes take from the host",
+                HOST_PACKAGES
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+/// Options of `apt-get` that change nothing the sandbox models.
+const IGNORED_APT_FLAGS: &[&str] = &[
+    "-y",
+    "--yes",
+    "--assume-yes",
+    "-q",
+    "-qq",
+    "--quiet",
+    "--no-install-recommends",
+    "--no-install-suggests",
+];
+
+/// Recognises the usual Debian package step, a `&&` chain of `apt-get update`, `apt-get
+/// install [options] PACKAGES`, `apt-get clean` and `rm -rf /var/lib/apt/lists/*` (what the
+/// worker image's generated Dockerfile writes). `Ok(Some(packages))` for such a chain;
+/// `Ok(None)` when it has no `apt-get install` (not an apt step); `Err` for a chain that
+/// installs but also does something else, which is not followed.
+pub fn apt_install(args: &str) -> Result<Option<Vec<String>>, String> {
+    if !args.contains("apt-get") || exec_form(args).is_some() {
+        return Ok(None);
+    }
+    let mut packages: Option<Vec<String>> = None;
+    let mut others = Vec::new();
+    for part in args.split("&&").map(str::trim) {
+        if part == "rm -rf /var/lib/apt/lists/*" || part == "rm -rf /var/lib/apt/lists/*/" {
+            continue;
+        }
+        let words = shell_words(part).unwrap_or_default();
+        match words
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["apt-get", rest @ ..] => {
+                let mut it = rest.iter().filter(|w| !IGNORED_APT_FLAGS.contains(w));
+                match it.next() {
+                    Some(&"update") | Some(&"clean") => {
+                        if let Some(extra) = it.next() {
+                            return Err(format!("apt-get option {extra} is not followed"));
+                        }
+                    }
+                    Some(&"install") => {
+                        let names: Vec<String> = it.map(|w| w.to_string()).collect();
+                        if let Some(opt) = names.iter().find(|n| n.starts_with('-')) {
+                            return Err(format!("apt-get install option {opt} is not followed"));
+                        }
+                        if names.is_empty() {
+                            return Err("apt-get install names no package".into());
+                        }
+                        packages.get_or_insert_with(Vec::new).extend(names);
+                    }
+                    other => {
+                        return Err(format!(
+                            "apt-get {} is not followed",
+                            other.copied().unwrap_or_default()
+                        ));
+                    }
+                }
+            }
+            _ => others.push(part.to_owned()),
+        }
+    }
+    match (packages, others.first()) {
+        (None, _) => Ok(None),
+        (Some(_), Some(other)) => Err(format!("`{other}` next to apt-get is not followed")),
+        (Some(p), None) => Ok(Some(p)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apt_runs() {
+        let line = "apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*";
+        assert_eq!(apt_install(line), Ok(Some(vec!["ca-certificates".into()])));
+        assert_eq!(
+            apt_install("apt-get install -qq curl git"),
+            Ok(Some(vec!["curl".into(), "git".into()]))
+        );
+        assert_eq!(apt_install("pip install six"), Ok(None));
+        assert_eq!(apt_install("apt-get update"), Ok(None));
+        assert!(
+            apt_install("apt-get update && apt-get install -y ca-certificates && useradd w")
+                .unwrap_err()
+                .contains("`useradd w` next to apt-get")
+        );
+        assert!(apt_install("apt-get remove -y perl").is_err());
+        // Only packages the host stands in for; anything else fails the build.
+        assert_eq!(
+            host_package("ca-certificates"),
+            Ok("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert!(
+            host_package("curl")
+                .unwrap_err()
+                .contains("apt-get install curl: the sandbox installs no Debian packages")
+        );
+        assert!(apt_install("apt-get install -t bookworm-backports x").is_err());
+    }
 
     #[test]
     fn instructions_keep_their_first_line() {

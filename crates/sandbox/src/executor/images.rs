@@ -333,6 +333,7 @@ impl ImageMap {
             command,
             args,
             built.bin.as_deref(),
+            built.rootfs.as_deref(),
         )?;
         local.workdir = built.workdir.clone();
         // The image's files are where its Dockerfile put them (Prefect's pull step
@@ -364,7 +365,7 @@ impl ImageMap {
         command: &[String],
         args: &[String],
     ) -> Result<LocalCommand, ResolveError> {
-        self.finish_with(image, rule, dir, entrypoint, cmd, command, args, None)
+        self.finish_with(image, rule, dir, entrypoint, cmd, command, args, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -378,6 +379,7 @@ impl ImageMap {
         command: &[String],
         args: &[String],
         first_bin: Option<&Path>,
+        rootfs: Option<&Path>,
     ) -> Result<LocalCommand, ResolveError> {
         let expand = |s: &str| self.vars.expand(s, dir);
         // Docker semantics: `command` replaces ENTRYPOINT and resets CMD; `args` replace CMD.
@@ -400,11 +402,14 @@ impl ImageMap {
         if let Some(bin) = first_bin {
             path.insert(0, bin.to_path_buf());
         }
-        let program = find_program(rule, first, &path, &expand).ok_or_else(|| {
-            ResolveError::ProgramNotFound {
+        // A program the image itself holds (copied in by its Dockerfile) comes before the
+        // base image's stand-ins from the host.
+        let own = rootfs.and_then(|r| in_image(r, first));
+        let program = own
+            .or_else(|| find_program(rule, first, &path, &expand))
+            .ok_or_else(|| ResolveError::ProgramNotFound {
                 program: first.clone(),
-            }
-        })?;
+            })?;
         Ok(LocalCommand {
             program,
             args: rest.to_vec(),
@@ -450,6 +455,38 @@ pub struct BuiltImage {
     /// The `bin` of the environment `RUN pip install` filled, first on `PATH`.
     #[serde(default)]
     pub bin: Option<PathBuf>,
+    /// The host folder standing for the image's `/`: what the Dockerfile copied in. A program
+    /// the container names that is there (e.g. the worker image's
+    /// `/usr/local/bin/bootstrap`) runs from there, not from the host. Absent in records of
+    /// older sandboxes.
+    #[serde(default)]
+    pub rootfs: Option<PathBuf>,
+}
+
+/// The folders of a Debian image's default `PATH` (the Docker library images' `ENV PATH`).
+const IMAGE_PATH: &[&str] = &[
+    "usr/local/sbin",
+    "usr/local/bin",
+    "usr/sbin",
+    "usr/bin",
+    "sbin",
+    "bin",
+];
+
+/// `program` (as the container names it) in the image root, when the image has it: an
+/// absolute path under the root, or a bare name in the root's `PATH` folders.
+fn in_image(rootfs: &Path, program: &str) -> Option<PathBuf> {
+    if program.starts_with('/') {
+        let p = rootfs.join(program.trim_start_matches('/'));
+        return (!program.contains("..") && is_executable(&p)).then_some(p);
+    }
+    if program.contains('/') {
+        return None;
+    }
+    IMAGE_PATH
+        .iter()
+        .map(|d| rootfs.join(d).join(program))
+        .find(|p| is_executable(p))
 }
 
 /// Images the sandbox's builder pushed to its Artifact Registry, by reference. Shared by
@@ -789,6 +826,7 @@ mod tests {
             entrypoint: None,
             cmd: Some(s(&["python", "flow.py"])),
             bin: Some(env.path().join("bin")),
+            rootfs: None,
         };
         map.built().push(
             &format!("{repo}/flows@{digest}"),
@@ -831,6 +869,57 @@ mod tests {
         );
         map.built().set_repository(repo, false);
         assert!(map.built().lookup(&format!("{repo}/flows:1")).is_none());
+    }
+
+    /// The worker image built from the `bootstrap` binary runs the binary the build copied
+    /// into the image, by its absolute ENTRYPOINT or by the bare name Cloud Run's `command`
+    /// gives, never a `bootstrap` of the host.
+    #[test]
+    fn a_program_the_image_holds_runs_from_the_image_root() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let root = tempfile::tempdir().expect("tempdir");
+        let venv = tempfile::tempdir().expect("tempdir");
+        let map = ImageMap::with_defaults(vars(venv.path()));
+        let repo = "us-central1-docker.pkg.dev/p/prefect";
+        map.built().set_repository(repo, true);
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let rootfs = root.path().join("rootfs");
+        let built = BuiltImage {
+            base: "debian:bookworm-slim".into(),
+            workdir: rootfs.clone(),
+            container_workdir: Some("/".into()),
+            env: BTreeMap::new(),
+            entrypoint: Some(s(&["/usr/local/bin/bootstrap"])),
+            cmd: Some(s(&["worker", "--healthcheck"])),
+            bin: None,
+            rootfs: Some(rootfs.clone()),
+        };
+        let image = format!("{repo}/bootstrap-worker:v1");
+        map.built().push(
+            &format!("{repo}/bootstrap-worker@{digest}"),
+            std::slice::from_ref(&image),
+            built,
+        );
+        // Not in the image root yet: the host has no /usr/local/bin/bootstrap either.
+        assert!(matches!(
+            map.resolve(&image, &[], &[]),
+            Err(ResolveError::ProgramNotFound { .. })
+        ));
+        let bin = rootfs.join("usr/local/bin/bootstrap");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cmd = map.resolve(&image, &[], &[]).expect("resolves");
+        assert_eq!(cmd.program, bin);
+        assert_eq!(cmd.args, s(&["worker", "--healthcheck"]));
+        let cmd = map
+            .resolve(&image, &s(&["bootstrap"]), &s(&["worker", "--pool", "p"]))
+            .expect("resolves");
+        assert_eq!(cmd.program, bin);
+        assert_eq!(cmd.args, s(&["worker", "--pool", "p"]));
+        // The base image's other programs are still the host's.
+        let sh = map.resolve(&image, &s(&["sh"]), &[]).expect("resolves");
+        assert!(!sh.program.starts_with(&rootfs), "{:?}", sh.program);
     }
 
     #[test]

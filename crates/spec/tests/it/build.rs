@@ -177,3 +177,119 @@ fn a_deployment_naming_its_own_image_does_not_take_the_build_step() {
         .unwrap();
     assert!(built.build.is_some() && built.image.is_none());
 }
+
+const EMBEDDED: &str = r#"version: 1
+gcp: {project: prefect-project, region: europe-west1}
+service_account: {name: prefect-service-account}
+prefect: {api_url: "http://127.0.0.1:4200/api"}
+work_pool: {name: pool, type: cloud-run-v2}
+worker: {service: prefect-worker, runtime: embedded}
+"#;
+
+fn running(os: &str, arch: &str) -> bootstrap_spec::worker_image::Running {
+    bootstrap_spec::worker_image::Running {
+        os: os.into(),
+        arch: arch.into(),
+        exe: Ok("/usr/bin/bootstrap".into()),
+        version: "9.8.7".into(),
+    }
+}
+
+#[test]
+fn an_embedded_worker_without_an_image_builds_it_from_the_running_binary() {
+    let spec = bootstrap_spec::load_str_on(
+        EMBEDDED,
+        "bootstrap.yaml",
+        &|_| None,
+        running("linux", "x86_64"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let w = spec.worker.unwrap();
+    let b = w.build.expect("the worker image is built");
+    assert_eq!(
+        b.image_name,
+        "europe-west1-docker.pkg.dev/prefect-project/prefect/bootstrap-worker"
+    );
+    assert_eq!(w.image.as_str(), b.image_name);
+    assert_eq!(b.context, std::path::PathBuf::from("/usr/bin/bootstrap"));
+    assert_eq!(
+        b.dockerfile,
+        DockerfileSpec::Worker {
+            version: "9.8.7".into()
+        }
+    );
+    // A named image is used as it is, and the python runtime never builds.
+    let named = EMBEDDED.replace(
+        "runtime: embedded}",
+        "runtime: embedded, image: my/worker:1}",
+    );
+    let spec = bootstrap_spec::load_str_on(
+        &named,
+        "bootstrap.yaml",
+        &|_| None,
+        running("macos", "aarch64"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    assert!(spec.worker.unwrap().build.is_none());
+    // Prefect's worker is not this binary: it still needs its image named.
+    let python = EMBEDDED.replace("runtime: embedded}", "runtime: python}");
+    let d = bootstrap_spec::load_str_on(
+        &python,
+        "bootstrap.yaml",
+        &|_| None,
+        running("linux", "x86_64"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        d.contains("missing required key `image` in `worker`"),
+        "{d}"
+    );
+}
+
+#[test]
+fn a_host_that_is_not_linux_amd64_is_a_plan_error_with_the_fix() {
+    let d = bootstrap_spec::load_str_on(
+        EMBEDDED,
+        "bootstrap.yaml",
+        &|_| None,
+        running("macos", "aarch64"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        d.contains("bootstrap.yaml:6:9: error: `worker.image` is not set, so the worker's image would be built from this `bootstrap` binary, which is macos/arm64; Cloud Run runs linux/amd64 only"),
+        "{d}"
+    );
+    assert!(
+        d.contains("or build the image from the repository's Dockerfile"),
+        "{d}"
+    );
+    assert!(d.contains("set `worker.image`"), "{d}");
+}
+
+#[test]
+fn the_worker_image_goes_to_the_deployments_repository() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("weather")).unwrap();
+    std::fs::write(t.path().join("weather/flow.py"), "print('x')\n").unwrap();
+    let plan = format!(
+        "{EMBEDDED}deployments:\n  - name: d\n    entrypoint: flow.py:f\n    build: {{context: weather, repository: flows}}\n"
+    );
+    let file = t.path().join("bootstrap.yaml");
+    let spec = bootstrap_spec::load_str_on(
+        &plan,
+        file.to_str().unwrap(),
+        &|_| None,
+        running("linux", "x86_64"),
+    )
+    .unwrap_or_else(|d| panic!("{d}"));
+    let w = spec.worker.unwrap();
+    let b = w.build.unwrap();
+    assert_eq!(b.repository, "flows");
+    assert_eq!(
+        w.image.as_str(),
+        "europe-west1-docker.pkg.dev/prefect-project/flows/bootstrap-worker"
+    );
+    assert_eq!(b.image_name, w.image.as_str());
+}
