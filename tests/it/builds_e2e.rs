@@ -22,19 +22,7 @@ fn plan_text(suffix: &str, deployments: &str) -> String {
         std::fs::read_to_string(testkit::repo_root().join("examples/offline/bootstrap.yaml"))
             .unwrap();
     let head = example.split("\ndeployments:").next().unwrap();
-    head.replace(
-        "name: gcp-credentials",
-        &format!("name: gcp-credentials-{suffix}"),
-    )
-    .replace(
-        "name: offline-pool",
-        &format!("name: offline-pool-{suffix}"),
-    )
-    .replace(
-        "service: prefect-worker",
-        &format!("service: worker-{suffix}"),
-    )
-    .replace(
+    testkit::offline_names_unique(head, suffix).replace(
         "us-central1-docker.pkg.dev/sandbox-project/prefect/bootstrap:latest",
         "us-central1-docker.pkg.dev/sandbox-project/tools/bootstrap:latest",
     ) + "\n"
@@ -103,16 +91,6 @@ async fn deployment_image(w: &World, flow: &str, deployment: &str) -> String {
         .to_owned()
 }
 
-fn count(w: &World, method: &str) -> u64 {
-    w.sandbox
-        .state
-        .faults
-        .calls()
-        .get(method)
-        .copied()
-        .unwrap_or(0)
-}
-
 const SUBMIT: &str = "run.projects.locations.builds.submit";
 const UPLOAD: &str = "run.projects.locations.sourceUploads.upload";
 
@@ -168,7 +146,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
     assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
     // One build; submitted again (bounded) only while the new writer grant propagates, which
     // the sandbox models as Google does (a grant is enforced a moment after it is written).
-    let submits = count(&w, SUBMIT);
+    let submits = w.calls(SUBMIT);
     assert!((1..=4).contains(&submits), "{submits}\n{}", a.stderr);
     if submits > 1 {
         assert!(
@@ -212,7 +190,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
-    assert_eq!((count(&w, UPLOAD), count(&w, SUBMIT)), (0, 0));
+    assert_eq!((w.calls(UPLOAD), w.calls(SUBMIT)), (0, 0));
 
     // An edit of the flow: a planned rebuild, then the next run prints the new text.
     write_flow(&proj, &flow, &format!("hello v2 from {suffix}"));
@@ -226,7 +204,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
     );
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
-    assert_eq!(count(&w, SUBMIT), 1);
+    assert_eq!(w.calls(SUBMIT), 1);
     let v2_image = deployment_image(&w, &flow, &deployment).await;
     assert_ne!(v2_image, v1_image);
     let r = quick_run(&w, plan, &flow, &deployment);

@@ -22,37 +22,16 @@ fn plan_text(suffix: &str) -> String {
         .filter(|l| !l.trim_start().starts_with("image: "))
         .map(|l| format!("{l}\n"))
         .collect();
-    text.replace(
-        "name: gcp-credentials",
-        &format!("name: gcp-credentials-{suffix}"),
-    )
-    .replace(
-        "name: offline-pool",
-        &format!("name: offline-pool-{suffix}"),
-    )
-    .replace(
-        "service: prefect-worker",
-        &format!("service: worker-{suffix}"),
-    )
-    .replace(
-        "name: offline-report\n",
-        &format!("name: offline-report-{suffix}\n"),
-    )
-    .replace("context: .", &format!("context: {}", dir.display()))
+    testkit::offline_names_unique(&text, suffix)
+        .replace(
+            "name: offline-report\n",
+            &format!("name: offline-report-{suffix}\n"),
+        )
+        .replace("context: .", &format!("context: {}", dir.display()))
 }
 
 fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
     tokio::task::block_in_place(|| w.expect(args, code))
-}
-
-fn count(w: &World, method: &str) -> u64 {
-    w.sandbox
-        .state
-        .faults
-        .calls()
-        .get(method)
-        .copied()
-        .unwrap_or(0)
 }
 
 /// The executables of this machine's processes that run from under `root`.
@@ -101,9 +80,9 @@ async fn an_embedded_worker_without_an_image_runs_from_an_image_built_of_this_bi
     assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
     // Two builds (the worker's image and the flow's), each submitted again only while the
     // new writer grant propagates (bounded; see builds_e2e).
-    let submits = count(&w, SUBMIT);
+    let submits = w.calls(SUBMIT);
     assert!((2..=8).contains(&submits), "{submits}\n{}", a.stderr);
-    assert_eq!(count(&w, UPLOAD), 2, "{}", a.stderr);
+    assert_eq!(w.calls(UPLOAD), 2, "{}", a.stderr);
 
     // The sandbox runs the worker service from the image: the binary the build copied into
     // it (not the host's bootstrap, which the sandbox's `*bootstrap*` rule would run).
@@ -139,7 +118,7 @@ async fn an_embedded_worker_without_an_image_runs_from_an_image_built_of_this_bi
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
-    assert_eq!((count(&w, UPLOAD), count(&w, SUBMIT)), (0, 0));
+    assert_eq!((w.calls(UPLOAD), w.calls(SUBMIT)), (0, 0));
 
     run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
     assert!(

@@ -419,6 +419,19 @@ pub fn record(name: &str, counts: serde_json::Value) {
 }
 
 impl World {
+    /// How many calls of one Google method (its discovery id) the sandbox has served.
+    pub fn calls(&self, method: &str) -> u64 {
+        self.sandbox
+            .state
+            .faults
+            .calls()
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl World {
     /// `bootstrap <args>` with this world's environment, not started (for tests that kill or
     /// race the process). Its output is not in the transcript.
     pub fn command(&self, args: &[&str]) -> Command {
@@ -522,15 +535,10 @@ pub enum OfflineWorker<'a> {
     PoolScaleToZero { idle: &'a str },
 }
 
-/// `examples/offline/bootstrap.yaml` with its names made unique by `suffix` (the Prefect server
-/// is shared) and its worker run as `worker` says. The plan is written into the test's folder,
-/// which the sandbox writes to, so `build.context: .` is kept pointing at the example's folder:
-/// otherwise every plan would see a new build source.
-pub fn offline_plan(suffix: &str, worker: OfflineWorker<'_>) -> String {
-    let example =
-        std::fs::read_to_string(crate::repo_root().join("examples/offline/bootstrap.yaml"))
-            .expect("examples/offline/bootstrap.yaml");
-    let text = example
+/// The offline example's (or any part of it) block, work pool and worker service names made
+/// unique by `suffix`, as every test on the shared Prefect server needs.
+pub fn offline_names_unique(example: &str, suffix: &str) -> String {
+    example
         .replace(
             "name: gcp-credentials",
             &format!("name: gcp-credentials-{suffix}"),
@@ -540,12 +548,23 @@ pub fn offline_plan(suffix: &str, worker: OfflineWorker<'_>) -> String {
             &format!("name: offline-pool-{suffix}"),
         )
         .replace(
-            "- name: offline-report",
-            &format!("- name: offline-report-{suffix}"),
-        )
-        .replace(
             "service: prefect-worker",
             &format!("service: worker-{suffix}"),
+        )
+}
+
+/// `examples/offline/bootstrap.yaml` with its names made unique by `suffix` (the Prefect server
+/// is shared) and its worker run as `worker` says. The plan is written into the test's folder,
+/// which the sandbox writes to, so `build.context: .` is kept pointing at the example's folder:
+/// otherwise every plan would see a new build source.
+pub fn offline_plan(suffix: &str, worker: OfflineWorker<'_>) -> String {
+    let example =
+        std::fs::read_to_string(crate::repo_root().join("examples/offline/bootstrap.yaml"))
+            .expect("examples/offline/bootstrap.yaml");
+    let text = offline_names_unique(&example, suffix)
+        .replace(
+            "- name: offline-report",
+            &format!("- name: offline-report-{suffix}"),
         )
         .replace(
             "      context: .\n",
