@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::env::Env;
 use crate::scale::{self, Measured};
@@ -132,14 +132,7 @@ pub async fn build(
     latency: Duration,
     op_delay: Duration,
 ) -> Result<BuildFigures> {
-    env.set_settings(json!({"saVisibilityMs": 0, "grantDelayMs": 0}))
-        .await?;
-    env.set_faults(&format!(
-        "latency={}ms,op_delay={}ms",
-        latency.as_millis(),
-        op_delay.as_millis()
-    ))
-    .await?;
+    env.set_model_timings(latency, op_delay).await?;
     let template = std::fs::read_to_string(env.root.join("plans/guide.yaml"))
         .context("reading plans/guide.yaml")?;
     let ctx = env.work.join("build-ctx");

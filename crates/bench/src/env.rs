@@ -203,6 +203,20 @@ impl Env {
             .map(drop)
     }
 
+    /// The sandbox as the plan/apply sections measure it: `latency` added to every call,
+    /// `op_delay` per operation, and Google's consistency delays off, so that the floor is
+    /// exactly the critical-path model's.
+    pub async fn set_model_timings(&self, latency: Duration, op_delay: Duration) -> Result<()> {
+        self.set_settings(json!({"saVisibilityMs": 0, "grantDelayMs": 0}))
+            .await?;
+        self.set_faults(&format!(
+            "latency={}ms,op_delay={}ms",
+            latency.as_millis(),
+            op_delay.as_millis()
+        ))
+        .await
+    }
+
     /// Forgets the sandbox's call counts.
     pub async fn reset_calls(&self) -> Result<()> {
         let url = format!("{}/_sandbox/calls", self.sandbox_url);

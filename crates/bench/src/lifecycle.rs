@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::critical::{self, Costs, CriticalPath};
 use crate::env::Env;
@@ -141,14 +141,7 @@ pub async fn plan_apply(
     latency: Duration,
     op_delay: Duration,
 ) -> Result<Lifecycle> {
-    env.set_settings(json!({"saVisibilityMs": 0, "grantDelayMs": 0}))
-        .await?;
-    env.set_faults(&format!(
-        "latency={}ms,op_delay={}ms",
-        latency.as_millis(),
-        op_delay.as_millis()
-    ))
-    .await?;
+    env.set_model_timings(latency, op_delay).await?;
     let prefect_rtt = env.prefect_rtt().await?;
     // A Prefect Cloud-style key makes the plan store it in Secret Manager, as the guide's
     // worker needs; the local server ignores it.

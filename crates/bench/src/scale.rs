@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::critical::{self, Costs};
 use crate::env::Env;
@@ -307,14 +307,7 @@ pub async fn scale(
     latency: Duration,
     op_delay: Duration,
 ) -> Result<Scale> {
-    env.set_settings(json!({"saVisibilityMs": 0, "grantDelayMs": 0}))
-        .await?;
-    env.set_faults(&format!(
-        "latency={}ms,op_delay={}ms",
-        latency.as_millis(),
-        op_delay.as_millis()
-    ))
-    .await?;
+    env.set_model_timings(latency, op_delay).await?;
     let prefect_rtt = env.prefect_rtt().await?;
     let template = std::fs::read_to_string(env.root.join("plans/guide.yaml"))
         .context("reading plans/guide.yaml")?;
