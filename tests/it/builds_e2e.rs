@@ -45,27 +45,6 @@ fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
     tokio::task::block_in_place(|| w.expect(args, code))
 }
 
-/// Quick Run of `flow/deployment` to its end; the run's JSON.
-fn quick_run(w: &World, plan: &str, flow: &str, deployment: &str) -> Value {
-    let r = run(
-        w,
-        &[
-            "run",
-            &format!("{flow}/{deployment}"),
-            "-f",
-            plan,
-            "--timeout",
-            "300",
-            "--json",
-        ],
-        0,
-    );
-    let v: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("run --json: {e}\n{}\n{}", r.stdout, r.stderr));
-    assert_eq!(v["state"], "COMPLETED", "{v}\n{}", r.stderr);
-    v
-}
-
 /// The run's log messages on the Prefect server.
 async fn run_logs(w: &World, run: &Value) -> Vec<String> {
     let id = uuid::Uuid::parse_str(run["flow_run_id"].as_str().unwrap()).unwrap();
@@ -177,7 +156,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 
     // The run executes the folder's code from the built image (Prefect's pull step changes
     // into /opt/prefect/proj, where the image has it).
-    let r = quick_run(&w, plan, &flow, &deployment);
+    let r = w.quick_run_completed(plan, &flow, &deployment);
     let logs = run_logs(&w, &r).await;
     assert!(
         logs.iter()
@@ -207,7 +186,7 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
     assert_eq!(w.calls(SUBMIT), 1);
     let v2_image = deployment_image(&w, &flow, &deployment).await;
     assert_ne!(v2_image, v1_image);
-    let r = quick_run(&w, plan, &flow, &deployment);
+    let r = w.quick_run_completed(plan, &flow, &deployment);
     let logs = run_logs(&w, &r).await;
     assert!(
         logs.iter()
@@ -284,6 +263,6 @@ async fn the_guides_prefect_yaml_warns_about_gcr_and_builds() {
         "{image}"
     );
     // The guide's flow prints "weather" (no log_prints): Completed is what it shows.
-    quick_run(&w, plan, "fetch-weather", &deployment);
+    w.quick_run_completed(plan, "fetch-weather", &deployment);
     run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
 }

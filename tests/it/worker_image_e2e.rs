@@ -5,7 +5,6 @@
 //! worker serves a Quick Run to Completed. A second plan is quiet and a second apply builds
 //! nothing (counted calls); destroy removes it all.
 
-use serde_json::Value;
 use testkit::World;
 
 const PROJECT: &str = "sandbox-project";
@@ -96,22 +95,7 @@ async fn an_embedded_worker_without_an_image_runs_from_an_image_built_of_this_bi
     );
 
     // The worker serves a Quick Run to Completed.
-    let r = run(
-        &w,
-        &[
-            "run",
-            &format!("offline-report/offline-report-{suffix}"),
-            "-f",
-            plan,
-            "--timeout",
-            "300",
-            "--json",
-        ],
-        0,
-    );
-    let v: Value = serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("run --json: {e}\n{}\n{}", r.stdout, r.stderr));
-    assert_eq!(v["state"], "COMPLETED", "{v}\n{}", r.stderr);
+    w.quick_run_completed(plan, "offline-report", &format!("offline-report-{suffix}"));
 
     // The same binary: a quiet plan, and an apply that uploads and builds nothing.
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);

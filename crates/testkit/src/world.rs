@@ -419,6 +419,23 @@ pub fn record(name: &str, counts: serde_json::Value) {
 }
 
 impl World {
+    /// `bootstrap run FLOW/DEPLOYMENT -f PLAN --json` (a Quick Run followed to its end, from
+    /// an async test); asserts it ended COMPLETED and returns the run's JSON.
+    pub fn quick_run_completed(
+        &self,
+        plan: &str,
+        flow: &str,
+        deployment: &str,
+    ) -> serde_json::Value {
+        let target = format!("{flow}/{deployment}");
+        let args = ["run", &target, "-f", plan, "--timeout", "300", "--json"];
+        let r = tokio::task::block_in_place(|| self.expect(&args, 0));
+        let v: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("run --json: {e}\n{}\n{}", r.stdout, r.stderr));
+        assert_eq!(v["state"], "COMPLETED", "{v}\n{}", r.stderr);
+        v
+    }
+
     /// How many calls of one Google method (its discovery id) the sandbox has served.
     pub fn calls(&self, method: &str) -> u64 {
         self.sandbox
