@@ -37,10 +37,6 @@ const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(420);
 const API_PROPAGATION: Duration = Duration::from_secs(300);
 const GCP_CREDENTIALS: &str = "gcp-credentials";
 
-pub(crate) fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
-    f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
-}
-
 /// APIs this process has enabled (by an `EnableApis` step): only their SERVICE_DISABLED
 /// answers are waited out; any other disabled API fails at once.
 static JUST_ENABLED: std::sync::Mutex<std::collections::BTreeSet<String>> =
@@ -118,12 +114,10 @@ async fn run_once(
             display_name,
             description,
         } => {
-            let account = parse("account id", account_id, AccountId::parse)?;
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
             match iam::create_service_account(
                 http,
                 project,
-                &account,
+                account_id,
                 Some(display_name),
                 Some(description),
             )
@@ -135,7 +129,7 @@ async fn run_once(
                     iam::patch_service_account(
                         http,
                         project,
-                        &email,
+                        email,
                         Some(display_name),
                         Some(description),
                     )
@@ -143,7 +137,7 @@ async fn run_once(
                 }
                 Err(e) => return Err(e.into()),
             }
-            wait_until_visible(ctx, project, &email).await?;
+            wait_until_visible(ctx, project, email).await?;
             Ok(true)
         }
         Op::PatchServiceAccount {
@@ -151,20 +145,12 @@ async fn run_once(
             display_name,
             description,
         } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            iam::patch_service_account(
-                http,
-                project,
-                &email,
-                Some(display_name),
-                Some(description),
-            )
-            .await?;
+            iam::patch_service_account(http, project, email, Some(display_name), Some(description))
+                .await?;
             Ok(true)
         }
         Op::DeleteServiceAccount { email } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            Ok(iam::delete_service_account(http, project, &email).await?)
+            Ok(iam::delete_service_account(http, project, email).await?)
         }
         Op::EditProjectPolicy {
             add,
@@ -189,10 +175,9 @@ async fn run_once(
             Ok(out.changed)
         }
         Op::EditServiceAccountPolicy { email, add, remove } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
             let target = PolicyTarget::ServiceAccount {
                 project: project.clone(),
-                email,
+                email: email.clone(),
             };
             let opts = RmwOptions {
                 member_grace: Some(NEW_ACCOUNT_GRACE),
@@ -206,8 +191,7 @@ async fn run_once(
             Ok(out.changed)
         }
         Op::CreateKey { email } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            let created = create_key_safely(http, project, &email).await.map_err(|e| {
+            let created = create_key_safely(http, project, email).await.map_err(|e| {
                 if e.is_key_creation_forbidden() {
                     anyhow!(e).context(
                         "an organization policy forbids service account keys \
@@ -226,8 +210,7 @@ async fn run_once(
             Ok(true)
         }
         Op::DeleteKey { email, key_id, .. } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            Ok(iam::delete_key(http, project, &email, key_id).await?)
+            Ok(iam::delete_key(http, project, email, key_id).await?)
         }
         Op::PutSecret {
             secret_id,
@@ -235,7 +218,7 @@ async fn run_once(
             add_version,
             labels,
         } => {
-            let id = parse("secret id", secret_id, SecretId::parse)?;
+            let id = secret_id;
             let key = ctx
                 .api_key()
                 .ok_or_else(|| anyhow!("no Prefect API key to store"))?;
@@ -244,22 +227,21 @@ async fn run_once(
                     .iter()
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                     .collect();
-                match secretmanager::create_secret(http, project, &id, &labels).await {
+                match secretmanager::create_secret(http, project, id, &labels).await {
                     Ok(_) => {}
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => return Err(e.into()),
                 }
             }
             if *add_version {
-                secretmanager::add_version(http, project, &id, key).await?;
+                secretmanager::add_version(http, project, id, key).await?;
             }
             Ok(true)
         }
         Op::GrantSecretAccess { secret_id, member } => {
-            let secret = parse("secret id", secret_id, SecretId::parse)?;
             let target = PolicyTarget::Secret {
                 project: project.clone(),
-                secret,
+                secret: secret_id.clone(),
             };
             let role = "roles/secretmanager.secretAccessor".to_string();
             let add = vec![(role, member.clone())];
@@ -275,8 +257,7 @@ async fn run_once(
             Ok(out.changed)
         }
         Op::DeleteSecret { secret_id } => {
-            let id = parse("secret id", secret_id, SecretId::parse)?;
-            Ok(secretmanager::delete_secret(http, project, &id).await?)
+            Ok(secretmanager::delete_secret(http, project, secret_id).await?)
         }
         Op::UpsertService { name, body } => {
             let granted = outputs.lock().await.granted;
@@ -284,8 +265,7 @@ async fn run_once(
             Ok(true)
         }
         Op::DeleteService { name } => {
-            let service = parse("service", name, RunServiceName::parse)?;
-            match run_v2::delete_service(http, project, region, &service).await? {
+            match run_v2::delete_service(http, project, region, name).await? {
                 None => Ok(false),
                 Some(op) => {
                     run_v2::wait_operation(http, op, OPERATION_DEADLINE).await?;
@@ -330,7 +310,7 @@ async fn run_once(
             let target = PolicyTarget::WorkerPool {
                 project: project.clone(),
                 region: region.clone(),
-                pool: parse("worker pool", pool, RunWorkerPoolName::parse)?,
+                pool: pool.clone(),
             };
             let opts = RmwOptions {
                 member_grace: Some(NEW_ACCOUNT_GRACE),
@@ -360,12 +340,16 @@ async fn run_once(
                 ctx,
                 (project, region),
                 name,
-                existing_id.as_deref(),
+                *existing_id,
                 service,
                 &secret,
             )
             .await?;
-            outputs.lock().await.ids.insert(step.address.clone(), id);
+            outputs
+                .lock()
+                .await
+                .ids
+                .insert(step.address.clone(), id.to_string());
             Ok(true)
         }
         Op::UpsertAutomation {
@@ -375,32 +359,16 @@ async fn run_once(
             existing_id,
             block,
         } => {
-            let block_id = match block {
-                Deferred::Known { value } => value.clone(),
-                Deferred::Step { address } => outputs
-                    .lock()
-                    .await
-                    .ids
-                    .get(address)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("the id of {address} is not available"))?,
-            };
-            super::wake::upsert_automation(
-                ctx,
-                name,
-                work_pool,
-                *kind,
-                existing_id.as_deref(),
-                &block_id,
-            )
-            .await?;
+            let block_id = resolve(block, outputs).await?;
+            super::wake::upsert_automation(ctx, name, work_pool, *kind, *existing_id, block_id)
+                .await?;
             Ok(true)
         }
-        Op::DeleteAutomation { id, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("automation {name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_automation(id).await?)
-        }
+        Op::DeleteAutomation { id, name } => Ok(ctx
+            .prefect
+            .delete_automation(id.uuid())
+            .await
+            .with_context(|| format!("deleting automation {name}"))?),
         Op::UpsertBlock {
             name,
             existing_id,
@@ -420,23 +388,19 @@ async fn run_once(
                 ),
                 None => None,
             };
-            let id = upsert_block(
-                ctx,
-                name,
-                existing_id.as_deref(),
-                block_project,
-                key,
-                *keyless,
-            )
-            .await?;
-            outputs.lock().await.ids.insert(step.address.clone(), id);
+            let id = upsert_block(ctx, name, *existing_id, block_project, key, *keyless).await?;
+            outputs
+                .lock()
+                .await
+                .ids
+                .insert(step.address.clone(), id.to_string());
             Ok(true)
         }
-        Op::DeleteBlock { id, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("block {name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_block_document(id).await?)
-        }
+        Op::DeleteBlock { id, name } => Ok(ctx
+            .prefect
+            .delete_block_document(id.uuid())
+            .await
+            .with_context(|| format!("deleting block {name}"))?),
         Op::CreateWorkPool { pool, credentials } => {
             let mut pool = pool.clone();
             fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
@@ -449,7 +413,7 @@ async fn run_once(
         } => {
             let mut update = update.clone();
             fill_credentials(&mut update.base_job_template, credentials, outputs).await?;
-            update_pool(ctx, name, &update).await
+            update_pool(ctx, name.as_str(), &update).await
         }
         Op::ReplaceWorkPool { pool, credentials } => {
             let mut pool = pool.clone();
@@ -459,15 +423,12 @@ async fn run_once(
             ctx.prefect.delete_work_pool(&pool.name).await?;
             create_pool(ctx, &pool).await
         }
-        Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
+        Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name.as_str()).await?),
         Op::CreateRepository {
             repository,
             region,
             labels,
-        } => {
-            let region = parse("region", region, Region::parse)?;
-            create_repository(http, project, &region, repository, labels).await
-        }
+        } => create_repository(http, project, region, repository, labels).await,
         Op::EditRepositoryPolicy {
             repository,
             add,
@@ -521,15 +482,9 @@ async fn run_once(
             flow_id,
         } => {
             let spec = body;
-            let observed = flow_id
-                .as_deref()
-                .map(|id| {
-                    uuid::Uuid::parse_str(id)
-                        .with_context(|| format!("flow {flow} has an invalid id `{id}`"))
-                })
-                .transpose()?;
+            let observed = flow_id.map(FlowId::uuid);
             if let Some(id) = observed {
-                match ctx.prefect.upsert_deployment(id, name, spec).await {
+                match ctx.prefect.upsert_deployment(id, name.as_str(), spec).await {
                     Ok(_) => return Ok(true),
                     // The flow was deleted since observe read it: upsert it as below.
                     Err(e) if e.is_not_found() => {
@@ -538,17 +493,19 @@ async fn run_once(
                     Err(e) => return Err(e.into()),
                 }
             }
-            let id = shared_flow(ctx, outputs, flow, observed.is_some()).await?;
-            ctx.prefect.upsert_deployment(id, name, spec).await?;
+            let id = shared_flow(ctx, outputs, flow.as_str(), observed.is_some()).await?;
+            ctx.prefect
+                .upsert_deployment(id, name.as_str(), spec)
+                .await?;
             Ok(true)
         }
-        Op::DeleteDeployment { id, flow, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("deployment {flow}/{name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_deployment(id).await?)
-        }
+        Op::DeleteDeployment { id, flow, name } => Ok(ctx
+            .prefect
+            .delete_deployment(id.uuid())
+            .await
+            .with_context(|| format!("deleting deployment {flow}/{name}"))?),
         Op::DeleteWorkerJobs { api, jobs, .. } => {
-            delete_worker_jobs(http, project, api, jobs).await
+            delete_worker_jobs(http, project, *api, jobs).await
         }
     }
 }
@@ -562,21 +519,14 @@ const WORKER_JOB_DELETES_IN_FLIGHT: usize = 4;
 async fn delete_worker_jobs(
     http: &bootstrap_gcp::GcpHttp,
     project: &ProjectId,
-    api: &str,
+    api: super::plan::JobsApi,
     jobs: &[super::plan::WorkerJob],
 ) -> Result<bool> {
-    use bootstrap_gcp::run_jobs::{Jobs, JobsApi};
+    use bootstrap_gcp::run_jobs::Jobs;
     use futures::stream::{StreamExt as _, TryStreamExt as _};
-    let api = if api == "v1" {
-        JobsApi::V1
-    } else {
-        JobsApi::V2
-    };
     let deletes = jobs.iter().map(|j| async move {
-        let region = parse("region", &j.region, Region::parse)?;
-        let name = parse("job", &j.name, RunJobName::parse)?;
-        Jobs::new(http.clone(), api, project.clone(), region)
-            .delete(&name)
+        Jobs::new(http.clone(), api.into(), project.clone(), j.region.clone())
+            .delete(&j.name)
             .await
             .with_context(|| format!("deleting Cloud Run job {} in {}", j.name, j.region))
     });
@@ -775,11 +725,11 @@ async fn upsert_service(
     ctx: &Context,
     project: &ProjectId,
     region: &Region,
-    name: &str,
+    service: &RunServiceName,
     body: &Value,
     granted: bool,
 ) -> Result<()> {
-    let service = parse("service", name, RunServiceName::parse)?;
+    let name = service;
     let wanted: run_v2::Service =
         serde_json::from_value(body.clone()).context("building the service request")?;
     let started = tokio::time::Instant::now();
@@ -788,7 +738,7 @@ async fn upsert_service(
         // PATCH with allowMissing converges both a missing and a half-created service.
         let result = async {
             let op =
-                run_v2::patch_service(&ctx.gcp, project, region, &service, &wanted, true, false)
+                run_v2::patch_service(&ctx.gcp, project, region, service, &wanted, true, false)
                     .await?;
             run_v2::wait_operation(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
@@ -828,12 +778,12 @@ pub(crate) fn not_yet_propagated(e: &GcpError) -> bool {
 
 async fn upsert_block(
     ctx: &Context,
-    name: &str,
-    existing_id: Option<&str>,
-    project: &str,
+    name: &BlockName,
+    existing_id: Option<BlockId>,
+    project: &ProjectId,
     key: Option<secrecy::SecretString>,
     keyless: bool,
-) -> Result<String> {
+) -> Result<BlockId> {
     let client = &ctx.prefect;
     let info = match &key {
         // Parsed in memory and handed straight to the Prefect API.
@@ -842,7 +792,7 @@ async fn upsert_block(
         ),
         None => None,
     };
-    let mut data = json!({"project": project});
+    let mut data = json!({"project": project.as_str()});
     if let Some(info) = info {
         data["service_account_info"] = info;
     }
@@ -854,11 +804,7 @@ async fn upsert_block(
     let schema = pick_block_schema(&schemas, None).ok_or_else(|| {
         anyhow!("the Prefect server has no schema for the `gcp-credentials` block type")
     })?;
-    let existing = match existing_id {
-        Some(id) => Some(uuid::Uuid::parse_str(id).context("invalid block id")?),
-        None => None,
-    };
-    match existing {
+    match existing_id.map(BlockId::uuid) {
         Some(id) => {
             // Keyless: replace the data so that a stale key is removed; otherwise merge.
             client
@@ -869,7 +815,7 @@ async fn upsert_block(
                     !keyless && key.is_none(),
                 )
                 .await?;
-            Ok(id.to_string())
+            Ok(id.into())
         }
         None => {
             let doc = BlockDocumentCreate {
@@ -879,11 +825,11 @@ async fn upsert_block(
                 data: SecretValue::new(data.clone()),
             };
             match client.create_block_document(&doc).await {
-                Ok(d) => Ok(d.id.to_string()),
+                Ok(d) => Ok(d.id.into()),
                 Err(PrefectError::Conflict { .. }) => {
                     // Created concurrently: take it over.
                     let live = client
-                        .block_document_by_name(GCP_CREDENTIALS, name)
+                        .block_document_by_name(GCP_CREDENTIALS, name.as_str())
                         .await?
                         .ok_or_else(|| anyhow!("block {name} exists but cannot be read"))?;
                     client
@@ -894,7 +840,7 @@ async fn upsert_block(
                             key.is_none(),
                         )
                         .await?;
-                    Ok(live.id.to_string())
+                    Ok(live.id.into())
                 }
                 Err(e) => Err(e.into()),
             }
@@ -906,20 +852,34 @@ async fn upsert_block(
 /// in this apply: the one place a deferred block id is resolved.
 async fn fill_credentials(
     template: &mut Option<Value>,
-    credentials: &Option<Deferred<String>>,
+    credentials: &Option<Deferred<BlockId>>,
     outputs: &Mutex<Outputs>,
 ) -> Result<()> {
-    if let (Some(t), Some(Deferred::Step { address })) = (template.as_mut(), credentials) {
-        let id = outputs
-            .lock()
-            .await
-            .ids
-            .get(address)
-            .cloned()
-            .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
-        template::set_credentials(t, &id);
+    if let (Some(t), Some(d @ Deferred::Step { .. })) = (template.as_mut(), credentials) {
+        template::set_credentials(t, resolve(d, outputs).await?);
     }
     Ok(())
+}
+
+/// A block id the plan knew, or the id the block step earlier in this apply produced. The
+/// latter is the one id exec reads back as text: `Outputs` (owned by the scheduler) keeps ids
+/// as the strings the Prefect client returned.
+async fn resolve(id: &Deferred<BlockId>, outputs: &Mutex<Outputs>) -> Result<BlockId> {
+    match id {
+        Deferred::Known { value } => Ok(*value),
+        Deferred::Step { address } => {
+            let text = outputs
+                .lock()
+                .await
+                .ids
+                .get(address)
+                .cloned()
+                .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
+            let id = uuid::Uuid::parse_str(&text)
+                .with_context(|| format!("the block id `{text}` from {address}"))?;
+            Ok(id.into())
+        }
+    }
 }
 
 /// Creates the pool; one made meanwhile (a concurrent apply, or an earlier one that died after

@@ -11,6 +11,14 @@ use crate::observed::{self, Observed};
 use crate::plan::{Action, Deferred, Op};
 use crate::render;
 
+/// The credentials block's id in a converged world.
+const BLOCK_ID: uuid::Uuid = uuid::Uuid::from_u128(0xb1);
+
+/// A flow's id, one per flow name.
+fn flow_id_of(flow: &str) -> FlowId {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, flow.as_bytes()).into()
+}
+
 fn spec() -> Spec {
     let project = ProjectId::parse("prefect-project").unwrap();
     let account = AccountId::parse("prefect-service-account").unwrap();
@@ -159,7 +167,7 @@ fn converged(s: &Spec) -> Observed {
         disabled: false,
     }];
     o.block = Some(observed::Block {
-        id: "b-1".into(),
+        id: BLOCK_ID.into(),
         project: Some("prefect-project".into()),
         private_key_id: Some("k1".into()),
         client_email: Some(s.service_account.email.to_string()),
@@ -180,7 +188,11 @@ fn converged(s: &Spec) -> Observed {
     // Cloud Run fills in its default when the plan sets none.
     live["template"]["scaling"]["maxInstanceCount"] = json!(100);
     o.service = Some(live);
-    let t = template::apply_defaults(s, &default_template(), Some(&template::block_ref("b-1")));
+    let t = template::apply_defaults(
+        s,
+        &default_template(),
+        Some(&template::block_ref(BLOCK_ID.into())),
+    );
     o.work_pool = Some(observed::WorkPool {
         id: "p-1".into(),
         pool_type: "cloud-run".into(),
@@ -192,9 +204,9 @@ fn converged(s: &Spec) -> Observed {
         o.deployments.insert(
             prefect::deployment_key(d),
             observed::Deployment {
-                id: "d-1".into(),
+                id: uuid::Uuid::from_u128(0xd1).into(),
                 flow: d.flow.to_string(),
-                flow_id: "f-1".into(),
+                flow_id: uuid::Uuid::from_u128(0xf1).into(),
                 name: d.name.to_string(),
                 fields: prefect::deployment_fields(s, d),
             },
@@ -314,7 +326,7 @@ fn one_changed_deployment_of_many_carries_its_flow_id() {
     }
     let mut o = converged(&s);
     for d in o.deployments.values_mut() {
-        d.flow_id = format!("id-of-{}", d.flow);
+        d.flow_id = flow_id_of(&d.flow);
     }
     s.deployments[42]
         .parameters
@@ -325,7 +337,7 @@ fn one_changed_deployment_of_many_carries_its_flow_id() {
         panic!("expected a deployment upsert: {:?}", p.steps[0].op)
     };
     assert_eq!(name, "deploy-42");
-    assert_eq!(flow_id.as_deref(), Some("id-of-flow-2"));
+    assert_eq!(*flow_id, Some(flow_id_of("flow-2")));
 
     // A new deployment of a flow that only it names: no id to reuse.
     let mut d = first.clone();
@@ -742,9 +754,11 @@ fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
     let s = spec();
     let mut o = converged(&s);
     o.worker_jobs = vec![observed::WorkerJobs {
-        region: "us-central1".into(),
-        api: "v1".into(),
-        names: (1..=5).map(|i| format!("run-{i}")).collect(),
+        region: Region::parse("us-central1").unwrap(),
+        api: crate::plan::JobsApi::V1,
+        names: (1..=5)
+            .map(|i| RunJobName::parse(format!("run-{i}")).unwrap())
+            .collect(),
     }];
     let p = plan(&s, &o, &options(Mode::Destroy));
     let step = p
@@ -757,7 +771,7 @@ fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
             label, api, jobs, ..
         } => {
             assert_eq!(label, "prefect-io-work-pool-name=my-cloud-run-pool");
-            assert_eq!(api, "v1");
+            assert_eq!(*api, crate::plan::JobsApi::V1);
             assert_eq!(jobs.len(), 5);
         }
         other => panic!("unexpected {other:?}"),

@@ -8,6 +8,7 @@
 //! with it in the same apply (`PutWakerSecret` -> `UpsertWakerBlock`).
 
 use bootstrap_spec::Spec;
+use bootstrap_spec::ids::BlockId;
 use serde_json::{Value, json};
 
 use super::super::diff;
@@ -25,13 +26,13 @@ pub mod address {
     use super::Names;
 
     pub fn account(n: &Names) -> Address {
-        Address::new("gcp.service_account", &n.account_id)
+        Address::new("gcp.service_account", n.account_id.as_str())
     }
     pub fn secret(n: &Names) -> Address {
-        Address::new("gcp.secret", &n.secret)
+        Address::new("gcp.secret", n.secret.as_str())
     }
     pub fn secret_iam(n: &Names) -> Address {
-        Address::new("gcp.secret_iam", &n.secret)
+        Address::new("gcp.secret_iam", n.secret.as_str())
     }
     /// The waker's access to the API-key secret (the worker's grant has `secret_iam[<id>]`).
     pub fn api_key_iam(n: &Names, api_key_secret: &str) -> Address {
@@ -48,13 +49,13 @@ pub mod address {
         )
     }
     pub fn pool_iam(n: &Names) -> Address {
-        Address::new("gcp.run_worker_pool_iam", &n.pool)
+        Address::new("gcp.run_worker_pool_iam", n.pool.as_str())
     }
     pub fn service(n: &Names) -> Address {
-        Address::new("gcp.run_service", &n.service)
+        Address::new("gcp.run_service", n.service.as_str())
     }
     pub fn block(n: &Names) -> Address {
-        Address::new("prefect.block", &n.block)
+        Address::new("prefect.block", n.block.as_str())
     }
     pub fn automation(name: &str) -> Address {
         Address::new("prefect.automation", name)
@@ -77,21 +78,21 @@ pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> Value {
     }
     env.push(json!({
         "name": crate_secret_env(),
-        "valueSource": {"secretKeyRef": {"secret": n.secret, "version": "latest"}}
+        "valueSource": {"secretKeyRef": {"secret": n.secret.as_str(), "version": "latest"}}
     }));
     json!({
         "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
         "ingress": "INGRESS_TRAFFIC_ALL",
         "invokerIamDisabled": true,
         "template": {
-            "serviceAccount": n.email,
+            "serviceAccount": n.email.as_str(),
             "scaling": {"minInstanceCount": 0, "maxInstanceCount": 1},
             "containers": [{
                 "image": worker.image.as_str(),
                 "command": ["bootstrap"],
                 "args": [
                     "waker",
-                    "--work-pool", n.work_pool,
+                    "--work-pool", n.work_pool.as_str(),
                     "--worker-pool", n.pool_full,
                     "--instances", worker.instances.max(1).to_string(),
                 ],
@@ -130,7 +131,11 @@ pub(super) fn plan(b: &mut Builder) {
             action: Action::Create,
             adopted: false,
             reason: None,
-            changes: vec![FieldChange::set("email", None, Some(json!(n.email)))],
+            changes: vec![FieldChange::set(
+                "email",
+                None,
+                Some(json!(n.email.as_str())),
+            )],
             depends_on,
             op: Op::CreateServiceAccount {
                 account_id: n.account_id.clone(),
@@ -201,7 +206,7 @@ pub(super) fn plan(b: &mut Builder) {
         ),
         (
             address::api_key_iam(&n, worker.api_key_secret.as_str()),
-            worker.api_key_secret.to_string(),
+            worker.api_key_secret.clone(),
             addr::secret(worker.api_key_secret.as_str()),
         ),
     ];
@@ -268,7 +273,7 @@ pub(super) fn plan(b: &mut Builder) {
             changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
             depends_on: deps,
             op: Op::EditServiceAccountPolicy {
-                email: spec.service_account.email.to_string(),
+                email: spec.service_account.email.clone(),
                 add: vec![(SA_USER.to_string(), member.clone())],
                 remove: vec![],
             },
@@ -278,7 +283,7 @@ pub(super) fn plan(b: &mut Builder) {
         b.unchanged(address::pool_iam(&n));
     } else {
         let mut deps = account.clone();
-        deps.extend(b.deps(&[addr::worker_pool(&n.pool)]));
+        deps.extend(b.deps(&[addr::worker_pool(n.pool.as_str())]));
         b.push(Step {
             address: address::pool_iam(&n),
             action: Action::Update,
@@ -385,7 +390,7 @@ pub(super) fn plan(b: &mut Builder) {
             depends_on,
             op: Op::UpsertWakerBlock {
                 name: n.block.clone(),
-                existing_id: o.block.as_ref().map(|bl| bl.id.clone()),
+                existing_id: o.block.as_ref().map(|bl| bl.id),
                 service: n.service.clone(),
                 secret_from: address::secret(&n),
             },
@@ -393,10 +398,8 @@ pub(super) fn plan(b: &mut Builder) {
     } else {
         b.unchanged(block_address.clone());
     }
-    let block_id: Deferred<String> = match &o.block {
-        Some(bl) => Deferred::Known {
-            value: bl.id.clone(),
-        },
+    let block_id: Deferred<BlockId> = match &o.block {
+        Some(bl) => Deferred::Known { value: bl.id },
         None => Deferred::Step {
             address: block_address.clone(),
         },
@@ -411,9 +414,7 @@ pub(super) fn plan(b: &mut Builder) {
         let address = address::automation(&name);
         let depends_on = b.deps(std::slice::from_ref(&block_address));
         let want = match &block_id {
-            Deferred::Known { value } => uuid::Uuid::parse_str(value)
-                .ok()
-                .map(|id| wake::automation_spec(&n, kind, id)),
+            Deferred::Known { value } => Some(wake::automation_spec(&n, kind, value.uuid())),
             Deferred::Step { .. } => None,
         };
         let changes = match (live, &want) {
@@ -443,7 +444,7 @@ pub(super) fn plan(b: &mut Builder) {
                 name,
                 kind,
                 work_pool: n.work_pool.clone(),
-                existing_id: live.map(|l| l.id.to_string()),
+                existing_id: live.map(|l| l.id.into()),
                 block: block_id.clone(),
             },
         });
@@ -451,7 +452,7 @@ pub(super) fn plan(b: &mut Builder) {
 }
 
 /// What `plan` shows of an automation to create: its trigger and its action.
-fn created_view(n: &Names, kind: AutomationKind, block: &Deferred<String>) -> Vec<FieldChange> {
+fn created_view(n: &Names, kind: AutomationKind, block: &Deferred<BlockId>) -> Vec<FieldChange> {
     let spec = wake::automation_spec(n, kind, uuid::Uuid::nil());
     let mut out: Vec<FieldChange> = ["posture", "expect", "match_related", "within"]
         .into_iter()
@@ -571,7 +572,7 @@ pub(super) fn destroy(b: &mut Builder) {
                 changes: vec![],
                 depends_on: vec![],
                 op: Op::DeleteAutomation {
-                    id: a.id.to_string(),
+                    id: a.id.into(),
                     name: name.clone(),
                 },
             });
@@ -587,7 +588,7 @@ pub(super) fn destroy(b: &mut Builder) {
             changes: vec![],
             depends_on,
             op: Op::DeleteBlock {
-                id: bl.id.clone(),
+                id: bl.id,
                 name: n.block.clone(),
             },
         });

@@ -138,11 +138,11 @@ pub(super) fn plan(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpsertWorkerPool {
-                    name: worker.pool_name().to_string(),
+                    name: worker.pool_name(),
                     body: desired,
                     count_only: false,
                     wait_online,
-                    work_pool: b.spec.work_pool.name.to_string(),
+                    work_pool: b.spec.work_pool.name.clone(),
                 },
             });
         }
@@ -185,11 +185,11 @@ pub(super) fn plan(b: &mut Builder) {
                     changes,
                     depends_on,
                     op: Op::UpsertWorkerPool {
-                        name: worker.pool_name().to_string(),
+                        name: worker.pool_name(),
                         body,
                         count_only,
                         wait_online: wait_online && starts_instances,
-                        work_pool: b.spec.work_pool.name.to_string(),
+                        work_pool: b.spec.work_pool.name.clone(),
                     },
                 });
             }
@@ -214,7 +214,7 @@ pub(super) fn plan(b: &mut Builder) {
             changes: vec![],
             depends_on,
             op: Op::DeleteService {
-                name: worker.service.to_string(),
+                name: worker.service.clone(),
             },
         });
     }
@@ -241,7 +241,7 @@ pub(super) fn destroy(b: &mut Builder) {
         changes: vec![],
         depends_on,
         op: Op::DeleteWorkerPool {
-            name: worker.pool_name().to_string(),
+            name: worker.pool_name(),
         },
     });
 }
