@@ -726,20 +726,17 @@ async fn upsert_service(
     project: &ProjectId,
     region: &Region,
     service: &RunServiceName,
-    body: &Value,
+    wanted: &run_v2::Service,
     granted: bool,
 ) -> Result<()> {
     let name = service;
-    let wanted: run_v2::Service =
-        serde_json::from_value(body.clone()).context("building the service request")?;
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_secs(2);
     loop {
         // PATCH with allowMissing converges both a missing and a half-created service.
         let result = async {
-            let op =
-                run_v2::patch_service(&ctx.gcp, project, region, service, &wanted, true, false)
-                    .await?;
+            let op = run_v2::patch_service(&ctx.gcp, project, region, service, wanted, true, false)
+                .await?;
             run_v2::wait_operation(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
         .await;

@@ -58,12 +58,10 @@ pub async fn upsert(
     (project, region): (&ProjectId, &Region),
     work_pool: &PrefectName,
     pool: &RunWorkerPoolName,
-    body: &Value,
+    wanted: &run_v2::WorkerPool,
     change: Change,
 ) -> Result<()> {
     let (name, work_pool) = (pool, work_pool.as_str());
-    let wanted: run_v2::WorkerPool =
-        serde_json::from_value(body.clone()).context("building the worker pool request")?;
     let before = if change.wait_online {
         online_workers(ctx, work_pool)
             .await
@@ -81,7 +79,7 @@ pub async fn upsert(
     loop {
         let result = async {
             let op =
-                run_v2::patch_worker_pool(&ctx.gcp, project, region, pool, &wanted, update, true)
+                run_v2::patch_worker_pool(&ctx.gcp, project, region, pool, wanted, update, true)
                     .await?;
             run_v2::wait_worker_pool(&ctx.gcp, op, OPERATION_DEADLINE).await
         }

@@ -180,7 +180,8 @@ pub enum Op {
     /// Create or replace the worker's Cloud Run service (PATCH with allowMissing=true).
     UpsertService {
         name: RunServiceName,
-        body: Value,
+        /// Built by the planner; exec sends it as it is.
+        body: Box<bootstrap_gcp::run_v2::Service>,
     },
     DeleteService {
         name: RunServiceName,
@@ -191,7 +192,8 @@ pub enum Op {
     /// from the service, whose delete depends on this step).
     UpsertWorkerPool {
         name: RunWorkerPoolName,
-        body: Value,
+        /// Built by the planner; exec sends it as it is.
+        body: Box<bootstrap_gcp::run_v2::WorkerPool>,
         count_only: bool,
         wait_online: bool,
         /// The Prefect work pool whose workers `wait_online` watches.

@@ -392,9 +392,13 @@ pub(super) fn worker_service(b: &mut Builder) {
         c.push(addr::work_pool(b.spec));
         b.deps(&c)
     };
+    let desired_json = service::to_json(&desired);
     match &b.observed.service {
         None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view_for(&desired, worker));
+            let changes = diff::changes(
+                &Value::Null,
+                &service::owned_view_for(&desired_json, worker),
+            );
             b.push(Step {
                 address,
                 action: Action::Create,
@@ -404,14 +408,14 @@ pub(super) fn worker_service(b: &mut Builder) {
                 depends_on,
                 op: Op::UpsertService {
                     name: worker.service.clone(),
-                    body: desired,
+                    body: Box::new(desired),
                 },
             });
         }
         Some(live) => {
             let changes = diff::changes(
                 &service::owned_view_for(live, worker),
-                &service::owned_view_for(&desired, worker),
+                &service::owned_view_for(&desired_json, worker),
             );
             let adopted = !service::is_marked(live);
             // A latest revision that is not ready is drift even when the spec matches: the
@@ -420,10 +424,10 @@ pub(super) fn worker_service(b: &mut Builder) {
             if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address);
             } else {
-                let body = match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired),
-                    None => service::merge_into_live(live, &desired),
-                };
+                let body = service::typed_body(match &not_ready {
+                    Some(_) => service::redeploy_body(live, &desired_json),
+                    None => service::merge_into_live(live, &desired_json),
+                });
                 b.push(Step {
                     address,
                     action: Action::Update,
@@ -434,7 +438,7 @@ pub(super) fn worker_service(b: &mut Builder) {
                     depends_on,
                     op: Op::UpsertService {
                         name: worker.service.clone(),
-                        body,
+                        body: Box::new(body),
                     },
                 });
             }

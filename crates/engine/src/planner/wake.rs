@@ -7,6 +7,7 @@
 //! not hold the secret's latest version, or either is missing, and the block is then written
 //! with it in the same apply (`PutWakerSecret` -> `UpsertWakerBlock`).
 
+use bootstrap_gcp::run_v2;
 use bootstrap_spec::Spec;
 use bootstrap_spec::ids::BlockId;
 use serde_json::{Value, json};
@@ -67,44 +68,59 @@ pub mod address {
 /// instances, under the waker's own account. Prefect's Webhook block cannot send a Google
 /// identity token, so invocation is not IAM-checked (`invokerIamDisabled`); the shared secret
 /// authenticates the call instead.
-pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> Value {
+pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> run_v2::Service {
     let worker = spec.worker.as_ref().expect("names() implies a worker");
-    let mut env = vec![json!({"name": "PREFECT_API_URL", "value": options.prefect_api_url})];
+    let mut env = vec![service::env_value(
+        "PREFECT_API_URL",
+        &options.prefect_api_url,
+    )];
     if options.has_api_key {
-        env.push(json!({
-            "name": "PREFECT_API_KEY",
-            "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
-        }));
+        env.push(service::env_secret(
+            "PREFECT_API_KEY",
+            worker.api_key_secret.as_str(),
+        ));
     }
-    env.push(json!({
-        "name": crate_secret_env(),
-        "valueSource": {"secretKeyRef": {"secret": n.secret.as_str(), "version": "latest"}}
-    }));
-    json!({
-        "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
-        "ingress": "INGRESS_TRAFFIC_ALL",
-        "invokerIamDisabled": true,
-        "template": {
-            "serviceAccount": n.email.as_str(),
-            "scaling": {"minInstanceCount": 0, "maxInstanceCount": 1},
-            "containers": [{
-                "image": worker.image.as_str(),
-                "command": ["bootstrap"],
-                "args": [
-                    "waker",
-                    "--work-pool", n.work_pool.as_str(),
-                    "--worker-pool", n.pool_full,
-                    "--instances", worker.instances.max(1).to_string(),
-                ],
-                "env": env,
-                "ports": [{"containerPort": WAKER_PORT}],
-                "resources": {
-                    "limits": {"cpu": "1", "memory": "512Mi"},
-                    "cpuIdle": true,
-                },
-            }],
-        },
-    })
+    env.push(service::env_secret(crate_secret_env(), n.secret.as_str()));
+    let container = run_v2::Container {
+        image: worker.image.to_string(),
+        command: vec!["bootstrap".to_owned()],
+        args: vec![
+            "waker".to_owned(),
+            "--work-pool".to_owned(),
+            n.work_pool.to_string(),
+            "--worker-pool".to_owned(),
+            n.pool_full.clone(),
+            "--instances".to_owned(),
+            worker.instances.max(1).to_string(),
+        ],
+        env,
+        ports: vec![run_v2::ContainerPort {
+            name: None,
+            container_port: Some(i32::from(WAKER_PORT)),
+        }],
+        resources: Some(run_v2::ResourceRequirements {
+            limits: service::limits("1", "512Mi"),
+            cpu_idle: Some(true),
+            startup_cpu_boost: None,
+        }),
+        ..run_v2::Container::default()
+    };
+    run_v2::Service {
+        labels: service::marker_labels(),
+        ingress: Some("INGRESS_TRAFFIC_ALL".to_owned()),
+        invoker_iam_disabled: Some(true),
+        template: Some(run_v2::RevisionTemplate {
+            service_account: Some(n.email.to_string()),
+            scaling: Some(run_v2::RevisionScaling {
+                min_instance_count: Some(0),
+                max_instance_count: Some(1),
+                ..run_v2::RevisionScaling::default()
+            }),
+            containers: vec![container],
+            ..run_v2::RevisionTemplate::default()
+        }),
+        ..run_v2::Service::default()
+    }
 }
 
 /// The env var `bootstrap waker` reads its secret from (`commands::waker::SECRET_ENV`).
@@ -301,6 +317,7 @@ pub(super) fn plan(b: &mut Builder) {
 
     // The waker service, once it can read its secrets and update its pool.
     let desired = desired_service(spec, &n, b.options);
+    let desired_json = service::to_json(&desired);
     let service_deps = b.deps(&[
         addr::apis(),
         address::account(&n),
@@ -313,7 +330,7 @@ pub(super) fn plan(b: &mut Builder) {
     ]);
     match &o.service {
         None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view(&desired));
+            let changes = diff::changes(&Value::Null, &service::owned_view(&desired_json));
             b.push(Step {
                 address: address::service(&n),
                 action: Action::Create,
@@ -323,20 +340,23 @@ pub(super) fn plan(b: &mut Builder) {
                 depends_on: service_deps,
                 op: Op::UpsertService {
                     name: n.service.clone(),
-                    body: desired,
+                    body: Box::new(desired),
                 },
             });
         }
         Some(live) => {
-            let changes = diff::changes(&service::owned_view(live), &service::owned_view(&desired));
+            let changes = diff::changes(
+                &service::owned_view(live),
+                &service::owned_view(&desired_json),
+            );
             let not_ready = service::not_ready(live);
             if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address::service(&n));
             } else {
-                let body = match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired),
-                    None => service::merge_into_live(live, &desired),
-                };
+                let body = service::typed_body(match &not_ready {
+                    Some(_) => service::redeploy_body(live, &desired_json),
+                    None => service::merge_into_live(live, &desired_json),
+                });
                 b.push(Step {
                     address: address::service(&n),
                     action: Action::Update,
@@ -347,7 +367,7 @@ pub(super) fn plan(b: &mut Builder) {
                     depends_on: service_deps,
                     op: Op::UpsertService {
                         name: n.service.clone(),
-                        body,
+                        body: Box::new(body),
                     },
                 });
             }

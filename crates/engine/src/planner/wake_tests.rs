@@ -30,7 +30,7 @@ fn converged_stz(s: &Spec) -> Observed {
         .entry("roles/iam.serviceAccountUser".into())
         .or_default()
         .insert(member.clone());
-    let mut service = super::wake::desired_service(s, &n, &options(Mode::Apply));
+    let mut service = service::to_json(&super::wake::desired_service(s, &n, &options(Mode::Apply)));
     service["uid"] = json!("u-3");
     service["uri"] = json!("https://w-abc-uc.a.run.app");
     service["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
@@ -129,11 +129,12 @@ fn a_first_scale_to_zero_apply_makes_the_wake_path_in_order() {
     // The pool starts at 0; the waker runs as its own account with only its grants.
     assert!(matches!(
         &p.steps[pool].op,
-        Op::UpsertWorkerPool { body, .. } if body["scaling"]["manualInstanceCount"] == 0
+        Op::UpsertWorkerPool { body, .. } if body.instance_count() == Some(0)
     ));
     let Op::UpsertService { body, .. } = &p.steps[service].op else {
         panic!("service op")
     };
+    let body = service::to_json(body);
     assert_eq!(
         body["template"]["serviceAccount"],
         "prefect-worker-waker@prefect-project.iam.gserviceaccount.com"
