@@ -9,17 +9,17 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{GcpError, artifactregistry, iam, run_v2, secretmanager, serviceusage};
 use bootstrap_prefect::{
-    BlockDocumentCreate, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
+    BlockDocumentCreate, DeploymentSpec, PrefectError, SecretValue, WorkPoolCreate, WorkPoolUpdate,
     pick_block_schema,
 };
 use bootstrap_spec::ids::*;
-use secrecy::ExposeSecret as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
 use super::apply::Outputs;
 use super::context::Context;
-use super::plan::{Deferred, Op, Plan, Step};
+use super::plan::{Address, Deferred, Op, Plan, Step};
 use super::planner::template;
 
 /// How long a Cloud Run or Service Usage operation may take before apply gives up on it.
@@ -36,10 +36,6 @@ const NEW_ACCOUNT_GRACE: Duration = Duration::from_secs(420);
 /// to propagate to our systems and retry").
 const API_PROPAGATION: Duration = Duration::from_secs(300);
 const GCP_CREDENTIALS: &str = "gcp-credentials";
-
-pub(crate) fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
-    f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
-}
 
 /// APIs this process has enabled (by an `EnableApis` step): only their SERVICE_DISABLED
 /// answers are waited out; any other disabled API fails at once.
@@ -92,465 +88,652 @@ pub async fn run(
     }
 }
 
+/// What every op's function may use: the clients, the plan's header (the project and region of
+/// every Google resource), this apply's outputs, and the step's address (under which a step
+/// records what it made for later steps).
+struct StepEnv<'a> {
+    ctx: &'a Context,
+    project: &'a ProjectId,
+    region: &'a Region,
+    outputs: &'a Mutex<Outputs>,
+    address: &'a Address,
+}
+
+impl StepEnv<'_> {
+    fn http(&self) -> &bootstrap_gcp::GcpHttp {
+        &self.ctx.gcp
+    }
+
+    /// Whether this apply granted IAM roles so far (denials they will lift are retried).
+    async fn granted(&self) -> bool {
+        self.outputs.lock().await.granted
+    }
+
+    /// Records that this apply changed an IAM policy.
+    async fn record_grant(&self, changed: bool) {
+        if changed {
+            self.outputs.lock().await.granted = true;
+        }
+    }
+
+    /// The secret an earlier step of this apply made (a key file, the waker's secret).
+    async fn secret_from(&self, address: &Address, what: &str) -> Result<SecretString> {
+        self.outputs
+            .lock()
+            .await
+            .keys
+            .get(address)
+            .cloned()
+            .ok_or_else(|| anyhow!("the {what} from {address} is not available"))
+    }
+
+    async fn keep_secret(&self, secret: SecretString) {
+        self.outputs
+            .lock()
+            .await
+            .keys
+            .insert(self.address.clone(), secret);
+    }
+
+    async fn keep_id(&self, id: BlockId) {
+        self.outputs
+            .lock()
+            .await
+            .ids
+            .insert(self.address.clone(), id.to_string());
+    }
+}
+
 /// Everything a step needs is in the plan: the header's project and region, and the step's op.
+/// One function per op; this only hands each its fields.
 async fn run_once(
     ctx: &Context,
     plan: &Plan,
     step: &Step,
     outputs: &Mutex<Outputs>,
 ) -> Result<bool> {
-    let (project, region) = (&plan.project, &plan.region);
-    let http = &ctx.gcp;
+    let env = &StepEnv {
+        ctx,
+        project: &plan.project,
+        region: &plan.region,
+        outputs,
+        address: &step.address,
+    };
     match &step.op {
-        Op::EnableApis { services } => {
-            serviceusage::enable_all(http, project, services, OPERATION_DEADLINE)
-                .await
-                .with_context(|| format!("enabling {}", services.join(", ")))?;
-            JUST_ENABLED
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(services.iter().cloned());
-            Ok(true)
-        }
+        Op::EnableApis { services } => enable_apis(env, services).await,
         Op::CreateServiceAccount {
             account_id,
             email,
             display_name,
             description,
-        } => {
-            let account = parse("account id", account_id, AccountId::parse)?;
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            match iam::create_service_account(
-                http,
-                project,
-                &account,
-                Some(display_name),
-                Some(description),
-            )
-            .await
-            {
-                Ok(_) => {}
-                // Created by a concurrent apply, or by an earlier one that died: adopt it.
-                Err(e) if e.is_already_exists() => {
-                    iam::patch_service_account(
-                        http,
-                        project,
-                        &email,
-                        Some(display_name),
-                        Some(description),
-                    )
-                    .await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-            wait_until_visible(ctx, project, &email).await?;
-            Ok(true)
-        }
+        } => create_service_account(env, account_id, email, display_name, description).await,
         Op::PatchServiceAccount {
             email,
             display_name,
             description,
-        } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            iam::patch_service_account(
-                http,
-                project,
-                &email,
-                Some(display_name),
-                Some(description),
-            )
-            .await?;
-            Ok(true)
-        }
-        Op::DeleteServiceAccount { email } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            Ok(iam::delete_service_account(http, project, &email).await?)
-        }
+        } => patch_service_account(env, email, display_name, description).await,
+        Op::DeleteServiceAccount { email } => delete_service_account(env, email).await,
         Op::EditProjectPolicy {
             add,
             remove,
             new_accounts,
-        } => {
-            let opts = RmwOptions {
-                member_grace: (!new_accounts.is_empty()).then_some(NEW_ACCOUNT_GRACE),
-                ..RmwOptions::default()
-            };
-            let out = policy::read_modify_write(
-                http,
-                &PolicyTarget::Project(project.clone()),
-                opts,
-                |p| edit(p, add, remove),
-            )
-            .await
-            .context("editing the project IAM policy")?;
-            if out.changed {
-                outputs.lock().await.granted = true;
-            }
-            Ok(out.changed)
-        }
+        } => edit_project_policy(env, add, remove, new_accounts).await,
         Op::EditServiceAccountPolicy { email, add, remove } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            let target = PolicyTarget::ServiceAccount {
-                project: project.clone(),
-                email,
-            };
-            let opts = RmwOptions {
-                member_grace: Some(NEW_ACCOUNT_GRACE),
-                ..RmwOptions::default()
-            };
-            let out =
-                policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove)).await?;
-            if out.changed {
-                outputs.lock().await.granted = true;
-            }
-            Ok(out.changed)
+            edit_service_account_policy(env, email, add, remove).await
         }
-        Op::CreateKey { email } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            let created = create_key_safely(http, project, &email).await.map_err(|e| {
-                if e.is_key_creation_forbidden() {
-                    anyhow!(e).context(
-                        "an organization policy forbids service account keys \
-                         (constraints/iam.disableServiceAccountKeyCreation); set `service_account.key: none` \
-                         to run keyless: the worker then uses the identity attached to its Cloud Run service",
-                    )
-                } else {
-                    anyhow!(e)
-                }
-            })?;
-            outputs
-                .lock()
-                .await
-                .keys
-                .insert(step.address.clone(), created.json);
-            Ok(true)
-        }
-        Op::DeleteKey { email, key_id, .. } => {
-            let email = parse("email", email, ServiceAccountEmail::parse)?;
-            Ok(iam::delete_key(http, project, &email, key_id).await?)
-        }
+        Op::CreateKey { email } => create_key(env, email).await,
+        Op::DeleteKey { email, key_id, .. } => delete_key(env, email, key_id).await,
         Op::PutSecret {
             secret_id,
             create,
             add_version,
             labels,
-        } => {
-            let id = parse("secret id", secret_id, SecretId::parse)?;
-            let key = ctx
-                .api_key()
-                .ok_or_else(|| anyhow!("no Prefect API key to store"))?;
-            if *create {
-                let labels: BTreeMap<String, String> = labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                    .collect();
-                match secretmanager::create_secret(http, project, &id, &labels).await {
-                    Ok(_) => {}
-                    Err(e) if e.is_already_exists() => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            if *add_version {
-                secretmanager::add_version(http, project, &id, key).await?;
-            }
-            Ok(true)
-        }
+        } => put_secret(env, secret_id, *create, *add_version, labels).await,
         Op::GrantSecretAccess { secret_id, member } => {
-            let secret = parse("secret id", secret_id, SecretId::parse)?;
-            let target = PolicyTarget::Secret {
-                project: project.clone(),
-                secret,
-            };
-            let role = "roles/secretmanager.secretAccessor".to_string();
-            let add = vec![(role, member.clone())];
-            let opts = RmwOptions {
-                member_grace: Some(NEW_ACCOUNT_GRACE),
-                ..RmwOptions::default()
-            };
-            let out =
-                policy::read_modify_write(http, &target, opts, |p| edit(p, &add, &[])).await?;
-            if out.changed {
-                outputs.lock().await.granted = true;
-            }
-            Ok(out.changed)
+            grant_secret_access(env, secret_id, member).await
         }
-        Op::DeleteSecret { secret_id } => {
-            let id = parse("secret id", secret_id, SecretId::parse)?;
-            Ok(secretmanager::delete_secret(http, project, &id).await?)
-        }
-        Op::UpsertService { name, body } => {
-            let granted = outputs.lock().await.granted;
-            upsert_service(ctx, project, region, name, body, granted).await?;
-            Ok(true)
-        }
-        Op::DeleteService { name } => {
-            let service = parse("service", name, RunServiceName::parse)?;
-            match run_v2::delete_service(http, project, region, &service).await? {
-                None => Ok(false),
-                Some(op) => {
-                    run_v2::wait_operation(http, op, OPERATION_DEADLINE).await?;
-                    Ok(true)
-                }
-            }
-        }
+        Op::DeleteSecret { secret_id } => delete_secret(env, secret_id).await,
+        Op::UpsertService { name, body } => upsert_service(env, name, body).await,
+        Op::DeleteService { name } => delete_service(env, name).await,
         Op::UpsertWorkerPool {
             name,
             body,
             count_only,
             wait_online,
             work_pool,
-        } => {
-            let granted = outputs.lock().await.granted;
-            let change = super::exec_pool::Change {
-                count_only: *count_only,
-                wait_online: *wait_online,
-                granted,
-            };
-            super::exec_pool::upsert(ctx, (project, region), work_pool, name, body, change).await?;
-            Ok(true)
-        }
+        } => upsert_worker_pool(env, name, body, *count_only, *wait_online, work_pool).await,
         Op::DeleteWorkerPool { name } => {
-            super::exec_pool::delete(ctx, (project, region), name).await
+            super::exec_pool::delete(ctx, (env.project, env.region), name).await
         }
         Op::PutWakerSecret {
             secret_id,
             create,
             labels,
-        } => {
-            let secret = super::wake::put_secret(ctx, project, secret_id, *create, labels).await?;
-            // Kept in memory for the block step of this apply only.
-            outputs
-                .lock()
-                .await
-                .keys
-                .insert(step.address.clone(), secret);
-            Ok(true)
-        }
+        } => put_waker_secret(env, secret_id, *create, labels).await,
         Op::EditWorkerPoolPolicy { pool, add, remove } => {
-            let target = PolicyTarget::WorkerPool {
-                project: project.clone(),
-                region: region.clone(),
-                pool: parse("worker pool", pool, RunWorkerPoolName::parse)?,
-            };
-            let opts = RmwOptions {
-                member_grace: Some(NEW_ACCOUNT_GRACE),
-                ..RmwOptions::default()
-            };
-            let out =
-                policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove)).await?;
-            if out.changed {
-                outputs.lock().await.granted = true;
-            }
-            Ok(out.changed)
+            edit_worker_pool_policy(env, pool, add, remove).await
         }
         Op::UpsertWakerBlock {
             name,
             existing_id,
             service,
             secret_from,
-        } => {
-            let secret = outputs
-                .lock()
-                .await
-                .keys
-                .get(secret_from)
-                .cloned()
-                .ok_or_else(|| anyhow!("the shared secret from {secret_from} is not available"))?;
-            let id = super::wake::upsert_block(
-                ctx,
-                (project, region),
-                name,
-                existing_id.as_deref(),
-                service,
-                &secret,
-            )
-            .await?;
-            outputs.lock().await.ids.insert(step.address.clone(), id);
-            Ok(true)
-        }
+        } => upsert_waker_block(env, name, *existing_id, service, secret_from).await,
         Op::UpsertAutomation {
             name,
             kind,
             work_pool,
             existing_id,
             block,
-        } => {
-            let block_id = match block {
-                Deferred::Known { value } => value.clone(),
-                Deferred::Step { address } => outputs
-                    .lock()
-                    .await
-                    .ids
-                    .get(address)
-                    .cloned()
-                    .ok_or_else(|| anyhow!("the id of {address} is not available"))?,
-            };
-            super::wake::upsert_automation(
-                ctx,
-                name,
-                work_pool,
-                *kind,
-                existing_id.as_deref(),
-                &block_id,
-            )
-            .await?;
-            Ok(true)
-        }
-        Op::DeleteAutomation { id, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("automation {name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_automation(id).await?)
-        }
+        } => upsert_automation(env, name, *kind, work_pool, *existing_id, block).await,
+        Op::DeleteAutomation { id, name } => delete_automation(env, *id, name).await,
         Op::UpsertBlock {
             name,
             existing_id,
-            project: block_project,
+            project,
             key_from,
             keyless,
         } => {
-            let key = match key_from {
-                Some(address) => Some(
-                    outputs
-                        .lock()
-                        .await
-                        .keys
-                        .get(address)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("the key from {address} is not available"))?,
-                ),
-                None => None,
-            };
-            let id = upsert_block(
-                ctx,
+            upsert_block(
+                env,
                 name,
-                existing_id.as_deref(),
-                block_project,
-                key,
+                *existing_id,
+                project,
+                key_from.as_ref(),
                 *keyless,
             )
-            .await?;
-            outputs.lock().await.ids.insert(step.address.clone(), id);
-            Ok(true)
+            .await
         }
-        Op::DeleteBlock { id, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("block {name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_block_document(id).await?)
-        }
+        Op::DeleteBlock { id, name } => delete_block(env, *id, name).await,
         Op::CreateWorkPool { pool, credentials } => {
-            let mut pool = pool.clone();
-            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
-            create_pool(ctx, &pool).await
+            create_work_pool(env, pool, credentials.as_ref()).await
         }
         Op::UpdateWorkPool {
             name,
             update,
             credentials,
-        } => {
-            let mut update = update.clone();
-            fill_credentials(&mut update.base_job_template, credentials, outputs).await?;
-            update_pool(ctx, name, &update).await
-        }
+        } => update_work_pool(env, name, update, credentials.as_ref()).await,
         Op::ReplaceWorkPool { pool, credentials } => {
-            let mut pool = pool.clone();
-            fill_credentials(&mut pool.base_job_template, credentials, outputs).await?;
-            // The type cannot change in place (the planner saw another one): delete, then
-            // create; a pool already deleted by an interrupted run is fine.
-            ctx.prefect.delete_work_pool(&pool.name).await?;
-            create_pool(ctx, &pool).await
+            replace_work_pool(env, pool, credentials.as_ref()).await
         }
-        Op::DeleteWorkPool { name } => Ok(ctx.prefect.delete_work_pool(name).await?),
+        Op::DeleteWorkPool { name } => delete_work_pool(env, name).await,
         Op::CreateRepository {
             repository,
             region,
             labels,
-        } => {
-            let region = parse("region", region, Region::parse)?;
-            create_repository(http, project, &region, repository, labels).await
-        }
+        } => create_repository(env, repository, region, labels).await,
         Op::EditRepositoryPolicy {
             repository,
             add,
             remove,
-        } => {
-            let target = PolicyTarget::ArtifactRepository {
-                project: project.clone(),
-                region: region.clone(),
-                repository: repository.clone(),
-            };
-            let opts = RmwOptions {
-                member_grace: Some(NEW_ACCOUNT_GRACE),
-                ..RmwOptions::default()
-            };
-            let out = policy::read_modify_write(http, &target, opts, |p| edit(p, add, remove))
-                .await
-                .with_context(|| format!("editing the IAM policy of repository {repository}"))?;
-            Ok(out.changed)
-        }
-        Op::DeleteRepository { repository } => {
-            match artifactregistry::delete_repository(http, project, region, repository).await? {
-                None => Ok(false),
-                Some(op) => {
-                    artifactregistry::wait(http, op, OPERATION_DEADLINE).await?;
-                    Ok(true)
-                }
-            }
-        }
+        } => edit_repository_policy(env, repository, add, remove).await,
+        Op::DeleteRepository { repository } => delete_repository(env, repository).await,
         Op::BuildImage {
             image,
             digest,
             build,
             service_account,
             ..
-        } => {
-            crate::builds::run(
-                ctx,
-                (project, region),
-                build,
-                image,
-                digest,
-                service_account.as_deref(),
-            )
-            .await?;
-            Ok(true)
-        }
+        } => build_image(env, build, image, digest, service_account.as_deref()).await,
         Op::UpsertDeployment {
             flow,
             name,
             body,
             flow_id,
-        } => {
-            let spec = body;
-            let observed = flow_id
-                .as_deref()
-                .map(|id| {
-                    uuid::Uuid::parse_str(id)
-                        .with_context(|| format!("flow {flow} has an invalid id `{id}`"))
-                })
-                .transpose()?;
-            if let Some(id) = observed {
-                match ctx.prefect.upsert_deployment(id, name, spec).await {
-                    Ok(_) => return Ok(true),
-                    // The flow was deleted since observe read it: upsert it as below.
-                    Err(e) if e.is_not_found() => {
-                        tracing::warn!("flow {flow} ({id}) is gone; creating it again");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        } => upsert_deployment(env, flow, name, body, *flow_id).await,
+        Op::DeleteDeployment { id, flow, name } => delete_deployment(env, *id, flow, name).await,
+        Op::DeleteWorkerJobs { api, jobs, .. } => delete_worker_jobs(env, *api, jobs).await,
+    }
+}
+
+// ---- Google: APIs, service accounts, IAM, keys, secrets ----
+
+async fn enable_apis(env: &StepEnv<'_>, services: &[String]) -> Result<bool> {
+    serviceusage::enable_all(env.http(), env.project, services, OPERATION_DEADLINE)
+        .await
+        .with_context(|| format!("enabling {}", services.join(", ")))?;
+    JUST_ENABLED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(services.iter().cloned());
+    Ok(true)
+}
+
+async fn create_service_account(
+    env: &StepEnv<'_>,
+    account_id: &AccountId,
+    email: &ServiceAccountEmail,
+    display_name: &str,
+    description: &str,
+) -> Result<bool> {
+    let http = env.http();
+    match iam::create_service_account(
+        http,
+        env.project,
+        account_id,
+        Some(display_name),
+        Some(description),
+    )
+    .await
+    {
+        Ok(_) => {}
+        // Created by a concurrent apply, or by an earlier one that died: adopt it.
+        Err(e) if e.is_already_exists() => {
+            iam::patch_service_account(
+                http,
+                env.project,
+                email,
+                Some(display_name),
+                Some(description),
+            )
+            .await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    wait_until_visible(env.ctx, env.project, email).await?;
+    Ok(true)
+}
+
+async fn patch_service_account(
+    env: &StepEnv<'_>,
+    email: &ServiceAccountEmail,
+    display_name: &str,
+    description: &str,
+) -> Result<bool> {
+    iam::patch_service_account(
+        env.http(),
+        env.project,
+        email,
+        Some(display_name),
+        Some(description),
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn delete_service_account(env: &StepEnv<'_>, email: &ServiceAccountEmail) -> Result<bool> {
+    Ok(iam::delete_service_account(env.http(), env.project, email).await?)
+}
+
+async fn edit_project_policy(
+    env: &StepEnv<'_>,
+    add: &[(String, String)],
+    remove: &[(String, String)],
+    new_accounts: &[String],
+) -> Result<bool> {
+    let opts = RmwOptions {
+        member_grace: (!new_accounts.is_empty()).then_some(NEW_ACCOUNT_GRACE),
+        ..RmwOptions::default()
+    };
+    let out = policy::read_modify_write(
+        env.http(),
+        &PolicyTarget::Project(env.project.clone()),
+        opts,
+        |p| edit(p, add, remove),
+    )
+    .await
+    .context("editing the project IAM policy")?;
+    env.record_grant(out.changed).await;
+    Ok(out.changed)
+}
+
+/// One read-modify-write of a resource's own IAM policy, whose members may have been created
+/// moments ago in this apply.
+async fn edit_own_policy(
+    env: &StepEnv<'_>,
+    target: &PolicyTarget,
+    add: &[(String, String)],
+    remove: &[(String, String)],
+) -> Result<bool> {
+    let opts = RmwOptions {
+        member_grace: Some(NEW_ACCOUNT_GRACE),
+        ..RmwOptions::default()
+    };
+    let out = policy::read_modify_write(env.http(), target, opts, |p| edit(p, add, remove)).await?;
+    Ok(out.changed)
+}
+
+async fn edit_service_account_policy(
+    env: &StepEnv<'_>,
+    email: &ServiceAccountEmail,
+    add: &[(String, String)],
+    remove: &[(String, String)],
+) -> Result<bool> {
+    let target = PolicyTarget::ServiceAccount {
+        project: env.project.clone(),
+        email: email.clone(),
+    };
+    let changed = edit_own_policy(env, &target, add, remove).await?;
+    env.record_grant(changed).await;
+    Ok(changed)
+}
+
+async fn create_key(env: &StepEnv<'_>, email: &ServiceAccountEmail) -> Result<bool> {
+    let created = create_key_safely(env.http(), env.project, email)
+        .await
+        .map_err(|e| {
+            if e.is_key_creation_forbidden() {
+                anyhow!(e).context(
+                    "an organization policy forbids service account keys \
+                     (constraints/iam.disableServiceAccountKeyCreation); set `service_account.key: none` \
+                     to run keyless: the worker then uses the identity attached to its Cloud Run service",
+                )
+            } else {
+                anyhow!(e)
             }
-            let id = shared_flow(ctx, outputs, flow, observed.is_some()).await?;
-            ctx.prefect.upsert_deployment(id, name, spec).await?;
-            Ok(true)
-        }
-        Op::DeleteDeployment { id, flow, name } => {
-            let id = uuid::Uuid::parse_str(id)
-                .with_context(|| format!("deployment {flow}/{name} has an invalid id"))?;
-            Ok(ctx.prefect.delete_deployment(id).await?)
-        }
-        Op::DeleteWorkerJobs { api, jobs, .. } => {
-            delete_worker_jobs(http, project, api, jobs).await
+        })?;
+    env.keep_secret(created.json).await;
+    Ok(true)
+}
+
+async fn delete_key(env: &StepEnv<'_>, email: &ServiceAccountEmail, key_id: &str) -> Result<bool> {
+    Ok(iam::delete_key(env.http(), env.project, email, key_id).await?)
+}
+
+async fn put_secret(
+    env: &StepEnv<'_>,
+    id: &SecretId,
+    create: bool,
+    add_version: bool,
+    labels: &serde_json::Map<String, Value>,
+) -> Result<bool> {
+    let http = env.http();
+    let key = env
+        .ctx
+        .api_key()
+        .ok_or_else(|| anyhow!("no Prefect API key to store"))?;
+    if create {
+        let labels: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+            .collect();
+        match secretmanager::create_secret(http, env.project, id, &labels).await {
+            Ok(_) => {}
+            Err(e) if e.is_already_exists() => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    if add_version {
+        secretmanager::add_version(http, env.project, id, key).await?;
+    }
+    Ok(true)
+}
+
+async fn grant_secret_access(env: &StepEnv<'_>, secret: &SecretId, member: &str) -> Result<bool> {
+    let target = PolicyTarget::Secret {
+        project: env.project.clone(),
+        secret: secret.clone(),
+    };
+    let add = [(
+        "roles/secretmanager.secretAccessor".to_string(),
+        member.to_owned(),
+    )];
+    let changed = edit_own_policy(env, &target, &add, &[]).await?;
+    env.record_grant(changed).await;
+    Ok(changed)
+}
+
+async fn delete_secret(env: &StepEnv<'_>, id: &SecretId) -> Result<bool> {
+    Ok(secretmanager::delete_secret(env.http(), env.project, id).await?)
+}
+
+// ---- Cloud Run ----
+
+async fn delete_service(env: &StepEnv<'_>, name: &RunServiceName) -> Result<bool> {
+    match run_v2::delete_service(env.http(), env.project, env.region, name).await? {
+        None => Ok(false),
+        Some(op) => {
+            run_v2::wait_operation(env.http(), op, OPERATION_DEADLINE).await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn upsert_worker_pool(
+    env: &StepEnv<'_>,
+    name: &RunWorkerPoolName,
+    body: &run_v2::WorkerPool,
+    count_only: bool,
+    wait_online: bool,
+    work_pool: &PrefectName,
+) -> Result<bool> {
+    let change = super::exec_pool::Change {
+        count_only,
+        wait_online,
+        granted: env.granted().await,
+    };
+    super::exec_pool::upsert(
+        env.ctx,
+        (env.project, env.region),
+        work_pool,
+        name,
+        body,
+        change,
+    )
+    .await?;
+    Ok(true)
+}
+
+async fn edit_worker_pool_policy(
+    env: &StepEnv<'_>,
+    pool: &RunWorkerPoolName,
+    add: &[(String, String)],
+    remove: &[(String, String)],
+) -> Result<bool> {
+    let target = PolicyTarget::WorkerPool {
+        project: env.project.clone(),
+        region: env.region.clone(),
+        pool: pool.clone(),
+    };
+    let changed = edit_own_policy(env, &target, add, remove).await?;
+    env.record_grant(changed).await;
+    Ok(changed)
+}
+
+// ---- scale to zero: the waker's secret, its Webhook block and the automations ----
+
+async fn put_waker_secret(
+    env: &StepEnv<'_>,
+    id: &SecretId,
+    create: bool,
+    labels: &serde_json::Map<String, Value>,
+) -> Result<bool> {
+    let secret = super::wake::put_secret(env.ctx, env.project, id, create, labels).await?;
+    // Kept in memory for the block step of this apply only.
+    env.keep_secret(secret).await;
+    Ok(true)
+}
+
+async fn upsert_waker_block(
+    env: &StepEnv<'_>,
+    name: &BlockName,
+    existing_id: Option<BlockId>,
+    service: &RunServiceName,
+    secret_from: &Address,
+) -> Result<bool> {
+    let secret = env.secret_from(secret_from, "shared secret").await?;
+    let id = super::wake::upsert_block(
+        env.ctx,
+        (env.project, env.region),
+        name,
+        existing_id,
+        service,
+        &secret,
+    )
+    .await?;
+    env.keep_id(id).await;
+    Ok(true)
+}
+
+async fn upsert_automation(
+    env: &StepEnv<'_>,
+    name: &str,
+    kind: super::wake::AutomationKind,
+    work_pool: &PrefectName,
+    existing_id: Option<AutomationId>,
+    block: &Deferred<BlockId>,
+) -> Result<bool> {
+    let block_id = resolve(block, env.outputs).await?;
+    super::wake::upsert_automation(env.ctx, name, work_pool, kind, existing_id, block_id).await?;
+    Ok(true)
+}
+
+async fn delete_automation(env: &StepEnv<'_>, id: AutomationId, name: &str) -> Result<bool> {
+    env.ctx
+        .prefect
+        .delete_automation(id.uuid())
+        .await
+        .with_context(|| format!("deleting automation {name}"))
+}
+
+// ---- Prefect: the credentials block, the work pool, deployments ----
+
+async fn upsert_block(
+    env: &StepEnv<'_>,
+    name: &BlockName,
+    existing_id: Option<BlockId>,
+    project: &ProjectId,
+    key_from: Option<&Address>,
+    keyless: bool,
+) -> Result<bool> {
+    let key = match key_from {
+        Some(address) => Some(env.secret_from(address, "key").await?),
+        None => None,
+    };
+    let id = write_credentials_block(env.ctx, name, existing_id, project, key, keyless).await?;
+    env.keep_id(id).await;
+    Ok(true)
+}
+
+async fn delete_block(env: &StepEnv<'_>, id: BlockId, name: &BlockName) -> Result<bool> {
+    env.ctx
+        .prefect
+        .delete_block_document(id.uuid())
+        .await
+        .with_context(|| format!("deleting block {name}"))
+}
+
+async fn create_work_pool(
+    env: &StepEnv<'_>,
+    pool: &WorkPoolCreate,
+    credentials: Option<&Deferred<BlockId>>,
+) -> Result<bool> {
+    let mut pool = pool.clone();
+    fill_credentials(&mut pool.base_job_template, credentials, env.outputs).await?;
+    create_pool(env.ctx, &pool).await
+}
+
+async fn update_work_pool(
+    env: &StepEnv<'_>,
+    name: &PrefectName,
+    update: &WorkPoolUpdate,
+    credentials: Option<&Deferred<BlockId>>,
+) -> Result<bool> {
+    let mut update = update.clone();
+    fill_credentials(&mut update.base_job_template, credentials, env.outputs).await?;
+    update_pool(env.ctx, name.as_str(), &update).await
+}
+
+async fn replace_work_pool(
+    env: &StepEnv<'_>,
+    pool: &WorkPoolCreate,
+    credentials: Option<&Deferred<BlockId>>,
+) -> Result<bool> {
+    let mut pool = pool.clone();
+    fill_credentials(&mut pool.base_job_template, credentials, env.outputs).await?;
+    // The type cannot change in place (the planner saw another one): delete, then
+    // create; a pool already deleted by an interrupted run is fine.
+    env.ctx.prefect.delete_work_pool(&pool.name).await?;
+    create_pool(env.ctx, &pool).await
+}
+
+async fn delete_work_pool(env: &StepEnv<'_>, name: &PrefectName) -> Result<bool> {
+    Ok(env.ctx.prefect.delete_work_pool(name.as_str()).await?)
+}
+
+async fn upsert_deployment(
+    env: &StepEnv<'_>,
+    flow: &PrefectName,
+    name: &PrefectName,
+    spec: &DeploymentSpec,
+    flow_id: Option<FlowId>,
+) -> Result<bool> {
+    let prefect = &env.ctx.prefect;
+    let observed = flow_id.map(FlowId::uuid);
+    if let Some(id) = observed {
+        match prefect.upsert_deployment(id, name.as_str(), spec).await {
+            Ok(_) => return Ok(true),
+            // The flow was deleted since observe read it: upsert it as below.
+            Err(e) if e.is_not_found() => {
+                tracing::warn!("flow {flow} ({id}) is gone; creating it again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let id = shared_flow(env.ctx, env.outputs, flow.as_str(), observed.is_some()).await?;
+    prefect.upsert_deployment(id, name.as_str(), spec).await?;
+    Ok(true)
+}
+
+async fn delete_deployment(
+    env: &StepEnv<'_>,
+    id: DeploymentId,
+    flow: &str,
+    name: &str,
+) -> Result<bool> {
+    env.ctx
+        .prefect
+        .delete_deployment(id.uuid())
+        .await
+        .with_context(|| format!("deleting deployment {flow}/{name}"))
+}
+
+// ---- image builds ----
+
+async fn edit_repository_policy(
+    env: &StepEnv<'_>,
+    repository: &str,
+    add: &[(String, String)],
+    remove: &[(String, String)],
+) -> Result<bool> {
+    let target = PolicyTarget::ArtifactRepository {
+        project: env.project.clone(),
+        region: env.region.clone(),
+        repository: repository.to_owned(),
+    };
+    edit_own_policy(env, &target, add, remove)
+        .await
+        .with_context(|| format!("editing the IAM policy of repository {repository}"))
+}
+
+async fn delete_repository(env: &StepEnv<'_>, repository: &str) -> Result<bool> {
+    let http = env.http();
+    match artifactregistry::delete_repository(http, env.project, env.region, repository).await? {
+        None => Ok(false),
+        Some(op) => {
+            artifactregistry::wait(http, op, OPERATION_DEADLINE).await?;
+            Ok(true)
+        }
+    }
+}
+
+async fn build_image(
+    env: &StepEnv<'_>,
+    build: &bootstrap_spec::build::Build,
+    image: &str,
+    digest: &str,
+    service_account: Option<&str>,
+) -> Result<bool> {
+    crate::builds::run(
+        env.ctx,
+        (env.project, env.region),
+        build,
+        image,
+        digest,
+        service_account,
+    )
+    .await?;
+    Ok(true)
 }
 
 /// How many worker jobs are deleted at once (each v2 delete is a few calls: list executions,
@@ -560,23 +743,16 @@ const WORKER_JOB_DELETES_IN_FLIGHT: usize = 4;
 /// Deletes the listed flow-run jobs (v2: their executions first, through the one Cloud Run
 /// jobs client); a job already gone is fine.
 async fn delete_worker_jobs(
-    http: &bootstrap_gcp::GcpHttp,
-    project: &ProjectId,
-    api: &str,
+    env: &StepEnv<'_>,
+    api: super::plan::JobsApi,
     jobs: &[super::plan::WorkerJob],
 ) -> Result<bool> {
-    use bootstrap_gcp::run_jobs::{Jobs, JobsApi};
+    let (http, project) = (env.http(), env.project);
+    use bootstrap_gcp::run_jobs::Jobs;
     use futures::stream::{StreamExt as _, TryStreamExt as _};
-    let api = if api == "v1" {
-        JobsApi::V1
-    } else {
-        JobsApi::V2
-    };
     let deletes = jobs.iter().map(|j| async move {
-        let region = parse("region", &j.region, Region::parse)?;
-        let name = parse("job", &j.name, RunJobName::parse)?;
-        Jobs::new(http.clone(), api, project.clone(), region)
-            .delete(&name)
+        Jobs::new(http.clone(), api.into(), project.clone(), j.region.clone())
+            .delete(&j.name)
             .await
             .with_context(|| format!("deleting Cloud Run job {} in {}", j.name, j.region))
     });
@@ -660,12 +836,12 @@ async fn create_key_safely(
 
 /// Creates the repository unless it exists (a repeated create answers 409 ALREADY_EXISTS).
 async fn create_repository(
-    http: &bootstrap_gcp::GcpHttp,
-    project: &ProjectId,
-    region: &Region,
+    env: &StepEnv<'_>,
     repository: &str,
+    region: &Region,
     labels: &serde_json::Map<String, Value>,
 ) -> Result<bool> {
+    let (http, project) = (env.http(), env.project);
     if artifactregistry::get_repository(http, project, region, repository)
         .await?
         .is_some()
@@ -772,29 +948,25 @@ async fn wait_until_visible(
 }
 
 async fn upsert_service(
-    ctx: &Context,
-    project: &ProjectId,
-    region: &Region,
-    name: &str,
-    body: &Value,
-    granted: bool,
-) -> Result<()> {
-    let service = parse("service", name, RunServiceName::parse)?;
-    let wanted: run_v2::Service =
-        serde_json::from_value(body.clone()).context("building the service request")?;
+    env: &StepEnv<'_>,
+    service: &RunServiceName,
+    wanted: &run_v2::Service,
+) -> Result<bool> {
+    let (ctx, project, region) = (env.ctx, env.project, env.region);
+    let granted = env.granted().await;
+    let name = service;
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_secs(2);
     loop {
         // PATCH with allowMissing converges both a missing and a half-created service.
         let result = async {
-            let op =
-                run_v2::patch_service(&ctx.gcp, project, region, &service, &wanted, true, false)
-                    .await?;
+            let op = run_v2::patch_service(&ctx.gcp, project, region, service, wanted, true, false)
+                .await?;
             run_v2::wait_operation(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
         .await;
         match result {
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(true),
             // Our own grants of a moment ago may not have reached Cloud Run yet.
             Err(e)
                 if granted
@@ -826,14 +998,16 @@ pub(crate) fn not_yet_propagated(e: &GcpError) -> bool {
             .is_some_and(|m| m.contains("Permission denied on secret"))
 }
 
-async fn upsert_block(
+/// Creates or updates the `gcp-credentials` block (with the new key, or without one when
+/// keyless) and returns its id.
+async fn write_credentials_block(
     ctx: &Context,
-    name: &str,
-    existing_id: Option<&str>,
-    project: &str,
+    name: &BlockName,
+    existing_id: Option<BlockId>,
+    project: &ProjectId,
     key: Option<secrecy::SecretString>,
     keyless: bool,
-) -> Result<String> {
+) -> Result<BlockId> {
     let client = &ctx.prefect;
     let info = match &key {
         // Parsed in memory and handed straight to the Prefect API.
@@ -842,7 +1016,7 @@ async fn upsert_block(
         ),
         None => None,
     };
-    let mut data = json!({"project": project});
+    let mut data = json!({"project": project.as_str()});
     if let Some(info) = info {
         data["service_account_info"] = info;
     }
@@ -854,11 +1028,7 @@ async fn upsert_block(
     let schema = pick_block_schema(&schemas, None).ok_or_else(|| {
         anyhow!("the Prefect server has no schema for the `gcp-credentials` block type")
     })?;
-    let existing = match existing_id {
-        Some(id) => Some(uuid::Uuid::parse_str(id).context("invalid block id")?),
-        None => None,
-    };
-    match existing {
+    match existing_id.map(BlockId::uuid) {
         Some(id) => {
             // Keyless: replace the data so that a stale key is removed; otherwise merge.
             client
@@ -869,7 +1039,7 @@ async fn upsert_block(
                     !keyless && key.is_none(),
                 )
                 .await?;
-            Ok(id.to_string())
+            Ok(id.into())
         }
         None => {
             let doc = BlockDocumentCreate {
@@ -879,11 +1049,11 @@ async fn upsert_block(
                 data: SecretValue::new(data.clone()),
             };
             match client.create_block_document(&doc).await {
-                Ok(d) => Ok(d.id.to_string()),
+                Ok(d) => Ok(d.id.into()),
                 Err(PrefectError::Conflict { .. }) => {
                     // Created concurrently: take it over.
                     let live = client
-                        .block_document_by_name(GCP_CREDENTIALS, name)
+                        .block_document_by_name(GCP_CREDENTIALS, name.as_str())
                         .await?
                         .ok_or_else(|| anyhow!("block {name} exists but cannot be read"))?;
                     client
@@ -894,7 +1064,7 @@ async fn upsert_block(
                             key.is_none(),
                         )
                         .await?;
-                    Ok(live.id.to_string())
+                    Ok(live.id.into())
                 }
                 Err(e) => Err(e.into()),
             }
@@ -906,20 +1076,34 @@ async fn upsert_block(
 /// in this apply: the one place a deferred block id is resolved.
 async fn fill_credentials(
     template: &mut Option<Value>,
-    credentials: &Option<Deferred<String>>,
+    credentials: Option<&Deferred<BlockId>>,
     outputs: &Mutex<Outputs>,
 ) -> Result<()> {
-    if let (Some(t), Some(Deferred::Step { address })) = (template.as_mut(), credentials) {
-        let id = outputs
-            .lock()
-            .await
-            .ids
-            .get(address)
-            .cloned()
-            .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
-        template::set_credentials(t, &id);
+    if let (Some(t), Some(d @ Deferred::Step { .. })) = (template.as_mut(), credentials) {
+        template::set_credentials(t, resolve(d, outputs).await?);
     }
     Ok(())
+}
+
+/// A block id the plan knew, or the id the block step earlier in this apply produced. The
+/// latter is the one id exec reads back as text: `Outputs` (owned by the scheduler) keeps ids
+/// as the strings the Prefect client returned.
+async fn resolve(id: &Deferred<BlockId>, outputs: &Mutex<Outputs>) -> Result<BlockId> {
+    match id {
+        Deferred::Known { value } => Ok(*value),
+        Deferred::Step { address } => {
+            let text = outputs
+                .lock()
+                .await
+                .ids
+                .get(address)
+                .cloned()
+                .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
+            let id = uuid::Uuid::parse_str(&text)
+                .with_context(|| format!("the block id `{text}` from {address}"))?;
+            Ok(id.into())
+        }
+    }
 }
 
 /// Creates the pool; one made meanwhile (a concurrent apply, or an earlier one that died after

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bootstrap_gcp::{GcpError, run_v2};
-use bootstrap_spec::ids::{ProjectId, Region, RunWorkerPoolName};
+use bootstrap_spec::ids::{PrefectName, ProjectId, Region, RunWorkerPoolName};
 use bootstrap_spec::{Spec, WorkerKind};
 use rand::Rng as _;
 use serde_json::Value;
 
 use super::context::Context;
-use super::exec::{GRANT_PROPAGATION, OPERATION_DEADLINE, not_yet_propagated, parse};
+use super::exec::{GRANT_PROPAGATION, OPERATION_DEADLINE, not_yet_propagated};
 
 /// How long a new pool's worker may take to come ONLINE: the guide's Python worker installs
 /// prefect-gcp at start (`--install-policy always`), which takes tens of seconds.
@@ -56,14 +56,12 @@ pub async fn observe(ctx: &Context, spec: &Spec) -> Result<Option<Value>> {
 pub async fn upsert(
     ctx: &Context,
     (project, region): (&ProjectId, &Region),
-    work_pool: &str,
-    name: &str,
-    body: &Value,
+    work_pool: &PrefectName,
+    pool: &RunWorkerPoolName,
+    wanted: &run_v2::WorkerPool,
     change: Change,
 ) -> Result<()> {
-    let pool = parse("worker pool", name, RunWorkerPoolName::parse)?;
-    let wanted: run_v2::WorkerPool =
-        serde_json::from_value(body.clone()).context("building the worker pool request")?;
+    let (name, work_pool) = (pool, work_pool.as_str());
     let before = if change.wait_online {
         online_workers(ctx, work_pool)
             .await
@@ -81,7 +79,7 @@ pub async fn upsert(
     loop {
         let result = async {
             let op =
-                run_v2::patch_worker_pool(&ctx.gcp, project, region, &pool, &wanted, update, true)
+                run_v2::patch_worker_pool(&ctx.gcp, project, region, pool, wanted, update, true)
                     .await?;
             run_v2::wait_worker_pool(&ctx.gcp, op, OPERATION_DEADLINE).await
         }
@@ -126,10 +124,9 @@ pub async fn upsert(
 pub async fn delete(
     ctx: &Context,
     (project, region): (&ProjectId, &Region),
-    name: &str,
+    name: &RunWorkerPoolName,
 ) -> Result<bool> {
-    let pool = parse("worker pool", name, RunWorkerPoolName::parse)?;
-    match run_v2::delete_worker_pool(&ctx.gcp, project, region, &pool)
+    match run_v2::delete_worker_pool(&ctx.gcp, project, region, name)
         .await
         .with_context(|| format!("deleting Cloud Run worker pool {name}"))?
     {

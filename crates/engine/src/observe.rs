@@ -109,16 +109,21 @@ async fn worker_jobs_in(
 ) -> Result<Vec<observed::WorkerJobs>> {
     let (api, api_name) = if matches!(spec.work_pool.pool_type, bootstrap_spec::PoolType::CloudRun)
     {
-        (run_jobs::JobsApi::V1, "v1")
+        (run_jobs::JobsApi::V1, crate::plan::JobsApi::V1)
     } else {
-        (run_jobs::JobsApi::V2, "v2")
+        (run_jobs::JobsApi::V2, crate::plan::JobsApi::V2)
     };
     let value = run_jobs::pool_label_value(spec.work_pool.name.as_str());
     let reads = regions.iter().map(|r| {
         let value = value.clone();
         async move {
             let region = Region::parse(r).map_err(|e| anyhow::anyhow!("region `{r}`: {e}"))?;
-            let jobs = run_jobs::Jobs::new(ctx.gcp.clone(), api, spec.gcp.project.clone(), region);
+            let jobs = run_jobs::Jobs::new(
+                ctx.gcp.clone(),
+                api,
+                spec.gcp.project.clone(),
+                region.clone(),
+            );
             let listed = match jobs.jobs_labelled(run_jobs::POOL_LABEL, &value).await {
                 Err(GcpError::ServiceDisabled { .. }) => Vec::new(),
                 other => other.with_context(|| {
@@ -128,11 +133,17 @@ async fn worker_jobs_in(
                     )
                 })?,
             };
-            let mut names: Vec<String> = listed.into_iter().map(|j| j.name).collect();
+            let mut names = listed
+                .into_iter()
+                .map(|j| {
+                    RunJobName::parse(j.name.as_str())
+                        .map_err(|e| anyhow::anyhow!("Cloud Run job `{}` in {r}: {e}", j.name))
+                })
+                .collect::<Result<Vec<_>>>()?;
             names.sort();
             Ok::<_, anyhow::Error>(observed::WorkerJobs {
-                region: r.clone(),
-                api: api_name.to_string(),
+                region,
+                api: api_name,
                 names,
             })
         }
@@ -354,7 +365,7 @@ async fn block(client: &PrefectClient, spec: &Spec) -> Result<Option<observed::B
         let info = data.get("service_account_info").filter(|v| v.is_object());
         let text = |v: Option<&Value>| v.and_then(Value::as_str).map(String::from);
         observed::Block {
-            id: d.id.to_string(),
+            id: d.id.into(),
             project: text(data.get("project")),
             private_key_id: text(info.and_then(|i| i.get("private_key_id"))),
             client_email: text(info.and_then(|i| i.get("client_email"))),
@@ -425,9 +436,9 @@ fn observed_deployment(
         Value::Array(aligned_schedules(&live.schedules, &d.schedules)),
     );
     observed::Deployment {
-        id: live.id.to_string(),
+        id: live.id.into(),
         flow: d.flow.to_string(),
-        flow_id: live.flow_id.to_string(),
+        flow_id: live.flow_id.into(),
         name: d.name.to_string(),
         fields,
     }

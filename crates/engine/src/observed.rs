@@ -45,11 +45,11 @@ pub struct Observed {
 /// The flow-run jobs of the plan's work pool in one region.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerJobs {
-    pub region: String,
+    pub region: bootstrap_spec::ids::Region,
     /// The Cloud Run API the pool type uses: `v2` (`cloud-run-v2`) or `v1` (`cloud-run`).
-    pub api: String,
+    pub api: crate::plan::JobsApi,
     /// Short job names, sorted.
-    pub names: Vec<String>,
+    pub names: Vec<bootstrap_spec::ids::RunJobName>,
 }
 
 /// One image built from a folder: its source digest (read from disk) and whether the
@@ -108,7 +108,7 @@ pub struct Key {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Block {
-    pub id: String,
+    pub id: bootstrap_spec::ids::BlockId,
     pub project: Option<String>,
     /// `service_account_info.private_key_id` (read with secrets, only the id is kept).
     pub private_key_id: Option<String>,
@@ -136,10 +136,10 @@ pub struct WorkPool {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployment {
-    pub id: String,
+    pub id: bootstrap_spec::ids::DeploymentId,
     pub flow: String,
     /// The id of its flow (`flow`), as the batch read returned it.
-    pub flow_id: String,
+    pub flow_id: bootstrap_spec::ids::FlowId,
     pub name: String,
     /// The fields the plan owns, as the server returns them.
     pub fields: serde_json::Map<String, Value>,

@@ -2,7 +2,10 @@
 //! decisions of its own (the planner left none).
 
 use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
-use bootstrap_spec::ids::{ProjectId, Region};
+use bootstrap_spec::ids::{
+    AccountId, AutomationId, BlockId, BlockName, DeploymentId, FlowId, PrefectName, ProjectId,
+    Region, RunJobName, RunServiceName, RunWorkerPoolName, SecretId, ServiceAccountEmail,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
@@ -124,18 +127,18 @@ pub enum Op {
         services: Vec<String>,
     },
     CreateServiceAccount {
-        account_id: String,
-        email: String,
+        account_id: AccountId,
+        email: ServiceAccountEmail,
         display_name: String,
         description: String,
     },
     PatchServiceAccount {
-        email: String,
+        email: ServiceAccountEmail,
         display_name: String,
         description: String,
     },
     DeleteServiceAccount {
-        email: String,
+        email: ServiceAccountEmail,
     },
     /// One read-modify-write of the project policy: add and remove exactly these (role, member).
     EditProjectPolicy {
@@ -146,103 +149,105 @@ pub enum Op {
     },
     /// The same on a service account's own policy (least privilege).
     EditServiceAccountPolicy {
-        email: String,
+        email: ServiceAccountEmail,
         add: Vec<(String, String)>,
         remove: Vec<(String, String)>,
     },
     /// Create a user-managed key; its private key stays in memory for the block step.
     CreateKey {
-        email: String,
+        email: ServiceAccountEmail,
     },
     DeleteKey {
         name: String,
         /// The account the key belongs to.
-        email: String,
+        email: ServiceAccountEmail,
         key_id: String,
     },
     /// Create the secret (if `create`) and add a version holding the Prefect API key.
     PutSecret {
-        secret_id: String,
+        secret_id: SecretId,
         create: bool,
         add_version: bool,
         labels: serde_json::Map<String, Value>,
     },
     GrantSecretAccess {
-        secret_id: String,
+        secret_id: SecretId,
         member: String,
     },
     DeleteSecret {
-        secret_id: String,
+        secret_id: SecretId,
     },
     /// Create or replace the worker's Cloud Run service (PATCH with allowMissing=true).
     UpsertService {
-        name: String,
-        body: Value,
+        name: RunServiceName,
+        /// Built by the planner; exec sends it as it is.
+        body: Box<bootstrap_gcp::run_v2::Service>,
     },
     DeleteService {
-        name: String,
+        name: RunServiceName,
     },
     /// Create or update the worker's Cloud Run worker pool (PATCH with allowMissing=true);
     /// `count_only` sends `updateMask=scaling.manualInstanceCount` (an in-place resize);
     /// `wait_online` waits until a new worker of the work pool is ONLINE in Prefect (the move
     /// from the service, whose delete depends on this step).
     UpsertWorkerPool {
-        name: String,
-        body: Value,
+        name: RunWorkerPoolName,
+        /// Built by the planner; exec sends it as it is.
+        body: Box<bootstrap_gcp::run_v2::WorkerPool>,
         count_only: bool,
         wait_online: bool,
         /// The Prefect work pool whose workers `wait_online` watches.
-        work_pool: String,
+        work_pool: PrefectName,
     },
     DeleteWorkerPool {
-        name: String,
+        name: RunWorkerPoolName,
     },
     UpsertBlock {
-        name: String,
-        existing_id: Option<String>,
-        project: String,
+        name: BlockName,
+        existing_id: Option<BlockId>,
+        project: ProjectId,
         /// The key to store: from the key step of this apply, or none (keyless / unchanged key).
         key_from: Option<Address>,
         /// Keyless: store no service_account_info (and remove a stale one).
         keyless: bool,
     },
     DeleteBlock {
-        id: String,
-        name: String,
+        id: BlockId,
+        name: BlockName,
     },
     /// Create the work pool. The template's `credentials.default` holds the block ref,
     /// deferred when the block is created in the same apply (filled in by
     /// `template::set_credentials`).
     CreateWorkPool {
         pool: WorkPoolCreate,
-        credentials: Option<Deferred<String>>,
+        credentials: Option<Deferred<BlockId>>,
     },
     /// Update the work pool in place (the whole template, description, limit).
     UpdateWorkPool {
-        name: String,
+        name: PrefectName,
         update: WorkPoolUpdate,
-        credentials: Option<Deferred<String>>,
+        credentials: Option<Deferred<BlockId>>,
     },
     /// Delete the work pool and create it again: a pool's type cannot change.
     ReplaceWorkPool {
         pool: WorkPoolCreate,
-        credentials: Option<Deferred<String>>,
+        credentials: Option<Deferred<BlockId>>,
     },
     DeleteWorkPool {
-        name: String,
+        name: PrefectName,
     },
     UpsertDeployment {
-        flow: String,
-        name: String,
+        flow: PrefectName,
+        name: PrefectName,
         /// The request, in the server's field names.
         body: Box<DeploymentSpec>,
         /// The flow's id when observe saw it (on a live deployment of the same flow): the
         /// flow upsert is then left out, so a change to one deployment sends one write.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        flow_id: Option<String>,
+        flow_id: Option<FlowId>,
     },
     DeleteDeployment {
-        id: String,
+        id: DeploymentId,
         flow: String,
         name: String,
     },
@@ -252,13 +257,13 @@ pub enum Op {
         /// `key=value` of the pool label they were found by.
         label: String,
         /// `v2` or `v1`: the Cloud Run API of the pool type.
-        api: String,
+        api: JobsApi,
         jobs: Vec<WorkerJob>,
     },
     /// Create a docker repository in Artifact Registry (with the marker label).
     CreateRepository {
         repository: String,
-        region: String,
+        region: Region,
         labels: serde_json::Map<String, Value>,
     },
     /// One read-modify-write of a repository's own IAM policy.
@@ -285,22 +290,22 @@ pub enum Op {
     /// Scale to zero: create the waker's secret (if `create`) and add a version holding a new
     /// shared secret, made in memory and kept for the block step (`crate::wake`).
     PutWakerSecret {
-        secret_id: String,
+        secret_id: SecretId,
         create: bool,
         labels: serde_json::Map<String, Value>,
     },
     /// One read-modify-write of a Cloud Run worker pool's own IAM policy.
     EditWorkerPoolPolicy {
-        pool: String,
+        pool: RunWorkerPoolName,
         add: Vec<(String, String)>,
         remove: Vec<(String, String)>,
     },
     /// The Webhook block calling the waker service `service` at its URL, with the shared
     /// secret of the step at `secret_from`.
     UpsertWakerBlock {
-        name: String,
-        existing_id: Option<String>,
-        service: String,
+        name: BlockName,
+        existing_id: Option<BlockId>,
+        service: RunServiceName,
         secret_from: Address,
     },
     /// The wake or the sweep automation, calling the Webhook block `block`.
@@ -308,12 +313,12 @@ pub enum Op {
         name: String,
         kind: super::wake::AutomationKind,
         /// The Prefect work pool the automation watches.
-        work_pool: String,
-        existing_id: Option<String>,
-        block: Deferred<String>,
+        work_pool: PrefectName,
+        existing_id: Option<AutomationId>,
+        block: Deferred<BlockId>,
     },
     DeleteAutomation {
-        id: String,
+        id: AutomationId,
         name: String,
     },
 }
@@ -321,8 +326,26 @@ pub enum Op {
 /// One flow-run job of [`Op::DeleteWorkerJobs`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerJob {
-    pub region: String,
-    pub name: String,
+    pub region: Region,
+    pub name: RunJobName,
+}
+
+/// The Cloud Run API that holds a pool type's flow-run jobs (`v2` for `cloud-run-v2`, `v1`
+/// for `cloud-run`), in the plan's JSON as those two strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobsApi {
+    V1,
+    V2,
+}
+
+impl From<JobsApi> for bootstrap_gcp::run_jobs::JobsApi {
+    fn from(api: JobsApi) -> Self {
+        match api {
+            JobsApi::V1 => bootstrap_gcp::run_jobs::JobsApi::V1,
+            JobsApi::V2 => bootstrap_gcp::run_jobs::JobsApi::V2,
+        }
+    }
 }
 
 impl Op {

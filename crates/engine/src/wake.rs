@@ -20,7 +20,8 @@ use bootstrap_prefect::{
     Automation, AutomationSpec, BlockDocumentCreate, PrefectError, pick_block_schema,
 };
 use bootstrap_spec::ids::{
-    AccountId, ProjectId, Region, RunServiceName, SecretId, ServiceAccountEmail,
+    AccountId, AutomationId, BlockId, BlockName, PrefectName, ProjectId, Region, RunServiceName,
+    RunWorkerPoolName, SecretId, ServiceAccountEmail,
 };
 use bootstrap_spec::{Spec, WorkerKind};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -41,24 +42,25 @@ pub const POOL_ROLE: &str = "roles/run.developer";
 /// The port the waker listens on in its container (Cloud Run's default `PORT`).
 pub const WAKER_PORT: u16 = 8080;
 
-/// The names of the wake path's resources for one plan.
+/// The names of the wake path's resources for one plan, each of its own type: they are
+/// derived from names the plan file checked, in forms valid by construction (see [`names`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     /// The Cloud Run worker pool (short name).
-    pub pool: String,
+    pub pool: RunWorkerPoolName,
     /// `projects/P/locations/R/workerPools/N`.
     pub pool_full: String,
     /// The Prefect work pool.
-    pub work_pool: String,
+    pub work_pool: PrefectName,
     /// The waker's account id (`<pool, ≤24>-waker`: ids are 6-30 characters).
-    pub account_id: String,
-    pub email: String,
+    pub account_id: AccountId,
+    pub email: ServiceAccountEmail,
     /// The waker's Cloud Run service (`<pool, ≤43>-waker`: ids are under 50 characters).
-    pub service: String,
+    pub service: RunServiceName,
     /// The Secret Manager secret holding the shared secret.
-    pub secret: String,
+    pub secret: SecretId,
     /// The Webhook block (Prefect block names: lowercase letters, digits, dashes).
-    pub block: String,
+    pub block: BlockName,
     /// The wake automation.
     pub wake: String,
     /// The sweep automation.
@@ -74,19 +76,34 @@ fn cut(s: &str, max: usize) -> String {
         .to_owned()
 }
 
+/// A name derived from checked ones. Every form below is valid for any valid worker pool and
+/// work pool name (a pool name is a DNS label of 1-49 characters starting with a letter, so
+/// `<pool, cut>-waker` is 7-30 characters for an account and at most 49 for a service; the
+/// block's slug keeps only lowercase letters, digits and dashes); `names_fit_googles_limits`
+/// checks the edges.
+fn derived<T>(what: &str, value: String, parse: impl Fn(String) -> Result<T, String>) -> T {
+    match parse(value.clone()) {
+        Ok(v) => v,
+        Err(e) => unreachable!("the waker's {what} `{value}` is valid by construction: {e}"),
+    }
+}
+
 /// The names, for a `kind: worker-pool` plan with `scale_to_zero`; `None` otherwise.
 pub fn names(spec: &Spec) -> Option<Names> {
     let worker = spec.worker.as_ref()?;
     if worker.kind != WorkerKind::WorkerPool || worker.scale_to_zero.is_none() {
         return None;
     }
-    let pool = worker.pool_name().to_string();
-    let account_id = format!("{}-waker", cut(&pool, 24));
-    let email = AccountId::parse(account_id.clone())
-        .map(|a| ServiceAccountEmail::for_account(&a, &spec.gcp.project).to_string())
-        .unwrap_or_else(|_| format!("{account_id}@{}.iam.gserviceaccount.com", spec.gcp.project));
-    let work_pool = spec.work_pool.name.to_string();
+    let pool = worker.pool_name();
+    let account_id = derived(
+        "account id",
+        format!("{}-waker", cut(pool.as_str(), 24)),
+        AccountId::parse,
+    );
+    let email = ServiceAccountEmail::for_account(&account_id, &spec.gcp.project);
+    let work_pool = spec.work_pool.name.clone();
     let slug: String = work_pool
+        .as_str()
         .to_lowercase()
         .chars()
         .map(|c| {
@@ -104,19 +121,27 @@ pub fn names(spec: &Spec) -> Option<Names> {
         ),
         account_id,
         email,
-        service: format!("{}-waker", cut(&pool, 43)),
-        secret: format!("{pool}-waker-secret"),
-        block: format!("{}-waker", cut(&slug, 80)),
+        service: derived(
+            "service",
+            format!("{}-waker", cut(pool.as_str(), 43)),
+            RunServiceName::parse,
+        ),
+        secret: derived("secret", format!("{pool}-waker-secret"), SecretId::parse),
+        block: derived(
+            "block",
+            format!("{}-waker", cut(&slug, 80)),
+            BlockName::parse,
+        ),
         wake: format!("{work_pool}-wake"),
         sweep: format!("{work_pool}-sweep"),
-        pool,
+        pool: pool.clone(),
         work_pool,
     })
 }
 
 impl Names {
     pub fn member(&self) -> String {
-        format!("serviceAccount:{}", self.email)
+        self.email.member()
     }
 }
 
@@ -138,7 +163,7 @@ pub fn automation_spec(
         AutomationKind::Wake => &names.wake,
         AutomationKind::Sweep => &names.sweep,
     };
-    automation_body(name, &names.work_pool, kind, block_id)
+    automation_body(name, names.work_pool.as_str(), kind, block_id)
 }
 
 /// The same from the automation's own name and work pool (what apply's op carries).
@@ -186,7 +211,7 @@ pub struct Secret {
 /// secret's latest version (compared in memory; neither value is kept).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Block {
-    pub id: String,
+    pub id: BlockId,
     pub url: Option<String>,
     pub secret_matches: bool,
 }
@@ -198,10 +223,6 @@ fn absent_if_disabled<T>(r: Result<Option<T>, GcpError>) -> Result<Option<T>, Gc
     }
 }
 
-fn parse<T>(what: &str, v: &str, f: impl Fn(String) -> Result<T, String>) -> Result<T> {
-    f(v.to_string()).map_err(|e| anyhow!("invalid {what} `{v}`: {e}"))
-}
-
 /// Reads the wake path's resources (`None` for plans without `scale_to_zero`). `pool_exists`:
 /// the worker pool's policy is read only when the pool is there.
 pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Option<Observed>> {
@@ -209,25 +230,19 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
         return Ok(None);
     };
     let project = &spec.gcp.project;
-    let email = parse("email", &n.email, ServiceAccountEmail::parse)?;
-    let secret_id = parse("secret id", &n.secret, SecretId::parse)?;
-    let service = parse("service", &n.service, RunServiceName::parse)?;
+    let (email, secret_id, service) = (&n.email, &n.secret, &n.service);
     let account = async {
-        absent_if_disabled(iam::get_service_account(&ctx.gcp, project, &email).await)
+        absent_if_disabled(iam::get_service_account(&ctx.gcp, project, email).await)
             .with_context(|| format!("reading service account {}", n.email))
     };
     let pool_policy = async {
         if !pool_exists {
             return Ok(BTreeSet::new());
         }
-        let pool = parse(
-            "worker pool",
-            &n.pool,
-            bootstrap_spec::ids::RunWorkerPoolName::parse,
-        )?;
-        let policy = run_v2::get_worker_pool_iam_policy(&ctx.gcp, project, &spec.gcp.region, &pool)
-            .await
-            .with_context(|| format!("reading the IAM policy of worker pool {}", n.pool))?;
+        let policy =
+            run_v2::get_worker_pool_iam_policy(&ctx.gcp, project, &spec.gcp.region, &n.pool)
+                .await
+                .with_context(|| format!("reading the IAM policy of worker pool {}", n.pool))?;
         Ok::<_, anyhow::Error>(
             policy
                 .bindings
@@ -239,19 +254,19 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
     };
     let secret = async {
         let Some(s) =
-            absent_if_disabled(secretmanager::get_secret(&ctx.gcp, project, &secret_id).await)
+            absent_if_disabled(secretmanager::get_secret(&ctx.gcp, project, secret_id).await)
                 .with_context(|| format!("reading secret {}", n.secret))?
         else {
             return Ok::<_, anyhow::Error>((None, None));
         };
         let (latest, policy) = tokio::try_join!(
             async {
-                secretmanager::access_latest(&ctx.gcp, project, &secret_id)
+                secretmanager::access_latest(&ctx.gcp, project, secret_id)
                     .await
                     .with_context(|| format!("reading the latest version of secret {}", n.secret))
             },
             async {
-                secretmanager::get_iam_policy(&ctx.gcp, project, &secret_id)
+                secretmanager::get_iam_policy(&ctx.gcp, project, secret_id)
                     .await
                     .with_context(|| format!("reading the IAM policy of secret {}", n.secret))
             },
@@ -273,7 +288,7 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
     };
     let svc = async {
         let s = absent_if_disabled(
-            run_v2::get_service(&ctx.gcp, project, &spec.gcp.region, &service).await,
+            run_v2::get_service(&ctx.gcp, project, &spec.gcp.region, service).await,
         )
         .with_context(|| format!("reading Cloud Run service {}", n.service))?;
         s.map(|s| serde_json::to_value(s).context("re-encoding the service"))
@@ -281,7 +296,7 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
     };
     let block = async {
         ctx.prefect
-            .block_document_by_name_with_secrets(WEBHOOK_BLOCK_TYPE, &n.block)
+            .block_document_by_name_with_secrets(WEBHOOK_BLOCK_TYPE, n.block.as_str())
             .await
             .with_context(|| format!("reading Prefect block webhook/{}", n.block))
     };
@@ -309,7 +324,7 @@ pub async fn observe(ctx: &Context, spec: &Spec, pool_exists: bool) -> Result<Op
             _ => false,
         };
         Block {
-            id: b.id.to_string(),
+            id: b.id.into(),
             url: data.get("url").and_then(Value::as_str).map(str::to_owned),
             secret_matches,
         }
@@ -337,28 +352,27 @@ pub fn new_secret() -> SecretString {
 pub async fn put_secret(
     ctx: &Context,
     project: &ProjectId,
-    secret_id: &str,
+    id: &SecretId,
     create: bool,
     labels: &serde_json::Map<String, Value>,
 ) -> Result<SecretString> {
-    let id = parse("secret id", secret_id, SecretId::parse)?;
     if create {
         let labels: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
             .collect();
-        match secretmanager::create_secret(&ctx.gcp, project, &id, &labels).await {
+        match secretmanager::create_secret(&ctx.gcp, project, id, &labels).await {
             Ok(_) => {}
             Err(e) if e.is_already_exists() => {}
             Err(e) => {
-                return Err(anyhow!(e)).with_context(|| format!("creating secret {secret_id}"));
+                return Err(anyhow!(e)).with_context(|| format!("creating secret {id}"));
             }
         }
     }
     let secret = new_secret();
-    secretmanager::add_version(&ctx.gcp, project, &id, &secret)
+    secretmanager::add_version(&ctx.gcp, project, id, &secret)
         .await
-        .with_context(|| format!("adding a version to secret {secret_id}"))?;
+        .with_context(|| format!("adding a version to secret {id}"))?;
     Ok(secret)
 }
 
@@ -367,13 +381,12 @@ pub async fn put_secret(
 pub async fn upsert_block(
     ctx: &Context,
     (project, region): (&ProjectId, &Region),
-    name: &str,
-    existing_id: Option<&str>,
-    service: &str,
+    name: &BlockName,
+    existing_id: Option<BlockId>,
+    service: &RunServiceName,
     secret: &SecretString,
-) -> Result<String> {
-    let svc = parse("service", service, RunServiceName::parse)?;
-    let live = run_v2::get_service(&ctx.gcp, project, region, &svc)
+) -> Result<BlockId> {
+    let live = run_v2::get_service(&ctx.gcp, project, region, service)
         .await
         .with_context(|| format!("reading Cloud Run service {service}"))?
         .ok_or_else(|| anyhow!("Cloud Run service {service} is gone; run apply again"))?;
@@ -389,11 +402,7 @@ pub async fn upsert_block(
     let schemas = client.block_schemas_for_type(block_type.id).await?;
     let schema = pick_block_schema(&schemas, None)
         .ok_or_else(|| anyhow!("the Prefect server has no schema for the `webhook` block type"))?;
-    let existing = match existing_id {
-        Some(id) => Some(uuid::Uuid::parse_str(id).context("invalid block id")?),
-        None => None,
-    };
-    let id = match existing {
+    let id = match existing_id.map(BlockId::uuid) {
         Some(id) => {
             client
                 .update_block_document(id, &data, Some(schema.id), false)
@@ -412,7 +421,7 @@ pub async fn upsert_block(
                 Err(PrefectError::Conflict { .. }) => {
                     // Made by a concurrent apply: take it over with this secret.
                     let live = client
-                        .block_document_by_name(WEBHOOK_BLOCK_TYPE, name)
+                        .block_document_by_name(WEBHOOK_BLOCK_TYPE, name.as_str())
                         .await?
                         .ok_or_else(|| anyhow!("block {name} exists but cannot be read"))?;
                     client
@@ -424,24 +433,22 @@ pub async fn upsert_block(
             }
         }
     };
-    Ok(id.to_string())
+    Ok(id.into())
 }
 
 /// Creates or replaces one automation.
 pub async fn upsert_automation(
     ctx: &Context,
     name: &str,
-    work_pool: &str,
+    work_pool: &PrefectName,
     kind: AutomationKind,
-    existing_id: Option<&str>,
-    block_id: &str,
+    existing_id: Option<AutomationId>,
+    block_id: BlockId,
 ) -> Result<()> {
-    let block = uuid::Uuid::parse_str(block_id).context("invalid block id")?;
-    let body = automation_body(name, work_pool, kind, block);
+    let body = automation_body(name, work_pool.as_str(), kind, block_id.uuid());
     match existing_id {
         Some(id) => {
-            let id = uuid::Uuid::parse_str(id).context("invalid automation id")?;
-            ctx.prefect.update_automation(id, &body).await?;
+            ctx.prefect.update_automation(id.uuid(), &body).await?;
         }
         None => {
             ctx.prefect.create_automation(&body).await?;

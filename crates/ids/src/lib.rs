@@ -53,6 +53,18 @@ macro_rules! id_type {
                 value.0
             }
         }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
     };
 }
 
@@ -126,6 +138,53 @@ id_type!(
     /// A container image reference: `[registry/]path[:tag][@sha256:digest]`, lowercase path.
     ImageRef,
     check_image
+);
+
+/// Declares an id the Prefect server gives an object (a UUID), one type per kind of object so
+/// that a block's id cannot be passed where an automation's is wanted. The JSON form is the
+/// UUID's string, as the server writes it.
+macro_rules! prefect_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub uuid::Uuid);
+
+        impl $name {
+            pub fn uuid(self) -> uuid::Uuid {
+                self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl From<uuid::Uuid> for $name {
+            fn from(id: uuid::Uuid) -> Self {
+                Self(id)
+            }
+        }
+    };
+}
+
+prefect_id!(
+    /// A Prefect block document's id.
+    BlockId
+);
+prefect_id!(
+    /// A Prefect automation's id.
+    AutomationId
+);
+prefect_id!(
+    /// A Prefect deployment's id.
+    DeploymentId
+);
+prefect_id!(
+    /// A Prefect flow's id.
+    FlowId
 );
 
 impl ServiceAccountEmail {

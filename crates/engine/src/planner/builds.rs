@@ -27,7 +27,7 @@ fn marked(labels: &std::collections::BTreeMap<String, String>) -> bool {
 /// account (on the repository only: least privilege, not project-wide).
 pub(super) fn repositories(b: &mut Builder) {
     let member = b.spec.service_account.email.member();
-    let region = b.spec.gcp.region.to_string();
+    let region = b.spec.gcp.region.clone();
     for repo in repositories_of(b) {
         let address = addr::repository(&repo);
         let live = b.observed.repositories.get(&repo).cloned().flatten();
@@ -43,7 +43,7 @@ pub(super) fn repositories(b: &mut Builder) {
                     reason: None,
                     changes: vec![
                         FieldChange::set("format", None, Some(json!("DOCKER"))),
-                        FieldChange::set("location", None, Some(json!(region))),
+                        FieldChange::set("location", None, Some(json!(region.as_str()))),
                     ],
                     depends_on,
                     op: Op::CreateRepository {

@@ -77,8 +77,8 @@ pub(super) fn service_account(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::CreateServiceAccount {
-                    account_id: sa.account_id.to_string(),
-                    email: sa.email.to_string(),
+                    account_id: sa.account_id.clone(),
+                    email: sa.email.clone(),
                     display_name: sa.display_name.clone(),
                     description: sa.description.clone(),
                 },
@@ -99,7 +99,7 @@ pub(super) fn service_account(b: &mut Builder) {
                     changes,
                     depends_on: vec![],
                     op: Op::PatchServiceAccount {
-                        email: sa.email.to_string(),
+                        email: sa.email.clone(),
                         display_name: sa.display_name.clone(),
                         description: sa.description.clone(),
                     },
@@ -208,7 +208,7 @@ pub(super) fn bindings(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::EditServiceAccountPolicy {
-                    email: b.spec.service_account.email.to_string(),
+                    email: b.spec.service_account.email.clone(),
                     add,
                     remove: vec![],
                 },
@@ -261,7 +261,7 @@ pub(super) fn key(b: &mut Builder) {
         changes: vec![FieldChange::sensitive("private_key")],
         depends_on,
         op: Op::CreateKey {
-            email: b.spec.service_account.email.to_string(),
+            email: b.spec.service_account.email.clone(),
         },
     });
 }
@@ -296,7 +296,7 @@ pub(super) fn orphan_keys(b: &mut Builder) {
             depends_on,
             op: Op::DeleteKey {
                 name: k.name.clone(),
-                email: b.spec.service_account.email.to_string(),
+                email: b.spec.service_account.email.clone(),
                 key_id: k.key_id.clone(),
             },
         });
@@ -318,8 +318,8 @@ pub(super) fn secret(b: &mut Builder) {
     if !b.options.has_api_key {
         return;
     }
-    let id = worker.api_key_secret.to_string();
-    let address = addr::secret(&id);
+    let id = worker.api_key_secret.clone();
+    let address = addr::secret(id.as_str());
     let (create, add_version, adopted) = match &b.observed.secret {
         None => (true, true, false),
         Some(s) => (false, s.latest_matches != Some(true), !marked(&s.labels)),
@@ -353,7 +353,7 @@ pub(super) fn secret(b: &mut Builder) {
         .secret
         .as_ref()
         .is_some_and(|s| s.accessors.contains(&member));
-    let iam_address = addr::secret_iam(&id);
+    let iam_address = addr::secret_iam(id.as_str());
     if granted {
         b.unchanged(iam_address);
     } else {
@@ -392,9 +392,13 @@ pub(super) fn worker_service(b: &mut Builder) {
         c.push(addr::work_pool(b.spec));
         b.deps(&c)
     };
+    let desired_json = service::to_json(&desired);
     match &b.observed.service {
         None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view_for(&desired, worker));
+            let changes = diff::changes(
+                &Value::Null,
+                &service::owned_view_for(&desired_json, worker),
+            );
             b.push(Step {
                 address,
                 action: Action::Create,
@@ -403,15 +407,15 @@ pub(super) fn worker_service(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpsertService {
-                    name: worker.service.to_string(),
-                    body: desired,
+                    name: worker.service.clone(),
+                    body: Box::new(desired),
                 },
             });
         }
         Some(live) => {
             let changes = diff::changes(
                 &service::owned_view_for(live, worker),
-                &service::owned_view_for(&desired, worker),
+                &service::owned_view_for(&desired_json, worker),
             );
             let adopted = !service::is_marked(live);
             // A latest revision that is not ready is drift even when the spec matches: the
@@ -420,10 +424,10 @@ pub(super) fn worker_service(b: &mut Builder) {
             if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address);
             } else {
-                let body = match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired),
-                    None => service::merge_into_live(live, &desired),
-                };
+                let body = service::typed_body(match &not_ready {
+                    Some(_) => service::redeploy_body(live, &desired_json),
+                    None => service::merge_into_live(live, &desired_json),
+                });
                 b.push(Step {
                     address,
                     action: Action::Update,
@@ -433,8 +437,8 @@ pub(super) fn worker_service(b: &mut Builder) {
                     changes,
                     depends_on,
                     op: Op::UpsertService {
-                        name: worker.service.to_string(),
-                        body,
+                        name: worker.service.clone(),
+                        body: Box::new(body),
                     },
                 });
             }
@@ -462,7 +466,7 @@ pub(super) fn destroy_worker_service(b: &mut Builder) {
         changes: vec![],
         depends_on: vec![],
         op: Op::DeleteService {
-            name: worker.service.to_string(),
+            name: worker.service.clone(),
         },
     });
 }
@@ -472,8 +476,8 @@ pub(super) fn destroy_secret(b: &mut Builder) {
     let Some(secret) = &b.observed.secret else {
         return;
     };
-    let id = worker.api_key_secret.to_string();
-    let address = addr::secret(&id);
+    let id = worker.api_key_secret.clone();
+    let address = addr::secret(id.as_str());
     if !marked(&secret.labels) {
         b.adopted.push(address);
         return;
@@ -508,7 +512,7 @@ pub(super) fn destroy_keys(b: &mut Builder) {
             depends_on,
             op: Op::DeleteKey {
                 name: k.name,
-                email: b.spec.service_account.email.to_string(),
+                email: b.spec.service_account.email.clone(),
                 key_id: k.key_id,
             },
         });
@@ -559,9 +563,9 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
     if b.options.keep_service_account {
         return;
     }
-    let Some(sa) = &b.observed.service_account else {
+    if b.observed.service_account.is_none() {
         return;
-    };
+    }
     let mut candidates = vec![addr::project_iam(b.spec), addr::block(b.spec)];
     if let Some(w) = &b.spec.worker {
         candidates.push(addr::service(w.service.as_str()));
@@ -577,7 +581,8 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
         changes: vec![],
         depends_on,
         op: Op::DeleteServiceAccount {
-            email: sa.email.clone(),
+            // Observe read the account by the plan's email.
+            email: b.spec.service_account.email.clone(),
         },
     });
 }

@@ -1,6 +1,7 @@
 //! Planning the Prefect half: the credentials block, the work pool and the deployments.
 
 use bootstrap_prefect::{DeploymentSpec, WorkPoolCreate, WorkPoolUpdate};
+use bootstrap_spec::ids::{BlockId, FlowId};
 use bootstrap_spec::{Deployment, KeyMode, Spec};
 use serde_json::{Value, json};
 
@@ -14,10 +15,14 @@ pub(super) fn block(b: &mut Builder) {
     let key_step = addr::new_key(spec);
     let new_key = b.planned(&key_step);
     let keyless = spec.service_account.key == KeyMode::None;
-    let project = spec.gcp.project.to_string();
+    let project = spec.gcp.project.clone();
     match &b.observed.block {
         None => {
-            let mut changes = vec![FieldChange::set("project", None, Some(json!(project)))];
+            let mut changes = vec![FieldChange::set(
+                "project",
+                None,
+                Some(json!(project.as_str())),
+            )];
             if !keyless {
                 changes.push(FieldChange::sensitive("service_account_info"));
             }
@@ -30,7 +35,7 @@ pub(super) fn block(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.to_string(),
+                    name: spec.credentials_block.name.clone(),
                     existing_id: None,
                     project,
                     key_from: new_key.then_some(key_step),
@@ -44,7 +49,7 @@ pub(super) fn block(b: &mut Builder) {
                 changes.push(FieldChange::set(
                     "project",
                     live.project.clone().map(Value::String),
-                    Some(json!(project)),
+                    Some(json!(project.as_str())),
                 ));
             }
             if new_key || (keyless && live.has_service_account_info) {
@@ -63,8 +68,8 @@ pub(super) fn block(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.to_string(),
-                    existing_id: Some(live.id.clone()),
+                    name: spec.credentials_block.name.clone(),
+                    existing_id: Some(live.id),
                     project,
                     key_from: new_key.then_some(key_step),
                     keyless,
@@ -79,18 +84,16 @@ pub(super) fn work_pool(b: &mut Builder) {
     let address = addr::work_pool(spec);
     let block_address = addr::block(spec);
     // The block ref: known when the block exists; otherwise produced by the block step.
-    let credentials: Option<Deferred<String>> = match (spec.service_account.key, &b.observed.block)
+    let credentials: Option<Deferred<BlockId>> = match (spec.service_account.key, &b.observed.block)
     {
         (KeyMode::None, _) => None,
-        (KeyMode::Json, Some(blk)) => Some(Deferred::Known {
-            value: blk.id.clone(),
-        }),
+        (KeyMode::Json, Some(blk)) => Some(Deferred::Known { value: blk.id }),
         (KeyMode::Json, None) => Some(Deferred::Step {
             address: block_address.clone(),
         }),
     };
     let cred_value = match &credentials {
-        Some(Deferred::Known { value }) => Some(template::block_ref(value)),
+        Some(Deferred::Known { value }) => Some(template::block_ref(*value)),
         _ => None,
     };
     let depends_on = b.deps(&[block_address]);
@@ -226,7 +229,7 @@ pub(super) fn work_pool(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpdateWorkPool {
-                    name: spec.work_pool.name.to_string(),
+                    name: spec.work_pool.name.clone(),
                     update: WorkPoolUpdate {
                         description: spec.work_pool.description.clone(),
                         base_job_template: Some(wanted),
@@ -273,12 +276,12 @@ pub fn deployment_key(d: &Deployment) -> String {
 
 /// The id of flow `flow` when any live deployment of the plan belongs to it (the batch read
 /// returns each deployment's `flow_id`), so apply need not upsert the flow again.
-fn observed_flow_id(observed: &crate::observed::Observed, flow: &str) -> Option<String> {
+fn observed_flow_id(observed: &crate::observed::Observed, flow: &str) -> Option<FlowId> {
     observed
         .deployments
         .values()
-        .find(|d| d.flow == flow && !d.flow_id.is_empty())
-        .map(|d| d.flow_id.clone())
+        .find(|d| d.flow == flow)
+        .map(|d| d.flow_id)
 }
 
 pub(super) fn deployments(b: &mut Builder) {
@@ -324,8 +327,8 @@ pub(super) fn deployments(b: &mut Builder) {
             changes,
             depends_on,
             op: Op::UpsertDeployment {
-                flow: d.flow.to_string(),
-                name: d.name.to_string(),
+                flow: d.flow.clone(),
+                name: d.name.clone(),
                 body: Box::new(deployment_spec(&wanted)),
                 flow_id,
             },
@@ -347,7 +350,7 @@ pub(super) fn destroy_deployments(b: &mut Builder) {
                 changes: vec![],
                 depends_on: vec![],
                 op: Op::DeleteDeployment {
-                    id: live.id.clone(),
+                    id: live.id,
                     flow: live.flow.clone(),
                     name: live.name.clone(),
                 },
@@ -375,7 +378,7 @@ pub(super) fn destroy_work_pool(b: &mut Builder) {
         changes: vec![],
         depends_on,
         op: Op::DeleteWorkPool {
-            name: b.spec.work_pool.name.to_string(),
+            name: b.spec.work_pool.name.clone(),
         },
     });
 }
@@ -391,8 +394,8 @@ pub(super) fn destroy_block(b: &mut Builder) {
         changes: vec![],
         depends_on,
         op: Op::DeleteBlock {
-            id: blk.id.clone(),
-            name: b.spec.credentials_block.name.to_string(),
+            id: blk.id,
+            name: b.spec.credentials_block.name.clone(),
         },
     });
 }

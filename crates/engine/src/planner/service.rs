@@ -1,7 +1,15 @@
 //! The worker's Cloud Run service (v2): the body the plan wants, and the view of a live service
 //! restricted to the fields the plan owns (server-managed fields never show as drift).
 
+use std::collections::BTreeMap;
+
+use bootstrap_gcp::run_v2::{
+    Container, ContainerPort, EnvVar, EnvVarSource, HttpGetAction, Probe, ResourceRequirements,
+    RevisionScaling, RevisionTemplate, SecretKeySelector, Service,
+};
 use bootstrap_spec::{Spec, Worker, WorkerRuntime};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::super::diff;
@@ -44,49 +52,116 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
     }
 }
 
+/// A literal environment variable.
+pub fn env_value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        value_source: None,
+    }
+}
+
+/// An environment variable holding the latest version of a Secret Manager secret.
+pub fn env_secret(name: &str, secret: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_source: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                secret: secret.to_owned(),
+                version: Some("latest".to_owned()),
+            }),
+        }),
+    }
+}
+
+/// The marker label every Cloud Run resource the tool makes carries.
+pub fn marker_labels() -> BTreeMap<String, String> {
+    BTreeMap::from([(MARKER_LABEL.0.to_owned(), MARKER_LABEL.1.to_owned())])
+}
+
+/// A count of the plan file (`u32`) as Cloud Run's int32; the plan file's limits keep it far
+/// below `i32::MAX`.
+pub fn count(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// `cpu` and `memory` limits.
+pub fn limits(cpu: &str, memory: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("cpu".to_owned(), cpu.to_owned()),
+        ("memory".to_owned(), memory.to_owned()),
+    ])
+}
+
 /// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
-pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
+pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
     let (command, args) = command_and_args(spec, worker);
-    let mut env = vec![json!({"name": "PREFECT_API_URL", "value": options.prefect_api_url})];
+    let mut env = vec![env_value("PREFECT_API_URL", &options.prefect_api_url)];
     if options.has_api_key {
-        env.push(json!({
-            "name": "PREFECT_API_KEY",
-            "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
-        }));
+        env.push(env_secret(
+            "PREFECT_API_KEY",
+            worker.api_key_secret.as_str(),
+        ));
     }
-    let mut container = json!({
-        "image": worker.image.as_str(),
-        "args": args,
-        "env": env,
-        "ports": [{"containerPort": HEALTH_PORT}],
-        "resources": {
-            "limits": {"cpu": worker.cpu, "memory": worker.memory},
-            "cpuIdle": worker.cpu_throttling,
-        },
-        "startupProbe": {
-            "httpGet": {"path": "/health", "port": HEALTH_PORT},
-            "periodSeconds": 5,
-            "failureThreshold": 24,
-            "timeoutSeconds": 3,
-        },
-    });
-    if !command.is_empty() {
-        container["command"] = json!(command);
+    let container = Container {
+        image: worker.image.to_string(),
+        command,
+        args,
+        env,
+        ports: vec![ContainerPort {
+            name: None,
+            container_port: Some(i32::from(HEALTH_PORT)),
+        }],
+        resources: Some(ResourceRequirements {
+            limits: limits(&worker.cpu, &worker.memory),
+            cpu_idle: Some(worker.cpu_throttling),
+            startup_cpu_boost: None,
+        }),
+        startup_probe: Some(Probe {
+            http_get: Some(HttpGetAction {
+                path: Some("/health".to_owned()),
+                port: Some(i32::from(HEALTH_PORT)),
+                ..HttpGetAction::default()
+            }),
+            period_seconds: Some(5),
+            failure_threshold: Some(24),
+            timeout_seconds: Some(3),
+            ..Probe::default()
+        }),
+        ..Container::default()
+    };
+    Service {
+        labels: marker_labels(),
+        ingress: Some("INGRESS_TRAFFIC_ALL".to_owned()),
+        invoker_iam_disabled: Some(worker.allow_unauthenticated),
+        template: Some(RevisionTemplate {
+            service_account: Some(spec.service_account.email.to_string()),
+            scaling: Some(RevisionScaling {
+                min_instance_count: Some(count(worker.min_instances)),
+                max_instance_count: worker.max_instances.map(count),
+                ..RevisionScaling::default()
+            }),
+            containers: vec![container],
+            ..RevisionTemplate::default()
+        }),
+        ..Service::default()
     }
-    let mut scaling = json!({"minInstanceCount": worker.min_instances});
-    if let Some(max) = worker.max_instances {
-        scaling["maxInstanceCount"] = json!(max);
+}
+
+/// A typed body's JSON, for the views the planner compares (owned fields, drift).
+pub fn to_json<T: Serialize>(body: &T) -> Value {
+    serde_json::to_value(body).unwrap_or(Value::Null)
+}
+
+/// The typed body of a merged update ([`merge_into_live`], [`redeploy_body`]). The live body
+/// is what observe read through the typed model and re-encoded, and the fields laid over it
+/// are the encoding of a typed desired body, so the merge always fits the model again.
+pub fn typed_body<T: DeserializeOwned>(merged: Value) -> T {
+    match serde_json::from_value(merged) {
+        Ok(body) => body,
+        Err(e) => unreachable!("a live Cloud Run body merged with a typed one is typed: {e}"),
     }
-    json!({
-        "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
-        "ingress": "INGRESS_TRAFFIC_ALL",
-        "invokerIamDisabled": worker.allow_unauthenticated,
-        "template": {
-            "serviceAccount": spec.service_account.email.as_str(),
-            "scaling": scaling,
-            "containers": [container],
-        },
-    })
 }
 
 /// The fields of a service the plan owns, from a live service or a desired body.

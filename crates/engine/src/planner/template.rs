@@ -2,6 +2,7 @@
 //! credentials, service account, and `work_pool.job_variables`); everything else in the
 //! template (including edits made in the UI) is kept as it is.
 
+use bootstrap_spec::ids::BlockId;
 use bootstrap_spec::{KeyMode, Spec};
 use serde_json::{Value, json};
 
@@ -33,13 +34,13 @@ pub const CREDENTIALS_DEFAULT: &str = "variables.properties.credentials.default"
 
 /// Fills the `credentials` default of `template` with a ref to block `block_id`: what
 /// [`apply_defaults`] does for a known block (`key: json`; keyless plans defer no block).
-pub fn set_credentials(template: &mut Value, block_id: &str) {
+pub fn set_credentials(template: &mut Value, block_id: BlockId) {
     diff::set_path(template, CREDENTIALS_DEFAULT, block_ref(block_id));
 }
 
 /// The block ref value stored as the `credentials` default.
-pub fn block_ref(block_id: &str) -> Value {
-    json!({"$ref": {"block_document_id": block_id}})
+pub fn block_ref(block_id: BlockId) -> Value {
+    json!({"$ref": {"block_document_id": block_id.to_string()}})
 }
 
 /// The variables the plan sets that the template does not declare (an error to show the user).

@@ -11,6 +11,14 @@ use crate::observed::{self, Observed};
 use crate::plan::{Action, Deferred, Op};
 use crate::render;
 
+/// The credentials block's id in a converged world.
+const BLOCK_ID: uuid::Uuid = uuid::Uuid::from_u128(0xb1);
+
+/// A flow's id, one per flow name.
+fn flow_id_of(flow: &str) -> FlowId {
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, flow.as_bytes()).into()
+}
+
 fn spec() -> Spec {
     let project = ProjectId::parse("prefect-project").unwrap();
     let account = AccountId::parse("prefect-service-account").unwrap();
@@ -159,7 +167,7 @@ fn converged(s: &Spec) -> Observed {
         disabled: false,
     }];
     o.block = Some(observed::Block {
-        id: "b-1".into(),
+        id: BLOCK_ID.into(),
         project: Some("prefect-project".into()),
         private_key_id: Some("k1".into()),
         client_email: Some(s.service_account.email.to_string()),
@@ -171,7 +179,7 @@ fn converged(s: &Spec) -> Observed {
         accessors: [member].into(),
     });
     let worker = s.worker.as_ref().unwrap();
-    let mut live = service::desired(s, worker, &options(Mode::Apply));
+    let mut live = service::to_json(&service::desired(s, worker, &options(Mode::Apply)));
     // Server-filled fields must not show as drift.
     live["uid"] = json!("u-1");
     live["generation"] = json!("3");
@@ -180,7 +188,11 @@ fn converged(s: &Spec) -> Observed {
     // Cloud Run fills in its default when the plan sets none.
     live["template"]["scaling"]["maxInstanceCount"] = json!(100);
     o.service = Some(live);
-    let t = template::apply_defaults(s, &default_template(), Some(&template::block_ref("b-1")));
+    let t = template::apply_defaults(
+        s,
+        &default_template(),
+        Some(&template::block_ref(BLOCK_ID.into())),
+    );
     o.work_pool = Some(observed::WorkPool {
         id: "p-1".into(),
         pool_type: "cloud-run".into(),
@@ -192,9 +204,9 @@ fn converged(s: &Spec) -> Observed {
         o.deployments.insert(
             prefect::deployment_key(d),
             observed::Deployment {
-                id: "d-1".into(),
+                id: uuid::Uuid::from_u128(0xd1).into(),
                 flow: d.flow.to_string(),
-                flow_id: "f-1".into(),
+                flow_id: uuid::Uuid::from_u128(0xf1).into(),
                 name: d.name.to_string(),
                 fields: prefect::deployment_fields(s, d),
             },
@@ -261,6 +273,7 @@ fn a_failed_revision_is_drift_that_redeploys() {
     let Op::UpsertService { body, .. } = &step.op else {
         panic!("expected an upsert: {:?}", step.op)
     };
+    let body = service::to_json(body);
     assert_eq!(
         body["template"]["annotations"][service::REDEPLOY_ANNOTATION],
         json!("prefect-worker-00002-abc")
@@ -314,7 +327,7 @@ fn one_changed_deployment_of_many_carries_its_flow_id() {
     }
     let mut o = converged(&s);
     for d in o.deployments.values_mut() {
-        d.flow_id = format!("id-of-{}", d.flow);
+        d.flow_id = flow_id_of(&d.flow);
     }
     s.deployments[42]
         .parameters
@@ -325,7 +338,7 @@ fn one_changed_deployment_of_many_carries_its_flow_id() {
         panic!("expected a deployment upsert: {:?}", p.steps[0].op)
     };
     assert_eq!(name, "deploy-42");
-    assert_eq!(flow_id.as_deref(), Some("id-of-flow-2"));
+    assert_eq!(*flow_id, Some(flow_id_of("flow-2")));
 
     // A new deployment of a flow that only it names: no id to reuse.
     let mut d = first.clone();
@@ -513,7 +526,7 @@ fn converged_pool(s: &Spec) -> Observed {
     let mut o = converged(s);
     o.service = None;
     let worker = s.worker.as_ref().unwrap();
-    let mut live = worker_pool::desired(s, worker, &options(Mode::Apply));
+    let mut live = service::to_json(&worker_pool::desired(s, worker, &options(Mode::Apply)));
     live["uid"] = json!("u-2");
     live["generation"] = json!("1");
     live["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
@@ -531,7 +544,11 @@ fn converged_pool(s: &Spec) -> Observed {
 #[test]
 fn a_worker_pool_runs_the_worker_without_its_health_listener() {
     let s = pool_spec(1);
-    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
+    let body = service::to_json(&worker_pool::desired(
+        &s,
+        s.worker.as_ref().unwrap(),
+        &options(Mode::Apply),
+    ));
     let args: Vec<&str> = body["template"]["containers"][0]["args"]
         .as_array()
         .unwrap()
@@ -613,7 +630,7 @@ fn a_converged_pool_is_quiet_and_a_count_change_is_in_place() {
     assert_eq!(p.steps.len(), 1, "{}", render::human(&p, false));
     assert!(matches!(
         &p.steps[0].op,
-        Op::UpsertWorkerPool { count_only: true, body, .. } if body["scaling"]["manualInstanceCount"] == 3
+        Op::UpsertWorkerPool { count_only: true, body, .. } if body.instance_count() == Some(3)
     ));
     insta::assert_snapshot!("plan_pool_resize", render::human(&p, false));
     let mut bigger = pool_spec(1);
@@ -700,7 +717,11 @@ fn a_scale_to_zero_pool_starts_at_zero_and_its_live_count_is_not_drift() {
             idle: std::time::Duration::from_secs(30),
         });
     }
-    let body = worker_pool::desired(&s, s.worker.as_ref().unwrap(), &options(Mode::Apply));
+    let body = service::to_json(&worker_pool::desired(
+        &s,
+        s.worker.as_ref().unwrap(),
+        &options(Mode::Apply),
+    ));
     assert_eq!(body["scaling"]["manualInstanceCount"], 0);
     let env = body["template"]["containers"][0]["env"].as_array().unwrap();
     let value = |name: &str| {
@@ -733,7 +754,7 @@ fn a_scale_to_zero_pool_starts_at_zero_and_its_live_count_is_not_drift() {
     let p = plan(&bigger, &o, &options(Mode::Apply));
     assert!(matches!(
         pool_step(&p),
-        Some(Op::UpsertWorkerPool { body, .. }) if body["scaling"]["manualInstanceCount"] == 1
+        Some(Op::UpsertWorkerPool { body, .. }) if body.instance_count() == Some(1)
     ));
 }
 
@@ -742,9 +763,11 @@ fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
     let s = spec();
     let mut o = converged(&s);
     o.worker_jobs = vec![observed::WorkerJobs {
-        region: "us-central1".into(),
-        api: "v1".into(),
-        names: (1..=5).map(|i| format!("run-{i}")).collect(),
+        region: Region::parse("us-central1").unwrap(),
+        api: crate::plan::JobsApi::V1,
+        names: (1..=5)
+            .map(|i| RunJobName::parse(format!("run-{i}")).unwrap())
+            .collect(),
     }];
     let p = plan(&s, &o, &options(Mode::Destroy));
     let step = p
@@ -757,7 +780,7 @@ fn destroy_deletes_the_workers_jobs_as_one_counted_step() {
             label, api, jobs, ..
         } => {
             assert_eq!(label, "prefect-io-work-pool-name=my-cloud-run-pool");
-            assert_eq!(api, "v1");
+            assert_eq!(*api, crate::plan::JobsApi::V1);
             assert_eq!(jobs.len(), 5);
         }
         other => panic!("unexpected {other:?}"),
@@ -1100,3 +1123,201 @@ fn the_work_pool_op_is_create_update_or_replace() {
 
 #[path = "worker_image_tests.rs"]
 mod worker_image_tests;
+
+// ---- typed Cloud Run bodies ----
+
+/// A live service with fields the plan does not own (a VPC connector, a volume mount, custom
+/// audiences), drifted so that the plan updates it.
+fn drifted_service_world(s: &Spec) -> Observed {
+    let mut o = converged(s);
+    let live = o.service.as_mut().unwrap();
+    live["customAudiences"] = json!(["https://example.test"]);
+    live["template"]["vpcAccess"] = json!({"connector": "projects/p/locations/r/connectors/c"});
+    live["template"]["containers"][0]["volumeMounts"] = json!([{"name": "v", "mountPath": "/v"}]);
+    live["template"]["scaling"]["minInstanceCount"] = json!(3);
+    o
+}
+
+/// The op bodies are the typed Cloud Run models, and a plan holding them reads back from its
+/// JSON as the same value; fields the plan does not own stay in them (the models' `extra`).
+#[test]
+fn typed_cloud_run_bodies_round_trip_through_json() {
+    use crate::plan::read_saved;
+    let s = spec();
+    let update = plan(&s, &drifted_service_world(&s), &options(Mode::Apply));
+    let Op::UpsertService { body, .. } = &update.steps[0].op else {
+        panic!(
+            "expected a service update: {}",
+            render::human(&update, false)
+        )
+    };
+    let template = body.template.as_ref().unwrap();
+    assert_eq!(
+        body.extra["customAudiences"],
+        json!(["https://example.test"])
+    );
+    assert!(template.extra.contains_key("vpcAccess"), "{body:?}");
+    assert!(
+        template.containers[0].extra.contains_key("volumeMounts"),
+        "{body:?}"
+    );
+    assert_eq!(
+        template.scaling.as_ref().unwrap().min_instance_count,
+        Some(1)
+    );
+    // Output-only fields are not sent back.
+    assert_eq!((&body.uid, &body.terminal_condition), (&None, &None));
+
+    let mut pool_world = converged_pool(&pool_spec(2));
+    pool_world.worker_pool.as_mut().unwrap()["template"]["vpcAccess"] =
+        json!({"networkInterfaces": [{"network": "default"}]});
+    let cases = [
+        update,
+        plan(&s, &empty(), &options(Mode::Apply)),
+        plan(&pool_spec(3), &pool_world, &options(Mode::Apply)),
+        plan(&pool_spec(1), &empty(), &options(Mode::Apply)),
+    ];
+    for p in cases {
+        assert!(
+            p.steps.iter().any(|st| matches!(
+                st.op,
+                Op::UpsertService { .. } | Op::UpsertWorkerPool { .. }
+            )),
+            "{}",
+            render::human(&p, false)
+        );
+        let text = render::json(&p);
+        let back = read_saved(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, p, "{text}");
+    }
+}
+
+/// A loopback stand-in for Cloud Run that answers every call with a finished operation and
+/// hands back each request's line and JSON body.
+async fn capturing_endpoint() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<(String, serde_json::Value)>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                let head_end = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("content-length")
+                            .then(|| v.trim().parse::<usize>().ok())?
+                    })
+                    .unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let body = serde_json::from_slice(&buf[head_end..]).unwrap_or(json!(null));
+                let line = head.lines().next().unwrap_or_default().to_owned();
+                let _ = tx.send((line, body));
+                let answer =
+                    r#"{"name":"projects/p/locations/r/operations/1","done":true,"response":{}}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = sock.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (base, rx)
+}
+
+/// What exec sends for an `UpsertService` or `UpsertWorkerPool` step is the body the planner
+/// built (with the resource's full name, which the PATCH states), field for field: exec does
+/// not rebuild it.
+#[tokio::test]
+async fn the_cloud_run_bodies_exec_sends_are_the_ones_the_planner_built() {
+    use std::sync::Arc;
+    let (base, mut rx) = capturing_endpoint().await;
+    let gcp = bootstrap_gcp::GcpHttp::new(
+        bootstrap_gcp::Endpoints::with_base(&base).unwrap(),
+        Arc::new(bootstrap_gcp::auth::StaticTokenSource::new(
+            "token".to_owned().into(),
+            None,
+        )),
+        bootstrap_gcp::RetryPolicy::default(),
+    )
+    .unwrap();
+    let prefect = bootstrap_prefect::PrefectClient::new(
+        bootstrap_prefect::PrefectConfig::resolve_with(
+            bootstrap_prefect::ConfigOverrides {
+                api_url: Some(format!("{base}/api")),
+                ..Default::default()
+            },
+            &|_| None,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let ctx = crate::context::Context { gcp, prefect };
+    let outputs = tokio::sync::Mutex::new(crate::apply::Outputs::default());
+
+    let s = spec();
+    let service_plan = plan(&s, &drifted_service_world(&s), &options(Mode::Apply));
+    let mut pool_world = converged_pool(&pool_spec(2));
+    pool_world.worker_pool.as_mut().unwrap()["template"]["vpcAccess"] =
+        json!({"networkInterfaces": [{"network": "default"}]});
+    let pool_plan = plan(&pool_spec(3), &pool_world, &options(Mode::Apply));
+    for p in [&service_plan, &pool_plan] {
+        let step = p
+            .steps
+            .iter()
+            .find(|st| {
+                matches!(
+                    st.op,
+                    Op::UpsertService { .. } | Op::UpsertWorkerPool { .. }
+                )
+            })
+            .expect("a Cloud Run step");
+        let (want, full_name) = match &step.op {
+            Op::UpsertService { name, body } => (
+                service::to_json(body),
+                format!("projects/prefect-project/locations/us-central1/services/{name}"),
+            ),
+            Op::UpsertWorkerPool { name, body, .. } => (
+                service::to_json(body),
+                format!("projects/prefect-project/locations/us-central1/workerPools/{name}"),
+            ),
+            _ => unreachable!(),
+        };
+        assert!(
+            crate::exec::run(&ctx, p, step, &outputs).await.unwrap(),
+            "{}",
+            step.address
+        );
+        let (line, sent) = rx.recv().await.expect("a request");
+        assert!(line.starts_with("PATCH "), "{line}");
+        let mut want = want;
+        want["name"] = json!(full_name);
+        assert_eq!(sent, want, "{line}");
+        assert!(sent["template"].get("vpcAccess").is_some(), "{sent}");
+    }
+}

@@ -7,7 +7,9 @@
 //! not hold the secret's latest version, or either is missing, and the block is then written
 //! with it in the same apply (`PutWakerSecret` -> `UpsertWakerBlock`).
 
+use bootstrap_gcp::run_v2;
 use bootstrap_spec::Spec;
+use bootstrap_spec::ids::BlockId;
 use serde_json::{Value, json};
 
 use super::super::diff;
@@ -25,13 +27,13 @@ pub mod address {
     use super::Names;
 
     pub fn account(n: &Names) -> Address {
-        Address::new("gcp.service_account", &n.account_id)
+        Address::new("gcp.service_account", n.account_id.as_str())
     }
     pub fn secret(n: &Names) -> Address {
-        Address::new("gcp.secret", &n.secret)
+        Address::new("gcp.secret", n.secret.as_str())
     }
     pub fn secret_iam(n: &Names) -> Address {
-        Address::new("gcp.secret_iam", &n.secret)
+        Address::new("gcp.secret_iam", n.secret.as_str())
     }
     /// The waker's access to the API-key secret (the worker's grant has `secret_iam[<id>]`).
     pub fn api_key_iam(n: &Names, api_key_secret: &str) -> Address {
@@ -48,13 +50,13 @@ pub mod address {
         )
     }
     pub fn pool_iam(n: &Names) -> Address {
-        Address::new("gcp.run_worker_pool_iam", &n.pool)
+        Address::new("gcp.run_worker_pool_iam", n.pool.as_str())
     }
     pub fn service(n: &Names) -> Address {
-        Address::new("gcp.run_service", &n.service)
+        Address::new("gcp.run_service", n.service.as_str())
     }
     pub fn block(n: &Names) -> Address {
-        Address::new("prefect.block", &n.block)
+        Address::new("prefect.block", n.block.as_str())
     }
     pub fn automation(name: &str) -> Address {
         Address::new("prefect.automation", name)
@@ -66,44 +68,59 @@ pub mod address {
 /// instances, under the waker's own account. Prefect's Webhook block cannot send a Google
 /// identity token, so invocation is not IAM-checked (`invokerIamDisabled`); the shared secret
 /// authenticates the call instead.
-pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> Value {
+pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> run_v2::Service {
     let worker = spec.worker.as_ref().expect("names() implies a worker");
-    let mut env = vec![json!({"name": "PREFECT_API_URL", "value": options.prefect_api_url})];
+    let mut env = vec![service::env_value(
+        "PREFECT_API_URL",
+        &options.prefect_api_url,
+    )];
     if options.has_api_key {
-        env.push(json!({
-            "name": "PREFECT_API_KEY",
-            "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
-        }));
+        env.push(service::env_secret(
+            "PREFECT_API_KEY",
+            worker.api_key_secret.as_str(),
+        ));
     }
-    env.push(json!({
-        "name": crate_secret_env(),
-        "valueSource": {"secretKeyRef": {"secret": n.secret, "version": "latest"}}
-    }));
-    json!({
-        "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
-        "ingress": "INGRESS_TRAFFIC_ALL",
-        "invokerIamDisabled": true,
-        "template": {
-            "serviceAccount": n.email,
-            "scaling": {"minInstanceCount": 0, "maxInstanceCount": 1},
-            "containers": [{
-                "image": worker.image.as_str(),
-                "command": ["bootstrap"],
-                "args": [
-                    "waker",
-                    "--work-pool", n.work_pool,
-                    "--worker-pool", n.pool_full,
-                    "--instances", worker.instances.max(1).to_string(),
-                ],
-                "env": env,
-                "ports": [{"containerPort": WAKER_PORT}],
-                "resources": {
-                    "limits": {"cpu": "1", "memory": "512Mi"},
-                    "cpuIdle": true,
-                },
-            }],
-        },
-    })
+    env.push(service::env_secret(crate_secret_env(), n.secret.as_str()));
+    let container = run_v2::Container {
+        image: worker.image.to_string(),
+        command: vec!["bootstrap".to_owned()],
+        args: vec![
+            "waker".to_owned(),
+            "--work-pool".to_owned(),
+            n.work_pool.to_string(),
+            "--worker-pool".to_owned(),
+            n.pool_full.clone(),
+            "--instances".to_owned(),
+            worker.instances.max(1).to_string(),
+        ],
+        env,
+        ports: vec![run_v2::ContainerPort {
+            name: None,
+            container_port: Some(i32::from(WAKER_PORT)),
+        }],
+        resources: Some(run_v2::ResourceRequirements {
+            limits: service::limits("1", "512Mi"),
+            cpu_idle: Some(true),
+            startup_cpu_boost: None,
+        }),
+        ..run_v2::Container::default()
+    };
+    run_v2::Service {
+        labels: service::marker_labels(),
+        ingress: Some("INGRESS_TRAFFIC_ALL".to_owned()),
+        invoker_iam_disabled: Some(true),
+        template: Some(run_v2::RevisionTemplate {
+            service_account: Some(n.email.to_string()),
+            scaling: Some(run_v2::RevisionScaling {
+                min_instance_count: Some(0),
+                max_instance_count: Some(1),
+                ..run_v2::RevisionScaling::default()
+            }),
+            containers: vec![container],
+            ..run_v2::RevisionTemplate::default()
+        }),
+        ..run_v2::Service::default()
+    }
 }
 
 /// The env var `bootstrap waker` reads its secret from (`commands::waker::SECRET_ENV`).
@@ -130,7 +147,11 @@ pub(super) fn plan(b: &mut Builder) {
             action: Action::Create,
             adopted: false,
             reason: None,
-            changes: vec![FieldChange::set("email", None, Some(json!(n.email)))],
+            changes: vec![FieldChange::set(
+                "email",
+                None,
+                Some(json!(n.email.as_str())),
+            )],
             depends_on,
             op: Op::CreateServiceAccount {
                 account_id: n.account_id.clone(),
@@ -201,7 +222,7 @@ pub(super) fn plan(b: &mut Builder) {
         ),
         (
             address::api_key_iam(&n, worker.api_key_secret.as_str()),
-            worker.api_key_secret.to_string(),
+            worker.api_key_secret.clone(),
             addr::secret(worker.api_key_secret.as_str()),
         ),
     ];
@@ -268,7 +289,7 @@ pub(super) fn plan(b: &mut Builder) {
             changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
             depends_on: deps,
             op: Op::EditServiceAccountPolicy {
-                email: spec.service_account.email.to_string(),
+                email: spec.service_account.email.clone(),
                 add: vec![(SA_USER.to_string(), member.clone())],
                 remove: vec![],
             },
@@ -278,7 +299,7 @@ pub(super) fn plan(b: &mut Builder) {
         b.unchanged(address::pool_iam(&n));
     } else {
         let mut deps = account.clone();
-        deps.extend(b.deps(&[addr::worker_pool(&n.pool)]));
+        deps.extend(b.deps(&[addr::worker_pool(n.pool.as_str())]));
         b.push(Step {
             address: address::pool_iam(&n),
             action: Action::Update,
@@ -296,6 +317,7 @@ pub(super) fn plan(b: &mut Builder) {
 
     // The waker service, once it can read its secrets and update its pool.
     let desired = desired_service(spec, &n, b.options);
+    let desired_json = service::to_json(&desired);
     let service_deps = b.deps(&[
         addr::apis(),
         address::account(&n),
@@ -308,7 +330,7 @@ pub(super) fn plan(b: &mut Builder) {
     ]);
     match &o.service {
         None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view(&desired));
+            let changes = diff::changes(&Value::Null, &service::owned_view(&desired_json));
             b.push(Step {
                 address: address::service(&n),
                 action: Action::Create,
@@ -318,20 +340,23 @@ pub(super) fn plan(b: &mut Builder) {
                 depends_on: service_deps,
                 op: Op::UpsertService {
                     name: n.service.clone(),
-                    body: desired,
+                    body: Box::new(desired),
                 },
             });
         }
         Some(live) => {
-            let changes = diff::changes(&service::owned_view(live), &service::owned_view(&desired));
+            let changes = diff::changes(
+                &service::owned_view(live),
+                &service::owned_view(&desired_json),
+            );
             let not_ready = service::not_ready(live);
             if changes.is_empty() && not_ready.is_none() {
                 b.unchanged(address::service(&n));
             } else {
-                let body = match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired),
-                    None => service::merge_into_live(live, &desired),
-                };
+                let body = service::typed_body(match &not_ready {
+                    Some(_) => service::redeploy_body(live, &desired_json),
+                    None => service::merge_into_live(live, &desired_json),
+                });
                 b.push(Step {
                     address: address::service(&n),
                     action: Action::Update,
@@ -342,7 +367,7 @@ pub(super) fn plan(b: &mut Builder) {
                     depends_on: service_deps,
                     op: Op::UpsertService {
                         name: n.service.clone(),
-                        body,
+                        body: Box::new(body),
                     },
                 });
             }
@@ -385,7 +410,7 @@ pub(super) fn plan(b: &mut Builder) {
             depends_on,
             op: Op::UpsertWakerBlock {
                 name: n.block.clone(),
-                existing_id: o.block.as_ref().map(|bl| bl.id.clone()),
+                existing_id: o.block.as_ref().map(|bl| bl.id),
                 service: n.service.clone(),
                 secret_from: address::secret(&n),
             },
@@ -393,10 +418,8 @@ pub(super) fn plan(b: &mut Builder) {
     } else {
         b.unchanged(block_address.clone());
     }
-    let block_id: Deferred<String> = match &o.block {
-        Some(bl) => Deferred::Known {
-            value: bl.id.clone(),
-        },
+    let block_id: Deferred<BlockId> = match &o.block {
+        Some(bl) => Deferred::Known { value: bl.id },
         None => Deferred::Step {
             address: block_address.clone(),
         },
@@ -411,9 +434,7 @@ pub(super) fn plan(b: &mut Builder) {
         let address = address::automation(&name);
         let depends_on = b.deps(std::slice::from_ref(&block_address));
         let want = match &block_id {
-            Deferred::Known { value } => uuid::Uuid::parse_str(value)
-                .ok()
-                .map(|id| wake::automation_spec(&n, kind, id)),
+            Deferred::Known { value } => Some(wake::automation_spec(&n, kind, value.uuid())),
             Deferred::Step { .. } => None,
         };
         let changes = match (live, &want) {
@@ -443,7 +464,7 @@ pub(super) fn plan(b: &mut Builder) {
                 name,
                 kind,
                 work_pool: n.work_pool.clone(),
-                existing_id: live.map(|l| l.id.to_string()),
+                existing_id: live.map(|l| l.id.into()),
                 block: block_id.clone(),
             },
         });
@@ -451,7 +472,7 @@ pub(super) fn plan(b: &mut Builder) {
 }
 
 /// What `plan` shows of an automation to create: its trigger and its action.
-fn created_view(n: &Names, kind: AutomationKind, block: &Deferred<String>) -> Vec<FieldChange> {
+fn created_view(n: &Names, kind: AutomationKind, block: &Deferred<BlockId>) -> Vec<FieldChange> {
     let spec = wake::automation_spec(n, kind, uuid::Uuid::nil());
     let mut out: Vec<FieldChange> = ["posture", "expect", "match_related", "within"]
         .into_iter()
@@ -571,7 +592,7 @@ pub(super) fn destroy(b: &mut Builder) {
                 changes: vec![],
                 depends_on: vec![],
                 op: Op::DeleteAutomation {
-                    id: a.id.to_string(),
+                    id: a.id.into(),
                     name: name.clone(),
                 },
             });
@@ -587,7 +608,7 @@ pub(super) fn destroy(b: &mut Builder) {
             changes: vec![],
             depends_on,
             op: Op::DeleteBlock {
-                id: bl.id.clone(),
+                id: bl.id,
                 name: n.block.clone(),
             },
         });

@@ -30,7 +30,7 @@ fn converged_stz(s: &Spec) -> Observed {
         .entry("roles/iam.serviceAccountUser".into())
         .or_default()
         .insert(member.clone());
-    let mut service = super::wake::desired_service(s, &n, &options(Mode::Apply));
+    let mut service = service::to_json(&super::wake::desired_service(s, &n, &options(Mode::Apply)));
     service["uid"] = json!("u-3");
     service["uri"] = json!("https://w-abc-uc.a.run.app");
     service["terminalCondition"] = json!({"type": "Ready", "state": "CONDITION_SUCCEEDED"});
@@ -66,7 +66,7 @@ fn converged_stz(s: &Spec) -> Observed {
         }),
         service: Some(service),
         block: Some(wake::Block {
-            id: BLOCK_ID.into(),
+            id: uuid::Uuid::parse_str(BLOCK_ID).unwrap().into(),
             url: Some("https://w-abc-uc.a.run.app/wake".into()),
             secret_matches: true,
         }),
@@ -91,19 +91,21 @@ fn names_fit_googles_limits() {
     let mut s = stz_spec();
     s.worker.as_mut().unwrap().service =
         RunServiceName::parse("a-very-long-worker-pool-name-that-goes-on-and-onx").unwrap();
+    // The names are typed: `names` checks each one as it makes it, so making them for the
+    // longest and shortest pool names and an odd work pool name is the test.
     let n = wake::names(&s).unwrap();
-    assert!(
-        AccountId::parse(n.account_id.clone()).is_ok(),
-        "{}",
-        n.account_id
-    );
-    assert!(
-        RunServiceName::parse(n.service.clone()).is_ok(),
-        "{}",
-        n.service
-    );
-    assert!(SecretId::parse(n.secret.clone()).is_ok(), "{}", n.secret);
     assert_eq!(n.account_id, "a-very-long-worker-pool-waker");
+    assert_eq!(
+        n.service,
+        "a-very-long-worker-pool-name-that-goes-on-a-waker"
+    );
+    s.worker.as_mut().unwrap().service = RunServiceName::parse("a").unwrap();
+    s.work_pool.name = PrefectName::parse(format!("My Pool_ü.{}", "x".repeat(90))).unwrap();
+    let n = wake::names(&s).unwrap();
+    assert_eq!(n.account_id, "a-waker");
+    assert_eq!(n.secret, "a-waker-secret");
+    assert!(n.block.as_str().starts_with("my-pool---"), "{}", n.block);
+    assert!(n.block.as_str().len() <= 86, "{}", n.block);
     // Without scale_to_zero there is no wake path.
     assert!(wake::names(&pool_spec(1)).is_none());
 }
@@ -127,11 +129,12 @@ fn a_first_scale_to_zero_apply_makes_the_wake_path_in_order() {
     // The pool starts at 0; the waker runs as its own account with only its grants.
     assert!(matches!(
         &p.steps[pool].op,
-        Op::UpsertWorkerPool { body, .. } if body["scaling"]["manualInstanceCount"] == 0
+        Op::UpsertWorkerPool { body, .. } if body.instance_count() == Some(0)
     ));
     let Op::UpsertService { body, .. } = &p.steps[service].op else {
         panic!("service op")
     };
+    let body = service::to_json(body);
     assert_eq!(
         body["template"]["serviceAccount"],
         "prefect-worker-waker@prefect-project.iam.gserviceaccount.com"
@@ -201,7 +204,7 @@ fn a_block_without_the_latest_secret_gets_a_new_secret_and_nothing_else_changes(
     assert!(matches!(
         &p.steps[1].op,
         Op::UpsertWakerBlock { existing_id: Some(id), secret_from, .. }
-            if id == BLOCK_ID && secret_from.0 == "gcp.secret[\"prefect-worker-waker-secret\"]"
+            if id.to_string() == BLOCK_ID && secret_from.0 == "gcp.secret[\"prefect-worker-waker-secret\"]"
     ));
 }
 
@@ -225,7 +228,7 @@ fn an_edited_automation_is_put_back() {
     assert!(matches!(
         &p.steps[0].op,
         Op::UpsertAutomation { existing_id: Some(_), block: Deferred::Known { value }, .. }
-            if value == BLOCK_ID
+            if value.to_string() == BLOCK_ID
     ));
 }
 
@@ -278,7 +281,7 @@ fn destroy_removes_the_wake_path_before_the_pool() {
         .steps
         .iter()
         .position(|st| {
-            matches!(&st.op, Op::DeleteServiceAccount { email } if email.starts_with("prefect-worker-waker@"))
+            matches!(&st.op, Op::DeleteServiceAccount { email } if email.as_str().starts_with("prefect-worker-waker@"))
         })
         .expect("the waker's account is deleted");
     assert!(automation < block && block < service && service < secret && secret < account);

@@ -8,7 +8,7 @@
 
 use bootstrap_gcp::run_jobs::{POOL_LABEL, pool_label_value};
 
-use super::super::plan::{Action, Op, Step, WorkerJob};
+use super::super::plan::{Action, JobsApi, Op, Step, WorkerJob};
 use super::{Builder, addr};
 
 /// One delete step for every observed worker job of the pool, after the worker service is gone
@@ -33,8 +33,7 @@ pub(super) fn destroy_worker_jobs(b: &mut Builder) {
         .observed
         .worker_jobs
         .first()
-        .map(|w| w.api.clone())
-        .unwrap_or_else(|| "v2".into());
+        .map_or(JobsApi::V2, |w| w.api);
     let mut candidates = vec![addr::work_pool(b.spec)];
     if let Some(worker) = &b.spec.worker {
         candidates.push(addr::service(worker.service.as_str()));

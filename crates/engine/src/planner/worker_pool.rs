@@ -3,11 +3,13 @@
 //! instance count changes) / destroy, and the move from the worker service, which creates the
 //! pool, waits for its worker to be ONLINE in Prefect, and only then deletes the service.
 
+use bootstrap_gcp::run_v2::{
+    Container, ResourceRequirements, WorkerPool, WorkerPoolScaling, WorkerPoolTemplate,
+};
 use bootstrap_spec::{Spec, Worker, WorkerKind, WorkerRuntime};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::super::diff;
-use super::super::observed::MARKER_LABEL;
 use super::super::plan::{Action, Op, Step};
 use super::{Builder, Options, addr, service};
 
@@ -23,42 +25,64 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
 }
 
 /// The worker pool body apply sends (Run v2 `WorkerPool`), with only fields the plan decides.
-pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Value {
+pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> WorkerPool {
     let (command, args) = command_and_args(spec, worker);
-    let mut env = vec![json!({"name": "PREFECT_API_URL", "value": options.prefect_api_url})];
+    let mut env = vec![service::env_value(
+        "PREFECT_API_URL",
+        &options.prefect_api_url,
+    )];
     if options.has_api_key {
-        env.push(json!({
-            "name": "PREFECT_API_KEY",
-            "valueSource": {"secretKeyRef": {"secret": worker.api_key_secret.as_str(), "version": "latest"}}
-        }));
+        env.push(service::env_secret(
+            "PREFECT_API_KEY",
+            worker.api_key_secret.as_str(),
+        ));
     }
     // Scale to zero: the embedded worker sets its own pool's count to 0 when idle
     // (`bootstrap worker --scale-to-zero-pool/--scale-to-zero-idle`, crates/worker/src/idle.rs).
     if let Some(stz) = &worker.scale_to_zero {
-        env.push(json!({
-            "name": "BOOTSTRAP_SCALE_TO_ZERO_POOL",
-            "value": format!("projects/{}/locations/{}/workerPools/{}", spec.gcp.project, spec.gcp.region, worker.pool_name()),
-        }));
-        env.push(json!({"name": "BOOTSTRAP_SCALE_TO_ZERO_IDLE", "value": stz.idle.as_secs().to_string()}));
+        env.push(service::env_value(
+            "BOOTSTRAP_SCALE_TO_ZERO_POOL",
+            format!(
+                "projects/{}/locations/{}/workerPools/{}",
+                spec.gcp.project,
+                spec.gcp.region,
+                worker.pool_name()
+            ),
+        ));
+        env.push(service::env_value(
+            "BOOTSTRAP_SCALE_TO_ZERO_IDLE",
+            stz.idle.as_secs().to_string(),
+        ));
     }
-    let mut container = json!({
-        "image": worker.image.as_str(),
-        "args": args,
-        "env": env,
-        "resources": {"limits": {"cpu": worker.cpu, "memory": worker.memory}},
-    });
-    if !command.is_empty() {
-        container["command"] = json!(command);
-    }
-    json!({
-        "labels": {MARKER_LABEL.0: MARKER_LABEL.1},
+    let container = Container {
+        image: worker.image.to_string(),
+        command,
+        args,
+        env,
+        resources: Some(ResourceRequirements {
+            limits: service::limits(&worker.cpu, &worker.memory),
+            ..ResourceRequirements::default()
+        }),
+        ..Container::default()
+    };
+    WorkerPool {
+        labels: service::marker_labels(),
         // With scale_to_zero the pool starts at 0; the waker and the worker own the count.
-        "scaling": {"manualInstanceCount": if worker.scale_to_zero.is_some() { 0 } else { worker.instances }},
-        "template": {
-            "serviceAccount": spec.service_account.email.as_str(),
-            "containers": [container],
-        },
-    })
+        scaling: Some(WorkerPoolScaling {
+            manual_instance_count: Some(if worker.scale_to_zero.is_some() {
+                0
+            } else {
+                service::count(worker.instances)
+            }),
+            ..WorkerPoolScaling::default()
+        }),
+        template: Some(WorkerPoolTemplate {
+            service_account: Some(spec.service_account.email.to_string()),
+            containers: vec![container],
+            ..WorkerPoolTemplate::default()
+        }),
+        ..WorkerPool::default()
+    }
 }
 
 /// The fields of a worker pool the plan owns, from a live pool or a desired body.
@@ -129,7 +153,7 @@ pub(super) fn plan(b: &mut Builder) {
     let wait_online = migrating && worker.instances > 0;
     match &b.observed.worker_pool {
         None => {
-            let changes = diff::changes(&Value::Null, &owned_view(&desired));
+            let changes = diff::changes(&Value::Null, &owned_view(&service::to_json(&desired)));
             b.push(Step {
                 address: address.clone(),
                 action: Action::Create,
@@ -138,16 +162,16 @@ pub(super) fn plan(b: &mut Builder) {
                 changes,
                 depends_on,
                 op: Op::UpsertWorkerPool {
-                    name: worker.pool_name().to_string(),
-                    body: desired,
+                    name: worker.pool_name(),
+                    body: Box::new(desired),
                     count_only: false,
                     wait_online,
-                    work_pool: b.spec.work_pool.name.to_string(),
+                    work_pool: b.spec.work_pool.name.clone(),
                 },
             });
         }
         Some(live) => {
-            let mut desired = desired;
+            let mut desired = service::to_json(&desired);
             let mut changes = diff::changes(&owned_view(live), &owned_view(&desired));
             if worker.scale_to_zero.is_some() {
                 // The live count is the waker's and the worker's, never drift.
@@ -172,10 +196,10 @@ pub(super) fn plan(b: &mut Builder) {
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
                 let starts_instances = new_revision || live_count < u64::from(worker.instances);
-                let body = match &not_ready {
+                let body = service::typed_body(match &not_ready {
                     Some(_) => service::redeploy_body(live, &desired),
                     None => merge_into_live(live, &desired),
-                };
+                });
                 b.push(Step {
                     address: address.clone(),
                     action: Action::Update,
@@ -185,11 +209,11 @@ pub(super) fn plan(b: &mut Builder) {
                     changes,
                     depends_on,
                     op: Op::UpsertWorkerPool {
-                        name: worker.pool_name().to_string(),
-                        body,
+                        name: worker.pool_name(),
+                        body: Box::new(body),
                         count_only,
                         wait_online: wait_online && starts_instances,
-                        work_pool: b.spec.work_pool.name.to_string(),
+                        work_pool: b.spec.work_pool.name.clone(),
                     },
                 });
             }
@@ -214,7 +238,7 @@ pub(super) fn plan(b: &mut Builder) {
             changes: vec![],
             depends_on,
             op: Op::DeleteService {
-                name: worker.service.to_string(),
+                name: worker.service.clone(),
             },
         });
     }
@@ -241,7 +265,7 @@ pub(super) fn destroy(b: &mut Builder) {
         changes: vec![],
         depends_on,
         op: Op::DeleteWorkerPool {
-            name: worker.pool_name().to_string(),
+            name: worker.pool_name(),
         },
     });
 }
