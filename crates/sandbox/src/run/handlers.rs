@@ -8,7 +8,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::engine;
-use super::records::{ExecRec, JobRec, Meta, Parent, ServiceRec, Settled, TaskRec, TaskState};
+use super::records::{
+    ExecRec, JobRec, Meta, Parent, Revisions, ServiceRec, Settled, TaskRec, TaskState,
+};
 use super::views;
 use crate::auth::Caller;
 use crate::authz;
@@ -40,6 +42,27 @@ impl Req {
 
     pub fn flag(&self, name: &str) -> bool {
         matches!(self.param(name), Some("true" | "1"))
+    }
+
+    /// The same caller and method on the resource `{project}/{location}/{id}` with `query`
+    /// and `body`: how the v1 APIs hand a call to the v2 handlers.
+    pub(super) fn retarget(
+        &self,
+        location: &str,
+        id: &str,
+        query: Vec<(String, String)>,
+        body: Value,
+    ) -> Req {
+        Req {
+            state: self.state.clone(),
+            caller: self.caller.clone(),
+            call: MethodCall {
+                id: self.call.id,
+                params: vec![self.p(0).to_owned(), location.to_owned(), id.to_owned()],
+            },
+            query,
+            body,
+        }
     }
 
     fn p(&self, i: usize) -> &str {
@@ -213,6 +236,35 @@ pub(super) fn touch(meta: &mut Meta, req: &Req) {
     meta.settle_at = now + op_delay(&req.state);
 }
 
+/// Applies a new spec `new` to a service or worker pool (`id`): a new generation and etag
+/// ([`touch`]), and a new revision when the template changed or `forceNewRevision` asks for
+/// one (a change of anything else, such as a worker pool's scaling, keeps the revision).
+pub(super) fn respec(
+    req: &Req,
+    id: &str,
+    meta: &mut Meta,
+    body: &mut Value,
+    revisions: &mut Revisions,
+    new: Value,
+) {
+    let new_revision = body.get("template") != new.get("template") || req.flag("forceNewRevision");
+    *body = new;
+    touch(meta, req);
+    revisions.respec(id, new_revision);
+}
+
+/// How a service's or worker pool's deploy Operation ends: the resource once its newest
+/// revision is ready, else the revision's failure.
+pub(super) fn revision_outcome(outcome: Result<(), &Settled>, response: Value) -> Outcome {
+    match outcome {
+        Ok(()) => Outcome::Response(response),
+        Err(Settled::Failed { message, .. }) => {
+            Outcome::from_error(&ApiError::failed_precondition(message.clone()))
+        }
+        Err(_) => Outcome::from_error(&ApiError::internal("Revision failed.")),
+    }
+}
+
 pub(super) fn new_op_name(parent: &Parent) -> String {
     format!("{}/operations/{}", parent.name(), uuid::Uuid::new_v4())
 }
@@ -351,6 +403,16 @@ pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("Resource '{name}' was not found"))
 }
 
+/// Google's ALREADY_EXISTS for a create whose resource `name` (short id `id`) is stored.
+pub(super) fn absent<R>(records: &BTreeMap<String, R>, name: &str, id: &str) -> ApiResult<()> {
+    if records.contains_key(name) {
+        return Err(ApiError::already_exists(format!(
+            "Resource '{id}' already exists."
+        )));
+    }
+    Ok(())
+}
+
 /// A stored record by its full name, or Google's NOT_FOUND naming it.
 pub(super) fn found<R: Clone>(records: &BTreeMap<String, R>, name: &str) -> ApiResult<R> {
     records.get(name).cloned().ok_or_else(|| not_found(name))
@@ -417,18 +479,11 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     containers(&template)?;
     act_as(req, &template)?;
     let name = service_name(req, id);
-    if req.state.run.store().services.contains_key(&name) {
-        return Err(ApiError::already_exists(format!(
-            "Resource '{id}' already exists."
-        )));
-    }
+    absent(&req.state.run.store().services, &name, id)?;
     let rec = ServiceRec {
         meta: new_meta(req, name.clone(), id),
         body,
-        revision_seq: 1,
-        latest_created_revision: revision_name(id, 1),
-        latest_ready_revision: None,
-        settled: Settled::Pending,
+        revisions: Revisions::first(id),
         // Google's is `https://{id}-{hash}-{region code}.a.run.app`, which no host here
         // resolves; the sandbox's URL reaches the container (`run::invoke`).
         uri: super::invoke::service_uri(&req.state.url, &req.parent().project, req.p(1), id),
@@ -443,11 +498,6 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     let op = operations::create(&req.state, &op_name, Some(typed(SERVICE_TYPE, view)), None);
     engine::deploy_service(req.state.clone(), name, op_name);
     Ok(op)
-}
-
-pub(super) fn revision_name(id: &str, seq: u32) -> String {
-    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..3].to_owned();
-    format!("{id}-{seq:05}-{suffix}")
 }
 
 fn service_get(req: &Req) -> ApiResult<Value> {
@@ -501,14 +551,14 @@ pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
             .get_mut(&name)
             .ok_or_else(|| not_found(&name))?;
         let mut next = rec.clone();
-        let template_changed = next.body.get("template") != body.get("template");
-        next.body = body;
-        touch(&mut next.meta, req);
-        if template_changed || req.flag("forceNewRevision") {
-            next.revision_seq += 1;
-            next.latest_created_revision = revision_name(&id, next.revision_seq);
-        }
-        next.settled = Settled::Pending;
+        respec(
+            req,
+            &id,
+            &mut next.meta,
+            &mut next.body,
+            &mut next.revisions,
+            body,
+        );
         let view = service_view(req, &next);
         if !req.flag("validateOnly") {
             *rec = next;
@@ -599,11 +649,7 @@ pub(crate) fn insert_job(req: &Req, id: &str, body: Value, dry_run: bool) -> Api
     containers(&task)?;
     act_as(req, &task)?;
     let name = job_name(&req.parent(), id);
-    if req.state.run.store().jobs.contains_key(&name) {
-        return Err(ApiError::already_exists(format!(
-            "Resource '{id}' already exists."
-        )));
-    }
+    absent(&req.state.run.store().jobs, &name, id)?;
     let rec = JobRec {
         meta: new_meta(req, name.clone(), id),
         settled: job_settled(&req.state, &body),
