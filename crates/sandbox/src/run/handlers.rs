@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use super::engine;
 use super::records::{
-    ExecRec, JobRec, Meta, Parent, Revisions, ServiceRec, Settled, TaskRec, TaskState,
+    ExecRec, JobRec, Meta, Parent, Revisions, ServiceRec, Settled, Store, TaskRec, TaskState,
 };
 use super::views;
 use crate::auth::Caller;
@@ -428,9 +428,30 @@ pub(super) fn under<R: Clone + Named>(records: &BTreeMap<String, R>, prefix: &st
         .collect()
 }
 
+/// A `list` call's page: the views of the records of `collection` (a field of the Run store
+/// and of the answer alike) under the request's parent, in name order. The views are made
+/// after the store is unlocked (a view may read the sandbox state).
+pub(super) fn list_under<R: Clone + Named>(
+    req: &Req,
+    collection: &str,
+    records: impl FnOnce(&Store) -> &BTreeMap<String, R>,
+    view: impl Fn(&R) -> Value,
+) -> ApiResult<Value> {
+    let prefix = format!("{}/{collection}/", req.parent().name());
+    let recs = under(records(&req.state.run.store()), &prefix);
+    let (page, next) = paginate(req, recs.iter().map(view).collect())?;
+    Ok(list_response(collection, page, next))
+}
+
 /// A record stored by its full resource name.
 pub(super) trait Named {
     fn full_name(&self) -> &str;
+}
+
+impl Named for ServiceRec {
+    fn full_name(&self) -> &str {
+        &self.meta.name
+    }
 }
 
 impl Named for JobRec {
@@ -510,18 +531,7 @@ fn service_get(req: &Req) -> ApiResult<Value> {
 
 fn service_list(req: &Req) -> ApiResult<Value> {
     req.require("run.services.list")?;
-    let prefix = format!("{}/services/", req.parent().name());
-    let items: Vec<Value> = {
-        let store = req.state.run.store();
-        store
-            .services
-            .values()
-            .filter(|s| s.meta.name.starts_with(&prefix))
-            .map(|s| service_view(req, s))
-            .collect()
-    };
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("services", page, next))
+    list_under(req, "services", |s| &s.services, |r| service_view(req, r))
 }
 
 /// Replaces a service's spec from the v2 body in `req.body` (v2 patch, v1 replaceService).
@@ -706,11 +716,7 @@ fn job_get(req: &Req) -> ApiResult<Value> {
 
 fn job_list(req: &Req) -> ApiResult<Value> {
     req.require("run.jobs.list")?;
-    let prefix = format!("{}/jobs/", req.parent().name());
-    let recs: Vec<JobRec> = under(&req.state.run.store().jobs, &prefix);
-    let items = recs.iter().map(|r| job_view(&req.state, r)).collect();
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("jobs", page, next))
+    list_under(req, "jobs", |s| &s.jobs, |r| job_view(&req.state, r))
 }
 
 /// Replaces a job's spec (v2 patch, v1 replaceJob).

@@ -19,9 +19,9 @@ use serde_json::{Map, Value, json};
 
 use super::engine;
 use super::handlers::{
-    Req, absent, act_as, containers, found, list_response, new_meta, new_op_name, not_found,
-    paginate, project_number, respec, revision_outcome, revision_service_account, spec_only, typed,
-    under, validate_id,
+    Req, absent, act_as, containers, found, list_under, new_meta, new_op_name, not_found,
+    project_number, respec, revision_outcome, revision_service_account, spec_only, typed,
+    validate_id,
 };
 use super::records::{Meta, Revisions, Settled};
 use super::views;
@@ -261,11 +261,12 @@ fn get(req: &Req) -> ApiResult<Value> {
 
 fn list(req: &Req) -> ApiResult<Value> {
     req.require("run.workerpools.list")?;
-    let prefix = format!("{}/workerPools/", req.parent().name());
-    let recs: Vec<WorkerPoolRec> = under(&req.state.run.store().worker_pools, &prefix);
-    let items = recs.iter().map(|r| view(&req.state, r)).collect();
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("workerPools", page, next))
+    list_under(
+        req,
+        "workerPools",
+        |s| &s.worker_pools,
+        |r| view(&req.state, r),
+    )
 }
 
 /// Applies `updateMask` (AIP-134): each listed field path is copied from the request (or
