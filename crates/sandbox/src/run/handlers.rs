@@ -338,6 +338,14 @@ pub(super) fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     }
 }
 
+/// What a service's or worker pool's `template` must hold on create and update: containers
+/// with images, and a runtime identity the caller may act as.
+pub(super) fn check_template(req: &Req, body: &Value) -> ApiResult<()> {
+    let template = body.get("template").unwrap_or(&Value::Null);
+    containers(template)?;
+    act_as(req, template)
+}
+
 /// Drops output-only fields a client echoed back, so stored bodies hold only the spec.
 pub(super) fn spec_only(body: &Value) -> Value {
     let mut out = body.as_object().cloned().unwrap_or_default();
@@ -496,9 +504,7 @@ pub(crate) fn validate_service_id(id: &str) -> ApiResult<()> {
 /// revision; returns the Operation.
 pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     let body = spec_only(&req.body);
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, &body)?;
     let name = service_name(req, id);
     absent(&req.state.run.store().services, &name, id)?;
     let rec = ServiceRec {
@@ -550,9 +556,7 @@ pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
     }
     req.require("run.services.update")?;
     let body = spec_only(&req.body);
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, &body)?;
     let op_name = new_op_name(&req.parent());
     let view = {
         let mut store = req.state.run.store();

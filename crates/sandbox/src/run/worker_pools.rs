@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 
 use super::engine;
 use super::handlers::{
-    Req, absent, act_as, containers, found, list_under, new_meta, new_op_name, not_found,
+    Req, absent, check_template, found, list_under, new_meta, new_op_name, not_found,
     project_number, respec, revision_outcome, revision_service_account, spec_only, typed,
     validate_id,
 };
@@ -166,9 +166,7 @@ pub(super) fn view(state: &AppState, rec: &WorkerPoolRec) -> Value {
 }
 
 fn validate_body(req: &Req, body: &Value) -> ApiResult<()> {
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, body)?;
     if let Some(n) = body.pointer("/scaling/manualInstanceCount")
         && n.as_i64().is_none_or(|n| n < 0)
     {
