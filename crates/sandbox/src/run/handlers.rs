@@ -239,18 +239,30 @@ pub(super) fn touch(meta: &mut Meta, req: &Req) {
 /// Applies a new spec `new` to a service or worker pool (`id`): a new generation and etag
 /// ([`touch`]), and a new revision when the template changed or `forceNewRevision` asks for
 /// one (a change of anything else, such as a worker pool's scaling, keeps the revision).
-pub(super) fn respec(
-    req: &Req,
-    id: &str,
-    meta: &mut Meta,
-    body: &mut Value,
-    revisions: &mut Revisions,
-    new: Value,
-) {
+pub(super) fn respec(req: &Req, id: &str, rec: &mut impl Revisioned, new: Value) {
+    let (meta, body, revisions) = rec.parts();
     let new_revision = body.get("template") != new.get("template") || req.flag("forceNewRevision");
     *body = new;
     touch(meta, req);
     revisions.respec(id, new_revision);
+}
+
+/// A stored resource that makes revisions: a service or a worker pool.
+pub(super) trait Revisioned {
+    /// Its metadata, spec and revisions, which a new spec changes together.
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions);
+}
+
+impl Revisioned for ServiceRec {
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions) {
+        (&mut self.meta, &mut self.body, &mut self.revisions)
+    }
+}
+
+impl Revisioned for super::worker_pools::WorkerPoolRec {
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions) {
+        (&mut self.meta, &mut self.body, &mut self.revisions)
+    }
 }
 
 /// How a service's or worker pool's deploy Operation ends: the resource once its newest
@@ -565,14 +577,7 @@ pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
             .get_mut(&name)
             .ok_or_else(|| not_found(&name))?;
         let mut next = rec.clone();
-        respec(
-            req,
-            &id,
-            &mut next.meta,
-            &mut next.body,
-            &mut next.revisions,
-            body,
-        );
+        respec(req, &id, &mut next, body);
         let view = service_view(req, &next);
         if !req.flag("validateOnly") {
             *rec = next;

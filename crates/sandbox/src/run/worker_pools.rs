@@ -351,14 +351,7 @@ fn patch(req: &Req) -> ApiResult<Value> {
     )?;
     validate_body(req, &body)?;
     let mut next = current.clone();
-    respec(
-        req,
-        &id,
-        &mut next.meta,
-        &mut next.body,
-        &mut next.revisions,
-        body,
-    );
+    respec(req, &id, &mut next, body);
     let v = view(&req.state, &next);
     if req.flag("validateOnly") {
         return Ok(dry_op(req, v));
