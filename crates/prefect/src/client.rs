@@ -247,22 +247,6 @@ impl PrefectClient {
         decode(&raw.body, what)
     }
 
-    /// As [`PrefectClient::json`], with 404 as `None`.
-    pub(crate) async fn json_opt<T: DeserializeOwned>(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<Option<T>, PrefectError> {
-        match self.json(method, path, query, body, what).await {
-            Ok(v) => Ok(Some(v)),
-            Err(PrefectError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
     /// A request whose answer has no body worth reading (204).
     pub(crate) async fn no_content(
         &self,
@@ -276,9 +260,21 @@ impl PrefectClient {
 
     /// A DELETE: `true` when deleted, `false` when it was already gone.
     pub(crate) async fn delete(&self, path: &str, what: &str) -> Result<bool, PrefectError> {
-        match self.send(Method::DELETE, path, &[], None, what).await {
-            Ok(_) => Ok(true),
-            Err(PrefectError::NotFound { .. }) => Ok(false),
+        let deleted = self.send(Method::DELETE, path, &[], None, what).await;
+        deleted.optional().map(|r| r.is_some())
+    }
+}
+
+/// A 404 read as absence: reads by id or name answer `None`, a delete `false`.
+pub(crate) trait OptionalExt<T> {
+    fn optional(self) -> Result<Option<T>, PrefectError>;
+}
+
+impl<T> OptionalExt<T> for Result<T, PrefectError> {
+    fn optional(self) -> Result<Option<T>, PrefectError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(PrefectError::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -11,7 +11,32 @@ use serde_json::{Map, Value};
 /// run.v2.json gives every one of them (name, labels, annotations, etag, uid, generation,
 /// observedGeneration, createTime, terminalCondition, conditions, reconciling), then its own,
 /// then `extra` for the rest, so that one declaration of the shared metadata serves all three.
+///
+/// `revisioned` adds what a Service and a WorkerPool have and a Job has not (run.v2.json):
+/// `description` first, `latestReadyRevision` and `latestCreatedRevision` after its own fields.
 macro_rules! run_v2_resource {
+    (
+        revisioned
+        $(#[$attr:meta])*
+        pub struct $name:ident {
+            $( $(#[$fattr:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        run_v2_resource! {
+            $(#[$attr])*
+            pub struct $name {
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub description: Option<String>,
+                $( $(#[$fattr])* pub $field: $ty, )*
+                /// Output only: the newest revision that became ready.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub latest_ready_revision: Option<String>,
+                /// Output only: the newest revision, ready or not.
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub latest_created_revision: Option<String>,
+            }
+        }
+    };
     (
         $(#[$attr:meta])*
         pub struct $name:ident {
@@ -61,10 +86,9 @@ macro_rules! run_v2_resource {
 pub(crate) use run_v2_resource;
 
 run_v2_resource! {
+    revisioned
     /// A Cloud Run service (`GoogleCloudRunV2Service`).
     pub struct Service {
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub description: Option<String>,
         /// `INGRESS_TRAFFIC_ALL`, `INGRESS_TRAFFIC_INTERNAL_ONLY`, ...
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub ingress: Option<String>,
@@ -74,12 +98,6 @@ run_v2_resource! {
         pub scaling: Option<ServiceScaling>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub template: Option<RevisionTemplate>,
-        /// Output only.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub latest_ready_revision: Option<String>,
-        /// Output only.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub latest_created_revision: Option<String>,
         /// Output only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub uri: Option<String>,

@@ -17,21 +17,14 @@ use crate::http::{Api, Call, GcpHttp, OptionalExt, seg};
 use crate::operations::Operation;
 
 run_v2_resource! {
+    revisioned
     /// A worker pool (`GoogleCloudRunV2WorkerPool`). Fields the tool reads or writes are typed;
     /// the rest stay in `extra`, so a read-modify-write keeps them.
     pub struct WorkerPool {
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub description: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         pub scaling: Option<WorkerPoolScaling>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         pub template: Option<WorkerPoolTemplate>,
-        /// Output only.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub latest_ready_revision: Option<String>,
-        /// Output only.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        pub latest_created_revision: Option<String>,
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::work_pools::to_value;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 
 /// An automation as the server returns it.
@@ -77,7 +77,7 @@ impl PrefectClient {
 
     /// The automation with this id.
     pub async fn automation(&self, id: Uuid) -> Result<Option<Automation>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/automations/{id}"),
             &[],
@@ -85,6 +85,7 @@ impl PrefectClient {
             &format!("automation {id}"),
         )
         .await
+        .optional()
     }
 
     /// Creates an automation.

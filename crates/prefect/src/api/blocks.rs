@@ -5,7 +5,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::seg;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 use crate::models::{
     BlockDocument, BlockDocumentCreate, BlockSchema, BlockType, SecretBlockDocument, SecretValue,
@@ -37,7 +37,7 @@ impl PrefectClient {
 
     /// The block type with this slug, `None` when the server has none.
     pub async fn block_type_by_slug(&self, slug: &str) -> Result<Option<BlockType>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/block_types/slug/{}", seg(slug)),
             &[],
@@ -45,6 +45,7 @@ impl PrefectClient {
             &format!("block type `{slug}`"),
         )
         .await
+        .optional()
     }
 
     /// All schemas registered for a block type (newest first, as the server sorts them).
@@ -71,7 +72,7 @@ impl PrefectClient {
         type_slug: &str,
         name: &str,
     ) -> Result<Option<BlockDocument>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &block_by_name_path(type_slug, name),
             &[("include_secrets", "false".into())],
@@ -79,6 +80,7 @@ impl PrefectClient {
             &format!("block `{type_slug}/{name}`"),
         )
         .await
+        .optional()
     }
 
     /// A block document by type slug and name, with its real (secret) data.
@@ -87,7 +89,7 @@ impl PrefectClient {
         type_slug: &str,
         name: &str,
     ) -> Result<Option<SecretBlockDocument>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &block_by_name_path(type_slug, name),
             &[("include_secrets", "true".into())],
@@ -95,11 +97,12 @@ impl PrefectClient {
             &format!("block `{type_slug}/{name}`"),
         )
         .await
+        .optional()
     }
 
     /// A block document by id, with secrets masked.
     pub async fn block_document(&self, id: Uuid) -> Result<Option<BlockDocument>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/block_documents/{id}"),
             &[("include_secrets", "false".into())],
@@ -107,6 +110,7 @@ impl PrefectClient {
             &format!("block document {id}"),
         )
         .await
+        .optional()
     }
 
     /// A block document by id, with its real data (what a worker resolving `$ref` needs).
@@ -114,7 +118,7 @@ impl PrefectClient {
         &self,
         id: Uuid,
     ) -> Result<Option<SecretBlockDocument>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/block_documents/{id}"),
             &[("include_secrets", "true".into())],
@@ -122,6 +126,7 @@ impl PrefectClient {
             &format!("block document {id}"),
         )
         .await
+        .optional()
     }
 
     /// Creates a block document; the answer has its secrets masked. 409 if the name is taken.

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::work_pools::to_value;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 use crate::models::{
     FlowRun, FlowRunFromDeployment, FlowRunQuery, OrchestrationResult, State, StateCreate,
@@ -37,7 +37,7 @@ impl PrefectClient {
 
     /// The flow run with this id.
     pub async fn flow_run(&self, id: Uuid) -> Result<Option<FlowRun>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/flow_runs/{id}"),
             &[],
@@ -45,6 +45,7 @@ impl PrefectClient {
             &format!("flow run {id}"),
         )
         .await
+        .optional()
     }
 
     /// Every state the run has been in, oldest first (states a poll would miss included).

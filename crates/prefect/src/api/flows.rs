@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use super::seg;
 use super::work_pools::to_value;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 use crate::models::{Deployment, DeploymentSpec, Flow};
 
@@ -26,7 +26,7 @@ impl PrefectClient {
 
     /// The flow of this name.
     pub async fn flow_by_name(&self, name: &str) -> Result<Option<Flow>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/flows/name/{}", seg(name)),
             &[],
@@ -34,11 +34,12 @@ impl PrefectClient {
             &format!("flow `{name}`"),
         )
         .await
+        .optional()
     }
 
     /// The flow with this id.
     pub async fn flow(&self, id: Uuid) -> Result<Option<Flow>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/flows/{id}"),
             &[],
@@ -46,6 +47,7 @@ impl PrefectClient {
             &format!("flow {id}"),
         )
         .await
+        .optional()
     }
 
     /// All flows (at most 200), for "did you mean" messages.
@@ -66,7 +68,7 @@ impl PrefectClient {
         flow: &str,
         name: &str,
     ) -> Result<Option<Deployment>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/deployments/name/{}/{}", seg(flow), seg(name)),
             &[],
@@ -74,11 +76,12 @@ impl PrefectClient {
             &format!("deployment `{flow}/{name}`"),
         )
         .await
+        .optional()
     }
 
     /// The deployment with this id.
     pub async fn deployment(&self, id: Uuid) -> Result<Option<Deployment>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/deployments/{id}"),
             &[],
@@ -86,6 +89,7 @@ impl PrefectClient {
             &format!("deployment {id}"),
         )
         .await
+        .optional()
     }
 
     /// Deployments of a flow (at most 200), for listings and "did you mean" messages.

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::seg;
 use super::work_pools::to_value;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 use crate::models::{Artifact, Log, LogCreate, Variable};
 
@@ -94,7 +94,7 @@ impl PrefectClient {
 
     /// The variable of this name.
     pub async fn variable_by_name(&self, name: &str) -> Result<Option<Variable>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/variables/name/{}", seg(name)),
             &[],
@@ -102,5 +102,6 @@ impl PrefectClient {
             &format!("variable `{name}`"),
         )
         .await
+        .optional()
     }
 }

@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use super::seg;
-use crate::client::PrefectClient;
+use crate::client::{OptionalExt, PrefectClient};
 use crate::error::PrefectError;
 use crate::models::{
     WorkPool, WorkPoolCreate, WorkPoolUpdate, WorkQueue, WorkQueueCreate, WorkerFlowRun,
@@ -14,7 +14,7 @@ use crate::models::{
 impl PrefectClient {
     /// The work pool with this name, `None` when there is none.
     pub async fn work_pool(&self, name: &str) -> Result<Option<WorkPool>, PrefectError> {
-        self.json_opt(
+        self.json(
             Method::GET,
             &format!("/work_pools/{}", seg(name)),
             &[],
@@ -22,6 +22,7 @@ impl PrefectClient {
             &format!("work pool `{name}`"),
         )
         .await
+        .optional()
     }
 
     /// Creates a work pool (409 when the name is taken).

@@ -211,16 +211,13 @@ pub(crate) fn deploy_service(state: AppState, name: String, op_name: String) {
             let Some(rec) = store.services.get_mut(&name) else {
                 return;
             };
-            match &outcome {
-                Ok(generation) if *generation == rec.meta.generation => {
-                    rec.settled = Settled::Ready;
-                    rec.latest_ready_revision = Some(rec.latest_created_revision.clone());
-                }
-                Err((generation, settled)) if *generation == rec.meta.generation => {
-                    rec.settled = settled.clone();
-                }
-                // A newer update superseded this deploy; it reports on its own operation.
-                _ => {}
+            let (generation, result) = match &outcome {
+                Ok(generation) => (*generation, Ok(())),
+                Err((generation, settled)) => (*generation, Err(settled)),
+            };
+            // A newer update superseded this deploy; it reports on its own operation.
+            if generation == rec.meta.generation {
+                rec.revisions.settle(result);
             }
             views::service(
                 rec,
@@ -231,13 +228,10 @@ pub(crate) fn deploy_service(state: AppState, name: String, op_name: String) {
         state.mark_dirty();
         let mut typed = view;
         typed["@type"] = json!("type.googleapis.com/google.cloud.run.v2.Service");
-        let result = match outcome {
-            Ok(_) => Outcome::Response(typed),
-            Err((_, Settled::Failed { message, .. })) => {
-                Outcome::from_error(&ApiError::failed_precondition(message))
-            }
-            Err(_) => Outcome::from_error(&ApiError::internal("Revision failed.")),
-        };
+        let result = super::handlers::revision_outcome(
+            outcome.as_ref().map(|_| ()).map_err(|(_, settled)| settled),
+            typed,
+        );
         operations::finish(&state, &op_name, result);
     });
 }
@@ -252,7 +246,7 @@ async fn deploy(state: &AppState, name: &str) -> Result<i64, (i64, Settled)> {
             rec.meta.parent.clone(),
             rec.meta.parent.project.clone(),
             rec.meta.id.clone(),
-            rec.latest_created_revision.clone(),
+            rec.revisions.latest_created_revision.clone(),
         )
     };
     let fail = |reason: &str, message: String| {

@@ -8,7 +8,9 @@ use chrono::Utc;
 use serde_json::{Value, json};
 
 use super::engine;
-use super::records::{ExecRec, JobRec, Meta, Parent, ServiceRec, Settled, TaskRec, TaskState};
+use super::records::{
+    ExecRec, JobRec, Meta, Parent, Revisions, ServiceRec, Settled, Store, TaskRec, TaskState,
+};
 use super::views;
 use crate::auth::Caller;
 use crate::authz;
@@ -40,6 +42,27 @@ impl Req {
 
     pub fn flag(&self, name: &str) -> bool {
         matches!(self.param(name), Some("true" | "1"))
+    }
+
+    /// The same caller and method on the resource `{project}/{location}/{id}` with `query`
+    /// and `body`: how the v1 APIs hand a call to the v2 handlers.
+    pub(super) fn retarget(
+        &self,
+        location: &str,
+        id: &str,
+        query: Vec<(String, String)>,
+        body: Value,
+    ) -> Req {
+        Req {
+            state: self.state.clone(),
+            caller: self.caller.clone(),
+            call: MethodCall {
+                id: self.call.id,
+                params: vec![self.p(0).to_owned(), location.to_owned(), id.to_owned()],
+            },
+            query,
+            body,
+        }
     }
 
     fn p(&self, i: usize) -> &str {
@@ -213,6 +236,47 @@ pub(super) fn touch(meta: &mut Meta, req: &Req) {
     meta.settle_at = now + op_delay(&req.state);
 }
 
+/// Applies a new spec `new` to a service or worker pool (`id`): a new generation and etag
+/// ([`touch`]), and a new revision when the template changed or `forceNewRevision` asks for
+/// one (a change of anything else, such as a worker pool's scaling, keeps the revision).
+pub(super) fn respec(req: &Req, id: &str, rec: &mut impl Revisioned, new: Value) {
+    let (meta, body, revisions) = rec.parts();
+    let new_revision = body.get("template") != new.get("template") || req.flag("forceNewRevision");
+    *body = new;
+    touch(meta, req);
+    revisions.respec(id, new_revision);
+}
+
+/// A stored resource that makes revisions: a service or a worker pool.
+pub(super) trait Revisioned {
+    /// Its metadata, spec and revisions, which a new spec changes together.
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions);
+}
+
+impl Revisioned for ServiceRec {
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions) {
+        (&mut self.meta, &mut self.body, &mut self.revisions)
+    }
+}
+
+impl Revisioned for super::worker_pools::WorkerPoolRec {
+    fn parts(&mut self) -> (&mut Meta, &mut Value, &mut Revisions) {
+        (&mut self.meta, &mut self.body, &mut self.revisions)
+    }
+}
+
+/// How a service's or worker pool's deploy Operation ends: the resource once its newest
+/// revision is ready, else the revision's failure.
+pub(super) fn revision_outcome(outcome: Result<(), &Settled>, response: Value) -> Outcome {
+    match outcome {
+        Ok(()) => Outcome::Response(response),
+        Err(Settled::Failed { message, .. }) => {
+            Outcome::from_error(&ApiError::failed_precondition(message.clone()))
+        }
+        Err(_) => Outcome::from_error(&ApiError::internal("Revision failed.")),
+    }
+}
+
 pub(super) fn new_op_name(parent: &Parent) -> String {
     format!("{}/operations/{}", parent.name(), uuid::Uuid::new_v4())
 }
@@ -286,6 +350,14 @@ pub(super) fn act_as(req: &Req, template: &Value) -> ApiResult<()> {
     }
 }
 
+/// What a service's or worker pool's `template` must hold on create and update: containers
+/// with images, and a runtime identity the caller may act as.
+pub(super) fn check_template(req: &Req, body: &Value) -> ApiResult<()> {
+    let template = body.get("template").unwrap_or(&Value::Null);
+    containers(template)?;
+    act_as(req, template)
+}
+
 /// Drops output-only fields a client echoed back, so stored bodies hold only the spec.
 pub(super) fn spec_only(body: &Value) -> Value {
     let mut out = body.as_object().cloned().unwrap_or_default();
@@ -351,6 +423,16 @@ pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("Resource '{name}' was not found"))
 }
 
+/// Google's ALREADY_EXISTS for a create whose resource `name` (short id `id`) is stored.
+pub(super) fn absent<R>(records: &BTreeMap<String, R>, name: &str, id: &str) -> ApiResult<()> {
+    if records.contains_key(name) {
+        return Err(ApiError::already_exists(format!(
+            "Resource '{id}' already exists."
+        )));
+    }
+    Ok(())
+}
+
 /// A stored record by its full name, or Google's NOT_FOUND naming it.
 pub(super) fn found<R: Clone>(records: &BTreeMap<String, R>, name: &str) -> ApiResult<R> {
     records.get(name).cloned().ok_or_else(|| not_found(name))
@@ -366,9 +448,30 @@ pub(super) fn under<R: Clone + Named>(records: &BTreeMap<String, R>, prefix: &st
         .collect()
 }
 
+/// A `list` call's page: the views of the records of `collection` (a field of the Run store
+/// and of the answer alike) under the request's parent, in name order. The views are made
+/// after the store is unlocked (a view may read the sandbox state).
+pub(super) fn list_under<R: Clone + Named>(
+    req: &Req,
+    collection: &str,
+    records: impl FnOnce(&Store) -> &BTreeMap<String, R>,
+    view: impl Fn(&R) -> Value,
+) -> ApiResult<Value> {
+    let prefix = format!("{}/{collection}/", req.parent().name());
+    let recs = under(records(&req.state.run.store()), &prefix);
+    let (page, next) = paginate(req, recs.iter().map(view).collect())?;
+    Ok(list_response(collection, page, next))
+}
+
 /// A record stored by its full resource name.
 pub(super) trait Named {
     fn full_name(&self) -> &str;
+}
+
+impl Named for ServiceRec {
+    fn full_name(&self) -> &str {
+        &self.meta.name
+    }
 }
 
 impl Named for JobRec {
@@ -413,22 +516,13 @@ pub(crate) fn validate_service_id(id: &str) -> ApiResult<()> {
 /// revision; returns the Operation.
 pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     let body = spec_only(&req.body);
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, &body)?;
     let name = service_name(req, id);
-    if req.state.run.store().services.contains_key(&name) {
-        return Err(ApiError::already_exists(format!(
-            "Resource '{id}' already exists."
-        )));
-    }
+    absent(&req.state.run.store().services, &name, id)?;
     let rec = ServiceRec {
         meta: new_meta(req, name.clone(), id),
         body,
-        revision_seq: 1,
-        latest_created_revision: revision_name(id, 1),
-        latest_ready_revision: None,
-        settled: Settled::Pending,
+        revisions: Revisions::first(id),
         // Google's is `https://{id}-{hash}-{region code}.a.run.app`, which no host here
         // resolves; the sandbox's URL reaches the container (`run::invoke`).
         uri: super::invoke::service_uri(&req.state.url, &req.parent().project, req.p(1), id),
@@ -445,11 +539,6 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
     Ok(op)
 }
 
-pub(super) fn revision_name(id: &str, seq: u32) -> String {
-    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..3].to_owned();
-    format!("{id}-{seq:05}-{suffix}")
-}
-
 fn service_get(req: &Req) -> ApiResult<Value> {
     req.require("run.services.get")?;
     let name = service_name(req, req.p(2));
@@ -460,18 +549,7 @@ fn service_get(req: &Req) -> ApiResult<Value> {
 
 fn service_list(req: &Req) -> ApiResult<Value> {
     req.require("run.services.list")?;
-    let prefix = format!("{}/services/", req.parent().name());
-    let items: Vec<Value> = {
-        let store = req.state.run.store();
-        store
-            .services
-            .values()
-            .filter(|s| s.meta.name.starts_with(&prefix))
-            .map(|s| service_view(req, s))
-            .collect()
-    };
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("services", page, next))
+    list_under(req, "services", |s| &s.services, |r| service_view(req, r))
 }
 
 /// Replaces a service's spec from the v2 body in `req.body` (v2 patch, v1 replaceService).
@@ -490,9 +568,7 @@ pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
     }
     req.require("run.services.update")?;
     let body = spec_only(&req.body);
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, &body)?;
     let op_name = new_op_name(&req.parent());
     let view = {
         let mut store = req.state.run.store();
@@ -501,14 +577,7 @@ pub(crate) async fn service_patch(req: &Req) -> ApiResult<Value> {
             .get_mut(&name)
             .ok_or_else(|| not_found(&name))?;
         let mut next = rec.clone();
-        let template_changed = next.body.get("template") != body.get("template");
-        next.body = body;
-        touch(&mut next.meta, req);
-        if template_changed || req.flag("forceNewRevision") {
-            next.revision_seq += 1;
-            next.latest_created_revision = revision_name(&id, next.revision_seq);
-        }
-        next.settled = Settled::Pending;
+        respec(req, &id, &mut next, body);
         let view = service_view(req, &next);
         if !req.flag("validateOnly") {
             *rec = next;
@@ -599,11 +668,7 @@ pub(crate) fn insert_job(req: &Req, id: &str, body: Value, dry_run: bool) -> Api
     containers(&task)?;
     act_as(req, &task)?;
     let name = job_name(&req.parent(), id);
-    if req.state.run.store().jobs.contains_key(&name) {
-        return Err(ApiError::already_exists(format!(
-            "Resource '{id}' already exists."
-        )));
-    }
+    absent(&req.state.run.store().jobs, &name, id)?;
     let rec = JobRec {
         meta: new_meta(req, name.clone(), id),
         settled: job_settled(&req.state, &body),
@@ -660,11 +725,7 @@ fn job_get(req: &Req) -> ApiResult<Value> {
 
 fn job_list(req: &Req) -> ApiResult<Value> {
     req.require("run.jobs.list")?;
-    let prefix = format!("{}/jobs/", req.parent().name());
-    let recs: Vec<JobRec> = under(&req.state.run.store().jobs, &prefix);
-    let items = recs.iter().map(|r| job_view(&req.state, r)).collect();
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("jobs", page, next))
+    list_under(req, "jobs", |s| &s.jobs, |r| job_view(&req.state, r))
 }
 
 /// Replaces a job's spec (v2 patch, v1 replaceJob).

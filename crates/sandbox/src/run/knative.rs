@@ -19,7 +19,6 @@ use super::handlers::{self, Req};
 use super::records::ServiceRec;
 use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
 use crate::error::{ApiError, ApiResult};
-use crate::methods::MethodCall;
 
 const API_VERSION: &str = "serving.knative.dev/v1";
 const LOCATION_LABEL: &str = "cloud.googleapis.com/location";
@@ -126,20 +125,7 @@ fn as_v2(req: &Req, location: &str, id: &str, body: Value) -> Req {
     if req.param("dryRun").is_some_and(|d| !d.is_empty()) {
         query.push(("validateOnly".into(), "true".into()));
     }
-    Req {
-        state: req.state.clone(),
-        caller: req.caller.clone(),
-        call: MethodCall {
-            id: req.call.id,
-            params: vec![
-                req.call.params[0].clone(),
-                location.to_owned(),
-                id.to_owned(),
-            ],
-        },
-        query,
-        body,
-    }
+    req.retarget(location, id, query, body)
 }
 
 /// The names a namespace may go by (project id and number), resolved before the Run store is
@@ -159,21 +145,29 @@ impl Namespace {
     fn holds(&self, project: &str) -> bool {
         project == self.id || project == self.number
     }
+
+    /// The services of this namespace, in `region` when given (else in any), in name order.
+    fn services(&self, req: &Req, region: Option<&str>) -> Vec<ServiceRec> {
+        req.state
+            .run
+            .store()
+            .services
+            .values()
+            .filter(|s| self.holds(&s.meta.parent.project))
+            .filter(|s| region.is_none_or(|r| s.meta.parent.location == r))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Finds a service by namespace and id, in `region` when given (else in any region).
 fn find(req: &Req, region: Option<&str>) -> ApiResult<(ServiceRec, Req)> {
     let ns = Namespace::of(req);
     let id = service_id(req);
-    let found = req
-        .state
-        .run
-        .store()
-        .services
-        .values()
-        .filter(|s| ns.holds(&s.meta.parent.project) && s.meta.id == id)
-        .find(|s| region.is_none_or(|r| s.meta.parent.location == r))
-        .cloned();
+    let found = ns
+        .services(req, region)
+        .into_iter()
+        .find(|s| s.meta.id == id);
     match found {
         Some(rec) => {
             let r = as_v2(req, &rec.meta.parent.location, &id, Value::Null);
@@ -267,21 +261,7 @@ fn delete(req: &Req, region: Option<&str>) -> ApiResult<Value> {
 
 fn list(req: &Req, region: Option<String>) -> ApiResult<Value> {
     req.require("run.services.list")?;
-    let ns = Namespace::of(req);
-    let recs: Vec<ServiceRec> = req
-        .state
-        .run
-        .store()
-        .services
-        .values()
-        .filter(|s| ns.holds(&s.meta.parent.project))
-        .filter(|s| {
-            region
-                .as_deref()
-                .is_none_or(|r| s.meta.parent.location == r)
-        })
-        .cloned()
-        .collect();
+    let recs = Namespace::of(req).services(req, region.as_deref());
     let items: Vec<Value> = recs.iter().map(|r| service(req, r)).collect();
     Ok(json!({"apiVersion": API_VERSION, "kind": "ServiceList", "metadata": {}, "items": items}))
 }
@@ -778,7 +758,7 @@ fn revision(req: &Req, rec: &ServiceRec) -> Value {
     let v1 = service(req, rec);
     let ns = v1["metadata"]["namespace"].clone();
     let id = &rec.meta.id;
-    let name = &rec.latest_created_revision;
+    let name = &rec.revisions.latest_created_revision;
     let ready = &v1["status"]["conditions"][0];
     let mut labels = obj(&v1["spec"]["template"]["metadata"]["labels"]);
     labels.insert("serving.knative.dev/service".into(), json!(id));
@@ -791,7 +771,7 @@ fn revision(req: &Req, rec: &ServiceRec) -> Value {
             "name": name,
             "namespace": ns,
             "selfLink": format!("/apis/serving.knative.dev/v1/namespaces/{}/revisions/{name}", ns.as_str().unwrap_or_default()),
-            "uid": format!("{}-{}", rec.meta.uid, rec.revision_seq),
+            "uid": format!("{}-{}", rec.meta.uid, rec.revisions.revision_seq),
             "generation": 1,
             "creationTimestamp": ts(rec.meta.update_time),
             "labels": labels,
@@ -819,16 +799,10 @@ fn revision_get(req: &Req, region: Option<&str>) -> ApiResult<Value> {
     let ns = Namespace::of(req);
     let wanted = req.call.params.get(1).cloned().unwrap_or_default();
     req.require("run.revisions.get")?;
-    let found = req
-        .state
-        .run
-        .store()
-        .services
-        .values()
-        .filter(|s| ns.holds(&s.meta.parent.project))
-        .filter(|s| region.is_none_or(|r| s.meta.parent.location == r))
-        .find(|s| s.latest_created_revision == wanted)
-        .cloned();
+    let found = ns
+        .services(req, region)
+        .into_iter()
+        .find(|s| s.revisions.latest_created_revision == wanted);
     match found {
         Some(rec) => Ok(revision(req, &rec)),
         None => Err(ApiError::not_found(format!(
@@ -854,17 +828,8 @@ fn revision_list(req: &Req, region: Option<&str>) -> ApiResult<Value> {
             ))
         })
         .collect();
-    let recs: Vec<ServiceRec> = req
-        .state
-        .run
-        .store()
-        .services
-        .values()
-        .filter(|s| ns.holds(&s.meta.parent.project))
-        .filter(|s| region.is_none_or(|r| s.meta.parent.location == r))
-        .cloned()
-        .collect();
-    let items: Vec<Value> = recs
+    let items: Vec<Value> = ns
+        .services(req, region)
         .iter()
         .map(|r| revision(req, r))
         .filter(|rev| {

@@ -154,6 +154,69 @@ impl ExecRec {
     }
 }
 
+/// The revision bookkeeping a service and a worker pool share: both make a new revision when
+/// their template changes, and report the newest created and the newest ready one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revisions {
+    /// Revisions created so far.
+    pub revision_seq: u32,
+    /// The newest revision's short name.
+    pub latest_created_revision: String,
+    /// The newest revision that became ready.
+    pub latest_ready_revision: Option<String>,
+    /// What the newest revision settled to.
+    pub settled: Settled,
+}
+
+impl Revisions {
+    /// The first revision of the resource `id`, not yet settled.
+    pub fn first(id: &str) -> Self {
+        Revisions {
+            revision_seq: 1,
+            latest_created_revision: revision_name(id, 1),
+            latest_ready_revision: None,
+            settled: Settled::Pending,
+        }
+    }
+
+    /// A spec change: a new revision when `new_revision` (a changed template, or
+    /// `forceNewRevision`), and the newest revision reconciles again either way.
+    pub fn respec(&mut self, id: &str, new_revision: bool) {
+        if new_revision {
+            self.revision_seq += 1;
+            self.latest_created_revision = revision_name(id, self.revision_seq);
+        }
+        self.settled = Settled::Pending;
+    }
+
+    /// Records how the newest revision settled: once ready, it is the latest ready one.
+    pub fn settle(&mut self, outcome: Result<(), &Settled>) {
+        match outcome {
+            Ok(()) => {
+                self.settled = Settled::Ready;
+                self.latest_ready_revision = Some(self.latest_created_revision.clone());
+            }
+            Err(settled) => self.settled = settled.clone(),
+        }
+    }
+
+    /// After a restart nothing runs: a revision still pending will not become ready.
+    fn interrupt(&mut self) {
+        if self.settled == Settled::Pending {
+            self.settled = Settled::Failed {
+                reason: "REVISION_FAILED".into(),
+                message: "The sandbox restarted before the revision became ready.".into(),
+            };
+        }
+    }
+}
+
+/// `{id}-{seq:05}-{3 random hex}`, as Google names revisions.
+fn revision_name(id: &str, seq: u32) -> String {
+    let suffix: String = uuid::Uuid::new_v4().simple().to_string()[..3].to_owned();
+    format!("{id}-{seq:05}-{suffix}")
+}
+
 /// A Run v2 service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceRec {
@@ -161,14 +224,9 @@ pub struct ServiceRec {
     pub meta: Meta,
     /// The client's Service JSON (spec fields only).
     pub body: Value,
-    /// Revisions created so far.
-    pub revision_seq: u32,
-    /// The newest revision.
-    pub latest_created_revision: String,
-    /// The newest revision that became ready.
-    pub latest_ready_revision: Option<String>,
-    /// What the newest revision settled to.
-    pub settled: Settled,
+    /// Its revisions (flattened: the stored state keeps one level of fields).
+    #[serde(flatten)]
+    pub revisions: Revisions,
     /// The `.run.app` URL.
     pub uri: String,
 }
@@ -208,20 +266,100 @@ impl Store {
             exec.completion_time = Some(now);
         }
         for pool in self.worker_pools.values_mut() {
-            if pool.settled == Settled::Pending {
-                pool.settled = Settled::Failed {
-                    reason: "REVISION_FAILED".into(),
-                    message: "The sandbox restarted before the revision became ready.".into(),
-                };
-            }
+            pool.revisions.interrupt();
         }
         for svc in self.services.values_mut() {
-            if svc.settled == Settled::Pending {
-                svc.settled = Settled::Failed {
-                    reason: "REVISION_FAILED".into(),
-                    message: "The sandbox restarted before the revision became ready.".into(),
-                };
-            }
+            svc.revisions.interrupt();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> Meta {
+        let now = Utc::now();
+        Meta {
+            name: "projects/p/locations/r/services/s".into(),
+            parent: Parent {
+                project: "p".into(),
+                location: "r".into(),
+            },
+            id: "s".into(),
+            uid: "u".into(),
+            generation: 1,
+            create_time: now,
+            update_time: now,
+            creator: "a@example.com".into(),
+            last_modifier: "a@example.com".into(),
+            etag: "\"e\"".into(),
+            settle_at: now,
+        }
+    }
+
+    /// The stored state of a sandbox written before `Revisions` existed must still load: the
+    /// revision fields stay top-level fields of the service (and worker pool) record.
+    #[test]
+    fn revisions_are_stored_as_top_level_fields() {
+        let rec = ServiceRec {
+            meta: meta(),
+            body: serde_json::json!({"template": {}}),
+            revisions: Revisions {
+                revision_seq: 2,
+                latest_created_revision: "s-00002-abc".into(),
+                latest_ready_revision: Some("s-00001-xyz".into()),
+                settled: Settled::Failed {
+                    reason: "REVISION_FAILED".into(),
+                    message: "m".into(),
+                },
+            },
+            uri: "http://s".into(),
+        };
+        let v = serde_json::to_value(&rec).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "meta",
+                "body",
+                "revision_seq",
+                "latest_created_revision",
+                "latest_ready_revision",
+                "settled",
+                "uri"
+            ]
+        );
+        assert_eq!(v["settled"]["Failed"]["reason"], "REVISION_FAILED");
+        let back: ServiceRec = serde_json::from_value(v).unwrap();
+        assert_eq!(back.revisions, rec.revisions);
+    }
+
+    #[test]
+    fn a_new_revision_only_when_asked_and_ready_once_settled() {
+        let mut r = Revisions::first("svc");
+        assert!(r.latest_created_revision.starts_with("svc-00001-"));
+        r.settle(Ok(()));
+        assert_eq!(r.settled, Settled::Ready);
+        assert_eq!(
+            r.latest_ready_revision.as_ref(),
+            Some(&r.latest_created_revision)
+        );
+        let first = r.latest_created_revision.clone();
+        r.respec("svc", false);
+        assert_eq!((r.revision_seq, &r.latest_created_revision), (1, &first));
+        assert_eq!(r.settled, Settled::Pending);
+        r.respec("svc", true);
+        assert!(r.latest_created_revision.starts_with("svc-00002-"));
+        let failed = Settled::Failed {
+            reason: "CONTAINER_MISSING".into(),
+            message: "m".into(),
+        };
+        r.settle(Err(&failed));
+        assert_eq!(r.settled, failed);
+        assert_eq!(r.latest_ready_revision, Some(first));
+        let mut pending = Revisions::first("p");
+        pending.interrupt();
+        assert!(matches!(pending.settled, Settled::Failed { .. }));
     }
 }

@@ -13,7 +13,6 @@ use super::handlers::{
 use super::records::{JobRec, Parent};
 use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
 use crate::error::{ApiError, ApiResult};
-use crate::methods::MethodCall;
 
 const API_VERSION: &str = "run.googleapis.com/v1";
 const LOCATION_LABEL: &str = "cloud.googleapis.com/location";
@@ -77,20 +76,7 @@ fn success_status() -> Value {
 
 /// A v2-shaped request for `location`, so the v2 helpers can serve it.
 fn as_v2(req: &Req, location: &str, job: &str) -> Req {
-    Req {
-        state: req.state.clone(),
-        caller: req.caller.clone(),
-        call: MethodCall {
-            id: req.call.id,
-            params: vec![
-                req.call.params[0].clone(),
-                location.to_owned(),
-                job.to_owned(),
-            ],
-        },
-        query: req.query.clone(),
-        body: req.body.clone(),
-    }
+    req.retarget(location, job, req.query.clone(), req.body.clone())
 }
 
 fn find_job(req: &Req) -> ApiResult<(JobRec, Req)> {

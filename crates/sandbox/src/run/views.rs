@@ -3,7 +3,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Map, Value, json};
 
-use super::records::{ExecRec, JobRec, Meta, ServiceRec, Settled, TaskRec, TaskState};
+use super::records::{ExecRec, JobRec, Meta, Revisions, ServiceRec, Settled, TaskRec, TaskState};
 
 /// RFC 3339 with nanoseconds and `Z`, as Google writes timestamps.
 pub fn ts(t: DateTime<Utc>) -> String {
@@ -383,31 +383,20 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
     let mut scaling = out.get("scaling").map(obj).unwrap_or_default();
     set_default(&mut scaling, "scalingMode", json!("AUTOMATIC"));
     out.insert("scaling".into(), Value::Object(scaling));
-    let (cond, reconciling) = terminal(&rec.meta, &rec.settled, now);
-    let state = cond["state"].clone();
-    out.insert("terminalCondition".into(), cond);
-    out.insert("reconciling".into(), json!(reconciling));
-    let mut routes = condition("RoutesReady", "CONDITION_SUCCEEDED", rec.meta.update_time);
-    let mut configs = condition(
-        "ConfigurationsReady",
-        "CONDITION_SUCCEEDED",
-        rec.meta.update_time,
-    );
-    if state != "CONDITION_SUCCEEDED" {
-        routes.insert("state".into(), state.clone());
-        configs.insert("state".into(), state);
-    }
-    out.insert(
-        "conditions".into(),
-        json!([Value::Object(routes), Value::Object(configs)]),
-    );
-    let ready = revision_status(
-        &mut out,
-        &rec.meta,
-        reconciling,
-        &rec.latest_created_revision,
-        rec.latest_ready_revision.as_deref(),
-    );
+    let ready = revision_status(&mut out, &rec.meta, &rec.revisions, now, |terminal| {
+        let state = &terminal["state"];
+        let mut routes = condition("RoutesReady", "CONDITION_SUCCEEDED", rec.meta.update_time);
+        let mut configs = condition(
+            "ConfigurationsReady",
+            "CONDITION_SUCCEEDED",
+            rec.meta.update_time,
+        );
+        if state != "CONDITION_SUCCEEDED" {
+            routes.insert("state".into(), state.clone());
+            configs.insert("state".into(), state.clone());
+        }
+        json!([Value::Object(routes), Value::Object(configs)])
+    });
     if let Some(r) = ready {
         out.insert(
             "trafficStatuses".into(),
@@ -419,17 +408,26 @@ pub fn service(rec: &ServiceRec, project_number: &str, now: DateTime<Utc>) -> Va
     Value::Object(out)
 }
 
-/// The revision fields a service and a worker pool both report: `observedGeneration` (one
-/// behind while the newest generation reconciles), `latestCreatedRevision` and, once a revision
-/// is ready, `latestReadyRevision`, as full names. Returns the ready revision's short name, for
-/// the caller's traffic or instance-split status.
+/// The status fields a service and a worker pool both report, in this order (the order clients
+/// see, serde_json keeps insertion order): `terminalCondition`, `reconciling`, `conditions`
+/// (made by `conditions` from the terminal condition), `observedGeneration` (one behind while
+/// the newest generation reconciles), `latestCreatedRevision` and, once a revision is ready,
+/// `latestReadyRevision`, as full names. Returns the ready revision's short name, for the
+/// caller's traffic or instance-split status.
 pub(super) fn revision_status<'a>(
     out: &mut Map<String, Value>,
     meta: &Meta,
-    reconciling: bool,
-    latest_created: &str,
-    latest_ready: Option<&'a str>,
+    revisions: &'a Revisions,
+    now: DateTime<Utc>,
+    conditions: impl FnOnce(&Value) -> Value,
 ) -> Option<&'a str> {
+    let (cond, reconciling) = terminal(meta, &revisions.settled, now);
+    let conditions = conditions(&cond);
+    out.insert("terminalCondition".into(), cond);
+    out.insert("reconciling".into(), json!(reconciling));
+    out.insert("conditions".into(), conditions);
+    let latest_created = &revisions.latest_created_revision;
+    let latest_ready = revisions.latest_ready_revision.as_deref();
     let observed = if reconciling {
         meta.generation - 1
     } else {

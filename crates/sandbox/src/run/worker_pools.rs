@@ -19,11 +19,11 @@ use serde_json::{Map, Value, json};
 
 use super::engine;
 use super::handlers::{
-    Req, act_as, containers, found, list_response, new_meta, new_op_name, not_found, paginate,
-    project_number, revision_name, revision_service_account, spec_only, touch, typed, under,
+    Req, absent, check_template, found, list_under, new_meta, new_op_name, not_found,
+    project_number, respec, revision_outcome, revision_service_account, spec_only, typed,
     validate_id,
 };
-use super::records::{Meta, Settled};
+use super::records::{Meta, Revisions, Settled};
 use super::views;
 use super::{RunState, lock};
 use crate::error::{ApiError, ApiResult};
@@ -40,14 +40,10 @@ pub struct WorkerPoolRec {
     pub meta: Meta,
     /// The client's WorkerPool JSON (spec fields only).
     pub body: Value,
-    /// Revisions created so far.
-    pub revision_seq: u32,
-    /// The newest revision's short name.
-    pub latest_created_revision: String,
-    /// The newest revision whose instances all started.
-    pub latest_ready_revision: Option<String>,
-    /// What the last reconcile settled to.
-    pub settled: Settled,
+    /// Its revisions (flattened, as for services); a revision is ready once all its instances
+    /// started.
+    #[serde(flatten)]
+    pub revisions: Revisions,
 }
 
 impl WorkerPoolRec {
@@ -158,17 +154,7 @@ pub(super) fn view(state: &AppState, rec: &WorkerPoolRec) -> Value {
     out.insert("scaling".into(), Value::Object(scaling));
     let split = json!([{"type": "INSTANCE_SPLIT_ALLOCATION_TYPE_LATEST", "percent": 100}]);
     views::set_default(&mut out, "instanceSplits", split);
-    let (cond, reconciling) = views::terminal(&rec.meta, &rec.settled, now);
-    out.insert("terminalCondition".into(), cond);
-    out.insert("reconciling".into(), json!(reconciling));
-    out.insert("conditions".into(), json!([]));
-    let ready = views::revision_status(
-        &mut out,
-        &rec.meta,
-        reconciling,
-        &rec.latest_created_revision,
-        rec.latest_ready_revision.as_deref(),
-    );
+    let ready = views::revision_status(&mut out, &rec.meta, &rec.revisions, now, |_| json!([]));
     if let Some(r) = ready {
         out.insert(
             "instanceSplitStatuses".into(),
@@ -180,9 +166,7 @@ pub(super) fn view(state: &AppState, rec: &WorkerPoolRec) -> Value {
 }
 
 fn validate_body(req: &Req, body: &Value) -> ApiResult<()> {
-    let template = body.get("template").cloned().unwrap_or(Value::Null);
-    containers(&template)?;
-    act_as(req, &template)?;
+    check_template(req, body)?;
     if let Some(n) = body.pointer("/scaling/manualInstanceCount")
         && n.as_i64().is_none_or(|n| n < 0)
     {
@@ -220,18 +204,11 @@ fn insert(req: &Req, id: &str) -> ApiResult<Value> {
     let body = pool_spec(&req.body);
     validate_body(req, &body)?;
     let name = pool_name(req, id);
-    if req.state.run.store().worker_pools.contains_key(&name) {
-        return Err(ApiError::already_exists(format!(
-            "Resource '{id}' already exists."
-        )));
-    }
+    absent(&req.state.run.store().worker_pools, &name, id)?;
     let rec = WorkerPoolRec {
         meta: new_meta(req, name.clone(), id),
         body,
-        revision_seq: 1,
-        latest_created_revision: revision_name(id, 1),
-        latest_ready_revision: None,
-        settled: Settled::Pending,
+        revisions: Revisions::first(id),
     };
     let v = view(&req.state, &rec);
     if req.flag("validateOnly") {
@@ -282,11 +259,12 @@ fn get(req: &Req) -> ApiResult<Value> {
 
 fn list(req: &Req) -> ApiResult<Value> {
     req.require("run.workerpools.list")?;
-    let prefix = format!("{}/workerPools/", req.parent().name());
-    let recs: Vec<WorkerPoolRec> = under(&req.state.run.store().worker_pools, &prefix);
-    let items = recs.iter().map(|r| view(&req.state, r)).collect();
-    let (page, next) = paginate(req, items)?;
-    Ok(list_response("workerPools", page, next))
+    list_under(
+        req,
+        "workerPools",
+        |s| &s.worker_pools,
+        |r| view(&req.state, r),
+    )
 }
 
 /// Applies `updateMask` (AIP-134): each listed field path is copied from the request (or
@@ -373,14 +351,7 @@ fn patch(req: &Req) -> ApiResult<Value> {
     )?;
     validate_body(req, &body)?;
     let mut next = current.clone();
-    let template_changed = next.body.get("template") != body.get("template");
-    next.body = body;
-    touch(&mut next.meta, req);
-    if template_changed || req.flag("forceNewRevision") {
-        next.revision_seq += 1;
-        next.latest_created_revision = revision_name(&id, next.revision_seq);
-    }
-    next.settled = Settled::Pending;
+    respec(req, &id, &mut next, body);
     let v = view(&req.state, &next);
     if req.flag("validateOnly") {
         return Ok(dry_op(req, v));
@@ -446,26 +417,14 @@ fn spawn_reconcile(state: AppState, name: String, op_name: String, generation: i
             };
             // A newer change superseded this one; it reports on its own operation.
             if rec.meta.generation == generation {
-                match &outcome {
-                    Ok(()) => {
-                        rec.settled = Settled::Ready;
-                        rec.latest_ready_revision = Some(rec.latest_created_revision.clone());
-                    }
-                    Err(settled) => rec.settled = settled.clone(),
-                }
+                rec.revisions.settle(outcome.as_ref().map(|_| ()));
             }
             let rec = rec.clone();
             drop(store);
             view(&state, &rec)
         };
         state.mark_dirty();
-        let result = match outcome {
-            Ok(()) => Outcome::Response(typed(POOL_TYPE, v)),
-            Err(Settled::Failed { message, .. }) => {
-                Outcome::from_error(&ApiError::failed_precondition(message))
-            }
-            Err(_) => Outcome::from_error(&ApiError::internal("Revision failed.")),
-        };
+        let result = revision_outcome(outcome.as_ref().map(|_| ()), typed(POOL_TYPE, v));
         operations::finish(&state, &op_name, result);
     });
 }
@@ -475,7 +434,7 @@ async fn reconcile(state: &AppState, name: &str) -> Result<(), Settled> {
     let Some(rec) = state.run.store().worker_pools.get(name).cloned() else {
         return Ok(());
     };
-    let revision = rec.latest_created_revision.clone();
+    let revision = rec.revisions.latest_created_revision.clone();
     let fail = |reason: &str, message: String| Settled::Failed {
         reason: reason.into(),
         message,
