@@ -37,7 +37,6 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     opts.queues = args.queues.clone();
     opts.limit = args.limit;
     opts.poll_interval = Duration::from_secs_f64(args.poll_interval);
-    opts.release_startup_pages = true;
     if let (Some(pool), Some(idle)) = (&args.scale_to_zero_pool, args.scale_to_zero_idle) {
         if idle == 0 {
             return Err(anyhow!("--scale-to-zero-idle must be at least 1 second"));
@@ -59,8 +58,9 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
 /// The worker's runtime: one thread. The worker waits on the network almost all the time (about
 /// 8 ms of CPU per run, BENCHMARKS.md; the Prefect server's own ceiling is near 23 runs/s, so a
 /// burst at the ceiling needs a fifth of one core), and every further thread costs its stack
-/// and, with glibc, a malloc arena of its own (measured: 0.14 MB of the idle RSS per worker
-/// thread). Blocking work still goes to tokio's blocking pool, whose threads end when idle.
+/// and, with glibc, a malloc arena of its own (measured: 0.4 MB less idle RSS than the
+/// default of one thread per core on 2 cores). Blocking work still goes to tokio's blocking
+/// pool, whose threads end when idle.
 fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

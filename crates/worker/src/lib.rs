@@ -9,8 +9,7 @@
 //!   Cloud Run jobs client);
 //! - [`runtime`]: the loop ([`run`]); `submit`: one run from claim to cleanup, as a pure
 //!   `reconcile::decide` carried out by `driver::drive`; `cache`: reads shared by the runs of a
-//!   poll cycle; [`claim`]: the claim marker; `health`; [`pages`]: start-up's code pages given
-//!   back once the loop runs.
+//!   poll cycle; [`claim`]: the claim marker; `health`.
 
 mod cache;
 pub mod claim;
@@ -22,7 +21,6 @@ pub mod identity;
 pub mod idle;
 pub mod naming;
 pub mod outcome;
-pub mod pages;
 mod reconcile;
 pub mod refs;
 pub mod runtime;

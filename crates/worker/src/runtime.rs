@@ -60,10 +60,6 @@ pub struct WorkerOptions {
     pub lost_contact_window: Duration,
     /// Scale the worker's own Cloud Run worker pool to 0 when idle (`worker.scale_to_zero`).
     pub scale_down: Option<super::idle::ScaleDown>,
-    /// Once start-up is over (first poll done, leftovers cleaned up), unmap the executable's
-    /// pages only start-up used ([`super::pages`]). Off by default: it acts on the whole
-    /// process, which is the `bootstrap worker` command's to decide, not a test's.
-    pub release_startup_pages: bool,
 }
 
 impl WorkerOptions {
@@ -83,7 +79,6 @@ impl WorkerOptions {
             use_events: true,
             lost_contact_window: Duration::from_secs(30 * 60),
             scale_down: None,
-            release_startup_pages: false,
         }
     }
 }
@@ -123,8 +118,6 @@ pub(crate) struct Scheduler {
     /// Runs taken from a poll that wait for a submission slot, not yet claimed.
     waiting: AtomicUsize,
     last_poll_ok: Mutex<Instant>,
-    /// Whether a poll has succeeded since start.
-    polled: watch::Sender<bool>,
     poll_now: Notify,
     stopping: watch::Sender<bool>,
     /// Scale to zero: this worker set its pool's count to 0 and claims no new run (see
@@ -337,15 +330,11 @@ pub async fn run(
     if shared.ctx.opts.use_events {
         tasks.spawn(event_loop(shared.clone(), pool.id));
     }
-    let startup = shared.clone();
-    let template = pool.base_job_template.clone();
-    tasks.spawn(async move {
-        cleanup_leftovers(startup.clone(), kind, template).await;
-        if startup.ctx.opts.release_startup_pages {
-            let _ = startup.sched.polled.subscribe().wait_for(|p| *p).await;
-            release_startup_pages();
-        }
-    });
+    tasks.spawn(cleanup_leftovers(
+        shared.clone(),
+        kind,
+        pool.base_job_template.clone(),
+    ));
     if let Some(down) = shared.ctx.opts.scale_down.clone() {
         let work = Arc::new(super::idle::PrefectWork {
             client: client.clone(),
@@ -392,18 +381,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Unmaps the code pages start-up used ([`super::pages`]); a failure costs only memory.
-fn release_startup_pages() {
-    match super::pages::release_startup_code() {
-        Ok(r) => tracing::debug!(
-            mappings = r.mappings,
-            kib = r.bytes / 1024,
-            "gave back the executable's start-up pages"
-        ),
-        Err(e) => tracing::debug!(error = %e, "could not give back the start-up pages"),
-    }
-}
-
 async fn heartbeat_loop(shared: Arc<Shared>) {
     let secs = shared.ctx.opts.heartbeat_interval.as_secs().max(1);
     loop {
@@ -440,10 +417,6 @@ async fn poll_loop(shared: Arc<Shared>) {
                 if let Ok(mut t) = shared.sched.last_poll_ok.lock() {
                     *t = Instant::now();
                 }
-                shared
-                    .sched
-                    .polled
-                    .send_if_modified(|p| !std::mem::replace(p, true));
                 let full = runs.len() >= PAGE as usize;
                 for r in runs {
                     shared.start(r.flow_run, Claim::New);
@@ -633,7 +606,6 @@ impl Scheduler {
             submit_slots: Arc::new(Semaphore::new(SUBMIT_SLOTS)),
             waiting: AtomicUsize::new(0),
             last_poll_ok: Mutex::new(Instant::now()),
-            polled: watch::Sender::new(false),
             poll_now: Notify::new(),
             stopping: stop_tx,
             dormant: Arc::new(AtomicBool::new(false)),
