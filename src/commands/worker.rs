@@ -24,10 +24,7 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
         gcp_endpoints: endpoints,
     } = bootstrap_engine::Connections::resolve(None, global.gcp_endpoint.as_deref())?;
     let client = PrefectClient::new(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime()?;
     // Unique per instance (the metadata server's instance id on Cloud Run), stable across restarts.
     let name = match &args.name {
         Some(n) => n.clone(),
@@ -56,6 +53,19 @@ pub fn run(args: &WorkerArgs, global: &GlobalArgs) -> Result<ExitCode> {
     runtime.shutdown_timeout(Duration::from_millis(200));
     eprintln!("worker `{name}` stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The worker's runtime: one thread. The worker waits on the network almost all the time (about
+/// 8 ms of CPU per run, BENCHMARKS.md; the Prefect server's own ceiling is near 23 runs/s, so a
+/// burst at the ceiling needs a fifth of one core), and every further thread costs its stack
+/// and, with glibc, a malloc arena of its own (measured: 0.4 MB less idle RSS than the
+/// default of one thread per core on 2 cores). Blocking work still goes to tokio's blocking
+/// pool, whose threads end when idle.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// `--sweep`: deletes the pool's finished jobs, says what it did, exits.
@@ -104,5 +114,22 @@ pub(super) async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression guard for the idle RSS (BENCHMARKS.md, "The worker's idle memory"): the
+    /// worker runs on one runtime thread, not one per core.
+    #[test]
+    fn the_worker_runs_on_one_runtime_thread() {
+        let rt = runtime().unwrap();
+        assert_eq!(
+            rt.handle().runtime_flavor(),
+            tokio::runtime::RuntimeFlavor::CurrentThread
+        );
+        assert_eq!(rt.metrics().num_workers(), 1);
     }
 }

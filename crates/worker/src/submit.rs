@@ -2,13 +2,13 @@
 //! configuration, create or adopt the Cloud Run job, run or adopt its execution, watch it with
 //! backoff, report CRASHED when the infrastructure failed, delete the job unless `keep_job`.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use bootstrap_gcp::{GcpHttp, ServiceAccountKeySource, TokenSource};
 use bootstrap_prefect::{
-    FlowRun, PrefectClient, PrefectError, SetStateStatus, StateCreate, StateType,
+    Deployment, FlowRun, PrefectClient, PrefectError, SetStateStatus, StateCreate, StateType,
 };
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -93,12 +93,21 @@ pub(crate) async fn propose(
 }
 
 /// Claims a run taken from a poll: PENDING under this worker's [`ClaimMarker`], unless its
-/// deployment is gone (then CANCELLED). `None` when the run is not this worker's to run.
-async fn claim_new(ctx: &Ctx, run: &FlowRun) -> Option<DateTime<Utc>> {
+/// deployment is gone (then CANCELLED). `None` when the run is not this worker's to run. The
+/// deployment read here is the run's one read of it (`seen`), see [`SubmitEnv::deployment`].
+async fn claim_new(
+    ctx: &Ctx,
+    run: &FlowRun,
+    seen: &OnceLock<Option<Deployment>>,
+) -> Option<DateTime<Utc>> {
     let client = &ctx.client;
     let id = run.id;
     if let Some(dep) = run.deployment_id {
-        match ctx.reads.deployment(client, dep).await {
+        let read = ctx.reads.deployment(client, dep).await;
+        if let Ok(d) = &read {
+            let _ = seen.set(d.clone());
+        }
+        match read {
             Ok(None) => {
                 propose(
                     client,
@@ -148,7 +157,30 @@ struct SubmitEnv<'a> {
     ctx: &'a Arc<Ctx>,
     run: &'a FlowRun,
     /// The id of the submitted event (the executed event follows it).
-    submitted: std::sync::OnceLock<Uuid>,
+    submitted: OnceLock<Uuid>,
+    /// The run's deployment as read for this run (`None` inside: it has none, or it is gone).
+    deployment: OnceLock<Option<Deployment>>,
+}
+
+impl SubmitEnv<'_> {
+    /// The run's deployment, read once per run: the claim reads it (as Prefect's worker does
+    /// before proposing PENDING, `base.py` `_submit_run`), and the job configuration, the
+    /// submitted and the executed events use that read. Prefect's worker reads it a second time
+    /// for the configuration, milliseconds later; one read per run still sees a deployment
+    /// changed before the run was claimed (the reason reads are not shared between runs,
+    /// [`super::cache::DEPLOYMENT_TTL`]), and saves the server a request per run in a burst
+    /// (three, with the events'). An adopted run, not claimed by this process, reads it here.
+    async fn deployment(&self) -> Result<Option<Deployment>, PrefectError> {
+        if let Some(d) = self.deployment.get() {
+            return Ok(d.clone());
+        }
+        let d = match self.run.deployment_id {
+            Some(id) => self.ctx.reads.deployment(&self.ctx.client, id).await?,
+            None => None,
+        };
+        let _ = self.deployment.set(d.clone());
+        Ok(d)
+    }
 }
 
 impl RunEnv for SubmitEnv<'_> {
@@ -156,7 +188,7 @@ impl RunEnv for SubmitEnv<'_> {
     type Config = JobConfig;
 
     async fn claim(&self) -> Option<DateTime<Utc>> {
-        claim_new(self.ctx, self.run).await
+        claim_new(self.ctx, self.run, &self.deployment).await
     }
 
     fn submitting(&self) {
@@ -166,12 +198,18 @@ impl RunEnv for SubmitEnv<'_> {
             20,
             format!("Worker '{}' submitting flow run '{id}'", self.ctx.opts.name),
         );
-        let _ = self.submitted.set(announce(self.ctx, self.run));
+        let _ = self
+            .submitted
+            .set(announce(self.ctx, self.run, self.deployment.get().cloned()));
     }
 
     async fn configure(&self) -> Result<(JobConfig, RunJobs), Error> {
         // The job body carries the cleanup label already (config::prepare, within the label cap).
-        let cfg = match build(self.ctx, self.run).await {
+        let built = match self.deployment().await {
+            Ok(deployment) => build(self.ctx, self.run, deployment).await,
+            Err(e) => Err(anyhow::Error::new(e)),
+        };
+        let cfg = match built {
             Ok(cfg) => cfg,
             Err(e) => {
                 // Block and variable lookups report errors as text, so a failure while the
@@ -229,7 +267,8 @@ pub(crate) async fn handle(
     let env = SubmitEnv {
         ctx: &ctx,
         run: &run,
-        submitted: std::sync::OnceLock::new(),
+        submitted: OnceLock::new(),
+        deployment: OnceLock::new(),
     };
     if claimed_at.is_some() {
         env.submitting();
@@ -265,7 +304,14 @@ pub(crate) async fn handle(
             if let Some((_, job)) = &job
                 && let Some(submitted) = env.submitted.get()
             {
-                report_executed(&ctx, &run, job, code, *submitted);
+                report_executed(
+                    &ctx,
+                    &run,
+                    job,
+                    code,
+                    *submitted,
+                    env.deployment.get().cloned(),
+                );
             }
         }
         // prefect-gcp: the run's state is left to the flow ("Lost connection to flow run
@@ -409,7 +455,12 @@ fn chain(e: &anyhow::Error) -> String {
         .join(": ")
 }
 
-async fn build(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<JobConfig> {
+/// The run's job configuration, from its `deployment` (as read for this run).
+async fn build(
+    ctx: &Ctx,
+    run: &FlowRun,
+    deployment: Option<Deployment>,
+) -> anyhow::Result<JobConfig> {
     let client = &ctx.client;
     let pool = ctx
         .reads
@@ -422,10 +473,6 @@ async fn build(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<JobConfig> {
             pool.pool_type
         )
     })?;
-    let deployment = match run.deployment_id {
-        Some(d) => ctx.reads.deployment(client, d).await?,
-        None => None,
-    };
     let flow = ctx.reads.flow(client, run.flow_id).await?;
     let dep_vars = deployment
         .as_ref()
@@ -469,7 +516,11 @@ fn prefect_outage(e: &anyhow::Error) -> bool {
 /// variables: region, credentials), as prefect-gcp's `kill_infrastructure` uses the run's
 /// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults.
 pub(crate) async fn jobs_of_run(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<RunJobs> {
-    let cfg = build(ctx, run).await?;
+    let deployment = match run.deployment_id {
+        Some(d) => ctx.reads.deployment(&ctx.client, d).await?,
+        None => None,
+    };
+    let cfg = build(ctx, run, deployment).await?;
     jobs_for(ctx, &cfg).await
 }
 
@@ -515,13 +566,14 @@ fn project_of(creds: &GcpCredentials, tokens: &dyn TokenSource) -> anyhow::Resul
 
 /// Gives the run this worker's labels and emits `prefect.worker.submitted-flow-run`, as
 /// Prefect's worker does, off the submission's path (both are bookkeeping: a failure is logged,
-/// never the run's). Returns the event's id, which the executed event follows.
-fn announce(ctx: &Arc<Ctx>, run: &FlowRun) -> Uuid {
+/// never the run's). Returns the event's id, which the executed event follows. `deployment`:
+/// the run's, when already read for this run.
+fn announce(ctx: &Arc<Ctx>, run: &FlowRun, deployment: Option<Option<Deployment>>) -> Uuid {
     let ctx = ctx.clone();
     let run = run.clone();
     let id = Uuid::new_v4();
     tokio::spawn(async move {
-        let Some((kind, pool, related)) = related_of(&ctx, &run).await else {
+        let Some((kind, pool, related)) = related_of(&ctx, &run, deployment).await else {
             return;
         };
         let labels = outcome::worker_labels(&ctx.opts.name, kind, &pool);
@@ -563,17 +615,20 @@ async fn emit(ctx: &Ctx, event: Value) {
     }
 }
 
-/// The pool kind, pool and related resources of a run (from the ctx reads).
+/// The pool kind, pool and related resources of a run (from the ctx reads; the deployment as
+/// read for this run when `known`).
 async fn related_of(
     ctx: &Ctx,
     run: &FlowRun,
+    known: Option<Option<Deployment>>,
 ) -> Option<(PoolKind, bootstrap_prefect::WorkPool, Vec<Value>)> {
     let client = &ctx.client;
     let pool = ctx.reads.work_pool(client, &ctx.opts.pool).await.ok()??;
     let kind = PoolKind::from_pool_type(&pool.pool_type)?;
-    let deployment = match run.deployment_id {
-        Some(d) => ctx.reads.deployment(client, d).await.ok().flatten(),
-        None => None,
+    let deployment = match (known, run.deployment_id) {
+        (Some(d), _) => d,
+        (None, Some(d)) => ctx.reads.deployment(client, d).await.ok().flatten(),
+        (None, None) => None,
     };
     let flow = ctx.reads.flow(client, run.flow_id).await.ok().flatten();
     let related = outcome::run_related(
@@ -586,12 +641,19 @@ async fn related_of(
 }
 
 /// `prefect.worker.executed-flow-run`, with the job and status code on the flow run.
-fn report_executed(ctx: &Arc<Ctx>, run: &FlowRun, job: &str, code: i64, follows: Uuid) {
+fn report_executed(
+    ctx: &Arc<Ctx>,
+    run: &FlowRun,
+    job: &str,
+    code: i64,
+    follows: Uuid,
+    deployment: Option<Option<Deployment>>,
+) {
     let ctx = ctx.clone();
     let run = run.clone();
     let job = job.to_string();
     tokio::spawn(async move {
-        let Some((kind, _, related)) = related_of(&ctx, &run).await else {
+        let Some((kind, _, related)) = related_of(&ctx, &run, deployment).await else {
             return;
         };
         let resource = outcome::worker_resource(&ctx.opts.name, kind);
@@ -675,6 +737,99 @@ async fn record_pid(ctx: &Ctx, id: Uuid, job: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A Prefect API that counts deployment reads and refuses every claim (ABORT).
+    async fn fake_prefect(deployment: Uuid, flow: Uuid) -> (PrefectClient, Arc<AtomicUsize>) {
+        use axum::routing::{get, post};
+        let reads = Arc::new(AtomicUsize::new(0));
+        let counted = reads.clone();
+        let app = axum::Router::new()
+            .route(
+                "/api/deployments/{id}",
+                get(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        axum::Json(serde_json::json!({
+                            "id": deployment, "name": "d", "flow_id": flow,
+                            "job_variables": {"image": "i"}
+                        }))
+                    }
+                }),
+            )
+            .route(
+                "/api/flow_runs/{id}/set_state",
+                post(|| async {
+                    axum::Json(serde_json::json!({
+                        "status": "ABORT", "details": {"reason": "taken"}
+                    }))
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = bootstrap_prefect::PrefectConfig {
+            api_url: url.parse().unwrap(),
+            url_source: bootstrap_prefect::Source::Explicit,
+            api_key: None,
+            auth_string: None,
+            retries: Default::default(),
+        };
+        (PrefectClient::new(config).unwrap(), reads)
+    }
+
+    fn run_of(deployment: Uuid, flow: Uuid) -> FlowRun {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::new_v4(), "name": "r", "flow_id": flow, "deployment_id": deployment
+        }))
+        .unwrap()
+    }
+
+    /// A run's deployment is read once (issue #20: three more reads per run in a burst), by the
+    /// claim, and the configuration and events use that read; an adopted run (no claim) reads
+    /// it at its first use.
+    #[tokio::test]
+    async fn a_run_reads_its_deployment_once() {
+        let (deployment, flow) = (Uuid::new_v4(), Uuid::new_v4());
+        let (client, reads) = fake_prefect(deployment, flow).await;
+        let ctx = super::super::runtime::detached(
+            client,
+            super::super::WorkerOptions::new("p", "w", Default::default()),
+        );
+        let run = run_of(deployment, flow);
+        let claimed = SubmitEnv {
+            ctx: &ctx,
+            run: &run,
+            submitted: OnceLock::new(),
+            deployment: OnceLock::new(),
+        };
+        assert!(claimed.claim().await.is_none(), "the fake refuses claims");
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "the claim reads it");
+        let d = claimed.deployment().await.unwrap().unwrap();
+        assert_eq!(
+            (d.id, d.job_variables["image"].as_str()),
+            (deployment, Some("i"))
+        );
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            1,
+            "later uses take the claim's read"
+        );
+
+        let adopted = SubmitEnv {
+            ctx: &ctx,
+            run: &run,
+            submitted: OnceLock::new(),
+            deployment: OnceLock::new(),
+        };
+        assert!(adopted.deployment().await.unwrap().is_some());
+        assert!(adopted.deployment().await.unwrap().is_some());
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "an adopted run reads it once"
+        );
+    }
 
     /// Regression (tests/it/worker/e2e.rs `server_restart_loses_no_run`): a run being submitted
     /// while the Prefect server restarted was marked CRASHED ("cannot reach the Prefect API").
