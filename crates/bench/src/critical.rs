@@ -111,16 +111,14 @@ pub struct CriticalPath {
 }
 
 impl CriticalPath {
-    /// The floor when the Prefect server does one write at a time taking `write_seconds`
-    /// each (SQLite has one writer; the measured time of one deployment upsert alone): the
-    /// deployment upserts cannot end before the first can start plus all of them one after
-    /// another. The model above counts each Prefect write as one round trip, in parallel,
-    /// which a server on SQLite cannot do; this is the floor that server allows.
-    pub fn with_serial_writes(&self, write_seconds: f64) -> f64 {
+    /// The floor when the Prefect server does its writes one at a time and they take
+    /// `server_seconds` in all (SQLite has one writer): they cannot end before the first
+    /// deployment upsert can start plus all of that time. The model above counts each Prefect
+    /// write as one round trip, in parallel, which a server on SQLite cannot do; this is the
+    /// floor that server allows.
+    pub fn with_serial_writes(&self, server_seconds: f64) -> f64 {
         match self.deployments_start {
-            Some(start) => self
-                .seconds
-                .max(start + f64::from(self.deployment_writes) * write_seconds),
+            Some(start) => self.seconds.max(start + server_seconds),
             None => self.seconds,
         }
     }
@@ -301,9 +299,9 @@ mod tests {
         let start = p.deployments_start.expect("deployments");
         assert!((start - 2.71).abs() < 1e-9, "{start}");
         // 100 writes of 50 ms one after another end at 7.71 s, past the Google chain.
-        assert!((p.with_serial_writes(0.05) - 7.71).abs() < 1e-9);
+        assert!((p.with_serial_writes(100.0 * 0.05) - 7.71).abs() < 1e-9);
         // Fast writes leave the Google chain the floor.
-        assert!((p.with_serial_writes(0.001) - 4.9).abs() < 1e-9);
+        assert!((p.with_serial_writes(100.0 * 0.001) - 4.9).abs() < 1e-9);
     }
 
     #[test]
