@@ -104,6 +104,24 @@ pub struct CriticalPath {
     pub gcp_round_trips: u32,
     /// Operations waited out on the path.
     pub operations: u32,
+    /// Deployment upserts in the plan.
+    pub deployment_writes: u32,
+    /// When the first of them can start at the earliest (observe included), seconds.
+    pub deployments_start: Option<f64>,
+}
+
+impl CriticalPath {
+    /// The floor when the Prefect server does its writes one at a time and they take
+    /// `server_seconds` in all (SQLite has one writer): they cannot end before the first
+    /// deployment upsert can start plus all of that time. The model above counts each Prefect
+    /// write as one round trip, in parallel, which a server on SQLite cannot do; this is the
+    /// floor that server allows.
+    pub fn with_serial_writes(&self, server_seconds: f64) -> f64 {
+        match self.deployments_start {
+            Some(start) => self.seconds.max(start + server_seconds),
+            None => self.seconds,
+        }
+    }
 }
 
 fn cost(c: StepCalls, k: &Costs) -> f64 {
@@ -200,6 +218,18 @@ pub fn critical_path(plan: &Value, k: &Costs) -> Result<CriticalPath> {
         .any(|s| s.pointer("/op/op").and_then(Value::as_str) == Some("create_service_account"));
     let observe_trips = if creates_account { 1 } else { 2 };
     let observe_seconds = f64::from(observe_trips) * k.latency;
+    let mut deployment_writes = 0;
+    let mut deployments_start: Option<f64> = None;
+    for s in steps {
+        if s.pointer("/op/op").and_then(Value::as_str) == Some("upsert_deployment")
+            && let Some(a) = s.get("address").and_then(Value::as_str)
+            && let (Some((f, _)), Some((calls, _))) = (finish.get(a), nodes.get(a))
+        {
+            deployment_writes += 1;
+            let start = f - cost(*calls, k) + observe_seconds;
+            deployments_start = Some(deployments_start.map_or(start, |d| d.min(start)));
+        }
+    }
     let seconds = observe_seconds + chain.iter().map(|s| s.seconds).sum::<f64>();
     Ok(CriticalPath {
         observe_seconds,
@@ -207,6 +237,8 @@ pub fn critical_path(plan: &Value, k: &Costs) -> Result<CriticalPath> {
         operations: chain.iter().map(|s| s.calls.operations).sum(),
         chain,
         seconds,
+        deployment_writes,
+        deployments_start,
     })
 }
 
@@ -242,6 +274,34 @@ mod tests {
         assert_eq!(p.gcp_round_trips, 11);
         assert_eq!(p.operations, 2);
         assert!((p.seconds - (1.1 + 4.0)).abs() < 1e-9, "{}", p.seconds);
+    }
+
+    #[test]
+    fn serial_writes_bound_the_floor_of_many_deployments() {
+        let mut steps = vec![
+            step("apis", json!({"op": "enable_apis"}), &[]),
+            step("sa", json!({"op": "create_service_account"}), &["apis"]),
+            step("service", json!({"op": "upsert_service"}), &["sa"]),
+            step("pool", json!({"op": "create_work_pool"}), &["sa"]),
+        ];
+        for i in 0..100 {
+            steps.push(step(
+                &format!("d{i}"),
+                json!({"op": "upsert_deployment"}),
+                &["pool"],
+            ));
+        }
+        let p = critical_path(&json!({ "steps": steps }), &K).expect("model");
+        // observe 0.1 + apis 2.2 + sa 0.4 + service 2.2 = 4.9 s; the deployments may start
+        // after observe, apis, sa and the pool's one write: 0.1 + 2.2 + 0.4 + 0.01.
+        assert!((p.seconds - 4.9).abs() < 1e-9, "{}", p.seconds);
+        assert_eq!(p.deployment_writes, 100);
+        let start = p.deployments_start.expect("deployments");
+        assert!((start - 2.71).abs() < 1e-9, "{start}");
+        // 100 writes of 50 ms one after another end at 7.71 s, past the Google chain.
+        assert!((p.with_serial_writes(100.0 * 0.05) - 7.71).abs() < 1e-9);
+        // Fast writes leave the Google chain the floor.
+        assert!((p.with_serial_writes(100.0 * 0.001) - 4.9).abs() < 1e-9);
     }
 
     #[test]

@@ -112,6 +112,8 @@ fn main() -> ExitCode {
     // reqwest is built without a default TLS provider (the workspace's choice); the harness
     // only speaks plain HTTP to loopback, but the client still wants one installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The workers it starts must not outlive it (a panic, or a signal below).
+    procs::stop_children_on_panic();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -135,6 +137,7 @@ fn main() -> ExitCode {
 
 /// Runs every section; returns whether all of them could be measured.
 async fn run(args: Args) -> Result<bool> {
+    procs::stop_children_on_signal()?;
     let plan = Plan {
         startup_runs: if args.quick { 20 } else { 100 },
         pickups: if args.quick { 5 } else { 20 },

@@ -28,12 +28,101 @@ pub struct Measured {
     pub prefect_calls: u64,
     /// Of those, reads (GET, and POST `.../filter`).
     pub prefect_reads: u64,
+    /// Of those, repeats of a request the client retried (after a 503, a reset...).
+    pub prefect_retries: u64,
+    /// Answers that asked the client to come back later (429, 503).
+    pub prefect_busy: u64,
+    /// The server's answer time of every write, summed, seconds (refused ones included): the
+    /// time SQLite's one writer spent on them when they do not overlap.
+    pub prefect_write_seconds: f64,
+    /// From the first Prefect write's start to the last one's answer, seconds (from the log's
+    /// timestamps; 0 without writes).
+    pub prefect_write_span: f64,
     /// The server's answer time of the slowest Prefect request, ms (from the same log).
     pub prefect_slowest_ms: u64,
     /// Google calls by discovery method.
     pub google_by_method: BTreeMap<String, u64>,
-    /// Prefect calls by `METHOD path` (ids as `{id}`).
+    /// Prefect calls by `METHOD path` (ids as `{id}`), each counted once however often the
+    /// client retried it (a retry of the same write is not a second call).
     pub prefect_by_call: BTreeMap<String, u64>,
+}
+
+/// What one Prefect request line of the tool's debug log says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// `METHOD path`, ids as `{id}`.
+    pub call: String,
+    /// 1 for the first attempt, more for the client's retries of the same request.
+    pub attempt: u32,
+    /// The HTTP status, when an answer came.
+    pub status: Option<u16>,
+    /// The server's answer time, ms.
+    pub elapsed_ms: u64,
+    /// When the line was logged (the answer), when the line has a timestamp.
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The request of one line of the tool's debug log, `None` for any other line.
+pub fn request(line: &str) -> Option<Request> {
+    let call = prefect_call(line)?;
+    let number = |name: &str| -> Option<u64> {
+        let key = format!(" {name}=");
+        let at = line.find(&key)? + key.len();
+        line[at..].split_whitespace().next()?.parse().ok()
+    };
+    Some(Request {
+        call,
+        attempt: number("attempt").map_or(1, |a| a as u32),
+        status: number("status").map(|s| s as u16),
+        elapsed_ms: number("elapsed_ms").unwrap_or(0),
+        at: line
+            .split_whitespace()
+            .next()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+    })
+}
+
+/// The Prefect figures of one command's requests.
+fn prefect_figures(requests: &[Request]) -> Measured {
+    let mut m = Measured {
+        seconds: 0.0,
+        google_calls: 0,
+        prefect_calls: requests.len() as u64,
+        prefect_reads: 0,
+        prefect_retries: 0,
+        prefect_busy: 0,
+        prefect_write_seconds: 0.0,
+        prefect_write_span: 0.0,
+        prefect_slowest_ms: 0,
+        google_by_method: BTreeMap::new(),
+        prefect_by_call: BTreeMap::new(),
+    };
+    let mut first: Option<chrono::DateTime<chrono::Utc>> = None;
+    let mut last: Option<chrono::DateTime<chrono::Utc>> = None;
+    for r in requests {
+        let read = is_read(&r.call);
+        m.prefect_reads += u64::from(read);
+        if r.attempt > 1 {
+            m.prefect_retries += 1;
+        } else {
+            *m.prefect_by_call.entry(r.call.clone()).or_default() += 1;
+        }
+        m.prefect_busy += u64::from(matches!(r.status, Some(429 | 503)));
+        m.prefect_slowest_ms = m.prefect_slowest_ms.max(r.elapsed_ms);
+        if !read {
+            m.prefect_write_seconds += r.elapsed_ms as f64 / 1000.0;
+            if let Some(at) = r.at {
+                let start = at - chrono::Duration::milliseconds(r.elapsed_ms as i64);
+                first = Some(first.map_or(start, |f| f.min(start)));
+                last = Some(last.map_or(at, |l| l.max(at)));
+            }
+        }
+    }
+    if let (Some(f), Some(l)) = (first, last) {
+        m.prefect_write_span = (l - f).as_seconds_f64().max(0.0);
+    }
+    m
 }
 
 /// The figures of one N.
@@ -53,6 +142,11 @@ pub struct Point {
     pub critical_path: f64,
     /// first apply / critical path.
     pub apply_ratio: f64,
+    /// The floor with the server doing the first apply's writes one after another (SQLite's
+    /// one writer; `CriticalPath::with_serial_writes` of their answer times), seconds.
+    pub serial_floor: f64,
+    /// first apply / that floor.
+    pub apply_ratio_serial: f64,
     /// `plan` with nothing to do.
     pub noop_plan: Measured,
     /// no-op plan wall time in round trips of Google latency.
@@ -176,12 +270,6 @@ pub fn prefect_call(line: &str) -> Option<String> {
     Some(format!("{method} {}", path.join("/")))
 }
 
-/// The `elapsed_ms` of a Prefect request line.
-fn elapsed_ms(line: &str) -> Option<u64> {
-    let at = line.find(" elapsed_ms=")? + " elapsed_ms=".len();
-    line[at..].split_whitespace().next()?.parse().ok()
-}
-
 fn is_read(call: &str) -> bool {
     call.starts_with("GET ") || call.ends_with("/filter")
 }
@@ -236,27 +324,13 @@ pub async fn measured_with(
             tail.join("\n")
         );
     }
-    let mut prefect_by_call: BTreeMap<String, u64> = BTreeMap::new();
-    let mut prefect_slowest_ms = 0;
-    for line in stderr.lines() {
-        if let Some(call) = prefect_call(line) {
-            *prefect_by_call.entry(call).or_default() += 1;
-            prefect_slowest_ms = prefect_slowest_ms.max(elapsed_ms(line).unwrap_or(0));
-        }
-    }
+    let requests: Vec<Request> = stderr.lines().filter_map(request).collect();
     let google_by_method = env.calls().await?;
     let m = Measured {
         seconds,
         google_calls: google_by_method.values().sum(),
-        prefect_calls: prefect_by_call.values().sum(),
-        prefect_reads: prefect_by_call
-            .iter()
-            .filter(|(c, _)| is_read(c))
-            .map(|(_, n)| n)
-            .sum(),
-        prefect_slowest_ms,
         google_by_method,
-        prefect_by_call,
+        ..prefect_figures(&requests)
     };
     Ok((
         m,
@@ -398,7 +472,12 @@ async fn point(
     )
     .await?;
     let change_one_extra = extra(&noop_plan, &change_one);
+    // The server's own time for the first apply's writes (refused ones included), as if one
+    // after another: SQLite's one writer cannot overlap them.
+    let serial_floor = critical.with_serial_writes(first_apply.prefect_write_seconds);
     Ok(Point {
+        serial_floor,
+        apply_ratio_serial: first_apply.seconds / serial_floor,
         deployments: n,
         schedules: schedules_of(n),
         flows: n.div_ceil(10).max(1),
@@ -426,7 +505,7 @@ pub fn table(s: &Scale) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:>5} {:>6} | {:>8} {:>7} {:>7} {:>6} | {:>8} {:>6} {:>7} {:>7} | {:>8} {:>7} {:>7} {:>6}",
+        "  {:>5} {:>6} | {:>8} {:>7} {:>7} {:>6} | {:>8} {:>6} {:>8} {:>7} {:>7} {:>7} | {:>8} {:>7} {:>7} {:>6}",
         "N",
         "sched",
         "plan s",
@@ -435,8 +514,10 @@ pub fn table(s: &Scale) -> String {
         "prefect",
         "apply s",
         "x floor",
+        "x serial",
         "google",
         "prefect",
+        "retried",
         "1-chg s",
         "extra",
         "only it",
@@ -446,7 +527,7 @@ pub fn table(s: &Scale) -> String {
         let extra: i64 = p.change_one_extra.values().filter(|v| **v > 0).sum();
         let _ = writeln!(
             o,
-            "  {:>5} {:>6} | {:>8.3} {:>7.2} {:>7} {:>6} | {:>8.2} {:>6.2}x {:>7} {:>7} | {:>8.3} {:>7} {:>7}",
+            "  {:>5} {:>6} | {:>8.3} {:>7.2} {:>7} {:>6} | {:>8.2} {:>6.2}x {:>7.2}x {:>7} {:>7} {:>7} | {:>8.3} {:>7} {:>7}",
             p.deployments,
             p.schedules,
             p.noop_plan.seconds,
@@ -455,11 +536,24 @@ pub fn table(s: &Scale) -> String {
             p.noop_plan.prefect_calls,
             p.first_apply.seconds,
             p.apply_ratio,
+            p.apply_ratio_serial,
             p.first_apply.google_calls,
             p.first_apply.prefect_calls,
+            p.first_apply.prefect_retries,
             p.change_one.seconds,
             extra,
             if p.change_one_only_that { "yes" } else { "NO" },
+        );
+        let _ = writeln!(
+            o,
+            "        apply: floor {:.2} s; with the server's time for its writes one after another \
+             {:.2} s; Prefect writes from {:.2} s of server time spanned {:.2} s; {} answers \
+             429/503",
+            p.critical_path,
+            p.serial_floor,
+            p.first_apply.prefect_write_seconds,
+            p.first_apply.prefect_write_span,
+            p.first_apply.prefect_busy,
         );
     }
     o
@@ -510,13 +604,47 @@ mod tests {
                     path=\"/deployments/0b6c5d0e-9a1c-4c8e-8d57-1f3e9e8f0a11\" status=200 OK \
                     elapsed_ms=3 attempt=1";
         assert_eq!(prefect_call(line).as_deref(), Some("GET /deployments/{id}"));
-        assert_eq!(elapsed_ms(line), Some(3));
+        let r = request(line).expect("a request");
+        assert_eq!((r.attempt, r.status, r.elapsed_ms), (1, Some(200), 3));
+        assert!(r.at.is_some());
         let err =
             "DEBUG prefect api transport error method=POST path=\"/flows/\" attempt=1 error=reset";
         assert_eq!(prefect_call(err).as_deref(), Some("POST /flows/"));
         assert_eq!(prefect_call("DEBUG Google API call method=x"), None);
         assert!(is_read("POST /deployments/filter") && is_read("GET /health"));
         assert!(!is_read("POST /deployments/"));
+    }
+
+    /// Regression: the scale check "a one-deployment change sends calls for that deployment
+    /// only" said NO at N = 10 because the client's retry of the same upsert after a 503 was
+    /// counted as a second call. A retry is now counted as a retry, not as a call.
+    #[test]
+    fn a_retried_write_is_one_call() {
+        let log = "\
+2026-12-06T05:00:00.100Z DEBUG prefect api method=POST path=\"/deployments/filter\" status=200 OK elapsed_ms=5 attempt=1
+2026-12-06T05:00:00.300Z DEBUG prefect api method=POST path=\"/deployments/\" status=503 Service Unavailable elapsed_ms=100 attempt=1
+2026-12-06T05:00:01.000Z DEBUG prefect api transport error method=POST path=\"/deployments/\" attempt=2 error=reset
+2026-12-06T05:00:02.000Z DEBUG prefect api method=POST path=\"/deployments/\" status=201 Created elapsed_ms=200 attempt=3
+2026-12-06T05:00:02.001Z DEBUG something else
+";
+        let requests: Vec<Request> = log.lines().filter_map(request).collect();
+        let m = prefect_figures(&requests);
+        assert_eq!(m.prefect_calls, 4, "requests sent, retries included");
+        assert_eq!(
+            (m.prefect_retries, m.prefect_busy, m.prefect_reads),
+            (2, 1, 1)
+        );
+        assert_eq!(m.prefect_by_call.get("POST /deployments/"), Some(&1));
+        assert!((m.prefect_write_seconds - 0.3).abs() < 1e-9);
+        // From the first write's start (00.300 - 100 ms) to the last answer (02.000).
+        assert!(
+            (m.prefect_write_span - 1.8).abs() < 1e-9,
+            "{}",
+            m.prefect_write_span
+        );
+        let before = prefect_figures(&requests[..1]);
+        let e = extra(&before, &m);
+        assert!(only_one_deployment(&e), "{e:?}");
     }
 
     #[test]

@@ -113,8 +113,50 @@ fn outcome_for(action: Action, did_something: bool) -> Outcome {
     }
 }
 
-/// At most this many Prefect writes run at once (see [`apply`]).
-pub const PREFECT_WRITE_CONCURRENCY: usize = 4;
+/// Prefect writes (steps) in flight at once (see [`PrefectWrites`]).
+pub const PREFECT_WRITE_CONCURRENCY: usize = 1;
+
+/// How many Prefect writes run at once. Independent Prefect writes (one per deployment) would
+/// otherwise all start at once, and a self-hosted server on SQLite answers 503 (or resets
+/// connections) at ~200 concurrent ones. SQLite has one writer, and two upserts that each read
+/// before writing collide (`SQLITE_BUSY_SNAPSHOT`, which Prefect's server answers with 503 at
+/// once rather than waiting): the loser retries after 0.25-0.5 s, longer than a write takes
+/// (about 0.1 s). Measured by ./bench's scale section (BENCHMARKS.md, "Apply and the Prefect
+/// server's one writer"), the first apply of 100 deployments: 4 in flight 22.4 s (22 retries
+/// after 503), 4 until the first 503 and then 1: 21.9-22.8 s, 1 in flight: 18.2-20.8 s (4-6
+/// retries, after 503s the server's own scheduler causes). One at a time was the fastest.
+struct PrefectWrites<S> {
+    in_flight: usize,
+    /// Ready Prefect steps waiting for a slot, in plan order.
+    queue: std::collections::VecDeque<S>,
+}
+
+impl<S> PrefectWrites<S> {
+    fn new() -> Self {
+        Self {
+            in_flight: 0,
+            queue: Default::default(),
+        }
+    }
+
+    /// A write ended.
+    fn ended(&mut self) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+    }
+
+    /// The queued steps that may start now.
+    fn start(&mut self) -> Vec<S> {
+        let mut out = Vec::new();
+        while self.in_flight < PREFECT_WRITE_CONCURRENCY {
+            let Some(step) = self.queue.pop_front() else {
+                break;
+            };
+            self.in_flight += 1;
+            out.push(step);
+        }
+        out
+    }
+}
 
 /// Runs the plan's steps in dependency order, in parallel where independent. Stops starting
 /// new steps after the first failure, lets the running ones finish, and reports all.
@@ -129,11 +171,7 @@ pub async fn apply(
     let mut failed: Option<anyhow::Error> = None;
     let mut pending: Vec<&Step> = plan.steps.iter().collect();
     let mut in_flight_names: BTreeSet<Address> = BTreeSet::new();
-    // Independent Prefect writes (one per deployment) would otherwise all start at once: a
-    // self-hosted server on SQLite gets no faster beyond about 4 concurrent requests and
-    // answers 503 or resets connections at ~200 (measured by ./bench's scale section with 100
-    // deployments). Google's steps are few and are not bounded.
-    let prefect_slots = tokio::sync::Semaphore::new(PREFECT_WRITE_CONCURRENCY);
+    let mut prefect = PrefectWrites::new();
     let mut running = FuturesUnordered::new();
     let planned: BTreeSet<&Address> = plan.steps.iter().map(|s| &s.address).collect();
 
@@ -145,16 +183,14 @@ pub async fn apply(
                     .all(|d| done.contains(d) || !planned.contains(d))
             });
             pending = rest;
-            for step in ready {
+            let (writes, google): (Vec<&Step>, Vec<&Step>) =
+                ready.into_iter().partition(|s| s.op.is_prefect());
+            prefect.queue.extend(writes);
+            // Google's steps are few and are not bounded.
+            for step in google.into_iter().chain(prefect.start()) {
                 in_flight_names.insert(step.address.clone());
                 let outputs = &outputs;
-                let prefect_slots = &prefect_slots;
                 running.push(async move {
-                    let _slot = if step.op.is_prefect() {
-                        prefect_slots.acquire().await.ok()
-                    } else {
-                        None
-                    };
                     let t = Instant::now();
                     let r = exec::run(ctx, plan, step, outputs).await;
                     (step, r, t.elapsed())
@@ -166,6 +202,9 @@ pub async fn apply(
             break;
         };
         in_flight_names.remove(&step.address);
+        if step.op.is_prefect() {
+            prefect.ended();
+        }
         let entry = match result {
             Ok(did) => {
                 done.insert(step.address.clone());
@@ -198,7 +237,8 @@ pub async fn apply(
         progress.done(&entry);
         log.entries.push(entry);
     }
-    for step in pending {
+    // Steps never started: those still waiting on others, and ready writes left in the queue.
+    for step in prefect.queue.into_iter().chain(pending) {
         let entry = Entry {
             address: step.address.clone(),
             action: step.action,
@@ -225,5 +265,30 @@ fn verb(action: Action) -> &'static str {
         Action::Update => "updated",
         Action::Replace => "replaced",
         Action::Delete => "deleted",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (./bench's scale section): four deployment upserts at once on a SQLite
+    /// server met 503s whose backoff cost more than the parallel writes saved. One at a time,
+    /// in plan order; the next starts when one ends.
+    #[test]
+    fn prefect_writes_run_one_at_a_time_in_plan_order() {
+        let mut w = PrefectWrites::new();
+        w.queue.extend(0..5);
+        assert_eq!(w.start(), [0]);
+        assert!(w.start().is_empty(), "the one slot is taken");
+        w.ended();
+        assert_eq!(w.start(), [1]);
+        w.ended();
+        w.ended();
+        assert_eq!(
+            w.start(),
+            [2],
+            "never more than one, however often ended is called"
+        );
     }
 }

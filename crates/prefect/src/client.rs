@@ -19,20 +19,43 @@ use crate::error::{PrefectError, one_line, summarise_detail};
 /// clients. This client's numbers are [`prefect_default`].
 pub use bootstrap_http::{Jitter, RetryPolicy};
 
-/// The Prefect client's retry numbers: exponential backoff with "equal" jitter (each wait is at
-/// least half its cap), about 8-15 s over six attempts, within 60 s.
-///
-/// Prefect's own client makes six attempts too (`PREFECT_CLIENT_MAX_RETRIES` = 5) but waits 2,
-/// 4, 8, 16, 32 s; a CLI waits less, yet a SQLite-backed server answering 503 "database is
-/// locked" under a burst of writes needs several seconds to clear, which a full-jitter draw
-/// from a 4 s budget often did not give.
+/// The Prefect client's retry numbers for a request that is not safe to repeat (a create
+/// that is not an upsert, a state change): exponential backoff with "equal" jitter (each wait
+/// is at least half its cap), about 8-15 s over six attempts, within 60 s. A 503 "database is
+/// locked" from a SQLite server rolled its transaction back, so even these are retried, but
+/// briefly: a 503 from a proxy in front of a server may not mean the request was not done.
 pub fn prefect_default() -> RetryPolicy {
     RetryPolicy {
         max_attempts: 6,
         base_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(16),
+        max_delay: Duration::from_secs(8),
         deadline: Duration::from_secs(60),
         jitter: Jitter::Equal,
+    }
+}
+
+/// Prefect's own client keeps retrying a refused request for about 62 s: prefect 3.9.1,
+/// `prefect/client/base.py` `PrefectHttpxAsyncClient._send_with_retry` waits `2 ** try_count`
+/// seconds (2, 4, 8, 16, 32) over `PREFECT_CLIENT_MAX_RETRIES` = 5 retries
+/// (`prefect/settings/models/client.py`), each wait jittered by
+/// `PREFECT_CLIENT_RETRY_JITTER_FACTOR` = 0.2 (a clamped Poisson draw), and a `Retry-After`
+/// header is the least it waits; it does so for 429, 502, 503 and 408 on every method.
+const PREFECT_OWN_RETRY_WINDOW: Duration = Duration::from_secs(2 + 4 + 8 + 16 + 32);
+
+/// The retry numbers of requests safe to repeat (reads, filters, the upserts by name, PUT,
+/// PATCH, DELETE; see `repeatable`): retried for as long as Prefect's own client would
+/// ([`PREFECT_OWN_RETRY_WINDOW`], 62 s), with the same equal-jitter backoff as
+/// [`prefect_default`] but each wait capped at 8 s instead of growing to 32 s: a SQLite server
+/// that refused a burst of writes is free again within seconds, and an apply waiting 32 s on
+/// one deployment would leave the server idle. Found by the scale bench: with 100 deployments,
+/// two upserts still met 503 after the 8-15 s of [`prefect_default`] and the apply failed.
+pub fn prefect_repeatable() -> RetryPolicy {
+    RetryPolicy {
+        // The deadline ends the retries first (about ten waits of 4-8 s fit in 62 s); the
+        // count only bounds a server that answers instantly.
+        max_attempts: 20,
+        deadline: PREFECT_OWN_RETRY_WINDOW,
+        ..prefect_default()
     }
 }
 
@@ -58,6 +81,8 @@ pub struct PrefectClient {
     pub(crate) http: reqwest::Client,
     pub(crate) config: PrefectConfig,
     pub(crate) retry: RetryPolicy,
+    /// The retry policy of requests that are safe to repeat (see `repeatable`).
+    pub(crate) retry_repeatable: RetryPolicy,
     /// `Authorization` header value, marked sensitive so `Debug` of requests hides it.
     pub(crate) auth: Option<HeaderValue>,
 }
@@ -89,16 +114,28 @@ impl PrefectClient {
         Ok(PrefectClient {
             http,
             retry: with_settings(prefect_default(), &config.retries),
+            retry_repeatable: with_settings(prefect_repeatable(), &config.retries),
             config,
             auth,
         })
     }
 
-    /// Replaces the retry policy (`PREFECT_CLIENT_MAX_RETRIES`, when set, still decides the
-    /// number of attempts: the user's setting wins over the caller's default).
+    /// Replaces the retry policy of every request, those safe to repeat included
+    /// (`PREFECT_CLIENT_MAX_RETRIES`, when set, still decides the number of attempts: the
+    /// user's setting wins over the caller's default).
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = with_settings(retry, &self.config.retries);
+        self.retry_repeatable = self.retry;
         self
+    }
+
+    /// The retry policy of one request: the longer one when sending it twice is harmless.
+    fn retry_for(&self, method: &Method, path: &str) -> &RetryPolicy {
+        if repeatable(method, path) {
+            &self.retry_repeatable
+        } else {
+            &self.retry
+        }
     }
 
     /// The settings this client uses.
@@ -124,6 +161,7 @@ impl PrefectClient {
         what: &str,
     ) -> Result<RawResponse, PrefectError> {
         let url = self.url(path);
+        let retry = self.retry_for(&method, path);
         let started = Instant::now();
         let mut attempt = 0u32;
         loop {
@@ -173,8 +211,7 @@ impl PrefectClient {
                 return Err(err);
             }
             let Some(wait) =
-                self.retry
-                    .next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
+                retry.next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
             else {
                 return Err(err);
             };
@@ -329,10 +366,14 @@ fn redact_quoted(msg: &str) -> String {
 /// (`prefect/server/models/flows.py` `create_flow`: insert or nothing on the name;
 /// `models/deployments.py` `create_deployment`: insert or update on flow and name). Found by the
 /// scale bench: ten deployments applied at once made the SQLite server reset a connection on
-/// one of them, and the whole apply failed.
+/// one of them, and the whole apply failed. PUT and PATCH set the fields they carry (the
+/// client's PATCHes of pools, blocks, deployments and flow runs set values, they add nothing),
+/// and a repeated DELETE finds the object gone (404, which `delete` reports as already gone).
+/// Not repeatable: the other POSTs, which create (`/deployments/{id}/create_flow_run`,
+/// `/block_documents/`, `/logs/`) or move a state (`/flow_runs/{id}/set_state`).
 fn repeatable(method: &Method, path: &str) -> bool {
     match *method {
-        Method::GET | Method::HEAD => true,
+        Method::GET | Method::HEAD | Method::PUT | Method::PATCH | Method::DELETE => true,
         Method::POST => path.ends_with("/filter") || path == "/flows/" || path == "/deployments/",
         _ => false,
     }
@@ -434,8 +475,106 @@ mod tests {
         assert!(repeatable(&Method::POST, "/deployments/"));
         assert!(!repeatable(&Method::POST, "/block_documents/"));
         assert!(!repeatable(&Method::POST, "/deployments/x/create_flow_run"));
-        assert!(!repeatable(&Method::PATCH, "/deployments/x"));
-        assert!(!repeatable(&Method::DELETE, "/deployments/x"));
+        assert!(!repeatable(&Method::POST, "/flow_runs/x/set_state"));
+        assert!(!repeatable(&Method::POST, "/logs/"));
+        assert!(repeatable(&Method::PATCH, "/deployments/x"));
+        assert!(repeatable(&Method::PUT, "/automations/x"));
+        assert!(repeatable(&Method::DELETE, "/deployments/x"));
+    }
+
+    /// The waits one request meets when every attempt is refused at once: `policy`'s draws
+    /// until it gives up, with the time they add up to as the elapsed time.
+    fn waits_until_given_up(policy: &RetryPolicy) -> Vec<Duration> {
+        let mut rng = rand::rng();
+        let mut waits = Vec::new();
+        let mut elapsed = Duration::ZERO;
+        let mut attempts = 1;
+        while let Some(w) = policy.next_delay(attempts, elapsed, None, &mut rng) {
+            waits.push(w);
+            elapsed += w;
+            attempts += 1;
+        }
+        waits
+    }
+
+    /// Regression (the scale bench, N = 100): deployment upserts met 503 for longer than the
+    /// 8-15 s the client waited, while Prefect's own client waits about 62 s (2+4+8+16+32).
+    /// Requests safe to repeat now wait as long as Prefect's would, never more, in short steps;
+    /// the others keep the short budget.
+    #[test]
+    fn repeatable_requests_retry_as_long_as_prefects_own_client() {
+        let long = prefect_repeatable();
+        let short = prefect_default();
+        for _ in 0..200 {
+            let waits = waits_until_given_up(&long);
+            let total: Duration = waits.iter().sum();
+            // It stops when the next wait (at most 8 s) would end past 62 s.
+            assert!(
+                total <= PREFECT_OWN_RETRY_WINDOW
+                    && total + long.max_delay > PREFECT_OWN_RETRY_WINDOW,
+                "{total:?} over {} waits",
+                waits.len()
+            );
+            assert!(waits.iter().all(|w| *w <= Duration::from_secs(8)));
+            // The first retries come quickly (a short refusal costs little).
+            assert!(
+                waits[0] <= Duration::from_millis(500) && waits[0] >= Duration::from_millis(250)
+            );
+            let total_short: Duration = waits_until_given_up(&short).iter().sum();
+            assert_eq!(waits_until_given_up(&short).len(), 5);
+            assert!(
+                total_short >= Duration::from_millis(7750)
+                    && total_short <= Duration::from_millis(15500),
+                "{total_short:?}"
+            );
+        }
+        // A server's Retry-After is the least a wait is, within the window.
+        let mut rng = rand::rng();
+        assert_eq!(
+            long.next_delay(1, Duration::ZERO, Some(Duration::from_secs(20)), &mut rng),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            long.next_delay(
+                3,
+                Duration::from_secs(50),
+                Some(Duration::from_secs(20)),
+                &mut rng
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn each_request_gets_the_policy_its_method_allows() {
+        let c = PrefectClient::new(PrefectConfig::for_url("http://127.0.0.1:1/api").expect("url"))
+            .expect("client");
+        assert_eq!(
+            *c.retry_for(&Method::POST, "/deployments/"),
+            prefect_repeatable()
+        );
+        assert_eq!(
+            *c.retry_for(&Method::GET, "/deployments/x"),
+            prefect_repeatable()
+        );
+        assert_eq!(
+            *c.retry_for(&Method::PATCH, "/work_pools/p"),
+            prefect_repeatable()
+        );
+        assert_eq!(
+            *c.retry_for(&Method::POST, "/deployments/x/create_flow_run"),
+            prefect_default()
+        );
+        // PREFECT_CLIENT_MAX_RETRIES bounds both.
+        let mut config = PrefectConfig::for_url("http://127.0.0.1:1/api").expect("url");
+        config.retries.max_retries = Some(2);
+        let c = PrefectClient::new(config).expect("client");
+        assert_eq!(c.retry_for(&Method::POST, "/deployments/").max_attempts, 3);
+        assert_eq!(c.retry_for(&Method::POST, "/logs/").max_attempts, 3);
+        // A caller's own policy (doctor's short one, the tests' quick one) is every request's.
+        let quick = RetryPolicy::none();
+        let c = c.with_retry(quick);
+        assert_eq!(*c.retry_for(&Method::GET, "/health"), c.retry);
     }
 
     #[test]

@@ -222,3 +222,54 @@ async fn prefect_retry_settings_decide_attempts_and_extra_codes() {
         .expect_err("always 503");
     assert_eq!(count.load(Ordering::SeqCst), 2);
 }
+
+/// A client whose two budgets are both quick but differ in length: three attempts for
+/// requests that are not safe to repeat, eight for those that are.
+fn two_budget_client(url: &str) -> PrefectClient {
+    let mut c = fast_client(url);
+    c.retry = RetryPolicy {
+        max_attempts: 3,
+        ..c.retry
+    };
+    c.retry_repeatable = RetryPolicy {
+        max_attempts: 8,
+        ..c.retry
+    };
+    c
+}
+
+/// Regression (the scale bench, N = 100): a deployment upsert refused with 503 for longer
+/// than the short budget failed the whole apply. An upsert by name is safe to repeat, so it
+/// gets the longer budget and goes through; a create that is not an upsert still gives up
+/// after the short one.
+#[tokio::test]
+async fn upserts_outlast_a_busy_server_that_creates_give_up_on() {
+    let busy_then_ok = vec![LOCKED, LOCKED, LOCKED, LOCKED, LOCKED, OK_TRUE];
+    let (url, count) = stub(busy_then_ok.clone()).await;
+    two_budget_client(&url)
+        .send(
+            Method::POST,
+            "/deployments/",
+            &[],
+            Some(&serde_json::json!({"name": "d"})),
+            "deployment `f/d`",
+        )
+        .await
+        .expect("the sixth attempt succeeds");
+    assert_eq!(count.load(Ordering::SeqCst), 6);
+
+    let (url, count) = stub(busy_then_ok).await;
+    let e = two_budget_client(&url)
+        .send(
+            Method::POST,
+            "/deployments/00000000-0000-0000-0000-000000000000/create_flow_run",
+            &[],
+            Some(&serde_json::json!({})),
+            "flow run",
+        )
+        .await
+        .err()
+        .expect("a create gives up after three attempts");
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+    assert!(e.to_string().contains("database is locked"), "{e}");
+}
