@@ -512,11 +512,11 @@ pub(crate) fn prefect_outage(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The Cloud Run client for a run's own job configuration (its deployment's and its own job
-/// variables: region, credentials), as prefect-gcp's `kill_infrastructure` uses the run's
-/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults.
-/// Its configuration also names its job (deterministically, see [`crate::naming`]), which finds
-/// the job when the submitting worker died before recording it as `infrastructure_pid`.
+/// A run's own job configuration (its deployment's and its own job variables: region,
+/// credentials), for cancelling it as prefect-gcp's `kill_infrastructure` does with the run's
+/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults. It also names the
+/// run's job (deterministically, see [`crate::naming`]), which finds the job when the
+/// submitting worker died before recording it as `infrastructure_pid`.
 pub(crate) async fn config_of_run(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<JobConfig> {
     let deployment = match run.deployment_id {
         Some(d) => ctx.reads.deployment(&ctx.client, d).await?,
