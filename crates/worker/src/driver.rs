@@ -329,6 +329,46 @@ async fn create<E: RunEnv>(
     Ok((infra, cfg))
 }
 
+/// What cancelling a run that another process started found in Cloud Run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// No such job (or a job of another run): nothing of this run's is running.
+    NoJob,
+    /// The job exists but shows no execution.
+    NoExecution,
+    /// This execution was cancelled (or had already ended).
+    Cancelled(String),
+}
+
+/// Cancels the latest execution of a run that another process started. The job is the run's
+/// `infrastructure_pid` when recorded, else `derived`, the name the run's own configuration
+/// gives it: the submitting worker starts the execution and records the pid at the same time
+/// (see [`start`]), so a worker that dies right then leaves a RUNNING run with a job and an
+/// execution but no pid. A derived name is only trusted for a job made for `run` (a fixed v1
+/// name may belong to another run). Errors are the caller's to retry on its next pass.
+pub(crate) async fn stop_started_elsewhere<I: RunInfra>(
+    infra: &I,
+    recorded: Option<&str>,
+    derived: &str,
+    run: uuid::Uuid,
+) -> Result<Stopped, GcpError> {
+    let job = recorded.filter(|p| !p.is_empty()).unwrap_or(derived);
+    let Some(view) = infra.job(job).await? else {
+        return Ok(Stopped::NoJob);
+    };
+    let owner = view.labels.get("prefect-io-flow-run-id");
+    if job == derived && owner.is_some_and(|o| *o != run.to_string()) {
+        return Ok(Stopped::NoJob);
+    }
+    match view.latest_execution {
+        None => Ok(Stopped::NoExecution),
+        Some((execution, _)) => {
+            infra.cancel(&execution).await?;
+            Ok(Stopped::Cancelled(execution))
+        }
+    }
+}
+
 /// The other flow run an existing job was made for (its `prefect-io-flow-run-id` label), if
 /// it is not `id`'s. Job names derived from the run id never meet this; a fixed v1 name can.
 async fn owned_by_other_run<I: RunInfra>(infra: &I, job: &str, id: uuid::Uuid) -> Option<String> {
@@ -399,6 +439,7 @@ mod tests {
         jobs: VecDeque<Option<Readiness>>,
         executions: VecDeque<Result<Option<(bool, bool)>, ()>>,
         run_fails: bool,
+        cancel_fails: bool,
         /// The latest execution a job read shows (name, seconds after the claim).
         latest: Option<(String, i64)>,
         claimed_at: Option<DateTime<Utc>>,
@@ -504,6 +545,9 @@ mod tests {
         }
         async fn cancel(&self, name: &str) -> Result<(), GcpError> {
             self.call(format!("cancel {name}"));
+            if self.0.lock().expect("script").cancel_fails {
+                return Err(gcp_error());
+            }
             Ok(())
         }
     }
@@ -703,6 +747,90 @@ mod tests {
         // The wait in progress is cut short by the signal.
         assert_eq!(started.elapsed(), Duration::from_secs(5));
         assert_eq!(fake.count("cancel exec-1"), 1);
+    }
+
+    /// A job whose latest execution runs, made for `run`.
+    fn running_job(run: Uuid) -> Fake {
+        let fake = Fake::default();
+        fake.with(|s| {
+            s.jobs = VecDeque::from([Some(Readiness::Ready)]);
+            s.latest = Some(("exec-1".into(), 1));
+            s.owner = Some(run.to_string());
+        });
+        fake
+    }
+
+    /// Regression (flaky `worker::hygiene::cancelling_a_run_whose_deployment_overrides_the_region_stops_it`):
+    /// the submitting worker starts the execution and records `infrastructure_pid` at the same
+    /// time, so when it dies right then the run is RUNNING with no pid. A missing pid is not
+    /// "never submitted": the job the run's configuration names is looked up and its execution
+    /// cancelled (the old code marked the run CANCELLED and left the execution running).
+    #[tokio::test(start_paused = true)]
+    async fn a_run_without_a_recorded_pid_has_its_execution_cancelled() {
+        let run = Uuid::new_v4();
+        for recorded in [None, Some("")] {
+            let fake = running_job(run);
+            let stopped = stop_started_elsewhere(&fake, recorded, "job-1", run).await;
+            assert_eq!(
+                stopped.expect("stopped"),
+                Stopped::Cancelled("exec-1".into())
+            );
+            assert_eq!(fake.calls(), vec!["job", "cancel exec-1"], "{recorded:?}");
+        }
+    }
+
+    /// A recorded pid is the job; the derived name is a fallback only.
+    #[tokio::test(start_paused = true)]
+    async fn a_recorded_pid_is_cancelled_even_if_labelled_otherwise() {
+        let run = Uuid::new_v4();
+        let fake = running_job(run);
+        fake.with(|s| s.owner = Some(Uuid::new_v4().to_string()));
+        let stopped = stop_started_elsewhere(&fake, Some("job-recorded"), "job-1", run).await;
+        assert_eq!(
+            stopped.expect("stopped"),
+            Stopped::Cancelled("exec-1".into())
+        );
+    }
+
+    /// A derived name that holds another run's job (a fixed v1 name) is not this run's: its
+    /// execution is left alone.
+    #[tokio::test(start_paused = true)]
+    async fn a_derived_job_of_another_run_is_left_alone() {
+        let run = Uuid::new_v4();
+        let fake = running_job(run);
+        fake.with(|s| s.owner = Some(Uuid::new_v4().to_string()));
+        let stopped = stop_started_elsewhere(&fake, None, "job-1", run).await;
+        assert_eq!(stopped.expect("stopped"), Stopped::NoJob);
+        assert!(!fake.calls().iter().any(|c| c.starts_with("cancel")));
+    }
+
+    /// No job, or a job that never started an execution: nothing to cancel.
+    #[tokio::test(start_paused = true)]
+    async fn nothing_started_means_nothing_to_cancel() {
+        let run = Uuid::new_v4();
+        let fake = Fake::default();
+        fake.with(|s| s.jobs = VecDeque::from([None]));
+        let stopped = stop_started_elsewhere(&fake, None, "job-1", run).await;
+        assert_eq!(stopped.expect("stopped"), Stopped::NoJob);
+        let fake = running_job(run);
+        fake.with(|s| s.latest = None);
+        let stopped = stop_started_elsewhere(&fake, None, "job-1", run).await;
+        assert_eq!(stopped.expect("stopped"), Stopped::NoExecution);
+        assert!(!fake.calls().iter().any(|c| c.starts_with("cancel")));
+    }
+
+    /// A failed cancel is an error (the run stays CANCELLING for the next pass), never
+    /// "stopped".
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_cancel_is_not_a_stop() {
+        let run = Uuid::new_v4();
+        let fake = running_job(run);
+        fake.with(|s| s.cancel_fails = true);
+        assert!(
+            stop_started_elsewhere(&fake, None, "job-1", run)
+                .await
+                .is_err()
+        );
     }
 
     /// Shutting down while the job is set up detaches: no execution is started, nothing is

@@ -27,6 +27,7 @@ use super::cache::{JobsCache, Reads};
 use super::claim::ClaimMarker;
 use super::cloudrun::RunJobs;
 use super::config::{GcpCredentials, PoolKind, sanitize_labels};
+use super::driver::{Stopped, stop_started_elsewhere};
 use super::submit::{self, CLEANUP_LABEL, Claim, POOL_LABEL, Signal};
 
 /// How the worker runs.
@@ -515,7 +516,9 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
 }
 
 /// A run moved to CANCELLING: signal its task, or (no task: an earlier process ran it) cancel
-/// its execution directly.
+/// its execution directly. CANCELLED only once its execution is cancelled or none is found: a
+/// failed lookup or cancel leaves the run CANCELLING for the next pass (events and the
+/// reconcile loop call this again, every `reconcile_interval` ± 20 % at most).
 async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     if shared.signal(id, Signal::Cancel) {
         return;
@@ -526,9 +529,17 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
     if run.state_type() != StateType::Cancelling {
         return;
     }
-    match run.infrastructure_pid.as_deref() {
-        // Never submitted: nothing to stop.
-        None | Some("") => {
+    let recorded = run.infrastructure_pid.as_deref().filter(|p| !p.is_empty());
+    // The job lives where the run's own configuration put it (a deployment may override region
+    // or credentials), as prefect-gcp's `kill_infrastructure` uses the run's configuration.
+    // Without a recorded pid the job may still exist: the submitting worker records the pid
+    // while it starts the execution, and may die in between (a RUNNING run, no pid). The
+    // configuration names the job, so look it up rather than trust a missing pid.
+    let cfg = match submit::config_of_run(&shared.ctx, &run).await {
+        Ok(cfg) => cfg,
+        // No configuration can be built from it, so no job was ever made from it.
+        Err(e) if recorded.is_none() && !submit::prefect_outage(&e) => {
+            tracing::info!(flow_run = %id, error = %e, "no job configuration; nothing to stop");
             submit::propose(
                 &shared.ctx.client,
                 id,
@@ -537,43 +548,37 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
                 true,
             )
             .await;
+            return;
         }
-        Some(job) => {
-            tracing::info!(flow_run = %id, job, "cancelling a run this process did not start");
-            // The job lives where the run's own configuration put it (a deployment may override
-            // region or credentials). CANCELLED only once its execution is cancelled or the job
-            // is gone: a failed lookup leaves the run CANCELLING for the next pass.
-            match submit::jobs_of_run(&shared.ctx, &run).await {
-                Ok(jobs) => {
-                    let view = match jobs.job(job).await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            tracing::warn!(job, error = %e, "cannot look up the job to cancel; will retry");
-                            return;
-                        }
-                    };
-                    if let Some(v) = view
-                        && let Some((exec, _)) = v.latest_execution
-                        && let Err(e) = jobs.cancel(&exec).await
-                    {
-                        tracing::warn!(job, error = %e, "could not cancel the execution");
-                        return;
-                    }
-                    submit::propose(
-                        &shared.ctx.client,
-                        id,
-                        StateType::Cancelled,
-                        "Cancelled: the Cloud Run execution was cancelled by the worker.",
-                        true,
-                    )
-                    .await;
-                }
-                Err(e) => {
-                    tracing::warn!(flow_run = %id, error = %e, "cannot reach Cloud Run to cancel")
-                }
-            }
+        Err(e) => {
+            tracing::warn!(flow_run = %id, error = %e, "cannot build the run's job configuration to cancel it; will retry");
+            return;
         }
-    }
+    };
+    let jobs = match submit::jobs_for(&shared.ctx, &cfg).await {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            tracing::warn!(flow_run = %id, error = %e, "cannot reach Cloud Run to cancel; will retry");
+            return;
+        }
+    };
+    let job = recorded.unwrap_or(&cfg.job_name);
+    tracing::info!(flow_run = %id, job, recorded = recorded.is_some(), "cancelling a run this process did not start");
+    let message = match stop_started_elsewhere(&jobs, recorded, &cfg.job_name, id).await {
+        Ok(Stopped::Cancelled(execution)) => {
+            tracing::info!(flow_run = %id, execution, "cancelled the execution");
+            "Cancelled: the Cloud Run execution was cancelled by the worker."
+        }
+        Ok(Stopped::NoJob) if recorded.is_some() => {
+            "Cancelled: its Cloud Run job no longer exists."
+        }
+        Ok(Stopped::NoExecution | Stopped::NoJob) => "Cancelled before it started.",
+        Err(e) => {
+            tracing::warn!(flow_run = %id, job, error = %e, "could not cancel the execution; will retry");
+            return;
+        }
+    };
+    submit::propose(&shared.ctx.client, id, StateType::Cancelled, message, true).await;
 }
 
 impl Ctx {

@@ -502,7 +502,7 @@ async fn build(
 
 /// Whether an error chain holds a Prefect API error that says nothing about the request itself:
 /// the server was unreachable, overloaded (429) or failing (5xx).
-fn prefect_outage(e: &anyhow::Error) -> bool {
+pub(crate) fn prefect_outage(e: &anyhow::Error) -> bool {
     e.chain().any(|c| match c.downcast_ref::<PrefectError>() {
         Some(PrefectError::Unreachable { .. }) => true,
         Some(PrefectError::Http { status, .. }) => {
@@ -512,20 +512,21 @@ fn prefect_outage(e: &anyhow::Error) -> bool {
     })
 }
 
-/// The Cloud Run client for a run's own job configuration (its deployment's and its own job
-/// variables: region, credentials), as prefect-gcp's `kill_infrastructure` uses the run's
-/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults.
-pub(crate) async fn jobs_of_run(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<RunJobs> {
+/// A run's own job configuration (its deployment's and its own job variables: region,
+/// credentials), for cancelling it as prefect-gcp's `kill_infrastructure` does with the run's
+/// configuration (prefect `base.py` `_cancel_run`), not the pool's defaults. It also names the
+/// run's job (deterministically, see [`crate::naming`]), which finds the job when the
+/// submitting worker died before recording it as `infrastructure_pid`.
+pub(crate) async fn config_of_run(ctx: &Ctx, run: &FlowRun) -> anyhow::Result<JobConfig> {
     let deployment = match run.deployment_id {
         Some(d) => ctx.reads.deployment(&ctx.client, d).await?,
         None => None,
     };
-    let cfg = build(ctx, run, deployment).await?;
-    jobs_for(ctx, &cfg).await
+    build(ctx, run, deployment).await
 }
 
 /// The Cloud Run client for a configuration's credentials, reused across runs.
-async fn jobs_for(ctx: &Ctx, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
+pub(crate) async fn jobs_for(ctx: &Ctx, cfg: &JobConfig) -> anyhow::Result<RunJobs> {
     let creds = &cfg.credentials;
     ctx.jobs
         .get_or_make(

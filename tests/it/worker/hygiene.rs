@@ -220,6 +220,23 @@ async fn a_flow_that_does_not_import_shows_its_traceback_in_prefect() {
 /// the run's own region and cancels its execution before marking the run CANCELLED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_run_whose_deployment_overrides_the_region_stops_it() {
+    cancel_a_run_started_elsewhere(false).await;
+}
+
+/// The flake of the test above, made certain: the first worker starts the execution and
+/// records the job as `infrastructure_pid` at the same time, so under load the flow can report
+/// RUNNING before the pid lands, and a worker killed then leaves a RUNNING run with no pid. The
+/// surviving worker must still find the job (named by the run's configuration, in the run's
+/// region) and cancel its execution, not mark the run CANCELLED with the execution running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_run_whose_worker_died_before_recording_its_job_stops_it() {
+    cancel_a_run_started_elsewhere(true).await;
+}
+
+/// A run of the `regional-*` deployment started by a worker that is then killed, cancelled
+/// with a second worker up; `forget_pid`: the run's `infrastructure_pid` is cleared after the
+/// kill (as if the first worker died before recording it).
+async fn cancel_a_run_started_elsewhere(forget_pid: bool) {
     let (s, _) = setup_with_broken("cloud-run-v2").await;
     let regional = s
         .client
@@ -238,6 +255,12 @@ async fn cancelling_a_run_whose_deployment_overrides_the_region_stops_it() {
     let job = s.jobs_of(id).into_keys().next().expect("the run's job");
     assert!(job.contains("/locations/europe-west4/"), "{job}");
     first.kill();
+    if forget_pid {
+        s.client
+            .set_flow_run_infrastructure_pid(id, "")
+            .await
+            .expect("clear infrastructure_pid");
+    }
     let _second = s.worker("w-dep-region-2", &[]);
     assert!(
         !observe::processes_of(id).is_empty(),
