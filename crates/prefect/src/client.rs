@@ -59,6 +59,21 @@ pub fn prefect_repeatable() -> RetryPolicy {
     }
 }
 
+/// The policy for the next wait: a refused connection gets the short [`prefect_default`]
+/// budget even on a request safe to repeat. The long window is for a server that answered
+/// "busy" (429/502/503) or was slow; a refused connection is most often a wrong or stopped
+/// `PREFECT_API_URL`, and a user should hear so in seconds, not after a minute. Prefect's own
+/// client does not retry a refused connection at all until it has once connected (prefect
+/// 3.9.1, `prefect/client/base.py`, "Only retry ConnectError after we've successfully connected
+/// once"); the short budget still rides out a server restarting.
+fn policy_after<'a>(
+    refused: bool,
+    request: &'a RetryPolicy,
+    default: &'a RetryPolicy,
+) -> &'a RetryPolicy {
+    if refused { default } else { request }
+}
+
 /// The policy with Prefect's `PREFECT_CLIENT_MAX_RETRIES` applied (attempts = retries + 1).
 pub(crate) fn with_settings(
     mut policy: RetryPolicy,
@@ -176,7 +191,7 @@ impl PrefectClient {
             let t0 = Instant::now();
             let outcome = req.send().await;
             // Only the method, path and status are logged: never headers or bodies.
-            let (err, retry_after, retryable) = match outcome {
+            let (err, retry_after, retryable, refused) = match outcome {
                 Ok(resp) => {
                     let status = resp.status();
                     tracing::debug!(%method, path, %status, elapsed_ms = t0.elapsed().as_millis() as u64, attempt, "prefect api");
@@ -195,7 +210,7 @@ impl PrefectClient {
                     // 503 is also what a SQLite-backed server answers for "database is locked".
                     let retryable = retryable_status(status, &self.config.retries.extra_codes);
                     let err = self.status_error(status, &method, path, &bytes, what);
-                    (err, retry_after, retryable)
+                    (err, retry_after, retryable, false)
                 }
                 Err(e) => {
                     tracing::debug!(%method, path, attempt, error = %root_cause(&e), "prefect api transport error");
@@ -204,14 +219,16 @@ impl PrefectClient {
                     // safe to repeat are: reads, filters and the upserts by name.
                     let retryable =
                         e.is_connect() || (repeatable(&method, path) && !e.is_builder());
-                    (self.unreachable(&e), None, retryable)
+                    let refused = e.is_connect() && !e.is_timeout();
+                    (self.unreachable(&e), None, retryable, refused)
                 }
             };
             if !retryable {
                 return Err(err);
             }
+            let policy = policy_after(refused, retry, &self.retry);
             let Some(wait) =
-                retry.next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
+                policy.next_delay(attempt, started.elapsed(), retry_after, &mut rand::rng())
             else {
                 return Err(err);
             };
@@ -543,6 +560,47 @@ mod tests {
             ),
             None
         );
+    }
+
+    /// Regression (the full `./test` after the 62 s window landed): `plan` with
+    /// `PREFECT_API_URL` at a closed port took 62 s to say "cannot reach the Prefect API",
+    /// because a refused read got the long window meant for a busy server. A refused
+    /// connection now gets the short budget on every request (the clock is paused, so the
+    /// waits cost no real time; the elapsed time is the sum of the waits).
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_gives_up_within_the_short_budget_even_on_a_read() {
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let c = PrefectClient::new(
+            PrefectConfig::for_url(&format!("http://127.0.0.1:{closed}/api")).expect("url"),
+        )
+        .expect("client");
+        assert_eq!(
+            *c.retry_for(&Method::GET, "/deployments/x"),
+            prefect_repeatable()
+        );
+        let t0 = tokio::time::Instant::now();
+        let Err(e) = c
+            .send(Method::GET, "/deployments/x", &[], None, "deployment x")
+            .await
+        else {
+            panic!("nothing listens at 127.0.0.1:{closed}");
+        };
+        assert!(matches!(e, PrefectError::Unreachable { .. }), "{e:?}");
+        let waited = t0.elapsed();
+        assert!(waited <= Duration::from_millis(15_500), "{waited:?}");
+        assert!(waited >= Duration::from_millis(7_750), "{waited:?}");
+    }
+
+    #[test]
+    fn a_refused_connection_takes_the_short_policy_and_a_busy_answer_the_requests_own() {
+        let long = prefect_repeatable();
+        let short = prefect_default();
+        assert_eq!(*policy_after(true, &long, &short), short);
+        assert_eq!(*policy_after(false, &long, &short), long);
+        assert_eq!(*policy_after(false, &short, &short), short);
     }
 
     #[test]
