@@ -398,14 +398,7 @@ impl Setup {
 
     /// Google calls the sandbox served, by discovery method id.
     pub fn calls(&self, method: &str) -> u64 {
-        self.w
-            .sandbox
-            .state
-            .faults
-            .calls()
-            .get(method)
-            .copied()
-            .unwrap_or(0)
+        self.w.calls(method)
     }
 
     /// The workers' logs (last lines) and the sandbox's jobs, for failure messages.
