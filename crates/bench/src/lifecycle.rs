@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::critical::{self, Costs, CriticalPath};
 use crate::env::Env;
+use crate::scale;
 use crate::stats::{self, Summary};
 
 /// One timed command.
@@ -106,31 +107,14 @@ async fn run_timed(
     api_key: &str,
     codes: &[i32],
 ) -> Result<(Timed, String)> {
-    env.reset_calls().await?;
-    let mut cmd = env.bootstrap_cmd(args);
-    cmd.env("PREFECT_API_KEY", api_key);
-    let mut cmd = tokio::process::Command::from(cmd);
-    let t = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
-        .await
-        .map_err(|_| anyhow!("bootstrap {} did not finish within 900 s", args.join(" ")))??;
-    let seconds = t.elapsed().as_secs_f64();
-    let code = out.status.code().unwrap_or(-1);
-    if !codes.contains(&code) {
-        bail!(
-            "bootstrap {} exited {code}\n--- stdout\n{}\n--- stderr\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let calls_by_method = env.calls().await?;
+    // No RUST_LOG: debug logging would add to the timed wall time.
+    let run = scale::run(env, args, api_key, codes, None).await?;
     let timed = Timed {
-        seconds,
-        calls: calls_by_method.values().sum(),
-        calls_by_method,
+        seconds: run.seconds,
+        calls: run.google_by_method.values().sum(),
+        calls_by_method: run.google_by_method,
     };
-    Ok((timed, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((timed, run.stdout))
 }
 
 /// plan, apply and no-op plan of `plan_file` with `latency` per call and `op_delay` per

@@ -300,10 +300,40 @@ pub async fn measured_with(
     codes: &[i32],
     rust_log: &str,
 ) -> Result<(Measured, String, String)> {
+    let run = run(env, args, api_key, codes, Some(rust_log)).await?;
+    let requests: Vec<Request> = run.stderr.lines().filter_map(request).collect();
+    let m = Measured {
+        seconds: run.seconds,
+        google_calls: run.google_by_method.values().sum(),
+        google_by_method: run.google_by_method,
+        ..prefect_figures(&requests)
+    };
+    Ok((m, run.stdout, run.stderr))
+}
+
+/// One finished `bootstrap ARGS`: its wall time, output, and the Google calls it made.
+pub struct Run {
+    pub seconds: f64,
+    pub stdout: String,
+    pub stderr: String,
+    pub google_by_method: BTreeMap<String, u64>,
+}
+
+/// Runs `bootstrap ARGS` (with `RUST_LOG` when given, else none) after resetting the
+/// sandbox's call count. An exit code not in `codes` is an error that shows the output.
+pub async fn run(
+    env: &Env,
+    args: &[&str],
+    api_key: &str,
+    codes: &[i32],
+    rust_log: Option<&str>,
+) -> Result<Run> {
     env.reset_calls().await?;
     let mut cmd = env.bootstrap_cmd(args);
-    cmd.env("PREFECT_API_KEY", api_key)
-        .env("RUST_LOG", rust_log);
+    cmd.env("PREFECT_API_KEY", api_key);
+    if let Some(rust_log) = rust_log {
+        cmd.env("RUST_LOG", rust_log);
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     let t = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
@@ -324,19 +354,12 @@ pub async fn measured_with(
             tail.join("\n")
         );
     }
-    let requests: Vec<Request> = stderr.lines().filter_map(request).collect();
-    let google_by_method = env.calls().await?;
-    let m = Measured {
+    Ok(Run {
         seconds,
-        google_calls: google_by_method.values().sum(),
-        google_by_method,
-        ..prefect_figures(&requests)
-    };
-    Ok((
-        m,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr.into_owned(),
-    ))
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: stderr.into_owned(),
+        google_by_method: env.calls().await?,
+    })
 }
 
 /// The calls in `after` beyond those in `before` (Prefect `METHOD path` and Google methods).
