@@ -10,7 +10,8 @@
 use std::path::Path;
 
 use serde_json::Value;
-use testkit::World;
+use testkit::run_in as run;
+use testkit::{World, plan_shows};
 
 const PROJECT: &str = "sandbox-project";
 
@@ -39,10 +40,6 @@ fn write_flow(dir: &Path, flow: &str, text: &str) {
         ),
     )
     .unwrap();
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
 }
 
 /// The run's log messages on the Prefect server.
@@ -105,21 +102,15 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 
     // First plan: the repository, the grants (reader for the job, writer for the build's
     // account, on the repository only), the first build.
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout
-            .contains("gcp.artifact_repository[\"prefect\"] will be created"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "gcp.artifact_repository[\"prefect\"] will be created",
+            &format!("roles/artifactregistry.writer = \"{build_account}\""),
+            "first build of proj",
+        ],
     );
-    assert!(
-        p.stdout.contains(&format!(
-            "roles/artifactregistry.writer = \"{build_account}\""
-        )),
-        "{}",
-        p.stdout
-    );
-    assert!(p.stdout.contains("first build of proj"), "{}", p.stdout);
 
     let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
@@ -173,13 +164,13 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 
     // An edit of the flow: a planned rebuild, then the next run prints the new text.
     write_flow(&proj, &flow, &format!("hello v2 from {suffix}"));
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(p.stdout.contains("source changed ("), "{}", p.stdout);
-    assert!(
-        p.stdout
-            .contains("gcp.image[\"us-central1-docker.pkg.dev/sandbox-project/prefect/"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "source changed (",
+            "gcp.image[\"us-central1-docker.pkg.dev/sandbox-project/prefect/",
+        ],
     );
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);

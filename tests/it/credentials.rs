@@ -6,25 +6,15 @@
 //! with the permission named. Every run logs at trace level, and no refresh token, subject
 //! token or access token may appear in what the tool prints.
 
-use bootstrap_gcp::iam;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
 use serde_json::{Value, json};
 use testkit::World;
 
+use crate::support::{account_with_role, control, inspect};
+
 const PROJECT: &str = "creds-project";
 const DEPLOYER: &str = "ci-deployer";
-
-async fn control(w: &World, path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", w.sandbox.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("sandbox control call");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.expect("control JSON")
-}
 
 async fn world() -> World {
     world_with(|_| {}).await
@@ -83,23 +73,7 @@ fn adc_path(w: &World) -> std::path::PathBuf {
 
 /// The deployer account (owner of the project) that CI identities impersonate.
 async fn deployer(w: &World) -> ServiceAccountEmail {
-    let http = w.operator_http().await;
-    let project = ProjectId::parse(PROJECT).unwrap();
-    let account = AccountId::parse(DEPLOYER).unwrap();
-    iam::create_service_account(&http, &project, &account, Some("CI deployer"), None)
-        .await
-        .expect("create the deployer");
-    let email = ServiceAccountEmail::for_account(&account, &project);
-    let member = email.member();
-    policy::read_modify_write(
-        &http,
-        &PolicyTarget::Project(project.clone()),
-        RmwOptions::default(),
-        |p| policy::add_member(p, "roles/owner", &member),
-    )
-    .await
-    .expect("deployer is owner");
-    email
+    account_with_role(w, PROJECT, DEPLOYER, "CI deployer", "roles/owner").await
 }
 
 /// Lets `member` mint tokens for `sa` with `role` on the account itself.
@@ -451,12 +425,7 @@ async fn impersonate_flag_needs_token_creator() {
     let operator = format!("serviceAccount:{}", w.sandbox.operator_email);
     allow_on(&w, &sa, "roles/iam.serviceAccountTokenCreator", &operator).await;
     cycle(&w, &plan, &["--impersonate-service-account", &target]);
-    let denied: Value = reqwest::get(format!("{}/_sandbox/denied", w.sandbox.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let denied = inspect(&w, "/_sandbox/denied").await;
     assert!(
         denied
             .to_string()

@@ -3,12 +3,13 @@
 //! the Prefect API unreachable (a clear ✗ line, exit 1).
 
 use bootstrap_gcp::iam;
-use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_spec::ids::ProjectId;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use testkit::World;
 use testkit::run_in as doctor;
+
+use crate::support::account_with_role;
 
 const PROJECT: &str = "doctor-project";
 
@@ -65,6 +66,20 @@ fn check<'a>(items: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no `{id}` check in {items:?}"))
 }
 
+/// The checks `ids` failed as "not checked" (what they depend on failed first).
+fn assert_not_checked(items: &[Value], ids: &[&str]) {
+    for id in ids {
+        let c = check(items, id);
+        assert_eq!(c["ok"], false, "{c}");
+        assert!(
+            c["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("not checked")
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_on_a_fresh_sandbox_is_all_green() {
     let w = World::start(PROJECT).await;
@@ -87,22 +102,9 @@ async fn owner_on_a_fresh_sandbox_is_all_green() {
 
 /// A second identity with a key and only `roles/viewer`; its key file path.
 async fn viewer_key(w: &World) -> (std::path::PathBuf, String) {
+    let email = account_with_role(w, PROJECT, "doctor-viewer", "viewer", "roles/viewer").await;
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
-    let account = AccountId::parse("doctor-viewer").unwrap();
-    iam::create_service_account(&http, &project, &account, Some("viewer"), None)
-        .await
-        .expect("create the viewer account");
-    let email = ServiceAccountEmail::for_account(&account, &project);
-    let member = email.member();
-    policy::read_modify_write(
-        &http,
-        &PolicyTarget::Project(project.clone()),
-        RmwOptions::default(),
-        |p| policy::add_member(p, "roles/viewer", &member),
-    )
-    .await
-    .expect("grant roles/viewer");
     let key = iam::create_key(&http, &project, &email)
         .await
         .expect("a key for the viewer");
@@ -217,16 +219,7 @@ async fn prefect_unreachable_is_a_clear_failure() {
             .contains("cannot reach"),
         "{api}"
     );
-    for id in ["prefect_auth", "block_type", "job_template"] {
-        let c = check(&items, id);
-        assert_eq!(c["ok"], false, "{c}");
-        assert!(
-            c["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("not checked")
-        );
-    }
+    assert_not_checked(&items, &["prefect_auth", "block_type", "job_template"]);
     // The Google half is unaffected.
     for id in ["credentials", "project", "apis", "permissions", "region"] {
         assert_eq!(check(&items, id)["ok"], true, "{id}");
@@ -254,16 +247,7 @@ async fn unreadable_credentials_fail_first_and_skip_the_google_checks() {
             .contains("gcloud auth"),
         "{creds}"
     );
-    for id in ["project", "apis", "permissions"] {
-        let c = check(&items, id);
-        assert_eq!(c["ok"], false, "{c}");
-        assert!(
-            c["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("not checked")
-        );
-    }
+    assert_not_checked(&items, &["project", "apis", "permissions"]);
     // The Prefect half does not depend on Google.
     assert_eq!(check(&items, "prefect_api")["ok"], true);
 }

@@ -21,6 +21,7 @@ use bootstrap_spec::ids::{
 };
 use gcp_sandbox::executor::ServiceState;
 use secrecy::ExposeSecret as _;
+use testkit::run_in as run;
 use testkit::{OfflineWorker, World};
 
 const PROJECT: &str = "sandbox-project";
@@ -33,16 +34,7 @@ fn plan_text(suffix: &str) -> String {
 }
 
 async fn world() -> World {
-    World::start_with(PROJECT, |c| {
-        c.images
-            .extend_from_file(&testkit::repo_root().join("examples/offline/sandbox-images.yaml"))
-            .expect("example images");
-    })
-    .await
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
+    World::start_with(PROJECT, testkit::offline_images).await
 }
 
 struct Names {

@@ -239,15 +239,34 @@ pub const LIGHT_SA: &str = "prefect-reliability";
 /// worker service and no deployments: light enough to cycle many times. `suffix` keeps the
 /// Prefect names apart on the shared server.
 pub fn light_plan(project: &str, suffix: &str) -> String {
+    pool_plan(
+        project,
+        LIGHT_SA,
+        "reliability suite",
+        "cloud-run-v2",
+        suffix,
+    )
+}
+
+/// The guide's service account (named `sa`, described by `description`), roles, key,
+/// credentials block and a work pool of `pool_type`, without worker service or deployments.
+/// `suffix` keeps the Prefect names apart on the shared server.
+pub fn pool_plan(
+    project: &str,
+    sa: &str,
+    description: &str,
+    pool_type: &str,
+    suffix: &str,
+) -> String {
     format!(
         r#"version: 1
 gcp:
   project: {project}
   region: us-central1
 service_account:
-  name: {LIGHT_SA}
-  display_name: {LIGHT_SA}
-  description: reliability suite
+  name: {sa}
+  display_name: {sa}
+  description: {description}
   roles: [roles/iam.serviceAccountUser, roles/run.admin]
   key: json
 prefect:
@@ -257,7 +276,7 @@ credentials_block:
   name: creds-{suffix}
 work_pool:
   name: pool-{suffix}
-  type: cloud-run-v2
+  type: {pool_type}
 "#
     )
 }
@@ -285,6 +304,34 @@ pub fn count(full: usize, reduced: usize) -> usize {
 /// Runs the binary from inside a multi-threaded tokio test.
 pub fn run_in(w: &World, args: &[&str], code: i32) -> Run {
     tokio::task::block_in_place(|| w.expect(args, code))
+}
+
+/// `plan --detailed-exitcode` of `plan` finds nothing to do: exit 0 and "No changes."
+/// (`context` says where in the test, for the failure message).
+pub fn assert_quiet_plan(w: &World, plan: &str, context: &str) {
+    let p = run_in(w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+    assert!(
+        p.stdout.starts_with("No changes."),
+        "{context}: {}",
+        p.stdout
+    );
+}
+
+/// `plan --detailed-exitcode` of `plan` has changes (exit 2) and shows each of `lines`;
+/// returns the run for further checks.
+pub fn plan_shows(w: &World, plan: &str, lines: &[&str]) -> Run {
+    let p = run_in(w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    for line in lines {
+        assert!(p.stdout.contains(line), "no {line:?} in\n{}", p.stdout);
+    }
+    p
+}
+
+/// Lets the sandbox run the offline example's images (`examples/offline/sandbox-images.yaml`).
+pub fn offline_images(c: &mut gcp_sandbox::Config) {
+    c.images
+        .extend_from_file(&crate::repo_root().join("examples/offline/sandbox-images.yaml"))
+        .expect("the offline example's image table loads");
 }
 
 /// What the sandbox and the Prefect server hold of a [`light_plan`] deployment.

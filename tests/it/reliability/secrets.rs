@@ -6,6 +6,8 @@
 use serde_json::json;
 use testkit::{World, block_private_key, run_in};
 
+use crate::support::control;
+
 const PROJECT: &str = "secrets-project";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,18 +86,6 @@ async fn debug_logging_and_json_leak_no_secret() {
                 "pem_lines_checked": secrets.len() - 1 - tokens.len(),
                 "tokens_checked": tokens.len(), "transcript_bytes": transcript.len() }),
     );
-}
-
-/// POSTs a sandbox control route and returns its JSON answer.
-async fn control(w: &World, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", w.sandbox.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("sandbox control call");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.expect("control JSON")
 }
 
 /// The credential flows at trace level: a user's refresh token (the ADC file), a federated

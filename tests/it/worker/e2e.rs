@@ -13,7 +13,7 @@ use testkit::{harness, observe};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bootstrap_prefect::{StateCreate, StateType};
+use bootstrap_prefect::StateType;
 use harness::{INSTANT_IMAGE, MISSING_IMAGE, Setup};
 use observe::{OwnServer, Sampler, describe, processes_of};
 use serde_json::json;
@@ -92,17 +92,9 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
     eprintln!("50 runs final in {:?}", t0.elapsed());
     // Let the last deletions land before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let marks = s.marks();
+    s.assert_completed_once(&ids, &runs);
     let mut claims: BTreeMap<String, usize> = BTreeMap::new();
-    for (id, run) in ids.iter().zip(&runs) {
-        assert_eq!(
-            run.state_type(),
-            StateType::Completed,
-            "run {id}: {:?}\n{}",
-            run.state,
-            s.diag()
-        );
-        assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
+    for id in &ids {
         let (running, claim) = s.running_and_claim(*id).await;
         assert_eq!(running, 1, "run {id}: one RUNNING");
         *claims.entry(claim).or_default() += 1;
@@ -116,7 +108,7 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
             "{name} ran nothing: {claims:?}"
         );
     }
-    assert_eq!(marks.len(), 50);
+    assert_eq!(s.marks().len(), 50);
     assert_eq!(s.calls("run.projects.locations.jobs.run"), 50);
 }
 
@@ -237,18 +229,7 @@ async fn cancelled_run_stops_its_process() {
 /// execution is cancelled and no process of it remains.
 async fn cancel_and_check(s: &Setup, id: Uuid) {
     assert!(!processes_of(id).is_empty(), "the flow's process runs");
-    s.client
-        .set_flow_run_state(
-            id,
-            &StateCreate {
-                state_type: StateType::Cancelling,
-                name: None,
-                message: Some("cancelled by the test".into()),
-            },
-            true,
-        )
-        .await
-        .expect("set CANCELLING");
+    s.cancel(id).await;
     let t0 = Instant::now();
     let run = s.final_run(id, Duration::from_secs(30)).await;
     eprintln!("cancelled in {:?}", t0.elapsed());
@@ -451,17 +432,7 @@ async fn server_restart_loses_no_run() {
         ids.push(s.instant_run().await);
     }
     let runs = s.all_final(&ids, Duration::from_secs(120)).await;
-    let marks = s.marks();
-    for (id, run) in ids.iter().zip(&runs) {
-        assert_eq!(
-            run.state_type(),
-            StateType::Completed,
-            "run {id}: {:?}\n{}",
-            run.state,
-            s.diag()
-        );
-        assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
-    }
+    s.assert_completed_once(&ids, &runs);
     drop(again);
 }
 

@@ -7,7 +7,6 @@
 
 use testkit::{harness, observe};
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bootstrap_prefect::StateType;
@@ -25,34 +24,9 @@ async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
          \x20 - name: regional-{suffix}\n    flow: offline-report\n    entrypoint: flows/offline_report.py:offline_report\n    image: {INSTANT_IMAGE}\n    work_queue: default\n    job_variables:\n      region: europe-west4\n      keep_job: true\n      env: {{FAKE_SLEEP: \"120\"}}\n",
         harness::plan(pool_type, &suffix)
     );
-    let path = w.plan_file("bootstrap.yaml", &plan);
-    harness::apply(&w, path.to_str().expect("utf-8 path"));
-    let client = testkit::prefect_client(&w.prefect_url);
-    let id = |flow: &'static str, name: String| {
-        let client = client.clone();
-        async move {
-            client
-                .deployment_by_name(flow, &name)
-                .await
-                .expect("read deployment")
-                .expect("deployment applied")
-                .id
-        }
-    };
-    let report = id("offline-report", format!("report-{suffix}")).await;
-    let sleepy = id("sleepy", format!("sleepy-{suffix}")).await;
-    let broken = id("broken", format!("broken-{suffix}")).await;
-    (
-        Setup {
-            w,
-            client,
-            pool: format!("pool-{suffix}"),
-            report,
-            sleepy,
-            logs: Mutex::new(Vec::new()),
-        },
-        broken,
-    )
+    let s = Setup::from_plan(w, &suffix, &plan).await;
+    let broken = s.deployment("broken", &format!("broken-{suffix}")).await;
+    (s, broken)
 }
 
 /// Sandbox jobs labelled with the pool (what the worker made for it), by full name.
@@ -239,15 +213,11 @@ async fn cancelling_a_run_whose_worker_died_before_recording_its_job_stops_it() 
 async fn cancel_a_run_started_elsewhere(forget_pid: bool) {
     let (s, _) = setup_with_broken("cloud-run-v2").await;
     let regional = s
-        .client
-        .deployment_by_name(
+        .deployment(
             "offline-report",
             &format!("regional-{}", s.pool.trim_start_matches("pool-")),
         )
-        .await
-        .expect("read")
-        .expect("deployment")
-        .id;
+        .await;
     let mut first = s.worker("w-dep-region-1", &[]);
     let id = s.quick_run(regional, json!({}), json!({})).await;
     s.reach(id, StateType::Running, Duration::from_secs(90))
@@ -266,18 +236,7 @@ async fn cancel_a_run_started_elsewhere(forget_pid: bool) {
         !observe::processes_of(id).is_empty(),
         "the flow's process runs"
     );
-    s.client
-        .set_flow_run_state(
-            id,
-            &bootstrap_prefect::StateCreate {
-                state_type: StateType::Cancelling,
-                name: None,
-                message: Some("cancelled by the test".into()),
-            },
-            true,
-        )
-        .await
-        .expect("set CANCELLING");
+    s.cancel(id).await;
     let run = s.final_run(id, Duration::from_secs(60)).await;
     assert_eq!(run.state_type(), StateType::Cancelled, "{:?}", run.state);
     let t0 = std::time::Instant::now();
