@@ -55,6 +55,14 @@ fn cycle(w: &World, plan: &str, extra: &[&str]) {
     run(with(&["destroy", "-f", plan, "--auto-approve"]), 0);
 }
 
+/// `doctor` of `plan`, whose credentials line names the `kind` in use; its output.
+fn doctor_credentials(w: &World, plan: &str, kind: &str) -> testkit::Run {
+    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", plan]));
+    let line = format!("type: {kind}");
+    assert!(doc.stdout.contains(&line), "no {line:?} in\n{}", doc.stdout);
+    doc
+}
+
 /// Uses no key file: `GOOGLE_APPLICATION_CREDENTIALS` is set empty (as unset) and the home
 /// directory's gcloud folder is the ADC location.
 fn no_key_file(w: &mut World) {
@@ -137,12 +145,7 @@ async fn authorized_user_with_quota_project_plans_applies_destroys() {
         transcript.contains("waiting for iam.googleapis.com, enabled by this apply"),
         "apply said what it waited for"
     );
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: authorized_user"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "authorized_user");
     assert!(
         doc.stdout.contains(&format!(
             "quota project: {PROJECT} (from the credential file's quota_project_id)"
@@ -264,12 +267,7 @@ async fn external_account_file_sourced_exchanges_impersonates_and_applies() {
     ));
     let plan = plan_file(&w);
     cycle(&w, &plan, &[]);
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: external_account"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "external_account");
     assert!(
         doc.stdout.contains(&format!("-> {sa}")),
         "the chain ends at the deployer: {}",
@@ -443,12 +441,7 @@ async fn metadata_server_credentials_apply() {
     w.env.push(("GCE_METADATA_HOST".into(), host));
     let plan = plan_file(&w);
     cycle(&w, &plan, &[]);
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: metadata server"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "metadata server");
     assert!(
         doc.stdout
             .contains(&format!("principal: {}", w.sandbox.operator_email))

@@ -59,6 +59,19 @@ fn checks(json: &str) -> Vec<Value> {
     }
 }
 
+/// `doctor --json`'s checks of the test's plan; it exits `code`.
+fn doctor_checks(w: &World, code: i32) -> Vec<Value> {
+    checks(&doctor(w, &["doctor", "-f", "bootstrap.yaml", "--json"], code).stdout)
+}
+
+/// `doctor` as a user reads it, snapshotted as `name`, then its `--json` checks; both exit
+/// `code`.
+fn doctor_shown(w: &World, name: &str, code: i32) -> Vec<Value> {
+    let r = doctor(w, &["doctor", "-f", "bootstrap.yaml"], code);
+    snapshot(name, &redact(w, &r.stdout));
+    doctor_checks(w, code)
+}
+
 fn check<'a>(items: &'a [Value], id: &str) -> &'a Value {
     items
         .iter()
@@ -84,11 +97,7 @@ fn assert_not_checked(items: &[Value], ids: &[&str]) {
 async fn owner_on_a_fresh_sandbox_is_all_green() {
     let w = World::start(PROJECT).await;
     plan(&w);
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 0);
-    snapshot("doctor_owner_all_green", &redact(&w, &r.stdout));
-
-    let j = doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 0);
-    let items = checks(&j.stdout);
+    let items = doctor_shown(&w, "doctor_owner_all_green", 0);
     let ids: Vec<&str> = items.iter().filter_map(|c| c["check"].as_str()).collect();
     assert_eq!(ids, bootstrap_engine::doctor::CHECKS);
     for c in &items {
@@ -126,10 +135,7 @@ async fn viewer_sees_missing_permissions_with_the_roles_that_grant_them() {
         key_path.display().to_string(),
     ));
 
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 1);
-    snapshot("doctor_viewer_denied", &redact(&w, &r.stdout));
-
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_shown(&w, "doctor_viewer_denied", 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], true);
     assert!(
@@ -206,10 +212,7 @@ async fn prefect_unreachable_is_a_clear_failure() {
         format!("http://127.0.0.1:{port}/api"),
     ));
 
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 1);
-    snapshot("doctor_prefect_unreachable", &redact(&w, &r.stdout));
-
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_shown(&w, "doctor_prefect_unreachable", 1);
     let api = check(&items, "prefect_api");
     assert_eq!(api["ok"], false);
     assert!(
@@ -235,7 +238,7 @@ async fn unreadable_credentials_fail_first_and_skip_the_google_checks() {
         "GOOGLE_APPLICATION_CREDENTIALS".into(),
         missing.display().to_string(),
     ));
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_checks(&w, 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], false);
     let detail = creds["detail"].as_str().unwrap_or_default();
@@ -283,7 +286,7 @@ async fn a_refused_api_key_is_reported_without_the_key() {
     w.env
         .push(("PREFECT_API_URL".into(), refusing_prefect().await));
     w.env.push(("PREFECT_API_KEY".into(), key.clone()));
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_checks(&w, 1);
     assert_eq!(check(&items, "prefect_api")["ok"], true);
     let auth = check(&items, "prefect_auth");
     assert_eq!(auth["ok"], false, "{auth}");

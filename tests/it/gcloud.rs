@@ -397,6 +397,19 @@ async fn wait_for_online_worker(prefect_url: &str, pool: &str) -> bool {
     false
 }
 
+/// The guide's scaling of the worker service (`--min-instances 1 --no-cpu-throttling`), as
+/// `gcloud run services describe` shows it.
+fn assert_guide_scaling(described: &Value) {
+    assert_eq!(
+        template_annotations(described)["autoscaling.knative.dev/minScale"],
+        "1"
+    );
+    assert_eq!(
+        template_annotations(described)["run.googleapis.com/cpu-throttling"],
+        "false"
+    );
+}
+
 fn template_annotations(described: &Value) -> &Value {
     &described["spec"]["template"]["metadata"]["annotations"]
 }
@@ -431,14 +444,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
         deployed.stdout, deployed.stderr
     );
     let described = worker_service(&g, "describe");
-    assert_eq!(
-        template_annotations(&described)["autoscaling.knative.dev/minScale"],
-        "1"
-    );
-    assert_eq!(
-        template_annotations(&described)["run.googleapis.com/cpu-throttling"],
-        "false"
-    );
+    assert_guide_scaling(&described);
     let ready = described["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -493,14 +499,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
     // guide's scaling and CPU, no public invoker.
     let described = worker_service(&g, "describe");
     assert_eq!(described["metadata"]["uid"], uid_before, "never recreated");
-    assert_eq!(
-        template_annotations(&described)["autoscaling.knative.dev/minScale"],
-        "1"
-    );
-    assert_eq!(
-        template_annotations(&described)["run.googleapis.com/cpu-throttling"],
-        "false"
-    );
+    assert_guide_scaling(&described);
     let container = &described["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["startupProbe"]["httpGet"]["path"], "/health",

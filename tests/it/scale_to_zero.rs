@@ -9,6 +9,7 @@
 //! automation within its bound. `destroy` removes every resource of the wake path. And the
 //! waker's shared secret never reaches disk, stdout, logs or `--json`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bootstrap_gcp::{iam, run_v2, secretmanager};
@@ -167,6 +168,31 @@ async fn a_run_the_waker_missed_is_picked_up_by_the_sweep() {
     whole_loop(true).await;
 }
 
+/// One test's world and names, its plan written (not applied), and the cleanup guard.
+struct Case {
+    w: World,
+    suffix: String,
+    n: Names,
+    plan_path: PathBuf,
+    _cleanup: testkit::PrefectCleanup,
+}
+
+/// A [`Case`] with a new suffix from `prefix`.
+async fn case(prefix: &str) -> Case {
+    let w = world().await;
+    let suffix = testkit::suffix(prefix);
+    let n = names(&suffix);
+    let _cleanup = cleanup(&w, &n, &suffix);
+    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    Case {
+        w,
+        suffix,
+        n,
+        plan_path,
+        _cleanup,
+    }
+}
+
 /// Deletes the Prefect objects of `suffix`'s plan when the test ends, passed or panicked:
 /// an automation left behind would keep calling a waker that is gone.
 fn cleanup(w: &World, n: &Names, suffix: &str) -> testkit::PrefectCleanup {
@@ -229,11 +255,13 @@ async fn the_cleanup_guard_deletes_a_panicking_tests_automations_and_blocks() {
 }
 
 async fn whole_loop(sweep: bool) {
-    let w = world().await;
-    let suffix = testkit::suffix("stz");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    let Case {
+        w,
+        suffix,
+        n,
+        plan_path,
+        _cleanup,
+    } = case("stz").await;
     let plan = plan_path.to_str().unwrap();
     let prefect = testkit::prefect_client(&w.prefect_url);
     let http = w.operator_http().await;
@@ -443,11 +471,13 @@ async fn whole_loop(sweep: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
-    let w = world().await;
-    let suffix = testkit::suffix("stzs");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    let Case {
+        w,
+        n,
+        plan_path,
+        _cleanup,
+        ..
+    } = case("stzs").await;
     let plan = plan_path.to_str().unwrap();
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
@@ -573,11 +603,13 @@ const REALISTIC_OP_DELAY: Duration = Duration::from_secs(3);
 /// operation), against a warm pool for comparison (BENCHMARKS.md, "Scale to zero").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
-    let w = world().await;
-    let suffix = testkit::suffix("stzc");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    let Case {
+        w,
+        suffix,
+        n,
+        plan_path,
+        _cleanup,
+    } = case("stzc").await;
     let plan = plan_path.to_str().unwrap();
     let prefect = testkit::prefect_client(&w.prefect_url);
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
@@ -592,13 +624,7 @@ async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
         .unwrap()
         .expect("deployment")
         .id;
-    let quick_run = || async {
-        prefect
-            .create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
-            .await
-            .unwrap()
-            .id
-    };
+    let quick_run = || testkit::quick_run(&prefect, dep);
     let mut cold = vec![];
     let mut warm = vec![];
     for _ in 0..3 {

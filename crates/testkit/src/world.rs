@@ -368,6 +368,31 @@ pub fn prefect_client(url: &str) -> bootstrap_prefect::PrefectClient {
     .expect("prefect client")
 }
 
+/// A new flow with one deployment `d` of `flows/hello.py` on `pool`; the deployment's id.
+pub async fn hello_deployment(c: &bootstrap_prefect::PrefectClient, pool: &str) -> uuid::Uuid {
+    let flow = c
+        .upsert_flow(&crate::unique_name("hello"), &[])
+        .await
+        .expect("flow");
+    let spec = bootstrap_prefect::DeploymentSpec {
+        entrypoint: Some("flows/hello.py:hello".into()),
+        work_pool_name: Some(pool.to_string()),
+        ..Default::default()
+    };
+    c.upsert_deployment(flow.id, "d", &spec)
+        .await
+        .expect("deployment")
+        .id
+}
+
+/// A Quick Run of `deployment` with its defaults (the UI's "Quick run"); the run's id.
+pub async fn quick_run(c: &bootstrap_prefect::PrefectClient, deployment: uuid::Uuid) -> uuid::Uuid {
+    c.create_flow_run_from_deployment(deployment, &Default::default())
+        .await
+        .expect("quick run")
+        .id
+}
+
 /// Reads the footprint of `light_plan(project, suffix)`. The block is read with its secrets, but
 /// only the key id leaves this function.
 pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {

@@ -43,7 +43,11 @@ fn pool_jobs(s: &Setup) -> Vec<String> {
         .collect()
 }
 
-async fn keep_job_runs(s: &Setup, n: usize) -> Vec<Uuid> {
+/// `n` runs with `keep_job: true`, Completed by a worker `name` that is stopped afterwards;
+/// the pool's `n` jobs stay.
+async fn kept_jobs(name: &str, n: usize) -> (Setup, Vec<Uuid>) {
+    let (s, _) = setup_with_broken("cloud-run-v2").await;
+    let mut worker = s.worker(name, &[]);
     let mut ids = Vec::new();
     for _ in 0..n {
         let vars = json!({"image": INSTANT_IMAGE, "keep_job": true});
@@ -52,21 +56,19 @@ async fn keep_job_runs(s: &Setup, n: usize) -> Vec<Uuid> {
     for r in s.all_final(&ids, Duration::from_secs(120)).await {
         assert_eq!(r.state_type(), StateType::Completed, "{:?}", r.state);
     }
-    ids
+    worker.stop();
+    assert_eq!(pool_jobs(&s).len(), n, "{}", s.diag());
+    (s, ids)
 }
 
 /// 5 runs with `keep_job: true` leave 5 jobs; `destroy`'s plan counts them on one line;
 /// `destroy` deletes them, and the region holds none of the pool's jobs afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_removes_the_jobs_the_worker_kept() {
-    let (s, _) = setup_with_broken("cloud-run-v2").await;
-    let mut worker = s.worker("w-hygiene", &[]);
-    let ids = keep_job_runs(&s, 5).await;
-    worker.stop();
+    let (s, ids) = kept_jobs("w-hygiene", 5).await;
     for id in &ids {
         assert_eq!(s.jobs_of(*id).len(), 1, "keep_job kept the job of {id}");
     }
-    assert_eq!(pool_jobs(&s).len(), 5, "{}", s.diag());
     let plan = s.w.path().join("bootstrap.yaml");
     let plan = plan.to_str().expect("utf-8");
     // Without a terminal destroy shows its plan and refuses to go on.
@@ -103,11 +105,7 @@ async fn destroy_removes_the_jobs_the_worker_kept() {
 /// leaves them when they are younger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_deletes_finished_jobs_older_than_the_bound() {
-    let (s, _) = setup_with_broken("cloud-run-v2").await;
-    let mut worker = s.worker("w-sweep", &[]);
-    let ids = keep_job_runs(&s, 2).await;
-    worker.stop();
-    assert_eq!(pool_jobs(&s).len(), 2);
+    let (s, ids) = kept_jobs("w-sweep", 2).await;
     let sweep = |age: &str| {
         let args = [
             "worker",
