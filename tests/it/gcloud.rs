@@ -200,8 +200,7 @@ struct ByHand {
 /// worker for a pool named after a new suffix (from `prefix`).
 fn guide_by_hand(w: &mut World, prefix: &str) -> ByHand {
     let g = Gcloud::for_world(w);
-    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let api_key = w.use_api_key();
     let suffix = testkit::unique_name(prefix).replace('_', "-");
     let pool = format!("my-cloud-run-pool-{suffix}");
     gc(|| guide_steps_1_and_2(&g, &api_key));

@@ -7,7 +7,7 @@ use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{iam, resourcemanager};
 use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
 use testkit::run_in as run;
-use testkit::{World, guide_plan, healthy_worker_image, plan_shows};
+use testkit::{World, guide_plan, healthy_worker, plan_shows};
 
 use crate::support::grant;
 
@@ -26,13 +26,8 @@ fn members(policy: &policy::Policy) -> BTreeMap<String, BTreeSet<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guide_applies_converges_repairs_and_destroys() {
-    let mut w = World::start_with(PROJECT, |c| {
-        let dir = c.dir.clone();
-        c.images.prepend(vec![healthy_worker_image()], &dir);
-    })
-    .await;
-    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let mut w = World::start_with(PROJECT, healthy_worker).await;
+    let api_key = w.use_api_key();
     let suffix = testkit::unique_name("g").replace('_', "-");
     w.redact(&suffix, "[SUFFIX]");
     let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));

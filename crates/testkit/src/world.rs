@@ -143,6 +143,15 @@ impl World {
         self.dir.path()
     }
 
+    /// Gives the `bootstrap` runs a new Prefect Cloud-style API key and returns it: the plan
+    /// then stores it in Secret Manager for the worker, as the guide does (the local Prefect
+    /// server ignores it).
+    pub fn use_api_key(&mut self) -> String {
+        let key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
+        self.env.push(("PREFECT_API_KEY".into(), key.clone()));
+        key
+    }
+
     /// Shows `literal` as `placeholder` in this world's snapshots (the per-test name suffix).
     pub fn redact(&self, literal: &str, placeholder: &str) {
         self.redactions
@@ -592,6 +601,12 @@ pub fn healthy_worker_image() -> gcp_sandbox::executor::ImageRule {
         workdir: None,
         env: Default::default(),
     }
+}
+
+/// Lets the sandbox run [`healthy_worker_image`] before its other rules.
+pub fn healthy_worker(c: &mut gcp_sandbox::Config) {
+    let dir = c.dir.clone();
+    c.images.prepend(vec![healthy_worker_image()], &dir);
 }
 
 /// `plans/guide.yaml` with its Prefect names made unique by `suffix` (the server is shared).

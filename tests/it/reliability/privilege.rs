@@ -13,7 +13,7 @@ use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use testkit::{World, guide_plan, healthy_worker_image};
+use testkit::{World, guide_plan};
 
 const PROJECT: &str = "prefect-project";
 
@@ -82,16 +82,9 @@ fn text(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_operator_roles_are_exactly_enough() {
-    let mut w = World::start_with(PROJECT, |c| {
-        let dir = c.dir.clone();
-        c.images.prepend(vec![healthy_worker_image()], &dir);
-    })
-    .await;
+    let mut w = World::start_with(PROJECT, testkit::healthy_worker).await;
     // With an API key the worker's secret is part of the plan, so every listed role is used.
-    w.env.push((
-        "PREFECT_API_KEY".into(),
-        format!("pnu_{}", uuid::Uuid::new_v4().simple()),
-    ));
+    w.use_api_key();
     let suffix = testkit::suffix("lp");
     let path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
     let plan = path.to_str().expect("utf-8 path");

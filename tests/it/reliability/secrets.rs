@@ -13,8 +13,7 @@ const PROJECT: &str = "secrets-project";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_logging_and_json_leak_no_secret() {
     let mut w = World::start(PROJECT).await;
-    let api_key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let api_key = w.use_api_key();
     w.env.push(("RUST_LOG".into(), "trace".into()));
     let suffix = testkit::suffix("sec");
     let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
