@@ -269,6 +269,12 @@ impl Setup {
             .await
     }
 
+    /// A run whose job cannot start: its image is [`MISSING_IMAGE`].
+    pub async fn missing_image_run(&self) -> Uuid {
+        self.quick_run(self.report, json!({}), json!({"image": MISSING_IMAGE}))
+            .await
+    }
+
     /// Waits until the run is in a final state and returns it.
     pub async fn final_run(&self, id: Uuid, within: Duration) -> FlowRun {
         let t0 = Instant::now();

@@ -430,17 +430,8 @@ pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
         roles.sort();
         (account, keys, roles)
     };
-    let prefect = prefect_client(&w.prefect_url);
-    let block_key = prefect
-        .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
-        .await
-        .expect("read block")
-        .map(|b| {
-            b.data.expose()["service_account_info"]["private_key_id"]
-                .as_str()
-                .map(str::to_owned)
-        });
-    let pool = prefect
+    let block_key = block_key_field(w, suffix, "private_key_id").await;
+    let pool = prefect_client(&w.prefect_url)
         .work_pool(&format!("pool-{suffix}"))
         .await
         .expect("read pool")
@@ -456,12 +447,18 @@ pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
 
 /// The private key the block of `light_plan(.., suffix)` holds (for secret scans; never print).
 pub async fn block_private_key(w: &World, suffix: &str) -> Option<String> {
+    block_key_field(w, suffix, "private_key").await.flatten()
+}
+
+/// `service_account_info.<field>` of the credentials block of `light_plan(.., suffix)`: `None`
+/// without a block, `Some(None)` when the block has no such field.
+async fn block_key_field(w: &World, suffix: &str, field: &str) -> Option<Option<String>> {
     prefect_client(&w.prefect_url)
         .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
         .await
         .expect("read block")
-        .and_then(|b| {
-            b.data.expose()["service_account_info"]["private_key"]
+        .map(|b| {
+            b.data.expose()["service_account_info"][field]
                 .as_str()
                 .map(str::to_owned)
         })

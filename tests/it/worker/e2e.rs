@@ -117,9 +117,7 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
 async fn failures_end_crashed_or_failed_with_the_reason() {
     let s = Setup::new("cloud-run-v2", None).await;
     let _w = s.worker("w-fail", &[]);
-    let missing = s
-        .quick_run(s.report, json!({}), json!({"image": MISSING_IMAGE}))
-        .await;
+    let missing = s.missing_image_run().await;
     let raises = s
         .quick_run(s.report, json!({"fail": true}), json!({}))
         .await;
@@ -162,9 +160,7 @@ async fn crashed_for_missing_image(s: &Setup, id: Uuid) {
 async fn cloud_run_v1_reports_missing_images_and_cancels() {
     let s = Setup::new("cloud-run", None).await;
     let _w = s.worker("w-v1", &[]);
-    let missing = s
-        .quick_run(s.report, json!({}), json!({"image": MISSING_IMAGE}))
-        .await;
+    let missing = s.missing_image_run().await;
     let vars = json!({"image": INSTANT_IMAGE, "keep_job": true, "env": {"FAKE_SLEEP": "120"}});
     let id = s.quick_run(s.report, json!({}), vars).await;
     crashed_for_missing_image(&s, missing).await;
