@@ -79,17 +79,17 @@ fn check<'a>(items: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no `{id}` check in {items:?}"))
 }
 
+/// A check's text `name` (`detail`, `hint`), empty when it has none.
+fn field<'a>(check: &'a Value, name: &str) -> &'a str {
+    check[name].as_str().unwrap_or_default()
+}
+
 /// The checks `ids` failed as "not checked" (what they depend on failed first).
 fn assert_not_checked(items: &[Value], ids: &[&str]) {
     for id in ids {
         let c = check(items, id);
         assert_eq!(c["ok"], false, "{c}");
-        assert!(
-            c["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("not checked")
-        );
+        assert!(field(c, "detail").starts_with("not checked"));
     }
 }
 
@@ -105,7 +105,7 @@ async fn owner_on_a_fresh_sandbox_is_all_green() {
         assert!(c["hint"].is_null(), "{c}");
     }
     // A fresh project has Run disabled: a note, since apply enables it.
-    let apis = check(&items, "apis")["detail"].as_str().unwrap_or_default();
+    let apis = field(check(&items, "apis"), "detail");
     assert!(apis.contains("run.googleapis.com"), "{apis}");
 }
 
@@ -138,17 +138,12 @@ async fn viewer_sees_missing_permissions_with_the_roles_that_grant_them() {
     let items = doctor_shown(&w, "doctor_viewer_denied", 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], true);
-    assert!(
-        creds["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&format!("principal: {viewer}"))
-    );
+    assert!(field(creds, "detail").contains(&format!("principal: {viewer}")));
     assert_eq!(check(&items, "project")["ok"], true);
 
     let perms = check(&items, "permissions");
     assert_eq!(perms["ok"], false);
-    let detail = perms["detail"].as_str().unwrap_or_default();
+    let detail = field(perms, "detail");
     for p in [
         "iam.serviceAccounts.create",
         "resourcemanager.projects.setIamPolicy",
@@ -215,13 +210,7 @@ async fn prefect_unreachable_is_a_clear_failure() {
     let items = doctor_shown(&w, "doctor_prefect_unreachable", 1);
     let api = check(&items, "prefect_api");
     assert_eq!(api["ok"], false);
-    assert!(
-        api["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("cannot reach"),
-        "{api}"
-    );
+    assert!(field(api, "detail").contains("cannot reach"), "{api}");
     assert_not_checked(&items, &["prefect_auth", "block_type", "job_template"]);
     // The Google half is unaffected.
     for id in ["credentials", "project", "apis", "permissions", "region"] {
@@ -241,15 +230,9 @@ async fn unreadable_credentials_fail_first_and_skip_the_google_checks() {
     let items = doctor_checks(&w, 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], false);
-    let detail = creds["detail"].as_str().unwrap_or_default();
+    let detail = field(creds, "detail");
     assert!(detail.contains("cannot be read"), "{detail}");
-    assert!(
-        creds["hint"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("gcloud auth"),
-        "{creds}"
-    );
+    assert!(field(creds, "hint").contains("gcloud auth"), "{creds}");
     assert_not_checked(&items, &["project", "apis", "permissions"]);
     // The Prefect half does not depend on Google.
     assert_eq!(check(&items, "prefect_api")["ok"], true);
@@ -290,14 +273,11 @@ async fn a_refused_api_key_is_reported_without_the_key() {
     assert_eq!(check(&items, "prefect_api")["ok"], true);
     let auth = check(&items, "prefect_auth");
     assert_eq!(auth["ok"], false, "{auth}");
-    let detail = auth["detail"].as_str().unwrap_or_default();
+    let detail = field(auth, "detail");
     assert!(detail.contains("the API key sent"), "{detail}");
     assert!(detail.contains("401"), "{detail}");
     // With a key, the worker's key goes to Secret Manager: those permissions are asked about.
-    let perms = check(&items, "permissions")["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let perms = field(check(&items, "permissions"), "detail");
     assert!(perms.starts_with("all 25 permissions"), "{perms}");
     let transcript = w.transcript.lock().map(|t| t.clone()).unwrap_or_default();
     testkit::assert_no_secret(&[&key], &[("transcript", &transcript)]);

@@ -110,22 +110,21 @@ async fn readme_operator_roles_are_exactly_enough() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     let denied_before = w.sandbox.state.denied().len();
-    let a = run_as(&w, &key_path, &["apply", "-f", plan, "--auto-approve"]);
-    assert_eq!(
-        a.status.code(),
-        Some(0),
-        "apply with the README roles\n{}",
-        text(&a)
-    );
-    let p = run_as(&w, &key_path, &["plan", "-f", plan, "--detailed-exitcode"]);
-    assert_eq!(p.status.code(), Some(0), "quiet plan\n{}", text(&p));
-    let d = run_as(&w, &key_path, &["destroy", "-f", plan, "--auto-approve"]);
-    assert_eq!(
-        d.status.code(),
-        Some(0),
-        "destroy with the README roles\n{}",
-        text(&d)
-    );
+    // Apply, a quiet plan and destroy, all as the operator with only the README roles.
+    for (args, what) in [
+        (
+            ["apply", "-f", plan, "--auto-approve"],
+            "apply with the README roles",
+        ),
+        (["plan", "-f", plan, "--detailed-exitcode"], "quiet plan"),
+        (
+            ["destroy", "-f", plan, "--auto-approve"],
+            "destroy with the README roles",
+        ),
+    ] {
+        let r = run_as(&w, &key_path, &args);
+        assert_eq!(r.status.code(), Some(0), "{what}\n{}", text(&r));
+    }
     // Only the operator's calls count: the worker account's first secret read may be denied
     // while this run's fresh grant propagates (the engine waits that out).
     let denied: Vec<_> = w.sandbox.state.denied()[denied_before..]

@@ -117,23 +117,16 @@ async fn sweep_deletes_finished_jobs_older_than_the_bound() {
         ];
         tokio::task::block_in_place(|| s.w.run(&args))
     };
-    let young = sweep("1d");
-    assert_eq!(young.code, 0, "{}", young.stderr);
-    assert!(
-        young
-            .stdout
-            .starts_with("deleted 0 finished Cloud Run jobs"),
-        "{}",
-        young.stdout
-    );
+    // A sweep that succeeds and says it deleted `n` jobs.
+    let swept = |age: &str, n: usize| {
+        let r = sweep(age);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let said = format!("deleted {n} finished Cloud Run jobs");
+        assert!(r.stdout.starts_with(&said), "{}", r.stdout);
+    };
+    swept("1d", 0);
     assert_eq!(pool_jobs(&s).len(), 2);
-    let old = sweep("0s");
-    assert_eq!(old.code, 0, "{}", old.stderr);
-    assert!(
-        old.stdout.starts_with("deleted 2 finished Cloud Run jobs"),
-        "{}",
-        old.stdout
-    );
+    swept("0s", 2);
     assert!(pool_jobs(&s).is_empty(), "{}", s.diag());
     for id in ids {
         assert!(s.executions_of(id).is_empty());
