@@ -476,6 +476,13 @@ fn run_against(
     (r, started.elapsed())
 }
 
+/// [`run_against`] `url` with no other settings; it must exit `code`.
+fn expect_against(w: &mut World, url: &str, args: &[&str], code: i32) -> testkit::Run {
+    let (r, _) = run_against(w, url, &[], args);
+    assert_eq!(r.code, code, "{}\n{}", r.stdout, r.stderr);
+    r
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_are_one_clear_line() {
     let mut w = World::start(PROJECT).await;
@@ -541,13 +548,12 @@ async fn server_errors_are_one_clear_line() {
     // 4. A server without the `gcp-credentials` block type: apply stops at the block with what
     //    to do, on the block's one line, and says what it kept.
     let proxy = start_proxy(&server, Rule::NoGcpCredentialsType).await;
-    let (r, _) = run_against(
+    let r = expect_against(
         &mut w,
         &proxy.url,
-        &[],
         &["apply", "-f", plan, "--auto-approve"],
+        1,
     );
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let output = format!("{}{}", r.stdout, r.stderr);
     let failed: Vec<&str> = output
         .lines()
@@ -575,15 +581,8 @@ async fn server_errors_are_one_clear_line() {
 
     // Once the server has the block type, apply continues from there: the key created before
     // the failure (its private half was only in memory) does not stay behind as a second key.
-    let (r, _) = run_against(
-        &mut w,
-        &server,
-        &[],
-        &["apply", "-f", plan, "--auto-approve"],
-    );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let (r, _) = run_against(&mut w, &server, &[], &plan_args);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    expect_against(&mut w, &server, &["apply", "-f", plan, "--auto-approve"], 0);
+    expect_against(&mut w, &server, &plan_args, 0);
     let http = w.operator_http().await;
     let project = bootstrap_spec::ids::ProjectId::parse(PROJECT).expect("project");
     let email =
@@ -598,11 +597,10 @@ async fn server_errors_are_one_clear_line() {
         &[AUTH_STRING, "admin:not-the-password"],
         &[("output", &transcript)],
     );
-    let (r, _) = run_against(
+    expect_against(
         &mut w,
         &server,
-        &[],
         &["destroy", "-f", plan, "--auto-approve"],
+        0,
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
