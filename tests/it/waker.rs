@@ -48,8 +48,11 @@ impl PoolScaler for Counter {
     }
 }
 
-/// A pool with one deployment; returns (pool name, deployment id).
-async fn pool_with_deployment(c: &PrefectClient) -> (String, Uuid) {
+/// A client of the shared server, a new pool and one deployment on it; returns (client, pool
+/// name, deployment id).
+async fn pool_with_deployment() -> (PrefectClient, String, Uuid) {
+    bootstrap_gcp::init_crypto();
+    let c = client();
     let pool = c
         .create_work_pool(&WorkPoolCreate {
             name: unique_name("wake"),
@@ -61,8 +64,8 @@ async fn pool_with_deployment(c: &PrefectClient) -> (String, Uuid) {
         })
         .await
         .expect("pool");
-    let dep = testkit::hello_deployment(c, &pool.name).await;
-    (pool.name, dep)
+    let dep = testkit::hello_deployment(&c, &pool.name).await;
+    (c, pool.name, dep)
 }
 
 /// Serves `bootstrap waker` for `pool` on `listener`, scaling a new [`Counter`]; the waker,
@@ -104,9 +107,7 @@ async fn post(port: u16, auth: Option<&str>) -> (u16, String) {
 
 #[tokio::test]
 async fn the_waker_wakes_only_for_due_runs_and_only_with_the_secret() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     let (w, counter, port) = serve(&pool, any_port().await).await;
 
     let health = reqwest::get(format!("http://127.0.0.1:{port}/health"))
@@ -141,8 +142,7 @@ async fn the_waker_wakes_only_for_due_runs_and_only_with_the_secret() {
 
 #[tokio::test]
 async fn the_idle_reading_counts_due_and_active_runs_but_not_later_ones() {
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     let work = PrefectWork {
         client: c.clone(),
         pool: pool.clone(),
@@ -216,9 +216,7 @@ async fn wait_for_count(counter: &Counter, within: Duration) -> Option<Duration>
 
 #[tokio::test]
 async fn prefects_automation_wakes_the_pool_on_a_quick_run() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     let (_, counter, port) = serve(&pool, any_port().await).await;
     let name = unique_name("wake");
     let (block, ids) = wake_path(&c, port, |b| vec![wake_automation(&name, &pool, b)]).await;
@@ -234,9 +232,7 @@ async fn prefects_automation_wakes_the_pool_on_a_quick_run() {
 
 #[tokio::test]
 async fn a_run_created_while_the_waker_is_down_is_picked_up_by_the_sweep() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     // The waker's port, with nothing listening yet: the wake call is refused.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -18,6 +18,16 @@ fn client() -> PrefectClient {
         .expect("client")
 }
 
+/// A client, a new [`pool_with_broken_credentials`] named from `prefix`, and a deployment
+/// on it: (client, pool name, deployment id).
+async fn broken_pool_with_deployment(prefix: &str) -> (PrefectClient, String, Uuid) {
+    let c = client();
+    let pool = testkit::unique_name(prefix);
+    pool_with_broken_credentials(&c, &pool).await;
+    let dep = testkit::hello_deployment(&c, &pool).await;
+    (c, pool, dep)
+}
+
 /// A cloud-run-v2 pool whose credentials block holds a key that cannot sign anything.
 async fn pool_with_broken_credentials(c: &PrefectClient, name: &str) -> Uuid {
     let bt = c
@@ -152,10 +162,7 @@ async fn wait_final(c: &PrefectClient, ids: &[Uuid], within: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_claim_each_run_once_and_report_submission_failures() {
-    let c = client();
-    let pool = testkit::unique_name("wpool");
-    pool_with_broken_credentials(&c, &pool).await;
-    let dep = testkit::hello_deployment(&c, &pool).await;
+    let (c, pool, dep) = broken_pool_with_deployment("wpool").await;
     let mut ids = Vec::new();
     for _ in 0..12 {
         ids.push(testkit::quick_run(&c, dep).await);
@@ -211,10 +218,7 @@ async fn two_workers_claim_each_run_once_and_report_submission_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_make_pickup_immediate() {
-    let c = client();
-    let pool = testkit::unique_name("wpool-ev");
-    pool_with_broken_credentials(&c, &pool).await;
-    let dep = testkit::hello_deployment(&c, &pool).await;
+    let (c, pool, dep) = broken_pool_with_deployment("wpool-ev").await;
     // Polls every 60 s: only the event stream can make pickup fast.
     let w = worker(&pool, "w-ev", "60");
     tokio::time::sleep(Duration::from_secs(3)).await; // connected and past its first poll
