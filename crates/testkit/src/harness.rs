@@ -269,6 +269,13 @@ impl Setup {
             .await
     }
 
+    /// A cheap run whose fake engine gets `env` (`FAKE_SLEEP` after RUNNING, `FAKE_PAUSE`
+    /// before it, in seconds).
+    pub async fn instant_run_with(&self, env: Value) -> Uuid {
+        let vars = json!({"image": INSTANT_IMAGE, "env": env});
+        self.quick_run(self.report, json!({}), vars).await
+    }
+
     /// A run whose job cannot start: its image is [`MISSING_IMAGE`].
     pub async fn missing_image_run(&self) -> Uuid {
         self.quick_run(self.report, json!({}), json!({"image": MISSING_IMAGE}))

@@ -176,8 +176,7 @@ async fn cloud_run_v1_reports_missing_images_and_cancels() {
 async fn vanished_job_crashes_the_run() {
     let s = Setup::new("cloud-run-v2", None).await;
     let _w = s.worker("w-vanish", &[]);
-    let vars = json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "120"}});
-    let id = s.quick_run(s.report, json!({}), vars).await;
+    let id = s.instant_run_with(json!({"FAKE_SLEEP": "120"})).await;
     s.reach(id, StateType::Running, Duration::from_secs(60))
         .await;
     let job = s.jobs_of(id).into_keys().next().expect("the run's job");
@@ -323,13 +322,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
 
     // Killed again once a run's execution has started (its engine still starting, the run
     // still PENDING): the next worker adopts that execution instead of starting another.
-    let id = s
-        .quick_run(
-            s.report,
-            json!({}),
-            json!({"image": INSTANT_IMAGE, "env": {"FAKE_PAUSE": "3"}}),
-        )
-        .await;
+    let id = s.instant_run_with(json!({"FAKE_PAUSE": "3"})).await;
     let t0 = Instant::now();
     while s.executions_of(id).is_empty() {
         assert!(
@@ -365,13 +358,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
 
     // Killed while a run is RUNNING: the run finishes on its own and its job stays behind
     // until the next worker starts and removes the finished jobs of its pool.
-    let id = s
-        .quick_run(
-            s.report,
-            json!({}),
-            json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "2"}}),
-        )
-        .await;
+    let id = s.instant_run_with(json!({"FAKE_SLEEP": "2"})).await;
     s.reach(id, StateType::Running, Duration::from_secs(30))
         .await;
     drop(again);
