@@ -14,8 +14,7 @@ use bootstrap_prefect::wake::{
     WEBHOOK_BLOCK_TYPE, sweep_automation, wake_automation, webhook_block_data,
 };
 use bootstrap_prefect::{
-    AutomationSpec, BlockDocumentCreate, PrefectClient, PrefectConfig, WorkPoolCreate,
-    pick_block_schema,
+    AutomationSpec, BlockDocumentCreate, PrefectClient, PrefectConfig, pick_block_schema,
 };
 use bootstrap_worker::idle::{PoolScaler, PrefectWork, WorkSource};
 use chrono::Utc;
@@ -53,19 +52,9 @@ impl PoolScaler for Counter {
 async fn pool_with_deployment() -> (PrefectClient, String, Uuid) {
     bootstrap_gcp::init_crypto();
     let c = client();
-    let pool = c
-        .create_work_pool(&WorkPoolCreate {
-            name: unique_name("wake"),
-            pool_type: "cloud-run-v2".into(),
-            description: None,
-            base_job_template: None,
-            is_paused: None,
-            concurrency_limit: None,
-        })
-        .await
-        .expect("pool");
-    let dep = testkit::hello_deployment(&c, &pool.name).await;
-    (c, pool.name, dep)
+    let pool = testkit::new_pool(&c, "wake", "cloud-run-v2", None).await;
+    let dep = testkit::hello_deployment(&c, &pool).await;
+    (c, pool, dep)
 }
 
 /// Serves `bootstrap waker` for `pool` on `listener`, scaling a new [`Counter`]; the waker,

@@ -377,6 +377,27 @@ pub fn prefect_client(url: &str) -> bootstrap_prefect::PrefectClient {
     .expect("prefect client")
 }
 
+/// A new work pool of `pool_type` (named from `prefix`) with `template` as its base job
+/// template (Prefect's default for the type when `None`); its name.
+pub async fn new_pool(
+    c: &bootstrap_prefect::PrefectClient,
+    prefix: &str,
+    pool_type: &str,
+    template: Option<serde_json::Value>,
+) -> String {
+    c.create_work_pool(&bootstrap_prefect::WorkPoolCreate {
+        name: crate::unique_name(prefix),
+        pool_type: pool_type.into(),
+        description: None,
+        base_job_template: template,
+        is_paused: None,
+        concurrency_limit: None,
+    })
+    .await
+    .expect("pool")
+    .name
+}
+
 /// A new flow with one deployment `d` of `flows/hello.py` on `pool`; the deployment's id.
 pub async fn hello_deployment(c: &bootstrap_prefect::PrefectClient, pool: &str) -> uuid::Uuid {
     let flow = c

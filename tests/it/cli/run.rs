@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use bootstrap_prefect::{DeploymentSpec, PrefectClient, PrefectConfig, WorkPoolCreate};
+use bootstrap_prefect::{DeploymentSpec, PrefectClient, PrefectConfig};
 use serde_json::json;
 use testkit::{prefect_api_url, repo_root, unique_name, venv_bin};
 
@@ -84,17 +84,7 @@ async fn pool(c: &PrefectClient) -> String {
         .await
         .expect("metadata")
         .expect("process template");
-    c.create_work_pool(&WorkPoolCreate {
-        name: unique_name("run-pool"),
-        pool_type: "process".into(),
-        description: None,
-        base_job_template: Some(template),
-        is_paused: None,
-        concurrency_limit: None,
-    })
-    .await
-    .expect("pool")
-    .name
+    testkit::new_pool(c, "run-pool", "process", Some(template)).await
 }
 
 fn text(o: &[u8]) -> String {
