@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::env::Env;
-use crate::scale::{self, Cmd, Measured};
+use crate::scale::{self, Cmd, Measured, steps};
 
 /// Files in the generated context (the figure).
 pub const FILES: usize = 1000;
@@ -162,14 +161,6 @@ pub async fn build(
         change_one_file,
         change_detail,
     })
-}
-
-fn steps(json: &str) -> Result<Vec<Value>> {
-    let v: Value = serde_json::from_str(json).context("`bootstrap plan --json` printed no JSON")?;
-    Ok(v.get("steps")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// The section's lines in the table.

@@ -451,7 +451,8 @@ fn write_plan(env: &Env, name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn steps(json: &str) -> Result<Vec<Value>> {
+/// The steps of a `bootstrap plan --json` document.
+pub fn steps(json: &str) -> Result<Vec<Value>> {
     let v: Value = serde_json::from_str(json).context("`bootstrap plan --json` printed no JSON")?;
     Ok(v.get("steps")
         .and_then(Value::as_array)
