@@ -427,6 +427,20 @@ async fn gcloud(config: &Path, home: &Path, args: &[&str]) -> (i32, String, Stri
     )
 }
 
+/// `gcloud artifacts repositories VERB` of the test's repository, then `extra`.
+fn repository<'a>(verb: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "artifacts",
+        "repositories",
+        verb,
+        REPO,
+        "--location",
+        REGION,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn gcloud_json(config: &Path, home: &Path, args: &[&str]) -> Value {
     let mut all = args.to_vec();
     all.push("--format=json");
@@ -459,17 +473,10 @@ async fn gcloud_reads_repositories_images_and_builds() {
     let (code, out, err) = gcloud(
         c,
         h,
-        &[
-            "artifacts",
-            "repositories",
+        &repository(
             "create",
-            REPO,
-            "--repository-format=docker",
-            "--location",
-            REGION,
-            "--description",
-            "flows",
-        ],
+            &["--repository-format=docker", "--description", "flows"],
+        ),
     )
     .await;
     assert_eq!(code, 0, "{out}\n{err}");
@@ -486,19 +493,7 @@ async fn gcloud_reads_repositories_images_and_builds() {
             .is_some_and(|a| a.iter().any(|r| r["name"] == name.as_str())),
         "{listed}"
     );
-    let described = gcloud_json(
-        c,
-        h,
-        &[
-            "artifacts",
-            "repositories",
-            "describe",
-            REPO,
-            "--location",
-            REGION,
-        ],
-    )
-    .await;
+    let described = gcloud_json(c, h, &repository("describe", &[])).await;
     assert_eq!(described["format"], "DOCKER");
     assert_eq!(described["description"], "flows");
 
@@ -546,34 +541,9 @@ async fn gcloud_reads_repositories_images_and_builds() {
     assert_eq!(described["status"], "SUCCESS");
     assert_eq!(described["results"]["images"][0]["digest"], digest.as_str());
 
-    let (code, out, err) = gcloud(
-        c,
-        h,
-        &[
-            "artifacts",
-            "repositories",
-            "delete",
-            REPO,
-            "--location",
-            REGION,
-            "--quiet",
-        ],
-    )
-    .await;
+    let (code, out, err) = gcloud(c, h, &repository("delete", &["--quiet"])).await;
     assert_eq!(code, 0, "{out}\n{err}");
-    let (code, _, err) = gcloud(
-        c,
-        h,
-        &[
-            "artifacts",
-            "repositories",
-            "describe",
-            REPO,
-            "--location",
-            REGION,
-        ],
-    )
-    .await;
+    let (code, _, err) = gcloud(c, h, &repository("describe", &[])).await;
     assert_ne!(code, 0, "{err}");
     sandbox.shutdown().await.expect("shutdown");
 }

@@ -9,8 +9,8 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-use testkit::World;
+use testkit::run_in as run;
+use testkit::{World, assert_quiet_plan, plan_shows};
 
 const PROJECT: &str = "sandbox-project";
 
@@ -41,20 +41,18 @@ fn write_flow(dir: &Path, flow: &str, text: &str) {
     .unwrap();
 }
 
-fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
-}
-
-/// The run's log messages on the Prefect server.
-async fn run_logs(w: &World, run: &Value) -> Vec<String> {
+/// A Quick Run of the deployment completes and its logs on the Prefect server have `line`.
+async fn quick_run_logs(w: &World, plan: &str, flow: &str, deployment: &str, line: &str) {
+    let run = w.quick_run_completed(plan, flow, deployment);
     let id = uuid::Uuid::parse_str(run["flow_run_id"].as_str().unwrap()).unwrap();
-    testkit::prefect_client(&w.prefect_url)
+    let logs: Vec<String> = testkit::prefect_client(&w.prefect_url)
         .all_flow_run_logs(id, None, 5)
         .await
         .expect("read logs")
         .into_iter()
         .map(|l| l.message)
-        .collect()
+        .collect();
+    assert!(logs.iter().any(|l| l.contains(line)), "{logs:?}");
 }
 
 /// The image the deployment runs (its `job_variables.image`).
@@ -105,21 +103,15 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 
     // First plan: the repository, the grants (reader for the job, writer for the build's
     // account, on the repository only), the first build.
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout
-            .contains("gcp.artifact_repository[\"prefect\"] will be created"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "gcp.artifact_repository[\"prefect\"] will be created",
+            &format!("roles/artifactregistry.writer = \"{build_account}\""),
+            "first build of proj",
+        ],
     );
-    assert!(
-        p.stdout.contains(&format!(
-            "roles/artifactregistry.writer = \"{build_account}\""
-        )),
-        "{}",
-        p.stdout
-    );
-    assert!(p.stdout.contains("first build of proj"), "{}", p.stdout);
 
     let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
@@ -156,43 +148,32 @@ async fn a_folder_builds_runs_rebuilds_on_change_and_a_failed_build_keeps_the_ol
 
     // The run executes the folder's code from the built image (Prefect's pull step changes
     // into /opt/prefect/proj, where the image has it).
-    let r = w.quick_run_completed(plan, &flow, &deployment);
-    let logs = run_logs(&w, &r).await;
-    assert!(
-        logs.iter()
-            .any(|l| l.contains(&format!("hello v1 from {suffix}"))),
-        "{logs:?}"
-    );
+    let line = format!("hello v1 from {suffix}");
+    quick_run_logs(&w, plan, &flow, &deployment, &line).await;
 
     // Unchanged folder: a quiet plan, and an apply that uploads and builds nothing.
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
-    assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
+    assert_quiet_plan(&w, plan, "unchanged folder");
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert_eq!((w.calls(UPLOAD), w.calls(SUBMIT)), (0, 0));
 
     // An edit of the flow: a planned rebuild, then the next run prints the new text.
     write_flow(&proj, &flow, &format!("hello v2 from {suffix}"));
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(p.stdout.contains("source changed ("), "{}", p.stdout);
-    assert!(
-        p.stdout
-            .contains("gcp.image[\"us-central1-docker.pkg.dev/sandbox-project/prefect/"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "source changed (",
+            "gcp.image[\"us-central1-docker.pkg.dev/sandbox-project/prefect/",
+        ],
     );
     w.sandbox.state.faults.reset_calls();
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert_eq!(w.calls(SUBMIT), 1);
     let v2_image = deployment_image(&w, &flow, &deployment).await;
     assert_ne!(v2_image, v1_image);
-    let r = w.quick_run_completed(plan, &flow, &deployment);
-    let logs = run_logs(&w, &r).await;
-    assert!(
-        logs.iter()
-            .any(|l| l.contains(&format!("hello v2 from {suffix}"))),
-        "{logs:?}"
-    );
+    let line = format!("hello v2 from {suffix}");
+    quick_run_logs(&w, plan, &flow, &deployment, &line).await;
 
     // A requirement that does not exist: the build fails, apply says why (the build log's
     // last lines and its console link) and exits 1; the deployment keeps its image.

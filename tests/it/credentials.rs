@@ -6,25 +6,15 @@
 //! with the permission named. Every run logs at trace level, and no refresh token, subject
 //! token or access token may appear in what the tool prints.
 
-use bootstrap_gcp::iam;
 use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
 use serde_json::{Value, json};
 use testkit::World;
 
+use crate::support::{account_with_role, control, inspect};
+
 const PROJECT: &str = "creds-project";
 const DEPLOYER: &str = "ci-deployer";
-
-async fn control(w: &World, path: &str, body: Value) -> Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", w.sandbox.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("sandbox control call");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.expect("control JSON")
-}
 
 async fn world() -> World {
     world_with(|_| {}).await
@@ -65,6 +55,14 @@ fn cycle(w: &World, plan: &str, extra: &[&str]) {
     run(with(&["destroy", "-f", plan, "--auto-approve"]), 0);
 }
 
+/// `doctor` of `plan`, whose credentials line names the `kind` in use; its output.
+fn doctor_credentials(w: &World, plan: &str, kind: &str) -> testkit::Run {
+    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", plan]));
+    let line = format!("type: {kind}");
+    assert!(doc.stdout.contains(&line), "no {line:?} in\n{}", doc.stdout);
+    doc
+}
+
 /// Uses no key file: `GOOGLE_APPLICATION_CREDENTIALS` is set empty (as unset) and the home
 /// directory's gcloud folder is the ADC location.
 fn no_key_file(w: &mut World) {
@@ -83,23 +81,7 @@ fn adc_path(w: &World) -> std::path::PathBuf {
 
 /// The deployer account (owner of the project) that CI identities impersonate.
 async fn deployer(w: &World) -> ServiceAccountEmail {
-    let http = w.operator_http().await;
-    let project = ProjectId::parse(PROJECT).unwrap();
-    let account = AccountId::parse(DEPLOYER).unwrap();
-    iam::create_service_account(&http, &project, &account, Some("CI deployer"), None)
-        .await
-        .expect("create the deployer");
-    let email = ServiceAccountEmail::for_account(&account, &project);
-    let member = email.member();
-    policy::read_modify_write(
-        &http,
-        &PolicyTarget::Project(project.clone()),
-        RmwOptions::default(),
-        |p| policy::add_member(p, "roles/owner", &member),
-    )
-    .await
-    .expect("deployer is owner");
-    email
+    account_with_role(w, PROJECT, DEPLOYER, "CI deployer", "roles/owner").await
 }
 
 /// Lets `member` mint tokens for `sa` with `role` on the account itself.
@@ -163,12 +145,7 @@ async fn authorized_user_with_quota_project_plans_applies_destroys() {
         transcript.contains("waiting for iam.googleapis.com, enabled by this apply"),
         "apply said what it waited for"
     );
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: authorized_user"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "authorized_user");
     assert!(
         doc.stdout.contains(&format!(
             "quota project: {PROJECT} (from the credential file's quota_project_id)"
@@ -290,12 +267,7 @@ async fn external_account_file_sourced_exchanges_impersonates_and_applies() {
     ));
     let plan = plan_file(&w);
     cycle(&w, &plan, &[]);
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: external_account"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "external_account");
     assert!(
         doc.stdout.contains(&format!("-> {sa}")),
         "the chain ends at the deployer: {}",
@@ -451,12 +423,7 @@ async fn impersonate_flag_needs_token_creator() {
     let operator = format!("serviceAccount:{}", w.sandbox.operator_email);
     allow_on(&w, &sa, "roles/iam.serviceAccountTokenCreator", &operator).await;
     cycle(&w, &plan, &["--impersonate-service-account", &target]);
-    let denied: Value = reqwest::get(format!("{}/_sandbox/denied", w.sandbox.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let denied = inspect(&w, "/_sandbox/denied").await;
     assert!(
         denied
             .to_string()
@@ -474,12 +441,7 @@ async fn metadata_server_credentials_apply() {
     w.env.push(("GCE_METADATA_HOST".into(), host));
     let plan = plan_file(&w);
     cycle(&w, &plan, &[]);
-    let doc = tokio::task::block_in_place(|| w.run(&["doctor", "-f", &plan]));
-    assert!(
-        doc.stdout.contains("type: metadata server"),
-        "{}",
-        doc.stdout
-    );
+    let doc = doctor_credentials(&w, &plan, "metadata server");
     assert!(
         doc.stdout
             .contains(&format!("principal: {}", w.sandbox.operator_email))

@@ -3,12 +3,13 @@
 //! the Prefect API unreachable (a clear ✗ line, exit 1).
 
 use bootstrap_gcp::iam;
-use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
-use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
+use bootstrap_spec::ids::ProjectId;
 use secrecy::ExposeSecret as _;
 use serde_json::Value;
 use testkit::World;
 use testkit::run_in as doctor;
+
+use crate::support::account_with_role;
 
 const PROJECT: &str = "doctor-project";
 
@@ -58,6 +59,19 @@ fn checks(json: &str) -> Vec<Value> {
     }
 }
 
+/// `doctor --json`'s checks of the test's plan; it exits `code`.
+fn doctor_checks(w: &World, code: i32) -> Vec<Value> {
+    checks(&doctor(w, &["doctor", "-f", "bootstrap.yaml", "--json"], code).stdout)
+}
+
+/// `doctor` as a user reads it, snapshotted as `name`, then its `--json` checks; both exit
+/// `code`.
+fn doctor_shown(w: &World, name: &str, code: i32) -> Vec<Value> {
+    let r = doctor(w, &["doctor", "-f", "bootstrap.yaml"], code);
+    snapshot(name, &redact(w, &r.stdout));
+    doctor_checks(w, code)
+}
+
 fn check<'a>(items: &'a [Value], id: &str) -> &'a Value {
     items
         .iter()
@@ -65,15 +79,25 @@ fn check<'a>(items: &'a [Value], id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no `{id}` check in {items:?}"))
 }
 
+/// A check's text `name` (`detail`, `hint`), empty when it has none.
+fn field<'a>(check: &'a Value, name: &str) -> &'a str {
+    check[name].as_str().unwrap_or_default()
+}
+
+/// The checks `ids` failed as "not checked" (what they depend on failed first).
+fn assert_not_checked(items: &[Value], ids: &[&str]) {
+    for id in ids {
+        let c = check(items, id);
+        assert_eq!(c["ok"], false, "{c}");
+        assert!(field(c, "detail").starts_with("not checked"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn owner_on_a_fresh_sandbox_is_all_green() {
     let w = World::start(PROJECT).await;
     plan(&w);
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 0);
-    snapshot("doctor_owner_all_green", &redact(&w, &r.stdout));
-
-    let j = doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 0);
-    let items = checks(&j.stdout);
+    let items = doctor_shown(&w, "doctor_owner_all_green", 0);
     let ids: Vec<&str> = items.iter().filter_map(|c| c["check"].as_str()).collect();
     assert_eq!(ids, bootstrap_engine::doctor::CHECKS);
     for c in &items {
@@ -81,28 +105,15 @@ async fn owner_on_a_fresh_sandbox_is_all_green() {
         assert!(c["hint"].is_null(), "{c}");
     }
     // A fresh project has Run disabled: a note, since apply enables it.
-    let apis = check(&items, "apis")["detail"].as_str().unwrap_or_default();
+    let apis = field(check(&items, "apis"), "detail");
     assert!(apis.contains("run.googleapis.com"), "{apis}");
 }
 
 /// A second identity with a key and only `roles/viewer`; its key file path.
 async fn viewer_key(w: &World) -> (std::path::PathBuf, String) {
+    let email = account_with_role(w, PROJECT, "doctor-viewer", "viewer", "roles/viewer").await;
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
-    let account = AccountId::parse("doctor-viewer").unwrap();
-    iam::create_service_account(&http, &project, &account, Some("viewer"), None)
-        .await
-        .expect("create the viewer account");
-    let email = ServiceAccountEmail::for_account(&account, &project);
-    let member = email.member();
-    policy::read_modify_write(
-        &http,
-        &PolicyTarget::Project(project.clone()),
-        RmwOptions::default(),
-        |p| policy::add_member(p, "roles/viewer", &member),
-    )
-    .await
-    .expect("grant roles/viewer");
     let key = iam::create_key(&http, &project, &email)
         .await
         .expect("a key for the viewer");
@@ -124,23 +135,15 @@ async fn viewer_sees_missing_permissions_with_the_roles_that_grant_them() {
         key_path.display().to_string(),
     ));
 
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 1);
-    snapshot("doctor_viewer_denied", &redact(&w, &r.stdout));
-
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_shown(&w, "doctor_viewer_denied", 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], true);
-    assert!(
-        creds["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains(&format!("principal: {viewer}"))
-    );
+    assert!(field(creds, "detail").contains(&format!("principal: {viewer}")));
     assert_eq!(check(&items, "project")["ok"], true);
 
     let perms = check(&items, "permissions");
     assert_eq!(perms["ok"], false);
-    let detail = perms["detail"].as_str().unwrap_or_default();
+    let detail = field(perms, "detail");
     for p in [
         "iam.serviceAccounts.create",
         "resourcemanager.projects.setIamPolicy",
@@ -204,29 +207,11 @@ async fn prefect_unreachable_is_a_clear_failure() {
         format!("http://127.0.0.1:{port}/api"),
     ));
 
-    let r = doctor(&w, &["doctor", "-f", "bootstrap.yaml"], 1);
-    snapshot("doctor_prefect_unreachable", &redact(&w, &r.stdout));
-
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_shown(&w, "doctor_prefect_unreachable", 1);
     let api = check(&items, "prefect_api");
     assert_eq!(api["ok"], false);
-    assert!(
-        api["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("cannot reach"),
-        "{api}"
-    );
-    for id in ["prefect_auth", "block_type", "job_template"] {
-        let c = check(&items, id);
-        assert_eq!(c["ok"], false, "{c}");
-        assert!(
-            c["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("not checked")
-        );
-    }
+    assert!(field(api, "detail").contains("cannot reach"), "{api}");
+    assert_not_checked(&items, &["prefect_auth", "block_type", "job_template"]);
     // The Google half is unaffected.
     for id in ["credentials", "project", "apis", "permissions", "region"] {
         assert_eq!(check(&items, id)["ok"], true, "{id}");
@@ -242,28 +227,13 @@ async fn unreadable_credentials_fail_first_and_skip_the_google_checks() {
         "GOOGLE_APPLICATION_CREDENTIALS".into(),
         missing.display().to_string(),
     ));
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_checks(&w, 1);
     let creds = check(&items, "credentials");
     assert_eq!(creds["ok"], false);
-    let detail = creds["detail"].as_str().unwrap_or_default();
+    let detail = field(creds, "detail");
     assert!(detail.contains("cannot be read"), "{detail}");
-    assert!(
-        creds["hint"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("gcloud auth"),
-        "{creds}"
-    );
-    for id in ["project", "apis", "permissions"] {
-        let c = check(&items, id);
-        assert_eq!(c["ok"], false, "{c}");
-        assert!(
-            c["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("not checked")
-        );
-    }
+    assert!(field(creds, "hint").contains("gcloud auth"), "{creds}");
+    assert_not_checked(&items, &["project", "apis", "permissions"]);
     // The Prefect half does not depend on Google.
     assert_eq!(check(&items, "prefect_api")["ok"], true);
 }
@@ -299,18 +269,15 @@ async fn a_refused_api_key_is_reported_without_the_key() {
     w.env
         .push(("PREFECT_API_URL".into(), refusing_prefect().await));
     w.env.push(("PREFECT_API_KEY".into(), key.clone()));
-    let items = checks(&doctor(&w, &["doctor", "-f", "bootstrap.yaml", "--json"], 1).stdout);
+    let items = doctor_checks(&w, 1);
     assert_eq!(check(&items, "prefect_api")["ok"], true);
     let auth = check(&items, "prefect_auth");
     assert_eq!(auth["ok"], false, "{auth}");
-    let detail = auth["detail"].as_str().unwrap_or_default();
+    let detail = field(auth, "detail");
     assert!(detail.contains("the API key sent"), "{detail}");
     assert!(detail.contains("401"), "{detail}");
     // With a key, the worker's key goes to Secret Manager: those permissions are asked about.
-    let perms = check(&items, "permissions")["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let perms = field(check(&items, "permissions"), "detail");
     assert!(perms.starts_with("all 25 permissions"), "{perms}");
     let transcript = w.transcript.lock().map(|t| t.clone()).unwrap_or_default();
     testkit::assert_no_secret(&[&key], &[("transcript", &transcript)]);

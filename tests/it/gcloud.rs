@@ -187,6 +187,32 @@ fn gc<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
+/// What [`guide_by_hand`] leaves: gcloud, the names' suffix, the pool and the deploy's result.
+struct ByHand {
+    g: Gcloud,
+    suffix: String,
+    pool: String,
+    deployed: Out,
+}
+
+/// The guide by hand in `w` with gcloud: steps 1 and 2 with a Prefect Cloud-style API key
+/// (also in the world's environment, for bootstrap later), then `gcloud run deploy` of the
+/// worker for a pool named after a new suffix (from `prefix`).
+fn guide_by_hand(w: &mut World, prefix: &str) -> ByHand {
+    let g = Gcloud::for_world(w);
+    let api_key = w.use_api_key();
+    let suffix = testkit::unique_name(prefix).replace('_', "-");
+    let pool = format!("my-cloud-run-pool-{suffix}");
+    gc(|| guide_steps_1_and_2(&g, &api_key));
+    let deployed = gc(|| deploy_worker(&g, &pool, &w.prefect_url, &[]));
+    ByHand {
+        g,
+        suffix,
+        pool,
+        deployed,
+    }
+}
+
 /// `gcloud run services {verb} prefect-worker --region {REGION}` as JSON (`describe`,
 /// `get-iam-policy`): how a user reads back the guide's worker service.
 fn worker_service(g: &Gcloud, verb: &str) -> Value {
@@ -370,6 +396,19 @@ async fn wait_for_online_worker(prefect_url: &str, pool: &str) -> bool {
     false
 }
 
+/// The guide's scaling of the worker service (`--min-instances 1 --no-cpu-throttling`), as
+/// `gcloud run services describe` shows it.
+fn assert_guide_scaling(described: &Value) {
+    assert_eq!(
+        template_annotations(described)["autoscaling.knative.dev/minScale"],
+        "1"
+    );
+    assert_eq!(
+        template_annotations(described)["run.googleapis.com/cpu-throttling"],
+        "false"
+    );
+}
+
 fn template_annotations(described: &Value) -> &Value {
     &described["spec"]["template"]["metadata"]["annotations"]
 }
@@ -390,29 +429,21 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
     // with PORT=8080 (Cloud Run's container contract), so `gcloud run deploy` waits for a real
     // worker's /health.
     let mut w = World::start_with(PROJECT, |_| {}).await;
-    let g = Gcloud::for_world(&w);
-    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
-    let suffix = testkit::unique_name("gc").replace('_', "-");
-    let pool = format!("my-cloud-run-pool-{suffix}");
 
     // The guide by hand, with gcloud.
-    gc(|| guide_steps_1_and_2(&g, &api_key));
-    let deployed = gc(|| deploy_worker(&g, &pool, &w.prefect_url, &[]));
+    let ByHand {
+        g,
+        suffix,
+        pool,
+        deployed,
+    } = guide_by_hand(&mut w, "gc");
     assert_eq!(
         deployed.code, 0,
         "gcloud run deploy\n--- stdout\n{}\n--- stderr\n{}",
         deployed.stdout, deployed.stderr
     );
     let described = worker_service(&g, "describe");
-    assert_eq!(
-        template_annotations(&described)["autoscaling.knative.dev/minScale"],
-        "1"
-    );
-    assert_eq!(
-        template_annotations(&described)["run.googleapis.com/cpu-throttling"],
-        "false"
-    );
+    assert_guide_scaling(&described);
     let ready = described["status"]["conditions"]
         .as_array()
         .unwrap()
@@ -467,14 +498,7 @@ async fn gcloud_guide_then_bootstrap_adopts_applies_and_destroys() {
     // guide's scaling and CPU, no public invoker.
     let described = worker_service(&g, "describe");
     assert_eq!(described["metadata"]["uid"], uid_before, "never recreated");
-    assert_eq!(
-        template_annotations(&described)["autoscaling.knative.dev/minScale"],
-        "1"
-    );
-    assert_eq!(
-        template_annotations(&described)["run.googleapis.com/cpu-throttling"],
-        "false"
-    );
+    assert_guide_scaling(&described);
     let container = &described["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["startupProbe"]["httpGet"]["path"], "/health",
@@ -555,13 +579,12 @@ async fn a_revision_that_is_not_ready_is_drift() {
         c.images.prepend(vec![shell_image(&script)], &dir);
     })
     .await;
-    let g = Gcloud::for_world(&w);
-    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
-    let suffix = testkit::unique_name("nr").replace('_', "-");
-    let pool = format!("my-cloud-run-pool-{suffix}");
-    gc(|| guide_steps_1_and_2(&g, &api_key));
-    let deployed = gc(|| deploy_worker(&g, &pool, &w.prefect_url, &[]));
+    let ByHand {
+        g,
+        suffix,
+        deployed,
+        ..
+    } = guide_by_hand(&mut w, "nr");
     assert_ne!(deployed.code, 0, "the revision fails: {}", deployed.stderr);
 
     let plan_path = w.plan_file("bootstrap.yaml", &testkit::guide_plan(&suffix));

@@ -7,7 +7,9 @@ use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_gcp::{iam, resourcemanager};
 use bootstrap_spec::ids::{ProjectId, ServiceAccountEmail};
 use testkit::run_in as run;
-use testkit::{World, guide_plan, healthy_worker_image};
+use testkit::{World, guide_plan, healthy_worker, plan_shows};
+
+use crate::support::grant;
 
 const PROJECT: &str = "prefect-project";
 
@@ -24,13 +26,8 @@ fn members(policy: &policy::Policy) -> BTreeMap<String, BTreeSet<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guide_applies_converges_repairs_and_destroys() {
-    let mut w = World::start_with(PROJECT, |c| {
-        let dir = c.dir.clone();
-        c.images.prepend(vec![healthy_worker_image()], &dir);
-    })
-    .await;
-    let api_key = format!("pnu_test{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let mut w = World::start_with(PROJECT, healthy_worker).await;
+    let api_key = w.use_api_key();
     let suffix = testkit::unique_name("g").replace('_', "-");
     w.redact(&suffix, "[SUFFIX]");
     let plan_path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
@@ -63,15 +60,7 @@ async fn guide_applies_converges_repairs_and_destroys() {
             let mut added = Vec::new();
             for i in 0..6 {
                 let member = format!("user:foreign-{i}@example.com");
-                let m = member.clone();
-                policy::read_modify_write(
-                    &http,
-                    &PolicyTarget::Project(project.clone()),
-                    RmwOptions::default(),
-                    |p| policy::add_member(p, "roles/viewer", &m),
-                )
-                .await
-                .expect("foreign write");
+                grant(&http, &project, "roles/viewer", &member).await;
                 added.push(member);
                 tokio::time::sleep(std::time::Duration::from_millis(300)).await;
             }
@@ -130,17 +119,13 @@ async fn guide_applies_converges_repairs_and_destroys() {
         .unwrap()
         .replace("min_instances: 1", "min_instances: 2");
     std::fs::write(&plan_path, changed).unwrap();
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout.contains("~ min_instances = 1 -> 2"),
-        "{}",
-        p.stdout
-    );
-    assert!(
-        p.stdout
-            .contains("0 to create, 1 to update, 0 to replace, 0 to delete"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "~ min_instances = 1 -> 2",
+            "0 to create, 1 to update, 0 to replace, 0 to delete",
+        ],
     );
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
@@ -158,13 +143,13 @@ async fn guide_applies_converges_repairs_and_destroys() {
     iam::patch_service_account(&http, &project, &email, Some("renamed by hand"), None)
         .await
         .unwrap();
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(p.stdout.contains("+ roles/run.admin"), "{}", p.stdout);
-    assert!(
-        p.stdout
-            .contains("~ display_name = \"renamed by hand\" -> \"prefect-service-account\""),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &[
+            "+ roles/run.admin",
+            "~ display_name = \"renamed by hand\" -> \"prefect-service-account\"",
+        ],
     );
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);

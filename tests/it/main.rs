@@ -45,6 +45,7 @@ mod reliability;
 mod rotate_key;
 mod saved_plan;
 mod scale_to_zero;
+mod support;
 mod waker;
 mod worker;
 mod worker_image_e2e;

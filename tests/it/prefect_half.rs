@@ -11,11 +11,11 @@ mod proxy;
 use std::path::Path;
 use std::process::Command;
 
-use bootstrap_prefect::WorkPoolUpdate;
+use bootstrap_prefect::{PrefectClient, WorkPoolUpdate};
 use proxy::{AUTH_STRING, Rule, start_proxy};
 use serde_json::{Value, json};
 use testkit::run_in as run;
-use testkit::{World, prefect_client};
+use testkit::{World, plan_shows, prefect_client};
 
 const PROJECT: &str = "prefect-project";
 const REGION: &str = "us-central1";
@@ -298,6 +298,20 @@ fn edited(template: &Value, defaults: &[(&str, Value)]) -> Value {
     t
 }
 
+/// Saves the pool's template as the UI does (a PATCH of the whole template).
+async fn ui_save(prefect: &PrefectClient, pool: &str, template: Value) {
+    prefect
+        .update_work_pool(
+            pool,
+            &WorkPoolUpdate {
+                base_job_template: Some(template),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("UI edit");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ui_edit_of_an_unrelated_template_field_survives_apply() {
     let w = World::start(PROJECT).await;
@@ -322,16 +336,7 @@ async fn ui_edit_of_an_unrelated_template_field_survives_apply() {
     let t = template().await;
     assert_eq!(template_default(&t, "region"), REGION);
     let ui = edited(&t, &[("cpu", json!("2000m")), ("memory", json!("1Gi"))]);
-    prefect
-        .update_work_pool(
-            &names.pool,
-            &WorkPoolUpdate {
-                base_job_template: Some(ui),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("UI edit");
+    ui_save(&prefect, &names.pool, ui).await;
 
     // The plan does not own those fields: it stays quiet, and apply leaves them alone.
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
@@ -344,22 +349,8 @@ async fn ui_edit_of_an_unrelated_template_field_survives_apply() {
     // A UI edit of a field the plan owns is drift: shown, repaired, and the cpu edit survives
     // that write of the template too.
     let ui = edited(&t, &[("region", json!("europe-west1"))]);
-    prefect
-        .update_work_pool(
-            &names.pool,
-            &WorkPoolUpdate {
-                base_job_template: Some(ui),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("UI edit of region");
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout.contains("\"europe-west1\" -> \"us-central1\""),
-        "{}",
-        p.stdout
-    );
+    ui_save(&prefect, &names.pool, ui).await;
+    let p = plan_shows(&w, plan, &["\"europe-west1\" -> \"us-central1\""]);
     assert!(!p.stdout.contains("2000m"), "{}", p.stdout);
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     let t = template().await;
@@ -409,8 +400,7 @@ async fn deployments_from_prefect_yaml_end_to_end() {
     let plan_path = w.plan_file("bootstrap.yaml", &plan);
     let plan = plan_path.to_str().expect("utf-8 path");
 
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(p.stdout.contains(&flow), "{}", p.stdout);
+    plan_shows(&w, plan, &[&flow]);
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
@@ -442,12 +432,10 @@ async fn deployments_from_prefect_yaml_end_to_end() {
         yaml.replace("days: 3", "days: 7"),
     )
     .expect("write");
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
-    assert!(
-        p.stdout
-            .contains("0 to create, 1 to update, 0 to replace, 0 to delete"),
-        "{}",
-        p.stdout
+    plan_shows(
+        &w,
+        plan,
+        &["0 to create, 1 to update, 0 to replace, 0 to delete"],
     );
     run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
     let d = inspect_deployment(&w, &flow, &names.deployment);
@@ -486,6 +474,13 @@ fn run_against(
     let started = std::time::Instant::now();
     let r = tokio::task::block_in_place(|| w.run(args));
     (r, started.elapsed())
+}
+
+/// [`run_against`] `url` with no other settings; it must exit `code`.
+fn expect_against(w: &mut World, url: &str, args: &[&str], code: i32) -> testkit::Run {
+    let (r, _) = run_against(w, url, &[], args);
+    assert_eq!(r.code, code, "{}\n{}", r.stdout, r.stderr);
+    r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -553,13 +548,12 @@ async fn server_errors_are_one_clear_line() {
     // 4. A server without the `gcp-credentials` block type: apply stops at the block with what
     //    to do, on the block's one line, and says what it kept.
     let proxy = start_proxy(&server, Rule::NoGcpCredentialsType).await;
-    let (r, _) = run_against(
+    let r = expect_against(
         &mut w,
         &proxy.url,
-        &[],
         &["apply", "-f", plan, "--auto-approve"],
+        1,
     );
-    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
     let output = format!("{}{}", r.stdout, r.stderr);
     let failed: Vec<&str> = output
         .lines()
@@ -587,15 +581,8 @@ async fn server_errors_are_one_clear_line() {
 
     // Once the server has the block type, apply continues from there: the key created before
     // the failure (its private half was only in memory) does not stay behind as a second key.
-    let (r, _) = run_against(
-        &mut w,
-        &server,
-        &[],
-        &["apply", "-f", plan, "--auto-approve"],
-    );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
-    let (r, _) = run_against(&mut w, &server, &[], &plan_args);
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    expect_against(&mut w, &server, &["apply", "-f", plan, "--auto-approve"], 0);
+    expect_against(&mut w, &server, &plan_args, 0);
     let http = w.operator_http().await;
     let project = bootstrap_spec::ids::ProjectId::parse(PROJECT).expect("project");
     let email =
@@ -610,11 +597,10 @@ async fn server_errors_are_one_clear_line() {
         &[AUTH_STRING, "admin:not-the-password"],
         &[("output", &transcript)],
     );
-    let (r, _) = run_against(
+    expect_against(
         &mut w,
         &server,
-        &[],
         &["destroy", "-f", plan, "--auto-approve"],
+        0,
     );
-    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }

@@ -9,6 +9,7 @@
 //! automation within its bound. `destroy` removes every resource of the wake path. And the
 //! waker's shared secret never reaches disk, stdout, logs or `--json`.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bootstrap_gcp::{iam, run_v2, secretmanager};
@@ -21,6 +22,7 @@ use bootstrap_spec::ids::{
 };
 use gcp_sandbox::executor::ServiceState;
 use secrecy::ExposeSecret as _;
+use testkit::run_in as run;
 use testkit::{OfflineWorker, World};
 
 const PROJECT: &str = "sandbox-project";
@@ -33,16 +35,7 @@ fn plan_text(suffix: &str) -> String {
 }
 
 async fn world() -> World {
-    World::start_with(PROJECT, |c| {
-        c.images
-            .extend_from_file(&testkit::repo_root().join("examples/offline/sandbox-images.yaml"))
-            .expect("example images");
-    })
-    .await
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
+    World::start_with(PROJECT, testkit::offline_images).await
 }
 
 struct Names {
@@ -175,6 +168,37 @@ async fn a_run_the_waker_missed_is_picked_up_by_the_sweep() {
     whole_loop(true).await;
 }
 
+/// One test's world and names, its plan written (not applied), and the cleanup guard.
+struct Case {
+    w: World,
+    suffix: String,
+    n: Names,
+    plan_path: PathBuf,
+    _cleanup: testkit::PrefectCleanup,
+}
+
+impl Case {
+    fn plan(&self) -> &str {
+        self.plan_path.to_str().unwrap()
+    }
+}
+
+/// A [`Case`] with a new suffix from `prefix`.
+async fn case(prefix: &str) -> Case {
+    let w = world().await;
+    let suffix = testkit::suffix(prefix);
+    let n = names(&suffix);
+    let _cleanup = cleanup(&w, &n, &suffix);
+    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
+    Case {
+        w,
+        suffix,
+        n,
+        plan_path,
+        _cleanup,
+    }
+}
+
 /// Deletes the Prefect objects of `suffix`'s plan when the test ends, passed or panicked:
 /// an automation left behind would keep calling a waker that is gone.
 fn cleanup(w: &World, n: &Names, suffix: &str) -> testkit::PrefectCleanup {
@@ -237,18 +261,14 @@ async fn the_cleanup_guard_deletes_a_panicking_tests_automations_and_blocks() {
 }
 
 async fn whole_loop(sweep: bool) {
-    let w = world().await;
-    let suffix = testkit::suffix("stz");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
-    let plan = plan_path.to_str().unwrap();
+    let case = case("stz").await;
+    let (w, suffix, n, plan) = (&case.w, &case.suffix, &case.n, case.plan());
     let prefect = testkit::prefect_client(&w.prefect_url);
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
     let region = Region::parse("us-central1").unwrap();
 
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    let p = run(w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
     for line in [
         format!(
             "gcp.run_worker_pool_iam[\"{}\"] will be updated in place",
@@ -267,13 +287,13 @@ async fn whole_loop(sweep: bool) {
     ] {
         assert!(p.stdout.contains(&line), "{line}\n{}", p.stdout);
     }
-    let a = run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
+    let a = run(w, &["apply", "-f", plan, "--auto-approve"], 0);
     assert!(a.stdout.contains("Apply complete"), "{}", a.stdout);
 
     // At 0 after apply: no instance, and the next plan is quiet.
-    assert_eq!(live_count(&w, &n).await, Some(0));
-    assert_eq!(running_instances(&w, &n), 0);
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+    assert_eq!(live_count(w, n).await, Some(0));
+    assert_eq!(running_instances(w, n), 0);
+    let p = run(w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
 
     // Least privilege: the waker's account holds run.developer on its pool only.
@@ -302,7 +322,7 @@ async fn whole_loop(sweep: bool) {
     // A Quick Run completes with no manual step: Prefect's automation -> the waker -> count 1.
     let started = Instant::now();
     let r = run(
-        &w,
+        w,
         &["run", &n.deployment, "-f", plan, "--timeout", "300"],
         0,
     );
@@ -311,25 +331,25 @@ async fn whole_loop(sweep: bool) {
         "quick run from a cold pool completed in {:?}",
         started.elapsed()
     );
-    assert!(invoke_calls(&w) >= 1, "the waker was never called");
+    assert!(invoke_calls(w) >= 1, "the waker was never called");
     // Back at 0 after `idle` (plus the worker's poll and the pool's operation).
-    let slept = wait_for_zero(&w, &n, Duration::from_secs(90)).await;
+    let slept = wait_for_zero(w, n, Duration::from_secs(90)).await;
     eprintln!("back at 0 {slept:?} after the run completed");
-    let p = run(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+    let p = run(w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
     assert!(p.stdout.starts_with("No changes."), "{}", p.stdout);
 
     if sweep {
         // The sweep is a timer: within one window it calls the waker, which finds nothing due
         // and leaves the pool at 0 (an idle pool stays asleep however often it is swept).
-        let calls = invoke_calls(&w);
+        let calls = invoke_calls(w);
         let since = Instant::now();
         let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 15);
-        while invoke_calls(&w) == calls {
+        while invoke_calls(w) == calls {
             assert!(
                 since.elapsed() < bound,
                 "the sweep did not call the waker within {bound:?}"
             );
-            assert_eq!(live_count(&w, &n).await, Some(0), "woken with nothing due");
+            assert_eq!(live_count(w, n).await, Some(0), "woken with nothing due");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         eprintln!(
@@ -337,15 +357,15 @@ async fn whole_loop(sweep: bool) {
             since.elapsed()
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(live_count(&w, &n).await, Some(0), "woken with nothing due");
-        assert_eq!(running_instances(&w, &n), 0);
+        assert_eq!(live_count(w, n).await, Some(0), "woken with nothing due");
+        assert_eq!(running_instances(w, n), 0);
 
         // The waker's URL down (503, as Cloud Run answers with no instance able to serve): the
         // wake call for a new run fails, and so does the one for its Late event (Prefect's
         // late-runs service marks it 15-20 s after its time); only then does the URL come back,
         // so nothing but the sweep can wake the pool.
-        set_faults(&w, "method:run.routes.invoke=1,kinds=503");
-        let calls_before = invoke_calls(&w);
+        set_faults(w, "method:run.routes.invoke=1,kinds=503");
+        let calls_before = invoke_calls(w);
         let dep = prefect
             .deployment_by_name("offline-report", &format!("offline-report-{suffix}"))
             .await
@@ -360,31 +380,31 @@ async fn whole_loop(sweep: bool) {
         loop {
             let run = prefect.flow_run(flow_run).await.unwrap().expect("run");
             let name = run.state.as_ref().and_then(|s| s.name.clone());
-            if name.as_deref() == Some("Late") && invoke_calls(&w) >= calls_before + 2 {
+            if name.as_deref() == Some("Late") && invoke_calls(w) >= calls_before + 2 {
                 break;
             }
             assert!(
                 created.elapsed() < Duration::from_secs(90),
                 "run {flow_run} not Late with its two wake calls failed after 90 s \
                  (state {name:?}, {} calls)",
-                invoke_calls(&w) - calls_before
+                invoke_calls(w) - calls_before
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // The Late event's own call goes through the actions service: let it fail too.
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(
-            live_count(&w, &n).await,
+            live_count(w, n).await,
             Some(0),
             "woken while the waker was down"
         );
-        set_faults(&w, "");
+        set_faults(w, "");
         let back = Instant::now();
         // The sweep's bound: one window plus the triggers service's 5 s period; 15 s of slack
         // for the webhook call, the waker's start and a loaded machine.
         let bound = Duration::from_secs(SWEEP_WITHIN_SECONDS + 5 + 15);
         loop {
-            if live_count(&w, &n).await.unwrap_or(0) >= 1 {
+            if live_count(w, n).await.unwrap_or(0) >= 1 {
                 break;
             }
             assert!(
@@ -402,11 +422,11 @@ async fn whole_loop(sweep: bool) {
             "picked up {:?} after the waker came back ({state:?})",
             back.elapsed()
         );
-        wait_for_zero(&w, &n, Duration::from_secs(300)).await;
+        wait_for_zero(w, n, Duration::from_secs(300)).await;
     }
 
     // Destroy removes the whole wake path.
-    let d = run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+    let d = run(w, &["destroy", "-f", plan, "--auto-approve"], 0);
     assert!(d.stdout.contains("Destroy complete"), "{}", d.stdout);
     assert!(
         run_v2::get_worker_pool(&http, &project, &region, &n.pool)
@@ -451,18 +471,14 @@ async fn whole_loop(sweep: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
-    let w = world().await;
-    let suffix = testkit::suffix("stzs");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
-    let plan = plan_path.to_str().unwrap();
+    let case = case("stzs").await;
+    let (w, n, plan) = (&case.w, &case.n, case.plan());
     let http = w.operator_http().await;
     let project = ProjectId::parse(PROJECT).unwrap();
 
-    run(&w, &["plan", "-f", plan, "--json", "-vv"], 0);
+    run(w, &["plan", "-f", plan, "--json", "-vv"], 0);
     run(
-        &w,
+        w,
         &["apply", "-f", plan, "--auto-approve", "--json", "-vv"],
         0,
     );
@@ -532,9 +548,9 @@ async fn the_wakers_shared_secret_never_reaches_disk_stdout_logs_or_json() {
         .unwrap();
     assert_eq!(refused.status().as_u16(), 401);
 
-    run(&w, &["plan", "-f", plan, "--json", "-vv"], 0);
+    run(w, &["plan", "-f", plan, "--json", "-vv"], 0);
     run(
-        &w,
+        w,
         &["destroy", "-f", plan, "--auto-approve", "--json", "-vv"],
         0,
     );
@@ -581,16 +597,12 @@ const REALISTIC_OP_DELAY: Duration = Duration::from_secs(3);
 /// operation), against a warm pool for comparison (BENCHMARKS.md, "Scale to zero").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
-    let w = world().await;
-    let suffix = testkit::suffix("stzc");
-    let n = names(&suffix);
-    let _cleanup = cleanup(&w, &n, &suffix);
-    let plan_path = w.plan_file("bootstrap.yaml", &plan_text(&suffix));
-    let plan = plan_path.to_str().unwrap();
+    let case = case("stzc").await;
+    let (w, suffix, n, plan) = (&case.w, &case.suffix, &case.n, case.plan());
     let prefect = testkit::prefect_client(&w.prefect_url);
-    run(&w, &["apply", "-f", plan, "--auto-approve"], 0);
-    assert_eq!(live_count(&w, &n).await, Some(0));
-    set_faults(&w, &format!("latency={REALISTIC_LATENCY}"));
+    run(w, &["apply", "-f", plan, "--auto-approve"], 0);
+    assert_eq!(live_count(w, n).await, Some(0));
+    set_faults(w, &format!("latency={REALISTIC_LATENCY}"));
     w.sandbox
         .state
         .update_settings(|s| s.op_delay = REALISTIC_OP_DELAY);
@@ -600,17 +612,11 @@ async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
         .unwrap()
         .expect("deployment")
         .id;
-    let quick_run = || async {
-        prefect
-            .create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
-            .await
-            .unwrap()
-            .id
-    };
+    let quick_run = || testkit::quick_run(&prefect, dep);
     let mut cold = vec![];
     let mut warm = vec![];
     for _ in 0..3 {
-        wait_for_zero(&w, &n, Duration::from_secs(180)).await;
+        wait_for_zero(w, n, Duration::from_secs(180)).await;
         let id = quick_run().await;
         let (_, t) = wait_picked_up(&prefect, id, Duration::from_secs(120)).await;
         cold.push(t.as_secs_f64());
@@ -619,12 +625,12 @@ async fn cold_start_from_zero_to_pending_with_realistic_operation_times() {
         let (_, t) = wait_picked_up(&prefect, id, Duration::from_secs(60)).await;
         warm.push(t.as_secs_f64());
     }
-    wait_for_zero(&w, &n, Duration::from_secs(180)).await;
-    set_faults(&w, "");
+    wait_for_zero(w, n, Duration::from_secs(180)).await;
+    set_faults(w, "");
     w.sandbox
         .state
         .update_settings(|s| s.op_delay = Duration::ZERO);
-    run(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
+    run(w, &["destroy", "-f", plan, "--auto-approve"], 0);
     testkit::record(
         "scale_to_zero_cold_start",
         serde_json::json!({

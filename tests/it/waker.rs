@@ -14,13 +14,12 @@ use bootstrap_prefect::wake::{
     WEBHOOK_BLOCK_TYPE, sweep_automation, wake_automation, webhook_block_data,
 };
 use bootstrap_prefect::{
-    AutomationSpec, BlockDocumentCreate, DeploymentSpec, FlowRunFromDeployment, PrefectClient,
-    PrefectConfig, WorkPoolCreate, pick_block_schema,
+    AutomationSpec, BlockDocumentCreate, PrefectClient, PrefectConfig, pick_block_schema,
 };
 use bootstrap_worker::idle::{PoolScaler, PrefectWork, WorkSource};
 use chrono::Utc;
 use secrecy::SecretString;
-use testkit::{prefect_api_url, unique_name};
+use testkit::{prefect_api_url, quick_run, unique_name};
 use uuid::Uuid;
 
 const SECRET: &str = "test-shared-secret-0123456789abcdef";
@@ -48,46 +47,29 @@ impl PoolScaler for Counter {
     }
 }
 
-/// A pool with one deployment; returns (pool name, deployment id).
-async fn pool_with_deployment(c: &PrefectClient) -> (String, Uuid) {
-    let pool = c
-        .create_work_pool(&WorkPoolCreate {
-            name: unique_name("wake"),
-            pool_type: "cloud-run-v2".into(),
-            description: None,
-            base_job_template: None,
-            is_paused: None,
-            concurrency_limit: None,
-        })
-        .await
-        .expect("pool");
-    let flow = c.upsert_flow(&unique_name("f"), &[]).await.expect("flow");
-    let dep = c
-        .upsert_deployment(
-            flow.id,
-            "d",
-            &DeploymentSpec {
-                entrypoint: Some("flows/hello.py:hello".into()),
-                work_pool_name: Some(pool.name.clone()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("deployment");
-    (pool.name, dep.id)
+/// A client of the shared server, a new pool and one deployment on it; returns (client, pool
+/// name, deployment id).
+async fn pool_with_deployment() -> (PrefectClient, String, Uuid) {
+    bootstrap_gcp::init_crypto();
+    let c = client();
+    let pool = testkit::new_pool(&c, "wake", "cloud-run-v2", None).await;
+    let dep = testkit::hello_deployment(&c, &pool).await;
+    (c, pool, dep)
 }
 
-async fn quick_run(c: &PrefectClient, dep: Uuid) -> Uuid {
-    c.create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
-        .await
-        .expect("run")
-        .id
-}
-
-async fn serve(waker: Arc<Waker>, listener: tokio::net::TcpListener) -> u16 {
+/// Serves `bootstrap waker` for `pool` on `listener`, scaling a new [`Counter`]; the waker,
+/// the counter and the port.
+async fn serve(pool: &str, listener: tokio::net::TcpListener) -> (Arc<Waker>, Arc<Counter>, u16) {
+    let counter = Arc::new(Counter::default());
+    let waker = waker(pool, counter.clone());
     let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, router(waker)).await });
-    port
+    let app = router(waker.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (waker, counter, port)
+}
+
+async fn any_port() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
 fn waker(pool: &str, scaler: Arc<Counter>) -> Arc<Waker> {
@@ -114,16 +96,8 @@ async fn post(port: u16, auth: Option<&str>) -> (u16, String) {
 
 #[tokio::test]
 async fn the_waker_wakes_only_for_due_runs_and_only_with_the_secret() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
-    let counter = Arc::new(Counter::default());
-    let w = waker(&pool, counter.clone());
-    let port = serve(
-        w.clone(),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await;
+    let (c, pool, dep) = pool_with_deployment().await;
+    let (w, counter, port) = serve(&pool, any_port().await).await;
 
     let health = reqwest::get(format!("http://127.0.0.1:{port}/health"))
         .await
@@ -157,8 +131,7 @@ async fn the_waker_wakes_only_for_due_runs_and_only_with_the_secret() {
 
 #[tokio::test]
 async fn the_idle_reading_counts_due_and_active_runs_but_not_later_ones() {
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     let work = PrefectWork {
         client: c.clone(),
         pool: pool.clone(),
@@ -232,15 +205,8 @@ async fn wait_for_count(counter: &Counter, within: Duration) -> Option<Duration>
 
 #[tokio::test]
 async fn prefects_automation_wakes_the_pool_on_a_quick_run() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
-    let counter = Arc::new(Counter::default());
-    let port = serve(
-        waker(&pool, counter.clone()),
-        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-    )
-    .await;
+    let (c, pool, dep) = pool_with_deployment().await;
+    let (_, counter, port) = serve(&pool, any_port().await).await;
     let name = unique_name("wake");
     let (block, ids) = wake_path(&c, port, |b| vec![wake_automation(&name, &pool, b)]).await;
     // The triggers service loads new automations from its change feed; give it a moment.
@@ -255,9 +221,7 @@ async fn prefects_automation_wakes_the_pool_on_a_quick_run() {
 
 #[tokio::test]
 async fn a_run_created_while_the_waker_is_down_is_picked_up_by_the_sweep() {
-    bootstrap_gcp::init_crypto();
-    let c = client();
-    let (pool, dep) = pool_with_deployment(&c).await;
+    let (c, pool, dep) = pool_with_deployment().await;
     // The waker's port, with nothing listening yet: the wake call is refused.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -276,14 +240,10 @@ async fn a_run_created_while_the_waker_is_down_is_picked_up_by_the_sweep() {
     quick_run(&c, dep).await;
     // The wake automation fires now, at a closed port.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let counter = Arc::new(Counter::default());
-    serve(
-        waker(&pool, counter.clone()),
-        tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap(),
-    )
-    .await;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (_, counter, _) = serve(&pool, listener).await;
     // Bound: one sweep window + the 5 s evaluation period + slack for a loaded machine.
     let bound = Duration::from_secs(WITHIN + 5 + 10);
     let took = wait_for_count(&counter, bound).await;

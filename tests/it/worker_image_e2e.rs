@@ -6,6 +6,7 @@
 //! nothing (counted calls); destroy removes it all.
 
 use testkit::World;
+use testkit::run_in as run;
 
 const PROJECT: &str = "sandbox-project";
 const SUBMIT: &str = "run.projects.locations.builds.submit";
@@ -27,10 +28,6 @@ fn plan_text(suffix: &str) -> String {
             &format!("name: offline-report-{suffix}\n"),
         )
         .replace("context: .", &format!("context: {}", dir.display()))
-}
-
-fn run(w: &World, args: &[&str], code: i32) -> testkit::Run {
-    tokio::task::block_in_place(|| w.expect(args, code))
 }
 
 /// The executables of this machine's processes that run from under `root`.

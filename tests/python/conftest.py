@@ -121,34 +121,22 @@ def _reset_faults(sandbox):
     sandbox.control("faults", {"spec": ""})
 
 
-@pytest.fixture(scope="session")
-def iam(sandbox):
-    return sandbox.client("iam", "v1")
+def _client_fixture(name, api, version):
+    """A session fixture `name`: the discovery client of `api` `version` on the sandbox."""
+
+    @pytest.fixture(scope="session", name=name)
+    def client(sandbox):
+        return sandbox.client(api, version)
+
+    return client
 
 
-@pytest.fixture(scope="session")
-def crm(sandbox):
-    return sandbox.client("cloudresourcemanager", "v1")
-
-
-@pytest.fixture(scope="session")
-def serviceusage(sandbox):
-    return sandbox.client("serviceusage", "v1")
-
-
-@pytest.fixture(scope="session")
-def secretmanager(sandbox):
-    return sandbox.client("secretmanager", "v1")
-
-
-@pytest.fixture(scope="session")
-def run_v2(sandbox):
-    return sandbox.client("run", "v2")
-
-
-@pytest.fixture(scope="session")
-def run_v1(sandbox):
-    return sandbox.client("run", "v1")
+iam = _client_fixture("iam", "iam", "v1")
+crm = _client_fixture("crm", "cloudresourcemanager", "v1")
+serviceusage = _client_fixture("serviceusage", "serviceusage", "v1")
+secretmanager = _client_fixture("secretmanager", "secretmanager", "v1")
+run_v2 = _client_fixture("run_v2", "run", "v2")
+run_v1 = _client_fixture("run_v1", "run", "v1")
 
 
 def unique(prefix="t"):

@@ -6,13 +6,12 @@ v1 operations and builds. Every response is checked against the discovery schema
 import io
 import json
 import tarfile
-import time
 
 import pytest
 from googleapiclient.errors import HttpError
 from googleapiclient.http import MediaIoBaseUpload
 
-from conftest import unique
+from conftest import unique, wait_operation
 from discovery import check, errors, document
 
 REGION = "us-central1"
@@ -24,26 +23,13 @@ def apis(sandbox, serviceusage):
         parent=f"projects/{sandbox.project}",
         body={"serviceIds": ["artifactregistry.googleapis.com", "cloudbuild.googleapis.com", "run.googleapis.com"]},
     ).execute()
-    deadline = time.monotonic() + 30
-    while not op.get("done"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-        op = serviceusage.operations().get(name=op["name"]).execute()
+    if not op.get("done"):
+        wait_operation(serviceusage.operations().get, op["name"])
     return {
         "ar": sandbox.client("artifactregistry", "v1"),
         "cb": sandbox.client("cloudbuild", "v1"),
         "run": sandbox.client("run", "v2"),
     }
-
-
-def wait(get, name, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        op = get(name=name).execute()
-        if op.get("done"):
-            return op
-        assert time.monotonic() < deadline, f"{name} not done after {timeout}s"
-        time.sleep(0.2)
 
 
 def schema_errors(api, version, value, ref):
@@ -67,7 +53,7 @@ def make_repo(sandbox, ar, repo_id):
                ar.projects().locations().repositories().create(
                    parent=parent, repositoryId=repo_id,
                    body={"format": "DOCKER", "description": "flows"}).execute())
-    done = wait(ar.projects().locations().operations().get, op["name"])
+    done = wait_operation(ar.projects().locations().operations().get, op["name"], timeout=60)
     assert not schema_errors("artifactregistry", "v1", done, "Operation")
     assert done["response"]["name"] == f"{parent}/repositories/{repo_id}"
     return f"{parent}/repositories/{repo_id}"
@@ -96,7 +82,7 @@ def submit(sandbox, apis, source, image):
     op = resp["buildOperation"]
     assert not schema_errors("cloudbuild", "v1", op["metadata"], "BuildOperationMetadata")
     assert op["metadata"]["build"]["status"] in ("QUEUED", "WORKING")
-    done = wait(apis["cb"].projects().locations().operations().get, op["name"], timeout=120)
+    done = wait_operation(apis["cb"].projects().locations().operations().get, op["name"], timeout=120)
     assert not schema_errors("cloudbuild", "v1", done, "Operation")
     build = done["metadata"]["build"]
     assert not schema_errors("cloudbuild", "v1", build, "Build")
@@ -134,7 +120,7 @@ def test_repository_lifecycle_and_iam(sandbox, apis):
 
     op = check("artifactregistry", "v1", "artifactregistry.projects.locations.repositories.delete",
                repos.delete(name=name).execute())
-    wait(ar.projects().locations().operations().get, op["name"])
+    wait_operation(ar.projects().locations().operations().get, op["name"], timeout=60)
     with pytest.raises(HttpError) as gone:
         repos.get(name=name).execute()
     assert gone.value.resp.status == 404
@@ -199,11 +185,8 @@ def test_a_builds_log_is_in_cloud_logging_and_gcloud_follows_it_by_build_id(sand
     is the build's."""
     op = serviceusage.services().enable(
         name=f"projects/{sandbox.project}/services/logging.googleapis.com").execute()
-    deadline = time.monotonic() + 30
-    while not op.get("done"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
-        op = serviceusage.operations().get(name=op["name"]).execute()
+    if not op.get("done"):
+        wait_operation(serviceusage.operations().get, op["name"])
     repo = make_repo(sandbox, apis["ar"], unique("r"))
     registry = f"{REGION}-docker.pkg.dev/{sandbox.project}/{repo.rsplit('/', 1)[1]}"
     source = upload(sandbox, apis["run"], {

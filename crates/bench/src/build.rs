@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use serde_json::Value;
 
 use crate::env::Env;
-use crate::scale::{self, Measured};
+use crate::scale::{self, Cmd, Measured, steps};
 
 /// Files in the generated context (the figure).
 pub const FILES: usize = 1000;
@@ -100,20 +99,9 @@ pub fn hashed(stderr: &str) -> (Option<u64>, Option<u64>) {
         .unwrap_or((None, None))
 }
 
-async fn command(
-    env: &Env,
-    args: &[&str],
-    api_key: &str,
-    codes: &[i32],
-) -> Result<(Hashed, String)> {
-    let (m, stdout, stderr) = scale::measured_with(
-        env,
-        args,
-        api_key,
-        codes,
-        "warn,gcp_auth=error,bootstrap_prefect=debug,bootstrap_engine::builds=debug",
-    )
-    .await?;
+async fn command(env: &Env, cmd: Cmd<'_>, api_key: &str) -> Result<(Hashed, String)> {
+    let rust_log = "warn,gcp_auth=error,bootstrap_prefect=debug,bootstrap_engine::builds=debug";
+    let (m, stdout, stderr) = scale::measured_with(env, cmd, api_key, rust_log).await?;
     let (files, hash_ms) = hashed(&stderr);
     Ok((
         Hashed {
@@ -143,15 +131,8 @@ pub async fn build(
     let file = file.to_string_lossy().to_string();
     let api_key = format!("pnu_bench{}", uuid::Uuid::new_v4().simple());
 
-    let (first_apply, _) = command(
-        env,
-        &["apply", "-f", &file, "--auto-approve", "--json"],
-        &api_key,
-        &[0],
-    )
-    .await?;
-    let (noop_plan, json) =
-        command(env, &["plan", "-f", &file, "--json"], &api_key, &[0, 2]).await?;
+    let (first_apply, _) = command(env, Cmd::Apply(&file), &api_key).await?;
+    let (noop_plan, json) = command(env, Cmd::Plan(&file), &api_key).await?;
     if !steps(&json)?.is_empty() {
         bail!("the plan after apply still has changes: {json}");
     }
@@ -159,7 +140,7 @@ pub async fn build(
     let mut text = std::fs::read_to_string(&changed)?;
     text.push_str("CHANGED = True\n");
     std::fs::write(&changed, text)?;
-    let (_, json) = command(env, &["plan", "-f", &file, "--json"], &api_key, &[0, 2]).await?;
+    let (_, json) = command(env, Cmd::Plan(&file), &api_key).await?;
     let planned = steps(&json)?;
     if planned.is_empty() {
         bail!("a changed file of the context planned no rebuild");
@@ -169,13 +150,7 @@ pub async fn build(
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("; ");
-    let (change_one_file, _) = command(
-        env,
-        &["apply", "-f", &file, "--auto-approve", "--json"],
-        &api_key,
-        &[0],
-    )
-    .await?;
+    let (change_one_file, _) = command(env, Cmd::Apply(&file), &api_key).await?;
     Ok(BuildFigures {
         files: FILES,
         bytes,
@@ -186,14 +161,6 @@ pub async fn build(
         change_one_file,
         change_detail,
     })
-}
-
-fn steps(json: &str) -> Result<Vec<Value>> {
-    let v: Value = serde_json::from_str(json).context("`bootstrap plan --json` printed no JSON")?;
-    Ok(v.get("steps")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default())
 }
 
 /// The section's lines in the table.

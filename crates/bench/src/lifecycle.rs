@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::critical::{self, Costs, CriticalPath};
 use crate::env::Env;
+use crate::scale::{self, Cmd};
 use crate::stats::{self, Summary};
 
 /// One timed command.
@@ -100,37 +101,15 @@ pub fn guide_plan(env: &Env, suffix: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-async fn run_timed(
-    env: &Env,
-    args: &[&str],
-    api_key: &str,
-    codes: &[i32],
-) -> Result<(Timed, String)> {
-    env.reset_calls().await?;
-    let mut cmd = env.bootstrap_cmd(args);
-    cmd.env("PREFECT_API_KEY", api_key);
-    let mut cmd = tokio::process::Command::from(cmd);
-    let t = Instant::now();
-    let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
-        .await
-        .map_err(|_| anyhow!("bootstrap {} did not finish within 900 s", args.join(" ")))??;
-    let seconds = t.elapsed().as_secs_f64();
-    let code = out.status.code().unwrap_or(-1);
-    if !codes.contains(&code) {
-        bail!(
-            "bootstrap {} exited {code}\n--- stdout\n{}\n--- stderr\n{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let calls_by_method = env.calls().await?;
+async fn run_timed(env: &Env, cmd: Cmd<'_>, api_key: &str) -> Result<(Timed, String)> {
+    // No RUST_LOG: debug logging would add to the timed wall time.
+    let run = scale::run(env, cmd, api_key, None).await?;
     let timed = Timed {
-        seconds,
-        calls: calls_by_method.values().sum(),
-        calls_by_method,
+        seconds: run.seconds,
+        calls: run.google_by_method.values().sum(),
+        calls_by_method: run.google_by_method,
     };
-    Ok((timed, String::from_utf8_lossy(&out.stdout).into_owned()))
+    Ok((timed, run.stdout))
 }
 
 /// plan, apply and no-op plan of `plan_file` with `latency` per call and `op_delay` per
@@ -148,8 +127,7 @@ pub async fn plan_apply(
     let api_key = format!("pnu_bench{}", uuid::Uuid::new_v4().simple());
     let file = plan_file.to_string_lossy().to_string();
 
-    let (plan, plan_json) =
-        run_timed(env, &["plan", "-f", &file, "--json"], &api_key, &[0, 2]).await?;
+    let (plan, plan_json) = run_timed(env, Cmd::Plan(&file), &api_key).await?;
     let plan_value: Value =
         serde_json::from_str(&plan_json).context("`bootstrap plan --json` printed no JSON plan")?;
     let plan_steps = plan_value
@@ -160,13 +138,7 @@ pub async fn plan_apply(
     if plan_steps == 0 {
         bail!("the plan of a fresh sandbox project has no steps; is the sandbox fresh?");
     }
-    let (apply, log) = run_timed(
-        env,
-        &["apply", "-f", &file, "--auto-approve", "--json"],
-        &api_key,
-        &[0],
-    )
-    .await?;
+    let (apply, log) = run_timed(env, Cmd::Apply(&file), &api_key).await?;
     let apply_steps = serde_json::from_str::<Value>(&log)
         .ok()
         .and_then(|v| v.get("entries").and_then(Value::as_array).cloned())
@@ -179,8 +151,7 @@ pub async fn plan_apply(
             ))
         })
         .collect();
-    let (noop_plan, noop_json) =
-        run_timed(env, &["plan", "-f", &file, "--json"], &api_key, &[0, 2]).await?;
+    let (noop_plan, noop_json) = run_timed(env, Cmd::Plan(&file), &api_key).await?;
     let noop: Value = serde_json::from_str(&noop_json).context("no-op plan JSON")?;
     if noop
         .get("steps")

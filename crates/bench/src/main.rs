@@ -402,53 +402,23 @@ async fn python_process(
     worker::create_pool_cli(env, &pool, "process").await?;
     let deployment = worker::process_deployment(env, &pool, &fake_flow.to_string_lossy()).await?;
     let name = format!("bench-py-proc-{suffix}");
-    let (mut p, online, idle) = worker::start_idle(
+    let protocol = worker::Protocol {
+        settle: Duration::from_secs(8),
+        pickups: plan.pickups,
+        burst_runs,
+        burst_deadline: plan.burst_deadline,
+        stop_grace: Duration::from_secs(3),
+        started: "started their process",
+    };
+    worker::measure(
         env,
         Kind::PythonProcess,
+        "prefect worker (process)",
         &pool,
         &name,
-        Duration::from_secs(8),
+        deployment,
+        &protocol,
         None,
     )
-    .await?;
-    // It polls every 10 s: give each pickup up to two polls.
-    let (pickup, runs) = worker::pickup(
-        env,
-        deployment,
-        plan.pickups,
-        Duration::from_millis(800),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let mut notes = Vec::new();
-    let started = worker::wait_started(env, &runs, Duration::from_secs(60)).await?;
-    if started.len() < runs.len() {
-        notes.push(format!(
-            "only {}/{} picked-up runs started their process within 60 s",
-            started.len(),
-            runs.len()
-        ));
-    }
-    if !p.stop(Duration::from_secs(3)) {
-        notes.push("did not exit within 3 s of SIGTERM (killed)".into());
-    }
-    let burst = worker::burst(
-        env,
-        Kind::PythonProcess,
-        &pool,
-        &format!("{name}-burst"),
-        deployment,
-        burst_runs,
-        plan.burst_deadline,
-        None,
-    )
-    .await?;
-    Ok(WorkerFigures {
-        name: "prefect worker (process)".into(),
-        idle: Some(idle),
-        online_seconds: Some(online),
-        pickup: Some(pickup),
-        throughput: Some(burst),
-        notes,
-    })
+    .await
 }

@@ -249,56 +249,26 @@ async fn one(
 ) -> Result<WorkerFigures> {
     // Python's RSS settles later than ours (imports after the first heartbeat).
     let settle = if kind == Kind::Bootstrap { 5 } else { 8 };
-    let (mut p, online, idle) =
-        worker::start_idle(env, kind, pool, name, Duration::from_secs(settle), netns).await?;
-    // prefect-gcp polls every 10 s: 60 s gives each pickup several polls.
-    let (pickup, runs) = worker::pickup(
-        env,
-        deployment,
-        counts.pickups,
-        Duration::from_millis(800),
-        Duration::from_secs(60),
-    )
-    .await?;
-    let mut notes = Vec::new();
-    let started = worker::wait_started(env, &runs, Duration::from_secs(60)).await?;
-    if started.len() < runs.len() {
-        notes.push(format!(
-            "only {}/{} picked-up runs reached a running execution within 60 s",
-            started.len(),
-            runs.len()
-        ));
-    }
-    if !p.stop(Duration::from_secs(10)) {
-        notes.push("did not exit within 10 s of SIGTERM (killed)".into());
-    }
-    let burst = worker::burst(
-        env,
-        kind,
-        pool,
-        &format!("{name}-burst"),
-        deployment,
-        counts.runs,
-        counts.deadline,
-        netns,
-    )
-    .await?;
-    if burst.timed_out {
-        notes.push(format!(
+    let protocol = worker::Protocol {
+        settle: Duration::from_secs(settle),
+        pickups: counts.pickups,
+        burst_runs: counts.runs,
+        burst_deadline: counts.deadline,
+        stop_grace: Duration::from_secs(10),
+        started: "reached a running execution",
+    };
+    let mut figures =
+        worker::measure(env, kind, label, pool, name, deployment, &protocol, netns).await?;
+    if let Some(burst) = figures.throughput.as_ref().filter(|b| b.timed_out) {
+        let note = format!(
             "the burst deadline ({} s) ended it: {}/{} executions started",
             counts.deadline.as_secs(),
             burst.started,
             burst.queued
-        ));
+        );
+        figures.notes.push(note);
     }
-    Ok(WorkerFigures {
-        name: label.into(),
-        idle: Some(idle),
-        online_seconds: Some(online),
-        pickup: Some(pickup),
-        throughput: Some(burst),
-        notes,
-    })
+    Ok(figures)
 }
 
 /// Applies the pair's plan, measures the server's ceiling, then `bootstrap worker` and

@@ -274,36 +274,76 @@ fn is_read(call: &str) -> bool {
     call.starts_with("GET ") || call.ends_with("/filter")
 }
 
-/// Runs `bootstrap ARGS` with Prefect requests logged, and counts its calls.
-async fn measured(
-    env: &Env,
-    args: &[&str],
-    api_key: &str,
-    codes: &[i32],
-) -> Result<(Measured, String)> {
-    let (m, stdout, _) = measured_with(
-        env,
-        args,
-        api_key,
-        codes,
-        "warn,gcp_auth=error,bootstrap_prefect=debug",
-    )
-    .await?;
+/// The two commands the sections measure, on a plan file, as a user runs them for a script
+/// (`--json`).
+#[derive(Debug, Clone, Copy)]
+pub enum Cmd<'a> {
+    /// `bootstrap plan -f FILE --json` (exit 2 is a plan with changes).
+    Plan(&'a str),
+    /// `bootstrap apply -f FILE --auto-approve --json`.
+    Apply(&'a str),
+}
+
+impl<'a> Cmd<'a> {
+    fn args(self) -> Vec<&'a str> {
+        match self {
+            Cmd::Plan(file) => vec!["plan", "-f", file, "--json"],
+            Cmd::Apply(file) => vec!["apply", "-f", file, "--auto-approve", "--json"],
+        }
+    }
+
+    /// The exit codes that are not a failure.
+    fn codes(self) -> &'static [i32] {
+        match self {
+            Cmd::Plan(_) => &[0, 2],
+            Cmd::Apply(_) => &[0],
+        }
+    }
+}
+
+/// Runs `cmd` with Prefect requests logged, and counts its calls.
+async fn measured(env: &Env, cmd: Cmd<'_>, api_key: &str) -> Result<(Measured, String)> {
+    let rust_log = "warn,gcp_auth=error,bootstrap_prefect=debug";
+    let (m, stdout, _) = measured_with(env, cmd, api_key, rust_log).await?;
     Ok((m, stdout))
 }
 
 /// [`measured`] with this `RUST_LOG` (it must keep `bootstrap_prefect=debug`); also its stderr.
 pub async fn measured_with(
     env: &Env,
-    args: &[&str],
+    cmd: Cmd<'_>,
     api_key: &str,
-    codes: &[i32],
     rust_log: &str,
 ) -> Result<(Measured, String, String)> {
+    let run = run(env, cmd, api_key, Some(rust_log)).await?;
+    let requests: Vec<Request> = run.stderr.lines().filter_map(request).collect();
+    let m = Measured {
+        seconds: run.seconds,
+        google_calls: run.google_by_method.values().sum(),
+        google_by_method: run.google_by_method,
+        ..prefect_figures(&requests)
+    };
+    Ok((m, run.stdout, run.stderr))
+}
+
+/// One finished `bootstrap ARGS`: its wall time, output, and the Google calls it made.
+pub struct Run {
+    pub seconds: f64,
+    pub stdout: String,
+    pub stderr: String,
+    pub google_by_method: BTreeMap<String, u64>,
+}
+
+/// Runs `cmd` (with `RUST_LOG` when given, else none) after resetting the sandbox's call
+/// count. An exit code that is a failure is an error that shows the output.
+pub async fn run(env: &Env, cmd: Cmd<'_>, api_key: &str, rust_log: Option<&str>) -> Result<Run> {
+    let (args, codes) = (cmd.args(), cmd.codes());
     env.reset_calls().await?;
-    let mut cmd = env.bootstrap_cmd(args);
-    cmd.env("PREFECT_API_KEY", api_key)
-        .env("RUST_LOG", rust_log);
+    let mut cmd = env.bootstrap_cmd(&args);
+    cmd.env("PREFECT_API_KEY", api_key);
+    if let Some(rust_log) = rust_log {
+        cmd.env("RUST_LOG", rust_log);
+    }
     let mut cmd = tokio::process::Command::from(cmd);
     let t = Instant::now();
     let out = tokio::time::timeout(Duration::from_secs(900), cmd.output())
@@ -324,19 +364,12 @@ pub async fn measured_with(
             tail.join("\n")
         );
     }
-    let requests: Vec<Request> = stderr.lines().filter_map(request).collect();
-    let google_by_method = env.calls().await?;
-    let m = Measured {
+    Ok(Run {
         seconds,
-        google_calls: google_by_method.values().sum(),
-        google_by_method,
-        ..prefect_figures(&requests)
-    };
-    Ok((
-        m,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr.into_owned(),
-    ))
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: stderr.into_owned(),
+        google_by_method: env.calls().await?,
+    })
 }
 
 /// The calls in `after` beyond those in `before` (Prefect `METHOD path` and Google methods).
@@ -418,7 +451,8 @@ fn write_plan(env: &Env, name: &str, text: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn steps(json: &str) -> Result<Vec<Value>> {
+/// The steps of a `bootstrap plan --json` document.
+pub fn steps(json: &str) -> Result<Vec<Value>> {
     let v: Value = serde_json::from_str(json).context("`bootstrap plan --json` printed no JSON")?;
     Ok(v.get("steps")
         .and_then(Value::as_array)
@@ -448,29 +482,16 @@ async fn point(
     let (file, changed) = (f(&file), f(&changed));
 
     // The plan only feeds the model; it is not one of the figures.
-    let (_, plan_json) = measured(env, &["plan", "-f", &file, "--json"], api_key, &[0, 2]).await?;
+    let (_, plan_json) = measured(env, Cmd::Plan(&file), api_key).await?;
     let plan_value: Value = serde_json::from_str(&plan_json).context("plan JSON")?;
     let steps_n = steps(&plan_json)?.len();
     let critical = critical::critical_path(&plan_value, costs)?;
-    let (first_apply, _) = measured(
-        env,
-        &["apply", "-f", &file, "--auto-approve", "--json"],
-        api_key,
-        &[0],
-    )
-    .await?;
-    let (noop_plan, noop_json) =
-        measured(env, &["plan", "-f", &file, "--json"], api_key, &[0, 2]).await?;
+    let (first_apply, _) = measured(env, Cmd::Apply(&file), api_key).await?;
+    let (noop_plan, noop_json) = measured(env, Cmd::Plan(&file), api_key).await?;
     if !steps(&noop_json)?.is_empty() {
         bail!("the plan after apply still has changes: {noop_json}");
     }
-    let (change_one, _) = measured(
-        env,
-        &["apply", "-f", &changed, "--auto-approve", "--json"],
-        api_key,
-        &[0],
-    )
-    .await?;
+    let (change_one, _) = measured(env, Cmd::Apply(&changed), api_key).await?;
     let change_one_extra = extra(&noop_plan, &change_one);
     // The server's own time for the first apply's writes (refused ones included), as if one
     // after another: SQLite's one writer cannot overlap them.

@@ -463,6 +463,83 @@ pub async fn wait_started(
     }
 }
 
+/// How one worker is measured by [`measure`].
+pub struct Protocol<'a> {
+    /// Time after the first heartbeat before the idle usage is sampled.
+    pub settle: Duration,
+    /// Pickups timed one by one.
+    pub pickups: usize,
+    /// Runs queued for the burst.
+    pub burst_runs: usize,
+    /// The longest the burst may run.
+    pub burst_deadline: Duration,
+    /// How long the worker gets after SIGTERM before it is killed.
+    pub stop_grace: Duration,
+    /// What a started run is for this worker ("started their process"), for the note when
+    /// not all picked-up runs got there.
+    pub started: &'a str,
+}
+
+/// One worker on `pool`: idle usage, pickups timed one by one, then (stopped and started
+/// again) a burst of queued runs. `label` names it in the table.
+#[allow(clippy::too_many_arguments)]
+pub async fn measure(
+    env: &Env,
+    kind: Kind,
+    label: &str,
+    pool: &str,
+    name: &str,
+    deployment: Uuid,
+    protocol: &Protocol<'_>,
+    netns: Option<&Netns>,
+) -> Result<WorkerFigures> {
+    let (mut p, online, idle) = start_idle(env, kind, pool, name, protocol.settle, netns).await?;
+    // The Python workers poll every 10 s: 60 s gives each pickup several polls.
+    let (pickup, runs) = pickup(
+        env,
+        deployment,
+        protocol.pickups,
+        Duration::from_millis(800),
+        Duration::from_secs(60),
+    )
+    .await?;
+    let mut notes = Vec::new();
+    let started = wait_started(env, &runs, Duration::from_secs(60)).await?;
+    if started.len() < runs.len() {
+        notes.push(format!(
+            "only {}/{} picked-up runs {} within 60 s",
+            started.len(),
+            runs.len(),
+            protocol.started
+        ));
+    }
+    if !p.stop(protocol.stop_grace) {
+        notes.push(format!(
+            "did not exit within {} s of SIGTERM (killed)",
+            protocol.stop_grace.as_secs()
+        ));
+    }
+    let burst = burst(
+        env,
+        kind,
+        pool,
+        &format!("{name}-burst"),
+        deployment,
+        protocol.burst_runs,
+        protocol.burst_deadline,
+        netns,
+    )
+    .await?;
+    Ok(WorkerFigures {
+        name: label.into(),
+        idle: Some(idle),
+        online_seconds: Some(online),
+        pickup: Some(pickup),
+        throughput: Some(burst),
+        notes,
+    })
+}
+
 /// Queues `n` runs (the worker must be stopped), starts a worker, and measures until all `n`
 /// executions started or `deadline`.
 #[allow(clippy::too_many_arguments)]

@@ -45,9 +45,7 @@ pub async fn world(prefect_url: Option<&str>) -> World {
     let mut w = World::start_with(PROJECT, |c| {
         c.consistency = gcp_sandbox::Consistency::immediate();
         c.op_delay = Duration::from_millis(200);
-        c.images
-            .extend_from_file(&crate::repo_root().join("examples/offline/sandbox-images.yaml"))
-            .expect("the offline example's image table loads");
+        crate::offline_images(c);
         let mut instant = rule(INSTANT_IMAGE);
         instant.programs.insert(
             "prefect".into(),
@@ -72,26 +70,15 @@ pub async fn world(prefect_url: Option<&str>) -> World {
 /// The guide's pool and credentials without a worker service, plus two deployments: the
 /// offline example (`report-*`) and the sleepy fixture flow (`sleepy-*`).
 pub fn plan(pool_type: &str, suffix: &str) -> String {
+    let pool = crate::pool_plan(
+        PROJECT,
+        "prefect-worker-e2e",
+        "worker end-to-end tests",
+        pool_type,
+        suffix,
+    );
     format!(
-        r#"version: 1
-gcp:
-  project: {PROJECT}
-  region: us-central1
-service_account:
-  name: prefect-worker-e2e
-  display_name: prefect-worker-e2e
-  description: worker end-to-end tests
-  roles: [roles/iam.serviceAccountUser, roles/run.admin]
-  key: json
-prefect:
-  api_url: "{{{{ env.PREFECT_API_URL }}}}"
-  api_key: "{{{{ env.PREFECT_API_KEY | default(value='') }}}}"
-credentials_block:
-  name: creds-{suffix}
-work_pool:
-  name: pool-{suffix}
-  type: {pool_type}
-deployments:
+        r#"{pool}deployments:
   - name: report-{suffix}
     flow: offline-report
     entrypoint: flows/offline_report.py:offline_report
@@ -130,6 +117,15 @@ pub fn apply(w: &World, plan: &str) {
         eprintln!("apply stopped on a busy Prefect server; running it again");
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+async fn deployment_id(client: &PrefectClient, flow: &str, name: &str) -> Uuid {
+    client
+        .deployment_by_name(flow, name)
+        .await
+        .expect("read deployment")
+        .expect("deployment applied")
+        .id
 }
 
 /// A worker child process; killed on drop so that a failing test leaves nothing behind.
@@ -183,19 +179,17 @@ impl Setup {
     pub async fn new(pool_type: &str, prefect_url: Option<&str>) -> Setup {
         let w = world(prefect_url).await;
         let suffix = crate::suffix("we");
-        let path = w.plan_file("bootstrap.yaml", &plan(pool_type, &suffix));
-        let path = path.to_str().expect("utf-8 path");
-        apply(&w, path);
+        let text = plan(pool_type, &suffix);
+        Setup::from_plan(w, &suffix, &text).await
+    }
+
+    /// Applies `text` (a [`plan`] made with `suffix`, perhaps with more deployments) in `w`.
+    pub async fn from_plan(w: World, suffix: &str, text: &str) -> Setup {
+        let path = w.plan_file("bootstrap.yaml", text);
+        apply(&w, path.to_str().expect("utf-8 path"));
         let client = crate::prefect_client(&w.prefect_url);
-        let id = |d: Option<bootstrap_prefect::Deployment>| d.expect("deployment applied").id;
-        let report = id(client
-            .deployment_by_name("offline-report", &format!("report-{suffix}"))
-            .await
-            .expect("read deployment"));
-        let sleepy = id(client
-            .deployment_by_name("sleepy", &format!("sleepy-{suffix}"))
-            .await
-            .expect("read deployment"));
+        let report = deployment_id(&client, "offline-report", &format!("report-{suffix}")).await;
+        let sleepy = deployment_id(&client, "sleepy", &format!("sleepy-{suffix}")).await;
         Setup {
             w,
             client,
@@ -204,6 +198,11 @@ impl Setup {
             sleepy,
             logs: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The id of the applied deployment `name` of `flow`.
+    pub async fn deployment(&self, flow: &str, name: &str) -> Uuid {
+        deployment_id(&self.client, flow, name).await
     }
 
     /// Starts `bootstrap worker` on the pool, polling every 0.5 s.
@@ -270,6 +269,19 @@ impl Setup {
             .await
     }
 
+    /// A cheap run whose fake engine gets `env` (`FAKE_SLEEP` after RUNNING, `FAKE_PAUSE`
+    /// before it, in seconds).
+    pub async fn instant_run_with(&self, env: Value) -> Uuid {
+        let vars = json!({"image": INSTANT_IMAGE, "env": env});
+        self.quick_run(self.report, json!({}), vars).await
+    }
+
+    /// A run whose job cannot start: its image is [`MISSING_IMAGE`].
+    pub async fn missing_image_run(&self) -> Uuid {
+        self.quick_run(self.report, json!({}), json!({"image": MISSING_IMAGE}))
+            .await
+    }
+
     /// Waits until the run is in a final state and returns it.
     pub async fn final_run(&self, id: Uuid, within: Duration) -> FlowRun {
         let t0 = Instant::now();
@@ -288,6 +300,38 @@ impl Setup {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Each of `ids` ended Completed (its final run in `runs`, in the same order) and its flow
+    /// started exactly once.
+    pub fn assert_completed_once(&self, ids: &[Uuid], runs: &[FlowRun]) {
+        let marks = self.marks();
+        for (id, run) in ids.iter().zip(runs) {
+            assert_eq!(
+                run.state_type(),
+                StateType::Completed,
+                "run {id}: {:?}\n{}",
+                run.state,
+                self.diag()
+            );
+            assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
+        }
+    }
+
+    /// Moves the run to CANCELLING, as the UI's Cancel button does.
+    pub async fn cancel(&self, id: Uuid) {
+        self.client
+            .set_flow_run_state(
+                id,
+                &bootstrap_prefect::StateCreate {
+                    state_type: StateType::Cancelling,
+                    name: None,
+                    message: Some("cancelled by the test".into()),
+                },
+                true,
+            )
+            .await
+            .expect("set CANCELLING");
     }
 
     /// Waits until every run is final.

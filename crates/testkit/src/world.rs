@@ -143,6 +143,15 @@ impl World {
         self.dir.path()
     }
 
+    /// Gives the `bootstrap` runs a new Prefect Cloud-style API key and returns it: the plan
+    /// then stores it in Secret Manager for the worker, as the guide does (the local Prefect
+    /// server ignores it).
+    pub fn use_api_key(&mut self) -> String {
+        let key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
+        self.env.push(("PREFECT_API_KEY".into(), key.clone()));
+        key
+    }
+
     /// Shows `literal` as `placeholder` in this world's snapshots (the per-test name suffix).
     pub fn redact(&self, literal: &str, placeholder: &str) {
         self.redactions
@@ -239,15 +248,34 @@ pub const LIGHT_SA: &str = "prefect-reliability";
 /// worker service and no deployments: light enough to cycle many times. `suffix` keeps the
 /// Prefect names apart on the shared server.
 pub fn light_plan(project: &str, suffix: &str) -> String {
+    pool_plan(
+        project,
+        LIGHT_SA,
+        "reliability suite",
+        "cloud-run-v2",
+        suffix,
+    )
+}
+
+/// The guide's service account (named `sa`, described by `description`), roles, key,
+/// credentials block and a work pool of `pool_type`, without worker service or deployments.
+/// `suffix` keeps the Prefect names apart on the shared server.
+pub fn pool_plan(
+    project: &str,
+    sa: &str,
+    description: &str,
+    pool_type: &str,
+    suffix: &str,
+) -> String {
     format!(
         r#"version: 1
 gcp:
   project: {project}
   region: us-central1
 service_account:
-  name: {LIGHT_SA}
-  display_name: {LIGHT_SA}
-  description: reliability suite
+  name: {sa}
+  display_name: {sa}
+  description: {description}
   roles: [roles/iam.serviceAccountUser, roles/run.admin]
   key: json
 prefect:
@@ -257,7 +285,7 @@ credentials_block:
   name: creds-{suffix}
 work_pool:
   name: pool-{suffix}
-  type: cloud-run-v2
+  type: {pool_type}
 "#
     )
 }
@@ -285,6 +313,34 @@ pub fn count(full: usize, reduced: usize) -> usize {
 /// Runs the binary from inside a multi-threaded tokio test.
 pub fn run_in(w: &World, args: &[&str], code: i32) -> Run {
     tokio::task::block_in_place(|| w.expect(args, code))
+}
+
+/// `plan --detailed-exitcode` of `plan` finds nothing to do: exit 0 and "No changes."
+/// (`context` says where in the test, for the failure message).
+pub fn assert_quiet_plan(w: &World, plan: &str, context: &str) {
+    let p = run_in(w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
+    assert!(
+        p.stdout.starts_with("No changes."),
+        "{context}: {}",
+        p.stdout
+    );
+}
+
+/// `plan --detailed-exitcode` of `plan` has changes (exit 2) and shows each of `lines`;
+/// returns the run for further checks.
+pub fn plan_shows(w: &World, plan: &str, lines: &[&str]) -> Run {
+    let p = run_in(w, &["plan", "-f", plan, "--detailed-exitcode"], 2);
+    for line in lines {
+        assert!(p.stdout.contains(line), "no {line:?} in\n{}", p.stdout);
+    }
+    p
+}
+
+/// Lets the sandbox run the offline example's images (`examples/offline/sandbox-images.yaml`).
+pub fn offline_images(c: &mut gcp_sandbox::Config) {
+    c.images
+        .extend_from_file(&crate::repo_root().join("examples/offline/sandbox-images.yaml"))
+        .expect("the offline example's image table loads");
 }
 
 /// What the sandbox and the Prefect server hold of a [`light_plan`] deployment.
@@ -321,6 +377,52 @@ pub fn prefect_client(url: &str) -> bootstrap_prefect::PrefectClient {
     .expect("prefect client")
 }
 
+/// A new work pool of `pool_type` (named from `prefix`) with `template` as its base job
+/// template (Prefect's default for the type when `None`); its name.
+pub async fn new_pool(
+    c: &bootstrap_prefect::PrefectClient,
+    prefix: &str,
+    pool_type: &str,
+    template: Option<serde_json::Value>,
+) -> String {
+    c.create_work_pool(&bootstrap_prefect::WorkPoolCreate {
+        name: crate::unique_name(prefix),
+        pool_type: pool_type.into(),
+        description: None,
+        base_job_template: template,
+        is_paused: None,
+        concurrency_limit: None,
+    })
+    .await
+    .expect("pool")
+    .name
+}
+
+/// A new flow with one deployment `d` of `flows/hello.py` on `pool`; the deployment's id.
+pub async fn hello_deployment(c: &bootstrap_prefect::PrefectClient, pool: &str) -> uuid::Uuid {
+    let flow = c
+        .upsert_flow(&crate::unique_name("hello"), &[])
+        .await
+        .expect("flow");
+    let spec = bootstrap_prefect::DeploymentSpec {
+        entrypoint: Some("flows/hello.py:hello".into()),
+        work_pool_name: Some(pool.to_string()),
+        ..Default::default()
+    };
+    c.upsert_deployment(flow.id, "d", &spec)
+        .await
+        .expect("deployment")
+        .id
+}
+
+/// A Quick Run of `deployment` with its defaults (the UI's "Quick run"); the run's id.
+pub async fn quick_run(c: &bootstrap_prefect::PrefectClient, deployment: uuid::Uuid) -> uuid::Uuid {
+    c.create_flow_run_from_deployment(deployment, &Default::default())
+        .await
+        .expect("quick run")
+        .id
+}
+
 /// Reads the footprint of `light_plan(project, suffix)`. The block is read with its secrets, but
 /// only the key id leaves this function.
 pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
@@ -349,17 +451,8 @@ pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
         roles.sort();
         (account, keys, roles)
     };
-    let prefect = prefect_client(&w.prefect_url);
-    let block_key = prefect
-        .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
-        .await
-        .expect("read block")
-        .map(|b| {
-            b.data.expose()["service_account_info"]["private_key_id"]
-                .as_str()
-                .map(str::to_owned)
-        });
-    let pool = prefect
+    let block_key = block_key_field(w, suffix, "private_key_id").await;
+    let pool = prefect_client(&w.prefect_url)
         .work_pool(&format!("pool-{suffix}"))
         .await
         .expect("read pool")
@@ -375,12 +468,18 @@ pub async fn footprint(w: &World, project: &str, suffix: &str) -> Footprint {
 
 /// The private key the block of `light_plan(.., suffix)` holds (for secret scans; never print).
 pub async fn block_private_key(w: &World, suffix: &str) -> Option<String> {
+    block_key_field(w, suffix, "private_key").await.flatten()
+}
+
+/// `service_account_info.<field>` of the credentials block of `light_plan(.., suffix)`: `None`
+/// without a block, `Some(None)` when the block has no such field.
+async fn block_key_field(w: &World, suffix: &str, field: &str) -> Option<Option<String>> {
     prefect_client(&w.prefect_url)
         .block_document_by_name_with_secrets("gcp-credentials", &format!("creds-{suffix}"))
         .await
         .expect("read block")
-        .and_then(|b| {
-            b.data.expose()["service_account_info"]["private_key"]
+        .map(|b| {
+            b.data.expose()["service_account_info"][field]
                 .as_str()
                 .map(str::to_owned)
         })
@@ -520,6 +619,12 @@ pub fn healthy_worker_image() -> gcp_sandbox::executor::ImageRule {
         workdir: None,
         env: Default::default(),
     }
+}
+
+/// Lets the sandbox run [`healthy_worker_image`] before its other rules.
+pub fn healthy_worker(c: &mut gcp_sandbox::Config) {
+    let dir = c.dir.clone();
+    c.images.prepend(vec![healthy_worker_image()], &dir);
 }
 
 /// `plans/guide.yaml` with its Prefect names made unique by `suffix` (the server is shared).

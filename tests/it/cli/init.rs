@@ -83,12 +83,42 @@ fn spawn(cmd: Command) -> Session {
     session
 }
 
+/// Waits for `question` and the default it shows (`shown`), then types `line` and Enter.
+fn answer(p: &mut Session, question: &str, shown: Option<&str>, line: &str) {
+    p.expect(question).unwrap();
+    if let Some(shown) = shown {
+        p.expect(shown).unwrap();
+    }
+    p.send_line(line).unwrap();
+}
+
+/// Waits for `question` (a choice or a confirmation), then presses `keys`.
+fn press(p: &mut Session, question: &str, keys: &str) {
+    p.expect(question).unwrap();
+    p.send(keys).unwrap();
+}
+
 fn exit_code(session: &Session) -> String {
     format!("{:?}", session.get_process().wait().unwrap())
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run bootstrap")
+}
+
+fn succeeded(out: &Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The stderr of a run that exited 1.
+fn failed(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
 }
 
 /// Answers every question on a terminal: one invalid answer rejected with its reason and asked
@@ -99,62 +129,43 @@ fn wizard_on_a_terminal_writes_a_valid_plan() {
     let m = machine();
     let mut p = spawn(bootstrap(&m.home, &m.work, &["init"]));
 
-    p.expect("GCP project id").unwrap();
-    p.expect("pty-project-1").unwrap(); // the default, from the active gcloud configuration
-    p.send_line("Bad_Project").unwrap();
+    // The default, from the active gcloud configuration.
+    answer(
+        &mut p,
+        "GCP project id",
+        Some("pty-project-1"),
+        "Bad_Project",
+    );
     // Rejected with the reason and a hint, then asked again.
     p.expect("must start with a lowercase letter").unwrap();
     p.expect("did you mean `bad-project`?").unwrap();
-    p.expect("GCP project id").unwrap();
-    p.send_line("").unwrap();
+    answer(&mut p, "GCP project id", None, "");
+    // gcloud's run/region.
+    answer(&mut p, "Region for Cloud Run", Some("europe-west1"), "");
+    answer(&mut p, "Service account name", None, "wizard-sa-1");
+    press(&mut p, "Service account key", "j\n"); // json -> none
+    // prefect.yaml's work_pool.name.
+    answer(&mut p, "Work pool name", Some("yaml-pool"), "");
+    press(&mut p, "Work pool type", "\n"); // cloud-run, the guide's
+    answer(&mut p, "Worker image", None, "");
+    press(&mut p, "Worker runtime", "j\n"); // python -> embedded
+    answer(&mut p, "Minimum worker instances", None, "0");
+    // The active Prefect profile's.
+    answer(
+        &mut p,
+        "Prefect API URL",
+        Some("http://127.0.0.1:4200/api"),
+        "",
+    );
+    press(&mut p, "need an API key", "n"); // a single key answers a confirmation
+    press(&mut p, "Add a first deployment", "y");
 
-    p.expect("Region for Cloud Run").unwrap();
-    p.expect("europe-west1").unwrap(); // gcloud's run/region
-    p.send_line("").unwrap();
-
-    p.expect("Service account name").unwrap();
-    p.send_line("wizard-sa-1").unwrap();
-
-    p.expect("Service account key").unwrap();
-    p.send("j\n").unwrap(); // json -> none
-
-    p.expect("Work pool name").unwrap();
-    p.expect("yaml-pool").unwrap(); // prefect.yaml's work_pool.name
-    p.send_line("").unwrap();
-
-    p.expect("Work pool type").unwrap();
-    p.send("\n").unwrap(); // cloud-run, the guide's
-
-    p.expect("Worker image").unwrap();
-    p.send_line("").unwrap();
-
-    p.expect("Worker runtime").unwrap();
-    p.send("j\n").unwrap(); // python -> embedded
-
-    p.expect("Minimum worker instances").unwrap();
-    p.send_line("0").unwrap();
-
-    p.expect("Prefect API URL").unwrap();
-    p.expect("http://127.0.0.1:4200/api").unwrap(); // the active Prefect profile's
-    p.send_line("").unwrap();
-
-    p.expect("need an API key").unwrap();
-    p.send("n").unwrap(); // a single key answers a confirmation
-
-    p.expect("Add a first deployment").unwrap();
-    p.send("y").unwrap();
-
-    p.expect("Flow entrypoint").unwrap();
-    p.send_line("").unwrap(); // prefect.yaml's
-    p.expect("Flow name").unwrap();
-    p.expect("fetch-weather").unwrap(); // from the entrypoint's function
-    p.send_line("").unwrap();
-    p.expect("Deployment name").unwrap();
-    p.send_line("").unwrap();
-    p.expect("Flow image").unwrap();
-    p.send_line("").unwrap();
-    p.expect("Parameters").unwrap();
-    p.send_line("").unwrap();
+    answer(&mut p, "Flow entrypoint", None, ""); // prefect.yaml's
+    // From the entrypoint's function.
+    answer(&mut p, "Flow name", Some("fetch-weather"), "");
+    answer(&mut p, "Deployment name", None, "");
+    answer(&mut p, "Flow image", None, "");
+    answer(&mut p, "Parameters", None, "");
 
     p.expect("wrote bootstrap.yaml").unwrap();
     p.expect("Run `bootstrap plan -f bootstrap.yaml` now?")
@@ -220,11 +231,7 @@ fn wizard_on_a_terminal_writes_a_valid_plan() {
             r#"{"lat": 14.5994, "lon": 28.6731}"#,
         ],
     ));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let batch = std::fs::read(empty.path().join("bootstrap.yaml")).unwrap();
     assert_eq!(String::from_utf8_lossy(&batch), plan);
     assert_eq!(batch, plan.as_bytes());
@@ -235,12 +242,9 @@ fn wizard_on_a_terminal_writes_a_valid_plan() {
 fn ctrl_c_leaves_no_file() {
     let m = machine();
     let mut p = spawn(bootstrap(&m.home, &m.work, &["init"]));
-    p.expect("GCP project id").unwrap();
-    p.send_line("").unwrap();
-    p.expect("Region for Cloud Run").unwrap();
-    p.send_line("").unwrap();
-    p.expect("Service account name").unwrap();
-    p.send_line("").unwrap();
+    answer(&mut p, "GCP project id", None, "");
+    answer(&mut p, "Region for Cloud Run", None, "");
+    answer(&mut p, "Service account name", None, "");
     // A Select hides the cursor: interrupt there.
     p.expect("Service account key").unwrap();
     p.send(ControlCode::EndOfText).unwrap();
@@ -260,8 +264,7 @@ fn ctrl_c_leaves_no_file() {
 fn no_terminal_names_the_missing_flag() {
     let empty = tempfile::tempdir().unwrap();
     let out = run(&mut bootstrap(empty.path(), empty.path(), &["init"]));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed(&out);
     assert!(stderr.contains("pass --project"), "{stderr}");
     assert!(!empty.path().join("bootstrap.yaml").exists());
 
@@ -270,8 +273,7 @@ fn no_terminal_names_the_missing_flag() {
         empty.path(),
         &["init", "--project", "ok-project-1"],
     ));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed(&out);
     assert!(stderr.contains("pass --prefect-api-url"), "{stderr}");
 }
 
@@ -284,8 +286,7 @@ fn bad_flags_and_existing_files() {
         &m.work,
         &["init", "--region", "us-centrall"],
     ));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = failed(&out);
     assert!(
         stderr.contains("invalid --region `us-centrall`"),
         "{stderr}"
@@ -294,8 +295,7 @@ fn bad_flags_and_existing_files() {
 
     std::fs::write(m.work.join("bootstrap.yaml"), "mine\n").unwrap();
     let out = run(&mut bootstrap(&m.home, &m.work, &["init"]));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --force"));
+    assert!(failed(&out).contains("pass --force"));
     assert_eq!(
         std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap(),
         "mine\n"
@@ -303,11 +303,7 @@ fn bad_flags_and_existing_files() {
 
     // Without a terminal the defaults are taken (gcloud, profile, prefect.yaml); --force overwrites.
     let out = run(&mut bootstrap(&m.home, &m.work, &["init", "--force"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
     assert!(plan.contains("project: pty-project-1\n"), "{plan}");
     assert!(plan.contains("name: yaml-pool\n"), "{plan}");
@@ -334,11 +330,7 @@ fn prefect_cloud_key_is_referenced_never_stored() {
         ],
     )
     .env("PREFECT_API_KEY", secret));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     let plan = std::fs::read_to_string(m.work.join("bootstrap.yaml")).unwrap();
     assert!(
         plan.contains("  api_key: \"{{ env.PREFECT_API_KEY }}\"\n"),

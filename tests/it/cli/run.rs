@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
-use bootstrap_prefect::{DeploymentSpec, PrefectClient, PrefectConfig, WorkPoolCreate};
+use bootstrap_prefect::{DeploymentSpec, PrefectClient, PrefectConfig};
 use serde_json::json;
 use testkit::{prefect_api_url, repo_root, unique_name, venv_bin};
 
@@ -41,9 +41,14 @@ fn start_worker(pool: &str, home: &Path) -> Worker {
 
 /// Runs the binary with the test server as its only Prefect settings (no profile).
 fn bootstrap(home: &Path, args: &[&str]) -> Output {
+    bootstrap_at(&prefect_api_url(), home, args)
+}
+
+/// [`bootstrap`] with Prefect at `api_url`.
+fn bootstrap_at(api_url: &str, home: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .args(args)
-        .env("PREFECT_API_URL", prefect_api_url())
+        .env("PREFECT_API_URL", api_url)
         .env("PREFECT_HOME", home)
         .env("NO_COLOR", "1")
         .env_remove("PREFECT_API_KEY")
@@ -79,17 +84,7 @@ async fn pool(c: &PrefectClient) -> String {
         .await
         .expect("metadata")
         .expect("process template");
-    c.create_work_pool(&WorkPoolCreate {
-        name: unique_name("run-pool"),
-        pool_type: "process".into(),
-        description: None,
-        base_job_template: Some(template),
-        is_paused: None,
-        concurrency_limit: None,
-    })
-    .await
-    .expect("pool")
-    .name
+    testkit::new_pool(c, "run-pool", "process", Some(template)).await
 }
 
 fn text(o: &[u8]) -> String {
@@ -186,16 +181,13 @@ fn run_follows_flow_runs_to_their_end() {
     });
 }
 
+/// A Prefect API URL nothing listens on.
+const NOBODY: &str = "http://127.0.0.1:1/api";
+
 #[test]
 fn run_without_a_server_is_one_clear_line() {
     let home = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .args(["run", "a/b"])
-        .env("PREFECT_API_URL", "http://127.0.0.1:1/api")
-        .env("PREFECT_HOME", home.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run bootstrap");
+    let out = bootstrap_at(NOBODY, home.path(), &["run", "a/b"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -222,14 +214,8 @@ fn run_uses_the_plan_files_prefect_settings() {
     );
     let path = home.path().join("bootstrap.yaml");
     std::fs::write(&path, plan).expect("write plan");
-    let out = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .args(["run", "a/b", "--file"])
-        .arg(&path)
-        .env("PREFECT_API_URL", "http://127.0.0.1:1/api")
-        .env("PREFECT_HOME", home.path())
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run bootstrap");
+    let path = path.to_str().expect("utf-8 path");
+    let out = bootstrap_at(NOBODY, home.path(), &["run", "a/b", "--file", path]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

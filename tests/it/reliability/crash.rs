@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
-use testkit::{World, assert_block_key_live, assert_converged, footprint, run_in};
+use testkit::{
+    World, assert_block_key_live, assert_converged, assert_quiet_plan, footprint, run_in,
+};
 
 const PROJECT: &str = "crash-project";
 
@@ -82,12 +84,7 @@ async fn killed_applies_are_repaired_by_the_next_apply() {
         let f = footprint(&w, PROJECT, &suffix).await;
         assert_block_key_live(&f, &context);
         assert_converged(&f, &context);
-        let p = run_in(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
-        assert!(
-            p.stdout.starts_with("No changes."),
-            "{context}: {}",
-            p.stdout
-        );
+        assert_quiet_plan(&w, plan, &context);
     }
     run_in(&w, &["destroy", "-f", plan, "--auto-approve"], 0);
     assert!(footprint(&w, PROJECT, &suffix).await.is_empty());

@@ -4,7 +4,7 @@
 //! each resource, nothing left after destroy. `BOOTSTRAP_RELIABILITY_FULL=1` runs 20 cycles.
 
 use serde_json::json;
-use testkit::{World, assert_converged, footprint, run_in};
+use testkit::{World, assert_converged, assert_quiet_plan, footprint, run_in};
 
 const PROJECT: &str = "faults-project";
 
@@ -34,12 +34,7 @@ async fn cycles_converge_under_transient_faults() {
             "{context}: {}",
             a.stdout
         );
-        let p = run_in(&w, &["plan", "-f", plan, "--detailed-exitcode"], 0);
-        assert!(
-            p.stdout.starts_with("No changes."),
-            "{context}: {}",
-            p.stdout
-        );
+        assert_quiet_plan(&w, plan, &context);
         assert_converged(&footprint(&w, PROJECT, &suffix).await, &context);
 
         let d = run_in(&w, &["destroy", "-f", plan, "--auto-approve"], 0);

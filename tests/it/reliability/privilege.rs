@@ -13,7 +13,7 @@ use bootstrap_gcp::policy::{self, PolicyTarget, RmwOptions};
 use bootstrap_spec::ids::{AccountId, ProjectId, ServiceAccountEmail};
 use secrecy::ExposeSecret;
 use serde_json::json;
-use testkit::{World, guide_plan, healthy_worker_image};
+use testkit::{World, guide_plan};
 
 const PROJECT: &str = "prefect-project";
 
@@ -82,16 +82,9 @@ fn text(out: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readme_operator_roles_are_exactly_enough() {
-    let mut w = World::start_with(PROJECT, |c| {
-        let dir = c.dir.clone();
-        c.images.prepend(vec![healthy_worker_image()], &dir);
-    })
-    .await;
+    let mut w = World::start_with(PROJECT, testkit::healthy_worker).await;
     // With an API key the worker's secret is part of the plan, so every listed role is used.
-    w.env.push((
-        "PREFECT_API_KEY".into(),
-        format!("pnu_{}", uuid::Uuid::new_v4().simple()),
-    ));
+    w.use_api_key();
     let suffix = testkit::suffix("lp");
     let path = w.plan_file("bootstrap.yaml", &guide_plan(&suffix));
     let plan = path.to_str().expect("utf-8 path");
@@ -117,22 +110,21 @@ async fn readme_operator_roles_are_exactly_enough() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
 
     let denied_before = w.sandbox.state.denied().len();
-    let a = run_as(&w, &key_path, &["apply", "-f", plan, "--auto-approve"]);
-    assert_eq!(
-        a.status.code(),
-        Some(0),
-        "apply with the README roles\n{}",
-        text(&a)
-    );
-    let p = run_as(&w, &key_path, &["plan", "-f", plan, "--detailed-exitcode"]);
-    assert_eq!(p.status.code(), Some(0), "quiet plan\n{}", text(&p));
-    let d = run_as(&w, &key_path, &["destroy", "-f", plan, "--auto-approve"]);
-    assert_eq!(
-        d.status.code(),
-        Some(0),
-        "destroy with the README roles\n{}",
-        text(&d)
-    );
+    // Apply, a quiet plan and destroy, all as the operator with only the README roles.
+    for (args, what) in [
+        (
+            ["apply", "-f", plan, "--auto-approve"],
+            "apply with the README roles",
+        ),
+        (["plan", "-f", plan, "--detailed-exitcode"], "quiet plan"),
+        (
+            ["destroy", "-f", plan, "--auto-approve"],
+            "destroy with the README roles",
+        ),
+    ] {
+        let r = run_as(&w, &key_path, &args);
+        assert_eq!(r.status.code(), Some(0), "{what}\n{}", text(&r));
+    }
     // Only the operator's calls count: the worker account's first secret read may be denied
     // while this run's fresh grant propagates (the engine waits that out).
     let denied: Vec<_> = w.sandbox.state.denied()[denied_before..]

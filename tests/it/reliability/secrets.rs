@@ -6,13 +6,14 @@
 use serde_json::json;
 use testkit::{World, block_private_key, run_in};
 
+use crate::support::control;
+
 const PROJECT: &str = "secrets-project";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_logging_and_json_leak_no_secret() {
     let mut w = World::start(PROJECT).await;
-    let api_key = format!("pnu_{}", uuid::Uuid::new_v4().simple());
-    w.env.push(("PREFECT_API_KEY".into(), api_key.clone()));
+    let api_key = w.use_api_key();
     w.env.push(("RUST_LOG".into(), "trace".into()));
     let suffix = testkit::suffix("sec");
     let path = w.plan_file("bootstrap.yaml", &testkit::light_plan(PROJECT, &suffix));
@@ -84,18 +85,6 @@ async fn debug_logging_and_json_leak_no_secret() {
                 "pem_lines_checked": secrets.len() - 1 - tokens.len(),
                 "tokens_checked": tokens.len(), "transcript_bytes": transcript.len() }),
     );
-}
-
-/// POSTs a sandbox control route and returns its JSON answer.
-async fn control(w: &World, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let resp = reqwest::Client::new()
-        .post(format!("{}{path}", w.sandbox.url))
-        .json(&body)
-        .send()
-        .await
-        .expect("sandbox control call");
-    assert!(resp.status().is_success(), "{path}: {}", resp.status());
-    resp.json().await.expect("control JSON")
 }
 
 /// The credential flows at trace level: a user's refresh token (the ADC file), a federated

@@ -13,7 +13,7 @@ use testkit::{harness, observe};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use bootstrap_prefect::{StateCreate, StateType};
+use bootstrap_prefect::StateType;
 use harness::{INSTANT_IMAGE, MISSING_IMAGE, Setup};
 use observe::{OwnServer, Sampler, describe, processes_of};
 use serde_json::json;
@@ -92,17 +92,9 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
     eprintln!("50 runs final in {:?}", t0.elapsed());
     // Let the last deletions land before counting.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let marks = s.marks();
+    s.assert_completed_once(&ids, &runs);
     let mut claims: BTreeMap<String, usize> = BTreeMap::new();
-    for (id, run) in ids.iter().zip(&runs) {
-        assert_eq!(
-            run.state_type(),
-            StateType::Completed,
-            "run {id}: {:?}\n{}",
-            run.state,
-            s.diag()
-        );
-        assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
+    for id in &ids {
         let (running, claim) = s.running_and_claim(*id).await;
         assert_eq!(running, 1, "run {id}: one RUNNING");
         *claims.entry(claim).or_default() += 1;
@@ -116,7 +108,7 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
             "{name} ran nothing: {claims:?}"
         );
     }
-    assert_eq!(marks.len(), 50);
+    assert_eq!(s.marks().len(), 50);
     assert_eq!(s.calls("run.projects.locations.jobs.run"), 50);
 }
 
@@ -125,9 +117,7 @@ async fn two_workers_execute_fifty_runs_exactly_once() {
 async fn failures_end_crashed_or_failed_with_the_reason() {
     let s = Setup::new("cloud-run-v2", None).await;
     let _w = s.worker("w-fail", &[]);
-    let missing = s
-        .quick_run(s.report, json!({}), json!({"image": MISSING_IMAGE}))
-        .await;
+    let missing = s.missing_image_run().await;
     let raises = s
         .quick_run(s.report, json!({"fail": true}), json!({}))
         .await;
@@ -170,9 +160,7 @@ async fn crashed_for_missing_image(s: &Setup, id: Uuid) {
 async fn cloud_run_v1_reports_missing_images_and_cancels() {
     let s = Setup::new("cloud-run", None).await;
     let _w = s.worker("w-v1", &[]);
-    let missing = s
-        .quick_run(s.report, json!({}), json!({"image": MISSING_IMAGE}))
-        .await;
+    let missing = s.missing_image_run().await;
     let vars = json!({"image": INSTANT_IMAGE, "keep_job": true, "env": {"FAKE_SLEEP": "120"}});
     let id = s.quick_run(s.report, json!({}), vars).await;
     crashed_for_missing_image(&s, missing).await;
@@ -188,8 +176,7 @@ async fn cloud_run_v1_reports_missing_images_and_cancels() {
 async fn vanished_job_crashes_the_run() {
     let s = Setup::new("cloud-run-v2", None).await;
     let _w = s.worker("w-vanish", &[]);
-    let vars = json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "120"}});
-    let id = s.quick_run(s.report, json!({}), vars).await;
+    let id = s.instant_run_with(json!({"FAKE_SLEEP": "120"})).await;
     s.reach(id, StateType::Running, Duration::from_secs(60))
         .await;
     let job = s.jobs_of(id).into_keys().next().expect("the run's job");
@@ -237,18 +224,7 @@ async fn cancelled_run_stops_its_process() {
 /// execution is cancelled and no process of it remains.
 async fn cancel_and_check(s: &Setup, id: Uuid) {
     assert!(!processes_of(id).is_empty(), "the flow's process runs");
-    s.client
-        .set_flow_run_state(
-            id,
-            &StateCreate {
-                state_type: StateType::Cancelling,
-                name: None,
-                message: Some("cancelled by the test".into()),
-            },
-            true,
-        )
-        .await
-        .expect("set CANCELLING");
+    s.cancel(id).await;
     let t0 = Instant::now();
     let run = s.final_run(id, Duration::from_secs(30)).await;
     eprintln!("cancelled in {:?}", t0.elapsed());
@@ -346,13 +322,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
 
     // Killed again once a run's execution has started (its engine still starting, the run
     // still PENDING): the next worker adopts that execution instead of starting another.
-    let id = s
-        .quick_run(
-            s.report,
-            json!({}),
-            json!({"image": INSTANT_IMAGE, "env": {"FAKE_PAUSE": "3"}}),
-        )
-        .await;
+    let id = s.instant_run_with(json!({"FAKE_PAUSE": "3"})).await;
     let t0 = Instant::now();
     while s.executions_of(id).is_empty() {
         assert!(
@@ -388,13 +358,7 @@ async fn killed_worker_restarts_without_duplicate_jobs() {
 
     // Killed while a run is RUNNING: the run finishes on its own and its job stays behind
     // until the next worker starts and removes the finished jobs of its pool.
-    let id = s
-        .quick_run(
-            s.report,
-            json!({}),
-            json!({"image": INSTANT_IMAGE, "env": {"FAKE_SLEEP": "2"}}),
-        )
-        .await;
+    let id = s.instant_run_with(json!({"FAKE_SLEEP": "2"})).await;
     s.reach(id, StateType::Running, Duration::from_secs(30))
         .await;
     drop(again);
@@ -451,17 +415,7 @@ async fn server_restart_loses_no_run() {
         ids.push(s.instant_run().await);
     }
     let runs = s.all_final(&ids, Duration::from_secs(120)).await;
-    let marks = s.marks();
-    for (id, run) in ids.iter().zip(&runs) {
-        assert_eq!(
-            run.state_type(),
-            StateType::Completed,
-            "run {id}: {:?}\n{}",
-            run.state,
-            s.diag()
-        );
-        assert_eq!(marks.get(id), Some(&1), "run {id} started once: {marks:?}");
-    }
+    s.assert_completed_once(&ids, &runs);
     drop(again);
 }
 

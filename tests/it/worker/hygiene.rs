@@ -7,7 +7,6 @@
 
 use testkit::{harness, observe};
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use bootstrap_prefect::StateType;
@@ -25,34 +24,9 @@ async fn setup_with_broken(pool_type: &str) -> (Setup, Uuid) {
          \x20 - name: regional-{suffix}\n    flow: offline-report\n    entrypoint: flows/offline_report.py:offline_report\n    image: {INSTANT_IMAGE}\n    work_queue: default\n    job_variables:\n      region: europe-west4\n      keep_job: true\n      env: {{FAKE_SLEEP: \"120\"}}\n",
         harness::plan(pool_type, &suffix)
     );
-    let path = w.plan_file("bootstrap.yaml", &plan);
-    harness::apply(&w, path.to_str().expect("utf-8 path"));
-    let client = testkit::prefect_client(&w.prefect_url);
-    let id = |flow: &'static str, name: String| {
-        let client = client.clone();
-        async move {
-            client
-                .deployment_by_name(flow, &name)
-                .await
-                .expect("read deployment")
-                .expect("deployment applied")
-                .id
-        }
-    };
-    let report = id("offline-report", format!("report-{suffix}")).await;
-    let sleepy = id("sleepy", format!("sleepy-{suffix}")).await;
-    let broken = id("broken", format!("broken-{suffix}")).await;
-    (
-        Setup {
-            w,
-            client,
-            pool: format!("pool-{suffix}"),
-            report,
-            sleepy,
-            logs: Mutex::new(Vec::new()),
-        },
-        broken,
-    )
+    let s = Setup::from_plan(w, &suffix, &plan).await;
+    let broken = s.deployment("broken", &format!("broken-{suffix}")).await;
+    (s, broken)
 }
 
 /// Sandbox jobs labelled with the pool (what the worker made for it), by full name.
@@ -69,7 +43,11 @@ fn pool_jobs(s: &Setup) -> Vec<String> {
         .collect()
 }
 
-async fn keep_job_runs(s: &Setup, n: usize) -> Vec<Uuid> {
+/// `n` runs with `keep_job: true`, Completed by a worker `name` that is stopped afterwards;
+/// the pool's `n` jobs stay.
+async fn kept_jobs(name: &str, n: usize) -> (Setup, Vec<Uuid>) {
+    let (s, _) = setup_with_broken("cloud-run-v2").await;
+    let mut worker = s.worker(name, &[]);
     let mut ids = Vec::new();
     for _ in 0..n {
         let vars = json!({"image": INSTANT_IMAGE, "keep_job": true});
@@ -78,21 +56,19 @@ async fn keep_job_runs(s: &Setup, n: usize) -> Vec<Uuid> {
     for r in s.all_final(&ids, Duration::from_secs(120)).await {
         assert_eq!(r.state_type(), StateType::Completed, "{:?}", r.state);
     }
-    ids
+    worker.stop();
+    assert_eq!(pool_jobs(&s).len(), n, "{}", s.diag());
+    (s, ids)
 }
 
 /// 5 runs with `keep_job: true` leave 5 jobs; `destroy`'s plan counts them on one line;
 /// `destroy` deletes them, and the region holds none of the pool's jobs afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn destroy_removes_the_jobs_the_worker_kept() {
-    let (s, _) = setup_with_broken("cloud-run-v2").await;
-    let mut worker = s.worker("w-hygiene", &[]);
-    let ids = keep_job_runs(&s, 5).await;
-    worker.stop();
+    let (s, ids) = kept_jobs("w-hygiene", 5).await;
     for id in &ids {
         assert_eq!(s.jobs_of(*id).len(), 1, "keep_job kept the job of {id}");
     }
-    assert_eq!(pool_jobs(&s).len(), 5, "{}", s.diag());
     let plan = s.w.path().join("bootstrap.yaml");
     let plan = plan.to_str().expect("utf-8");
     // Without a terminal destroy shows its plan and refuses to go on.
@@ -129,11 +105,7 @@ async fn destroy_removes_the_jobs_the_worker_kept() {
 /// leaves them when they are younger.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sweep_deletes_finished_jobs_older_than_the_bound() {
-    let (s, _) = setup_with_broken("cloud-run-v2").await;
-    let mut worker = s.worker("w-sweep", &[]);
-    let ids = keep_job_runs(&s, 2).await;
-    worker.stop();
-    assert_eq!(pool_jobs(&s).len(), 2);
+    let (s, ids) = kept_jobs("w-sweep", 2).await;
     let sweep = |age: &str| {
         let args = [
             "worker",
@@ -145,23 +117,16 @@ async fn sweep_deletes_finished_jobs_older_than_the_bound() {
         ];
         tokio::task::block_in_place(|| s.w.run(&args))
     };
-    let young = sweep("1d");
-    assert_eq!(young.code, 0, "{}", young.stderr);
-    assert!(
-        young
-            .stdout
-            .starts_with("deleted 0 finished Cloud Run jobs"),
-        "{}",
-        young.stdout
-    );
+    // A sweep that succeeds and says it deleted `n` jobs.
+    let swept = |age: &str, n: usize| {
+        let r = sweep(age);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let said = format!("deleted {n} finished Cloud Run jobs");
+        assert!(r.stdout.starts_with(&said), "{}", r.stdout);
+    };
+    swept("1d", 0);
     assert_eq!(pool_jobs(&s).len(), 2);
-    let old = sweep("0s");
-    assert_eq!(old.code, 0, "{}", old.stderr);
-    assert!(
-        old.stdout.starts_with("deleted 2 finished Cloud Run jobs"),
-        "{}",
-        old.stdout
-    );
+    swept("0s", 2);
     assert!(pool_jobs(&s).is_empty(), "{}", s.diag());
     for id in ids {
         assert!(s.executions_of(id).is_empty());
@@ -239,15 +204,11 @@ async fn cancelling_a_run_whose_worker_died_before_recording_its_job_stops_it() 
 async fn cancel_a_run_started_elsewhere(forget_pid: bool) {
     let (s, _) = setup_with_broken("cloud-run-v2").await;
     let regional = s
-        .client
-        .deployment_by_name(
+        .deployment(
             "offline-report",
             &format!("regional-{}", s.pool.trim_start_matches("pool-")),
         )
-        .await
-        .expect("read")
-        .expect("deployment")
-        .id;
+        .await;
     let mut first = s.worker("w-dep-region-1", &[]);
     let id = s.quick_run(regional, json!({}), json!({})).await;
     s.reach(id, StateType::Running, Duration::from_secs(90))
@@ -266,18 +227,7 @@ async fn cancel_a_run_started_elsewhere(forget_pid: bool) {
         !observe::processes_of(id).is_empty(),
         "the flow's process runs"
     );
-    s.client
-        .set_flow_run_state(
-            id,
-            &bootstrap_prefect::StateCreate {
-                state_type: StateType::Cancelling,
-                name: None,
-                message: Some("cancelled by the test".into()),
-            },
-            true,
-        )
-        .await
-        .expect("set CANCELLING");
+    s.cancel(id).await;
     let run = s.final_run(id, Duration::from_secs(60)).await;
     assert_eq!(run.state_type(), StateType::Cancelled, "{:?}", run.state);
     let t0 = std::time::Instant::now();

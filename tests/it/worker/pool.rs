@@ -28,12 +28,7 @@ fn plan_text(suffix: &str, pool: bool) -> String {
 }
 
 async fn world() -> World {
-    World::start_with(PROJECT, |c| {
-        c.images
-            .extend_from_file(&testkit::repo_root().join("examples/offline/sandbox-images.yaml"))
-            .expect("example images");
-    })
-    .await
+    World::start_with(PROJECT, testkit::offline_images).await
 }
 
 fn pool_full_name(suffix: &str) -> String {

@@ -130,12 +130,7 @@ async fn bootstrap_plan_runs_on_googles_real_host_names() {
         "{stdout}"
     );
     // The calls reached the sandbox (over TLS on the real host names).
-    let calls: Value = reqwest::get(format!("{}/_sandbox/calls", w.sandbox.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let calls = crate::support::inspect(&w, "/_sandbox/calls").await;
     assert!(
         calls["calls"]["iam.projects.serviceAccounts.get"]
             .as_u64()

@@ -8,8 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bootstrap_prefect::{
-    BlockDocumentCreate, DeploymentSpec, FlowRunFromDeployment, PrefectClient, PrefectConfig,
-    SecretValue, StateType, WorkPoolCreate,
+    BlockDocumentCreate, PrefectClient, PrefectConfig, SecretValue, StateType, WorkPoolCreate,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -17,6 +16,16 @@ use uuid::Uuid;
 fn client() -> PrefectClient {
     PrefectClient::new(PrefectConfig::for_url(&testkit::prefect_api_url()).expect("url"))
         .expect("client")
+}
+
+/// A client, a new [`pool_with_broken_credentials`] named from `prefix`, and a deployment
+/// on it: (client, pool name, deployment id).
+async fn broken_pool_with_deployment(prefix: &str) -> (PrefectClient, String, Uuid) {
+    let c = client();
+    let pool = testkit::unique_name(prefix);
+    pool_with_broken_credentials(&c, &pool).await;
+    let dep = testkit::hello_deployment(&c, &pool).await;
+    (c, pool, dep)
 }
 
 /// A cloud-run-v2 pool whose credentials block holds a key that cannot sign anything.
@@ -68,22 +77,6 @@ async fn pool_with_broken_credentials(c: &PrefectClient, name: &str) -> Uuid {
         tokio::time::sleep(Duration::from_secs(2)).await;
     };
     pool.id
-}
-
-async fn deployment(c: &PrefectClient, pool: &str) -> Uuid {
-    let flow = c
-        .upsert_flow(&testkit::unique_name("wflow"), &[])
-        .await
-        .expect("flow");
-    let spec = DeploymentSpec {
-        entrypoint: Some("flows/hello.py:hello".into()),
-        work_pool_name: Some(pool.to_string()),
-        ..Default::default()
-    };
-    c.upsert_deployment(flow.id, "d", &spec)
-        .await
-        .expect("deployment")
-        .id
 }
 
 /// A worker process, killed on drop so that a failing test leaves no process behind.
@@ -169,17 +162,10 @@ async fn wait_final(c: &PrefectClient, ids: &[Uuid], within: Duration) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_workers_claim_each_run_once_and_report_submission_failures() {
-    let c = client();
-    let pool = testkit::unique_name("wpool");
-    pool_with_broken_credentials(&c, &pool).await;
-    let dep = deployment(&c, &pool).await;
+    let (c, pool, dep) = broken_pool_with_deployment("wpool").await;
     let mut ids = Vec::new();
     for _ in 0..12 {
-        let r = c
-            .create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
-            .await
-            .expect("run");
-        ids.push(r.id);
+        ids.push(testkit::quick_run(&c, dep).await);
     }
     let w1 = worker(&pool, "w-one", "1");
     let w2 = worker(&pool, "w-two", "1");
@@ -232,20 +218,14 @@ async fn two_workers_claim_each_run_once_and_report_submission_failures() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn events_make_pickup_immediate() {
-    let c = client();
-    let pool = testkit::unique_name("wpool-ev");
-    pool_with_broken_credentials(&c, &pool).await;
-    let dep = deployment(&c, &pool).await;
+    let (c, pool, dep) = broken_pool_with_deployment("wpool-ev").await;
     // Polls every 60 s: only the event stream can make pickup fast.
     let w = worker(&pool, "w-ev", "60");
     tokio::time::sleep(Duration::from_secs(3)).await; // connected and past its first poll
     let t0 = Instant::now();
-    let run = c
-        .create_flow_run_from_deployment(dep, &FlowRunFromDeployment::default())
-        .await
-        .expect("run");
+    let run = testkit::quick_run(&c, dep).await;
     loop {
-        let r = c.flow_run(run.id).await.expect("read").expect("run");
+        let r = c.flow_run(run).await.expect("read").expect("run");
         if r.state_type() != StateType::Scheduled {
             break;
         }
