@@ -156,15 +156,21 @@ pub fn body_str<'a>(body: &'a Value, field: &str) -> ApiResult<&'a str> {
         })
 }
 
-/// The `permissions` of a TestIamPermissionsRequest.
-pub fn requested_permissions(body: &Value) -> Vec<String> {
-    body.get("permissions")
+/// The strings of a list field of the body (none when it is absent; items that are not strings
+/// are passed over).
+pub fn body_strings(body: &Value, field: &str) -> Vec<String> {
+    body.get(field)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
         .map(str::to_owned)
         .collect()
+}
+
+/// The `permissions` of a TestIamPermissionsRequest.
+pub fn requested_permissions(body: &Value) -> Vec<String> {
+    body_strings(body, "permissions")
 }
 
 /// Simple offset pagination: `pageToken` is the decimal offset.

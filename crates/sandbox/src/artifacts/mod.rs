@@ -389,12 +389,16 @@ fn project_id(ctx: &Ctx, p: &str) -> String {
         .unwrap_or_else(|| p.to_owned())
 }
 
-/// Checks a permission on a repository; says whether the repository exists.
-fn require_on_repo(ctx: &Ctx, repo_name: &str, permission: &str) -> ApiResult<bool> {
+/// Checks a permission on a repository, then that it exists (a caller without the permission
+/// learns nothing about it).
+fn require_on_repo(ctx: &Ctx, repo_name: &str, permission: &str) -> ApiResult<()> {
     let (policies, exists) = policies_of(&ctx.state, repo_name);
     let refs: Vec<&Policy> = policies.iter().collect();
     authz::check(&ctx.state, &ctx.caller, permission, repo_name, &refs)?;
-    Ok(exists)
+    if !exists {
+        return Err(repo_not_found(repo_name));
+    }
+    Ok(())
 }
 
 fn repo_not_found(name: &str) -> ApiError {
@@ -454,33 +458,27 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
     let repo_name = format!("{parent}/repositories/{}", p(2));
     match method {
         "repositories.get" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.repositories.get")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.repositories.get")?;
             let data = ctx.state.read();
             Ok(data.artifacts.repositories[&repo_name].to_json())
         }
         "repositories.delete" => delete(ctx, &parent, &repo_name),
         "repositories.getIamPolicy" => {
-            if !require_on_repo(
+            require_on_repo(
                 ctx,
                 &repo_name,
                 "artifactregistry.repositories.getIamPolicy",
-            )? {
-                return Err(repo_not_found(&repo_name));
-            }
+            )?;
             Ok(ctx.state.read().artifacts.repositories[&repo_name]
                 .policy
                 .to_json())
         }
         "repositories.setIamPolicy" => {
-            if !require_on_repo(
+            require_on_repo(
                 ctx,
                 &repo_name,
                 "artifactregistry.repositories.setIamPolicy",
-            )? {
-                return Err(repo_not_found(&repo_name));
-            }
+            )?;
             let (incoming, audit) = policy::parse_set_request(&ctx.body)?;
             let consistency = ctx.state.settings().consistency;
             let mut data = ctx.state.write();
@@ -507,9 +505,7 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             })
         }
         "repositories.dockerImages.list" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.list")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.list")?;
             let mut images: Vec<DockerImage> = ctx
                 .state
                 .read()
@@ -540,9 +536,7 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             Ok(out)
         }
         "repositories.dockerImages.get" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.get")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.get")?;
             let id = p(3);
             let data = ctx.state.read();
             // `image@sha256:...` or `image:tag`.
@@ -684,9 +678,7 @@ fn list(ctx: &Ctx, project: &str, parent: &str) -> ApiResult<Value> {
 }
 
 fn delete(ctx: &Ctx, parent: &str, repo_name: &str) -> ApiResult<Value> {
-    if !require_on_repo(ctx, repo_name, "artifactregistry.repositories.delete")? {
-        return Err(repo_not_found(repo_name));
-    }
+    require_on_repo(ctx, repo_name, "artifactregistry.repositories.delete")?;
     {
         let mut data = ctx.state.write();
         data.artifacts.repositories.remove(repo_name);
