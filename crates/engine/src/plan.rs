@@ -36,6 +36,13 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    /// Create what is absent, update what exists.
+    pub fn upsert(exists: bool) -> Self {
+        if exists { Self::Update } else { Self::Create }
+    }
+}
+
 /// Whether `plan` is converging on the plan file or tearing it down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,6 +391,56 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     pub op: Op,
+}
+
+impl Step {
+    /// A step on a resource the plan made or makes: not adopted, no reason given, no field
+    /// changes shown and nothing to wait for, until the methods below say otherwise.
+    pub fn new(address: Address, action: Action, op: Op) -> Self {
+        Self {
+            address,
+            action,
+            adopted: false,
+            reason: None,
+            changes: Vec::new(),
+            depends_on: Vec::new(),
+            op,
+        }
+    }
+
+    /// With the field changes the plan shows.
+    #[must_use]
+    pub fn with_changes(mut self, changes: Vec<FieldChange>) -> Self {
+        self.changes = changes;
+        self
+    }
+
+    /// Why, when there is a reason to say.
+    #[must_use]
+    pub fn reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+
+    /// Why, in a few words.
+    #[must_use]
+    pub fn because(self, reason: impl Into<String>) -> Self {
+        self.reason(Some(reason.into()))
+    }
+
+    /// Whether the resource exists and the tool did not create it.
+    #[must_use]
+    pub fn adopted(mut self, adopted: bool) -> Self {
+        self.adopted = adopted;
+        self
+    }
+
+    /// After the steps at `depends_on`.
+    #[must_use]
+    pub fn after(mut self, depends_on: Vec<Address>) -> Self {
+        self.depends_on = depends_on;
+        self
+    }
 }
 
 /// The whole plan: the steps in an order that respects `depends_on`, and what is already right.

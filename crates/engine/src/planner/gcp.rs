@@ -46,15 +46,14 @@ pub(super) fn apis(b: &mut Builder) {
         .iter()
         .map(|s| FieldChange::set(s.clone(), Some(json!("disabled")), Some(json!("enabled"))))
         .collect();
-    b.push(Step {
-        address: addr::apis(),
-        action: Action::Update,
-        adopted: false,
-        reason: None,
-        changes,
-        depends_on: vec![],
-        op: Op::EnableApis { services: missing },
-    });
+    b.push(
+        Step::new(
+            addr::apis(),
+            Action::Update,
+            Op::EnableApis { services: missing },
+        )
+        .with_changes(changes),
+    );
 }
 
 pub(super) fn service_account(b: &mut Builder) {
@@ -69,20 +68,20 @@ pub(super) fn service_account(b: &mut Builder) {
                 FieldChange::set("description", None, Some(json!(sa.description))),
             ];
             let depends_on = b.deps(&[addr::apis()]);
-            b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::CreateServiceAccount {
-                    account_id: sa.account_id.clone(),
-                    email: sa.email.clone(),
-                    display_name: sa.display_name.clone(),
-                    description: sa.description.clone(),
-                },
-            });
+            b.push(
+                Step::new(
+                    address,
+                    Action::Create,
+                    Op::CreateServiceAccount {
+                        account_id: sa.account_id.clone(),
+                        email: sa.email.clone(),
+                        display_name: sa.display_name.clone(),
+                        description: sa.description.clone(),
+                    },
+                )
+                .with_changes(changes)
+                .after(depends_on),
+            );
         }
         Some(live) => {
             let current =
@@ -91,19 +90,18 @@ pub(super) fn service_account(b: &mut Builder) {
             if changes.is_empty() {
                 b.unchanged(address);
             } else {
-                b.push(Step {
-                    address,
-                    action: Action::Update,
-                    adopted: false,
-                    reason: None,
-                    changes,
-                    depends_on: vec![],
-                    op: Op::PatchServiceAccount {
-                        email: sa.email.clone(),
-                        display_name: sa.display_name.clone(),
-                        description: sa.description.clone(),
-                    },
-                });
+                b.push(
+                    Step::new(
+                        address,
+                        Action::Update,
+                        Op::PatchServiceAccount {
+                            email: sa.email.clone(),
+                            display_name: sa.display_name.clone(),
+                            description: sa.description.clone(),
+                        },
+                    )
+                    .with_changes(changes),
+                );
             }
         }
     }
@@ -171,19 +169,19 @@ pub(super) fn bindings(b: &mut Builder) {
                 .map(|(r, m)| FieldChange::set(r.clone(), Some(json!(m)), None)),
         );
         let depends_on = b.deps(&[addr::service_account(b.spec)]);
-        b.push(Step {
-            address,
-            action: Action::Update,
-            adopted: false,
-            reason: None,
-            changes,
-            depends_on,
-            op: Op::EditProjectPolicy {
-                add,
-                remove,
-                new_accounts: new_accounts.clone(),
-            },
-        });
+        b.push(
+            Step::new(
+                address,
+                Action::Update,
+                Op::EditProjectPolicy {
+                    add,
+                    remove,
+                    new_accounts: new_accounts.clone(),
+                },
+            )
+            .with_changes(changes)
+            .after(depends_on),
+        );
     }
 
     if !on_account.is_empty() {
@@ -200,19 +198,19 @@ pub(super) fn bindings(b: &mut Builder) {
                 .map(|(r, m)| FieldChange::set(r.clone(), None, Some(json!(m))))
                 .collect();
             let depends_on = b.deps(&[addr::service_account(b.spec)]);
-            b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::EditServiceAccountPolicy {
-                    email: b.spec.service_account.email.clone(),
-                    add,
-                    remove: vec![],
-                },
-            });
+            b.push(
+                Step::new(
+                    address,
+                    Action::Update,
+                    Op::EditServiceAccountPolicy {
+                        email: b.spec.service_account.email.clone(),
+                        add,
+                        remove: vec![],
+                    },
+                )
+                .with_changes(changes)
+                .after(depends_on),
+            );
         }
     }
 }
@@ -253,17 +251,18 @@ pub(super) fn key(b: &mut Builder) {
         "no key of the service account is stored in the credentials block"
     };
     let depends_on = b.deps(&[addr::service_account(b.spec)]);
-    b.push(Step {
-        address: addr::new_key(b.spec),
-        action: Action::Create,
-        adopted: false,
-        reason: Some(reason.into()),
-        changes: vec![FieldChange::sensitive("private_key")],
-        depends_on,
-        op: Op::CreateKey {
-            email: b.spec.service_account.email.clone(),
-        },
-    });
+    b.push(
+        Step::new(
+            addr::new_key(b.spec),
+            Action::Create,
+            Op::CreateKey {
+                email: b.spec.service_account.email.clone(),
+            },
+        )
+        .with_changes(vec![FieldChange::sensitive("private_key")])
+        .because(reason)
+        .after(depends_on),
+    );
 }
 
 /// Keys of our account that the block does not use: orphans, deleted once the block has moved on.
@@ -285,21 +284,19 @@ pub(super) fn orphan_keys(b: &mut Builder) {
         .collect();
     for k in orphans {
         let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(Step {
-            address: addr::key(&k.key_id),
-            action: Action::Delete,
-            adopted: false,
-            reason: Some(
-                "user-managed key that the credentials block does not use (orphan)".into(),
-            ),
-            changes: vec![],
-            depends_on,
-            op: Op::DeleteKey {
-                name: k.name.clone(),
-                email: b.spec.service_account.email.clone(),
-                key_id: k.key_id.clone(),
-            },
-        });
+        b.push(
+            Step::new(
+                addr::key(&k.key_id),
+                Action::Delete,
+                Op::DeleteKey {
+                    name: k.name.clone(),
+                    email: b.spec.service_account.email.clone(),
+                    key_id: k.key_id.clone(),
+                },
+            )
+            .because("user-managed key that the credentials block does not use (orphan)")
+            .after(depends_on),
+        );
     }
 }
 
@@ -328,24 +325,21 @@ pub(super) fn secret(b: &mut Builder) {
         b.unchanged(address.clone());
     } else {
         let depends_on = b.deps(&[addr::apis()]);
-        b.push(Step {
-            address: address.clone(),
-            action: if create {
-                Action::Create
-            } else {
-                Action::Update
-            },
-            adopted,
-            reason: None,
-            changes: vec![FieldChange::sensitive("latest_version")],
-            depends_on,
-            op: Op::PutSecret {
-                secret_id: id.clone(),
-                create,
-                add_version,
-                labels: marker_labels(),
-            },
-        });
+        b.push(
+            Step::new(
+                address.clone(),
+                Action::upsert(!create),
+                Op::PutSecret {
+                    secret_id: id.clone(),
+                    create,
+                    add_version,
+                    labels: marker_labels(),
+                },
+            )
+            .with_changes(vec![FieldChange::sensitive("latest_version")])
+            .adopted(adopted)
+            .after(depends_on),
+        );
     }
     let member = b.spec.service_account.email.member();
     let granted = b
@@ -358,18 +352,22 @@ pub(super) fn secret(b: &mut Builder) {
         b.unchanged(iam_address);
     } else {
         let depends_on = b.deps(&[address, addr::service_account(b.spec)]);
-        b.push(Step {
-            address: iam_address,
-            action: Action::Update,
-            adopted: false,
-            reason: None,
-            changes: vec![FieldChange::set(SECRET_ACCESSOR, None, Some(json!(member)))],
-            depends_on,
-            op: Op::GrantSecretAccess {
-                secret_id: id,
-                member,
-            },
-        });
+        b.push(
+            Step::new(
+                iam_address,
+                Action::Update,
+                Op::GrantSecretAccess {
+                    secret_id: id,
+                    member: member.clone(),
+                },
+            )
+            .with_changes(vec![FieldChange::set(
+                SECRET_ACCESSOR,
+                None,
+                Some(json!(member)),
+            )])
+            .after(depends_on),
+        );
     }
 }
 
@@ -392,58 +390,16 @@ pub(super) fn worker_service(b: &mut Builder) {
         c.push(addr::work_pool(b.spec));
         b.deps(&c)
     };
-    let desired_json = service::to_json(&desired);
-    match &b.observed.service {
-        None => {
-            let changes = diff::changes(
-                &Value::Null,
-                &service::owned_view_for(&desired_json, worker),
-            );
-            b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::UpsertService {
-                    name: worker.service.clone(),
-                    body: Box::new(desired),
-                },
-            });
-        }
-        Some(live) => {
-            let changes = diff::changes(
-                &service::owned_view_for(live, worker),
-                &service::owned_view_for(&desired_json, worker),
-            );
-            let adopted = !service::is_marked(live);
-            // A latest revision that is not ready is drift even when the spec matches: the
-            // worker is not running. The redeploy makes a new revision of the same spec.
-            let not_ready = service::not_ready(live);
-            if changes.is_empty() && not_ready.is_none() {
-                b.unchanged(address);
-            } else {
-                let body = service::typed_body(match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired_json),
-                    None => service::merge_into_live(live, &desired_json),
-                });
-                b.push(Step {
-                    address,
-                    action: Action::Update,
-                    adopted,
-                    reason: not_ready
-                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
-                    changes,
-                    depends_on,
-                    op: Op::UpsertService {
-                        name: worker.service.clone(),
-                        body: Box::new(body),
-                    },
-                });
-            }
-        }
-    }
+    let live = b.observed.service.as_ref();
+    service::plan_service(
+        b,
+        address,
+        &worker.service,
+        desired,
+        live,
+        depends_on,
+        |v| service::owned_view_for(v, worker),
+    );
 }
 
 // ---- destroy ----
@@ -458,17 +414,13 @@ pub(super) fn destroy_worker_service(b: &mut Builder) {
         b.adopted.push(address);
         return;
     }
-    b.push(Step {
+    b.push(Step::new(
         address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on: vec![],
-        op: Op::DeleteService {
+        Action::Delete,
+        Op::DeleteService {
             name: worker.service.clone(),
         },
-    });
+    ));
 }
 
 pub(super) fn destroy_secret(b: &mut Builder) {
@@ -486,15 +438,9 @@ pub(super) fn destroy_secret(b: &mut Builder) {
         addr::service(worker.service.as_str()),
         addr::worker_pool(worker.pool_name().as_str()),
     ]);
-    b.push(Step {
-        address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteSecret { secret_id: id },
-    });
+    b.push(
+        Step::new(address, Action::Delete, Op::DeleteSecret { secret_id: id }).after(depends_on),
+    );
 }
 
 pub(super) fn destroy_keys(b: &mut Builder) {
@@ -503,19 +449,18 @@ pub(super) fn destroy_keys(b: &mut Builder) {
     }
     for k in b.observed.keys.clone() {
         let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(Step {
-            address: addr::key(&k.key_id),
-            action: Action::Delete,
-            adopted: false,
-            reason: None,
-            changes: vec![],
-            depends_on,
-            op: Op::DeleteKey {
-                name: k.name,
-                email: b.spec.service_account.email.clone(),
-                key_id: k.key_id,
-            },
-        });
+        b.push(
+            Step::new(
+                addr::key(&k.key_id),
+                Action::Delete,
+                Op::DeleteKey {
+                    name: k.name,
+                    email: b.spec.service_account.email.clone(),
+                    key_id: k.key_id,
+                },
+            )
+            .after(depends_on),
+        );
     }
 }
 
@@ -542,19 +487,19 @@ pub(super) fn destroy_bindings(b: &mut Builder) {
         let depends_on = b.deps(&[addr::service(
             b.spec.worker.as_ref().map_or("", |w| w.service.as_str()),
         )]);
-        b.push(Step {
-            address: addr::project_iam(b.spec),
-            action: Action::Update,
-            adopted: false,
-            reason: None,
-            changes,
-            depends_on,
-            op: Op::EditProjectPolicy {
-                add: vec![],
-                remove,
-                new_accounts: vec![],
-            },
-        });
+        b.push(
+            Step::new(
+                addr::project_iam(b.spec),
+                Action::Update,
+                Op::EditProjectPolicy {
+                    add: vec![],
+                    remove,
+                    new_accounts: vec![],
+                },
+            )
+            .with_changes(changes)
+            .after(depends_on),
+        );
     }
     let _ = member;
 }
@@ -573,16 +518,15 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
     }
     candidates.extend(b.observed.keys.iter().map(|k| addr::key(&k.key_id)));
     let depends_on = b.deps(&candidates);
-    b.push(Step {
-        address: addr::service_account(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteServiceAccount {
-            // Observe read the account by the plan's email.
-            email: b.spec.service_account.email.clone(),
-        },
-    });
+    b.push(
+        Step::new(
+            addr::service_account(b.spec),
+            Action::Delete,
+            Op::DeleteServiceAccount {
+                // Observe read the account by the plan's email.
+                email: b.spec.service_account.email.clone(),
+            },
+        )
+        .after(depends_on),
+    );
 }

@@ -27,21 +27,21 @@ pub(super) fn block(b: &mut Builder) {
                 changes.push(FieldChange::sensitive("service_account_info"));
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
-            b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.clone(),
-                    existing_id: None,
-                    project,
-                    key_from: new_key.then_some(key_step),
-                    keyless,
-                },
-            });
+            b.push(
+                Step::new(
+                    address,
+                    Action::Create,
+                    Op::UpsertBlock {
+                        name: spec.credentials_block.name.clone(),
+                        existing_id: None,
+                        project,
+                        key_from: new_key.then_some(key_step),
+                        keyless,
+                    },
+                )
+                .with_changes(changes)
+                .after(depends_on),
+            );
         }
         Some(live) => {
             let mut changes = Vec::new();
@@ -60,21 +60,21 @@ pub(super) fn block(b: &mut Builder) {
                 return;
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
-            b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.clone(),
-                    existing_id: Some(live.id),
-                    project,
-                    key_from: new_key.then_some(key_step),
-                    keyless,
-                },
-            });
+            b.push(
+                Step::new(
+                    address,
+                    Action::Update,
+                    Op::UpsertBlock {
+                        name: spec.credentials_block.name.clone(),
+                        existing_id: Some(live.id),
+                        project,
+                        key_from: new_key.then_some(key_step),
+                        keyless,
+                    },
+                )
+                .with_changes(changes)
+                .after(depends_on),
+            );
         }
     }
 }
@@ -141,62 +141,63 @@ pub(super) fn work_pool(b: &mut Builder) {
         None => {
             let mut all = vec![FieldChange::set("type", None, Some(json!(pool_type)))];
             all.extend(changes);
-            b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes: all,
-                depends_on,
-                op: Op::CreateWorkPool {
-                    pool: WorkPoolCreate {
-                        name: spec.work_pool.name.to_string(),
-                        pool_type,
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(wanted),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+            b.push(
+                Step::new(
+                    address,
+                    Action::Create,
+                    Op::CreateWorkPool {
+                        pool: WorkPoolCreate {
+                            name: spec.work_pool.name.to_string(),
+                            pool_type,
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(wanted),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
                     },
-                    credentials,
-                },
-            });
+                )
+                .with_changes(all)
+                .after(depends_on),
+            );
         }
         Some(p) if p.pool_type != pool_type => {
-            b.push(Step {
-                address,
-                action: Action::Replace,
-                adopted: false,
-                reason: Some(format!(
-                    "a pool's type cannot change ({} -> {pool_type})",
-                    p.pool_type
-                )),
-                changes: vec![FieldChange::set(
+            b.push(
+                Step::new(
+                    address,
+                    Action::Replace,
+                    Op::ReplaceWorkPool {
+                        pool: WorkPoolCreate {
+                            name: spec.work_pool.name.to_string(),
+                            pool_type: pool_type.clone(),
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(template::apply_defaults(
+                                spec,
+                                &spec
+                                    .work_pool
+                                    .base_job_template
+                                    .clone()
+                                    .or_else(|| b.observed.default_template.clone())
+                                    .unwrap_or(Value::Null),
+                                cred_value.as_ref(),
+                            )),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
+                    },
+                )
+                .with_changes(vec![FieldChange::set(
                     "type",
                     Some(json!(p.pool_type)),
                     Some(json!(pool_type)),
-                )],
-                depends_on,
-                op: Op::ReplaceWorkPool {
-                    pool: WorkPoolCreate {
-                        name: spec.work_pool.name.to_string(),
-                        pool_type,
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(template::apply_defaults(
-                            spec,
-                            &spec
-                                .work_pool
-                                .base_job_template
-                                .clone()
-                                .or_else(|| b.observed.default_template.clone())
-                                .unwrap_or(Value::Null),
-                            cred_value.as_ref(),
-                        )),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
-                    },
-                    credentials,
-                },
-            });
+                )])
+                .because(format!(
+                    "a pool's type cannot change ({} -> {pool_type})",
+                    p.pool_type
+                ))
+                .after(depends_on),
+            );
         }
         Some(p) => {
             if let Some(d) = &spec.work_pool.description
@@ -221,24 +222,24 @@ pub(super) fn work_pool(b: &mut Builder) {
                 b.unchanged(address);
                 return;
             }
-            b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::UpdateWorkPool {
-                    name: spec.work_pool.name.clone(),
-                    update: WorkPoolUpdate {
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(wanted),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+            b.push(
+                Step::new(
+                    address,
+                    Action::Update,
+                    Op::UpdateWorkPool {
+                        name: spec.work_pool.name.clone(),
+                        update: WorkPoolUpdate {
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(wanted),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
                     },
-                    credentials,
-                },
-            });
+                )
+                .with_changes(changes)
+                .after(depends_on),
+            );
         }
     }
 }
@@ -319,20 +320,20 @@ pub(super) fn deployments(b: &mut Builder) {
             continue;
         }
         let flow_id = observed_flow_id(b.observed, d.flow.as_str());
-        b.push(Step {
-            address,
-            action,
-            adopted: false,
-            reason: None,
-            changes,
-            depends_on,
-            op: Op::UpsertDeployment {
-                flow: d.flow.clone(),
-                name: d.name.clone(),
-                body: Box::new(deployment_spec(&wanted)),
-                flow_id,
-            },
-        });
+        b.push(
+            Step::new(
+                address,
+                action,
+                Op::UpsertDeployment {
+                    flow: d.flow.clone(),
+                    name: d.name.clone(),
+                    body: Box::new(deployment_spec(&wanted)),
+                    flow_id,
+                },
+            )
+            .with_changes(changes)
+            .after(depends_on),
+        );
     }
 }
 
@@ -342,19 +343,15 @@ pub(super) fn destroy_deployments(b: &mut Builder) {
     for d in &b.spec.deployments {
         let key = deployment_key(d);
         if let Some(live) = b.observed.deployments.get(&key) {
-            b.push(Step {
-                address: addr::deployment(&key),
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
-                depends_on: vec![],
-                op: Op::DeleteDeployment {
+            b.push(Step::new(
+                addr::deployment(&key),
+                Action::Delete,
+                Op::DeleteDeployment {
                     id: live.id,
                     flow: live.flow.clone(),
                     name: live.name.clone(),
                 },
-            });
+            ));
         }
     }
 }
@@ -370,34 +367,32 @@ pub(super) fn destroy_work_pool(b: &mut Builder) {
         .map(|d| addr::deployment(&deployment_key(d)))
         .collect();
     let depends_on = b.deps(&candidates);
-    b.push(Step {
-        address: addr::work_pool(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteWorkPool {
-            name: b.spec.work_pool.name.clone(),
-        },
-    });
+    b.push(
+        Step::new(
+            addr::work_pool(b.spec),
+            Action::Delete,
+            Op::DeleteWorkPool {
+                name: b.spec.work_pool.name.clone(),
+            },
+        )
+        .after(depends_on),
+    );
 }
 
 pub(super) fn destroy_block(b: &mut Builder) {
     let Some(blk) = &b.observed.block else { return };
     let depends_on = b.deps(&[addr::work_pool(b.spec)]);
-    b.push(Step {
-        address: addr::block(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteBlock {
-            id: blk.id,
-            name: b.spec.credentials_block.name.clone(),
-        },
-    });
+    b.push(
+        Step::new(
+            addr::block(b.spec),
+            Action::Delete,
+            Op::DeleteBlock {
+                id: blk.id,
+                name: b.spec.credentials_block.name.clone(),
+            },
+        )
+        .after(depends_on),
+    );
 }
 
 /// The deployment request from the fields the plan owns (the server's names).

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::super::diff;
 use super::super::observed::MARKER_LABEL;
-use super::Options;
+use super::super::plan::{Action, Address, Op, Step};
+use super::{Builder, Options};
+use bootstrap_spec::ids::RunServiceName;
 
 /// Port of the worker's health endpoint inside the container.
 pub const HEALTH_PORT: u16 = 8080;
@@ -283,6 +285,57 @@ pub fn redeploy_body(live: &Value, desired: &Value) -> Value {
     }
     body["template"]["annotations"][REDEPLOY_ANNOTATION] = Value::String(failed);
     body
+}
+
+/// Plans a Cloud Run service of the plan (the worker's or the waker's): create it when absent;
+/// when live, update it where the fields the plan owns (`owned`) differ, or redeploy it when
+/// its latest revision is not ready (drift even when the spec matches: nothing runs; the
+/// redeploy makes a new revision of the same spec); else it is unchanged.
+pub(super) fn plan_service(
+    b: &mut Builder,
+    address: Address,
+    name: &RunServiceName,
+    desired: Service,
+    live: Option<&Value>,
+    depends_on: Vec<Address>,
+    owned: impl Fn(&Value) -> Value,
+) {
+    let desired_json = to_json(&desired);
+    let Some(live) = live else {
+        let changes = diff::changes(&Value::Null, &owned(&desired_json));
+        let op = Op::UpsertService {
+            name: name.clone(),
+            body: Box::new(desired),
+        };
+        b.push(
+            Step::new(address, Action::Create, op)
+                .with_changes(changes)
+                .after(depends_on),
+        );
+        return;
+    };
+    let changes = diff::changes(&owned(live), &owned(&desired_json));
+    let not_ready = not_ready(live);
+    if changes.is_empty() && not_ready.is_none() {
+        b.unchanged(address);
+        return;
+    }
+    let body = typed_body(match &not_ready {
+        Some(_) => redeploy_body(live, &desired_json),
+        None => merge_into_live(live, &desired_json),
+    });
+    let op = Op::UpsertService {
+        name: name.clone(),
+        body: Box::new(body),
+    };
+    let reason = not_ready.map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.')));
+    b.push(
+        Step::new(address, Action::Update, op)
+            .with_changes(changes)
+            .reason(reason)
+            .adopted(!is_marked(live))
+            .after(depends_on),
+    );
 }
 
 pub fn is_marked(service: &Value) -> bool {

@@ -39,18 +39,17 @@ pub(super) fn destroy_worker_jobs(b: &mut Builder) {
         candidates.push(addr::service(worker.service.as_str()));
     }
     let depends_on = b.deps(&candidates);
-    b.push(Step {
-        address: addr::worker_jobs(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteWorkerJobs {
-            label: format!("{POOL_LABEL}={}", pool_label_value(&pool)),
-            pool,
-            api,
-            jobs,
-        },
-    });
+    b.push(
+        Step::new(
+            addr::worker_jobs(b.spec),
+            Action::Delete,
+            Op::DeleteWorkerJobs {
+                label: format!("{POOL_LABEL}={}", pool_label_value(&pool)),
+                pool,
+                api,
+                jobs,
+            },
+        )
+        .after(depends_on),
+    );
 }

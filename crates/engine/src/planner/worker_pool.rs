@@ -154,21 +154,22 @@ pub(super) fn plan(b: &mut Builder) {
     match &b.observed.worker_pool {
         None => {
             let changes = diff::changes(&Value::Null, &owned_view(&service::to_json(&desired)));
-            b.push(Step {
-                address: address.clone(),
-                action: Action::Create,
-                adopted: false,
-                reason: migrating.then(|| format!("replaces Cloud Run service {}", worker.service)),
-                changes,
-                depends_on,
-                op: Op::UpsertWorkerPool {
-                    name: worker.pool_name(),
-                    body: Box::new(desired),
-                    count_only: false,
-                    wait_online,
-                    work_pool: b.spec.work_pool.name.clone(),
-                },
-            });
+            b.push(
+                Step::new(
+                    address.clone(),
+                    Action::Create,
+                    Op::UpsertWorkerPool {
+                        name: worker.pool_name(),
+                        body: Box::new(desired),
+                        count_only: false,
+                        wait_online,
+                        work_pool: b.spec.work_pool.name.clone(),
+                    },
+                )
+                .with_changes(changes)
+                .reason(migrating.then(|| format!("replaces Cloud Run service {}", worker.service)))
+                .after(depends_on),
+            );
         }
         Some(live) => {
             let mut desired = service::to_json(&desired);
@@ -200,22 +201,27 @@ pub(super) fn plan(b: &mut Builder) {
                     Some(_) => service::redeploy_body(live, &desired),
                     None => merge_into_live(live, &desired),
                 });
-                b.push(Step {
-                    address: address.clone(),
-                    action: Action::Update,
-                    adopted: !service::is_marked(live),
-                    reason: not_ready
-                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
-                    changes,
-                    depends_on,
-                    op: Op::UpsertWorkerPool {
-                        name: worker.pool_name(),
-                        body: Box::new(body),
-                        count_only,
-                        wait_online: wait_online && starts_instances,
-                        work_pool: b.spec.work_pool.name.clone(),
-                    },
-                });
+                b.push(
+                    Step::new(
+                        address.clone(),
+                        Action::Update,
+                        Op::UpsertWorkerPool {
+                            name: worker.pool_name(),
+                            body: Box::new(body),
+                            count_only,
+                            wait_online: wait_online && starts_instances,
+                            work_pool: b.spec.work_pool.name.clone(),
+                        },
+                    )
+                    .with_changes(changes)
+                    .reason(
+                        not_ready.map(|why| {
+                            format!("{}; apply redeploys it", why.trim_end_matches('.'))
+                        }),
+                    )
+                    .adopted(!service::is_marked(live))
+                    .after(depends_on),
+                );
             }
         }
     }
@@ -227,20 +233,20 @@ pub(super) fn plan(b: &mut Builder) {
             return;
         }
         let depends_on = b.deps(&[address]);
-        b.push(Step {
-            address: service_address,
-            action: Action::Delete,
-            adopted: false,
-            reason: Some(format!(
+        b.push(
+            Step::new(
+                service_address,
+                Action::Delete,
+                Op::DeleteService {
+                    name: worker.service.clone(),
+                },
+            )
+            .because(format!(
                 "worker.kind is worker-pool: deleted once worker pool {}'s worker is ONLINE",
                 worker.pool_name()
-            )),
-            changes: vec![],
-            depends_on,
-            op: Op::DeleteService {
-                name: worker.service.clone(),
-            },
-        });
+            ))
+            .after(depends_on),
+        );
     }
 }
 
@@ -257,15 +263,14 @@ pub(super) fn destroy(b: &mut Builder) {
         return;
     }
     let depends_on = vec![];
-    b.push(Step {
-        address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on,
-        op: Op::DeleteWorkerPool {
-            name: worker.pool_name(),
-        },
-    });
+    b.push(
+        Step::new(
+            address,
+            Action::Delete,
+            Op::DeleteWorkerPool {
+                name: worker.pool_name(),
+            },
+        )
+        .after(depends_on),
+    );
 }
