@@ -7,7 +7,7 @@ use bootstrap_spec::KeyMode;
 use serde_json::{Value, json};
 
 use super::super::diff;
-use super::super::observed::MARKER_LABEL;
+use super::super::observed::{Key, MARKER_LABEL};
 use super::super::plan::{Action, FieldChange, Op, Step};
 use super::{Builder, addr, service};
 
@@ -283,21 +283,20 @@ pub(super) fn orphan_keys(b: &mut Builder) {
         .cloned()
         .collect();
     for k in orphans {
-        let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(
-            Step::new(
-                addr::key(&k.key_id),
-                Action::Delete,
-                Op::DeleteKey {
-                    name: k.name.clone(),
-                    email: b.spec.service_account.email.clone(),
-                    key_id: k.key_id.clone(),
-                },
-            )
-            .because("user-managed key that the credentials block does not use (orphan)")
-            .after(depends_on),
-        );
+        let step = delete_key(b, k)
+            .because("user-managed key that the credentials block does not use (orphan)");
+        b.push(step);
     }
+}
+
+/// Deletes a key of the account, once the credentials block no longer holds it.
+fn delete_key(b: &Builder, k: Key) -> Step {
+    let op = Op::DeleteKey {
+        name: k.name,
+        email: b.spec.service_account.email.clone(),
+        key_id: k.key_id.clone(),
+    };
+    Step::new(addr::key(&k.key_id), Action::Delete, op).after(b.deps(&[addr::block(b.spec)]))
 }
 
 fn marker_labels() -> serde_json::Map<String, Value> {
@@ -448,19 +447,8 @@ pub(super) fn destroy_keys(b: &mut Builder) {
         return;
     }
     for k in b.observed.keys.clone() {
-        let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(
-            Step::new(
-                addr::key(&k.key_id),
-                Action::Delete,
-                Op::DeleteKey {
-                    name: k.name,
-                    email: b.spec.service_account.email.clone(),
-                    key_id: k.key_id,
-                },
-            )
-            .after(depends_on),
-        );
+        let step = delete_key(b, k);
+        b.push(step);
     }
 }
 

@@ -96,9 +96,9 @@ pub fn limits(cpu: &str, memory: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
-pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
-    let (command, args) = command_and_args(spec, worker);
+/// How a container of the plan (the worker, the waker) reaches Prefect: the API URL, and the
+/// API key from Secret Manager when there is one.
+pub fn prefect_env(worker: &Worker, options: &Options) -> Vec<EnvVar> {
     let mut env = vec![env_value("PREFECT_API_URL", &options.prefect_api_url)];
     if options.has_api_key {
         env.push(env_secret(
@@ -106,6 +106,13 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
             worker.api_key_secret.as_str(),
         ));
     }
+    env
+}
+
+/// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
+pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
+    let (command, args) = command_and_args(spec, worker);
+    let env = prefect_env(worker, options);
     let container = Container {
         image: worker.image.to_string(),
         command,

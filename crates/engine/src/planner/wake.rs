@@ -69,16 +69,7 @@ pub mod address {
 /// authenticates the call instead.
 pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> run_v2::Service {
     let worker = spec.worker.as_ref().expect("names() implies a worker");
-    let mut env = vec![service::env_value(
-        "PREFECT_API_URL",
-        &options.prefect_api_url,
-    )];
-    if options.has_api_key {
-        env.push(service::env_secret(
-            "PREFECT_API_KEY",
-            worker.api_key_secret.as_str(),
-        ));
-    }
+    let mut env = service::prefect_env(worker, options);
     env.push(service::env_secret(crate_secret_env(), n.secret.as_str()));
     let container = run_v2::Container {
         image: worker.image.to_string(),

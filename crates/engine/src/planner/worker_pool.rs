@@ -27,16 +27,7 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
 /// The worker pool body apply sends (Run v2 `WorkerPool`), with only fields the plan decides.
 pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> WorkerPool {
     let (command, args) = command_and_args(spec, worker);
-    let mut env = vec![service::env_value(
-        "PREFECT_API_URL",
-        &options.prefect_api_url,
-    )];
-    if options.has_api_key {
-        env.push(service::env_secret(
-            "PREFECT_API_KEY",
-            worker.api_key_secret.as_str(),
-        ));
-    }
+    let mut env = service::prefect_env(worker, options);
     // Scale to zero: the embedded worker sets its own pool's count to 0 when idle
     // (`bootstrap worker --scale-to-zero-pool/--scale-to-zero-idle`, crates/worker/src/idle.rs).
     if let Some(stz) = &worker.scale_to_zero {

@@ -177,6 +177,19 @@ fn registry_of(name: &str) -> Option<String> {
     }
 }
 
+/// Tells the executor's image registry that the repository `name` now exists or no longer does.
+fn registry_exists(ctx: &Ctx, name: &str, exists: bool) {
+    if let Some(registry) = registry_of(name) {
+        ctx.state
+            .run
+            .executor()
+            .config()
+            .images
+            .built()
+            .set_repository(&registry, exists);
+    }
+}
+
 /// Tells the executor's image registry what the store holds (at start, after a restore).
 pub fn sync_built(state: &AppState) {
     let built = state.run.executor().config().images.built().clone();
@@ -630,15 +643,7 @@ fn create(ctx: &Ctx, project: &str, location: &str) -> ApiResult<Value> {
         data.artifacts.repositories.insert(name.clone(), repo);
         view
     };
-    if let Some(registry) = registry_of(&name) {
-        ctx.state
-            .run
-            .executor()
-            .config()
-            .images
-            .built()
-            .set_repository(&registry, true);
-    }
+    registry_exists(ctx, &name, true);
     let mut response = view;
     response["@type"] = json!(REPOSITORY_TYPE);
     Ok(operations::create(
@@ -686,15 +691,7 @@ fn delete(ctx: &Ctx, parent: &str, repo_name: &str) -> ApiResult<Value> {
             .images
             .retain(|_, i| i.repository != repo_name);
     }
-    if let Some(registry) = registry_of(repo_name) {
-        ctx.state
-            .run
-            .executor()
-            .config()
-            .images
-            .built()
-            .set_repository(&registry, false);
-    }
+    registry_exists(ctx, repo_name, false);
     Ok(operations::create(
         &ctx.state,
         &format!("{parent}/operations/{}", uuid::Uuid::new_v4()),
