@@ -12,6 +12,7 @@ use crate::model::*;
 use crate::node::{Node, Value};
 use crate::reader::{Fields, Reader, Secret, show};
 
+/// The plan file's top-level keys, in the order it is written.
 pub const TOP_KEYS: &[&str] = &[
     "version",
     "gcp",
