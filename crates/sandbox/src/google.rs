@@ -27,13 +27,18 @@ pub struct Ctx {
     pub body: Value,
 }
 
+/// The first value of the query parameter `name` (Run's calls read their query alike).
+pub(crate) fn query_param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 impl Ctx {
     /// The first value of a query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        query_param(&self.query, name)
     }
 
     /// All values of a repeated query parameter.

@@ -34,10 +34,7 @@ pub(crate) struct Req {
 
 impl Req {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::google::query_param(&self.query, name)
     }
 
     pub fn flag(&self, name: &str) -> bool {

@@ -33,7 +33,13 @@ pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
             r.require("run.jobs.get")?;
             Ok(job(req, &rec))
         }
-        "jobs.list" => list_jobs(req),
+        "jobs.list" => list_in_namespace(
+            req,
+            "run.jobs.list",
+            "JobsList",
+            |s| &s.jobs,
+            |r| Ok(job(req, r)),
+        ),
         "jobs.replaceJob" => replace(req),
         "jobs.delete" => {
             let (_, r) = find_job(req)?;
@@ -51,7 +57,13 @@ pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
             req.require("run.executions.get")?;
             exec_v1(req, &name)
         }
-        "executions.list" => list_execs(req),
+        "executions.list" => list_in_namespace(
+            req,
+            "run.executions.list",
+            "ExecutionsList",
+            |s| &s.executions,
+            |e| exec_v1(req, &e.meta.name),
+        ),
         "executions.delete" => {
             let name = find_exec(req)?;
             req.require("run.executions.delete")?;
@@ -171,26 +183,6 @@ fn replace(req: &Req) -> ApiResult<Value> {
     let dry = req.param("dryRun").is_some_and(|d| !d.is_empty());
     let rec = replace_job(&r, &req.call.params[1], to_v2(&req.body), dry)?;
     Ok(job(req, &rec))
-}
-
-fn list_jobs(req: &Req) -> ApiResult<Value> {
-    list_in_namespace(
-        req,
-        "run.jobs.list",
-        "JobsList",
-        |s| &s.jobs,
-        |r| Ok(job(req, r)),
-    )
-}
-
-fn list_execs(req: &Req) -> ApiResult<Value> {
-    list_in_namespace(
-        req,
-        "run.executions.list",
-        "ExecutionsList",
-        |s| &s.executions,
-        |e| exec_v1(req, &e.meta.name),
-    )
 }
 
 // ---------- translation ----------
