@@ -294,17 +294,7 @@ impl ImageMap {
         let expand = |s: &str| self.vars.expand(s, &dir);
         let entrypoint: Vec<String> = rule.entrypoint.iter().map(|s| expand(s)).collect();
         let cmd: Vec<String> = rule.cmd.iter().map(|s| expand(s)).collect();
-        self.finish_with(
-            image,
-            rule,
-            &dir,
-            &entrypoint,
-            &cmd,
-            command,
-            args,
-            None,
-            None,
-        )
+        self.finish(image, rule, &dir, &entrypoint, &cmd, command, args)
     }
 
     /// A built image runs as its base image's programs, with its own environment's `bin`
@@ -362,6 +352,20 @@ impl ImageMap {
                 .insert("VIRTUAL_ENV".into(), venv.display().to_string());
         }
         Ok(local)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        image: &str,
+        rule: &ImageRule,
+        dir: &Path,
+        entrypoint: &[String],
+        cmd: &[String],
+        command: &[String],
+        args: &[String],
+    ) -> Result<LocalCommand, ResolveError> {
+        self.finish_with(image, rule, dir, entrypoint, cmd, command, args, None, None)
     }
 
     #[allow(clippy::too_many_arguments)]
