@@ -395,7 +395,8 @@ pub struct Step {
 
 impl Step {
     /// A step on a resource the plan made or makes: not adopted, no reason given, no field
-    /// changes shown and nothing to wait for, until the methods below say otherwise.
+    /// changes shown and nothing to wait for; a struct update (`Step { changes, ..Step::new(..) }`)
+    /// says otherwise.
     pub fn new(address: Address, action: Action, op: Op) -> Self {
         Self {
             address,
@@ -406,40 +407,6 @@ impl Step {
             depends_on: Vec::new(),
             op,
         }
-    }
-
-    /// With the field changes the plan shows.
-    #[must_use]
-    pub fn with_changes(mut self, changes: Vec<FieldChange>) -> Self {
-        self.changes = changes;
-        self
-    }
-
-    /// Why, when there is a reason to say.
-    #[must_use]
-    pub fn reason(mut self, reason: Option<String>) -> Self {
-        self.reason = reason;
-        self
-    }
-
-    /// Why, in a few words.
-    #[must_use]
-    pub fn because(self, reason: impl Into<String>) -> Self {
-        self.reason(Some(reason.into()))
-    }
-
-    /// Whether the resource exists and the tool did not create it.
-    #[must_use]
-    pub fn adopted(mut self, adopted: bool) -> Self {
-        self.adopted = adopted;
-        self
-    }
-
-    /// After the steps at `depends_on`.
-    #[must_use]
-    pub fn after(mut self, depends_on: Vec<Address>) -> Self {
-        self.depends_on = depends_on;
-        self
     }
 }
 

@@ -46,8 +46,13 @@ pub(super) fn repositories(b: &mut Builder) {
                 let mut labels = serde_json::Map::new();
                 labels.insert(MARKER_LABEL.0.into(), json!(MARKER_LABEL.1));
                 let depends_on = b.deps(&[addr::apis()]);
-                b.push(
-                    Step::new(
+                b.push(Step {
+                    changes: vec![
+                        FieldChange::set("format", None, Some(json!("DOCKER"))),
+                        FieldChange::set("location", None, Some(json!(region.as_str()))),
+                    ],
+                    depends_on,
+                    ..Step::new(
                         address.clone(),
                         Action::Create,
                         Op::CreateRepository {
@@ -56,12 +61,7 @@ pub(super) fn repositories(b: &mut Builder) {
                             labels,
                         },
                     )
-                    .with_changes(vec![
-                        FieldChange::set("format", None, Some(json!("DOCKER"))),
-                        FieldChange::set("location", None, Some(json!(region.as_str()))),
-                    ])
-                    .after(depends_on),
-                );
+                });
             }
             Some(r) => {
                 if !marked(&r.labels) {
@@ -92,8 +92,10 @@ pub(super) fn repositories(b: &mut Builder) {
             .iter()
             .map(|(role, m)| FieldChange::set(role, None, Some(json!(m))))
             .collect();
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(
                 iam,
                 Action::upsert(live.is_some()),
                 Op::EditRepositoryPolicy {
@@ -102,9 +104,7 @@ pub(super) fn repositories(b: &mut Builder) {
                     remove: Vec::new(),
                 },
             )
-            .with_changes(changes)
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -149,8 +149,11 @@ pub(super) fn images(b: &mut Builder) {
             addr::repository(&img.build.repository),
             addr::repository_iam(&img.build.repository),
         ]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set("image", old, Some(json!(img.image_ref())))],
+            reason: Some(reason),
+            depends_on,
+            ..Step::new(
                 address,
                 action,
                 Op::BuildImage {
@@ -161,14 +164,7 @@ pub(super) fn images(b: &mut Builder) {
                     service_account: Some(img.build_account.clone()),
                 },
             )
-            .with_changes(vec![FieldChange::set(
-                "image",
-                old,
-                Some(json!(img.image_ref())),
-            )])
-            .because(reason)
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -182,14 +178,14 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
         };
         let address = addr::repository(&repo);
         if marked(&live.labels) {
-            b.push(
-                Step::new(
+            b.push(Step {
+                reason: Some("made by bootstrap; its images go with it".into()),
+                ..Step::new(
                     address,
                     Action::Delete,
                     Op::DeleteRepository { repository: repo },
                 )
-                .because("made by bootstrap; its images go with it"),
-            );
+            });
         } else {
             b.adopted.push(address);
             let mut remove: Vec<(String, String)> = Vec::new();
@@ -207,8 +203,10 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
                     .iter()
                     .map(|(role, m)| FieldChange::set(role, Some(json!(m)), None))
                     .collect();
-                b.push(
-                    Step::new(
+                b.push(Step {
+                    changes,
+                    reason: Some("the repository was not made by bootstrap and stays".into()),
+                    ..Step::new(
                         addr::repository_iam(&repo),
                         Action::Delete,
                         Op::EditRepositoryPolicy {
@@ -217,9 +215,7 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
                             remove,
                         },
                     )
-                    .with_changes(changes)
-                    .because("the repository was not made by bootstrap and stays"),
-                );
+                });
             }
         }
     }

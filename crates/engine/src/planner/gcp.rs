@@ -46,14 +46,14 @@ pub(super) fn apis(b: &mut Builder) {
         .iter()
         .map(|s| FieldChange::set(s.clone(), Some(json!("disabled")), Some(json!("enabled"))))
         .collect();
-    b.push(
-        Step::new(
+    b.push(Step {
+        changes,
+        ..Step::new(
             addr::apis(),
             Action::Update,
             Op::EnableApis { services: missing },
         )
-        .with_changes(changes),
-    );
+    });
 }
 
 pub(super) fn service_account(b: &mut Builder) {
@@ -68,8 +68,10 @@ pub(super) fn service_account(b: &mut Builder) {
                 FieldChange::set("description", None, Some(json!(sa.description))),
             ];
             let depends_on = b.deps(&[addr::apis()]);
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Create,
                     Op::CreateServiceAccount {
@@ -79,9 +81,7 @@ pub(super) fn service_account(b: &mut Builder) {
                         description: sa.description.clone(),
                     },
                 )
-                .with_changes(changes)
-                .after(depends_on),
-            );
+            });
         }
         Some(live) => {
             let current =
@@ -90,8 +90,9 @@ pub(super) fn service_account(b: &mut Builder) {
             if changes.is_empty() {
                 b.unchanged(address);
             } else {
-                b.push(
-                    Step::new(
+                b.push(Step {
+                    changes,
+                    ..Step::new(
                         address,
                         Action::Update,
                         Op::PatchServiceAccount {
@@ -100,8 +101,7 @@ pub(super) fn service_account(b: &mut Builder) {
                             description: sa.description.clone(),
                         },
                     )
-                    .with_changes(changes),
-                );
+                });
             }
         }
     }
@@ -169,8 +169,10 @@ pub(super) fn bindings(b: &mut Builder) {
                 .map(|(r, m)| FieldChange::set(r.clone(), Some(json!(m)), None)),
         );
         let depends_on = b.deps(&[addr::service_account(b.spec)]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(
                 address,
                 Action::Update,
                 Op::EditProjectPolicy {
@@ -179,9 +181,7 @@ pub(super) fn bindings(b: &mut Builder) {
                     new_accounts: new_accounts.clone(),
                 },
             )
-            .with_changes(changes)
-            .after(depends_on),
-        );
+        });
     }
 
     if !on_account.is_empty() {
@@ -198,8 +198,10 @@ pub(super) fn bindings(b: &mut Builder) {
                 .map(|(r, m)| FieldChange::set(r.clone(), None, Some(json!(m))))
                 .collect();
             let depends_on = b.deps(&[addr::service_account(b.spec)]);
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Update,
                     Op::EditServiceAccountPolicy {
@@ -208,9 +210,7 @@ pub(super) fn bindings(b: &mut Builder) {
                         remove: vec![],
                     },
                 )
-                .with_changes(changes)
-                .after(depends_on),
-            );
+            });
         }
     }
 }
@@ -251,18 +251,18 @@ pub(super) fn key(b: &mut Builder) {
         "no key of the service account is stored in the credentials block"
     };
     let depends_on = b.deps(&[addr::service_account(b.spec)]);
-    b.push(
-        Step::new(
+    b.push(Step {
+        changes: vec![FieldChange::sensitive("private_key")],
+        reason: Some(reason.into()),
+        depends_on,
+        ..Step::new(
             addr::new_key(b.spec),
             Action::Create,
             Op::CreateKey {
                 email: b.spec.service_account.email.clone(),
             },
         )
-        .with_changes(vec![FieldChange::sensitive("private_key")])
-        .because(reason)
-        .after(depends_on),
-    );
+    });
 }
 
 /// Keys of our account that the block does not use: orphans, deleted once the block has moved on.
@@ -283,8 +283,12 @@ pub(super) fn orphan_keys(b: &mut Builder) {
         .cloned()
         .collect();
     for k in orphans {
-        let step = delete_key(b, k)
-            .because("user-managed key that the credentials block does not use (orphan)");
+        let step = Step {
+            reason: Some(
+                "user-managed key that the credentials block does not use (orphan)".into(),
+            ),
+            ..delete_key(b, k)
+        };
         b.push(step);
     }
 }
@@ -296,7 +300,10 @@ fn delete_key(b: &Builder, k: Key) -> Step {
         email: b.spec.service_account.email.clone(),
         key_id: k.key_id.clone(),
     };
-    Step::new(addr::key(&k.key_id), Action::Delete, op).after(b.deps(&[addr::block(b.spec)]))
+    Step {
+        depends_on: b.deps(&[addr::block(b.spec)]),
+        ..Step::new(addr::key(&k.key_id), Action::Delete, op)
+    }
 }
 
 fn marker_labels() -> serde_json::Map<String, Value> {
@@ -324,8 +331,11 @@ pub(super) fn secret(b: &mut Builder) {
         b.unchanged(address.clone());
     } else {
         let depends_on = b.deps(&[addr::apis()]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::sensitive("latest_version")],
+            adopted,
+            depends_on,
+            ..Step::new(
                 address.clone(),
                 Action::upsert(!create),
                 Op::PutSecret {
@@ -335,10 +345,7 @@ pub(super) fn secret(b: &mut Builder) {
                     labels: marker_labels(),
                 },
             )
-            .with_changes(vec![FieldChange::sensitive("latest_version")])
-            .adopted(adopted)
-            .after(depends_on),
-        );
+        });
     }
     let member = b.spec.service_account.email.member();
     let granted = b
@@ -351,8 +358,10 @@ pub(super) fn secret(b: &mut Builder) {
         b.unchanged(iam_address);
     } else {
         let depends_on = b.deps(&[address, addr::service_account(b.spec)]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set(SECRET_ACCESSOR, None, Some(json!(member)))],
+            depends_on,
+            ..Step::new(
                 iam_address,
                 Action::Update,
                 Op::GrantSecretAccess {
@@ -360,13 +369,7 @@ pub(super) fn secret(b: &mut Builder) {
                     member: member.clone(),
                 },
             )
-            .with_changes(vec![FieldChange::set(
-                SECRET_ACCESSOR,
-                None,
-                Some(json!(member)),
-            )])
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -437,9 +440,10 @@ pub(super) fn destroy_secret(b: &mut Builder) {
         addr::service(worker.service.as_str()),
         addr::worker_pool(worker.pool_name().as_str()),
     ]);
-    b.push(
-        Step::new(address, Action::Delete, Op::DeleteSecret { secret_id: id }).after(depends_on),
-    );
+    b.push(Step {
+        depends_on,
+        ..Step::new(address, Action::Delete, Op::DeleteSecret { secret_id: id })
+    });
 }
 
 pub(super) fn destroy_keys(b: &mut Builder) {
@@ -475,8 +479,10 @@ pub(super) fn destroy_bindings(b: &mut Builder) {
         let depends_on = b.deps(&[addr::service(
             b.spec.worker.as_ref().map_or("", |w| w.service.as_str()),
         )]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(
                 addr::project_iam(b.spec),
                 Action::Update,
                 Op::EditProjectPolicy {
@@ -485,9 +491,7 @@ pub(super) fn destroy_bindings(b: &mut Builder) {
                     new_accounts: vec![],
                 },
             )
-            .with_changes(changes)
-            .after(depends_on),
-        );
+        });
     }
     let _ = member;
 }
@@ -506,8 +510,9 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
     }
     candidates.extend(b.observed.keys.iter().map(|k| addr::key(&k.key_id)));
     let depends_on = b.deps(&candidates);
-    b.push(
-        Step::new(
+    b.push(Step {
+        depends_on,
+        ..Step::new(
             addr::service_account(b.spec),
             Action::Delete,
             Op::DeleteServiceAccount {
@@ -515,6 +520,5 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
                 email: b.spec.service_account.email.clone(),
             },
         )
-        .after(depends_on),
-    );
+    });
 }

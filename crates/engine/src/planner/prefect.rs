@@ -27,8 +27,10 @@ pub(super) fn block(b: &mut Builder) {
                 changes.push(FieldChange::sensitive("service_account_info"));
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Create,
                     Op::UpsertBlock {
@@ -39,9 +41,7 @@ pub(super) fn block(b: &mut Builder) {
                         keyless,
                     },
                 )
-                .with_changes(changes)
-                .after(depends_on),
-            );
+            });
         }
         Some(live) => {
             let mut changes = Vec::new();
@@ -60,8 +60,10 @@ pub(super) fn block(b: &mut Builder) {
                 return;
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Update,
                     Op::UpsertBlock {
@@ -72,9 +74,7 @@ pub(super) fn block(b: &mut Builder) {
                         keyless,
                     },
                 )
-                .with_changes(changes)
-                .after(depends_on),
-            );
+            });
         }
     }
 }
@@ -141,8 +141,10 @@ pub(super) fn work_pool(b: &mut Builder) {
         None => {
             let mut all = vec![FieldChange::set("type", None, Some(json!(pool_type)))];
             all.extend(changes);
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes: all,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Create,
                     Op::CreateWorkPool {
@@ -157,13 +159,21 @@ pub(super) fn work_pool(b: &mut Builder) {
                         credentials,
                     },
                 )
-                .with_changes(all)
-                .after(depends_on),
-            );
+            });
         }
         Some(p) if p.pool_type != pool_type => {
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes: vec![FieldChange::set(
+                    "type",
+                    Some(json!(p.pool_type)),
+                    Some(json!(pool_type)),
+                )],
+                reason: Some(format!(
+                    "a pool's type cannot change ({} -> {pool_type})",
+                    p.pool_type
+                )),
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Replace,
                     Op::ReplaceWorkPool {
@@ -187,17 +197,7 @@ pub(super) fn work_pool(b: &mut Builder) {
                         credentials,
                     },
                 )
-                .with_changes(vec![FieldChange::set(
-                    "type",
-                    Some(json!(p.pool_type)),
-                    Some(json!(pool_type)),
-                )])
-                .because(format!(
-                    "a pool's type cannot change ({} -> {pool_type})",
-                    p.pool_type
-                ))
-                .after(depends_on),
-            );
+            });
         }
         Some(p) => {
             if let Some(d) = &spec.work_pool.description
@@ -222,8 +222,10 @@ pub(super) fn work_pool(b: &mut Builder) {
                 b.unchanged(address);
                 return;
             }
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                depends_on,
+                ..Step::new(
                     address,
                     Action::Update,
                     Op::UpdateWorkPool {
@@ -237,9 +239,7 @@ pub(super) fn work_pool(b: &mut Builder) {
                         credentials,
                     },
                 )
-                .with_changes(changes)
-                .after(depends_on),
-            );
+            });
         }
     }
 }
@@ -320,8 +320,10 @@ pub(super) fn deployments(b: &mut Builder) {
             continue;
         }
         let flow_id = observed_flow_id(b.observed, d.flow.as_str());
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(
                 address,
                 action,
                 Op::UpsertDeployment {
@@ -331,9 +333,7 @@ pub(super) fn deployments(b: &mut Builder) {
                     flow_id,
                 },
             )
-            .with_changes(changes)
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -367,23 +367,24 @@ pub(super) fn destroy_work_pool(b: &mut Builder) {
         .map(|d| addr::deployment(&deployment_key(d)))
         .collect();
     let depends_on = b.deps(&candidates);
-    b.push(
-        Step::new(
+    b.push(Step {
+        depends_on,
+        ..Step::new(
             addr::work_pool(b.spec),
             Action::Delete,
             Op::DeleteWorkPool {
                 name: b.spec.work_pool.name.clone(),
             },
         )
-        .after(depends_on),
-    );
+    });
 }
 
 pub(super) fn destroy_block(b: &mut Builder) {
     let Some(blk) = &b.observed.block else { return };
     let depends_on = b.deps(&[addr::work_pool(b.spec)]);
-    b.push(
-        Step::new(
+    b.push(Step {
+        depends_on,
+        ..Step::new(
             addr::block(b.spec),
             Action::Delete,
             Op::DeleteBlock {
@@ -391,8 +392,7 @@ pub(super) fn destroy_block(b: &mut Builder) {
                 name: b.spec.credentials_block.name.clone(),
             },
         )
-        .after(depends_on),
-    );
+    });
 }
 
 /// The deployment request from the fields the plan owns (the server's names).

@@ -314,11 +314,11 @@ pub(super) fn plan_service(
             name: name.clone(),
             body: Box::new(desired),
         };
-        b.push(
-            Step::new(address, Action::Create, op)
-                .with_changes(changes)
-                .after(depends_on),
-        );
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(address, Action::Create, op)
+        });
         return;
     };
     let changes = diff::changes(&owned(live), &owned(&desired_json));
@@ -336,13 +336,13 @@ pub(super) fn plan_service(
         body: Box::new(body),
     };
     let reason = not_ready.map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.')));
-    b.push(
-        Step::new(address, Action::Update, op)
-            .with_changes(changes)
-            .reason(reason)
-            .adopted(!is_marked(live))
-            .after(depends_on),
-    );
+    b.push(Step {
+        changes,
+        reason,
+        adopted: !is_marked(live),
+        depends_on,
+        ..Step::new(address, Action::Update, op)
+    });
 }
 
 pub fn is_marked(service: &Value) -> bool {

@@ -132,8 +132,14 @@ pub(super) fn plan(b: &mut Builder) {
         b.unchanged(address::account(&n));
     } else {
         let depends_on = b.deps(&[addr::apis()]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set(
+                "email",
+                None,
+                Some(json!(n.email.as_str())),
+            )],
+            depends_on,
+            ..Step::new(
                 address::account(&n),
                 Action::Create,
                 Op::CreateServiceAccount {
@@ -146,13 +152,7 @@ pub(super) fn plan(b: &mut Builder) {
                     ),
                 },
             )
-            .with_changes(vec![FieldChange::set(
-                "email",
-                None,
-                Some(json!(n.email.as_str())),
-            )])
-            .after(depends_on),
-        );
+        });
     }
     let account = b.deps(&[address::account(&n)]);
 
@@ -180,8 +180,11 @@ pub(super) fn plan(b: &mut Builder) {
             _ => Some("the waker's URL changed".to_string()),
         };
         let depends_on = b.deps(&[addr::apis()]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::sensitive("value")],
+            reason: why.map(|w| format!("{w}: a new shared secret")),
+            depends_on,
+            ..Step::new(
                 address::secret(&n),
                 Action::upsert(o.secret.is_some()),
                 Op::PutWakerSecret {
@@ -192,10 +195,7 @@ pub(super) fn plan(b: &mut Builder) {
                         .collect(),
                 },
             )
-            .with_changes(vec![FieldChange::sensitive("value")])
-            .reason(why.map(|w| format!("{w}: a new shared secret")))
-            .after(depends_on),
-        );
+        });
     } else {
         b.unchanged(address::secret(&n));
     }
@@ -233,8 +233,14 @@ pub(super) fn plan(b: &mut Builder) {
         }
         let mut deps = account.clone();
         deps.extend(b.deps(&[secret_step]));
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set(
+                "roles/secretmanager.secretAccessor",
+                None,
+                Some(json!(member)),
+            )],
+            depends_on: deps,
+            ..Step::new(
                 address,
                 Action::Update,
                 Op::GrantSecretAccess {
@@ -242,13 +248,7 @@ pub(super) fn plan(b: &mut Builder) {
                     member: member.clone(),
                 },
             )
-            .with_changes(vec![FieldChange::set(
-                "roles/secretmanager.secretAccessor",
-                None,
-                Some(json!(member)),
-            )])
-            .after(deps),
-        );
+        });
     }
     // Google documents both roles for changing a worker pool's instance count: Cloud Run
     // Developer on the pool and Service Account User on its service identity
@@ -265,8 +265,14 @@ pub(super) fn plan(b: &mut Builder) {
     } else {
         let mut deps = account.clone();
         deps.extend(b.deps(&[addr::service_account(spec), addr::sa_iam(spec)]));
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
+            reason: Some(format!(
+                "the waker may act as {} (to change the pool's count)",
+                spec.service_account.email
+            )),
+            depends_on: deps,
+            ..Step::new(
                 act_as,
                 Action::Update,
                 Op::EditServiceAccountPolicy {
@@ -275,21 +281,18 @@ pub(super) fn plan(b: &mut Builder) {
                     remove: vec![],
                 },
             )
-            .with_changes(vec![FieldChange::set(SA_USER, None, Some(json!(member)))])
-            .because(format!(
-                "the waker may act as {} (to change the pool's count)",
-                spec.service_account.email
-            ))
-            .after(deps),
-        );
+        });
     }
     if o.pool_role_members.contains(&member) {
         b.unchanged(address::pool_iam(&n));
     } else {
         let mut deps = account.clone();
         deps.extend(b.deps(&[addr::worker_pool(n.pool.as_str())]));
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes: vec![FieldChange::set(POOL_ROLE, None, Some(json!(member)))],
+            reason: Some(format!("the waker may update worker pool {} only", n.pool)),
+            depends_on: deps,
+            ..Step::new(
                 address::pool_iam(&n),
                 Action::Update,
                 Op::EditWorkerPoolPolicy {
@@ -298,10 +301,7 @@ pub(super) fn plan(b: &mut Builder) {
                     remove: vec![],
                 },
             )
-            .with_changes(vec![FieldChange::set(POOL_ROLE, None, Some(json!(member)))])
-            .because(format!("the waker may update worker pool {} only", n.pool))
-            .after(deps),
-        );
+        });
     }
 
     // The waker service, once it can read its secrets and update its pool.
@@ -351,8 +351,10 @@ pub(super) fn plan(b: &mut Builder) {
         }
         changes.push(FieldChange::sensitive("headers.Authorization"));
         let depends_on = b.deps(&[address::secret(&n), address::service(&n)]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(
                 block_address.clone(),
                 Action::upsert(o.block.is_some()),
                 Op::UpsertWakerBlock {
@@ -362,9 +364,7 @@ pub(super) fn plan(b: &mut Builder) {
                     secret_from: address::secret(&n),
                 },
             )
-            .with_changes(changes)
-            .after(depends_on),
-        );
+        });
     } else {
         b.unchanged(block_address.clone());
     }
@@ -399,8 +399,11 @@ pub(super) fn plan(b: &mut Builder) {
             b.unchanged(address);
             continue;
         }
-        b.push(
-            Step::new(
+        b.push(Step {
+            changes,
+            adopted: live.is_some_and(|l| !wake::is_ours(l)),
+            depends_on,
+            ..Step::new(
                 address,
                 Action::upsert(live.is_some()),
                 Op::UpsertAutomation {
@@ -411,10 +414,7 @@ pub(super) fn plan(b: &mut Builder) {
                     block: block_id.clone(),
                 },
             )
-            .with_changes(changes)
-            .adopted(live.is_some_and(|l| !wake::is_ours(l)))
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -543,8 +543,9 @@ pub(super) fn destroy(b: &mut Builder) {
     }
     if let Some(bl) = &o.block {
         let depends_on = b.deps(&prefect_steps);
-        b.push(
-            Step::new(
+        b.push(Step {
+            depends_on,
+            ..Step::new(
                 address::block(&n),
                 Action::Delete,
                 Op::DeleteBlock {
@@ -552,24 +553,23 @@ pub(super) fn destroy(b: &mut Builder) {
                     name: n.block.clone(),
                 },
             )
-            .after(depends_on),
-        );
+        });
     }
     let mut gcp_steps = vec![];
     if let Some(live) = &o.service {
         if service::is_marked(live) {
             let depends_on = b.deps(&[address::block(&n)]);
             gcp_steps.push(address::service(&n));
-            b.push(
-                Step::new(
+            b.push(Step {
+                depends_on,
+                ..Step::new(
                     address::service(&n),
                     Action::Delete,
                     Op::DeleteService {
                         name: n.service.clone(),
                     },
                 )
-                .after(depends_on),
-            );
+            });
         } else {
             b.adopted.push(address::service(&n));
         }
@@ -578,16 +578,16 @@ pub(super) fn destroy(b: &mut Builder) {
         if s.labels.get(MARKER_LABEL.0).map(String::as_str) == Some(MARKER_LABEL.1) {
             let depends_on = b.deps(&gcp_steps);
             gcp_steps.push(address::secret(&n));
-            b.push(
-                Step::new(
+            b.push(Step {
+                depends_on,
+                ..Step::new(
                     address::secret(&n),
                     Action::Delete,
                     Op::DeleteSecret {
                         secret_id: n.secret.clone(),
                     },
                 )
-                .after(depends_on),
-            );
+            });
         } else {
             b.adopted.push(address::secret(&n));
         }
@@ -595,16 +595,16 @@ pub(super) fn destroy(b: &mut Builder) {
     if o.account {
         if wake::account_is_ours(&o) {
             let depends_on = b.deps(&gcp_steps);
-            b.push(
-                Step::new(
+            b.push(Step {
+                depends_on,
+                ..Step::new(
                     address::account(&n),
                     Action::Delete,
                     Op::DeleteServiceAccount {
                         email: n.email.clone(),
                     },
                 )
-                .after(depends_on),
-            );
+            });
         } else {
             b.adopted.push(address::account(&n));
         }

@@ -39,8 +39,9 @@ pub(super) fn destroy_worker_jobs(b: &mut Builder) {
         candidates.push(addr::service(worker.service.as_str()));
     }
     let depends_on = b.deps(&candidates);
-    b.push(
-        Step::new(
+    b.push(Step {
+        depends_on,
+        ..Step::new(
             addr::worker_jobs(b.spec),
             Action::Delete,
             Op::DeleteWorkerJobs {
@@ -50,6 +51,5 @@ pub(super) fn destroy_worker_jobs(b: &mut Builder) {
                 jobs,
             },
         )
-        .after(depends_on),
-    );
+    });
 }

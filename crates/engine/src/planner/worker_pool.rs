@@ -145,8 +145,11 @@ pub(super) fn plan(b: &mut Builder) {
     match &b.observed.worker_pool {
         None => {
             let changes = diff::changes(&Value::Null, &owned_view(&service::to_json(&desired)));
-            b.push(
-                Step::new(
+            b.push(Step {
+                changes,
+                reason: migrating.then(|| format!("replaces Cloud Run service {}", worker.service)),
+                depends_on,
+                ..Step::new(
                     address.clone(),
                     Action::Create,
                     Op::UpsertWorkerPool {
@@ -157,10 +160,7 @@ pub(super) fn plan(b: &mut Builder) {
                         work_pool: b.spec.work_pool.name.clone(),
                     },
                 )
-                .with_changes(changes)
-                .reason(migrating.then(|| format!("replaces Cloud Run service {}", worker.service)))
-                .after(depends_on),
-            );
+            });
         }
         Some(live) => {
             let mut desired = service::to_json(&desired);
@@ -192,8 +192,13 @@ pub(super) fn plan(b: &mut Builder) {
                     Some(_) => service::redeploy_body(live, &desired),
                     None => merge_into_live(live, &desired),
                 });
-                b.push(
-                    Step::new(
+                b.push(Step {
+                    changes,
+                    reason: not_ready
+                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
+                    adopted: !service::is_marked(live),
+                    depends_on,
+                    ..Step::new(
                         address.clone(),
                         Action::Update,
                         Op::UpsertWorkerPool {
@@ -204,15 +209,7 @@ pub(super) fn plan(b: &mut Builder) {
                             work_pool: b.spec.work_pool.name.clone(),
                         },
                     )
-                    .with_changes(changes)
-                    .reason(
-                        not_ready.map(|why| {
-                            format!("{}; apply redeploys it", why.trim_end_matches('.'))
-                        }),
-                    )
-                    .adopted(!service::is_marked(live))
-                    .after(depends_on),
-                );
+                });
             }
         }
     }
@@ -224,20 +221,20 @@ pub(super) fn plan(b: &mut Builder) {
             return;
         }
         let depends_on = b.deps(&[address]);
-        b.push(
-            Step::new(
+        b.push(Step {
+            reason: Some(format!(
+                "worker.kind is worker-pool: deleted once worker pool {}'s worker is ONLINE",
+                worker.pool_name()
+            )),
+            depends_on,
+            ..Step::new(
                 service_address,
                 Action::Delete,
                 Op::DeleteService {
                     name: worker.service.clone(),
                 },
             )
-            .because(format!(
-                "worker.kind is worker-pool: deleted once worker pool {}'s worker is ONLINE",
-                worker.pool_name()
-            ))
-            .after(depends_on),
-        );
+        });
     }
 }
 
@@ -254,14 +251,14 @@ pub(super) fn destroy(b: &mut Builder) {
         return;
     }
     let depends_on = vec![];
-    b.push(
-        Step::new(
+    b.push(Step {
+        depends_on,
+        ..Step::new(
             address,
             Action::Delete,
             Op::DeleteWorkerPool {
                 name: worker.pool_name(),
             },
         )
-        .after(depends_on),
-    );
+    });
 }
