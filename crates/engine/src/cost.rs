@@ -222,39 +222,32 @@ pub fn parse_memory_gib(text: &str) -> Option<f64> {
 
 /// One line for people: `Estimated worker cost: $49.93/month (...)`.
 pub fn human(e: &CostEstimate) -> String {
-    if let Some(per_hour) = e.per_awake_hour_usd {
-        let plural = if e.instances == 1 { "" } else { "s" };
-        return format!(
-            "Estimated worker cost: ${:.2}/month + ${per_hour:.4} per hour awake (worker pool \
-             scaled to zero, {} instance{plural} of {} vCPU / {} GiB when awake, {} billing; {}; \
-             list prices of {}, {})",
-            e.monthly_usd,
-            e.instances,
-            trim(e.vcpu),
-            trim(e.memory_gib),
-            e.billing,
-            e.assumes,
-            e.prices_as_of,
-            e.source
-        );
-    }
     let plural = if e.instances == 1 { "" } else { "s" };
-    format!(
-        "Estimated worker cost: ${:.2}/month ({}, {} instance{plural} of {} vCPU / {} GiB, {} \
-         billing; {}; list prices of {}, {})",
-        e.monthly_usd,
-        if e.kind == "service" {
-            "service"
-        } else {
-            "worker pool"
-        },
+    let size = format!(
+        "{} instance{plural} of {} vCPU / {} GiB",
         e.instances,
         trim(e.vcpu),
-        trim(e.memory_gib),
-        e.billing,
-        e.assumes,
-        e.prices_as_of,
-        e.source
+        trim(e.memory_gib)
+    );
+    let basis = format!(
+        "{} billing; {}; list prices of {}, {}",
+        e.billing, e.assumes, e.prices_as_of, e.source
+    );
+    if let Some(per_hour) = e.per_awake_hour_usd {
+        return format!(
+            "Estimated worker cost: ${:.2}/month + ${per_hour:.4} per hour awake (worker pool \
+             scaled to zero, {size} when awake, {basis})",
+            e.monthly_usd
+        );
+    }
+    let kind = if e.kind == "service" {
+        "service"
+    } else {
+        "worker pool"
+    };
+    format!(
+        "Estimated worker cost: ${:.2}/month ({kind}, {size}, {basis})",
+        e.monthly_usd
     )
 }
 

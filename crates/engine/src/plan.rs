@@ -36,6 +36,13 @@ pub enum Action {
     Delete,
 }
 
+impl Action {
+    /// Create what is absent, update what exists.
+    pub fn upsert(exists: bool) -> Self {
+        if exists { Self::Update } else { Self::Create }
+    }
+}
+
 /// Whether `plan` is converging on the plan file or tearing it down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,6 +391,23 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<Address>,
     pub op: Op,
+}
+
+impl Step {
+    /// A step on a resource the plan made or makes: not adopted, no reason given, no field
+    /// changes shown and nothing to wait for; a struct update (`Step { changes, ..Step::new(..) }`)
+    /// says otherwise.
+    pub fn new(address: Address, action: Action, op: Op) -> Self {
+        Self {
+            address,
+            action,
+            adopted: false,
+            reason: None,
+            changes: Vec::new(),
+            depends_on: Vec::new(),
+            op,
+        }
+    }
 }
 
 /// The whole plan: the steps in an order that respects `depends_on`, and what is already right.

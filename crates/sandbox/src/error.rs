@@ -112,18 +112,7 @@ impl ApiError {
                  few minutes for the action to propagate to our systems and retry."
             ),
         )
-        .with_detail(json!({
-            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-            "reason": "SERVICE_DISABLED",
-            "domain": "googleapis.com",
-            "metadata": {
-                "service": service,
-                "consumer": format!("projects/{project_number}"),
-                "serviceTitle": title,
-                "activationUrl": url,
-                "containerInfo": project_number,
-            },
-        }))
+        .with_detail(service_disabled_info(service, project_number, Some(&url)))
         .with_detail(json!({
             "@type": "type.googleapis.com/google.rpc.Help",
             "links": [{ "description": "Google developers console API activation", "url": url }],
@@ -217,6 +206,30 @@ pub fn grpc_code(status: &str) -> i32 {
         "UNAUTHENTICATED" => 16,
         _ => 2,
     }
+}
+
+/// The `ErrorInfo` detail of a `SERVICE_DISABLED` answer: `consumer_number` is the project the
+/// call is billed to; the activation URL is there when that project can enable the API.
+pub fn service_disabled_info(
+    service: &str,
+    consumer_number: &str,
+    activation_url: Option<&str>,
+) -> Value {
+    let mut metadata = json!({
+        "service": service,
+        "consumer": format!("projects/{consumer_number}"),
+        "serviceTitle": service_title(service),
+    });
+    if let Some(url) = activation_url {
+        metadata["activationUrl"] = json!(url);
+    }
+    metadata["containerInfo"] = json!(consumer_number);
+    json!({
+        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+        "reason": "SERVICE_DISABLED",
+        "domain": "googleapis.com",
+        "metadata": metadata,
+    })
 }
 
 /// The display title Google uses for an API in SERVICE_DISABLED messages.

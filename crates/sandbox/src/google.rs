@@ -27,13 +27,18 @@ pub struct Ctx {
     pub body: Value,
 }
 
+/// The first value of the query parameter `name` (Run's calls read their query alike).
+pub(crate) fn query_param<'a>(query: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    query
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 impl Ctx {
     /// The first value of a query parameter.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        query_param(&self.query, name)
     }
 
     /// All values of a repeated query parameter.
@@ -156,15 +161,21 @@ pub fn body_str<'a>(body: &'a Value, field: &str) -> ApiResult<&'a str> {
         })
 }
 
-/// The `permissions` of a TestIamPermissionsRequest.
-pub fn requested_permissions(body: &Value) -> Vec<String> {
-    body.get("permissions")
+/// The strings of a list field of the body (none when it is absent; items that are not strings
+/// are passed over).
+pub fn body_strings(body: &Value, field: &str) -> Vec<String> {
+    body.get(field)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
         .map(str::to_owned)
         .collect()
+}
+
+/// The `permissions` of a TestIamPermissionsRequest.
+pub fn requested_permissions(body: &Value) -> Vec<String> {
+    body_strings(body, "permissions")
 }
 
 /// Simple offset pagination: `pageToken` is the decimal offset.

@@ -76,12 +76,8 @@ fn generate_access_token(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         ));
     }
     let lifetime = lifetime_secs(body)?;
-    let mut chain: Vec<String> = body
-        .get("delegates")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
+    let mut chain: Vec<String> = crate::google::body_strings(body, "delegates")
+        .iter()
         .map(|d| email_of(d).to_owned())
         .collect();
     chain.push(target.clone());

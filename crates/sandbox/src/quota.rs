@@ -10,7 +10,7 @@
 use serde_json::json;
 
 use crate::auth::Caller;
-use crate::error::{ApiError, service_title};
+use crate::error::{ApiError, service_disabled_info};
 use crate::methods::MethodCall;
 use crate::state::AppState;
 
@@ -40,7 +40,6 @@ pub fn check(
 }
 
 fn missing(service: &str) -> ApiError {
-    let title = service_title(service);
     ApiError::new(
         403,
         "PERMISSION_DENIED",
@@ -51,17 +50,11 @@ fn missing(service: &str) -> ApiError {
              https://cloud.google.com/docs/authentication/adc-troubleshooting/user-creds ."
         ),
     )
-    .with_detail(json!({
-        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
-        "reason": "SERVICE_DISABLED",
-        "domain": "googleapis.com",
-        "metadata": {
-            "service": service,
-            "consumer": format!("projects/{ADC_CLIENT_PROJECT_NUMBER}"),
-            "serviceTitle": title,
-            "containerInfo": ADC_CLIENT_PROJECT_NUMBER,
-        },
-    }))
+    .with_detail(service_disabled_info(
+        service,
+        ADC_CLIENT_PROJECT_NUMBER,
+        None,
+    ))
 }
 
 fn check_user_project(state: &AppState, caller: &Caller, project: &str) -> Result<(), ApiError> {

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::authz;
 use crate::error::{ApiError, ApiResult, service_title};
 use crate::faults;
-use crate::google::{Ctx, paginate};
+use crate::google::{Ctx, body_strings, paginate};
 use crate::methods::MethodCall;
 use crate::operations::{self, Outcome};
 use crate::state::Project;
@@ -147,15 +147,7 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             })
         }
         "batchEnable" => {
-            let ids: Vec<String> = ctx
-                .body
-                .get("serviceIds")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect();
+            let ids = body_strings(&ctx.body, "serviceIds");
             if ids.is_empty() || ids.len() > 20 {
                 return Err(ApiError::invalid_argument(
                     "serviceIds must name between 1 and 20 services.",

@@ -136,14 +136,7 @@ async fn create_user(State(state): State<AppState>, Json(body): Json<Value>) -> 
     let Some(project) = default_project(&state, &body) else {
         return bad_request("no project");
     };
-    let roles: Vec<String> = body
-        .get("roles")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
+    let roles = crate::google::body_strings(&body, "roles");
     for role in &roles {
         if let Err(e) = grant(&state, &project, role, &format!("user:{email}")) {
             return bad_request(e);

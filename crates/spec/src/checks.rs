@@ -165,6 +165,7 @@ mod tests {
             ".py:f",
             "a.py:",
             "a.py:1f",
+            "a.py:f-g",
             "my flows/a.py:f",
         ] {
             assert!(check_entrypoint(bad).is_err(), "{bad}");

@@ -29,4 +29,4 @@ pub use diag::{Diagnostic, Diagnostics, Pos};
 pub use load::{load, load_bytes, load_str, load_str_on, load_with};
 pub use model::*;
 pub use node::MAX_PLAN_BYTES;
-pub use sections::{DEFAULT_ROLES, GCLOUD_PROJECT, GCLOUD_REGION, VERSION};
+pub use sections::{DEFAULT_ROLES, GCLOUD_PROJECT, GCLOUD_REGION, TOP_KEYS, VERSION};

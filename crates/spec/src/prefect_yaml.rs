@@ -30,6 +30,7 @@ use crate::ids::{ImageRef, PrefectName};
 use crate::model::Deployment;
 use crate::node::{self, Node, Value};
 use crate::reader::{Fields, Reader, Secret, show};
+use crate::sections::DEPLOYMENTS_HINT;
 use crate::template::is_template;
 
 /// Reads the deployments of the prefect.yaml at `rel` (relative to the plan's directory).
@@ -110,29 +111,9 @@ fn deployments(r: &mut Reader<'_>, root: &Node, plan_dir: &Path) -> Option<Vec<(
     let Some(list) = top.get("deployments") else {
         return r.missing(&top, "deployments", "[{name: ..., entrypoint: ...}]");
     };
-    let Value::Seq(items) = &list.value else {
-        r.error(
-            list.pos,
-            format!("`deployments` must be a list, found {}", list.value.kind()),
-            Some("write `deployments:` followed by `- name: ...` entries".into()),
-        );
-        return None;
-    };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        match deployment(
-            r,
-            item,
-            &format!("deployments[{i}]"),
-            (shared_pull, shared_build),
-            plan_dir,
-        ) {
-            Some(d) => out.push((d, item.pos)),
-            None => ok = false,
-        }
-    }
-    ok.then_some(out)
+    r.list(list, "deployments", DEPLOYMENTS_HINT, |r, item, path| {
+        deployment(r, item, path, (shared_pull, shared_build), plan_dir)
+    })
 }
 
 fn literal(r: &mut Reader<'_>, f: &Fields<'_>, key: &str, example: &str) -> Option<(String, Pos)> {

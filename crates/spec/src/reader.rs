@@ -427,24 +427,42 @@ impl<'e> Reader<'e> {
         let Some(n) = f.get(key) else {
             return Some(None);
         };
-        let path = f.child(key);
+        self.list(
+            n,
+            &f.child(key),
+            "write a list, e.g. `[a, b]`",
+            |r, item, path| r.string(item, path, Secret::No),
+        )
+        .map(Some)
+    }
+
+    /// The items of the list `n` at `path`, each read by `read` at `{path}[i]`, with their
+    /// positions. Every item is read, so that each error is reported; `None` when one failed or
+    /// `n` is not a list (`hint` says how to write one).
+    pub fn list<T>(
+        &mut self,
+        n: &Node,
+        path: &str,
+        hint: &str,
+        mut read: impl FnMut(&mut Self, &Node, &str) -> Option<T>,
+    ) -> Option<Vec<(T, Pos)>> {
         let Value::Seq(items) = &n.value else {
             self.error(
                 n.pos,
                 format!("`{path}` must be a list, found {}", n.value.kind()),
-                Some("write a list, e.g. `[a, b]`".into()),
+                Some(hint.into()),
             );
             return None;
         };
         let mut out = Vec::new();
         let mut ok = true;
         for (i, item) in items.iter().enumerate() {
-            match self.string(item, &format!("{path}[{i}]"), Secret::No) {
-                Some(s) => out.push((s, item.pos)),
+            match read(self, item, &format!("{path}[{i}]")) {
+                Some(v) => out.push((v, item.pos)),
                 None => ok = false,
             }
         }
-        ok.then_some(Some(out))
+        ok.then_some(out)
     }
 
     /// Duplicate keys anywhere inside free-form content.

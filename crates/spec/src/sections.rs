@@ -12,6 +12,7 @@ use crate::model::*;
 use crate::node::{Node, Value};
 use crate::reader::{Fields, Reader, Secret, show};
 
+/// The plan file's top-level keys, in the order it is written.
 pub const TOP_KEYS: &[&str] = &[
     "version",
     "gcp",
@@ -613,24 +614,11 @@ pub fn deployments(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Vec<(Deployme
     let Some(n) = top.get("deployments") else {
         return Some(Vec::new());
     };
-    let Value::Seq(items) = &n.value else {
-        r.error(
-            n.pos,
-            format!("`deployments` must be a list, found {}", n.value.kind()),
-            Some("write `deployments:` followed by `- name: ...` entries".into()),
-        );
-        return None;
-    };
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        match deployment(r, item, &format!("deployments[{i}]")) {
-            Some(d) => out.push((d, item.pos)),
-            None => ok = false,
-        }
-    }
-    ok.then_some(out)
+    r.list(n, "deployments", DEPLOYMENTS_HINT, deployment)
 }
+
+/// How to write the `deployments` list (of the plan file and of a prefect.yaml).
+pub const DEPLOYMENTS_HINT: &str = "write `deployments:` followed by `- name: ...` entries";
 
 fn deployment(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Deployment> {
     let f = r.fields(Some(node), node.pos, path, DEPLOYMENT_KEYS)?;

@@ -232,20 +232,19 @@ mod tests {
         );
         assert_eq!(doc["worker"]["min_instances"], 1);
         assert_eq!(doc["service_account"]["key"], "json");
-        let keys: Vec<&String> = doc.as_object().unwrap().keys().collect();
-        assert_eq!(
-            keys,
-            [
-                "version",
-                "gcp",
-                "service_account",
-                "prefect",
-                "credentials_block",
-                "work_pool",
-                "worker",
-                "deployments"
-            ]
-        );
+        // The sections in the plan file's order; deployments written inline.
+        let keys: Vec<&str> = doc
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let sections: Vec<&str> = bootstrap_spec::TOP_KEYS
+            .iter()
+            .copied()
+            .filter(|k| *k != "deployments_from")
+            .collect();
+        assert_eq!(keys, sections);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use super::claim::ClaimMarker;
 use super::cloudrun::RunJobs;
 use super::config::{GcpCredentials, PoolKind, sanitize_labels};
 use super::driver::{Stopped, stop_started_elsewhere};
+use super::refs::Lookup;
 use super::submit::{self, CLEANUP_LABEL, Claim, POOL_LABEL, Signal};
 
 /// How the worker runs.
@@ -668,16 +669,9 @@ pub(crate) async fn pool_jobs(
 /// Only `$ref`s: a pool's default credentials name their block by id.
 struct LookupById<'a>(&'a Ctx);
 
-impl super::refs::Lookup for LookupById<'_> {
+impl Lookup for LookupById<'_> {
     async fn block_by_id(&self, id: &str) -> Result<Option<serde_json::Value>, String> {
-        let id = Uuid::parse_str(id).map_err(|_| format!("`{id}` is not a block document id"))?;
-        let data = self
-            .0
-            .reads
-            .block_by_id(&self.0.client, id)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(data.map(|d| d.into_exposed()))
+        super::submit::PrefectLookup(self.0).block_by_id(id).await
     }
     async fn block_by_name(&self, _: &str, _: &str) -> Result<Option<serde_json::Value>, String> {
         Ok(None)

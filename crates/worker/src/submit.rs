@@ -31,7 +31,7 @@ pub use super::config::CLEANUP_LABEL;
 pub const POOL_LABEL: &str = "prefect-io-work-pool-name";
 
 /// Resolves `$ref` and placeholders against the Prefect API (through the ctx reads).
-struct PrefectLookup<'a>(&'a Ctx);
+pub(super) struct PrefectLookup<'a>(pub(super) &'a Ctx);
 
 impl Lookup for PrefectLookup<'_> {
     async fn block_by_id(&self, id: &str) -> Result<Option<Value>, String> {

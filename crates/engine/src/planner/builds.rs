@@ -19,6 +19,16 @@ fn repositories_of(b: &Builder) -> BTreeSet<String> {
         .collect()
 }
 
+/// The members that push to `repo`: the build account of each image built into it.
+fn writers_of(b: &Builder, repo: &str) -> BTreeSet<String> {
+    b.observed
+        .images
+        .iter()
+        .filter(|i| i.build.repository == repo)
+        .map(|i| format!("serviceAccount:{}", i.build_account))
+        .collect()
+}
+
 fn marked(labels: &std::collections::BTreeMap<String, String>) -> bool {
     labels.get(MARKER_LABEL.0).map(String::as_str) == Some(MARKER_LABEL.1)
 }
@@ -37,20 +47,20 @@ pub(super) fn repositories(b: &mut Builder) {
                 labels.insert(MARKER_LABEL.0.into(), json!(MARKER_LABEL.1));
                 let depends_on = b.deps(&[addr::apis()]);
                 b.push(Step {
-                    address: address.clone(),
-                    action: Action::Create,
-                    adopted: false,
-                    reason: None,
                     changes: vec![
                         FieldChange::set("format", None, Some(json!("DOCKER"))),
                         FieldChange::set("location", None, Some(json!(region.as_str()))),
                     ],
                     depends_on,
-                    op: Op::CreateRepository {
-                        repository: repo.clone(),
-                        region: region.clone(),
-                        labels,
-                    },
+                    ..Step::new(
+                        address.clone(),
+                        Action::Create,
+                        Op::CreateRepository {
+                            repository: repo.clone(),
+                            region: region.clone(),
+                            labels,
+                        },
+                    )
                 });
             }
             Some(r) => {
@@ -63,13 +73,7 @@ pub(super) fn repositories(b: &mut Builder) {
         let iam = addr::repository_iam(&repo);
         // The job's account pulls; the builds' account pushes. Each gets its role on this
         // repository only.
-        let writers: BTreeSet<String> = b
-            .observed
-            .images
-            .iter()
-            .filter(|i| i.build.repository == repo)
-            .map(|i| format!("serviceAccount:{}", i.build_account))
-            .collect();
+        let writers = writers_of(b, &repo);
         let mut add: Vec<(String, String)> = Vec::new();
         if !live.as_ref().is_some_and(|r| r.readers.contains(&member)) {
             add.push((READER_ROLE.to_owned(), member.clone()));
@@ -84,25 +88,22 @@ pub(super) fn repositories(b: &mut Builder) {
             continue;
         }
         let depends_on = b.deps(&[address, addr::service_account(b.spec)]);
+        let changes = add
+            .iter()
+            .map(|(role, m)| FieldChange::set(role, None, Some(json!(m))))
+            .collect();
         b.push(Step {
-            address: iam,
-            action: if live.is_some() {
-                Action::Update
-            } else {
-                Action::Create
-            },
-            adopted: false,
-            reason: None,
-            changes: add
-                .iter()
-                .map(|(role, m)| FieldChange::set(role, None, Some(json!(m))))
-                .collect(),
+            changes,
             depends_on,
-            op: Op::EditRepositoryPolicy {
-                repository: repo,
-                add,
-                remove: Vec::new(),
-            },
+            ..Step::new(
+                iam,
+                Action::upsert(live.is_some()),
+                Op::EditRepositoryPolicy {
+                    repository: repo,
+                    add,
+                    remove: Vec::new(),
+                },
+            )
         });
     }
 }
@@ -122,11 +123,7 @@ pub(super) fn images(b: &mut Builder) {
         let worker = crate::worker_image::is_worker(&img.build);
         let (action, reason) = match &old {
             _ if worker => (
-                if old.is_some() {
-                    Action::Update
-                } else {
-                    Action::Create
-                },
+                Action::upsert(old.is_some()),
                 crate::worker_image::reason(&img),
             ),
             None => (
@@ -153,19 +150,20 @@ pub(super) fn images(b: &mut Builder) {
             addr::repository_iam(&img.build.repository),
         ]);
         b.push(Step {
-            address,
-            action,
-            adopted: false,
-            reason: Some(reason),
             changes: vec![FieldChange::set("image", old, Some(json!(img.image_ref())))],
+            reason: Some(reason),
             depends_on,
-            op: Op::BuildImage {
-                image: img.image_ref(),
-                digest: img.digest.clone(),
-                files: img.files,
-                build: img.build.clone(),
-                service_account: Some(img.build_account.clone()),
-            },
+            ..Step::new(
+                address,
+                action,
+                Op::BuildImage {
+                    image: img.image_ref(),
+                    digest: img.digest.clone(),
+                    files: img.files,
+                    build: img.build.clone(),
+                    service_account: Some(img.build_account.clone()),
+                },
+            )
         });
     }
 }
@@ -181,13 +179,12 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
         let address = addr::repository(&repo);
         if marked(&live.labels) {
             b.push(Step {
-                address,
-                action: Action::Delete,
-                adopted: false,
                 reason: Some("made by bootstrap; its images go with it".into()),
-                changes: Vec::new(),
-                depends_on: Vec::new(),
-                op: Op::DeleteRepository { repository: repo },
+                ..Step::new(
+                    address,
+                    Action::Delete,
+                    Op::DeleteRepository { repository: repo },
+                )
             });
         } else {
             b.adopted.push(address);
@@ -195,31 +192,29 @@ pub(super) fn destroy_repositories(b: &mut Builder) {
             if live.readers.contains(&member) {
                 remove.push((READER_ROLE.to_owned(), member.clone()));
             }
-            let writers: BTreeSet<String> = b
-                .observed
-                .images
-                .iter()
-                .filter(|i| i.build.repository == repo)
-                .map(|i| format!("serviceAccount:{}", i.build_account))
-                .filter(|w| live.writers.contains(w))
-                .collect();
-            remove.extend(writers.into_iter().map(|w| (WRITER_ROLE.to_owned(), w)));
+            let writers = writers_of(b, &repo).into_iter();
+            remove.extend(
+                writers
+                    .filter(|w| live.writers.contains(w))
+                    .map(|w| (WRITER_ROLE.to_owned(), w)),
+            );
             if !remove.is_empty() {
+                let changes = remove
+                    .iter()
+                    .map(|(role, m)| FieldChange::set(role, Some(json!(m)), None))
+                    .collect();
                 b.push(Step {
-                    address: addr::repository_iam(&repo),
-                    action: Action::Delete,
-                    adopted: false,
+                    changes,
                     reason: Some("the repository was not made by bootstrap and stays".into()),
-                    changes: remove
-                        .iter()
-                        .map(|(role, m)| FieldChange::set(role, Some(json!(m)), None))
-                        .collect(),
-                    depends_on: Vec::new(),
-                    op: Op::EditRepositoryPolicy {
-                        repository: repo,
-                        add: Vec::new(),
-                        remove,
-                    },
+                    ..Step::new(
+                        addr::repository_iam(&repo),
+                        Action::Delete,
+                        Op::EditRepositoryPolicy {
+                            repository: repo,
+                            add: Vec::new(),
+                            remove,
+                        },
+                    )
                 });
             }
         }

@@ -7,7 +7,7 @@ use bootstrap_spec::KeyMode;
 use serde_json::{Value, json};
 
 use super::super::diff;
-use super::super::observed::MARKER_LABEL;
+use super::super::observed::{Key, MARKER_LABEL};
 use super::super::plan::{Action, FieldChange, Op, Step};
 use super::{Builder, addr, service};
 
@@ -47,13 +47,12 @@ pub(super) fn apis(b: &mut Builder) {
         .map(|s| FieldChange::set(s.clone(), Some(json!("disabled")), Some(json!("enabled"))))
         .collect();
     b.push(Step {
-        address: addr::apis(),
-        action: Action::Update,
-        adopted: false,
-        reason: None,
         changes,
-        depends_on: vec![],
-        op: Op::EnableApis { services: missing },
+        ..Step::new(
+            addr::apis(),
+            Action::Update,
+            Op::EnableApis { services: missing },
+        )
     });
 }
 
@@ -70,18 +69,18 @@ pub(super) fn service_account(b: &mut Builder) {
             ];
             let depends_on = b.deps(&[addr::apis()]);
             b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
                 changes,
                 depends_on,
-                op: Op::CreateServiceAccount {
-                    account_id: sa.account_id.clone(),
-                    email: sa.email.clone(),
-                    display_name: sa.display_name.clone(),
-                    description: sa.description.clone(),
-                },
+                ..Step::new(
+                    address,
+                    Action::Create,
+                    Op::CreateServiceAccount {
+                        account_id: sa.account_id.clone(),
+                        email: sa.email.clone(),
+                        display_name: sa.display_name.clone(),
+                        description: sa.description.clone(),
+                    },
+                )
             });
         }
         Some(live) => {
@@ -92,17 +91,16 @@ pub(super) fn service_account(b: &mut Builder) {
                 b.unchanged(address);
             } else {
                 b.push(Step {
-                    address,
-                    action: Action::Update,
-                    adopted: false,
-                    reason: None,
                     changes,
-                    depends_on: vec![],
-                    op: Op::PatchServiceAccount {
-                        email: sa.email.clone(),
-                        display_name: sa.display_name.clone(),
-                        description: sa.description.clone(),
-                    },
+                    ..Step::new(
+                        address,
+                        Action::Update,
+                        Op::PatchServiceAccount {
+                            email: sa.email.clone(),
+                            display_name: sa.display_name.clone(),
+                            description: sa.description.clone(),
+                        },
+                    )
                 });
             }
         }
@@ -172,17 +170,17 @@ pub(super) fn bindings(b: &mut Builder) {
         );
         let depends_on = b.deps(&[addr::service_account(b.spec)]);
         b.push(Step {
-            address,
-            action: Action::Update,
-            adopted: false,
-            reason: None,
             changes,
             depends_on,
-            op: Op::EditProjectPolicy {
-                add,
-                remove,
-                new_accounts: new_accounts.clone(),
-            },
+            ..Step::new(
+                address,
+                Action::Update,
+                Op::EditProjectPolicy {
+                    add,
+                    remove,
+                    new_accounts: new_accounts.clone(),
+                },
+            )
         });
     }
 
@@ -201,17 +199,17 @@ pub(super) fn bindings(b: &mut Builder) {
                 .collect();
             let depends_on = b.deps(&[addr::service_account(b.spec)]);
             b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
                 changes,
                 depends_on,
-                op: Op::EditServiceAccountPolicy {
-                    email: b.spec.service_account.email.clone(),
-                    add,
-                    remove: vec![],
-                },
+                ..Step::new(
+                    address,
+                    Action::Update,
+                    Op::EditServiceAccountPolicy {
+                        email: b.spec.service_account.email.clone(),
+                        add,
+                        remove: vec![],
+                    },
+                )
             });
         }
     }
@@ -254,15 +252,16 @@ pub(super) fn key(b: &mut Builder) {
     };
     let depends_on = b.deps(&[addr::service_account(b.spec)]);
     b.push(Step {
-        address: addr::new_key(b.spec),
-        action: Action::Create,
-        adopted: false,
-        reason: Some(reason.into()),
         changes: vec![FieldChange::sensitive("private_key")],
+        reason: Some(reason.into()),
         depends_on,
-        op: Op::CreateKey {
-            email: b.spec.service_account.email.clone(),
-        },
+        ..Step::new(
+            addr::new_key(b.spec),
+            Action::Create,
+            Op::CreateKey {
+                email: b.spec.service_account.email.clone(),
+            },
+        )
     });
 }
 
@@ -284,22 +283,26 @@ pub(super) fn orphan_keys(b: &mut Builder) {
         .cloned()
         .collect();
     for k in orphans {
-        let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(Step {
-            address: addr::key(&k.key_id),
-            action: Action::Delete,
-            adopted: false,
+        let step = Step {
             reason: Some(
                 "user-managed key that the credentials block does not use (orphan)".into(),
             ),
-            changes: vec![],
-            depends_on,
-            op: Op::DeleteKey {
-                name: k.name.clone(),
-                email: b.spec.service_account.email.clone(),
-                key_id: k.key_id.clone(),
-            },
-        });
+            ..delete_key(b, k)
+        };
+        b.push(step);
+    }
+}
+
+/// Deletes a key of the account, once the credentials block no longer holds it.
+fn delete_key(b: &Builder, k: Key) -> Step {
+    let op = Op::DeleteKey {
+        name: k.name,
+        email: b.spec.service_account.email.clone(),
+        key_id: k.key_id.clone(),
+    };
+    Step {
+        depends_on: b.deps(&[addr::block(b.spec)]),
+        ..Step::new(addr::key(&k.key_id), Action::Delete, op)
     }
 }
 
@@ -329,22 +332,19 @@ pub(super) fn secret(b: &mut Builder) {
     } else {
         let depends_on = b.deps(&[addr::apis()]);
         b.push(Step {
-            address: address.clone(),
-            action: if create {
-                Action::Create
-            } else {
-                Action::Update
-            },
-            adopted,
-            reason: None,
             changes: vec![FieldChange::sensitive("latest_version")],
+            adopted,
             depends_on,
-            op: Op::PutSecret {
-                secret_id: id.clone(),
-                create,
-                add_version,
-                labels: marker_labels(),
-            },
+            ..Step::new(
+                address.clone(),
+                Action::upsert(!create),
+                Op::PutSecret {
+                    secret_id: id.clone(),
+                    create,
+                    add_version,
+                    labels: marker_labels(),
+                },
+            )
         });
     }
     let member = b.spec.service_account.email.member();
@@ -359,16 +359,16 @@ pub(super) fn secret(b: &mut Builder) {
     } else {
         let depends_on = b.deps(&[address, addr::service_account(b.spec)]);
         b.push(Step {
-            address: iam_address,
-            action: Action::Update,
-            adopted: false,
-            reason: None,
             changes: vec![FieldChange::set(SECRET_ACCESSOR, None, Some(json!(member)))],
             depends_on,
-            op: Op::GrantSecretAccess {
-                secret_id: id,
-                member,
-            },
+            ..Step::new(
+                iam_address,
+                Action::Update,
+                Op::GrantSecretAccess {
+                    secret_id: id,
+                    member: member.clone(),
+                },
+            )
         });
     }
 }
@@ -392,58 +392,16 @@ pub(super) fn worker_service(b: &mut Builder) {
         c.push(addr::work_pool(b.spec));
         b.deps(&c)
     };
-    let desired_json = service::to_json(&desired);
-    match &b.observed.service {
-        None => {
-            let changes = diff::changes(
-                &Value::Null,
-                &service::owned_view_for(&desired_json, worker),
-            );
-            b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on,
-                op: Op::UpsertService {
-                    name: worker.service.clone(),
-                    body: Box::new(desired),
-                },
-            });
-        }
-        Some(live) => {
-            let changes = diff::changes(
-                &service::owned_view_for(live, worker),
-                &service::owned_view_for(&desired_json, worker),
-            );
-            let adopted = !service::is_marked(live);
-            // A latest revision that is not ready is drift even when the spec matches: the
-            // worker is not running. The redeploy makes a new revision of the same spec.
-            let not_ready = service::not_ready(live);
-            if changes.is_empty() && not_ready.is_none() {
-                b.unchanged(address);
-            } else {
-                let body = service::typed_body(match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired_json),
-                    None => service::merge_into_live(live, &desired_json),
-                });
-                b.push(Step {
-                    address,
-                    action: Action::Update,
-                    adopted,
-                    reason: not_ready
-                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
-                    changes,
-                    depends_on,
-                    op: Op::UpsertService {
-                        name: worker.service.clone(),
-                        body: Box::new(body),
-                    },
-                });
-            }
-        }
-    }
+    let live = b.observed.service.as_ref();
+    service::plan_service(
+        b,
+        address,
+        &worker.service,
+        desired,
+        live,
+        depends_on,
+        |v| service::owned_view_for(v, worker),
+    );
 }
 
 // ---- destroy ----
@@ -458,17 +416,13 @@ pub(super) fn destroy_worker_service(b: &mut Builder) {
         b.adopted.push(address);
         return;
     }
-    b.push(Step {
+    b.push(Step::new(
         address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
-        depends_on: vec![],
-        op: Op::DeleteService {
+        Action::Delete,
+        Op::DeleteService {
             name: worker.service.clone(),
         },
-    });
+    ));
 }
 
 pub(super) fn destroy_secret(b: &mut Builder) {
@@ -487,13 +441,8 @@ pub(super) fn destroy_secret(b: &mut Builder) {
         addr::worker_pool(worker.pool_name().as_str()),
     ]);
     b.push(Step {
-        address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteSecret { secret_id: id },
+        ..Step::new(address, Action::Delete, Op::DeleteSecret { secret_id: id })
     });
 }
 
@@ -502,20 +451,8 @@ pub(super) fn destroy_keys(b: &mut Builder) {
         return;
     }
     for k in b.observed.keys.clone() {
-        let depends_on = b.deps(&[addr::block(b.spec)]);
-        b.push(Step {
-            address: addr::key(&k.key_id),
-            action: Action::Delete,
-            adopted: false,
-            reason: None,
-            changes: vec![],
-            depends_on,
-            op: Op::DeleteKey {
-                name: k.name,
-                email: b.spec.service_account.email.clone(),
-                key_id: k.key_id,
-            },
-        });
+        let step = delete_key(b, k);
+        b.push(step);
     }
 }
 
@@ -543,17 +480,17 @@ pub(super) fn destroy_bindings(b: &mut Builder) {
             b.spec.worker.as_ref().map_or("", |w| w.service.as_str()),
         )]);
         b.push(Step {
-            address: addr::project_iam(b.spec),
-            action: Action::Update,
-            adopted: false,
-            reason: None,
             changes,
             depends_on,
-            op: Op::EditProjectPolicy {
-                add: vec![],
-                remove,
-                new_accounts: vec![],
-            },
+            ..Step::new(
+                addr::project_iam(b.spec),
+                Action::Update,
+                Op::EditProjectPolicy {
+                    add: vec![],
+                    remove,
+                    new_accounts: vec![],
+                },
+            )
         });
     }
     let _ = member;
@@ -574,15 +511,14 @@ pub(super) fn destroy_service_account(b: &mut Builder) {
     candidates.extend(b.observed.keys.iter().map(|k| addr::key(&k.key_id)));
     let depends_on = b.deps(&candidates);
     b.push(Step {
-        address: addr::service_account(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteServiceAccount {
-            // Observe read the account by the plan's email.
-            email: b.spec.service_account.email.clone(),
-        },
+        ..Step::new(
+            addr::service_account(b.spec),
+            Action::Delete,
+            Op::DeleteServiceAccount {
+                // Observe read the account by the plan's email.
+                email: b.spec.service_account.email.clone(),
+            },
+        )
     });
 }

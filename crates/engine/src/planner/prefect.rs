@@ -28,19 +28,19 @@ pub(super) fn block(b: &mut Builder) {
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
             b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
                 changes,
                 depends_on,
-                op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.clone(),
-                    existing_id: None,
-                    project,
-                    key_from: new_key.then_some(key_step),
-                    keyless,
-                },
+                ..Step::new(
+                    address,
+                    Action::Create,
+                    Op::UpsertBlock {
+                        name: spec.credentials_block.name.clone(),
+                        existing_id: None,
+                        project,
+                        key_from: new_key.then_some(key_step),
+                        keyless,
+                    },
+                )
             });
         }
         Some(live) => {
@@ -61,19 +61,19 @@ pub(super) fn block(b: &mut Builder) {
             }
             let depends_on = b.deps(std::slice::from_ref(&key_step));
             b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
                 changes,
                 depends_on,
-                op: Op::UpsertBlock {
-                    name: spec.credentials_block.name.clone(),
-                    existing_id: Some(live.id),
-                    project,
-                    key_from: new_key.then_some(key_step),
-                    keyless,
-                },
+                ..Step::new(
+                    address,
+                    Action::Update,
+                    Op::UpsertBlock {
+                        name: spec.credentials_block.name.clone(),
+                        existing_id: Some(live.id),
+                        project,
+                        key_from: new_key.then_some(key_step),
+                        keyless,
+                    },
+                )
             });
         }
     }
@@ -142,60 +142,61 @@ pub(super) fn work_pool(b: &mut Builder) {
             let mut all = vec![FieldChange::set("type", None, Some(json!(pool_type)))];
             all.extend(changes);
             b.push(Step {
-                address,
-                action: Action::Create,
-                adopted: false,
-                reason: None,
                 changes: all,
                 depends_on,
-                op: Op::CreateWorkPool {
-                    pool: WorkPoolCreate {
-                        name: spec.work_pool.name.to_string(),
-                        pool_type,
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(wanted),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                ..Step::new(
+                    address,
+                    Action::Create,
+                    Op::CreateWorkPool {
+                        pool: WorkPoolCreate {
+                            name: spec.work_pool.name.to_string(),
+                            pool_type,
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(wanted),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
                     },
-                    credentials,
-                },
+                )
             });
         }
         Some(p) if p.pool_type != pool_type => {
             b.push(Step {
-                address,
-                action: Action::Replace,
-                adopted: false,
-                reason: Some(format!(
-                    "a pool's type cannot change ({} -> {pool_type})",
-                    p.pool_type
-                )),
                 changes: vec![FieldChange::set(
                     "type",
                     Some(json!(p.pool_type)),
                     Some(json!(pool_type)),
                 )],
+                reason: Some(format!(
+                    "a pool's type cannot change ({} -> {pool_type})",
+                    p.pool_type
+                )),
                 depends_on,
-                op: Op::ReplaceWorkPool {
-                    pool: WorkPoolCreate {
-                        name: spec.work_pool.name.to_string(),
-                        pool_type,
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(template::apply_defaults(
-                            spec,
-                            &spec
-                                .work_pool
-                                .base_job_template
-                                .clone()
-                                .or_else(|| b.observed.default_template.clone())
-                                .unwrap_or(Value::Null),
-                            cred_value.as_ref(),
-                        )),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                ..Step::new(
+                    address,
+                    Action::Replace,
+                    Op::ReplaceWorkPool {
+                        pool: WorkPoolCreate {
+                            name: spec.work_pool.name.to_string(),
+                            pool_type: pool_type.clone(),
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(template::apply_defaults(
+                                spec,
+                                &spec
+                                    .work_pool
+                                    .base_job_template
+                                    .clone()
+                                    .or_else(|| b.observed.default_template.clone())
+                                    .unwrap_or(Value::Null),
+                                cred_value.as_ref(),
+                            )),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
                     },
-                    credentials,
-                },
+                )
             });
         }
         Some(p) => {
@@ -222,22 +223,22 @@ pub(super) fn work_pool(b: &mut Builder) {
                 return;
             }
             b.push(Step {
-                address,
-                action: Action::Update,
-                adopted: false,
-                reason: None,
                 changes,
                 depends_on,
-                op: Op::UpdateWorkPool {
-                    name: spec.work_pool.name.clone(),
-                    update: WorkPoolUpdate {
-                        description: spec.work_pool.description.clone(),
-                        base_job_template: Some(wanted),
-                        is_paused: None,
-                        concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                ..Step::new(
+                    address,
+                    Action::Update,
+                    Op::UpdateWorkPool {
+                        name: spec.work_pool.name.clone(),
+                        update: WorkPoolUpdate {
+                            description: spec.work_pool.description.clone(),
+                            base_job_template: Some(wanted),
+                            is_paused: None,
+                            concurrency_limit: spec.work_pool.concurrency_limit.map(u64::from),
+                        },
+                        credentials,
                     },
-                    credentials,
-                },
+                )
             });
         }
     }
@@ -320,18 +321,18 @@ pub(super) fn deployments(b: &mut Builder) {
         }
         let flow_id = observed_flow_id(b.observed, d.flow.as_str());
         b.push(Step {
-            address,
-            action,
-            adopted: false,
-            reason: None,
             changes,
             depends_on,
-            op: Op::UpsertDeployment {
-                flow: d.flow.clone(),
-                name: d.name.clone(),
-                body: Box::new(deployment_spec(&wanted)),
-                flow_id,
-            },
+            ..Step::new(
+                address,
+                action,
+                Op::UpsertDeployment {
+                    flow: d.flow.clone(),
+                    name: d.name.clone(),
+                    body: Box::new(deployment_spec(&wanted)),
+                    flow_id,
+                },
+            )
         });
     }
 }
@@ -342,19 +343,15 @@ pub(super) fn destroy_deployments(b: &mut Builder) {
     for d in &b.spec.deployments {
         let key = deployment_key(d);
         if let Some(live) = b.observed.deployments.get(&key) {
-            b.push(Step {
-                address: addr::deployment(&key),
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
-                depends_on: vec![],
-                op: Op::DeleteDeployment {
+            b.push(Step::new(
+                addr::deployment(&key),
+                Action::Delete,
+                Op::DeleteDeployment {
                     id: live.id,
                     flow: live.flow.clone(),
                     name: live.name.clone(),
                 },
-            });
+            ));
         }
     }
 }
@@ -371,15 +368,14 @@ pub(super) fn destroy_work_pool(b: &mut Builder) {
         .collect();
     let depends_on = b.deps(&candidates);
     b.push(Step {
-        address: addr::work_pool(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteWorkPool {
-            name: b.spec.work_pool.name.clone(),
-        },
+        ..Step::new(
+            addr::work_pool(b.spec),
+            Action::Delete,
+            Op::DeleteWorkPool {
+                name: b.spec.work_pool.name.clone(),
+            },
+        )
     });
 }
 
@@ -387,16 +383,15 @@ pub(super) fn destroy_block(b: &mut Builder) {
     let Some(blk) = &b.observed.block else { return };
     let depends_on = b.deps(&[addr::work_pool(b.spec)]);
     b.push(Step {
-        address: addr::block(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteBlock {
-            id: blk.id,
-            name: b.spec.credentials_block.name.clone(),
-        },
+        ..Step::new(
+            addr::block(b.spec),
+            Action::Delete,
+            Op::DeleteBlock {
+                id: blk.id,
+                name: b.spec.credentials_block.name.clone(),
+            },
+        )
     });
 }
 

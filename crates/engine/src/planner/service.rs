@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 
 use super::super::diff;
 use super::super::observed::MARKER_LABEL;
-use super::Options;
+use super::super::plan::{Action, Address, Op, Step};
+use super::{Builder, Options};
+use bootstrap_spec::ids::RunServiceName;
 
 /// Port of the worker's health endpoint inside the container.
 pub const HEALTH_PORT: u16 = 8080;
@@ -94,9 +96,9 @@ pub fn limits(cpu: &str, memory: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
-pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
-    let (command, args) = command_and_args(spec, worker);
+/// How a container of the plan (the worker, the waker) reaches Prefect: the API URL, and the
+/// API key from Secret Manager when there is one.
+pub fn prefect_env(worker: &Worker, options: &Options) -> Vec<EnvVar> {
     let mut env = vec![env_value("PREFECT_API_URL", &options.prefect_api_url)];
     if options.has_api_key {
         env.push(env_secret(
@@ -104,6 +106,13 @@ pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
             worker.api_key_secret.as_str(),
         ));
     }
+    env
+}
+
+/// The service body apply sends (Run v2 `Service`), with only fields the plan decides.
+pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> Service {
+    let (command, args) = command_and_args(spec, worker);
+    let env = prefect_env(worker, options);
     let container = Container {
         image: worker.image.to_string(),
         command,
@@ -283,6 +292,57 @@ pub fn redeploy_body(live: &Value, desired: &Value) -> Value {
     }
     body["template"]["annotations"][REDEPLOY_ANNOTATION] = Value::String(failed);
     body
+}
+
+/// Plans a Cloud Run service of the plan (the worker's or the waker's): create it when absent;
+/// when live, update it where the fields the plan owns (`owned`) differ, or redeploy it when
+/// its latest revision is not ready (drift even when the spec matches: nothing runs; the
+/// redeploy makes a new revision of the same spec); else it is unchanged.
+pub(super) fn plan_service(
+    b: &mut Builder,
+    address: Address,
+    name: &RunServiceName,
+    desired: Service,
+    live: Option<&Value>,
+    depends_on: Vec<Address>,
+    owned: impl Fn(&Value) -> Value,
+) {
+    let desired_json = to_json(&desired);
+    let Some(live) = live else {
+        let changes = diff::changes(&Value::Null, &owned(&desired_json));
+        let op = Op::UpsertService {
+            name: name.clone(),
+            body: Box::new(desired),
+        };
+        b.push(Step {
+            changes,
+            depends_on,
+            ..Step::new(address, Action::Create, op)
+        });
+        return;
+    };
+    let changes = diff::changes(&owned(live), &owned(&desired_json));
+    let not_ready = not_ready(live);
+    if changes.is_empty() && not_ready.is_none() {
+        b.unchanged(address);
+        return;
+    }
+    let body = typed_body(match &not_ready {
+        Some(_) => redeploy_body(live, &desired_json),
+        None => merge_into_live(live, &desired_json),
+    });
+    let op = Op::UpsertService {
+        name: name.clone(),
+        body: Box::new(body),
+    };
+    let reason = not_ready.map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.')));
+    b.push(Step {
+        changes,
+        reason,
+        adopted: !is_marked(live),
+        depends_on,
+        ..Step::new(address, Action::Update, op)
+    });
 }
 
 pub fn is_marked(service: &Value) -> bool {

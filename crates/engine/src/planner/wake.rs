@@ -12,7 +12,6 @@ use bootstrap_spec::Spec;
 use bootstrap_spec::ids::BlockId;
 use serde_json::{Value, json};
 
-use super::super::diff;
 use super::super::observed::{MARKER_LABEL, MARKER_TEXT};
 use super::super::plan::{Action, Address, Deferred, FieldChange, Op, Step};
 use super::super::wake::{self, AutomationKind, Names, POOL_ROLE, WAKER_PORT};
@@ -70,16 +69,7 @@ pub mod address {
 /// authenticates the call instead.
 pub fn desired_service(spec: &Spec, n: &Names, options: &Options) -> run_v2::Service {
     let worker = spec.worker.as_ref().expect("names() implies a worker");
-    let mut env = vec![service::env_value(
-        "PREFECT_API_URL",
-        &options.prefect_api_url,
-    )];
-    if options.has_api_key {
-        env.push(service::env_secret(
-            "PREFECT_API_KEY",
-            worker.api_key_secret.as_str(),
-        ));
-    }
+    let mut env = service::prefect_env(worker, options);
     env.push(service::env_secret(crate_secret_env(), n.secret.as_str()));
     let container = run_v2::Container {
         image: worker.image.to_string(),
@@ -143,25 +133,25 @@ pub(super) fn plan(b: &mut Builder) {
     } else {
         let depends_on = b.deps(&[addr::apis()]);
         b.push(Step {
-            address: address::account(&n),
-            action: Action::Create,
-            adopted: false,
-            reason: None,
             changes: vec![FieldChange::set(
                 "email",
                 None,
                 Some(json!(n.email.as_str())),
             )],
             depends_on,
-            op: Op::CreateServiceAccount {
-                account_id: n.account_id.clone(),
-                email: n.email.clone(),
-                display_name: "bootstrap waker".into(),
-                description: format!(
-                    "Wakes Cloud Run worker pool {} for Prefect work pool {} ({MARKER_TEXT})",
-                    n.pool, n.work_pool
-                ),
-            },
+            ..Step::new(
+                address::account(&n),
+                Action::Create,
+                Op::CreateServiceAccount {
+                    account_id: n.account_id.clone(),
+                    email: n.email.clone(),
+                    display_name: "bootstrap waker".into(),
+                    description: format!(
+                        "Wakes Cloud Run worker pool {} for Prefect work pool {} ({MARKER_TEXT})",
+                        n.pool, n.work_pool
+                    ),
+                },
+            )
         });
     }
     let account = b.deps(&[address::account(&n)]);
@@ -191,23 +181,20 @@ pub(super) fn plan(b: &mut Builder) {
         };
         let depends_on = b.deps(&[addr::apis()]);
         b.push(Step {
-            address: address::secret(&n),
-            action: if o.secret.is_some() {
-                Action::Update
-            } else {
-                Action::Create
-            },
-            adopted: false,
-            reason: why.map(|w| format!("{w}: a new shared secret")),
             changes: vec![FieldChange::sensitive("value")],
+            reason: why.map(|w| format!("{w}: a new shared secret")),
             depends_on,
-            op: Op::PutWakerSecret {
-                secret_id: n.secret.clone(),
-                create: o.secret.is_none(),
-                labels: [(MARKER_LABEL.0.to_string(), json!(MARKER_LABEL.1))]
-                    .into_iter()
-                    .collect(),
-            },
+            ..Step::new(
+                address::secret(&n),
+                Action::upsert(o.secret.is_some()),
+                Op::PutWakerSecret {
+                    secret_id: n.secret.clone(),
+                    create: o.secret.is_none(),
+                    labels: [(MARKER_LABEL.0.to_string(), json!(MARKER_LABEL.1))]
+                        .into_iter()
+                        .collect(),
+                },
+            )
         });
     } else {
         b.unchanged(address::secret(&n));
@@ -247,20 +234,20 @@ pub(super) fn plan(b: &mut Builder) {
         let mut deps = account.clone();
         deps.extend(b.deps(&[secret_step]));
         b.push(Step {
-            address,
-            action: Action::Update,
-            adopted: false,
-            reason: None,
             changes: vec![FieldChange::set(
                 "roles/secretmanager.secretAccessor",
                 None,
                 Some(json!(member)),
             )],
             depends_on: deps,
-            op: Op::GrantSecretAccess {
-                secret_id,
-                member: member.clone(),
-            },
+            ..Step::new(
+                address,
+                Action::Update,
+                Op::GrantSecretAccess {
+                    secret_id,
+                    member: member.clone(),
+                },
+            )
         });
     }
     // Google documents both roles for changing a worker pool's instance count: Cloud Run
@@ -279,20 +266,21 @@ pub(super) fn plan(b: &mut Builder) {
         let mut deps = account.clone();
         deps.extend(b.deps(&[addr::service_account(spec), addr::sa_iam(spec)]));
         b.push(Step {
-            address: act_as,
-            action: Action::Update,
-            adopted: false,
+            changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
             reason: Some(format!(
                 "the waker may act as {} (to change the pool's count)",
                 spec.service_account.email
             )),
-            changes: vec![FieldChange::set(SA_USER, None, Some(json!(member)))],
             depends_on: deps,
-            op: Op::EditServiceAccountPolicy {
-                email: spec.service_account.email.clone(),
-                add: vec![(SA_USER.to_string(), member.clone())],
-                remove: vec![],
-            },
+            ..Step::new(
+                act_as,
+                Action::Update,
+                Op::EditServiceAccountPolicy {
+                    email: spec.service_account.email.clone(),
+                    add: vec![(SA_USER.to_string(), member.clone())],
+                    remove: vec![],
+                },
+            )
         });
     }
     if o.pool_role_members.contains(&member) {
@@ -301,23 +289,23 @@ pub(super) fn plan(b: &mut Builder) {
         let mut deps = account.clone();
         deps.extend(b.deps(&[addr::worker_pool(n.pool.as_str())]));
         b.push(Step {
-            address: address::pool_iam(&n),
-            action: Action::Update,
-            adopted: false,
-            reason: Some(format!("the waker may update worker pool {} only", n.pool)),
             changes: vec![FieldChange::set(POOL_ROLE, None, Some(json!(member)))],
+            reason: Some(format!("the waker may update worker pool {} only", n.pool)),
             depends_on: deps,
-            op: Op::EditWorkerPoolPolicy {
-                pool: n.pool.clone(),
-                add: vec![(POOL_ROLE.to_string(), member.clone())],
-                remove: vec![],
-            },
+            ..Step::new(
+                address::pool_iam(&n),
+                Action::Update,
+                Op::EditWorkerPoolPolicy {
+                    pool: n.pool.clone(),
+                    add: vec![(POOL_ROLE.to_string(), member.clone())],
+                    remove: vec![],
+                },
+            )
         });
     }
 
     // The waker service, once it can read its secrets and update its pool.
     let desired = desired_service(spec, &n, b.options);
-    let desired_json = service::to_json(&desired);
     let service_deps = b.deps(&[
         addr::apis(),
         address::account(&n),
@@ -328,51 +316,17 @@ pub(super) fn plan(b: &mut Builder) {
         address::act_as(&n, spec.service_account.account_id.as_str()),
         addr::secret(worker.api_key_secret.as_str()),
     ]);
-    match &o.service {
-        None => {
-            let changes = diff::changes(&Value::Null, &service::owned_view(&desired_json));
-            b.push(Step {
-                address: address::service(&n),
-                action: Action::Create,
-                adopted: false,
-                reason: None,
-                changes,
-                depends_on: service_deps,
-                op: Op::UpsertService {
-                    name: n.service.clone(),
-                    body: Box::new(desired),
-                },
-            });
-        }
-        Some(live) => {
-            let changes = diff::changes(
-                &service::owned_view(live),
-                &service::owned_view(&desired_json),
-            );
-            let not_ready = service::not_ready(live);
-            if changes.is_empty() && not_ready.is_none() {
-                b.unchanged(address::service(&n));
-            } else {
-                let body = service::typed_body(match &not_ready {
-                    Some(_) => service::redeploy_body(live, &desired_json),
-                    None => service::merge_into_live(live, &desired_json),
-                });
-                b.push(Step {
-                    address: address::service(&n),
-                    action: Action::Update,
-                    adopted: !service::is_marked(live),
-                    reason: not_ready
-                        .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
-                    changes,
-                    depends_on: service_deps,
-                    op: Op::UpsertService {
-                        name: n.service.clone(),
-                        body: Box::new(body),
-                    },
-                });
-            }
-        }
-    }
+    let live = o.service.as_ref();
+    let address = address::service(&n);
+    service::plan_service(
+        b,
+        address,
+        &n.service,
+        desired,
+        live,
+        service_deps,
+        service::owned_view,
+    );
 
     // The Webhook block: written with every new secret.
     let block_address = address::block(&n);
@@ -398,22 +352,18 @@ pub(super) fn plan(b: &mut Builder) {
         changes.push(FieldChange::sensitive("headers.Authorization"));
         let depends_on = b.deps(&[address::secret(&n), address::service(&n)]);
         b.push(Step {
-            address: block_address.clone(),
-            action: if o.block.is_some() {
-                Action::Update
-            } else {
-                Action::Create
-            },
-            adopted: false,
-            reason: None,
             changes,
             depends_on,
-            op: Op::UpsertWakerBlock {
-                name: n.block.clone(),
-                existing_id: o.block.as_ref().map(|bl| bl.id),
-                service: n.service.clone(),
-                secret_from: address::secret(&n),
-            },
+            ..Step::new(
+                block_address.clone(),
+                Action::upsert(o.block.is_some()),
+                Op::UpsertWakerBlock {
+                    name: n.block.clone(),
+                    existing_id: o.block.as_ref().map(|bl| bl.id),
+                    service: n.service.clone(),
+                    secret_from: address::secret(&n),
+                },
+            )
         });
     } else {
         b.unchanged(block_address.clone());
@@ -450,23 +400,20 @@ pub(super) fn plan(b: &mut Builder) {
             continue;
         }
         b.push(Step {
-            address,
-            action: if live.is_some() {
-                Action::Update
-            } else {
-                Action::Create
-            },
-            adopted: live.is_some_and(|l| !wake::is_ours(l)),
-            reason: None,
             changes,
+            adopted: live.is_some_and(|l| !wake::is_ours(l)),
             depends_on,
-            op: Op::UpsertAutomation {
-                name,
-                kind,
-                work_pool: n.work_pool.clone(),
-                existing_id: live.map(|l| l.id.into()),
-                block: block_id.clone(),
-            },
+            ..Step::new(
+                address,
+                Action::upsert(live.is_some()),
+                Op::UpsertAutomation {
+                    name,
+                    kind,
+                    work_pool: n.work_pool.clone(),
+                    existing_id: live.map(|l| l.id.into()),
+                    block: block_id.clone(),
+                },
+            )
         });
     }
 }
@@ -584,33 +531,28 @@ pub(super) fn destroy(b: &mut Builder) {
                 continue;
             }
             prefect_steps.push(address.clone());
-            b.push(Step {
+            b.push(Step::new(
                 address,
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
-                depends_on: vec![],
-                op: Op::DeleteAutomation {
+                Action::Delete,
+                Op::DeleteAutomation {
                     id: a.id.into(),
                     name: name.clone(),
                 },
-            });
+            ));
         }
     }
     if let Some(bl) = &o.block {
         let depends_on = b.deps(&prefect_steps);
         b.push(Step {
-            address: address::block(&n),
-            action: Action::Delete,
-            adopted: false,
-            reason: None,
-            changes: vec![],
             depends_on,
-            op: Op::DeleteBlock {
-                id: bl.id,
-                name: n.block.clone(),
-            },
+            ..Step::new(
+                address::block(&n),
+                Action::Delete,
+                Op::DeleteBlock {
+                    id: bl.id,
+                    name: n.block.clone(),
+                },
+            )
         });
     }
     let mut gcp_steps = vec![];
@@ -619,15 +561,14 @@ pub(super) fn destroy(b: &mut Builder) {
             let depends_on = b.deps(&[address::block(&n)]);
             gcp_steps.push(address::service(&n));
             b.push(Step {
-                address: address::service(&n),
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
                 depends_on,
-                op: Op::DeleteService {
-                    name: n.service.clone(),
-                },
+                ..Step::new(
+                    address::service(&n),
+                    Action::Delete,
+                    Op::DeleteService {
+                        name: n.service.clone(),
+                    },
+                )
             });
         } else {
             b.adopted.push(address::service(&n));
@@ -638,15 +579,14 @@ pub(super) fn destroy(b: &mut Builder) {
             let depends_on = b.deps(&gcp_steps);
             gcp_steps.push(address::secret(&n));
             b.push(Step {
-                address: address::secret(&n),
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
                 depends_on,
-                op: Op::DeleteSecret {
-                    secret_id: n.secret.clone(),
-                },
+                ..Step::new(
+                    address::secret(&n),
+                    Action::Delete,
+                    Op::DeleteSecret {
+                        secret_id: n.secret.clone(),
+                    },
+                )
             });
         } else {
             b.adopted.push(address::secret(&n));
@@ -656,15 +596,14 @@ pub(super) fn destroy(b: &mut Builder) {
         if wake::account_is_ours(&o) {
             let depends_on = b.deps(&gcp_steps);
             b.push(Step {
-                address: address::account(&n),
-                action: Action::Delete,
-                adopted: false,
-                reason: None,
-                changes: vec![],
                 depends_on,
-                op: Op::DeleteServiceAccount {
-                    email: n.email.clone(),
-                },
+                ..Step::new(
+                    address::account(&n),
+                    Action::Delete,
+                    Op::DeleteServiceAccount {
+                        email: n.email.clone(),
+                    },
+                )
             });
         } else {
             b.adopted.push(address::account(&n));

@@ -40,17 +40,16 @@ pub(super) fn destroy_worker_jobs(b: &mut Builder) {
     }
     let depends_on = b.deps(&candidates);
     b.push(Step {
-        address: addr::worker_jobs(b.spec),
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteWorkerJobs {
-            label: format!("{POOL_LABEL}={}", pool_label_value(&pool)),
-            pool,
-            api,
-            jobs,
-        },
+        ..Step::new(
+            addr::worker_jobs(b.spec),
+            Action::Delete,
+            Op::DeleteWorkerJobs {
+                label: format!("{POOL_LABEL}={}", pool_label_value(&pool)),
+                pool,
+                api,
+                jobs,
+            },
+        )
     });
 }

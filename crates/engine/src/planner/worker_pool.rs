@@ -27,16 +27,7 @@ pub fn command_and_args(spec: &Spec, worker: &Worker) -> (Vec<String>, Vec<Strin
 /// The worker pool body apply sends (Run v2 `WorkerPool`), with only fields the plan decides.
 pub fn desired(spec: &Spec, worker: &Worker, options: &Options) -> WorkerPool {
     let (command, args) = command_and_args(spec, worker);
-    let mut env = vec![service::env_value(
-        "PREFECT_API_URL",
-        &options.prefect_api_url,
-    )];
-    if options.has_api_key {
-        env.push(service::env_secret(
-            "PREFECT_API_KEY",
-            worker.api_key_secret.as_str(),
-        ));
-    }
+    let mut env = service::prefect_env(worker, options);
     // Scale to zero: the embedded worker sets its own pool's count to 0 when idle
     // (`bootstrap worker --scale-to-zero-pool/--scale-to-zero-idle`, crates/worker/src/idle.rs).
     if let Some(stz) = &worker.scale_to_zero {
@@ -155,19 +146,20 @@ pub(super) fn plan(b: &mut Builder) {
         None => {
             let changes = diff::changes(&Value::Null, &owned_view(&service::to_json(&desired)));
             b.push(Step {
-                address: address.clone(),
-                action: Action::Create,
-                adopted: false,
-                reason: migrating.then(|| format!("replaces Cloud Run service {}", worker.service)),
                 changes,
+                reason: migrating.then(|| format!("replaces Cloud Run service {}", worker.service)),
                 depends_on,
-                op: Op::UpsertWorkerPool {
-                    name: worker.pool_name(),
-                    body: Box::new(desired),
-                    count_only: false,
-                    wait_online,
-                    work_pool: b.spec.work_pool.name.clone(),
-                },
+                ..Step::new(
+                    address.clone(),
+                    Action::Create,
+                    Op::UpsertWorkerPool {
+                        name: worker.pool_name(),
+                        body: Box::new(desired),
+                        count_only: false,
+                        wait_online,
+                        work_pool: b.spec.work_pool.name.clone(),
+                    },
+                )
             });
         }
         Some(live) => {
@@ -201,20 +193,22 @@ pub(super) fn plan(b: &mut Builder) {
                     None => merge_into_live(live, &desired),
                 });
                 b.push(Step {
-                    address: address.clone(),
-                    action: Action::Update,
-                    adopted: !service::is_marked(live),
+                    changes,
                     reason: not_ready
                         .map(|why| format!("{}; apply redeploys it", why.trim_end_matches('.'))),
-                    changes,
+                    adopted: !service::is_marked(live),
                     depends_on,
-                    op: Op::UpsertWorkerPool {
-                        name: worker.pool_name(),
-                        body: Box::new(body),
-                        count_only,
-                        wait_online: wait_online && starts_instances,
-                        work_pool: b.spec.work_pool.name.clone(),
-                    },
+                    ..Step::new(
+                        address.clone(),
+                        Action::Update,
+                        Op::UpsertWorkerPool {
+                            name: worker.pool_name(),
+                            body: Box::new(body),
+                            count_only,
+                            wait_online: wait_online && starts_instances,
+                            work_pool: b.spec.work_pool.name.clone(),
+                        },
+                    )
                 });
             }
         }
@@ -228,18 +222,18 @@ pub(super) fn plan(b: &mut Builder) {
         }
         let depends_on = b.deps(&[address]);
         b.push(Step {
-            address: service_address,
-            action: Action::Delete,
-            adopted: false,
             reason: Some(format!(
                 "worker.kind is worker-pool: deleted once worker pool {}'s worker is ONLINE",
                 worker.pool_name()
             )),
-            changes: vec![],
             depends_on,
-            op: Op::DeleteService {
-                name: worker.service.clone(),
-            },
+            ..Step::new(
+                service_address,
+                Action::Delete,
+                Op::DeleteService {
+                    name: worker.service.clone(),
+                },
+            )
         });
     }
 }
@@ -258,14 +252,13 @@ pub(super) fn destroy(b: &mut Builder) {
     }
     let depends_on = vec![];
     b.push(Step {
-        address,
-        action: Action::Delete,
-        adopted: false,
-        reason: None,
-        changes: vec![],
         depends_on,
-        op: Op::DeleteWorkerPool {
-            name: worker.pool_name(),
-        },
+        ..Step::new(
+            address,
+            Action::Delete,
+            Op::DeleteWorkerPool {
+                name: worker.pool_name(),
+            },
+        )
     });
 }

@@ -177,6 +177,19 @@ fn registry_of(name: &str) -> Option<String> {
     }
 }
 
+/// Tells the executor's image registry that the repository `name` now exists or no longer does.
+fn registry_exists(ctx: &Ctx, name: &str, exists: bool) {
+    if let Some(registry) = registry_of(name) {
+        ctx.state
+            .run
+            .executor()
+            .config()
+            .images
+            .built()
+            .set_repository(&registry, exists);
+    }
+}
+
 /// Tells the executor's image registry what the store holds (at start, after a restore).
 pub fn sync_built(state: &AppState) {
     let built = state.run.executor().config().images.built().clone();
@@ -389,12 +402,16 @@ fn project_id(ctx: &Ctx, p: &str) -> String {
         .unwrap_or_else(|| p.to_owned())
 }
 
-/// Checks a permission on a repository; says whether the repository exists.
-fn require_on_repo(ctx: &Ctx, repo_name: &str, permission: &str) -> ApiResult<bool> {
+/// Checks a permission on a repository, then that it exists (a caller without the permission
+/// learns nothing about it).
+fn require_on_repo(ctx: &Ctx, repo_name: &str, permission: &str) -> ApiResult<()> {
     let (policies, exists) = policies_of(&ctx.state, repo_name);
     let refs: Vec<&Policy> = policies.iter().collect();
     authz::check(&ctx.state, &ctx.caller, permission, repo_name, &refs)?;
-    Ok(exists)
+    if !exists {
+        return Err(repo_not_found(repo_name));
+    }
+    Ok(())
 }
 
 fn repo_not_found(name: &str) -> ApiError {
@@ -454,33 +471,27 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
     let repo_name = format!("{parent}/repositories/{}", p(2));
     match method {
         "repositories.get" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.repositories.get")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.repositories.get")?;
             let data = ctx.state.read();
             Ok(data.artifacts.repositories[&repo_name].to_json())
         }
         "repositories.delete" => delete(ctx, &parent, &repo_name),
         "repositories.getIamPolicy" => {
-            if !require_on_repo(
+            require_on_repo(
                 ctx,
                 &repo_name,
                 "artifactregistry.repositories.getIamPolicy",
-            )? {
-                return Err(repo_not_found(&repo_name));
-            }
+            )?;
             Ok(ctx.state.read().artifacts.repositories[&repo_name]
                 .policy
                 .to_json())
         }
         "repositories.setIamPolicy" => {
-            if !require_on_repo(
+            require_on_repo(
                 ctx,
                 &repo_name,
                 "artifactregistry.repositories.setIamPolicy",
-            )? {
-                return Err(repo_not_found(&repo_name));
-            }
+            )?;
             let (incoming, audit) = policy::parse_set_request(&ctx.body)?;
             let consistency = ctx.state.settings().consistency;
             let mut data = ctx.state.write();
@@ -507,9 +518,7 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             })
         }
         "repositories.dockerImages.list" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.list")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.list")?;
             let mut images: Vec<DockerImage> = ctx
                 .state
                 .read()
@@ -540,9 +549,7 @@ pub fn handle(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
             Ok(out)
         }
         "repositories.dockerImages.get" => {
-            if !require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.get")? {
-                return Err(repo_not_found(&repo_name));
-            }
+            require_on_repo(ctx, &repo_name, "artifactregistry.dockerimages.get")?;
             let id = p(3);
             let data = ctx.state.read();
             // `image@sha256:...` or `image:tag`.
@@ -636,15 +643,7 @@ fn create(ctx: &Ctx, project: &str, location: &str) -> ApiResult<Value> {
         data.artifacts.repositories.insert(name.clone(), repo);
         view
     };
-    if let Some(registry) = registry_of(&name) {
-        ctx.state
-            .run
-            .executor()
-            .config()
-            .images
-            .built()
-            .set_repository(&registry, true);
-    }
+    registry_exists(ctx, &name, true);
     let mut response = view;
     response["@type"] = json!(REPOSITORY_TYPE);
     Ok(operations::create(
@@ -684,9 +683,7 @@ fn list(ctx: &Ctx, project: &str, parent: &str) -> ApiResult<Value> {
 }
 
 fn delete(ctx: &Ctx, parent: &str, repo_name: &str) -> ApiResult<Value> {
-    if !require_on_repo(ctx, repo_name, "artifactregistry.repositories.delete")? {
-        return Err(repo_not_found(repo_name));
-    }
+    require_on_repo(ctx, repo_name, "artifactregistry.repositories.delete")?;
     {
         let mut data = ctx.state.write();
         data.artifacts.repositories.remove(repo_name);
@@ -694,15 +691,7 @@ fn delete(ctx: &Ctx, parent: &str, repo_name: &str) -> ApiResult<Value> {
             .images
             .retain(|_, i| i.repository != repo_name);
     }
-    if let Some(registry) = registry_of(repo_name) {
-        ctx.state
-            .run
-            .executor()
-            .config()
-            .images
-            .built()
-            .set_repository(&registry, false);
-    }
+    registry_exists(ctx, repo_name, false);
     Ok(operations::create(
         &ctx.state,
         &format!("{parent}/operations/{}", uuid::Uuid::new_v4()),

@@ -410,14 +410,7 @@ pub fn submit(ctx: &Ctx, call: &MethodCall) -> ApiResult<Value> {
         }
         _ => default_build_account(&number),
     };
-    let tags: Vec<String> = body
-        .get("tags")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_owned)
-        .collect();
+    let tags = crate::google::body_strings(body, "tags");
     let id = uuid::Uuid::new_v4().to_string();
     // The operation's id is the build's: gcloud follows a submitted build by deriving
     // `projects/{build.projectId}/locations/{region}/operations/{build.id}` from the build in

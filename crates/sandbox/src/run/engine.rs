@@ -15,6 +15,7 @@ use super::views;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::executor::{CancellationToken, Identity, Launch, Probe, ServiceState, TaskEnd};
+use crate::google::body_strings;
 use crate::operations::{self, Outcome};
 use crate::state::{AppState, SaKey};
 
@@ -77,14 +78,6 @@ async fn identity_for(state: &AppState, email: &str) -> Option<Identity> {
     })
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|s| s.as_str().map(str::to_owned))
-        .collect()
-}
-
 /// Builds the launch of a container: env with secrets resolved as the runtime account, and
 /// its identity. Errors are condition messages in Google's words.
 pub(super) async fn prepare(
@@ -136,8 +129,8 @@ pub(super) async fn prepare(
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
-        command: strings(container.get("command").unwrap_or(&Value::Null)),
-        args: strings(container.get("args").unwrap_or(&Value::Null)),
+        command: body_strings(container, "command"),
+        args: body_strings(container, "args"),
         env,
         identity: identity_for(state, service_account).await,
         metadata: None,

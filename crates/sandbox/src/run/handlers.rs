@@ -34,10 +34,7 @@ pub(crate) struct Req {
 
 impl Req {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        crate::google::query_param(&self.query, name)
     }
 
     pub fn flag(&self, name: &str) -> bool {
@@ -292,6 +289,28 @@ fn resource_op(req: &Req, op_name: &str, v: Value) -> Value {
     )
 }
 
+/// The Operation of a write that a background task finishes (service and worker pool creates,
+/// pool updates), whose resource will be `view` (of `kind`): with `validateOnly` a done one and
+/// nothing changes; else `write` changes the store and `start` gets the running Operation's
+/// name.
+pub(super) fn deploy_op(
+    req: &Req,
+    kind: &str,
+    view: Value,
+    write: impl FnOnce(&mut Store),
+    start: impl FnOnce(String),
+) -> Value {
+    let op_name = new_op_name(&req.parent());
+    if req.flag("validateOnly") {
+        return json!({"name": op_name, "done": true, "response": typed(kind, view)});
+    }
+    write(&mut req.state.run.store());
+    req.state.mark_dirty();
+    let op = operations::create(&req.state, &op_name, Some(typed(kind, view)), None);
+    start(op_name);
+    op
+}
+
 pub(super) fn typed(kind: &str, view: Value) -> Value {
     let mut v = view;
     if let Some(map) = v.as_object_mut() {
@@ -440,10 +459,10 @@ pub(super) fn found<R: Clone>(records: &BTreeMap<String, R>, name: &str) -> ApiR
 
 /// The records whose full name starts with `prefix` (one parent's collection, such as
 /// `projects/p/locations/r/jobs/`), in name order.
-pub(super) fn under<R: Clone + Named>(records: &BTreeMap<String, R>, prefix: &str) -> Vec<R> {
+pub(super) fn under<R: Clone + Record>(records: &BTreeMap<String, R>, prefix: &str) -> Vec<R> {
     records
         .values()
-        .filter(|r| r.full_name().starts_with(prefix))
+        .filter(|r| r.meta().name.starts_with(prefix))
         .cloned()
         .collect()
 }
@@ -451,7 +470,7 @@ pub(super) fn under<R: Clone + Named>(records: &BTreeMap<String, R>, prefix: &st
 /// A `list` call's page: the views of the records of `collection` (a field of the Run store
 /// and of the answer alike) under the request's parent, in name order. The views are made
 /// after the store is unlocked (a view may read the sandbox state).
-pub(super) fn list_under<R: Clone + Named>(
+pub(super) fn list_under<R: Clone + Record>(
     req: &Req,
     collection: &str,
     records: impl FnOnce(&Store) -> &BTreeMap<String, R>,
@@ -463,26 +482,32 @@ pub(super) fn list_under<R: Clone + Named>(
     Ok(list_response(collection, page, next))
 }
 
-/// A record stored by its full resource name.
-pub(super) trait Named {
-    fn full_name(&self) -> &str;
+/// A stored Run resource: its common metadata (full name, parent, short id).
+pub(super) trait Record {
+    fn meta(&self) -> &Meta;
 }
 
-impl Named for ServiceRec {
-    fn full_name(&self) -> &str {
-        &self.meta.name
+impl Record for ServiceRec {
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
 }
 
-impl Named for JobRec {
-    fn full_name(&self) -> &str {
-        &self.meta.name
+impl Record for JobRec {
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
 }
 
-impl Named for super::worker_pools::WorkerPoolRec {
-    fn full_name(&self) -> &str {
-        &self.meta.name
+impl Record for ExecRec {
+    fn meta(&self) -> &Meta {
+        &self.meta
+    }
+}
+
+impl Record for super::worker_pools::WorkerPoolRec {
+    fn meta(&self) -> &Meta {
+        &self.meta
     }
 }
 
@@ -528,15 +553,16 @@ pub(crate) async fn create_service(req: &Req, id: &str) -> ApiResult<Value> {
         uri: super::invoke::service_uri(&req.state.url, &req.parent().project, req.p(1), id),
     };
     let view = service_view(req, &rec);
-    let op_name = new_op_name(&req.parent());
-    if req.flag("validateOnly") {
-        return Ok(json!({"name": op_name, "done": true, "response": typed(SERVICE_TYPE, view)}));
-    }
-    req.state.run.store().services.insert(name.clone(), rec);
-    req.state.mark_dirty();
-    let op = operations::create(&req.state, &op_name, Some(typed(SERVICE_TYPE, view)), None);
-    engine::deploy_service(req.state.clone(), name, op_name);
-    Ok(op)
+    let key = name.clone();
+    Ok(deploy_op(
+        req,
+        SERVICE_TYPE,
+        view,
+        |s| {
+            s.services.insert(key, rec);
+        },
+        |op_name| engine::deploy_service(req.state.clone(), name, op_name),
+    ))
 }
 
 fn service_get(req: &Req) -> ApiResult<Value> {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use super::handlers::{self, Req};
 use super::records::ServiceRec;
-use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
+use super::v1_shapes::{self, env_to_v1, env_to_v2, map_list, ts};
 use crate::error::{ApiError, ApiResult};
 
 const API_VERSION: &str = "serving.knative.dev/v1";
@@ -651,12 +651,7 @@ fn service_from_v2(req: &Req, v2: &Value, rec: Option<&ServiceRec>) -> Value {
         .as_str()
         .and_then(super::engine::parse_duration)
         .map_or(300, |d| d.as_secs());
-    let containers: Vec<Value> = tpl["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(container_to_v1)
-        .collect();
+    let containers = map_list(&tpl["containers"], container_to_v1);
     let mut tspec = json!({
         "containerConcurrency": tpl["maxInstanceRequestConcurrency"],
         "timeoutSeconds": timeout,
@@ -666,23 +661,18 @@ fn service_from_v2(req: &Req, v2: &Value, rec: Option<&ServiceRec>) -> Value {
     if let Some(volumes) = tpl.get("volumes") {
         tspec["volumes"] = volumes.clone();
     }
-    let traffic: Vec<Value> = v2["traffic"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|t| {
-            let mut out = json!({"percent": t.get("percent").cloned().unwrap_or(json!(0))});
-            if t["type"] == json!("TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION") {
-                out["revisionName"] = t["revision"].clone();
-            } else {
-                out["latestRevision"] = json!(true);
-            }
-            if let Some(tag) = t.get("tag") {
-                out["tag"] = tag.clone();
-            }
-            out
-        })
-        .collect();
+    let traffic = map_list(&v2["traffic"], |t| {
+        let mut out = json!({"percent": t.get("percent").cloned().unwrap_or(json!(0))});
+        if t["type"] == json!("TRAFFIC_TARGET_ALLOCATION_TYPE_REVISION") {
+            out["revisionName"] = t["revision"].clone();
+        } else {
+            out["latestRevision"] = json!(true);
+        }
+        if let Some(tag) = t.get("tag") {
+            out["tag"] = tag.clone();
+        }
+        out
+    });
 
     let generation = v2["generation"]
         .as_str()
@@ -714,15 +704,10 @@ fn service_from_v2(req: &Req, v2: &Value, rec: Option<&ServiceRec>) -> Value {
     });
     if let Some(ready) = v2.get("latestReadyRevision") {
         status["latestReadyRevisionName"] = short(ready);
-        let statuses: Vec<Value> = v2["trafficStatuses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|t| {
-                json!({"revisionName": t["revision"], "percent": t["percent"],
-                       "latestRevision": t["type"] == json!("TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST")})
-            })
-            .collect();
+        let statuses = map_list(&v2["trafficStatuses"], |t| {
+            json!({"revisionName": t["revision"], "percent": t["percent"],
+                   "latestRevision": t["type"] == json!("TRAFFIC_TARGET_ALLOCATION_TYPE_LATEST")})
+        });
         status["traffic"] = json!(statuses);
     }
     let created = rec.map_or_else(

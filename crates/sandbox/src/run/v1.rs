@@ -6,12 +6,14 @@
 
 use serde_json::{Map, Value, json};
 
+use std::collections::BTreeMap;
+
 use super::handlers::{
-    self, Req, cancel_exec, exec_view, insert_job, job_run, job_view, remove_exec, remove_job,
-    replace_job,
+    self, Record, Req, cancel_exec, exec_view, insert_job, job_run, job_view, remove_exec,
+    remove_job, replace_job,
 };
-use super::records::{JobRec, Parent};
-use super::v1_shapes::{self, env_to_v1, env_to_v2, ts};
+use super::records::{JobRec, Parent, Store};
+use super::v1_shapes::{self, env_to_v1, env_to_v2, map_list, ts};
 use crate::error::{ApiError, ApiResult};
 
 const API_VERSION: &str = "run.googleapis.com/v1";
@@ -31,7 +33,13 @@ pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
             r.require("run.jobs.get")?;
             Ok(job(req, &rec))
         }
-        "jobs.list" => list_jobs(req),
+        "jobs.list" => list_in_namespace(
+            req,
+            "run.jobs.list",
+            "JobsList",
+            |s| &s.jobs,
+            |r| Ok(job(req, r)),
+        ),
         "jobs.replaceJob" => replace(req),
         "jobs.delete" => {
             let (_, r) = find_job(req)?;
@@ -49,7 +57,13 @@ pub(crate) fn handle(req: &Req) -> ApiResult<Value> {
             req.require("run.executions.get")?;
             exec_v1(req, &name)
         }
-        "executions.list" => list_execs(req),
+        "executions.list" => list_in_namespace(
+            req,
+            "run.executions.list",
+            "ExecutionsList",
+            |s| &s.executions,
+            |e| exec_v1(req, &e.meta.name),
+        ),
         "executions.delete" => {
             let name = find_exec(req)?;
             req.require("run.executions.delete")?;
@@ -80,17 +94,8 @@ fn as_v2(req: &Req, location: &str, job: &str) -> Req {
 }
 
 fn find_job(req: &Req) -> ApiResult<(JobRec, Req)> {
-    let project = &req.call.params[0];
     let id = req.call.params.get(1).cloned().unwrap_or_default();
-    let found = req
-        .state
-        .run
-        .store()
-        .jobs
-        .values()
-        .find(|j| same_project(req, &j.meta.parent, project) && j.meta.id == id)
-        .cloned();
-    match found {
+    match find_in_namespace(req, |s| &s.jobs, &id) {
         Some(rec) => {
             let r = as_v2(req, &rec.meta.parent.location.clone(), &id);
             Ok((rec, r))
@@ -105,21 +110,46 @@ fn find_job(req: &Req) -> ApiResult<(JobRec, Req)> {
     }
 }
 
-fn same_project(req: &Req, parent: &Parent, ns: &str) -> bool {
-    parent.project == ns || handlers::project_number(&req.state, &parent.project) == ns
+/// Whether a record sits in the call's namespace (`namespaces/{project id or number}`).
+fn in_namespace(req: &Req, rec: &impl Record) -> bool {
+    let (ns, parent) = (&req.call.params[0], &rec.meta().parent);
+    parent.project == *ns || handlers::project_number(&req.state, &parent.project) == *ns
+}
+
+/// The record with the short id `id` in the call's namespace, in any location.
+fn find_in_namespace<R: Record + Clone>(
+    req: &Req,
+    records: impl FnOnce(&Store) -> &BTreeMap<String, R>,
+    id: &str,
+) -> Option<R> {
+    records(&req.state.run.store())
+        .values()
+        .find(|r| in_namespace(req, *r) && r.meta().id == id)
+        .cloned()
+}
+
+/// A v1 list (`kind`) of the views of the records in the call's namespace; the views are made
+/// after the store is unlocked.
+fn list_in_namespace<R: Record + Clone>(
+    req: &Req,
+    permission: &str,
+    kind: &str,
+    records: impl FnOnce(&Store) -> &BTreeMap<String, R>,
+    view: impl Fn(&R) -> ApiResult<Value>,
+) -> ApiResult<Value> {
+    req.require(permission)?;
+    let recs: Vec<R> = records(&req.state.run.store())
+        .values()
+        .filter(|r| in_namespace(req, *r))
+        .cloned()
+        .collect();
+    let items = recs.iter().map(view).collect::<ApiResult<Vec<_>>>()?;
+    Ok(json!({"apiVersion": API_VERSION, "kind": kind, "metadata": {}, "items": items}))
 }
 
 fn find_exec(req: &Req) -> ApiResult<String> {
-    let ns = &req.call.params[0];
     let id = req.call.params.get(1).cloned().unwrap_or_default();
-    let found = req
-        .state
-        .run
-        .store()
-        .executions
-        .values()
-        .find(|e| same_project(req, &e.meta.parent, ns) && e.meta.id == id)
-        .map(|e| e.meta.name.clone());
+    let found = find_in_namespace(req, |s| &s.executions, &id).map(|e| e.meta.name);
     found.ok_or_else(|| {
         if let Err(denied) = req.require("run.executions.get") {
             return denied;
@@ -153,41 +183,6 @@ fn replace(req: &Req) -> ApiResult<Value> {
     let dry = req.param("dryRun").is_some_and(|d| !d.is_empty());
     let rec = replace_job(&r, &req.call.params[1], to_v2(&req.body), dry)?;
     Ok(job(req, &rec))
-}
-
-fn list_jobs(req: &Req) -> ApiResult<Value> {
-    req.require("run.jobs.list")?;
-    let ns = req.call.params[0].clone();
-    let recs: Vec<JobRec> = req
-        .state
-        .run
-        .store()
-        .jobs
-        .values()
-        .filter(|j| same_project(req, &j.meta.parent, &ns))
-        .cloned()
-        .collect();
-    let items: Vec<Value> = recs.iter().map(|r| job(req, r)).collect();
-    Ok(json!({"apiVersion": API_VERSION, "kind": "JobsList", "metadata": {}, "items": items}))
-}
-
-fn list_execs(req: &Req) -> ApiResult<Value> {
-    req.require("run.executions.list")?;
-    let ns = req.call.params[0].clone();
-    let names: Vec<String> = req
-        .state
-        .run
-        .store()
-        .executions
-        .values()
-        .filter(|e| same_project(req, &e.meta.parent, &ns))
-        .map(|e| e.meta.name.clone())
-        .collect();
-    let items = names
-        .iter()
-        .map(|n| exec_v1(req, n))
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(json!({"apiVersion": API_VERSION, "kind": "ExecutionsList", "metadata": {}, "items": items}))
 }
 
 // ---------- translation ----------
@@ -312,12 +307,7 @@ fn job(req: &Req, rec: &JobRec) -> Value {
         .and_then(super::engine::parse_duration)
         .map(|d| d.as_secs())
         .unwrap_or(600);
-    let containers: Vec<Value> = task["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(container_to_v1)
-        .collect();
+    let containers = map_list(&task["containers"], container_to_v1);
     let mut status = json!({
         "observedGeneration": v2["observedGeneration"].as_str().and_then(|g| g.parse::<i64>().ok()),
         "conditions": [condition_v1(&v2["terminalCondition"])],
@@ -393,12 +383,7 @@ fn exec_v1(req: &Req, name: &str) -> ApiResult<Value> {
     labels.insert("run.googleapis.com/job".into(), json!(job_id));
     labels.insert(LOCATION_LABEL.into(), json!(parent.location));
     let tpl = &v2["template"];
-    let containers: Vec<Value> = tpl["containers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(container_to_v1)
-        .collect();
+    let containers = map_list(&tpl["containers"], container_to_v1);
     let conditions: Vec<Value> = v2["conditions"]
         .as_array()
         .into_iter()

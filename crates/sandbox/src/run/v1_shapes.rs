@@ -11,6 +11,12 @@ pub(super) fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// `f` over the items of a list field, as both surfaces translate containers, conditions and
+/// traffic (an absent list is empty).
+pub(super) fn map_list(list: &Value, f: impl FnMut(&Value) -> Value) -> Vec<Value> {
+    list.as_array().into_iter().flatten().map(f).collect()
+}
+
 /// A v2 condition `state` as the v1 `status` string.
 fn status_of(state: &Value) -> &'static str {
     match state.as_str() {

@@ -19,11 +19,11 @@ use serde_json::{Map, Value, json};
 
 use super::engine;
 use super::handlers::{
-    Req, absent, check_template, found, list_under, new_meta, new_op_name, not_found,
+    Req, absent, check_template, deploy_op, found, list_under, new_meta, new_op_name, not_found,
     project_number, respec, revision_outcome, revision_service_account, spec_only, typed,
     validate_id,
 };
-use super::records::{Meta, Revisions, Settled};
+use super::records::{Meta, Revisions, Settled, Store};
 use super::views;
 use super::{RunState, lock};
 use crate::error::{ApiError, ApiResult};
@@ -211,16 +211,17 @@ fn insert(req: &Req, id: &str) -> ApiResult<Value> {
         revisions: Revisions::first(id),
     };
     let v = view(&req.state, &rec);
-    if req.flag("validateOnly") {
-        return Ok(dry_op(req, v));
-    }
     let generation = rec.meta.generation;
-    req.state.run.store().worker_pools.insert(name.clone(), rec);
-    req.state.mark_dirty();
-    let op_name = new_op_name(&req.parent());
-    let op = operations::create(&req.state, &op_name, Some(typed(POOL_TYPE, v)), None);
-    spawn_reconcile(req.state.clone(), name, op_name, generation);
-    Ok(op)
+    let key = name.clone();
+    Ok(deploy_op(
+        req,
+        POOL_TYPE,
+        v,
+        |s| {
+            s.worker_pools.insert(key, rec);
+        },
+        |op_name| spawn_reconcile(req.state.clone(), name, op_name, generation),
+    ))
 }
 
 /// Checks `permission` on the pool `name` through the project's policy or the pool's own: a
@@ -353,18 +354,16 @@ fn patch(req: &Req) -> ApiResult<Value> {
     let mut next = current.clone();
     respec(req, &id, &mut next, body);
     let v = view(&req.state, &next);
-    if req.flag("validateOnly") {
-        return Ok(dry_op(req, v));
-    }
     let generation = next.meta.generation;
-    if let Some(rec) = req.state.run.store().worker_pools.get_mut(&name) {
-        *rec = next;
-    }
-    req.state.mark_dirty();
-    let op_name = new_op_name(&req.parent());
-    let op = operations::create(&req.state, &op_name, Some(typed(POOL_TYPE, v)), None);
-    spawn_reconcile(req.state.clone(), name, op_name, generation);
-    Ok(op)
+    let key = name.clone();
+    let write = |s: &mut Store| {
+        if let Some(rec) = s.worker_pools.get_mut(&key) {
+            *rec = next;
+        }
+    };
+    Ok(deploy_op(req, POOL_TYPE, v, write, |op_name| {
+        spawn_reconcile(req.state.clone(), name, op_name, generation)
+    }))
 }
 
 fn delete(req: &Req) -> ApiResult<Value> {

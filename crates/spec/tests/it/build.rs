@@ -72,9 +72,8 @@ fn a_build_resolves_image_name_workdir_and_pull_step() {
     assert!(a.tag().starts_with("src-") && a.tag().len() == 20);
 }
 
-#[test]
-fn the_guides_prefect_yaml_build_step_becomes_a_build() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guide_build");
+/// The guide's plan with its deployments from `dir/prefect.yaml`.
+fn plan_from(dir: &std::path::Path) -> Result<bootstrap_spec::Spec, bootstrap_spec::Diagnostics> {
     let plan = format!(
         "version: 1\ngcp: {{project: prefect-project, region: us-central1}}\n\
          service_account: {{name: prefect-service-account}}\n\
@@ -83,8 +82,13 @@ fn the_guides_prefect_yaml_build_step_becomes_a_build() {
          deployments_from: {}/prefect.yaml\n",
         dir.display()
     );
-    let spec = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
-        .unwrap_or_else(|d| panic!("{d}"));
+    bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
+}
+
+#[test]
+fn the_guides_prefect_yaml_build_step_becomes_a_build() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guide_build");
+    let spec = plan_from(&dir).unwrap_or_else(|d| panic!("{d}"));
     let d = &spec.deployments[0];
     assert!(
         d.image.is_none(),
@@ -135,18 +139,10 @@ fn a_deployment_naming_its_own_image_does_not_take_the_build_step() {
          \x20     job_variables:\n        image: \"{{ build_image.image }}\"\n",
     )
     .unwrap();
-    let plan = format!(
-        "version: 1\ngcp: {{project: prefect-project, region: us-central1}}\n\
-         service_account: {{name: prefect-service-account}}\n\
-         prefect: {{api_url: \"http://127.0.0.1:4200/api\"}}\n\
-         work_pool: {{name: my-cloud-run-pool, type: cloud-run}}\n\
-         deployments_from: {}/prefect.yaml\n",
-        dir.path().display()
-    );
+
     // No Dockerfile in the folder: only the deployment that uses the build may need one
     // (`dockerfile` defaults to prefect-docker's `Dockerfile`), and it is reported for it alone.
-    let err = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
-        .expect_err("the built deployment needs a Dockerfile");
+    let err = plan_from(dir.path()).expect_err("the built deployment needs a Dockerfile");
     let text = err.to_string();
     assert!(text.contains("no file `Dockerfile`"), "{text}");
     assert!(
@@ -158,8 +154,7 @@ fn a_deployment_naming_its_own_image_does_not_take_the_build_step() {
         "FROM prefecthq/prefect:3.9.1-python3.11\n",
     )
     .unwrap();
-    let spec = bootstrap_spec::load_str(&plan, "bootstrap.yaml", &|_| None)
-        .unwrap_or_else(|d| panic!("{d}"));
+    let spec = plan_from(dir.path()).unwrap_or_else(|d| panic!("{d}"));
     let fixed = spec
         .deployments
         .iter()
