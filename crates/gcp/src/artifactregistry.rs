@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
 use crate::operations::{self, Operation};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTarget};
 
 /// `Repository`, the fields this tool reads or writes; unknown fields are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,40 +156,12 @@ pub async fn get_iam_policy(
     region: &Region,
     repository: &str,
 ) -> Result<Policy, GcpError> {
-    let call = Call::new(
-        "artifactregistry.projects.locations.repositories.getIamPolicy",
-        Method::GET,
-        Api::ArtifactRegistry,
-        format!(
-            "v1/{}:getIamPolicy",
-            repository_path(project, region, repository)
-        ),
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// `artifactregistry.projects.locations.repositories.setIamPolicy`; the etag in `policy`
-/// guards against lost updates (`SetIamPolicyRequest` has no `updateMask` here).
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    repository: &str,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let call = Call::new(
-        "artifactregistry.projects.locations.repositories.setIamPolicy",
-        Method::POST,
-        Api::ArtifactRegistry,
-        format!(
-            "v1/{}:setIamPolicy",
-            repository_path(project, region, repository)
-        ),
-    )
-    .body(json!({ "policy": policy }))
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::ArtifactRepository {
+        project: project.clone(),
+        region: region.clone(),
+        repository: repository.to_owned(),
+    };
+    target.get(http).await
 }
 
 /// `artifactregistry.projects.locations.repositories.dockerImages.get` by its `name`

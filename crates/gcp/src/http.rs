@@ -3,6 +3,7 @@
 //! Nothing here logs a request or response body or a header: bodies carry private keys
 //! (`privateKeyData`), secret payloads and job environments, and headers carry the token.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -146,7 +147,7 @@ pub fn resource_path(name: &str) -> Result<String, GcpError> {
 #[derive(Clone)]
 pub struct Call {
     /// The discovery document's method id, for error messages (e.g. `run.projects.locations.services.get`).
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub method: Method,
     pub api: Api,
     /// Relative, encoded path.
@@ -182,10 +183,10 @@ impl std::fmt::Debug for Call {
 impl Call {
     /// A call with the usual retry options for its HTTP method: GET, PUT and DELETE are
     /// idempotent; POST and PATCH are not unless [`Call::idempotent`] says so.
-    pub fn new(name: &'static str, method: Method, api: Api, path: String) -> Self {
+    pub fn new(name: impl Into<Cow<'static, str>>, method: Method, api: Api, path: String) -> Self {
         let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
         Self {
-            name,
+            name: name.into(),
             method,
             api,
             path,
@@ -293,7 +294,7 @@ impl GcpHttp {
             &bytes
         };
         serde_json::from_slice(bytes).map_err(|e| GcpError::Decode {
-            method: call.name.to_owned(),
+            method: call.name.to_string(),
             source: e,
         })
     }
@@ -303,7 +304,7 @@ impl GcpHttp {
         use secrecy::zeroize::Zeroize;
         let mut bytes = self.send_bytes(&call).await?;
         let decoded = serde_json::from_slice(&bytes).map_err(|e| GcpError::DecodeRedacted {
-            method: call.name.to_owned(),
+            method: call.name.to_string(),
             line: e.line(),
             column: e.column(),
         });
@@ -324,7 +325,7 @@ impl GcpHttp {
             let (err, decision) = match outcome {
                 Err(_) => {
                     return Err(GcpError::Timeout {
-                        method: call.name.to_owned(),
+                        method: call.name.to_string(),
                         after: policy.deadline,
                     });
                 }
@@ -336,7 +337,7 @@ impl GcpHttp {
                 })) => {
                     let decision = retry::decide_status(status, &body, retry_after, call.retry);
                     (
-                        error::from_response(call.name, status.as_u16(), &body),
+                        error::from_response(&call.name, status.as_u16(), &body),
                         decision,
                     )
                 }
@@ -345,12 +346,12 @@ impl GcpHttp {
                     let decision = retry::decide_transport(&e, call.retry);
                     let err = if e.is_timeout() {
                         GcpError::Timeout {
-                            method: call.name.to_owned(),
+                            method: call.name.to_string(),
                             after: REQUEST_TIMEOUT,
                         }
                     } else {
                         GcpError::Network {
-                            method: call.name.to_owned(),
+                            method: call.name.to_string(),
                             source: e,
                         }
                     };
@@ -366,7 +367,7 @@ impl GcpHttp {
                 return Err(exhausted(err));
             };
             tracing::debug!(
-                method = call.name,
+                method = &*call.name,
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 error = %err,
@@ -378,7 +379,7 @@ impl GcpHttp {
 
     async fn attempt(&self, call: &Call, url: &Url) -> Result<Answer, AttemptError> {
         let token = self.tokens.token().await.map_err(AttemptError::Auth)?;
-        tracing::debug!(method = call.name, http = %call.method, url = %url, "Google API call");
+        tracing::debug!(method = &*call.name, http = %call.method, url = %url, "Google API call");
         let mut req = self
             .client
             .request(call.method.clone(), url.clone())
@@ -415,7 +416,7 @@ impl GcpHttp {
             .map_err(AttemptError::Transport)?
             .to_vec();
         tracing::debug!(
-            method = call.name,
+            method = &*call.name,
             status = status.as_u16(),
             "Google API answer"
         );

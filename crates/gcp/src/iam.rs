@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTarget};
 
 /// A service account (`ServiceAccount`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ struct CreateKeyResponse {
     private_key_data: Option<SecretString>,
 }
 
-fn sa_path(project: &ProjectId, email: &ServiceAccountEmail) -> String {
+pub(crate) fn sa_path(project: &ProjectId, email: &ServiceAccountEmail) -> String {
     format!(
         "v1/projects/{}/serviceAccounts/{}",
         seg(project.as_str()),
@@ -373,43 +373,16 @@ pub async fn delete_key(
 }
 
 /// The service account's own policy (e.g. who has `roles/iam.serviceAccountUser` on it).
-/// The method takes no body; the version is a query parameter.
 pub async fn get_iam_policy(
     http: &GcpHttp,
     project: &ProjectId,
     email: &ServiceAccountEmail,
 ) -> Result<Policy, GcpError> {
-    let path = format!("{}:getIamPolicy", sa_path(project, email));
-    let call = Call::new(
-        "iam.projects.serviceAccounts.getIamPolicy",
-        Method::POST,
-        Api::Iam,
-        path,
-    )
-    .query("options.requestedPolicyVersion", "3")
-    .idempotent();
-    http.send(call).await
-}
-
-/// Writes the service account's policy; the etag in `policy` guards against lost updates.
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    email: &ServiceAccountEmail,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let path = format!("{}:setIamPolicy", sa_path(project, email));
-    let body = json!({ "policy": policy, "updateMask": "bindings,etag" });
-    // Repeating a write with the same etag cannot overwrite a newer policy.
-    let call = Call::new(
-        "iam.projects.serviceAccounts.setIamPolicy",
-        Method::POST,
-        Api::Iam,
-        path,
-    )
-    .body(body)
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::ServiceAccount {
+        project: project.clone(),
+        email: email.clone(),
+    };
+    target.get(http).await
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTarget};
 
 /// A secret (`Secret`); unknown fields are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl SecretVersion {
     }
 }
 
-fn secret_path(project: &ProjectId, secret: &SecretId) -> String {
+pub(crate) fn secret_path(project: &ProjectId, secret: &SecretId) -> String {
     format!(
         "v1/projects/{}/secrets/{}",
         seg(project.as_str()),
@@ -210,32 +210,9 @@ pub async fn get_iam_policy(
     project: &ProjectId,
     secret: &SecretId,
 ) -> Result<Policy, GcpError> {
-    let path = format!("{}:getIamPolicy", secret_path(project, secret));
-    let call = Call::new(
-        "secretmanager.projects.secrets.getIamPolicy",
-        Method::GET,
-        Api::SecretManager,
-        path,
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// Writes the secret's policy; the etag in `policy` guards against lost updates.
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    secret: &SecretId,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let path = format!("{}:setIamPolicy", secret_path(project, secret));
-    let call = Call::new(
-        "secretmanager.projects.secrets.setIamPolicy",
-        Method::POST,
-        Api::SecretManager,
-        path,
-    )
-    .body(json!({ "policy": policy, "updateMask": "bindings,etag" }))
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::Secret {
+        project: project.clone(),
+        secret: secret.clone(),
+    };
+    target.get(http).await
 }

@@ -89,7 +89,11 @@ fn collection_path<R: Resource>(project: &ProjectId, region: &Region) -> String 
     format!("{}/{}", location(project, region), R::COLLECTION)
 }
 
-fn resource_path_of<I: ResourceId>(project: &ProjectId, region: &Region, id: &I) -> String {
+pub(crate) fn resource_path_of<I: ResourceId>(
+    project: &ProjectId,
+    region: &Region,
+    id: &I,
+) -> String {
     format!(
         "{}/{}",
         collection_path::<I::Resource>(project, region),

@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bootstrap_ids::{ProjectId, Region, RunWorkerPoolName};
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::types::run_v2_resource;
-use super::{Container, Patch, full_name, patch, resource_path_of};
+use super::{Container, Patch, full_name, patch};
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp};
+use crate::http::GcpHttp;
 use crate::operations::Operation;
+use crate::policy::{Policy, PolicyTarget};
 
 run_v2_resource! {
     revisioned
@@ -75,10 +75,6 @@ pub struct WorkerPoolTemplate {
 
 super::run_v2_kind!(WorkerPool, RunWorkerPoolName, "workerPools", "workerPoolId");
 
-fn pool_path(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
-    resource_path_of(project, region, pool)
-}
-
 /// `run.projects.locations.workerPools.getIamPolicy`: the pool's own policy (inherited
 /// bindings not included, run.v2.json).
 pub async fn get_worker_pool_iam_policy(
@@ -86,35 +82,13 @@ pub async fn get_worker_pool_iam_policy(
     project: &ProjectId,
     region: &Region,
     pool: &RunWorkerPoolName,
-) -> Result<crate::policy::Policy, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.getIamPolicy",
-        Method::GET,
-        Api::RunV2,
-        format!("{}:getIamPolicy", pool_path(project, region, pool)),
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// `run.projects.locations.workerPools.setIamPolicy`; the etag in `policy` guards against
-/// lost updates.
-pub async fn set_worker_pool_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    pool: &RunWorkerPoolName,
-    policy: &crate::policy::Policy,
-) -> Result<crate::policy::Policy, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.setIamPolicy",
-        Method::POST,
-        Api::RunV2,
-        format!("{}:setIamPolicy", pool_path(project, region, pool)),
-    )
-    .body(serde_json::json!({ "policy": policy }))
-    .idempotent();
-    http.send(call).await
+) -> Result<Policy, GcpError> {
+    let target = PolicyTarget::WorkerPool {
+        project: project.clone(),
+        region: region.clone(),
+        pool: pool.clone(),
+    };
+    target.get(http).await
 }
 
 /// The full resource name of a worker pool, as the API writes it.
@@ -222,7 +196,7 @@ mod tests {
         let r = Region::parse("us-central1").unwrap();
         let w = RunWorkerPoolName::parse("prefect-worker").unwrap();
         assert_eq!(
-            pool_path(&p, &r, &w),
+            super::super::resource_path_of(&p, &r, &w),
             "v2/projects/my-project/locations/us-central1/workerPools/prefect-worker"
         );
     }
