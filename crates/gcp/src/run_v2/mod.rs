@@ -29,27 +29,16 @@ fn location(project: &ProjectId, region: &Region) -> String {
 
 /// A top-level Cloud Run v2 resource: a [`Service`], a [`Job`] or a [`WorkerPool`]. They sit
 /// in a collection under `projects/{p}/locations/{r}` and have the same get, create, patch and
-/// delete RPCs (run.v2.json); only the collection, the query parameter that names a new one
-/// and the method ids differ, and those are this trait's constants. One implementation of
-/// each RPC below serves all three.
+/// delete RPCs (run.v2.json, method ids `run.projects.locations.<collection>.<verb>`); only the
+/// collection and the query parameter that names a new one differ, and those are this trait's
+/// constants. One implementation of each RPC below serves all three.
 pub trait Resource: Serialize + DeserializeOwned + Clone {
     /// The collection's path segment (`services`, `jobs`, `workerPools`).
     const COLLECTION: &'static str;
     /// The create call's id parameter (`serviceId`, `jobId`, `workerPoolId`).
     const ID_PARAM: &'static str;
-    /// run.v2.json's method ids, as the call log and errors name them.
-    const METHODS: Methods;
     /// Sets the body's `name` (the full resource name; a create must leave it out).
     fn set_name(&mut self, name: Option<String>);
-}
-
-/// The method ids of a [`Resource`]'s RPCs.
-#[derive(Debug, Clone, Copy)]
-pub struct Methods {
-    pub get: &'static str,
-    pub create: &'static str,
-    pub patch: &'static str,
-    pub delete: &'static str,
 }
 
 /// The id type that names one kind of [`Resource`] (`RunServiceName` names a [`Service`]), so
@@ -59,18 +48,12 @@ pub trait ResourceId: AsRef<str> + std::fmt::Display {
 }
 
 /// Implements [`Resource`] for a type declared with `run_v2_resource!` and [`ResourceId`] for
-/// its id type; the method ids are `run.projects.locations.<collection>.<verb>`.
+/// its id type.
 macro_rules! run_v2_kind {
     ($resource:ty, $id:ty, $collection:literal, $id_param:literal) => {
         impl $crate::run_v2::Resource for $resource {
             const COLLECTION: &'static str = $collection;
             const ID_PARAM: &'static str = $id_param;
-            const METHODS: $crate::run_v2::Methods = $crate::run_v2::Methods {
-                get: concat!("run.projects.locations.", $collection, ".get"),
-                create: concat!("run.projects.locations.", $collection, ".create"),
-                patch: concat!("run.projects.locations.", $collection, ".patch"),
-                delete: concat!("run.projects.locations.", $collection, ".delete"),
-            };
             fn set_name(&mut self, name: Option<String>) {
                 self.name = name;
             }
@@ -84,6 +67,11 @@ pub(crate) use run_v2_kind;
 
 run_v2_kind!(Service, RunServiceName, "services", "serviceId");
 run_v2_kind!(Job, RunJobName, "jobs", "jobId");
+
+/// run.v2.json's method id of `verb` on `R`'s collection, as the call log and errors name it.
+fn method<R: Resource>(verb: &str) -> String {
+    format!("run.projects.locations.{}.{verb}", R::COLLECTION)
+}
 
 fn collection_path<R: Resource>(project: &ProjectId, region: &Region) -> String {
     format!("{}/{}", location(project, region), R::COLLECTION)
@@ -156,7 +144,7 @@ pub async fn get<I: ResourceId>(
     id: &I,
 ) -> Result<Option<I::Resource>, GcpError> {
     let call = Call::new(
-        I::Resource::METHODS.get,
+        method::<I::Resource>("get"),
         Method::GET,
         Api::RunV2,
         resource_path_of(project, region, id),
@@ -179,7 +167,7 @@ pub async fn create<I: ResourceId>(
     let mut body = spec.clone();
     body.set_name(None);
     let mut call = Call::new(
-        I::Resource::METHODS.create,
+        method::<I::Resource>("create"),
         Method::POST,
         Api::RunV2,
         collection_path::<I::Resource>(project, region),
@@ -218,7 +206,7 @@ pub async fn patch<I: ResourceId>(
     let mut body = spec.clone();
     body.set_name(Some(full_name(project, region, id)));
     let mut call = Call::new(
-        I::Resource::METHODS.patch,
+        method::<I::Resource>("patch"),
         Method::PATCH,
         Api::RunV2,
         resource_path_of(project, region, id),
@@ -246,7 +234,7 @@ pub async fn delete<I: ResourceId>(
     id: &I,
 ) -> Result<Option<Operation>, GcpError> {
     let call = Call::new(
-        I::Resource::METHODS.delete,
+        method::<I::Resource>("delete"),
         Method::DELETE,
         Api::RunV2,
         resource_path_of(project, region, id),
@@ -442,15 +430,9 @@ mod tests {
             collection_path::<Job>(&p, &r),
             "v2/projects/my-project/locations/us-central1/jobs"
         );
-        let m = WorkerPool::METHODS;
         assert_eq!(
-            [m.get, m.create, m.patch, m.delete],
-            ["get", "create", "patch", "delete"]
-                .map(|v| format!("run.projects.locations.workerPools.{v}"))
-        );
-        assert_eq!(
-            Service::METHODS.delete,
-            "run.projects.locations.services.delete"
+            method::<WorkerPool>("patch"),
+            "run.projects.locations.workerPools.patch"
         );
         assert_eq!(
             [Service::ID_PARAM, Job::ID_PARAM, WorkerPool::ID_PARAM],
