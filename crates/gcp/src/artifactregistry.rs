@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
 use crate::operations::{self, Operation};
 use crate::policy::{Policy, PolicyTarget};
 
@@ -194,13 +194,6 @@ pub async fn list_docker_images(
     region: &Region,
     repository: &str,
 ) -> Result<Vec<DockerImage>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        docker_images: Vec<DockerImage>,
-        next_page_token: Option<String>,
-    }
     let call = Call::new(
         "artifactregistry.projects.locations.repositories.dockerImages.list",
         Method::GET,
@@ -211,10 +204,7 @@ pub async fn list_docker_images(
         ),
     )
     .query("pageSize", "1000");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.docker_images, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "dockerImages").await
 }
 
 /// The image of `images` named `image_name` (no tag) that carries `tag`.

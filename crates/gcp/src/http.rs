@@ -474,7 +474,7 @@ pub(crate) async fn list_all<P, T>(
     http: &GcpHttp,
     call: Call,
     token_param: &'static str,
-    split: impl Fn(P) -> (Vec<T>, Option<String>),
+    split: impl Fn(P) -> Result<(Vec<T>, Option<String>), GcpError>,
 ) -> Result<Vec<T>, GcpError>
 where
     P: DeserializeOwned,
@@ -487,7 +487,7 @@ where
         if let Some(t) = &token {
             page_call = page_call.query(token_param, t.clone());
         }
-        let (items, next) = split(http.send::<P>(page_call).await?);
+        let (items, next) = split(http.send::<P>(page_call).await?)?;
         out.extend(items);
         match next.filter(|t| !t.is_empty()) {
             None => return Ok(out),
@@ -504,6 +504,35 @@ where
         "{}: more than {MAX_PAGES} pages",
         call.name
     )))
+}
+
+/// Fetches every page of a list call whose answers are Google's usual list page: the items
+/// under a field named after the collection (`items`: `jobs`, `versions`, ...) and
+/// `nextPageToken`, the next page asked for with `pageToken`.
+pub(crate) async fn list_pages<T: DeserializeOwned>(
+    http: &GcpHttp,
+    call: Call,
+    items: &'static str,
+) -> Result<Vec<T>, GcpError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page {
+        next_page_token: Option<String>,
+        #[serde(flatten)]
+        fields: serde_json::Map<String, Value>,
+    }
+    let method = call.name.clone();
+    list_all(http, call, "pageToken", |mut page: Page| {
+        let Some(list) = page.fields.remove(items) else {
+            return Ok((Vec::new(), page.next_page_token));
+        };
+        let list = serde_json::from_value(list).map_err(|e| GcpError::Decode {
+            method: method.to_string(),
+            source: e,
+        })?;
+        Ok((list, page.next_page_token))
+    })
+    .await
 }
 
 /// Turns "not found" into `None`, for `get_*` calls.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
 use crate::policy::{Policy, PolicyTarget};
 
 /// A service account (`ServiceAccount`).
@@ -242,13 +242,6 @@ pub async fn list_service_accounts(
     http: &GcpHttp,
     project: &ProjectId,
 ) -> Result<Vec<ServiceAccount>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        accounts: Vec<ServiceAccount>,
-        next_page_token: Option<String>,
-    }
     let path = format!("v1/projects/{}/serviceAccounts", seg(project.as_str()));
     let call = Call::new(
         "iam.projects.serviceAccounts.list",
@@ -257,10 +250,7 @@ pub async fn list_service_accounts(
         path,
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.accounts, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "accounts").await
 }
 
 /// Lists keys; `user_managed_only` asks for `keyTypes=USER_MANAGED` (the keys we could own).

@@ -300,7 +300,7 @@ pub async fn list_jobs(
         call = call.query("labelSelector", sel);
     }
     list_all(http, call, "continue", |p: Page| {
-        (p.items, p.metadata.and_then(|m| m.next))
+        Ok((p.items, p.metadata.and_then(|m| m.next)))
     })
     .await
 }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
 use crate::policy::{Policy, PolicyTarget};
 
 /// A secret (`Secret`); unknown fields are kept.
@@ -145,13 +145,6 @@ pub async fn list_versions(
     project: &ProjectId,
     secret: &SecretId,
 ) -> Result<Vec<SecretVersion>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        versions: Vec<SecretVersion>,
-        next_page_token: Option<String>,
-    }
     let path = format!("{}/versions", secret_path(project, secret));
     let call = Call::new(
         "secretmanager.projects.secrets.versions.list",
@@ -160,10 +153,7 @@ pub async fn list_versions(
         path,
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.versions, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "versions").await
 }
 
 /// The payload of the latest enabled version; `None` if the secret or a version does not

@@ -9,14 +9,14 @@ use std::time::Duration;
 use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 pub use types::*;
 pub use worker_pools::*;
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, resource_path, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, resource_path, seg};
 use crate::operations::{self, Operation};
 
 fn location(project: &ProjectId, region: &Region) -> String {
@@ -267,13 +267,6 @@ pub async fn list_jobs(
     project: &ProjectId,
     region: &Region,
 ) -> Result<Vec<Job>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        jobs: Vec<Job>,
-        next_page_token: Option<String>,
-    }
     let call = Call::new(
         "run.projects.locations.jobs.list",
         Method::GET,
@@ -281,10 +274,7 @@ pub async fn list_jobs(
         collection_path::<Job>(project, region),
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.jobs, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "jobs").await
 }
 
 /// Starts an execution. The operation's metadata is the [`Execution`] (see
@@ -327,13 +317,6 @@ pub async fn list_executions(
     region: &Region,
     job: &RunJobName,
 ) -> Result<Vec<Execution>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        executions: Vec<Execution>,
-        next_page_token: Option<String>,
-    }
     let call = Call::new(
         "run.projects.locations.jobs.executions.list",
         Method::GET,
@@ -341,10 +324,7 @@ pub async fn list_executions(
         format!("{}/executions", job_path(project, region, job)),
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.executions, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "executions").await
 }
 
 /// Starts deleting an execution; `None` if it was already gone.
