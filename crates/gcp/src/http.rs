@@ -634,20 +634,19 @@ mod tests {
 
     #[test]
     fn exhausted_server_errors_become_transient() {
-        let e = exhausted(GcpError::Other {
-            method: "m".into(),
-            code: 503,
-            status: "UNAVAILABLE".into(),
-            message: "x".into(),
-        });
-        assert!(matches!(e, GcpError::Transient { code: 503, .. }));
-        let e = exhausted(GcpError::Other {
-            method: "m".into(),
-            code: 418,
-            status: String::new(),
-            message: "x".into(),
-        });
-        assert!(matches!(e, GcpError::Other { code: 418, .. }));
+        for (code, transient) in [(429, true), (500, true), (503, true), (418, false)] {
+            let e = exhausted(GcpError::Other {
+                method: "m".into(),
+                code,
+                status: String::new(),
+                message: "x".into(),
+            });
+            match e {
+                GcpError::Transient { code: c, .. } => assert!(transient && c == code, "{code}"),
+                GcpError::Other { code: c, .. } => assert!(!transient && c == code, "{code}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName};
 use reqwest::Method;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 pub use types::*;
