@@ -564,22 +564,19 @@ mod tests {
                 .as_str(),
             "https://iam.googleapis.com/v1/projects/p/serviceAccounts"
         );
-        assert_eq!(
-            e.root(&Api::ResourceManager).unwrap().as_str(),
-            "https://cloudresourcemanager.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::ServiceUsage).unwrap().as_str(),
-            "https://serviceusage.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::SecretManager).unwrap().as_str(),
-            "https://secretmanager.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::RunV2).unwrap().as_str(),
-            "https://run.googleapis.com/"
-        );
+        for (api, host) in [
+            (Api::ResourceManager, "cloudresourcemanager"),
+            (Api::ServiceUsage, "serviceusage"),
+            (Api::SecretManager, "secretmanager"),
+            (Api::RunV2, "run"),
+            (Api::IamCredentials, "iamcredentials"),
+            (Api::Logging, "logging"),
+            (Api::CloudBuild, "cloudbuild"),
+            (Api::ArtifactRegistry, "artifactregistry"),
+        ] {
+            let root = e.root(&api).unwrap();
+            assert_eq!(root.as_str(), format!("https://{host}.googleapis.com/"));
+        }
         assert_eq!(
             e.url(
                 &Api::RunV1(region),
