@@ -68,9 +68,11 @@ pub(crate) use run_v2_kind;
 run_v2_kind!(Service, RunServiceName, "services", "serviceId");
 run_v2_kind!(Job, RunJobName, "jobs", "jobId");
 
-/// run.v2.json's method id of `verb` on `R`'s collection, as the call log and errors name it.
-fn method<R: Resource>(verb: &str) -> String {
-    format!("run.projects.locations.{}.{verb}", R::COLLECTION)
+/// A call of run.v2.json's `run.projects.locations.<collection>.<verb>` (the method id the
+/// call log and errors name) to `path`.
+fn rpc(collection: &str, verb: &str, method: Method, path: String) -> Call {
+    let name = format!("run.projects.locations.{collection}.{verb}");
+    Call::new(name, method, Api::RunV2, path)
 }
 
 fn collection_path<R: Resource>(project: &ProjectId, region: &Region) -> String {
@@ -143,10 +145,10 @@ pub async fn get<I: ResourceId>(
     region: &Region,
     id: &I,
 ) -> Result<Option<I::Resource>, GcpError> {
-    let call = Call::new(
-        method::<I::Resource>("get"),
+    let call = rpc(
+        I::Resource::COLLECTION,
+        "get",
         Method::GET,
-        Api::RunV2,
         resource_path_of(project, region, id),
     );
     http.send(call).await.optional()
@@ -166,10 +168,10 @@ pub async fn create<I: ResourceId>(
 ) -> Result<Operation, GcpError> {
     let mut body = spec.clone();
     body.set_name(None);
-    let mut call = Call::new(
-        method::<I::Resource>("create"),
+    let mut call = rpc(
+        I::Resource::COLLECTION,
+        "create",
         Method::POST,
-        Api::RunV2,
         collection_path::<I::Resource>(project, region),
     )
     .query(I::Resource::ID_PARAM, id.as_ref())
@@ -205,10 +207,10 @@ pub async fn patch<I: ResourceId>(
 ) -> Result<Operation, GcpError> {
     let mut body = spec.clone();
     body.set_name(Some(full_name(project, region, id)));
-    let mut call = Call::new(
-        method::<I::Resource>("patch"),
+    let mut call = rpc(
+        I::Resource::COLLECTION,
+        "patch",
         Method::PATCH,
-        Api::RunV2,
         resource_path_of(project, region, id),
     )
     .body(to_body(&body)?)
@@ -233,10 +235,10 @@ pub async fn delete<I: ResourceId>(
     region: &Region,
     id: &I,
 ) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        method::<I::Resource>("delete"),
+    let call = rpc(
+        I::Resource::COLLECTION,
+        "delete",
         Method::DELETE,
-        Api::RunV2,
         resource_path_of(project, region, id),
     )
     .retry_conflicts();
@@ -267,10 +269,10 @@ pub async fn list_jobs(
     project: &ProjectId,
     region: &Region,
 ) -> Result<Vec<Job>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.list",
+    let call = rpc(
+        "jobs",
+        "list",
         Method::GET,
-        Api::RunV2,
         collection_path::<Job>(project, region),
     )
     .query("pageSize", "100");
@@ -287,10 +289,10 @@ pub async fn run_job(
     job: &RunJobName,
     request: &RunJobRequest,
 ) -> Result<Operation, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.run",
+    let call = rpc(
+        "jobs",
+        "run",
         Method::POST,
-        Api::RunV2,
         format!("{}:run", job_path(project, region, job)),
     )
     .body(to_body(request)?);
@@ -301,12 +303,7 @@ pub async fn run_job(
 
 /// Reads an execution by its full name; `None` if it does not exist.
 pub async fn get_execution(http: &GcpHttp, name: &str) -> Result<Option<Execution>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.get",
-        Method::GET,
-        Api::RunV2,
-        execution_path(name)?,
-    );
+    let call = rpc("jobs.executions", "get", Method::GET, execution_path(name)?);
     http.send(call).await.optional()
 }
 
@@ -317,10 +314,10 @@ pub async fn list_executions(
     region: &Region,
     job: &RunJobName,
 ) -> Result<Vec<Execution>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.list",
+    let call = rpc(
+        "jobs.executions",
+        "list",
         Method::GET,
-        Api::RunV2,
         format!("{}/executions", job_path(project, region, job)),
     )
     .query("pageSize", "100");
@@ -329,10 +326,10 @@ pub async fn list_executions(
 
 /// Starts deleting an execution; `None` if it was already gone.
 pub async fn delete_execution(http: &GcpHttp, name: &str) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.delete",
+    let call = rpc(
+        "jobs.executions",
+        "delete",
         Method::DELETE,
-        Api::RunV2,
         execution_path(name)?,
     );
     http.send(call).await.optional()
@@ -340,10 +337,10 @@ pub async fn delete_execution(http: &GcpHttp, name: &str) -> Result<Option<Opera
 
 /// Starts cancelling a running execution (repeating a cancel is harmless).
 pub async fn cancel_execution(http: &GcpHttp, name: &str) -> Result<Operation, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.cancel",
+    let call = rpc(
+        "jobs.executions",
+        "cancel",
         Method::POST,
-        Api::RunV2,
         format!("{}:cancel", execution_path(name)?),
     )
     .body(serde_json::json!({}))
@@ -410,10 +407,13 @@ mod tests {
             collection_path::<Job>(&p, &r),
             "v2/projects/my-project/locations/us-central1/jobs"
         );
-        assert_eq!(
-            method::<WorkerPool>("patch"),
-            "run.projects.locations.workerPools.patch"
+        let call = rpc(
+            WorkerPool::COLLECTION,
+            "patch",
+            Method::PATCH,
+            String::new(),
         );
+        assert_eq!(call.name, "run.projects.locations.workerPools.patch");
         assert_eq!(
             [Service::ID_PARAM, Job::ID_PARAM, WorkerPool::ID_PARAM],
             ["serviceId", "jobId", "workerPoolId"]
