@@ -320,6 +320,25 @@ impl PrefectClient {
         decode(&raw.body, what)
     }
 
+    /// A GET without query parameters, decoded into `T`.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, PrefectError> {
+        self.json(Method::GET, path, &[], None, what).await
+    }
+
+    /// A POST of a JSON `body` (a create, an upsert, a filter), the answer decoded into `T`.
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<T, PrefectError> {
+        self.json(Method::POST, path, &[], Some(body), what).await
+    }
+
     /// A request whose answer has no body worth reading (204).
     pub(crate) async fn no_content(
         &self,
