@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
 use crate::operations::{self, Operation};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTarget};
 
 /// `Repository`, the fields this tool reads or writes; unknown fields are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -156,40 +156,12 @@ pub async fn get_iam_policy(
     region: &Region,
     repository: &str,
 ) -> Result<Policy, GcpError> {
-    let call = Call::new(
-        "artifactregistry.projects.locations.repositories.getIamPolicy",
-        Method::GET,
-        Api::ArtifactRegistry,
-        format!(
-            "v1/{}:getIamPolicy",
-            repository_path(project, region, repository)
-        ),
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// `artifactregistry.projects.locations.repositories.setIamPolicy`; the etag in `policy`
-/// guards against lost updates (`SetIamPolicyRequest` has no `updateMask` here).
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    repository: &str,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let call = Call::new(
-        "artifactregistry.projects.locations.repositories.setIamPolicy",
-        Method::POST,
-        Api::ArtifactRegistry,
-        format!(
-            "v1/{}:setIamPolicy",
-            repository_path(project, region, repository)
-        ),
-    )
-    .body(json!({ "policy": policy }))
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::ArtifactRepository {
+        project: project.clone(),
+        region: region.clone(),
+        repository: repository.to_owned(),
+    };
+    target.get(http).await
 }
 
 /// `artifactregistry.projects.locations.repositories.dockerImages.get` by its `name`
@@ -222,13 +194,6 @@ pub async fn list_docker_images(
     region: &Region,
     repository: &str,
 ) -> Result<Vec<DockerImage>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        docker_images: Vec<DockerImage>,
-        next_page_token: Option<String>,
-    }
     let call = Call::new(
         "artifactregistry.projects.locations.repositories.dockerImages.list",
         Method::GET,
@@ -239,10 +204,7 @@ pub async fn list_docker_images(
         ),
     )
     .query("pageSize", "1000");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.docker_images, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "dockerImages").await
 }
 
 /// The image of `images` named `image_name` (no tag) that carries `tag`.

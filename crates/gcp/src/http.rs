@@ -3,6 +3,7 @@
 //! Nothing here logs a request or response body or a header: bodies carry private keys
 //! (`privateKeyData`), secret payloads and job environments, and headers carry the token.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -146,7 +147,7 @@ pub fn resource_path(name: &str) -> Result<String, GcpError> {
 #[derive(Clone)]
 pub struct Call {
     /// The discovery document's method id, for error messages (e.g. `run.projects.locations.services.get`).
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub method: Method,
     pub api: Api,
     /// Relative, encoded path.
@@ -182,10 +183,10 @@ impl std::fmt::Debug for Call {
 impl Call {
     /// A call with the usual retry options for its HTTP method: GET, PUT and DELETE are
     /// idempotent; POST and PATCH are not unless [`Call::idempotent`] says so.
-    pub fn new(name: &'static str, method: Method, api: Api, path: String) -> Self {
+    pub fn new(name: impl Into<Cow<'static, str>>, method: Method, api: Api, path: String) -> Self {
         let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
         Self {
-            name,
+            name: name.into(),
             method,
             api,
             path,
@@ -293,7 +294,7 @@ impl GcpHttp {
             &bytes
         };
         serde_json::from_slice(bytes).map_err(|e| GcpError::Decode {
-            method: call.name.to_owned(),
+            method: call.name.to_string(),
             source: e,
         })
     }
@@ -303,7 +304,7 @@ impl GcpHttp {
         use secrecy::zeroize::Zeroize;
         let mut bytes = self.send_bytes(&call).await?;
         let decoded = serde_json::from_slice(&bytes).map_err(|e| GcpError::DecodeRedacted {
-            method: call.name.to_owned(),
+            method: call.name.to_string(),
             line: e.line(),
             column: e.column(),
         });
@@ -324,7 +325,7 @@ impl GcpHttp {
             let (err, decision) = match outcome {
                 Err(_) => {
                     return Err(GcpError::Timeout {
-                        method: call.name.to_owned(),
+                        method: call.name.to_string(),
                         after: policy.deadline,
                     });
                 }
@@ -336,7 +337,7 @@ impl GcpHttp {
                 })) => {
                     let decision = retry::decide_status(status, &body, retry_after, call.retry);
                     (
-                        error::from_response(call.name, status.as_u16(), &body),
+                        error::from_response(&call.name, status.as_u16(), &body),
                         decision,
                     )
                 }
@@ -345,12 +346,12 @@ impl GcpHttp {
                     let decision = retry::decide_transport(&e, call.retry);
                     let err = if e.is_timeout() {
                         GcpError::Timeout {
-                            method: call.name.to_owned(),
+                            method: call.name.to_string(),
                             after: REQUEST_TIMEOUT,
                         }
                     } else {
                         GcpError::Network {
-                            method: call.name.to_owned(),
+                            method: call.name.to_string(),
                             source: e,
                         }
                     };
@@ -366,7 +367,7 @@ impl GcpHttp {
                 return Err(exhausted(err));
             };
             tracing::debug!(
-                method = call.name,
+                method = &*call.name,
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 error = %err,
@@ -378,7 +379,7 @@ impl GcpHttp {
 
     async fn attempt(&self, call: &Call, url: &Url) -> Result<Answer, AttemptError> {
         let token = self.tokens.token().await.map_err(AttemptError::Auth)?;
-        tracing::debug!(method = call.name, http = %call.method, url = %url, "Google API call");
+        tracing::debug!(method = &*call.name, http = %call.method, url = %url, "Google API call");
         let mut req = self
             .client
             .request(call.method.clone(), url.clone())
@@ -415,7 +416,7 @@ impl GcpHttp {
             .map_err(AttemptError::Transport)?
             .to_vec();
         tracing::debug!(
-            method = call.name,
+            method = &*call.name,
             status = status.as_u16(),
             "Google API answer"
         );
@@ -473,7 +474,7 @@ pub(crate) async fn list_all<P, T>(
     http: &GcpHttp,
     call: Call,
     token_param: &'static str,
-    split: impl Fn(P) -> (Vec<T>, Option<String>),
+    split: impl Fn(P) -> Result<(Vec<T>, Option<String>), GcpError>,
 ) -> Result<Vec<T>, GcpError>
 where
     P: DeserializeOwned,
@@ -486,7 +487,7 @@ where
         if let Some(t) = &token {
             page_call = page_call.query(token_param, t.clone());
         }
-        let (items, next) = split(http.send::<P>(page_call).await?);
+        let (items, next) = split(http.send::<P>(page_call).await?)?;
         out.extend(items);
         match next.filter(|t| !t.is_empty()) {
             None => return Ok(out),
@@ -503,6 +504,35 @@ where
         "{}: more than {MAX_PAGES} pages",
         call.name
     )))
+}
+
+/// Fetches every page of a list call whose answers are Google's usual list page: the items
+/// under a field named after the collection (`items`: `jobs`, `versions`, ...) and
+/// `nextPageToken`, the next page asked for with `pageToken`.
+pub(crate) async fn list_pages<T: DeserializeOwned>(
+    http: &GcpHttp,
+    call: Call,
+    items: &'static str,
+) -> Result<Vec<T>, GcpError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Page {
+        next_page_token: Option<String>,
+        #[serde(flatten)]
+        fields: serde_json::Map<String, Value>,
+    }
+    let method = call.name.clone();
+    list_all(http, call, "pageToken", |mut page: Page| {
+        let Some(list) = page.fields.remove(items) else {
+            return Ok((Vec::new(), page.next_page_token));
+        };
+        let list = serde_json::from_value(list).map_err(|e| GcpError::Decode {
+            method: method.to_string(),
+            source: e,
+        })?;
+        Ok((list, page.next_page_token))
+    })
+    .await
 }
 
 /// Turns "not found" into `None`, for `get_*` calls.
@@ -534,22 +564,19 @@ mod tests {
                 .as_str(),
             "https://iam.googleapis.com/v1/projects/p/serviceAccounts"
         );
-        assert_eq!(
-            e.root(&Api::ResourceManager).unwrap().as_str(),
-            "https://cloudresourcemanager.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::ServiceUsage).unwrap().as_str(),
-            "https://serviceusage.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::SecretManager).unwrap().as_str(),
-            "https://secretmanager.googleapis.com/"
-        );
-        assert_eq!(
-            e.root(&Api::RunV2).unwrap().as_str(),
-            "https://run.googleapis.com/"
-        );
+        for (api, host) in [
+            (Api::ResourceManager, "cloudresourcemanager"),
+            (Api::ServiceUsage, "serviceusage"),
+            (Api::SecretManager, "secretmanager"),
+            (Api::RunV2, "run"),
+            (Api::IamCredentials, "iamcredentials"),
+            (Api::Logging, "logging"),
+            (Api::CloudBuild, "cloudbuild"),
+            (Api::ArtifactRegistry, "artifactregistry"),
+        ] {
+            let root = e.root(&api).unwrap();
+            assert_eq!(root.as_str(), format!("https://{host}.googleapis.com/"));
+        }
         assert_eq!(
             e.url(
                 &Api::RunV1(region),
@@ -585,13 +612,8 @@ mod tests {
     }
 
     #[test]
-    fn segments_are_encoded() {
-        assert_eq!(
-            seg("a-b@p.iam.gserviceaccount.com"),
-            "a-b@p.iam.gserviceaccount.com"
-        );
-        assert_eq!(seg("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
-        assert_eq!(seg("x:run"), "x%3Arun");
+    fn resource_names_are_checked_and_encoded() {
+        // `seg` itself is bootstrap-http's, tested there.
         assert_eq!(
             resource_path("projects/p/locations/r/operations/o-1").unwrap(),
             "projects/p/locations/r/operations/o-1"
@@ -604,20 +626,19 @@ mod tests {
 
     #[test]
     fn exhausted_server_errors_become_transient() {
-        let e = exhausted(GcpError::Other {
-            method: "m".into(),
-            code: 503,
-            status: "UNAVAILABLE".into(),
-            message: "x".into(),
-        });
-        assert!(matches!(e, GcpError::Transient { code: 503, .. }));
-        let e = exhausted(GcpError::Other {
-            method: "m".into(),
-            code: 418,
-            status: String::new(),
-            message: "x".into(),
-        });
-        assert!(matches!(e, GcpError::Other { code: 418, .. }));
+        for (code, transient) in [(429, true), (500, true), (503, true), (418, false)] {
+            let e = exhausted(GcpError::Other {
+                method: "m".into(),
+                code,
+                status: String::new(),
+                message: "x".into(),
+            });
+            match e {
+                GcpError::Transient { code: c, .. } => assert!(transient && c == code, "{code}"),
+                GcpError::Other { code: c, .. } => assert!(!transient && c == code, "{code}"),
+                other => panic!("{code}: {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
-use crate::policy::Policy;
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
+use crate::policy::{Policy, PolicyTarget};
 
 /// A service account (`ServiceAccount`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -97,7 +97,7 @@ struct CreateKeyResponse {
     private_key_data: Option<SecretString>,
 }
 
-fn sa_path(project: &ProjectId, email: &ServiceAccountEmail) -> String {
+pub(crate) fn sa_path(project: &ProjectId, email: &ServiceAccountEmail) -> String {
     format!(
         "v1/projects/{}/serviceAccounts/{}",
         seg(project.as_str()),
@@ -242,13 +242,6 @@ pub async fn list_service_accounts(
     http: &GcpHttp,
     project: &ProjectId,
 ) -> Result<Vec<ServiceAccount>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        accounts: Vec<ServiceAccount>,
-        next_page_token: Option<String>,
-    }
     let path = format!("v1/projects/{}/serviceAccounts", seg(project.as_str()));
     let call = Call::new(
         "iam.projects.serviceAccounts.list",
@@ -257,10 +250,7 @@ pub async fn list_service_accounts(
         path,
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.accounts, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "accounts").await
 }
 
 /// Lists keys; `user_managed_only` asks for `keyTypes=USER_MANAGED` (the keys we could own).
@@ -373,43 +363,16 @@ pub async fn delete_key(
 }
 
 /// The service account's own policy (e.g. who has `roles/iam.serviceAccountUser` on it).
-/// The method takes no body; the version is a query parameter.
 pub async fn get_iam_policy(
     http: &GcpHttp,
     project: &ProjectId,
     email: &ServiceAccountEmail,
 ) -> Result<Policy, GcpError> {
-    let path = format!("{}:getIamPolicy", sa_path(project, email));
-    let call = Call::new(
-        "iam.projects.serviceAccounts.getIamPolicy",
-        Method::POST,
-        Api::Iam,
-        path,
-    )
-    .query("options.requestedPolicyVersion", "3")
-    .idempotent();
-    http.send(call).await
-}
-
-/// Writes the service account's policy; the etag in `policy` guards against lost updates.
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    email: &ServiceAccountEmail,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let path = format!("{}:setIamPolicy", sa_path(project, email));
-    let body = json!({ "policy": policy, "updateMask": "bindings,etag" });
-    // Repeating a write with the same etag cannot overwrite a newer policy.
-    let call = Call::new(
-        "iam.projects.serviceAccounts.setIamPolicy",
-        Method::POST,
-        Api::Iam,
-        path,
-    )
-    .body(body)
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::ServiceAccount {
+        project: project.clone(),
+        email: email.clone(),
+    };
+    target.get(http).await
 }
 
 #[cfg(test)]

@@ -15,7 +15,8 @@
 //!   eventual consistency after our own writes (e.g. 403 actAs after a grant).
 //! - [`operations`]: [`Operation`] and polling with a caller-given deadline.
 //! - [`policy`]: [`Policy`], `add_member` / `remove_member` / `has_member`, and
-//!   [`policy::read_modify_write`] over a [`PolicyTarget`] (project, service account, secret).
+//!   [`policy::read_modify_write`] over a [`PolicyTarget`] (project, service account, secret,
+//!   repository, worker pool), whose `get`/`set` are every API's getIamPolicy/setIamPolicy.
 //!
 //! # Clients (async fns taking `&GcpHttp`; `get_*` return `Option`, deletes return whether
 //! something was deleted or the operation)
@@ -27,8 +28,9 @@
 //! - [`serviceusage`]: get/batchGet/is_enabled; enable, batchEnable, `enable_all` (waits).
 //! - [`secretmanager`]: secret get/create/delete; addVersion; list versions; access latest
 //!   (a `SecretString`); get/setIamPolicy.
-//! - [`run_v2`]: services get/list/create/patch(allowMissing)/delete; jobs
-//!   create/get/list/delete/run; executions get/list/delete/cancel; operations get/wait.
+//! - [`run_v2`]: services, jobs and worker pools get/create/patch(allowMissing)/delete (one
+//!   implementation over [`run_v2::Resource`]); jobs list/run; executions
+//!   get/list/delete/cancel; operations get/wait.
 //! - [`run_v1`]: namespaces jobs create/get/replace/list/delete/run; executions
 //!   get/delete/cancel (regional host).
 //! - [`logging`]: Cloud Logging `entries:list`; [`logging::execution_tail`], the last lines a

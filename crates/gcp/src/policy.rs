@@ -4,11 +4,12 @@
 use std::time::{Duration, Instant};
 
 use bootstrap_ids::{ProjectId, SecretId, ServiceAccountEmail};
+use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::GcpHttp;
+use crate::http::{Api, Call, GcpHttp, seg};
 use crate::retry::RetryPolicy;
 
 /// An IAM policy. Unknown fields (e.g. `auditConfigs`) are kept so a write never drops them.
@@ -142,56 +143,112 @@ pub enum PolicyTarget {
     },
 }
 
+/// How `getIamPolicy` asks for policy version 3 (so conditional bindings come back whole).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyRead {
+    /// A GET with `options.requestedPolicyVersion=3` (Secret Manager, Artifact Registry,
+    /// Cloud Run v2).
+    Get,
+    /// A POST with the same query parameter and no body (iam.v1.json's
+    /// `serviceAccounts.getIamPolicy`).
+    PostQuery,
+    /// A POST whose body is `{"options": {"requestedPolicyVersion": 3}}`
+    /// (cloudresourcemanager.v1.json).
+    PostBody,
+}
+
 impl PolicyTarget {
-    /// Reads the policy (version 3 requested, so conditional bindings come back whole).
-    pub async fn get(&self, http: &GcpHttp) -> Result<Policy, GcpError> {
+    /// The API serving the target's policy, the prefix of its method ids and the target's
+    /// path (API version included). `getIamPolicy` and `setIamPolicy` (google.iam.v1.IAMPolicy)
+    /// are the same pair of RPCs on each of them.
+    fn resource(&self) -> (Api, &'static str, String) {
         match self {
-            Self::Project(p) => crate::resourcemanager::get_iam_policy(http, p).await,
-            Self::ServiceAccount { project, email } => {
-                crate::iam::get_iam_policy(http, project, email).await
-            }
-            Self::Secret { project, secret } => {
-                crate::secretmanager::get_iam_policy(http, project, secret).await
-            }
+            Self::Project(p) => (
+                Api::ResourceManager,
+                "cloudresourcemanager.projects",
+                format!("v1/projects/{}", seg(p.as_str())),
+            ),
+            Self::ServiceAccount { project, email } => (
+                Api::Iam,
+                "iam.projects.serviceAccounts",
+                crate::iam::sa_path(project, email),
+            ),
+            Self::Secret { project, secret } => (
+                Api::SecretManager,
+                "secretmanager.projects.secrets",
+                crate::secretmanager::secret_path(project, secret),
+            ),
             Self::ArtifactRepository {
                 project,
                 region,
                 repository,
-            } => crate::artifactregistry::get_iam_policy(http, project, region, repository).await,
+            } => (
+                Api::ArtifactRegistry,
+                "artifactregistry.projects.locations.repositories",
+                format!(
+                    "v1/{}",
+                    crate::artifactregistry::repository_path(project, region, repository)
+                ),
+            ),
             Self::WorkerPool {
                 project,
                 region,
                 pool,
-            } => crate::run_v2::get_worker_pool_iam_policy(http, project, region, pool).await,
+            } => (
+                Api::RunV2,
+                "run.projects.locations.workerPools",
+                crate::run_v2::resource_path_of(project, region, pool),
+            ),
         }
+    }
+
+    /// Reads the policy (version 3 requested, so conditional bindings come back whole).
+    pub async fn get(&self, http: &GcpHttp) -> Result<Policy, GcpError> {
+        http.send(self.get_call()).await
     }
 
     /// Writes the policy; fails with `ABORTED` if its etag is stale.
     pub async fn set(&self, http: &GcpHttp, policy: &Policy) -> Result<Policy, GcpError> {
-        match self {
-            Self::Project(p) => crate::resourcemanager::set_iam_policy(http, p, policy).await,
-            Self::ServiceAccount { project, email } => {
-                crate::iam::set_iam_policy(http, project, email, policy).await
-            }
-            Self::Secret { project, secret } => {
-                crate::secretmanager::set_iam_policy(http, project, secret, policy).await
-            }
-            Self::ArtifactRepository {
-                project,
-                region,
-                repository,
-            } => {
-                crate::artifactregistry::set_iam_policy(http, project, region, repository, policy)
-                    .await
-            }
-            Self::WorkerPool {
-                project,
-                region,
-                pool,
-            } => {
-                crate::run_v2::set_worker_pool_iam_policy(http, project, region, pool, policy).await
-            }
+        http.send(self.set_call(policy)).await
+    }
+
+    fn get_call(&self) -> Call {
+        const VERSION: &str = "options.requestedPolicyVersion";
+        let (api, methods, path) = self.resource();
+        let read = match api {
+            Api::Iam => PolicyRead::PostQuery,
+            Api::ResourceManager => PolicyRead::PostBody,
+            _ => PolicyRead::Get,
+        };
+        let verb = match read {
+            PolicyRead::Get => Method::GET,
+            PolicyRead::PostQuery | PolicyRead::PostBody => Method::POST,
+        };
+        let name = format!("{methods}.getIamPolicy");
+        let call = Call::new(name, verb, api, format!("{path}:getIamPolicy"));
+        // A read, even when sent as a POST.
+        match read {
+            PolicyRead::Get => call.query(VERSION, "3"),
+            PolicyRead::PostQuery => call.query(VERSION, "3").idempotent(),
+            PolicyRead::PostBody => call
+                .body(json!({ "options": { "requestedPolicyVersion": 3 } }))
+                .idempotent(),
         }
+    }
+
+    fn set_call(&self, policy: &Policy) -> Call {
+        let (api, methods, path) = self.resource();
+        // `updateMask: "bindings,etag"` where the tool has always sent it: Artifact Registry's
+        // SetIamPolicyRequest has no such field, and Cloud Run's default mask is the same.
+        let body = match api {
+            Api::ArtifactRegistry | Api::RunV2 => json!({ "policy": policy }),
+            _ => json!({ "policy": policy, "updateMask": "bindings,etag" }),
+        };
+        let name = format!("{methods}.setIamPolicy");
+        // Repeating a write with the same etag cannot overwrite a newer policy.
+        Call::new(name, Method::POST, api, format!("{path}:setIamPolicy"))
+            .body(body)
+            .idempotent()
     }
 }
 
@@ -293,6 +350,94 @@ mod tests {
 
     fn policy(json: &str) -> Policy {
         serde_json::from_str(json).unwrap()
+    }
+
+    /// What each API's getIamPolicy / setIamPolicy looks like on the wire (the discovery
+    /// documents' method ids, verbs and paths; version 3 asked for in the query or the body;
+    /// `updateMask` where it has always been sent).
+    #[test]
+    fn each_target_calls_its_api_s_iam_methods() {
+        let project = ProjectId::parse("my-project").unwrap();
+        let region = bootstrap_ids::Region::parse("us-central1").unwrap();
+        let v3 = vec![("options.requestedPolicyVersion", "3".to_owned())];
+        let cases = [
+            (
+                PolicyTarget::Project(project.clone()),
+                "cloudresourcemanager.projects",
+                "v1/projects/my-project",
+                Method::POST,
+                true,
+            ),
+            (
+                PolicyTarget::ServiceAccount {
+                    project: project.clone(),
+                    email: ServiceAccountEmail::parse("sa@my-project.iam.gserviceaccount.com")
+                        .unwrap(),
+                },
+                "iam.projects.serviceAccounts",
+                "v1/projects/my-project/serviceAccounts/sa@my-project.iam.gserviceaccount.com",
+                Method::POST,
+                true,
+            ),
+            (
+                PolicyTarget::Secret {
+                    project: project.clone(),
+                    secret: SecretId::parse("key").unwrap(),
+                },
+                "secretmanager.projects.secrets",
+                "v1/projects/my-project/secrets/key",
+                Method::GET,
+                true,
+            ),
+            (
+                PolicyTarget::ArtifactRepository {
+                    project: project.clone(),
+                    region: region.clone(),
+                    repository: "images".into(),
+                },
+                "artifactregistry.projects.locations.repositories",
+                "v1/projects/my-project/locations/us-central1/repositories/images",
+                Method::GET,
+                false,
+            ),
+            (
+                PolicyTarget::WorkerPool {
+                    project: project.clone(),
+                    region: region.clone(),
+                    pool: bootstrap_ids::RunWorkerPoolName::parse("pool").unwrap(),
+                },
+                "run.projects.locations.workerPools",
+                "v2/projects/my-project/locations/us-central1/workerPools/pool",
+                Method::GET,
+                false,
+            ),
+        ];
+        let written = Policy::default();
+        for (target, methods, path, get_verb, mask) in cases {
+            let get = target.get_call();
+            assert_eq!(get.name, format!("{methods}.getIamPolicy"));
+            assert_eq!(get.method, get_verb, "{methods}");
+            assert_eq!(get.path, format!("{path}:getIamPolicy"));
+            assert!(get.retry.idempotent, "{methods}: a read");
+            if methods == "cloudresourcemanager.projects" {
+                assert!(get.query.is_empty());
+                let body = get.body.unwrap();
+                assert_eq!(body, json!({"options": {"requestedPolicyVersion": 3}}));
+            } else {
+                assert_eq!(get.query, v3, "{methods}");
+                assert_eq!(get.body, None, "{methods}");
+            }
+            let set = target.set_call(&written);
+            assert_eq!(set.name, format!("{methods}.setIamPolicy"));
+            assert_eq!(set.method, Method::POST);
+            assert_eq!(set.path, format!("{path}:setIamPolicy"));
+            assert!(set.retry.idempotent, "{methods}: the etag guards a repeat");
+            let mut body = json!({"policy": {"bindings": []}});
+            if mask {
+                body["updateMask"] = json!("bindings,etag");
+            }
+            assert_eq!(set.body, Some(body), "{methods}");
+        }
     }
 
     #[test]

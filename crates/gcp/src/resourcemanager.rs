@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
 use crate::http::{Api, Call, GcpHttp, OptionalExt, seg};
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyTarget};
 
 /// `testIamPermissions` accepts at most this many permissions per call.
 const TEST_PERMISSIONS_BATCH: usize = 100;
@@ -47,36 +47,7 @@ pub async fn get_project(http: &GcpHttp, project: &ProjectId) -> Result<Option<P
 
 /// The project policy, requested as version 3 so conditional bindings come back whole.
 pub async fn get_iam_policy(http: &GcpHttp, project: &ProjectId) -> Result<Policy, GcpError> {
-    let path = format!("v1/projects/{}:getIamPolicy", seg(project.as_str()));
-    let call = Call::new(
-        "cloudresourcemanager.projects.getIamPolicy",
-        Method::POST,
-        Api::ResourceManager,
-        path,
-    )
-    .body(json!({ "options": { "requestedPolicyVersion": 3 } }))
-    .idempotent();
-    http.send(call).await
-}
-
-/// Writes the project policy with `updateMask: "bindings,etag"`; a stale etag fails with
-/// `ABORTED` (use [`crate::policy::read_modify_write`]).
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let path = format!("v1/projects/{}:setIamPolicy", seg(project.as_str()));
-    // Repeating a write with the same etag cannot overwrite a newer policy.
-    let call = Call::new(
-        "cloudresourcemanager.projects.setIamPolicy",
-        Method::POST,
-        Api::ResourceManager,
-        path,
-    )
-    .body(json!({ "policy": policy, "updateMask": "bindings,etag" }))
-    .idempotent();
-    http.send(call).await
+    PolicyTarget::Project(project.clone()).get(http).await
 }
 
 /// Which of `permissions` the caller holds on the project (in batches of 100).

@@ -244,7 +244,7 @@ impl Jobs {
         let answer = match self.api {
             JobsApi::V2 => {
                 let spec: run_v2::Job = decode("v2", body)?;
-                run_v2::create_job(&self.http, &self.project, &self.region, job, &spec)
+                run_v2::create(&self.http, &self.project, &self.region, job, &spec, false)
                     .await
                     .map(|op| Created::New(Some(Box::new(op))))
             }

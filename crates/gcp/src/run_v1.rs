@@ -162,8 +162,9 @@ fn namespace(project: &ProjectId) -> String {
     )
 }
 
-/// The two collections of a namespace the tool reads and deletes by name; the method ids are
-/// run.v1.json's (`run.namespaces.jobs.get`, ...), as the call log and errors name them.
+/// The two collections of a namespace the tool uses. Every call names its method by
+/// run.v1.json's id (`run.namespaces.jobs.get`, ...), as the call log and errors show it, and
+/// goes to the region's host.
 #[derive(Clone, Copy)]
 enum Collection {
     Jobs,
@@ -171,12 +172,26 @@ enum Collection {
 }
 
 impl Collection {
-    fn path(self, project: &ProjectId, name: &str) -> String {
-        let collection = match self {
+    fn segment(self) -> &'static str {
+        match self {
             Self::Jobs => "jobs",
             Self::Executions => "executions",
-        };
-        format!("{}/{collection}/{}", namespace(project), seg(name))
+        }
+    }
+
+    /// `{namespace}/{collection}`, or `{namespace}/{collection}/{name}` for one item.
+    fn path(self, project: &ProjectId, name: Option<&str>) -> String {
+        let collection = format!("{}/{}", namespace(project), self.segment());
+        match name {
+            Some(name) => format!("{collection}/{}", seg(name)),
+            None => collection,
+        }
+    }
+
+    /// A call of `run.namespaces.<collection>.<verb>` to `path`.
+    fn call(self, verb: &str, method: Method, region: &Region, path: String) -> Call {
+        let name = format!("run.namespaces.{}.{verb}", self.segment());
+        Call::new(name, method, Api::RunV1(region.clone()), path)
     }
 
     /// `None` if it does not exist.
@@ -187,19 +202,10 @@ impl Collection {
         project: &ProjectId,
         name: &str,
     ) -> Result<Option<T>, GcpError> {
-        let method = match self {
-            Self::Jobs => "run.namespaces.jobs.get",
-            Self::Executions => "run.namespaces.executions.get",
-        };
-        let path = self.path(project, name);
-        http.send(Call::new(
-            method,
-            Method::GET,
-            Api::RunV1(region.clone()),
-            path,
-        ))
-        .await
-        .optional()
+        let path = self.path(project, Some(name));
+        http.send(self.call("get", Method::GET, region, path))
+            .await
+            .optional()
     }
 
     /// `false` if it was already gone.
@@ -210,12 +216,12 @@ impl Collection {
         project: &ProjectId,
         name: &str,
     ) -> Result<bool, GcpError> {
-        let method = match self {
-            Self::Jobs => "run.namespaces.jobs.delete",
-            Self::Executions => "run.namespaces.executions.delete",
-        };
-        let path = self.path(project, name);
-        let call = Call::new(method, Method::DELETE, Api::RunV1(region.clone()), path);
+        let call = self.call(
+            "delete",
+            Method::DELETE,
+            region,
+            self.path(project, Some(name)),
+        );
         Ok(http.send::<Value>(call).await.optional()?.is_some())
     }
 }
@@ -228,15 +234,12 @@ pub async fn create_job(
     project: &ProjectId,
     job: &Job,
 ) -> Result<Job, GcpError> {
-    let call = Call::new(
-        "run.namespaces.jobs.create",
-        Method::POST,
-        Api::RunV1(region.clone()),
-        format!("{}/jobs", namespace(project)),
-    )
-    .body(to_body(job)?)
-    // A repeated create is harmless: the second one answers ALREADY_EXISTS (409).
-    .idempotent();
+    let jobs = Collection::Jobs;
+    let call = jobs
+        .call("create", Method::POST, region, jobs.path(project, None))
+        .body(to_body(job)?)
+        // A repeated create is harmless: the second one answers ALREADY_EXISTS (409).
+        .idempotent();
     http.send(call).await
 }
 
@@ -260,15 +263,10 @@ pub async fn replace_job(
     name: &RunJobName,
     job: &Job,
 ) -> Result<Job, GcpError> {
-    let path = Collection::Jobs.path(project, name.as_str());
-    let call = Call::new(
-        "run.namespaces.jobs.replaceJob",
-        Method::PUT,
-        Api::RunV1(region.clone()),
-        path,
-    )
-    .body(to_body(job)?);
-    http.send(call).await
+    let jobs = Collection::Jobs;
+    let path = jobs.path(project, Some(name.as_str()));
+    let call = jobs.call("replaceJob", Method::PUT, region, path);
+    http.send(call.body(to_body(job)?)).await
 }
 
 /// Lists jobs, optionally filtered by a label selector such as `prefect.io/pool=my-pool`.
@@ -290,17 +288,13 @@ pub async fn list_jobs(
         #[serde(rename = "continue")]
         next: Option<String>,
     }
-    let mut call = Call::new(
-        "run.namespaces.jobs.list",
-        Method::GET,
-        Api::RunV1(region.clone()),
-        format!("{}/jobs", namespace(project)),
-    );
+    let jobs = Collection::Jobs;
+    let mut call = jobs.call("list", Method::GET, region, jobs.path(project, None));
     if let Some(sel) = label_selector {
         call = call.query("labelSelector", sel);
     }
     list_all(http, call, "continue", |p: Page| {
-        (p.items, p.metadata.and_then(|m| m.next))
+        Ok((p.items, p.metadata.and_then(|m| m.next)))
     })
     .await
 }
@@ -326,21 +320,14 @@ pub async fn run_job(
     name: &RunJobName,
     overrides: Option<Value>,
 ) -> Result<Execution, GcpError> {
-    let path = format!("{}:run", Collection::Jobs.path(project, name.as_str()));
+    let jobs = Collection::Jobs;
+    let path = format!("{}:run", jobs.path(project, Some(name.as_str())));
     let body = match overrides {
         Some(o) => json!({ "overrides": o }),
         None => json!({}),
     };
-    http.send(
-        Call::new(
-            "run.namespaces.jobs.run",
-            Method::POST,
-            Api::RunV1(region.clone()),
-            path,
-        )
-        .body(body),
-    )
-    .await
+    http.send(jobs.call("run", Method::POST, region, path).body(body))
+        .await
 }
 
 /// Reads an execution by its short name (`metadata.name`); `None` if it does not exist.
@@ -374,16 +361,10 @@ pub async fn cancel_execution(
     project: &ProjectId,
     name: &str,
 ) -> Result<Execution, GcpError> {
-    let path = format!("{}:cancel", Collection::Executions.path(project, name));
-    let call = Call::new(
-        "run.namespaces.executions.cancel",
-        Method::POST,
-        Api::RunV1(region.clone()),
-        path,
-    )
-    .body(json!({}))
-    .idempotent();
-    http.send(call).await
+    let executions = Collection::Executions;
+    let path = format!("{}:cancel", executions.path(project, Some(name)));
+    let call = executions.call("cancel", Method::POST, region, path);
+    http.send(call.body(json!({})).idempotent()).await
 }
 
 fn to_body<T: Serialize>(value: &T) -> Result<Value, GcpError> {
@@ -418,6 +399,25 @@ mod tests {
         }))
         .unwrap();
         assert!(!running.is_finished());
+    }
+
+    #[test]
+    fn calls_name_run_v1_methods_on_the_regional_host() {
+        let p = ProjectId::parse("my-project").unwrap();
+        let r = Region::parse("europe-west1").unwrap();
+        let executions = Collection::Executions;
+        let path = executions.path(&p, Some("e-1"));
+        let call = executions.call("cancel", Method::POST, &r, path);
+        assert_eq!(call.name, "run.namespaces.executions.cancel");
+        assert_eq!(call.api, Api::RunV1(r));
+        assert_eq!(
+            call.path,
+            "apis/run.googleapis.com/v1/namespaces/my-project/executions/e-1"
+        );
+        assert_eq!(
+            Collection::Jobs.path(&p, None),
+            "apis/run.googleapis.com/v1/namespaces/my-project/jobs"
+        );
     }
 
     #[test]

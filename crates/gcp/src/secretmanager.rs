@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, seg};
-use crate::policy::Policy;
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, seg};
+use crate::policy::{Policy, PolicyTarget};
 
 /// A secret (`Secret`); unknown fields are kept.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl SecretVersion {
     }
 }
 
-fn secret_path(project: &ProjectId, secret: &SecretId) -> String {
+pub(crate) fn secret_path(project: &ProjectId, secret: &SecretId) -> String {
     format!(
         "v1/projects/{}/secrets/{}",
         seg(project.as_str()),
@@ -145,13 +145,6 @@ pub async fn list_versions(
     project: &ProjectId,
     secret: &SecretId,
 ) -> Result<Vec<SecretVersion>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        versions: Vec<SecretVersion>,
-        next_page_token: Option<String>,
-    }
     let path = format!("{}/versions", secret_path(project, secret));
     let call = Call::new(
         "secretmanager.projects.secrets.versions.list",
@@ -160,10 +153,7 @@ pub async fn list_versions(
         path,
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.versions, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "versions").await
 }
 
 /// The payload of the latest enabled version; `None` if the secret or a version does not
@@ -210,32 +200,9 @@ pub async fn get_iam_policy(
     project: &ProjectId,
     secret: &SecretId,
 ) -> Result<Policy, GcpError> {
-    let path = format!("{}:getIamPolicy", secret_path(project, secret));
-    let call = Call::new(
-        "secretmanager.projects.secrets.getIamPolicy",
-        Method::GET,
-        Api::SecretManager,
-        path,
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// Writes the secret's policy; the etag in `policy` guards against lost updates.
-pub async fn set_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    secret: &SecretId,
-    policy: &Policy,
-) -> Result<Policy, GcpError> {
-    let path = format!("{}:setIamPolicy", secret_path(project, secret));
-    let call = Call::new(
-        "secretmanager.projects.secrets.setIamPolicy",
-        Method::POST,
-        Api::SecretManager,
-        path,
-    )
-    .body(json!({ "policy": policy, "updateMask": "bindings,etag" }))
-    .idempotent();
-    http.send(call).await
+    let target = PolicyTarget::Secret {
+        project: project.clone(),
+        secret: secret.clone(),
+    };
+    target.get(http).await
 }

@@ -111,6 +111,17 @@ impl std::fmt::Debug for PrefectClient {
     }
 }
 
+/// One request to the API, as the retry loop sends it again.
+pub(crate) struct Request<'a> {
+    pub(crate) method: Method,
+    /// The path under the API URL, starting with `/`.
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a [(&'a str, String)],
+    pub(crate) body: Option<&'a Value>,
+    /// What the request is about, for errors (`deployment x`; 404 is `NotFound { what }`).
+    pub(crate) what: &'a str,
+}
+
 /// A successful answer's body.
 pub(crate) struct RawResponse {
     pub(crate) body: bytes::Bytes,
@@ -167,14 +178,14 @@ impl PrefectClient {
     }
 
     /// Sends one request with retries; non-2xx answers become errors (404 as `NotFound{what}`).
-    pub(crate) async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<&Value>,
-        what: &str,
-    ) -> Result<RawResponse, PrefectError> {
+    pub(crate) async fn send(&self, req: Request<'_>) -> Result<RawResponse, PrefectError> {
+        let Request {
+            method,
+            path,
+            query,
+            body,
+            what,
+        } = req;
         let url = self.url(path);
         let retry = self.retry_for(&method, path);
         let started = Instant::now();
@@ -297,8 +308,35 @@ impl PrefectClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<T, PrefectError> {
-        let raw = self.send(method, path, query, body, what).await?;
+        let raw = self
+            .send(Request {
+                method,
+                path,
+                query,
+                body,
+                what,
+            })
+            .await?;
         decode(&raw.body, what)
+    }
+
+    /// A GET without query parameters, decoded into `T`.
+    pub(crate) async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, PrefectError> {
+        self.json(Method::GET, path, &[], None, what).await
+    }
+
+    /// A POST of a JSON `body` (a create, an upsert, a filter), the answer decoded into `T`.
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+        what: &str,
+    ) -> Result<T, PrefectError> {
+        self.json(Method::POST, path, &[], Some(body), what).await
     }
 
     /// A request whose answer has no body worth reading (204).
@@ -309,12 +347,26 @@ impl PrefectClient {
         body: Option<&Value>,
         what: &str,
     ) -> Result<(), PrefectError> {
-        self.send(method, path, &[], body, what).await.map(|_| ())
+        let req = Request {
+            method,
+            path,
+            query: &[],
+            body,
+            what,
+        };
+        self.send(req).await.map(|_| ())
     }
 
     /// A DELETE: `true` when deleted, `false` when it was already gone.
     pub(crate) async fn delete(&self, path: &str, what: &str) -> Result<bool, PrefectError> {
-        let deleted = self.send(Method::DELETE, path, &[], None, what).await;
+        let req = Request {
+            method: Method::DELETE,
+            path,
+            query: &[],
+            body: None,
+            what,
+        };
+        let deleted = self.send(req).await;
         deleted.optional().map(|r| r.is_some())
     }
 }
@@ -583,7 +635,7 @@ mod tests {
         );
         let t0 = tokio::time::Instant::now();
         let Err(e) = c
-            .send(Method::GET, "/deployments/x", &[], None, "deployment x")
+            .json::<Value>(Method::GET, "/deployments/x", &[], None, "deployment x")
             .await
         else {
             panic!("nothing listens at 127.0.0.1:{closed}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bootstrap_ids::{ProjectId, Region, RunJobName, RunServiceName};
 use reqwest::Method;
-use serde::Deserialize;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -16,7 +16,7 @@ pub use types::*;
 pub use worker_pools::*;
 
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, list_all, resource_path, seg};
+use crate::http::{Api, Call, GcpHttp, OptionalExt, list_pages, resource_path, seg};
 use crate::operations::{self, Operation};
 
 fn location(project: &ProjectId, region: &Region) -> String {
@@ -27,26 +27,89 @@ fn location(project: &ProjectId, region: &Region) -> String {
     )
 }
 
-fn service_path(project: &ProjectId, region: &Region, service: &RunServiceName) -> String {
+/// A top-level Cloud Run v2 resource: a [`Service`], a [`Job`] or a [`WorkerPool`]. They sit
+/// in a collection under `projects/{p}/locations/{r}` and have the same get, create, patch and
+/// delete RPCs (run.v2.json, method ids `run.projects.locations.<collection>.<verb>`); only the
+/// collection and the query parameter that names a new one differ, and those are this trait's
+/// constants. One implementation of each RPC below serves all three.
+pub trait Resource: Serialize + DeserializeOwned + Clone {
+    /// The collection's path segment (`services`, `jobs`, `workerPools`).
+    const COLLECTION: &'static str;
+    /// The create call's id parameter (`serviceId`, `jobId`, `workerPoolId`).
+    const ID_PARAM: &'static str;
+    /// Sets the body's `name` (the full resource name; a create must leave it out).
+    fn set_name(&mut self, name: Option<String>);
+}
+
+/// The id type that names one kind of [`Resource`] (`RunServiceName` names a [`Service`]), so
+/// that `get(http, project, region, &service)` knows what it reads.
+pub trait ResourceId: AsRef<str> + std::fmt::Display {
+    type Resource: Resource;
+}
+
+/// Implements [`Resource`] for a type declared with `run_v2_resource!` and [`ResourceId`] for
+/// its id type.
+macro_rules! run_v2_kind {
+    ($resource:ty, $id:ty, $collection:literal, $id_param:literal) => {
+        impl $crate::run_v2::Resource for $resource {
+            const COLLECTION: &'static str = $collection;
+            const ID_PARAM: &'static str = $id_param;
+            fn set_name(&mut self, name: Option<String>) {
+                self.name = name;
+            }
+        }
+        impl $crate::run_v2::ResourceId for $id {
+            type Resource = $resource;
+        }
+    };
+}
+pub(crate) use run_v2_kind;
+
+run_v2_kind!(Service, RunServiceName, "services", "serviceId");
+run_v2_kind!(Job, RunJobName, "jobs", "jobId");
+
+/// A call of run.v2.json's `run.projects.locations.<collection>.<verb>` (the method id the
+/// call log and errors name) to `path`.
+fn rpc(collection: &str, verb: &str, method: Method, path: String) -> Call {
+    let name = format!("run.projects.locations.{collection}.{verb}");
+    Call::new(name, method, Api::RunV2, path)
+}
+
+fn collection_path<R: Resource>(project: &ProjectId, region: &Region) -> String {
+    format!("{}/{}", location(project, region), R::COLLECTION)
+}
+
+pub(crate) fn resource_path_of<I: ResourceId>(
+    project: &ProjectId,
+    region: &Region,
+    id: &I,
+) -> String {
     format!(
-        "{}/services/{}",
-        location(project, region),
-        seg(service.as_str())
+        "{}/{}",
+        collection_path::<I::Resource>(project, region),
+        seg(id.as_ref())
     )
 }
 
 fn job_path(project: &ProjectId, region: &Region, job: &RunJobName) -> String {
-    format!("{}/jobs/{}", location(project, region), seg(job.as_str()))
+    resource_path_of(project, region, job)
+}
+
+/// The full resource name (`projects/{p}/locations/{r}/<collection>/{id}`), as the API
+/// writes it.
+pub fn full_name<I: ResourceId>(project: &ProjectId, region: &Region, id: &I) -> String {
+    let collection = I::Resource::COLLECTION;
+    format!("projects/{project}/locations/{region}/{collection}/{id}")
 }
 
 /// The full resource name of a service, as the API writes it.
 pub fn service_name(project: &ProjectId, region: &Region, service: &RunServiceName) -> String {
-    format!("projects/{project}/locations/{region}/services/{service}")
+    full_name(project, region, service)
 }
 
 /// The full resource name of a job, as the API writes it.
 pub fn job_name(project: &ProjectId, region: &Region, job: &RunJobName) -> String {
-    format!("projects/{project}/locations/{region}/jobs/{job}")
+    full_name(project, region, job)
 }
 
 /// Checks that `name` is an execution name (`projects/../locations/../jobs/../executions/..`).
@@ -65,79 +128,124 @@ fn execution_path(name: &str) -> Result<String, GcpError> {
     Ok(format!("v2/{}", resource_path(name)?))
 }
 
-// ---- services ----
+// ---- services, jobs and worker pools ----
 
-/// Reads a service; `None` if it does not exist.
-pub async fn get_service(
+// The names callers know them by: `get_service(http, project, region, &service)` is
+// `get::<RunServiceName>`.
+pub use self::{
+    create as create_service, create as create_worker_pool, delete as delete_job,
+    delete as delete_service, delete as delete_worker_pool, get as get_job, get as get_service,
+    get as get_worker_pool,
+};
+
+/// Reads a service, job or worker pool; `None` if it does not exist.
+pub async fn get<I: ResourceId>(
     http: &GcpHttp,
     project: &ProjectId,
     region: &Region,
-    service: &RunServiceName,
-) -> Result<Option<Service>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.services.get",
+    id: &I,
+) -> Result<Option<I::Resource>, GcpError> {
+    let call = rpc(
+        I::Resource::COLLECTION,
+        "get",
         Method::GET,
-        Api::RunV2,
-        service_path(project, region, service),
+        resource_path_of(project, region, id),
     );
     http.send(call).await.optional()
 }
 
-/// Lists the services of a region.
-pub async fn list_services(
+/// Starts creating a service, job or worker pool named `id`. An existing one gives
+/// [`GcpError::AlreadyExists`]: a job's caller then reads and reuses it ([`get`]); for a
+/// service or a pool prefer [`patch`] with `allow_missing`, which converges. That is also why
+/// a repeated create is harmless, and so retried: the repeat answers ALREADY_EXISTS.
+pub async fn create<I: ResourceId>(
     http: &GcpHttp,
     project: &ProjectId,
     region: &Region,
-) -> Result<Vec<Service>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        services: Vec<Service>,
-        next_page_token: Option<String>,
-    }
-    let call = Call::new(
-        "run.projects.locations.services.list",
-        Method::GET,
-        Api::RunV2,
-        format!("{}/services", location(project, region)),
-    )
-    .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.services, p.next_page_token)
-    })
-    .await
-}
-
-/// Starts creating a service (`serviceId` = `service`). An existing one gives
-/// [`GcpError::AlreadyExists`]; prefer [`patch_service`] with `allow_missing` to converge.
-pub async fn create_service(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    service: &RunServiceName,
-    spec: &Service,
+    id: &I,
+    spec: &I::Resource,
     validate_only: bool,
 ) -> Result<Operation, GcpError> {
     let mut body = spec.clone();
-    body.name = None;
-    let mut call = Call::new(
-        "run.projects.locations.services.create",
+    body.set_name(None);
+    let mut call = rpc(
+        I::Resource::COLLECTION,
+        "create",
         Method::POST,
-        Api::RunV2,
-        format!("{}/services", location(project, region)),
+        collection_path::<I::Resource>(project, region),
     )
-    .query("serviceId", service.as_str())
-    .body(to_body(&body)?);
+    .query(I::Resource::ID_PARAM, id.as_ref())
+    .body(to_body(&body)?)
+    .idempotent();
     if validate_only {
-        call = call.query("validateOnly", "true").idempotent();
+        call = call.query("validateOnly", "true");
     }
     http.send(call).await
 }
 
-/// Starts replacing a service's spec; with `allow_missing` it creates the service if absent,
-/// which makes it the converging write after a half-failed create. Idempotent: it states the
-/// whole desired spec.
+/// How a [`patch`] writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Patch {
+    /// `updateMask`: only these fields; `None` writes the whole spec.
+    pub update_mask: Option<&'static str>,
+    /// `allowMissing`: create the resource if absent (the converging write after a
+    /// half-failed create).
+    pub allow_missing: bool,
+    /// `validateOnly`: check the request, change nothing.
+    pub validate_only: bool,
+}
+
+/// Starts replacing a service's, job's or worker pool's spec. Idempotent: it states the
+/// desired fields.
+pub async fn patch<I: ResourceId>(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    id: &I,
+    spec: &I::Resource,
+    how: Patch,
+) -> Result<Operation, GcpError> {
+    let mut body = spec.clone();
+    body.set_name(Some(full_name(project, region, id)));
+    let mut call = rpc(
+        I::Resource::COLLECTION,
+        "patch",
+        Method::PATCH,
+        resource_path_of(project, region, id),
+    )
+    .body(to_body(&body)?)
+    .idempotent()
+    .retry_conflicts();
+    if let Some(mask) = how.update_mask {
+        call = call.query("updateMask", mask);
+    }
+    if how.allow_missing {
+        call = call.query("allowMissing", "true");
+    }
+    if how.validate_only {
+        call = call.query("validateOnly", "true");
+    }
+    http.send(call).await
+}
+
+/// Starts deleting a service, job or worker pool; `None` if it was already gone.
+pub async fn delete<I: ResourceId>(
+    http: &GcpHttp,
+    project: &ProjectId,
+    region: &Region,
+    id: &I,
+) -> Result<Option<Operation>, GcpError> {
+    let call = rpc(
+        I::Resource::COLLECTION,
+        "delete",
+        Method::DELETE,
+        resource_path_of(project, region, id),
+    )
+    .retry_conflicts();
+    http.send(call).await.optional()
+}
+
+/// Starts replacing a service's spec; with `allow_missing` it creates the service if absent.
 pub async fn patch_service(
     http: &GcpHttp,
     project: &ProjectId,
@@ -147,84 +255,12 @@ pub async fn patch_service(
     allow_missing: bool,
     validate_only: bool,
 ) -> Result<Operation, GcpError> {
-    let mut body = spec.clone();
-    body.name = Some(service_name(project, region, service));
-    let mut call = Call::new(
-        "run.projects.locations.services.patch",
-        Method::PATCH,
-        Api::RunV2,
-        service_path(project, region, service),
-    )
-    .body(to_body(&body)?)
-    .idempotent()
-    .retry_conflicts();
-    if allow_missing {
-        call = call.query("allowMissing", "true");
-    }
-    if validate_only {
-        call = call.query("validateOnly", "true");
-    }
-    http.send(call).await
-}
-
-/// Starts deleting a service; `None` if it was already gone.
-pub async fn delete_service(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    service: &RunServiceName,
-) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.services.delete",
-        Method::DELETE,
-        Api::RunV2,
-        service_path(project, region, service),
-    )
-    .retry_conflicts();
-    http.send(call).await.optional()
-}
-
-// ---- jobs ----
-
-/// Starts creating a job (`jobId` = `job`). An existing one gives
-/// [`GcpError::AlreadyExists`]: a resubmission should then [`get_job`] and reuse it.
-pub async fn create_job(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    job: &RunJobName,
-    spec: &Job,
-) -> Result<Operation, GcpError> {
-    let mut body = spec.clone();
-    body.name = None;
-    let call = Call::new(
-        "run.projects.locations.jobs.create",
-        Method::POST,
-        Api::RunV2,
-        format!("{}/jobs", location(project, region)),
-    )
-    .query("jobId", job.as_str())
-    .body(to_body(&body)?)
-    // A repeated create is harmless: the second one answers ALREADY_EXISTS, which the caller
-    // adopts (get_job) instead of failing.
-    .idempotent();
-    http.send(call).await
-}
-
-/// Reads a job; `None` if it does not exist.
-pub async fn get_job(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    job: &RunJobName,
-) -> Result<Option<Job>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.get",
-        Method::GET,
-        Api::RunV2,
-        job_path(project, region, job),
-    );
-    http.send(call).await.optional()
+    let how = Patch {
+        update_mask: None,
+        allow_missing,
+        validate_only,
+    };
+    patch(http, project, region, service, spec, how).await
 }
 
 /// Lists the jobs of a region.
@@ -233,41 +269,14 @@ pub async fn list_jobs(
     project: &ProjectId,
     region: &Region,
 ) -> Result<Vec<Job>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        jobs: Vec<Job>,
-        next_page_token: Option<String>,
-    }
-    let call = Call::new(
-        "run.projects.locations.jobs.list",
+    let call = rpc(
+        "jobs",
+        "list",
         Method::GET,
-        Api::RunV2,
-        format!("{}/jobs", location(project, region)),
+        collection_path::<Job>(project, region),
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.jobs, p.next_page_token)
-    })
-    .await
-}
-
-/// Starts deleting a job; `None` if it was already gone.
-pub async fn delete_job(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    job: &RunJobName,
-) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.delete",
-        Method::DELETE,
-        Api::RunV2,
-        job_path(project, region, job),
-    )
-    .retry_conflicts();
-    http.send(call).await.optional()
+    list_pages(http, call, "jobs").await
 }
 
 /// Starts an execution. The operation's metadata is the [`Execution`] (see
@@ -280,10 +289,10 @@ pub async fn run_job(
     job: &RunJobName,
     request: &RunJobRequest,
 ) -> Result<Operation, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.run",
+    let call = rpc(
+        "jobs",
+        "run",
         Method::POST,
-        Api::RunV2,
         format!("{}:run", job_path(project, region, job)),
     )
     .body(to_body(request)?);
@@ -294,12 +303,7 @@ pub async fn run_job(
 
 /// Reads an execution by its full name; `None` if it does not exist.
 pub async fn get_execution(http: &GcpHttp, name: &str) -> Result<Option<Execution>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.get",
-        Method::GET,
-        Api::RunV2,
-        execution_path(name)?,
-    );
+    let call = rpc("jobs.executions", "get", Method::GET, execution_path(name)?);
     http.send(call).await.optional()
 }
 
@@ -310,32 +314,22 @@ pub async fn list_executions(
     region: &Region,
     job: &RunJobName,
 ) -> Result<Vec<Execution>, GcpError> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Page {
-        #[serde(default)]
-        executions: Vec<Execution>,
-        next_page_token: Option<String>,
-    }
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.list",
+    let call = rpc(
+        "jobs.executions",
+        "list",
         Method::GET,
-        Api::RunV2,
         format!("{}/executions", job_path(project, region, job)),
     )
     .query("pageSize", "100");
-    list_all(http, call, "pageToken", |p: Page| {
-        (p.executions, p.next_page_token)
-    })
-    .await
+    list_pages(http, call, "executions").await
 }
 
 /// Starts deleting an execution; `None` if it was already gone.
 pub async fn delete_execution(http: &GcpHttp, name: &str) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.delete",
+    let call = rpc(
+        "jobs.executions",
+        "delete",
         Method::DELETE,
-        Api::RunV2,
         execution_path(name)?,
     );
     http.send(call).await.optional()
@@ -343,10 +337,10 @@ pub async fn delete_execution(http: &GcpHttp, name: &str) -> Result<Option<Opera
 
 /// Starts cancelling a running execution (repeating a cancel is harmless).
 pub async fn cancel_execution(http: &GcpHttp, name: &str) -> Result<Operation, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.jobs.executions.cancel",
+    let call = rpc(
+        "jobs.executions",
+        "cancel",
         Method::POST,
-        Api::RunV2,
         format!("{}:cancel", execution_path(name)?),
     )
     .body(serde_json::json!({}))
@@ -388,6 +382,7 @@ fn to_body<T: serde::Serialize>(value: &T) -> Result<Value, GcpError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bootstrap_ids::RunWorkerPoolName;
 
     #[test]
     fn names_and_paths() {
@@ -395,12 +390,33 @@ mod tests {
         let r = Region::parse("us-central1").unwrap();
         let s = RunServiceName::parse("prefect-worker").unwrap();
         assert_eq!(
-            service_path(&p, &r, &s),
+            resource_path_of(&p, &r, &s),
             "v2/projects/my-project/locations/us-central1/services/prefect-worker"
         );
         assert_eq!(
             service_name(&p, &r, &s),
             "projects/my-project/locations/us-central1/services/prefect-worker"
+        );
+        // Each kind: its collection, its create id parameter, run.v2.json's method ids.
+        let pool = RunWorkerPoolName::from(&s);
+        assert_eq!(
+            full_name(&p, &r, &pool),
+            "projects/my-project/locations/us-central1/workerPools/prefect-worker"
+        );
+        assert_eq!(
+            collection_path::<Job>(&p, &r),
+            "v2/projects/my-project/locations/us-central1/jobs"
+        );
+        let call = rpc(
+            WorkerPool::COLLECTION,
+            "patch",
+            Method::PATCH,
+            String::new(),
+        );
+        assert_eq!(call.name, "run.projects.locations.workerPools.patch");
+        assert_eq!(
+            [Service::ID_PARAM, Job::ID_PARAM, WorkerPool::ID_PARAM],
+            ["serviceId", "jobId", "workerPoolId"]
         );
         assert_eq!(
             execution_path("projects/p/locations/r/jobs/j/executions/e-1").unwrap(),

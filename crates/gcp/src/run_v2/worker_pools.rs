@@ -6,15 +6,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bootstrap_ids::{ProjectId, Region, RunWorkerPoolName};
-use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::types::run_v2_resource;
-use super::{Container, location, to_body};
+use super::{Container, Patch, full_name, patch};
 use crate::error::GcpError;
-use crate::http::{Api, Call, GcpHttp, OptionalExt, seg};
+use crate::http::GcpHttp;
 use crate::operations::Operation;
+use crate::policy::{Policy, PolicyTarget};
 
 run_v2_resource! {
     revisioned
@@ -73,13 +73,7 @@ pub struct WorkerPoolTemplate {
     pub extra: Map<String, Value>,
 }
 
-fn pool_path(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
-    format!(
-        "{}/workerPools/{}",
-        location(project, region),
-        seg(pool.as_str())
-    )
-}
+super::run_v2_kind!(WorkerPool, RunWorkerPoolName, "workerPools", "workerPoolId");
 
 /// `run.projects.locations.workerPools.getIamPolicy`: the pool's own policy (inherited
 /// bindings not included, run.v2.json).
@@ -88,82 +82,18 @@ pub async fn get_worker_pool_iam_policy(
     project: &ProjectId,
     region: &Region,
     pool: &RunWorkerPoolName,
-) -> Result<crate::policy::Policy, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.getIamPolicy",
-        Method::GET,
-        Api::RunV2,
-        format!("{}:getIamPolicy", pool_path(project, region, pool)),
-    )
-    .query("options.requestedPolicyVersion", "3");
-    http.send(call).await
-}
-
-/// `run.projects.locations.workerPools.setIamPolicy`; the etag in `policy` guards against
-/// lost updates.
-pub async fn set_worker_pool_iam_policy(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    pool: &RunWorkerPoolName,
-    policy: &crate::policy::Policy,
-) -> Result<crate::policy::Policy, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.setIamPolicy",
-        Method::POST,
-        Api::RunV2,
-        format!("{}:setIamPolicy", pool_path(project, region, pool)),
-    )
-    .body(serde_json::json!({ "policy": policy }))
-    .idempotent();
-    http.send(call).await
+) -> Result<Policy, GcpError> {
+    let target = PolicyTarget::WorkerPool {
+        project: project.clone(),
+        region: region.clone(),
+        pool: pool.clone(),
+    };
+    target.get(http).await
 }
 
 /// The full resource name of a worker pool, as the API writes it.
 pub fn worker_pool_name(project: &ProjectId, region: &Region, pool: &RunWorkerPoolName) -> String {
-    format!("projects/{project}/locations/{region}/workerPools/{pool}")
-}
-
-/// Reads a worker pool; `None` if it does not exist.
-pub async fn get_worker_pool(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    pool: &RunWorkerPoolName,
-) -> Result<Option<WorkerPool>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.get",
-        Method::GET,
-        Api::RunV2,
-        pool_path(project, region, pool),
-    );
-    http.send(call).await.optional()
-}
-
-/// Starts creating a worker pool (`workerPoolId` = `pool`). An existing one gives
-/// [`GcpError::AlreadyExists`]; prefer [`patch_worker_pool`] with `allow_missing` to converge.
-pub async fn create_worker_pool(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    pool: &RunWorkerPoolName,
-    spec: &WorkerPool,
-    validate_only: bool,
-) -> Result<Operation, GcpError> {
-    let mut body = spec.clone();
-    body.name = None;
-    let mut call = Call::new(
-        "run.projects.locations.workerPools.create",
-        Method::POST,
-        Api::RunV2,
-        format!("{}/workerPools", location(project, region)),
-    )
-    .query("workerPoolId", pool.as_str())
-    .body(to_body(&body)?);
-    if validate_only {
-        call = call.query("validateOnly", "true").idempotent();
-    }
-    http.send(call).await
+    full_name(project, region, pool)
 }
 
 /// What a patch changes.
@@ -187,24 +117,12 @@ pub async fn patch_worker_pool(
     update: PoolUpdate,
     allow_missing: bool,
 ) -> Result<Operation, GcpError> {
-    let mut body = spec.clone();
-    body.name = Some(worker_pool_name(project, region, pool));
-    let mut call = Call::new(
-        "run.projects.locations.workerPools.patch",
-        Method::PATCH,
-        Api::RunV2,
-        pool_path(project, region, pool),
-    )
-    .body(to_body(&body)?)
-    .idempotent()
-    .retry_conflicts();
-    if update == PoolUpdate::InstanceCount {
-        call = call.query("updateMask", "scaling.manualInstanceCount");
-    }
-    if allow_missing {
-        call = call.query("allowMissing", "true");
-    }
-    http.send(call).await
+    let how = Patch {
+        update_mask: (update == PoolUpdate::InstanceCount).then_some("scaling.manualInstanceCount"),
+        allow_missing,
+        validate_only: false,
+    };
+    patch(http, project, region, pool, spec, how).await
 }
 
 /// Sets `scaling.manualInstanceCount` alone (`updateMask`), e.g. 0 to stop every instance.
@@ -232,23 +150,6 @@ pub async fn set_instance_count(
         false,
     )
     .await
-}
-
-/// Starts deleting a worker pool; `None` if it was already gone.
-pub async fn delete_worker_pool(
-    http: &GcpHttp,
-    project: &ProjectId,
-    region: &Region,
-    pool: &RunWorkerPoolName,
-) -> Result<Option<Operation>, GcpError> {
-    let call = Call::new(
-        "run.projects.locations.workerPools.delete",
-        Method::DELETE,
-        Api::RunV2,
-        pool_path(project, region, pool),
-    )
-    .retry_conflicts();
-    http.send(call).await.optional()
 }
 
 /// Waits for a worker-pool operation (bounded by `deadline`) and decodes the pool it returns.
@@ -295,7 +196,7 @@ mod tests {
         let r = Region::parse("us-central1").unwrap();
         let w = RunWorkerPoolName::parse("prefect-worker").unwrap();
         assert_eq!(
-            pool_path(&p, &r, &w),
+            super::super::resource_path_of(&p, &r, &w),
             "v2/projects/my-project/locations/us-central1/workerPools/prefect-worker"
         );
     }

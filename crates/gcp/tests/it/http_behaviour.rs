@@ -237,13 +237,19 @@ async fn slow_answers_hit_the_deadline() {
     );
 }
 
+/// A dropped connection and a truncated body are both network errors, retried for a GET.
 #[tokio::test]
-async fn dropped_connections_are_retried_for_gets() {
-    let (base, count) = raw_server(Misbehave::Drop).await;
-    let http = client_for(&base, fast_retry());
-    let err = failing_get(&http).await;
-    assert!(matches!(err, GcpError::Network { .. }), "{err:?}");
-    assert_eq!(count.load(Ordering::SeqCst), 3);
+async fn dropped_connections_and_truncated_bodies_are_retried_for_gets() {
+    for misbehave in [Misbehave::Drop, Misbehave::Truncate] {
+        let (base, count) = raw_server(misbehave).await;
+        let http = client_for(&base, fast_retry());
+        let err = failing_get(&http).await;
+        assert!(
+            matches!(err, GcpError::Network { .. }),
+            "{misbehave:?}: {err:?}"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 3, "{misbehave:?}");
+    }
 }
 
 #[tokio::test]
@@ -259,15 +265,6 @@ async fn dropped_connection_is_not_retried_for_a_key_create() {
         1,
         "the server may have created a key"
     );
-}
-
-#[tokio::test]
-async fn truncated_bodies_are_errors() {
-    let (base, count) = raw_server(Misbehave::Truncate).await;
-    let http = client_for(&base, fast_retry());
-    let err = failing_get(&http).await;
-    assert!(matches!(err, GcpError::Network { .. }), "{err:?}");
-    assert_eq!(count.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -182,7 +182,7 @@ async fn handle(State(state): State<FakeState>, req: Request) -> Response {
 }
 
 /// What a raw server does with each connection.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub enum Misbehave {
     /// Read the request, then close without a byte of answer.
     Drop,

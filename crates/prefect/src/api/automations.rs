@@ -63,11 +63,9 @@ impl PrefectClient {
     pub async fn automations_by_name(&self, name: &str) -> Result<Vec<Automation>, PrefectError> {
         let body = json!({"automations": {"name": {"any_": [name]}}, "sort": "CREATED_DESC", "limit": 200});
         let mut found: Vec<Automation> = self
-            .json(
-                Method::POST,
+            .post(
                 "/automations/filter",
-                &[],
-                Some(&body),
+                &body,
                 &format!("automation `{name}`"),
             )
             .await?;
@@ -77,15 +75,9 @@ impl PrefectClient {
 
     /// The automation with this id.
     pub async fn automation(&self, id: Uuid) -> Result<Option<Automation>, PrefectError> {
-        self.json(
-            Method::GET,
-            &format!("/automations/{id}"),
-            &[],
-            None,
-            &format!("automation {id}"),
-        )
-        .await
-        .optional()
+        self.get(&format!("/automations/{id}"), &format!("automation {id}"))
+            .await
+            .optional()
     }
 
     /// Creates an automation.
@@ -94,11 +86,9 @@ impl PrefectClient {
         spec: &AutomationSpec,
     ) -> Result<Automation, PrefectError> {
         let body = to_value(spec)?;
-        self.json(
-            Method::POST,
+        self.post(
             "/automations/",
-            &[],
-            Some(&body),
+            &body,
             &format!("automation `{}`", spec.name),
         )
         .await

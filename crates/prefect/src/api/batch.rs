@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -35,9 +34,7 @@ impl PrefectClient {
             body["limit"] = json!(PAGE);
             body["offset"] = json!(out.len());
             body["sort"] = json!("NAME_ASC");
-            let page: Vec<T> = self
-                .json(Method::POST, path, &[], Some(&body), what)
-                .await?;
+            let page: Vec<T> = self.post(path, &body, what).await?;
             let full = page.len() == PAGE;
             out.extend(page);
             if !full {

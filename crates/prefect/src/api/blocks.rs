@@ -14,17 +14,15 @@ use crate::models::{
 impl PrefectClient {
     /// `GET /health`: `Ok` when the server answers `true`.
     pub async fn health(&self) -> Result<(), PrefectError> {
-        let v: serde_json::Value = self
-            .json(Method::GET, "/health", &[], None, "the health check")
-            .await
-            .map_err(|e| match e {
-                PrefectError::NotFound { .. } => PrefectError::Config(format!(
-                    "{} does not look like a Prefect API (GET /health answered 404); \
-                     the API URL usually ends in /api",
-                    self.config.api_url
-                )),
-                other => other,
-            })?;
+        let answer = self.get("/health", "the health check").await;
+        let v: serde_json::Value = answer.map_err(|e| match e {
+            PrefectError::NotFound { .. } => PrefectError::Config(format!(
+                "{} does not look like a Prefect API (GET /health answered 404); \
+                 the API URL usually ends in /api",
+                self.config.api_url
+            )),
+            other => other,
+        })?;
         if v == serde_json::Value::Bool(true) {
             Ok(())
         } else {
@@ -37,11 +35,8 @@ impl PrefectClient {
 
     /// The block type with this slug, `None` when the server has none.
     pub async fn block_type_by_slug(&self, slug: &str) -> Result<Option<BlockType>, PrefectError> {
-        self.json(
-            Method::GET,
+        self.get(
             &format!("/block_types/slug/{}", seg(slug)),
-            &[],
-            None,
             &format!("block type `{slug}`"),
         )
         .await
@@ -56,14 +51,8 @@ impl PrefectClient {
         // block_schemas/filter has no slug filter: it must be filtered by the type's id.
         let body =
             json!({"block_schemas": {"block_type_id": {"any_": [block_type_id]}}, "limit": 200});
-        self.json(
-            Method::POST,
-            "/block_schemas/filter",
-            &[],
-            Some(&body),
-            "block schemas",
-        )
-        .await
+        self.post("/block_schemas/filter", &body, "block schemas")
+            .await
     }
 
     /// A block document by type slug and name, with secrets masked.
@@ -140,14 +129,8 @@ impl PrefectClient {
             "block_schema_id": doc.block_schema_id,
             "data": doc.data.expose(),
         });
-        self.json(
-            Method::POST,
-            "/block_documents/",
-            &[],
-            Some(&body),
-            &format!("block `{}`", doc.name),
-        )
-        .await
+        self.post("/block_documents/", &body, &format!("block `{}`", doc.name))
+            .await
     }
 
     /// Updates a block document's data. With `merge_existing_data` the server merges the keys

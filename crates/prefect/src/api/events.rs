@@ -232,8 +232,7 @@ impl PrefectClient {
         limit: u32,
     ) -> Result<EventPage, PrefectError> {
         let body = json!({"filter": filter.to_json(true), "limit": limit.min(50)});
-        self.json(Method::POST, "/events/filter", &[], Some(&body), "events")
-            .await
+        self.post("/events/filter", &body, "events").await
     }
 
     /// The page after one returned by [`PrefectClient::filter_events`].

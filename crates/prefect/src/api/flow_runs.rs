@@ -25,11 +25,9 @@ impl PrefectClient {
             run.idempotency_key = Some(Uuid::new_v4().to_string());
         }
         let body = to_value(&run)?;
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/deployments/{deployment_id}/create_flow_run"),
-            &[],
-            Some(&body),
+            &body,
             &format!("deployment {deployment_id}"),
         )
         .await
@@ -37,15 +35,9 @@ impl PrefectClient {
 
     /// The flow run with this id.
     pub async fn flow_run(&self, id: Uuid) -> Result<Option<FlowRun>, PrefectError> {
-        self.json(
-            Method::GET,
-            &format!("/flow_runs/{id}"),
-            &[],
-            None,
-            &format!("flow run {id}"),
-        )
-        .await
-        .optional()
+        self.get(&format!("/flow_runs/{id}"), &format!("flow run {id}"))
+            .await
+            .optional()
     }
 
     /// Every state the run has been in, oldest first (states a poll would miss included).
@@ -87,14 +79,7 @@ impl PrefectClient {
         if !query.deployment_ids.is_empty() {
             body["deployments"] = json!({"id": {"any_": query.deployment_ids}});
         }
-        self.json(
-            Method::POST,
-            "/flow_runs/filter",
-            &[],
-            Some(&body),
-            "flow runs",
-        )
-        .await
+        self.post("/flow_runs/filter", &body, "flow runs").await
     }
 
     /// Proposes a state. The verdict is in the answer's `status` (ACCEPT, REJECT, ABORT, WAIT),
@@ -110,11 +95,9 @@ impl PrefectClient {
         // The server uses the transition id to recognise a replayed proposal.
         state_body["state_details"] = json!({"flow_run_id": id, "transition_id": Uuid::new_v4()});
         let body = json!({"state": state_body, "force": force});
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/flow_runs/{id}/set_state"),
-            &[],
-            Some(&body),
+            &body,
             &format!("flow run {id}"),
         )
         .await

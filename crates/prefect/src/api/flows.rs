@@ -14,23 +14,13 @@ impl PrefectClient {
     /// Creates the flow or returns the existing one of that name (the server upserts by name).
     pub async fn upsert_flow(&self, name: &str, tags: &[String]) -> Result<Flow, PrefectError> {
         let body = json!({"name": name, "tags": tags});
-        self.json(
-            Method::POST,
-            "/flows/",
-            &[],
-            Some(&body),
-            &format!("flow `{name}`"),
-        )
-        .await
+        self.post("/flows/", &body, &format!("flow `{name}`")).await
     }
 
     /// The flow of this name.
     pub async fn flow_by_name(&self, name: &str) -> Result<Option<Flow>, PrefectError> {
-        self.json(
-            Method::GET,
+        self.get(
             &format!("/flows/name/{}", seg(name)),
-            &[],
-            None,
             &format!("flow `{name}`"),
         )
         .await
@@ -39,27 +29,15 @@ impl PrefectClient {
 
     /// The flow with this id.
     pub async fn flow(&self, id: Uuid) -> Result<Option<Flow>, PrefectError> {
-        self.json(
-            Method::GET,
-            &format!("/flows/{id}"),
-            &[],
-            None,
-            &format!("flow {id}"),
-        )
-        .await
-        .optional()
+        self.get(&format!("/flows/{id}"), &format!("flow {id}"))
+            .await
+            .optional()
     }
 
     /// All flows (at most 200), for "did you mean" messages.
     pub async fn flows(&self) -> Result<Vec<Flow>, PrefectError> {
-        self.json(
-            Method::POST,
-            "/flows/filter",
-            &[],
-            Some(&json!({"limit": 200})),
-            "flows",
-        )
-        .await
+        self.post("/flows/filter", &json!({"limit": 200}), "flows")
+            .await
     }
 
     /// The deployment `flow/name`, `None` when there is none.
@@ -68,11 +46,8 @@ impl PrefectClient {
         flow: &str,
         name: &str,
     ) -> Result<Option<Deployment>, PrefectError> {
-        self.json(
-            Method::GET,
+        self.get(
             &format!("/deployments/name/{}/{}", seg(flow), seg(name)),
-            &[],
-            None,
             &format!("deployment `{flow}/{name}`"),
         )
         .await
@@ -81,15 +56,9 @@ impl PrefectClient {
 
     /// The deployment with this id.
     pub async fn deployment(&self, id: Uuid) -> Result<Option<Deployment>, PrefectError> {
-        self.json(
-            Method::GET,
-            &format!("/deployments/{id}"),
-            &[],
-            None,
-            &format!("deployment {id}"),
-        )
-        .await
-        .optional()
+        self.get(&format!("/deployments/{id}"), &format!("deployment {id}"))
+            .await
+            .optional()
     }
 
     /// Deployments of a flow (at most 200), for listings and "did you mean" messages.
@@ -98,26 +67,13 @@ impl PrefectClient {
         flow_id: Uuid,
     ) -> Result<Vec<Deployment>, PrefectError> {
         let body = json!({"flows": {"id": {"any_": [flow_id]}}, "limit": 200});
-        self.json(
-            Method::POST,
-            "/deployments/filter",
-            &[],
-            Some(&body),
-            "deployments",
-        )
-        .await
+        self.post("/deployments/filter", &body, "deployments").await
     }
 
     /// All deployments (at most 200).
     pub async fn deployments(&self) -> Result<Vec<Deployment>, PrefectError> {
-        self.json(
-            Method::POST,
-            "/deployments/filter",
-            &[],
-            Some(&json!({"limit": 200})),
-            "deployments",
-        )
-        .await
+        self.post("/deployments/filter", &json!({"limit": 200}), "deployments")
+            .await
     }
 
     /// Creates the deployment, or updates the one with the same flow and name (the server
@@ -131,14 +87,8 @@ impl PrefectClient {
         let mut body = to_value(spec)?;
         body["name"] = json!(name);
         body["flow_id"] = json!(flow_id);
-        self.json(
-            Method::POST,
-            "/deployments/",
-            &[],
-            Some(&body),
-            &format!("deployment `{name}`"),
-        )
-        .await
+        self.post("/deployments/", &body, &format!("deployment `{name}`"))
+            .await
     }
 
     /// Changes only the fields set in `spec`. Call it only on a real change: an update removes

@@ -43,8 +43,7 @@ impl PrefectClient {
             "offset": offset,
             "limit": limit.min(MAX_PAGE),
         });
-        self.json(Method::POST, "/logs/filter", &[], Some(&body), "logs")
-            .await
+        self.post("/logs/filter", &body, "logs").await
     }
 
     /// All of a run's logs from `since` on, page after page (bounded to `max_pages`).
@@ -78,15 +77,8 @@ impl PrefectClient {
             "sort": "CREATED_DESC",
             "limit": MAX_PAGE,
         });
-        let mut artifacts: Vec<Artifact> = self
-            .json(
-                Method::POST,
-                "/artifacts/filter",
-                &[],
-                Some(&body),
-                "artifacts",
-            )
-            .await?;
+        let mut artifacts: Vec<Artifact> =
+            self.post("/artifacts/filter", &body, "artifacts").await?;
         // The server offers no ascending sort by creation; reverse the descending one.
         artifacts.reverse();
         Ok(artifacts)
@@ -94,11 +86,8 @@ impl PrefectClient {
 
     /// The variable of this name.
     pub async fn variable_by_name(&self, name: &str) -> Result<Option<Variable>, PrefectError> {
-        self.json(
-            Method::GET,
+        self.get(
             &format!("/variables/name/{}", seg(name)),
-            &[],
-            None,
             &format!("variable `{name}`"),
         )
         .await

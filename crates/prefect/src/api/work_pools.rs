@@ -14,11 +14,8 @@ use crate::models::{
 impl PrefectClient {
     /// The work pool with this name, `None` when there is none.
     pub async fn work_pool(&self, name: &str) -> Result<Option<WorkPool>, PrefectError> {
-        self.json(
-            Method::GET,
+        self.get(
             &format!("/work_pools/{}", seg(name)),
-            &[],
-            None,
             &format!("work pool `{name}`"),
         )
         .await
@@ -28,14 +25,8 @@ impl PrefectClient {
     /// Creates a work pool (409 when the name is taken).
     pub async fn create_work_pool(&self, pool: &WorkPoolCreate) -> Result<WorkPool, PrefectError> {
         let body = to_value(pool)?;
-        self.json(
-            Method::POST,
-            "/work_pools/",
-            &[],
-            Some(&body),
-            &format!("work pool `{}`", pool.name),
-        )
-        .await
+        self.post("/work_pools/", &body, &format!("work pool `{}`", pool.name))
+            .await
     }
 
     /// Updates a work pool; a template given replaces the whole template.
@@ -71,11 +62,8 @@ impl PrefectClient {
         worker_type: &str,
     ) -> Result<Option<Value>, PrefectError> {
         let view: serde_json::Map<String, Value> = self
-            .json(
-                Method::GET,
+            .get(
                 "/collections/views/aggregate-worker-metadata",
-                &[],
-                None,
                 "the worker metadata view",
             )
             .await?;
@@ -84,11 +72,9 @@ impl PrefectClient {
 
     /// The queues of a pool.
     pub async fn work_queues(&self, pool: &str) -> Result<Vec<WorkQueue>, PrefectError> {
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/work_pools/{}/queues/filter", seg(pool)),
-            &[],
-            Some(&json!({})),
+            &json!({}),
             &format!("work pool `{pool}`"),
         )
         .await
@@ -101,11 +87,9 @@ impl PrefectClient {
         queue: &WorkQueueCreate,
     ) -> Result<WorkQueue, PrefectError> {
         let body = to_value(queue)?;
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/work_pools/{}/queues", seg(pool)),
-            &[],
-            Some(&body),
+            &body,
             &format!("work pool `{pool}`"),
         )
         .await
@@ -133,11 +117,9 @@ impl PrefectClient {
     /// returns it (`name`, `status` `ONLINE`/`OFFLINE`, `last_heartbeat_time`, ...).
     pub async fn workers(&self, pool: &str) -> Result<Vec<Value>, PrefectError> {
         let body = json!({"limit": 200});
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/work_pools/{}/workers/filter", seg(pool)),
-            &[],
-            Some(&body),
+            &body,
             &format!("workers of work pool `{pool}`"),
         )
         .await
@@ -159,11 +141,9 @@ impl PrefectClient {
         if let Some(limit) = limit {
             body["limit"] = json!(limit);
         }
-        self.json(
-            Method::POST,
+        self.post(
             &format!("/work_pools/{}/get_scheduled_flow_runs", seg(pool)),
-            &[],
-            Some(&body),
+            &body,
             &format!("work pool `{pool}`"),
         )
         .await

@@ -247,10 +247,9 @@ async fn upserts_outlast_a_busy_server_that_creates_give_up_on() {
     let busy_then_ok = vec![LOCKED, LOCKED, LOCKED, LOCKED, LOCKED, OK_TRUE];
     let (url, count) = stub(busy_then_ok.clone()).await;
     two_budget_client(&url)
-        .send(
+        .no_content(
             Method::POST,
             "/deployments/",
-            &[],
             Some(&serde_json::json!({"name": "d"})),
             "deployment `f/d`",
         )
@@ -260,16 +259,14 @@ async fn upserts_outlast_a_busy_server_that_creates_give_up_on() {
 
     let (url, count) = stub(busy_then_ok).await;
     let e = two_budget_client(&url)
-        .send(
+        .no_content(
             Method::POST,
             "/deployments/00000000-0000-0000-0000-000000000000/create_flow_run",
-            &[],
             Some(&serde_json::json!({})),
             "flow run",
         )
         .await
-        .err()
-        .expect("a create gives up after three attempts");
+        .expect_err("a create gives up after three attempts");
     assert_eq!(count.load(Ordering::SeqCst), 3);
     assert!(e.to_string().contains("database is locked"), "{e}");
 }
