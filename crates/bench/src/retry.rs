@@ -78,14 +78,17 @@ pub struct Backoff {
     pub max_total: Duration,
 }
 
-/// The harness's policy: about 60 s of retrying at most, enough to ride out a server that is
-/// busy for a while, short enough that a dead one is reported promptly. (8 tries were not: in a
-/// full run at load 12-17, queuing 500 runs met 503s for 16 s and the worker section was lost.)
+/// The harness's policy: about 3 minutes of retrying at most, enough to ride out a server that
+/// is busy for a while, short enough that a dead one is reported within a run that takes an
+/// hour. (8 tries were not: in a full run at load 12-17, queuing 500 runs met 503s for 16 s and
+/// the worker section was lost. Nor were 14 tries in 60 s: in the full run of 2026-12-06, the
+/// server answered `create_flow_run` with 503 for over 47 s after prefect-gcp's 500-run burst,
+/// and the next worker section was lost.) The time bound governs, not the count.
 pub const HARNESS: Backoff = Backoff {
-    max_attempts: 14,
+    max_attempts: 100,
     base: Duration::from_millis(100),
     max_delay: Duration::from_secs(5),
-    max_total: Duration::from_secs(60),
+    max_total: Duration::from_secs(180),
 };
 
 impl Backoff {
@@ -175,7 +178,29 @@ mod tests {
         assert_eq!(b.delay(1, 1.0), Duration::from_millis(150));
         assert!(b.may_retry(1, Duration::ZERO, Duration::from_secs(1)));
         assert!(!b.may_retry(b.max_attempts, Duration::ZERO, Duration::ZERO));
-        assert!(!b.may_retry(1, Duration::from_secs(59), Duration::from_secs(2)));
+        assert!(!b.may_retry(1, Duration::from_secs(179), Duration::from_secs(2)));
+    }
+
+    /// Regression: a server busy for 47 s outlasted the 14 tries of the old policy. Whatever
+    /// the jitter, the tries now span close to `max_total` and never beyond it.
+    #[test]
+    fn a_server_busy_for_minutes_is_outlasted_and_the_bound_holds() {
+        let b = HARNESS;
+        for jitter in [0.0, 0.5, 0.999] {
+            let (mut attempt, mut elapsed) = (1, Duration::ZERO);
+            loop {
+                let wait = b.delay(attempt, jitter);
+                if !b.may_retry(attempt, elapsed, wait) {
+                    break;
+                }
+                elapsed += wait;
+                attempt += 1;
+            }
+            assert!(
+                elapsed >= Duration::from_secs(170) && elapsed <= b.max_total,
+                "jitter {jitter}: the last try starts {elapsed:?} after the first ({attempt} tries)"
+            );
+        }
     }
 
     /// A real reset and a real refusal, as reqwest reports them, are classified as transient.
