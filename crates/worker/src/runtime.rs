@@ -90,6 +90,8 @@ impl WorkerOptions {
 pub(crate) struct Shared {
     pub(crate) ctx: Arc<Ctx>,
     pub(crate) sched: Scheduler,
+    /// The work pool's id: a run of another pool is never this worker's to cancel.
+    pub(crate) pool_id: Uuid,
 }
 
 /// What runs are carried out with: clients, caches and options. Run tasks hold only this.
@@ -320,6 +322,7 @@ pub async fn run(
     let shared = Arc::new(Shared {
         sched: Scheduler::new(opts.limit, stop_tx),
         ctx: Arc::new(Ctx::new(client.clone(), opts, worker_env, log_tx)),
+        pool_id: pool.id,
     });
     tracing::info!(worker = shared.ctx.opts.name, pool = pool.name, kind = ?kind, "worker started");
     let started =
@@ -528,6 +531,14 @@ async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
         return;
     };
     if run.state_type() != StateType::Cancelling {
+        return;
+    }
+    // Only runs of this worker's pool: another pool's job lives in another project or region,
+    // where a lookup finds nothing, and "no job" would mark a run CANCELLED while its
+    // execution runs on (regression: a worker of another pool on the same server did so).
+    // prefect-gcp's worker likewise cancels only the runs its pool's filter returns.
+    if run.work_pool_id != Some(shared.pool_id) {
+        tracing::debug!(flow_run = %id, pool = ?run.work_pool_id, "a CANCELLING run of another pool; not ours to stop");
         return;
     }
     let recorded = run.infrastructure_pid.as_deref().filter(|p| !p.is_empty());

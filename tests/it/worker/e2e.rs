@@ -506,3 +506,43 @@ async fn cancelling_an_adopted_run_uses_its_own_region() {
     let _second = s.worker("w-region-2", &[]);
     cancel_and_check(&s, id).await;
 }
+
+/// A worker acts on its own pool's runs only: a CANCELLING run of another pool (another
+/// sandbox, so its job is not in this worker's project) is left to that pool's worker, which
+/// cancels its execution. Had the other worker taken it, it would have found no job and marked
+/// the run CANCELLED while the execution ran on (seen once as a flaky adopted-run cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_leaves_another_pools_cancelling_run_alone() {
+    let own = Setup::new("cloud-run-v2", None).await;
+    let other = Setup::new("cloud-run-v2", None).await;
+    let _bystander = other.worker("w-other-pool", &[]);
+    let _w = own.worker("w-own-pool", &[]);
+    let id = own
+        .quick_run(
+            own.sleepy,
+            json!({"seconds": 120}),
+            json!({"keep_job": true}),
+        )
+        .await;
+    own.reach(id, StateType::Running, Duration::from_secs(90))
+        .await;
+    cancel_and_check(&own, id).await;
+    let run = own.final_run(id, Duration::from_secs(5)).await;
+    assert_eq!(
+        run.state.and_then(|s| s.message).as_deref(),
+        Some("Cancelled: the Cloud Run execution was cancelled by the worker."),
+    );
+    // The other worker may read the run: Prefect 3.9.1's event stream delivered this run's
+    // Cancelling event to its subscription too, though the filter names its own pool (seen in
+    // this test's logs). It must not act on it: no state it sets, no job it looks for. The whole
+    // log, not diag's tail: the lines may be anywhere in it.
+    let logs = other.logs.lock().expect("logs").clone();
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let acted = text.lines().any(|l| {
+            l.contains(&id.to_string())
+                && (l.contains("set_state") || l.contains("cancelling a run"))
+        });
+        assert!(!acted, "the other pool's worker acted on run {id}:\n{text}");
+    }
+}
