@@ -28,6 +28,9 @@ pub struct Env {
     pub operator_key: PathBuf,
     /// The log the fake flow appends `<unix time> <flow run id>` lines to.
     pub started_log: PathBuf,
+    /// The server's and the sandbox's sessions, when the caller named them: bursts then split
+    /// the machine's CPU among them.
+    pub sessions: Option<crate::cpu::Sessions>,
     http: reqwest::Client,
 }
 
@@ -72,6 +75,7 @@ impl Env {
             sandbox_url: sandbox_url.trim_end_matches('/').to_string(),
             operator_key,
             started_log,
+            sessions: None,
             http,
         })
     }

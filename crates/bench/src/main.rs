@@ -4,6 +4,7 @@
 //! could not be measured (the harness or the tool broke), never because a figure is slow.
 
 mod build;
+mod cpu;
 mod critical;
 mod env;
 mod lifecycle;
@@ -63,6 +64,13 @@ struct Args {
     /// Where the JSON goes.
     #[arg(long)]
     out: PathBuf,
+    /// The Prefect server's session leader (`setsid`, scripts/prefect-server): with
+    /// `--sandbox-pid`, each burst reports where the machine's CPU went (crates/bench/src/cpu.rs).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The sandbox's session leader (`setsid` in ./bench).
+    #[arg(long)]
+    sandbox_pid: Option<u32>,
     /// Latency added to each Google call during plan/apply, ms.
     #[arg(long, default_value_t = 100)]
     latency_ms: u64,
@@ -167,7 +175,7 @@ async fn run(args: Args) -> Result<bool> {
         },
         v1: args.v1 || !args.quick,
     };
-    let env = Env::new(
+    let mut env = Env::new(
         args.bootstrap.clone(),
         args.root.clone(),
         args.work.clone(),
@@ -177,6 +185,10 @@ async fn run(args: Args) -> Result<bool> {
         args.operator_key.clone(),
         args.started_log.clone(),
     )?;
+    env.sessions = match (args.server_pid, args.sandbox_pid) {
+        (Some(server), Some(sandbox)) => Some(cpu::Sessions { server, sandbox }),
+        _ => None,
+    };
     let mut results = Results {
         mode: if args.quick { "quick" } else { "full" }.into(),
         started: chrono::Utc::now().to_rfc3339(),

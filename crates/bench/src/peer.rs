@@ -68,6 +68,9 @@ pub struct CeilingLevel {
     pub seconds: f64,
     /// runs / seconds.
     pub runs_per_second: f64,
+    /// The server's CPU seconds per run at this level (when the harness knows its session):
+    /// next to a burst's, it shows how much of the server a worker's other calls take.
+    pub server_cpu_seconds_per_run: Option<f64>,
 }
 
 /// The Prefect server's own ceiling for the calls one run needs, sent by the harness with no
@@ -189,6 +192,7 @@ pub async fn ceiling(
                 runs.push(worker::create_run(env, deployment).await?);
             }
             let t = Instant::now();
+            let before = env.sessions.map(crate::cpu::Snapshot::take);
             for _ in 0..per_level.div_ceil(200) {
                 env.prefect(
                     Method::POST,
@@ -215,17 +219,29 @@ pub async fn ceiling(
             .buffer_unordered(in_flight)
             .try_collect::<Vec<_>>()
             .await?;
-            Ok::<_, anyhow::Error>(t.elapsed().as_secs_f64())
+            let seconds = t.elapsed().as_secs_f64();
+            let server = env.sessions.zip(before).map(|(s, before)| {
+                before
+                    .split_to(
+                        &crate::cpu::Snapshot::take(s),
+                        seconds,
+                        crate::cpu::cores(),
+                        0.0,
+                    )
+                    .server_seconds
+            });
+            Ok::<_, anyhow::Error>((seconds, server))
         }
         .await;
         // Scheduled leftovers would be taken by the workers measured next.
         worker::delete_runs(env, &runs).await;
-        let seconds = measured?;
+        let (seconds, server) = measured?;
         levels.push(CeilingLevel {
             in_flight,
             runs: per_level,
             seconds,
             runs_per_second: per_level as f64 / seconds,
+            server_cpu_seconds_per_run: server.map(|s| s / per_level as f64),
         });
     }
     let best = levels.iter().map(|l| l.runs_per_second).fold(0.0, f64::max);

@@ -50,7 +50,7 @@ fn stat_ticks(stat: &str) -> Option<u64> {
 }
 
 /// Clock ticks per second; Linux exposes 100 to user space on every common architecture.
-const TICKS_PER_SECOND: f64 = 100.0;
+pub(crate) const TICKS_PER_SECOND: f64 = 100.0;
 
 /// Reads the usage of `pid`.
 pub fn usage(pid: u32) -> Result<Usage> {

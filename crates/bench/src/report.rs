@@ -306,6 +306,54 @@ fn scale_targets(s: &crate::scale::Scale, t: &mut Vec<Target>) {
     });
 }
 
+/// Where the machine's CPU went in each burst (crates/bench/src/cpu.rs), when it was measured:
+/// which of the programs sharing the cores a worker's throughput is waiting for.
+fn cpu_table(r: &Results) -> String {
+    let rows: Vec<(&str, &crate::worker::Throughput, &crate::cpu::Split)> = r
+        .workers
+        .iter()
+        .filter_map(|w| {
+            let t = w.throughput.as_ref()?;
+            Some((w.name.as_str(), t, t.cpu.as_ref()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut o = format!(
+        "  {:<34}{:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12}\n",
+        "CPU-s in the burst",
+        "wall",
+        "busy",
+        "worker",
+        "server",
+        "sandbox",
+        "execs",
+        "other",
+        "server/run"
+    );
+    for (name, t, c) in rows {
+        o.push_str(&format!(
+            "  {:<34}{:>8.1} {:>7.0}% {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>12}\n",
+            name,
+            c.wall_seconds,
+            100.0 * c.machine_busy_fraction,
+            c.worker_seconds,
+            c.server_seconds,
+            c.sandbox_seconds,
+            c.executions_seconds,
+            c.other_seconds,
+            if t.started > 0 {
+                format!("{:.3}", c.server_seconds / t.started as f64)
+            } else {
+                "n/a".into()
+            }
+        ));
+    }
+    o.push('\n');
+    o
+}
+
 /// Per pool type: ours against prefect-gcp's as ratios, and both against the server's ceiling.
 fn side_by_side(r: &Results) -> String {
     let mut o = String::new();
@@ -324,7 +372,13 @@ fn side_by_side(r: &Results) -> String {
                 let levels: Vec<String> = c
                     .levels
                     .iter()
-                    .map(|l| format!("{} in flight {:.1}", l.in_flight, l.runs_per_second))
+                    .map(|l| {
+                        let cpu = l
+                            .server_cpu_seconds_per_run
+                            .map(|s| format!(", server {:.3} CPU-s/run", s))
+                            .unwrap_or_default();
+                        format!("{} in flight {:.1}{cpu}", l.in_flight, l.runs_per_second)
+                    })
                     .collect();
                 o.push_str(&format!(
                     "  Prefect server ceiling (poll + PENDING claim + infrastructure id per run): {:.1} runs/s ({})\n",
@@ -471,6 +525,7 @@ pub fn table(r: &Results) -> String {
             }
         }
         o.push('\n');
+        o.push_str(&cpu_table(r));
         o.push_str(&side_by_side(r));
     }
     o.push_str("targets\n");

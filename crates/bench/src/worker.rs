@@ -102,6 +102,9 @@ pub struct Throughput {
     pub cpu_seconds: f64,
     /// `cpu_seconds` / started.
     pub cpu_seconds_per_run: f64,
+    /// Where the machine's CPU went from the worker's start to the last execution (or the
+    /// deadline), when the harness knows the server's and the sandbox's sessions.
+    pub cpu: Option<crate::cpu::Split>,
 }
 
 /// Deletes flow runs (those a burst's deadline left), 4 at a time; failures are only noted,
@@ -561,6 +564,7 @@ pub async fn burst(
     }
     let t0 = unix_now();
     let start_at = Instant::now();
+    let machine0 = env.sessions.map(crate::cpu::Snapshot::take);
     let mut p = start(env, kind, pool, name, netns)?;
     let cpu0 = procs::usage(p.pid()).map(|u| u.cpu_seconds).unwrap_or(0.0);
     let want: BTreeSet<Uuid> = runs.iter().copied().collect();
@@ -587,6 +591,15 @@ pub async fn burst(
         p.check_alive()?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let worker_cpu = (last.cpu_seconds - cpu0).max(0.0);
+    let cpu = env.sessions.zip(machine0).map(|(s, before)| {
+        before.split_to(
+            &crate::cpu::Snapshot::take(s),
+            start_at.elapsed().as_secs_f64(),
+            crate::cpu::cores(),
+            worker_cpu,
+        )
+    });
     p.stop(Duration::from_secs(5));
     // Runs the deadline left unstarted would be taken by the next worker on the pool.
     let left: Vec<Uuid> = runs
@@ -610,11 +623,12 @@ pub async fn burst(
         cpu_seconds_per_run: if seen.is_empty() {
             0.0
         } else {
-            (last.cpu_seconds - cpu0).max(0.0) / seen.len() as f64
+            worker_cpu / seen.len() as f64
         },
         timed_out,
         peak_rss_mb: peak,
-        cpu_seconds: (last.cpu_seconds - cpu0).max(0.0),
+        cpu_seconds: worker_cpu,
+        cpu,
     })
 }
 
