@@ -4,6 +4,7 @@
 //! could not be measured (the harness or the tool broke), never because a figure is slow.
 
 mod build;
+mod calls;
 mod cpu;
 mod critical;
 mod env;

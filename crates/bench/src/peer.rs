@@ -99,6 +99,13 @@ pub struct Pair {
     /// Why the ceiling is missing.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ceiling_error: Option<String>,
+    /// The server's CPU per call of a run (measured on the v2 pool only: the calls are the
+    /// same for both pool types).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<crate::calls::CallCosts>,
+    /// Why the per-call costs are missing (on the v2 pool).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls_error: Option<String>,
 }
 
 /// The guide's plan without its worker service, with this pool type and names of its own.
@@ -325,6 +332,17 @@ pub async fn pair(
         Ok(c) => (Some(c), None),
         Err(e) => (None, Some(format!("{e:#}"))),
     };
+    let (calls, calls_error) = match pool_type {
+        PoolType::V2 => {
+            match crate::calls::measure_all(env, &pool, deployment, counts.ceiling_runs.max(50))
+                .await
+            {
+                Ok(c) => (Some(c), None),
+                Err(e) => (None, Some(format!("{e:#}"))),
+            }
+        }
+        PoolType::V1 => (None, None),
+    };
 
     eprintln!("    bootstrap worker on the {t} pool");
     let started = Instant::now();
@@ -377,6 +395,8 @@ pub async fn pair(
         pool_type: t.into(),
         ceiling,
         ceiling_error,
+        calls,
+        calls_error,
     })
 }
 

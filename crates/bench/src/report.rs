@@ -391,6 +391,11 @@ fn side_by_side(r: &Results) -> String {
                 p.ceiling_error.as_deref().unwrap_or("?")
             )),
         }
+        match (&p.calls, &p.calls_error) {
+            (Some(c), _) => o.push_str(&crate::calls::table(c)),
+            (None, Some(e)) => o.push_str(&format!("  server cost per call: not measured ({e})\n")),
+            (None, None) => {}
+        }
         let (Some(a), Some(b)) = (ours, theirs) else {
             o.push_str("  (one of the two workers was not measured)\n\n");
             continue;
