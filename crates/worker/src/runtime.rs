@@ -495,14 +495,10 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
                 shared.sched.poll_now.notify_one();
                 loop {
                     match stream.next().await {
-                        Ok(Some(ev)) => match ev.event.as_str() {
-                            "prefect.flow-run.Scheduled" => shared.sched.poll_now.notify_one(),
-                            "prefect.flow-run.Cancelling" => {
-                                if let Some(id) = ev.flow_run_id() {
-                                    cancel_run(&shared, id).await;
-                                }
-                            }
-                            _ => {}
+                        Ok(Some(ev)) => match event_action(&ev, pool_id) {
+                            Some(EventAction::Poll) => shared.sched.poll_now.notify_one(),
+                            Some(EventAction::Cancel(id)) => cancel_run(&shared, id).await,
+                            None => {}
                         },
                         Ok(None) => break,
                         Err(e) => {
@@ -516,6 +512,32 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
         }
         tokio::time::sleep(jittered(backoff)).await;
         backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// What an event of the stream asks of this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventAction {
+    /// A run was scheduled: poll now.
+    Poll,
+    /// A run moved to CANCELLING.
+    Cancel(Uuid),
+}
+
+/// The action for one streamed event, `None` for events of other pools. The subscription asks
+/// for this pool's events only (`related.id`), but Prefect 3.9.1's stream filters live events
+/// with each filter's in-memory `includes`, and its `EventRelatedFilter` defines none (only
+/// `build_where_clauses`, for queries: `prefect/server/events/filters.py`), so the stream
+/// delivers every pool's Scheduled and Cancelling events: without this check, every worker on a
+/// server polled for every run scheduled anywhere and read every cancelled run.
+fn event_action(ev: &bootstrap_prefect::Event, pool_id: Uuid) -> Option<EventAction> {
+    if !ev.is_related_to(&format!("prefect.work-pool.{pool_id}")) {
+        return None;
+    }
+    match ev.event.as_str() {
+        "prefect.flow-run.Scheduled" => Some(EventAction::Poll),
+        "prefect.flow-run.Cancelling" => ev.flow_run_id().map(EventAction::Cancel),
+        _ => None,
     }
 }
 
@@ -813,6 +835,53 @@ async fn ship_logs(client: PrefectClient, mut rx: mpsc::UnboundedReceiver<LogCre
         }
         if let Err(e) = client.create_logs(&batch).await {
             tracing::debug!(error = %e, "could not ship {} log lines", batch.len());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(name: &str, run: Uuid, pool: Uuid) -> bootstrap_prefect::Event {
+        serde_json::from_value(serde_json::json!({
+            "id": Uuid::new_v4(),
+            "occurred": "2026-12-06T12:00:00Z",
+            "event": name,
+            "resource": {"prefect.resource.id": format!("prefect.flow-run.{run}")},
+            "related": [
+                {"prefect.resource.id": format!("prefect.flow.{}", Uuid::nil()), "prefect.resource.role": "flow"},
+                {"prefect.resource.id": format!("prefect.work-pool.{pool}"), "prefect.resource.role": "work-pool"},
+            ],
+        }))
+        .expect("an event")
+    }
+
+    #[test]
+    fn events_of_this_pool_poll_or_cancel() {
+        let (run, pool) = (Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(
+            event_action(&event("prefect.flow-run.Scheduled", run, pool), pool),
+            Some(EventAction::Poll)
+        );
+        assert_eq!(
+            event_action(&event("prefect.flow-run.Cancelling", run, pool), pool),
+            Some(EventAction::Cancel(run))
+        );
+        assert_eq!(
+            event_action(&event("prefect.flow-run.Running", run, pool), pool),
+            None
+        );
+    }
+
+    /// Regression: Prefect 3.9.1's stream delivers other pools' events despite the `related`
+    /// filter; a worker acted on them (a GET per foreign Cancelling run, a poll per foreign
+    /// Scheduled run).
+    #[test]
+    fn events_of_another_pool_are_ignored() {
+        let (run, ours, theirs) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for name in ["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"] {
+            assert_eq!(event_action(&event(name, run, theirs), ours), None, "{name}");
         }
     }
 }
