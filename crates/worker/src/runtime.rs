@@ -881,7 +881,11 @@ mod tests {
     fn events_of_another_pool_are_ignored() {
         let (run, ours, theirs) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
         for name in ["prefect.flow-run.Scheduled", "prefect.flow-run.Cancelling"] {
-            assert_eq!(event_action(&event(name, run, theirs), ours), None, "{name}");
+            assert_eq!(
+                event_action(&event(name, run, theirs), ours),
+                None,
+                "{name}"
+            );
         }
     }
 }
