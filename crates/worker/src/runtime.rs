@@ -123,6 +123,9 @@ pub(crate) struct Scheduler {
     waiting: AtomicUsize,
     last_poll_ok: Mutex<Instant>,
     poll_now: Notify,
+    /// Run a reconcile pass now: the event stream (re)connected, and a run may have moved to
+    /// CANCELLING while it was down.
+    reconcile_now: Notify,
     stopping: watch::Sender<bool>,
     /// Scale to zero: this worker set its pool's count to 0 and claims no new run (see
     /// [`super::idle::watch`]).
@@ -491,8 +494,11 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
         {
             Ok(mut stream) => {
                 backoff = Duration::from_millis(500);
-                // The stream may have missed events while down: poll once now.
+                // The stream may have missed events while down (or before it was first up):
+                // poll once now, and look for CANCELLING runs once now rather than a reconcile
+                // interval later (a cancel made while a worker was starting waited up to 36 s).
                 shared.sched.poll_now.notify_one();
+                shared.sched.reconcile_now.notify_one();
                 loop {
                     match stream.next().await {
                         Ok(Some(ev)) => match event_action(&ev, pool_id) {
@@ -646,6 +652,7 @@ impl Scheduler {
             waiting: AtomicUsize::new(0),
             last_poll_ok: Mutex::new(Instant::now()),
             poll_now: Notify::new(),
+            reconcile_now: Notify::new(),
             stopping: stop_tx,
             dormant: Arc::new(AtomicBool::new(false)),
         }
@@ -720,7 +727,10 @@ async fn reconcile_loop(shared: Arc<Shared>) {
     let mut first = true;
     loop {
         if !first {
-            tokio::time::sleep(jittered(shared.ctx.opts.reconcile_interval)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(jittered(shared.ctx.opts.reconcile_interval)) => {}
+                _ = shared.sched.reconcile_now.notified() => {}
+            }
         }
         first = false;
         let query = FlowRunQuery {
