@@ -59,15 +59,15 @@ pub struct Split {
 
 /// The fields of a `/proc/PID/stat` line this module needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stat {
+pub(crate) struct Stat {
     session: u32,
     /// utime + stime.
-    own: u64,
+    pub(crate) own: u64,
     /// cutime + cstime (reaped children).
-    children: u64,
+    pub(crate) children: u64,
 }
 
-fn parse_stat(stat: &str) -> Option<Stat> {
+pub(crate) fn parse_stat(stat: &str) -> Option<Stat> {
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();

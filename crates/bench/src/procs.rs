@@ -39,14 +39,10 @@ fn status_kb(status: &str, key: &str) -> Option<f64> {
         .and_then(|n| n.parse::<f64>().ok())
 }
 
-/// utime + stime + cutime + cstime in clock ticks from a `/proc/PID/stat` line.
+/// utime + stime + cutime + cstime in clock ticks from a `/proc/PID/stat` line (one parser
+/// for the stat line: [`crate::cpu`]'s).
 fn stat_ticks(stat: &str) -> Option<u64> {
-    // The command name may hold spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3 of the man page, so utime (14) is index 11.
-    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    Some(get(11)? + get(12)? + get(13)? + get(14)?)
+    crate::cpu::parse_stat(stat).map(|s| s.own + s.children)
 }
 
 /// Clock ticks per second; Linux exposes 100 to user space on every common architecture.
