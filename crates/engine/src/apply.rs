@@ -20,8 +20,9 @@ use super::plan::{Action, Address, Mode, Plan, Step};
 pub struct Outputs {
     /// The JSON key file created by a key step, by the step's address.
     pub keys: BTreeMap<Address, SecretString>,
-    /// Ids of objects created by a step (a block's id), by the step's address.
-    pub ids: BTreeMap<Address, String>,
+    /// The id of the block a step created, by the step's address (a later step's template
+    /// names it).
+    pub ids: BTreeMap<Address, bootstrap_spec::ids::BlockId>,
     /// Whether this apply granted a role (later steps then wait out IAM propagation).
     pub granted: bool,
     /// The flows this apply upserted, by name: the deployment steps of one new flow run at

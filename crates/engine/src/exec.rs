@@ -140,7 +140,7 @@ impl StepEnv<'_> {
             .lock()
             .await
             .ids
-            .insert(self.address.clone(), id.to_string());
+            .insert(self.address.clone(), id);
     }
 }
 
@@ -1085,24 +1085,17 @@ async fn fill_credentials(
     Ok(())
 }
 
-/// A block id the plan knew, or the id the block step earlier in this apply produced. The
-/// latter is the one id exec reads back as text: `Outputs` (owned by the scheduler) keeps ids
-/// as the strings the Prefect client returned.
+/// A block id the plan knew, or the id the block step earlier in this apply produced.
 async fn resolve(id: &Deferred<BlockId>, outputs: &Mutex<Outputs>) -> Result<BlockId> {
     match id {
         Deferred::Known { value } => Ok(*value),
-        Deferred::Step { address } => {
-            let text = outputs
-                .lock()
-                .await
-                .ids
-                .get(address)
-                .cloned()
-                .ok_or_else(|| anyhow!("the block id from {address} is not available"))?;
-            let id = uuid::Uuid::parse_str(&text)
-                .with_context(|| format!("the block id `{text}` from {address}"))?;
-            Ok(id.into())
-        }
+        Deferred::Step { address } => outputs
+            .lock()
+            .await
+            .ids
+            .get(address)
+            .copied()
+            .ok_or_else(|| anyhow!("the block id from {address} is not available")),
     }
 }
 
