@@ -126,6 +126,11 @@ pub(crate) struct Scheduler {
     /// Run a reconcile pass now: the event stream (re)connected, and a run may have moved to
     /// CANCELLING while it was down.
     reconcile_now: Notify,
+    /// Runs whose cancel (of an execution this process did not start) is under way: an event
+    /// and a reconcile pass for the same run start one cancel, not two.
+    cancelling: Mutex<HashSet<Uuid>>,
+    /// Cancels under way at once (see [`CANCEL_SLOTS`]).
+    cancel_slots: Arc<Semaphore>,
     stopping: watch::Sender<bool>,
     /// Scale to zero: this worker set its pool's count to 0 and claims no new run (see
     /// [`super::idle::watch`]).
@@ -138,6 +143,13 @@ pub(crate) struct Scheduler {
 /// first execution of 500 queued runs started after 13 s); a bounded pipeline starts the first
 /// ones at once and leaves unclaimed runs to other workers of the pool.
 pub(crate) const SUBMIT_SLOTS: usize = 64;
+
+/// At most this many cancels of executions this process did not start run at once. Each is a
+/// few Prefect and Cloud Run calls that may retry for up to their deadlines; they run beside
+/// the event stream and the reconcile pass, not inside them (a cancel awaited in the event loop
+/// held up every Scheduled event behind it, and a pass with many CANCELLING runs took them one
+/// at a time).
+const CANCEL_SLOTS: usize = 8;
 
 /// How many finished runs are remembered (a few hundred KB at most).
 const FINISHED_KEPT: usize = 4096;
@@ -503,7 +515,7 @@ async fn event_loop(shared: Arc<Shared>, pool_id: Uuid) {
                     match stream.next().await {
                         Ok(Some(ev)) => match event_action(&ev, pool_id) {
                             Some(EventAction::Poll) => shared.sched.poll_now.notify_one(),
-                            Some(EventAction::Cancel(id)) => cancel_run(&shared, id).await,
+                            Some(EventAction::Cancel(id)) => spawn_cancel(&shared, id),
                             None => {}
                         },
                         Ok(None) => break,
@@ -544,6 +556,42 @@ fn event_action(ev: &bootstrap_prefect::Event, pool_id: Uuid) -> Option<EventAct
         "prefect.flow-run.Scheduled" => Some(EventAction::Poll),
         "prefect.flow-run.Cancelling" => ev.flow_run_id().map(EventAction::Cancel),
         _ => None,
+    }
+}
+
+/// A run moved to CANCELLING: signal its task at once, or start [`cancel_run`] beside the
+/// caller, unless one for this run is under way.
+fn spawn_cancel(shared: &Arc<Shared>, id: Uuid) {
+    if shared.signal(id, Signal::Cancel) {
+        return;
+    }
+    let Some(guard) = CancelGuard::take(shared, id) else {
+        return;
+    };
+    tokio::spawn(async move {
+        let Ok(_slot) = guard.0.sched.cancel_slots.clone().acquire_owned().await else {
+            return;
+        };
+        cancel_run(&guard.0, id).await;
+    });
+}
+
+/// Marks a run's cancel as under way until dropped (the task ended or panicked).
+struct CancelGuard(Arc<Shared>, Uuid);
+
+impl CancelGuard {
+    /// The mark for `id`, or `None` when a cancel of it is already under way.
+    fn take(shared: &Arc<Shared>, id: Uuid) -> Option<Self> {
+        let mut set = shared.sched.cancelling.lock().ok()?;
+        set.insert(id).then(|| CancelGuard(shared.clone(), id))
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.0.sched.cancelling.lock() {
+            set.remove(&self.1);
+        }
     }
 }
 
@@ -653,6 +701,8 @@ impl Scheduler {
             last_poll_ok: Mutex::new(Instant::now()),
             poll_now: Notify::new(),
             reconcile_now: Notify::new(),
+            cancelling: Mutex::new(HashSet::new()),
+            cancel_slots: Arc::new(Semaphore::new(CANCEL_SLOTS)),
             stopping: stop_tx,
             dormant: Arc::new(AtomicBool::new(false)),
         }
@@ -745,7 +795,7 @@ async fn reconcile_loop(shared: Arc<Shared>) {
         let mine = ClaimMarker::for_worker(&shared.ctx.opts.name);
         for run in runs {
             match run.state_type() {
-                StateType::Cancelling => cancel_run(&shared, run.id).await,
+                StateType::Cancelling => spawn_cancel(&shared, run.id),
                 StateType::Pending => {
                     let state = run.state.as_ref();
                     let in_flight = shared
@@ -897,5 +947,85 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// A worker over a fake Prefect API whose run reads wait until `gate` opens (counted in
+    /// `reads`), and answer a RUNNING run (nothing for the cancel to do after its read).
+    async fn slow_reads_worker(gate: Arc<Notify>, reads: Arc<AtomicUsize>) -> Arc<Shared> {
+        let app = axum::Router::new().route(
+            "/api/flow_runs/{id}",
+            axum::routing::get(move |axum::extract::Path(id): axum::extract::Path<Uuid>| {
+                let (gate, reads) = (gate.clone(), reads.clone());
+                async move {
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    gate.notified().await;
+                    axum::Json(serde_json::json!({
+                        "id": id, "name": "r", "flow_id": Uuid::nil(),
+                        "state": {"type": "RUNNING", "name": "Running"}
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/api", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = PrefectClient::new(bootstrap_prefect::PrefectConfig {
+            api_url: url.parse().unwrap(),
+            url_source: bootstrap_prefect::Source::Explicit,
+            api_key: None,
+            auth_string: None,
+            retries: Default::default(),
+        })
+        .unwrap();
+        let opts = WorkerOptions::new("pool", "w", Endpoints::google());
+        Arc::new(Shared {
+            ctx: detached(client, opts),
+            sched: Scheduler::new(None, watch::channel(false).0),
+            pool_id: Uuid::new_v4(),
+        })
+    }
+
+    /// Regression: the event loop awaited each cancel of a run started elsewhere (Prefect and
+    /// Cloud Run calls, with their retries), so every event behind it waited, and a reconcile
+    /// pass cancelled its runs one at a time. Now a cancel runs beside its caller, at most one
+    /// per run at a time.
+    #[tokio::test]
+    async fn cancels_run_beside_the_caller_once_per_run() {
+        let (gate, reads) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
+        let shared = slow_reads_worker(gate.clone(), reads.clone()).await;
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        // Each call returns while its run's read hangs; the second for `a` starts nothing.
+        for id in [a, a, b] {
+            tokio::time::timeout(Duration::from_secs(1), async { spawn_cancel(&shared, id) })
+                .await
+                .expect("spawn_cancel returns at once");
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while reads.load(Ordering::SeqCst) < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the two cancels never read their runs"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(reads.load(Ordering::SeqCst), 2, "one read per run");
+        assert_eq!(shared.sched.cancelling.lock().unwrap().len(), 2);
+
+        // Once they end, the marks are gone and a later cancel of `a` runs again.
+        while !shared.sched.cancelling.lock().unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "the cancels never ended");
+            gate.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        spawn_cancel(&shared, a);
+        while reads.load(Ordering::SeqCst) < 3 {
+            assert!(
+                Instant::now() < deadline,
+                "a later cancel of the same run never ran"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gate.notify_waiters();
     }
 }
