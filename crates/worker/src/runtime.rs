@@ -100,12 +100,19 @@ pub(crate) struct Ctx {
     pub(crate) opts: WorkerOptions,
     /// The worker's own Prefect settings handed to every container.
     pub(crate) worker_env: Vec<(String, SecretString)>,
-    logs: mpsc::UnboundedSender<LogCreate>,
+    outbox: Outbox,
     ambient: OnceCell<Arc<dyn TokenSource>>,
     /// Prefect reads shared by the runs of a poll cycle.
     pub(crate) reads: Reads,
     /// Cloud Run clients (and their tokens) by credentials.
     pub(crate) jobs: JobsCache,
+}
+
+/// Worker log lines and per-run events, shipped in batches by [`ship_logs`] and
+/// [`ship_events`].
+pub(crate) struct Outbox {
+    logs: mpsc::UnboundedSender<LogCreate>,
+    events: mpsc::UnboundedSender<serde_json::Value>,
 }
 
 /// Which runs are being handled, which were seen to an end, and how many more may start.
@@ -174,13 +181,18 @@ impl Ctx {
         } else {
             tracing::info!(flow_run = %flow_run, "{message}");
         }
-        let _ = self.logs.send(LogCreate {
+        let _ = self.outbox.logs.send(LogCreate {
             name: "prefect.flow_runs.worker".into(),
             level,
             message,
             timestamp: Utc::now(),
             flow_run_id: Some(flow_run),
         });
+    }
+
+    /// Queues an event for the next batch (see [`ship_events`]).
+    pub(crate) fn emit(&self, event: serde_json::Value) {
+        let _ = self.outbox.events.send(event);
     }
 
     /// The ambient identity (ADC / attached service account), discovered once.
@@ -333,10 +345,19 @@ pub async fn run(
         },
     );
     let (log_tx, log_rx) = mpsc::unbounded_channel();
+    let (event_tx, event_rx) = mpsc::unbounded_channel();
     let (stop_tx, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         sched: Scheduler::new(opts.limit, stop_tx),
-        ctx: Arc::new(Ctx::new(client.clone(), opts, worker_env, log_tx)),
+        ctx: Arc::new(Ctx::new(
+            client.clone(),
+            opts,
+            worker_env,
+            Outbox {
+                logs: log_tx,
+                events: event_tx,
+            },
+        )),
         pool_id: pool.id,
     });
     tracing::info!(worker = shared.ctx.opts.name, pool = pool.name, kind = ?kind, "worker started");
@@ -344,6 +365,7 @@ pub async fn run(
         submit::worker_event(&shared.ctx, kind, &pool, "prefect.worker.started", None).await;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(ship_logs(client.clone(), log_rx));
+    tasks.spawn(ship_events(client.clone(), event_rx));
     tasks.spawn(heartbeat_loop(shared.clone()));
     tasks.spawn(poll_loop(shared.clone()));
     tasks.spawn(reconcile_loop(shared.clone()));
@@ -396,7 +418,7 @@ pub async fn run(
         Some(started),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await; // last log batch
+    tokio::time::sleep(Duration::from_millis(300)).await; // the last log and event batches
     tasks.abort_all();
     Ok(())
 }
@@ -675,13 +697,13 @@ impl Ctx {
         client: PrefectClient,
         opts: WorkerOptions,
         worker_env: Vec<(String, SecretString)>,
-        log_tx: mpsc::UnboundedSender<LogCreate>,
+        outbox: Outbox,
     ) -> Self {
         Ctx {
             client,
             opts,
             worker_env,
-            logs: log_tx,
+            outbox,
             ambient: OnceCell::new(),
             reads: Reads::default(),
             jobs: JobsCache::default(),
@@ -712,8 +734,11 @@ impl Scheduler {
 /// A [`Ctx`] for one-off work outside the loop (`worker --sweep`): nothing is scheduled, worker
 /// log lines go nowhere.
 pub(crate) fn detached(client: PrefectClient, opts: WorkerOptions) -> Arc<Ctx> {
-    let (log_tx, _) = mpsc::unbounded_channel();
-    Arc::new(Ctx::new(client, opts, Vec::new(), log_tx))
+    let outbox = Outbox {
+        logs: mpsc::unbounded_channel().0,
+        events: mpsc::unbounded_channel().0,
+    };
+    Arc::new(Ctx::new(client, opts, Vec::new(), outbox))
 }
 
 /// A jobs client from the pool's default credentials and region (startup cleanup of leftovers,
@@ -882,22 +907,60 @@ async fn job_limit_watch(jobs: RunJobs) {
     }
 }
 
-/// Ships worker log lines in batches (at most 1 s late, at most 200 per request).
-async fn ship_logs(client: PrefectClient, mut rx: mpsc::UnboundedReceiver<LogCreate>) {
+/// Ships worker log lines in batches (see [`batches`]).
+async fn ship_logs(client: PrefectClient, rx: mpsc::UnboundedReceiver<LogCreate>) {
+    batches(rx, |batch| {
+        let client = client.clone();
+        async move {
+            if let Err(e) = client.create_logs(&batch).await {
+                tracing::debug!(error = %e, "could not ship {} log lines", batch.len());
+            }
+        }
+    })
+    .await
+}
+
+/// Ships the per-run events (`submitted-flow-run`, `executed-flow-run`) in batches, one
+/// `POST /events` each (see [`batches`]): an event sent alone cost the server 5.8-11.4 ms of
+/// CPU, one in a batch 3.9-4.4 ms (BENCHMARKS.md, the per-call table), about 14 ms a run, on a
+/// server whose one core bounds a burst's runs per second. An event is at most 250 ms late, as a
+/// log line is; Prefect orders a run's events by their `follows` link, not their arrival.
+async fn ship_events(client: PrefectClient, rx: mpsc::UnboundedReceiver<serde_json::Value>) {
+    batches(rx, |batch| {
+        let client = client.clone();
+        async move {
+            if let Err(e) = client.emit_events(&batch).await {
+                tracing::debug!(error = %e, "could not emit {} worker events", batch.len());
+            }
+        }
+    })
+    .await
+}
+
+/// Hands `send` what `rx` brings, in batches: a batch starts with the next item and takes
+/// whatever else arrives within 250 ms of it, up to 200 (Prefect's own log batches are sent on a
+/// short interval likewise).
+async fn batches<T, F, Fut>(mut rx: mpsc::UnboundedReceiver<T>, mut send: F)
+where
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        let until = tokio::time::Instant::now() + Duration::from_millis(250);
-        while batch.len() < 200 {
+        let until = tokio::time::Instant::now() + BATCH_WINDOW;
+        while batch.len() < BATCH_MAX {
             match tokio::time::timeout_at(until, rx.recv()).await {
-                Ok(Some(l)) => batch.push(l),
+                Ok(Some(item)) => batch.push(item),
                 _ => break,
             }
         }
-        if let Err(e) = client.create_logs(&batch).await {
-            tracing::debug!(error = %e, "could not ship {} log lines", batch.len());
-        }
+        send(batch).await;
     }
 }
+
+/// How late a log line or event may be shipped, and how many go in one request.
+const BATCH_WINDOW: Duration = Duration::from_millis(250);
+const BATCH_MAX: usize = 200;
 
 #[cfg(test)]
 mod tests {
@@ -1027,5 +1090,36 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         gate.notify_waiters();
+    }
+
+    /// What arrives within 250 ms of a batch's first item ships with it, at most 200 at a time;
+    /// what comes later starts the next batch.
+    #[tokio::test(start_paused = true)]
+    async fn batches_take_what_arrives_within_the_window_up_to_the_cap() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sent = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
+        let seen = sent.clone();
+        let shipper = tokio::spawn(batches(rx, move |batch| {
+            seen.lock().unwrap().push(batch);
+            async {}
+        }));
+        for i in 0..3 {
+            tx.send(i).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(3).unwrap(); // within the first batch's window
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        tx.send(4).unwrap(); // after it: a batch of its own
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for i in 0..450 {
+            tx.send(100 + i).unwrap();
+        }
+        drop(tx);
+        shipper.await.unwrap();
+        let sent = sent.lock().unwrap();
+        let sizes: Vec<usize> = sent.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [4, 1, 200, 200, 50]);
+        assert_eq!(sent[0], [0, 1, 2, 3]);
+        assert_eq!(sent[1], [4]);
     }
 }

@@ -585,7 +585,7 @@ fn announce(ctx: &Arc<Ctx>, run: &FlowRun, deployment: Option<Option<Deployment>
         let (_, mut ev) =
             outcome::event("prefect.worker.submitted-flow-run", resource, related, None);
         ev["id"] = serde_json::json!(id.to_string());
-        emit(&ctx, ev).await;
+        ctx.emit(ev);
     });
     id
 }
@@ -606,14 +606,12 @@ pub(crate) async fn worker_event(
         "prefect.resource.name": pool.name,
     })];
     let (id, ev) = outcome::event(name, resource, related, follows);
-    let _ = tokio::time::timeout(Duration::from_secs(1), emit(ctx, ev)).await;
-    id
-}
-
-async fn emit(ctx: &Ctx, event: Value) {
-    if let Err(e) = ctx.client.emit_events(&[event]).await {
-        tracing::debug!(error = %e, "could not emit a worker event");
+    // Sent at once, not batched: `stopped` is the last thing the worker does before it exits.
+    let sent = tokio::time::timeout(Duration::from_secs(1), ctx.client.emit_events(&[ev])).await;
+    if let Ok(Err(e)) = sent {
+        tracing::debug!(error = %e, "could not emit {name}");
     }
+    id
 }
 
 /// The pool kind, pool and related resources of a run (from the ctx reads; the deployment as
@@ -665,7 +663,7 @@ fn report_executed(
             related,
             Some(follows),
         );
-        emit(&ctx, ev).await;
+        ctx.emit(ev);
     });
 }
 
