@@ -460,6 +460,14 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
             let image = r
                 .req_string(&f, "image", "prefecthq/prefect:3-latest")
                 .and_then(|(v, pos)| {
+                    if runtime == Some(WorkerRuntime::Embedded) && is_prefects_own_image(&v) {
+                        r.error(
+                            pos,
+                            format!("`worker.image` {} is Prefect's own image, which has no `bootstrap` in it, and `runtime: embedded` runs `bootstrap worker`", show(&v)),
+                            Some("leave `worker.image` out (apply then builds the worker's image from this bootstrap binary), or name an image built from this repository's Dockerfile".into()),
+                        );
+                        return None;
+                    }
                     r.checked(&v, pos, "worker.image", Field::Image)
                         .then(|| ImageRef::parse(v).ok())
                         .flatten()
@@ -555,6 +563,22 @@ pub fn worker(r: &mut Reader<'_>, top: &Fields<'_>) -> Option<Option<Worker>> {
         instances: instances?.unwrap_or(1),
         scale_to_zero: scale_to_zero?,
     }))
+}
+
+/// Whether `image` is Docker Hub's `prefecthq/prefect` (any tag or digest), Prefect's own image:
+/// it runs `prefect worker start` and has no `bootstrap` binary.
+fn is_prefects_own_image(image: &str) -> bool {
+    let name = image.split('@').next().unwrap_or(image);
+    // A tag follows the last `:` after the last `/` (a registry's port comes before a `/`).
+    let name = match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    };
+    let name = ["docker.io/", "index.docker.io/", "registry-1.docker.io/"]
+        .iter()
+        .find_map(|host| name.strip_prefix(host))
+        .unwrap_or(name);
+    name == "prefecthq/prefect"
 }
 
 /// The worker image's build from the running binary, in the default repository (the load
@@ -847,4 +871,30 @@ pub struct CrossInput<'a> {
     pub deployments: &'a [(Deployment, Pos, std::path::PathBuf)],
     pub has_worker: bool,
     pub has_api_url: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_prefects_own_image;
+
+    #[test]
+    fn prefects_own_image_by_any_tag_digest_or_docker_hub_spelling() {
+        for image in [
+            "prefecthq/prefect",
+            "prefecthq/prefect:3-latest",
+            "docker.io/prefecthq/prefect:3.9.1-python3.11",
+            "index.docker.io/prefecthq/prefect@sha256:0123",
+            "prefecthq/prefect:3-latest@sha256:0123",
+        ] {
+            assert!(is_prefects_own_image(image), "{image}");
+        }
+        for image in [
+            "prefecthq/prefect-worker:1",
+            "us-docker.pkg.dev/p/r/prefecthq/prefect:3",
+            "localhost:5000/prefecthq/prefect",
+            "ghcr.io/me/bootstrap:latest",
+        ] {
+            assert!(!is_prefects_own_image(image), "{image}");
+        }
+    }
 }

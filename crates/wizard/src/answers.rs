@@ -15,7 +15,8 @@ pub struct Answers {
     pub key: KeyMode,
     pub pool: PrefectName,
     pub pool_type: PoolType,
-    pub worker_image: ImageRef,
+    /// `None` with the embedded runtime: apply builds the image from the running binary.
+    pub worker_image: Option<ImageRef>,
     pub worker_runtime: WorkerRuntime,
     pub min_instances: u32,
     /// A URL, or a template such as `{{ env.PREFECT_API_URL }}`.

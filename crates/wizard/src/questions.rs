@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use bootstrap_spec::WorkerRuntime;
 use bootstrap_spec::checks::Field;
 use bootstrap_spec::ids::{AccountId, ImageRef, PrefectName, ProjectId, Region};
 
@@ -90,13 +91,6 @@ pub fn collect(
         0,
         answers::parse_pool_type,
     )?;
-    let worker_image = asker.text(
-        "Worker image",
-        "--worker-image",
-        flags.worker_image.as_deref(),
-        Some(guide::WORKER_IMAGE.to_owned()),
-        |s| answers::typed(Field::Image, s, ImageRef::parse),
-    )?;
     let worker_runtime = asker.choose(
         "Worker runtime",
         "--worker-runtime",
@@ -114,6 +108,24 @@ pub fn collect(
         0,
         answers::parse_runtime,
     )?;
+    // Prefect's image runs the guide's Python worker; the embedded worker's image is built from
+    // this binary by apply unless one is named (Prefect's image has no `bootstrap` in it).
+    let worker_image = match worker_runtime {
+        WorkerRuntime::Python => Some(asker.text(
+            "Worker image",
+            "--worker-image",
+            flags.worker_image.as_deref(),
+            Some(guide::WORKER_IMAGE.to_owned()),
+            |s| answers::typed(Field::Image, s, ImageRef::parse),
+        )?),
+        WorkerRuntime::Embedded => asker.optional_text(
+            "Worker image (none: apply builds it from this bootstrap binary)",
+            "--worker-image",
+            flags.worker_image.as_deref(),
+            None,
+            |s| answers::typed(Field::Image, s, ImageRef::parse),
+        )?,
+    };
     let min_instances = asker.text(
         "Minimum worker instances",
         "--min-instances",

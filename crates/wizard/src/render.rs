@@ -71,7 +71,10 @@ pub fn render_plan(a: &Answers) -> String {
     line("# Step 3: the worker, an always-on Cloud Run service polling the work pool.");
     line("worker:");
     line("  service: prefect-worker");
-    line(&format!("  image: {}", scalar(a.worker_image.as_str())));
+    match &a.worker_image {
+        Some(image) => line(&format!("  image: {}", scalar(image.as_str()))),
+        None => line("  # image: left out, so apply builds it from this bootstrap binary"),
+    }
     line(&format!(
         "  runtime: {}  # python: prefect worker start (as the guide) | embedded: bootstrap worker",
         runtime_str(a.worker_runtime)
@@ -152,7 +155,7 @@ mod tests {
             key: KeyMode::Json,
             pool: PrefectName::parse("my-cloud-run-pool").unwrap(),
             pool_type: PoolType::CloudRun,
-            worker_image: ImageRef::parse("prefecthq/prefect:3-latest").unwrap(),
+            worker_image: Some(ImageRef::parse("prefecthq/prefect:3-latest").unwrap()),
             worker_runtime: WorkerRuntime::Python,
             min_instances: 1,
             api_url: "https://api.prefect.cloud/api/accounts/a/workspaces/w".into(),

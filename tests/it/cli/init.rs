@@ -147,8 +147,9 @@ fn wizard_on_a_terminal_writes_a_valid_plan() {
     // prefect.yaml's work_pool.name.
     answer(&mut p, "Work pool name", Some("yaml-pool"), "");
     press(&mut p, "Work pool type", "\n"); // cloud-run, the guide's
-    answer(&mut p, "Worker image", None, "");
     press(&mut p, "Worker runtime", "j\n"); // python -> embedded
+    // No default with the embedded runtime: apply builds the image from this binary.
+    answer(&mut p, "Worker image (none: apply builds", None, "");
     answer(&mut p, "Minimum worker instances", None, "0");
     // The active Prefect profile's.
     answer(
@@ -211,8 +212,6 @@ fn wizard_on_a_terminal_writes_a_valid_plan() {
             "yaml-pool",
             "--pool-type",
             "cloud-run",
-            "--worker-image",
-            "prefecthq/prefect:3-latest",
             "--worker-runtime",
             "embedded",
             "--min-instances",
