@@ -29,6 +29,9 @@ const PROJECT_IAM_ADMIN: &str = "roles/resourcemanager.projectIamAdmin";
 const RUN_ADMIN: &str = "roles/run.admin";
 const SA_USER: &str = "roles/iam.serviceAccountUser";
 const SECRET_ADMIN: &str = "roles/secretmanager.admin";
+const REGISTRY_ADMIN: &str = "roles/artifactregistry.admin";
+const BUILDS_EDITOR: &str = "roles/cloudbuild.builds.editor";
+const LOGS_VIEWER: &str = "roles/logging.viewer";
 
 fn need(permission: &'static str, role: &'static str, step: &'static str) -> Needed {
     Needed {
@@ -120,6 +123,35 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
                 out.push(need(p, SECRET_ADMIN, "API key secret"));
             }
         }
+    }
+    let builds = spec.deployments.iter().any(|d| d.build.is_some())
+        || spec.worker.as_ref().is_some_and(|w| w.build.is_some());
+    if builds {
+        // The image repository: observed, created (or adopted) with a label, the build's and
+        // the service account's roles on it edited, deleted by destroy when it is ours.
+        for p in [
+            "artifactregistry.repositories.get",
+            "artifactregistry.repositories.create",
+            "artifactregistry.repositories.delete",
+            "artifactregistry.repositories.getIamPolicy",
+            "artifactregistry.repositories.setIamPolicy",
+        ] {
+            out.push(need(p, REGISTRY_ADMIN, "image repository"));
+        }
+        // Observe finds a built image by its source's digest in the repository.
+        for p in [
+            "artifactregistry.dockerimages.get",
+            "artifactregistry.dockerimages.list",
+        ] {
+            out.push(need(p, REGISTRY_ADMIN, "image build"));
+        }
+        // Cloud Run's `builds:submit` (Cloud Run's IAM permissions: `run.builds.create`), then
+        // Cloud Build's operation, build and default build account reads.
+        out.push(need("run.builds.create", RUN_ADMIN, "image build"));
+        out.push(need("cloudbuild.builds.get", BUILDS_EDITOR, "image build"));
+        // A failed build's log tail (`entries:list`); the build fails the same without it, with
+        // less said.
+        out.push(need("logging.logEntries.list", LOGS_VIEWER, "image build"));
     }
     out.sort_by_key(|n| n.permission);
     out.dedup_by_key(|n| n.permission);
@@ -277,5 +309,48 @@ worker:
 
         let all: Vec<String> = needed.iter().map(|n| n.permission.to_string()).collect();
         assert!(evaluate(&needed, &all, None).missing.is_empty());
+    }
+
+    /// Builds (a deployment's `build:`, or the embedded worker's image built from this binary)
+    /// add the repository's, the build's and the log tail's permissions; a plan without one
+    /// asks for none of them.
+    #[test]
+    fn builds_need_the_repository_build_and_log_permissions() {
+        let build = GUIDE.to_owned()
+            + "deployments:
+  - name: d
+    flow: f
+    entrypoint: flow.py:f
+    build:
+      context: .
+      repository: flows
+";
+        let with = required_permissions(&spec(&build), false);
+        let p = names(&with);
+        for wanted in [
+            "artifactregistry.repositories.create",
+            "artifactregistry.repositories.setIamPolicy",
+            "artifactregistry.dockerimages.list",
+            "run.builds.create",
+            "cloudbuild.builds.get",
+            "logging.logEntries.list",
+        ] {
+            assert!(p.contains(&wanted), "{wanted} missing: {p:?}");
+        }
+        let role = |perm: &str| with.iter().find(|n| n.permission == perm).map(|n| n.role);
+        assert_eq!(
+            role("artifactregistry.repositories.create"),
+            Some(REGISTRY_ADMIN)
+        );
+        assert_eq!(role("cloudbuild.builds.get"), Some(BUILDS_EDITOR));
+
+        let without = names(&required_permissions(&spec(GUIDE), false));
+        assert!(
+            !without.iter().any(|n| n.starts_with("artifactregistry.")
+                || n.starts_with("cloudbuild.")
+                || n.starts_with("logging.")
+                || *n == "run.builds.create"),
+            "{without:?}"
+        );
     }
 }
