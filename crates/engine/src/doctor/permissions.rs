@@ -33,6 +33,17 @@ const REGISTRY_ADMIN: &str = "roles/artifactregistry.admin";
 const BUILDS_EDITOR: &str = "roles/cloudbuild.builds.editor";
 const LOGS_VIEWER: &str = "roles/logging.viewer";
 
+/// A secret's life: created, read back, given a version, shared with one account, deleted.
+const SECRET_PERMISSIONS: [&str; 7] = [
+    "secretmanager.secrets.create",
+    "secretmanager.secrets.get",
+    "secretmanager.secrets.delete",
+    "secretmanager.versions.add",
+    "secretmanager.versions.access",
+    "secretmanager.secrets.getIamPolicy",
+    "secretmanager.secrets.setIamPolicy",
+];
+
 fn need(permission: &'static str, role: &'static str, step: &'static str) -> Needed {
     Needed {
         permission,
@@ -108,18 +119,29 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
                 out.push(need(p, RUN_ADMIN, "worker pool"));
             }
         }
+        if spec
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.scale_to_zero.is_some())
+        {
+            // The waker: its run.developer grant on the pool, and its service, whose invocation
+            // is not IAM-checked (`invokerIamDisabled` needs run.services.setIamPolicy: Cloud
+            // Run's access control docs), and its shared secret, with or without an API key.
+            for p in [
+                "run.workerpools.getIamPolicy",
+                "run.workerpools.setIamPolicy",
+                "run.services.setIamPolicy",
+            ] {
+                out.push(need(p, RUN_ADMIN, "scale to zero"));
+            }
+            for p in SECRET_PERMISSIONS {
+                out.push(need(p, SECRET_ADMIN, "scale to zero"));
+            }
+        }
         // Deploying a service that runs as our account is acting as it.
         out.push(need("iam.serviceAccounts.actAs", SA_USER, "worker service"));
         if has_api_key {
-            for p in [
-                "secretmanager.secrets.create",
-                "secretmanager.secrets.get",
-                "secretmanager.secrets.delete",
-                "secretmanager.versions.add",
-                "secretmanager.versions.access",
-                "secretmanager.secrets.getIamPolicy",
-                "secretmanager.secrets.setIamPolicy",
-            ] {
+            for p in SECRET_PERMISSIONS {
                 out.push(need(p, SECRET_ADMIN, "API key secret"));
             }
         }
@@ -350,6 +372,34 @@ worker:
                 || n.starts_with("cloudbuild.")
                 || n.starts_with("logging.")
                 || *n == "run.builds.create"),
+            "{without:?}"
+        );
+    }
+
+    /// Scale to zero adds the pool's and the waker service's policies and the waker's secret,
+    /// even with no Prefect API key.
+    #[test]
+    fn scale_to_zero_needs_the_pool_policy_the_waker_service_policy_and_a_secret() {
+        let text = GUIDE.replace(
+            "  image: prefecthq/prefect:3-latest\n",
+            "  kind: worker-pool\n  image: example.com/bootstrap:1\n  runtime: embedded\n  scale_to_zero:\n    idle: 90s\n",
+        );
+        let with = required_permissions(&spec(&text), false);
+        let p = names(&with);
+        for wanted in [
+            "run.workerpools.setIamPolicy",
+            "run.services.setIamPolicy",
+            "secretmanager.versions.add",
+        ] {
+            assert!(p.contains(&wanted), "{wanted} missing: {p:?}");
+        }
+        let without = names(&required_permissions(&spec(GUIDE), false));
+        assert!(
+            !without.contains(&"run.workerpools.setIamPolicy"),
+            "{without:?}"
+        );
+        assert!(
+            !without.iter().any(|n| n.starts_with("secretmanager.")),
             "{without:?}"
         );
     }
