@@ -203,6 +203,8 @@ mod tests {
         a.key = KeyMode::None;
         a.pool_type = PoolType::CloudRunV2;
         a.worker_runtime = WorkerRuntime::Embedded;
+        // As init asks it with the embedded runtime: no image, so apply builds it.
+        a.worker_image = None;
         a.min_instances = 0;
         a.api_key = false;
         a.api_url = "http://127.0.0.1:4200/api".into();
