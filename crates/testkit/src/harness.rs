@@ -302,6 +302,26 @@ impl Setup {
         }
     }
 
+    /// The run once it carries the worker's labels (`prefect.worker.name`). The worker labels
+    /// a run off its submission path, as it emits its events, so under load a short run can
+    /// reach its final state a moment before the labels land.
+    pub async fn labelled_run(&self, id: Uuid, within: Duration) -> FlowRun {
+        let t0 = Instant::now();
+        loop {
+            if let Ok(Some(r)) = self.client.flow_run(id).await
+                && r.labels.get("prefect.worker.name").is_some()
+            {
+                return r;
+            }
+            assert!(
+                t0.elapsed() < within,
+                "run {id} has no worker labels after {within:?}\n{}",
+                self.diag()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Each of `ids` ended Completed (its final run in `runs`, in the same order) and its flow
     /// started exactly once.
     pub fn assert_completed_once(&self, ids: &[Uuid], runs: &[FlowRun]) {

@@ -441,6 +441,7 @@ async fn failed_exit_is_reported_like_prefect_gcp() {
             "Flow run infrastructure exited with non-zero status code 1. Process exited with a general error."
         )
     );
+    let run = s.labelled_run(id, Duration::from_secs(15)).await;
     assert_eq!(
         run.labels.get("prefect.worker.name"),
         Some(&json!("w-exit"))
