@@ -617,14 +617,11 @@ impl Drop for CancelGuard {
     }
 }
 
-/// A run moved to CANCELLING: signal its task, or (no task: an earlier process ran it) cancel
-/// its execution directly. CANCELLED only once its execution is cancelled or none is found: a
+/// A run moved to CANCELLING with no task here (an earlier process ran it; [`spawn_cancel`]
+/// signals a task of this process): cancel its execution directly. CANCELLED only once its execution is cancelled or none is found: a
 /// failed lookup or cancel leaves the run CANCELLING for the next pass (events and the
 /// reconcile loop call this again, every `reconcile_interval` ± 20 % at most).
 async fn cancel_run(shared: &Arc<Shared>, id: Uuid) {
-    if shared.signal(id, Signal::Cancel) {
-        return;
-    }
     let Ok(Some(run)) = shared.ctx.client.flow_run(id).await else {
         return;
     };
@@ -909,13 +906,9 @@ async fn job_limit_watch(jobs: RunJobs) {
 
 /// Ships worker log lines in batches (see [`batches`]).
 async fn ship_logs(client: PrefectClient, rx: mpsc::UnboundedReceiver<LogCreate>) {
-    batches(rx, |batch| {
+    batches(rx, "log lines", |batch| {
         let client = client.clone();
-        async move {
-            if let Err(e) = client.create_logs(&batch).await {
-                tracing::debug!(error = %e, "could not ship {} log lines", batch.len());
-            }
-        }
+        async move { client.create_logs(&batch).await }
     })
     .await
 }
@@ -926,24 +919,22 @@ async fn ship_logs(client: PrefectClient, rx: mpsc::UnboundedReceiver<LogCreate>
 /// server whose one core bounds a burst's runs per second. An event is at most 250 ms late, as a
 /// log line is; Prefect orders a run's events by their `follows` link, not their arrival.
 async fn ship_events(client: PrefectClient, rx: mpsc::UnboundedReceiver<serde_json::Value>) {
-    batches(rx, |batch| {
+    batches(rx, "worker events", |batch| {
         let client = client.clone();
-        async move {
-            if let Err(e) = client.emit_events(&batch).await {
-                tracing::debug!(error = %e, "could not emit {} worker events", batch.len());
-            }
-        }
+        async move { client.emit_events(&batch).await }
     })
     .await
 }
 
 /// Hands `send` what `rx` brings, in batches: a batch starts with the next item and takes
 /// whatever else arrives within 250 ms of it, up to 200 (Prefect's own log batches are sent on a
-/// short interval likewise).
-async fn batches<T, F, Fut>(mut rx: mpsc::UnboundedReceiver<T>, mut send: F)
+/// short interval likewise). A batch that cannot be sent is logged (`what` it held) and dropped:
+/// these are bookkeeping, never a run's outcome.
+async fn batches<T, F, Fut, E>(mut rx: mpsc::UnboundedReceiver<T>, what: &str, mut send: F)
 where
     F: FnMut(Vec<T>) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
 {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -954,7 +945,10 @@ where
                 _ => break,
             }
         }
-        send(batch).await;
+        let n = batch.len();
+        if let Err(e) = send(batch).await {
+            tracing::debug!(error = %e, "could not ship {n} {what}");
+        }
     }
 }
 
@@ -1099,9 +1093,9 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let sent = Arc::new(Mutex::new(Vec::<Vec<usize>>::new()));
         let seen = sent.clone();
-        let shipper = tokio::spawn(batches(rx, move |batch| {
+        let shipper = tokio::spawn(batches(rx, "numbers", move |batch| {
             seen.lock().unwrap().push(batch);
-            async {}
+            async { Ok::<(), std::convert::Infallible>(()) }
         }));
         for i in 0..3 {
             tx.send(i).unwrap();

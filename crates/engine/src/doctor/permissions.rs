@@ -95,7 +95,7 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
             "service account roles",
         ));
     }
-    if spec.worker.is_some() {
+    if let Some(worker) = &spec.worker {
         for p in [
             "run.services.create",
             "run.services.get",
@@ -105,11 +105,7 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
         ] {
             out.push(need(p, RUN_ADMIN, "worker service"));
         }
-        if spec
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.kind == bootstrap_spec::WorkerKind::WorkerPool)
-        {
+        if worker.kind == bootstrap_spec::WorkerKind::WorkerPool {
             for p in [
                 "run.workerpools.create",
                 "run.workerpools.get",
@@ -119,11 +115,7 @@ pub fn required_permissions(spec: &Spec, has_api_key: bool) -> Vec<Needed> {
                 out.push(need(p, RUN_ADMIN, "worker pool"));
             }
         }
-        if spec
-            .worker
-            .as_ref()
-            .is_some_and(|w| w.scale_to_zero.is_some())
-        {
+        if worker.scale_to_zero.is_some() {
             // The waker: its run.developer grant on the pool, and its service, whose invocation
             // is not IAM-checked (`invokerIamDisabled` needs run.services.setIamPolicy: Cloud
             // Run's access control docs), and its shared secret, with or without an API key.
